@@ -1,0 +1,2 @@
+#include "mnc_image.h"
+int mnc_image_version(void) { return 1; }

@@ -1,0 +1,2 @@
+import MNC
+print("mnc")
