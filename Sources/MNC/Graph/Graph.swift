@@ -223,14 +223,20 @@ public struct Tensor: Equatable {
 }
 
 /// How the network expects its input image to be prepared.
+///
+/// Two resize conventions exist. With `resizeShorterSide` set (torchvision's `Resize(256)` then
+/// `CenterCrop(224)`), the image is resized so its shorter side has that many pixels, then the
+/// centre `H×W` is cropped. Without it (TensorFlow's reference pipeline), the centre square of
+/// `cropFraction` × the shorter side is cropped and resized to `H×W`. Both resize bilinearly
+/// with Pillow's antialiasing filter.
 public struct Preprocessing: Equatable {
-    /// Fraction of the shorter image side kept by the centre crop before resizing (1 keeps it all).
-    public var cropFraction: Double = 0.875
+    public var resizeShorterSide: Int? = nil
+    public var cropFraction: Double = 1.0
     /// Per-channel mean and standard deviation in 0...255 pixel units, RGB order:
     /// `input = (pixel - mean) / std`.
     public var mean: [Double] = [123.675, 116.28, 103.53]
     public var std: [Double] = [58.395, 57.12, 57.375]
-    /// The layout of the input tensor the generated code and `mnc run` expect by default.
+    /// The layout of the input tensor that the generated code and `mnc run` expect by default.
     public var layout: TensorLayout = .nchw
 
     public init() {}
