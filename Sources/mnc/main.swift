@@ -1,2 +1,7 @@
+import Foundation
 import MNC
-print("mnc")
+
+setvbuf(stdout, nil, _IOFBF, 1 << 16)
+let status = runCommandLine(Array(CommandLine.arguments.dropFirst()))
+fflush(stdout)
+exit(status)
