@@ -145,7 +145,7 @@ public enum Op: Equatable {
         case .conv2d(let conv):
             if conv.isDepthwise { return "depthwise\(conv.kernelHeight)x\(conv.kernelWidth)" }
             return "conv\(conv.kernelHeight)x\(conv.kernelWidth)"
-        case .batchNorm: return "batchnorm"
+        case .batchNorm: return "bn"
         case .activation(let kind): return kind.rawValue
         case .add: return "add"
         case .globalAveragePool: return "global_avgpool"
@@ -168,6 +168,10 @@ public struct Parameter: Equatable {
     /// True for parameters that training updates (counted by `mnc check`); false for
     /// BatchNorm running statistics.
     public var trainable: Bool
+    /// The memory order of the bound values. Spec lowering and binding produce PyTorch's order
+    /// (`OIHW` for convolution weights, `OI` for linear weights, `C` for vectors); the
+    /// weight-packing pass rewrites constants into the order the kernels read and records it here.
+    public var layout: WeightLayout = .pytorch
 
     public init(role: String, key: String, shape: [Int], trainable: Bool = true) {
         self.role = role
@@ -177,6 +181,19 @@ public struct Parameter: Equatable {
     }
 
     public var elementCount: Int { shape.reduce(1, *) }
+}
+
+/// The memory order of a parameter's values. `shape` always stays in PyTorch's order; the
+/// layout says how the same values are laid out in `Graph.constants` and in the weight blob.
+public enum WeightLayout: String, Equatable {
+    /// PyTorch's order: `[out, in / groups, kh, kw]` for convolutions, `[out, in]` for linear.
+    case pytorch
+    /// Pointwise (1×1, groups 1) convolution weights as `[in, out]`: a GEMM's B matrix for NHWC.
+    case inputOutput = "io"
+    /// Depthwise weights as `[kh, kw, channels]`: channels innermost for NHWC.
+    case depthwiseHWC = "hwc"
+    /// Other convolution weights as `[kh, kw, in / groups, out]`.
+    case hwio
 }
 
 public struct Node: Equatable {

@@ -86,7 +86,7 @@ public func verify(_ graph: Graph, after pass: String? = nil) throws {
             try expectShape([1, inputs[0][1]])
         case .linear(let linear):
             try expectInputs(1)
-            guard inputs[0] == [1, linear.inFeatures] else {
+            guard inputs[0] == [1, linear.inFeatures] || inputs[0] == [1, linear.inFeatures, 1, 1] else {
                 throw fail(index, "input shape \(inputs[0]), expected [1, \(linear.inFeatures)]")
             }
             try expectShape([1, linear.outFeatures])
