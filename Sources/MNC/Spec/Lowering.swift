@@ -22,6 +22,8 @@ struct SpecLowering {
     var featureIndex = 0
     var classifierIndex = 0
     var pooled = false
+    /// The location of the statement being lowered, for errors about the network as a whole.
+    var lastLocation: SourceLocation?
 
     init(spec: Spec) {
         self.spec = spec
@@ -35,6 +37,7 @@ struct SpecLowering {
         current = builder.add(.input, inputs: [], shape: inputShape, name: "input", layer: "input")
 
         for layer in spec.layers {
+            lastLocation = layer.location
             switch layer {
             case .conv(let statement):
                 try lowerConv(statement)
@@ -298,18 +301,19 @@ struct SpecLowering {
     }
 
     private mutating func finishOutput() throws {
+        let location = lastLocation ?? SourceLocation(file: spec.file, line: 1, column: 1)
         let shape = builder.nodes[current].shape
         if shape.count == 4 {
             guard shape[2] == 1 && shape[3] == 1 else {
                 throw MNCError("the network ends with a \(shape[2])x\(shape[3]) feature map: expected 'pool avg' and a classifier ('linear classes' or 'conv 1x1 out classes') at the end",
-                               at: SourceLocation(file: spec.file, line: 1, column: 1))
+                               at: location)
             }
             current = builder.add(.flatten, inputs: [current], shape: [1, shape[1]], name: "flatten", layer: "flatten")
         }
         let outputs = builder.nodes[current].shape[1]
         guard outputs == spec.classes else {
             throw MNCError("the last layer produces \(outputs) values but the network has \(spec.classes) classes: end with 'linear classes' or 'conv 1x1 out classes'",
-                           at: SourceLocation(file: spec.file, line: 1, column: 1))
+                           at: location)
         }
     }
 }

@@ -164,3 +164,16 @@ extension Spec {
         return spec
     }
 }
+
+extension LayerStatement {
+    /// Where the statement starts in the spec file.
+    public var location: SourceLocation {
+        switch self {
+        case .conv(let statement): return statement.location
+        case .separable(_, _, let location), .invertedResidual(_, _, let location), .bottleneck(_, _, let location):
+            return location
+        case .globalAveragePool(let location), .dropout(_, let location), .linear(_, _, _, let location):
+            return location
+        }
+    }
+}
