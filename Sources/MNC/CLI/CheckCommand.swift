@@ -12,10 +12,12 @@ let checkCommand = Command(
     ],
     run: { arguments, output in
         let (spec, graph) = try loadGraph(arguments, command: "check")
+        let plan = planArena(try optimize(graph))
+        try verifyPlan(plan)
         if arguments.has("json") {
-            output.write(try checkReportJSON(spec: spec, graph: graph) + "\n")
+            output.write(try checkReportJSON(spec: spec, graph: graph, plan: plan) + "\n")
         } else {
-            output.write(checkReportText(spec: spec, graph: graph))
+            output.write(checkReportText(spec: spec, graph: graph, plan: plan))
         }
         return 0
     })
@@ -36,7 +38,7 @@ func formatCount(_ value: Int) -> String {
     return result
 }
 
-func checkReportText(spec: Spec, graph: Graph) -> String {
+func checkReportText(spec: Spec, graph: Graph, plan: ArenaPlan) -> String {
     var rows: [[String]] = [["#", "name", "op", "output", "params", "MACs"]]
     for (index, node) in graph.nodes.enumerated() {
         rows.append([String(index), node.name, node.fusedOps.joined(separator: " + "), formatShape(node.shape),
@@ -57,11 +59,12 @@ func checkReportText(spec: Spec, graph: Graph) -> String {
     text += "\n"
     text += "parameters: \(formatCount(graph.trainableParameterCount)) (trainable; BatchNorm running statistics excluded)\n"
     text += "MACs:       \(formatCount(graph.multiplyAccumulates)) (convolutions and linear layers)\n"
+    text += "arena:      \(formatCount(plan.size)) bytes (fused graph; lower bound \(formatCount(plan.lowerBound)), without reuse \(formatCount(plan.totalBufferBytes)))\n"
     text += "output:     \(formatShape(graph.outputShape))\n"
     return text
 }
 
-func checkReportJSON(spec: Spec, graph: Graph) throws -> String {
+func checkReportJSON(spec: Spec, graph: Graph, plan: ArenaPlan) throws -> String {
     let layers: [[String: Any]] = graph.nodes.enumerated().map { index, node in
         [
             "index": index,
@@ -80,6 +83,8 @@ func checkReportJSON(spec: Spec, graph: Graph) throws -> String {
         "output_shape": graph.outputShape,
         "parameters": graph.trainableParameterCount,
         "macs": graph.multiplyAccumulates,
+        "arena_bytes": plan.size,
+        "arena_lower_bound_bytes": plan.lowerBound,
         "layers": layers,
     ]
     let data = try JSONSerialization.data(withJSONObject: report, options: [.sortedKeys])
