@@ -3,6 +3,11 @@ import XCTest
 @testable import MNC
 
 final class PyTorchCheckpointTests: XCTestCase {
+    override class func tearDown() {
+        WeightFixtures.removeTemporaryFiles()
+        super.tearDown()
+    }
+
     private typealias Spec = WeightFixtures.TorchTensorSpec
 
     // MARK: - Hand-built checkpoints

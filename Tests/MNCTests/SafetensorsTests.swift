@@ -3,6 +3,11 @@ import XCTest
 @testable import MNC
 
 final class SafetensorsTests: XCTestCase {
+    override class func tearDown() {
+        WeightFixtures.removeTemporaryFiles()
+        super.tearDown()
+    }
+
     private typealias Fixtures = WeightFixtures
 
     private func read(header: String, data: [UInt8]) throws -> WeightFile {

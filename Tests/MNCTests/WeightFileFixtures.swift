@@ -40,13 +40,20 @@ enum WeightFixtures {
         values.flatMap { useBigEndian ? bigEndian($0.bitPattern) : littleEndian($0.bitPattern) }
     }
 
+    /// Per-process folder for files the weight tests write; `removeTemporaryFiles` deletes it.
+    private static let temporaryDirectory = FileManager.default.temporaryDirectory
+        .appendingPathComponent("mnc-weight-tests-\(ProcessInfo.processInfo.processIdentifier)")
+
     static func writeTemporaryFile(_ bytes: [UInt8], name: String) throws -> String {
-        let directory = FileManager.default.temporaryDirectory
-            .appendingPathComponent("mnc-weight-tests-\(ProcessInfo.processInfo.processIdentifier)")
+        let directory = temporaryDirectory
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let url = directory.appendingPathComponent(name)
         try Data(bytes).write(to: url)
         return url.path
+    }
+
+    static func removeTemporaryFiles() {
+        try? FileManager.default.removeItem(at: temporaryDirectory)
     }
 
     // MARK: - safetensors
