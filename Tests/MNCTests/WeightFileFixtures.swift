@@ -6,7 +6,7 @@ import XCTest
 enum WeightFixtures {
     // MARK: - Shared data
 
-    /// The shared reference data folder, `../shared/data` next to the package root; skips the test when absent.
+    /// Returns the shared reference data folder `../shared/data` next to the package root, or skips the test when it is absent.
     static func sharedDataDirectory() throws -> URL {
         let packageRoot = URL(fileURLWithPath: #filePath)
             .deletingLastPathComponent()  // MNCTests
@@ -19,7 +19,7 @@ enum WeightFixtures {
         return directory
     }
 
-    /// Case folders under `data/torch`, sorted by name.
+    /// Returns the case folders under `data/torch`, sorted by name.
     static func torchCaseDirectories() throws -> [URL] {
         let torch = try sharedDataDirectory().appendingPathComponent("torch")
         let names = try FileManager.default.contentsOfDirectory(atPath: torch.path).sorted()
@@ -58,7 +58,7 @@ enum WeightFixtures {
 
     // MARK: - safetensors
 
-    /// A safetensors file: 8-byte little-endian header length, the header text, then the data section.
+    /// Builds a safetensors file: 8-byte little-endian header length, the header text, then the data section.
     static func safetensors(header: String, data: [UInt8]) -> [UInt8] {
         let headerBytes = Array(header.utf8)
         return littleEndian(UInt64(headerBytes.count)) + headerBytes + data
@@ -70,11 +70,11 @@ enum WeightFixtures {
         var name: String
         var data: [UInt8]
         var method: UInt16 = 0
-        /// Replaces the correct CRC-32 in the central directory, to simulate corruption.
+        /// CRC-32 written to the central directory in place of the correct one, to simulate corruption.
         var storedCRC: UInt32? = nil
     }
 
-    /// CRC-32 computed bit by bit (reflected polynomial 0xEDB88320), independent of the reader's table.
+    /// Computes CRC-32 bit by bit (reflected polynomial 0xEDB88320), independently of the reader's table.
     static func referenceCRC32(_ bytes: [UInt8]) -> UInt32 {
         var crc: UInt32 = 0xFFFF_FFFF
         for byte in bytes {
@@ -86,10 +86,10 @@ enum WeightFixtures {
         return ~crc
     }
 
-    /// A zip archive laid out as torch.save (miniz) writes it: general purpose flags 0x0808 (data
-    /// descriptor, UTF-8 names), zero sizes and CRC in the local headers, an "FB" padding extra field
-    /// that aligns each member's data to 64 bytes, a data descriptor after the data, and a zip64 end
-    /// record with its locator before the classic end record.
+    /// Builds a zip archive laid out as torch.save (miniz) writes it. Local headers have general
+    /// purpose flags 0x0808 (data descriptor, UTF-8 names), zero sizes and CRC, and an "FB" padding
+    /// extra field that aligns each member's data to 64 bytes. A data descriptor follows the data, and
+    /// a zip64 end record with its locator precedes the classic end record.
     ///
     /// `zip64ExtraFields` stores sizes and offsets as 0xFFFFFFFF in the central directory with the
     /// real values in a zip64 extra field, as a writer must for members above 4 GiB.
@@ -175,7 +175,7 @@ enum WeightFixtures {
             bytes += WeightFixtures.littleEndian(UInt32(utf8.count)) + utf8
         }
 
-        /// BININT1, BININT2, BININT or LONG1, whichever is shortest, as CPython chooses.
+        /// Writes BININT1, BININT2, BININT or LONG1, whichever is shortest, as CPython does.
         mutating func int(_ value: Int) {
             if (0...0xFF).contains(value) {
                 bytes += [UInt8(ascii: "K"), UInt8(value)]
@@ -203,7 +203,7 @@ enum WeightFixtures {
             bytes += Array("\(module)\n\(name)\n".utf8)
         }
 
-        /// BINPUT (or LONG_BINPUT past 255) of the stack top under the next memo index, which it returns.
+        /// Writes BINPUT (LONG_BINPUT past 255) to memoize the stack top under the next index, and returns that index.
         @discardableResult
         mutating func put() -> Int {
             let index = memoCount
@@ -226,7 +226,7 @@ enum WeightFixtures {
             }
         }
 
-        /// A tuple of ints as CPython writes it: EMPTY_TUPLE (not memoized), else TUPLE1-3 or MARK ... TUPLE and BINPUT.
+        /// Writes a tuple of ints as CPython does: EMPTY_TUPLE (not memoized), else TUPLE1-3 or MARK ... TUPLE, then BINPUT.
         mutating func intTuple(_ values: [Int]) {
             switch values.count {
             case 0:
