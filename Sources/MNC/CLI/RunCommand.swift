@@ -1,0 +1,130 @@
+import Foundation
+
+let runCommand = Command(
+    name: "run",
+    usage: "mnc run SPEC --weights W (--input FILE.f32 | --image FILE) [--output FILE.f32] [--layout nchw|nhwc] [--engine interpreter|c] [--top K] [spec options]",
+    summary: """
+    Run one inference: bind the weights, read one raw little-endian float32 input tensor (or
+    decode and preprocess an image as the spec's 'preprocess' line says), and write the raw
+    float32 logits. Prints the top-K classes with softmax scores.
+    """,
+    options: specOptions + optimizationOptions + [
+        OptionSpec(name: "weights", value: "W", help: "weights file: .safetensors, PyTorch .pth, .tflite or .onnx (required)"),
+        OptionSpec(name: "input", value: "FILE", help: "raw float32 little-endian input tensor of the network's input size"),
+        OptionSpec(name: "image", value: "FILE", help: "JPEG, PNG, BMP or PPM image, preprocessed as the spec says"),
+        OptionSpec(name: "output", value: "FILE", help: "where to write the raw float32 logits (default: not written)"),
+        OptionSpec(name: "layout", value: "L", help: "layout of the --input tensor: nchw or nhwc (default: the spec's preprocess layout)"),
+        OptionSpec(name: "engine", value: "E", help: "interpreter (the reference) or c (generated C, compiled with CC) (default: interpreter)"),
+        OptionSpec(name: "labels", value: "FILE", help: "class names, one per line, for the printed top-K"),
+        OptionSpec(name: "top", value: "K", help: "number of classes to print (default: 5; 0 prints none)"),
+    ],
+    run: { arguments, output in
+        _ = try arguments.choice("engine", ["interpreter"], default: "interpreter")
+        let (_, unbound) = try loadGraph(arguments, command: "run")
+        guard let weightsPath = arguments.value("weights") else {
+            throw MNCError("'mnc run' needs --weights FILE (safetensors, .pth, .tflite or .onnx)")
+        }
+        let graph = try bindWeights(path: weightsPath, to: unbound)
+        let layout = try TensorLayout(rawValue: arguments.choice("layout", ["nchw", "nhwc"],
+                                                                 default: graph.preprocessing.layout.rawValue)) ?? .nchw
+        let shape = graph.inputShape
+        let (channels, height, width) = (shape[1], shape[2], shape[3])
+
+        // The input in NCHW, as the interpreter reads it.
+        var input: [Float]
+        switch (arguments.value("input"), arguments.value("image")) {
+        case (let path?, nil):
+            let values = try readFloat32File(path: path, count: channels * height * width)
+            input = layout == .nhwc ? nhwcToNCHW(values, channels: channels, height: height, width: width) : values
+        case (nil, let path?):
+            input = try loadPreprocessedImage(path: path, height: height, width: width,
+                                              preprocessing: graphPreprocessing(graph, layout: .nchw))
+        case (nil, nil):
+            throw MNCError("'mnc run' needs --input FILE.f32 or --image FILE")
+        default:
+            throw MNCError("give either --input or --image, not both")
+        }
+
+        let logits = try Interpreter(graph: try optimize(graph, options: arguments)).run(input: input)
+
+        if let path = arguments.value("output") {
+            try writeFloat32File(path: path, values: logits)
+        }
+        let top = try arguments.integer("top", in: 0...100_000) ?? 5
+        let labels = try arguments.value("labels").map(readLabels) ?? []
+        output.write(formatTopK(logits: logits, k: top, labels: labels))
+        return 0
+    })
+
+/// The graph's preprocessing with the tensor layout replaced.
+func graphPreprocessing(_ graph: Graph, layout: TensorLayout) -> Preprocessing {
+    var preprocessing = graph.preprocessing
+    preprocessing.layout = layout
+    return preprocessing
+}
+
+/// Reads exactly `count` little-endian float32 values, checking the file size first.
+func readFloat32File(path: String, count: Int) throws -> [Float] {
+    guard let attributes = try? FileManager.default.attributesOfItem(atPath: path),
+          let size = (attributes[.size] as? NSNumber)?.intValue else {
+        throw MNCError("cannot read input '\(path)': file not found or not readable")
+    }
+    guard size == count * 4 else {
+        throw MNCError("input '\(path)' has \(size) bytes, the network expects \(count) float32 values (\(count * 4) bytes)")
+    }
+    guard let data = FileManager.default.contents(atPath: path), data.count == size else {
+        throw MNCError("cannot read input '\(path)'")
+    }
+    return data.withUnsafeBytes { raw in
+        (0..<count).map { Float(bitPattern: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 4, as: UInt32.self))) }
+    }
+}
+
+func writeFloat32File(path: String, values: [Float]) throws {
+    var data = Data(capacity: values.count * 4)
+    for value in values {
+        withUnsafeBytes(of: value.bitPattern.littleEndian) { data.append(contentsOf: $0) }
+    }
+    guard FileManager.default.createFile(atPath: path, contents: data) else {
+        throw MNCError("cannot write output '\(path)'")
+    }
+}
+
+func nhwcToNCHW(_ values: [Float], channels: Int, height: Int, width: Int) -> [Float] {
+    var result = [Float](repeating: 0, count: values.count)
+    for y in 0..<height {
+        for x in 0..<width {
+            for c in 0..<channels {
+                result[(c * height + y) * width + x] = values[(y * width + x) * channels + c]
+            }
+        }
+    }
+    return result
+}
+
+/// Reads class names, one per line; at most 1 MiB.
+func readLabels(path: String) throws -> [String] {
+    guard let attributes = try? FileManager.default.attributesOfItem(atPath: path),
+          let size = (attributes[.size] as? NSNumber)?.intValue, size <= 1 << 20,
+          let data = FileManager.default.contents(atPath: path),
+          let text = String(data: data, encoding: .utf8) else {
+        throw MNCError("cannot read labels '\(path)': expected a UTF-8 text file of at most 1 MiB, one class name per line")
+    }
+    return text.split(separator: "\n", omittingEmptySubsequences: false).map {
+        $0.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+}
+
+/// Formats the `k` highest softmax scores, one class per line.
+func formatTopK(logits: [Float], k: Int, labels: [String]) -> String {
+    guard k > 0, let maximum = logits.max() else { return "" }
+    let exponentials = logits.map { Double(exp($0 - maximum)) }
+    let total = exponentials.reduce(0, +)
+    let ranked = logits.indices.sorted { logits[$0] != logits[$1] ? logits[$0] > logits[$1] : $0 < $1 }.prefix(k)
+    var text = ""
+    for index in ranked {
+        let label = index < labels.count && !labels[index].isEmpty ? "  \(labels[index])" : ""
+        text += String(format: "%5d  %.4f  %+.4f", index, exponentials[index] / total, logits[index]) + label + "\n"
+    }
+    return text
+}
