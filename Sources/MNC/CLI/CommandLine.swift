@@ -34,7 +34,7 @@ let specOptions: [OptionSpec] = [
     OptionSpec(name: "classes", value: "N", help: "number of output classes (default: the spec's 'classes')"),
 ]
 
-let commands: [Command] = [checkCommand, dumpCommand, inspectCommand, runCommand]
+let commands: [Command] = [checkCommand, dumpCommand, inspectCommand, runCommand, compileCommand]
 
 /// Runs `mnc` with the given arguments (without the program name) and returns the exit status:
 /// 0 on success, 1 on an error in the input, 2 on a usage error.

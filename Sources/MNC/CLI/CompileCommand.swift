@@ -1,0 +1,97 @@
+import Foundation
+
+let compileCommand = Command(
+    name: "compile",
+    usage: "mnc compile SPEC [spec options] [--weights W] [-O0|-O1|-O2] [--disable-pass NAME]... [--emit c|object|static-lib|shared-lib] -o DIR [--name NAME]",
+    summary: """
+    Compile a network to C: write NAME.h (the API) and NAME.c (the network) into DIR, plus the
+    weight blob as NAME.weights.bin and NAME_weights.c when --weights is given. --emit object,
+    static-lib and shared-lib also build NAME.o, libNAME.a or libNAME.so with the C compiler
+    in CC (default cc) and the flags in CFLAGS (default -O2 -std=c99 -Wall -Wextra).
+    """,
+    options: specOptions + optimizationOptions + [
+        OptionSpec(name: "weights", value: "W", help: "weights file: .safetensors, PyTorch .pth, .tflite or .onnx (default: none; the code depends on shapes only)"),
+        OptionSpec(name: "emit", value: "KIND", help: "c (sources only), object, static-lib or shared-lib (default: c)"),
+        OptionSpec(name: "o", value: "DIR", help: "output directory, created if missing (required)"),
+        OptionSpec(name: "name", value: "NAME", help: "prefix of the generated file names and C identifiers (default: the network's name)"),
+    ],
+    run: { arguments, output in
+        let emit = try arguments.choice("emit", CompileEmit.allCases.map(\.rawValue), default: "c")
+        guard let directory = arguments.value("o") else {
+            throw MNCError("'mnc compile' needs an output directory: pass -o DIR")
+        }
+        var (_, graph) = try loadGraph(arguments, command: "compile")
+        if let weights = arguments.value("weights") {
+            graph = try bindWeights(path: weights, to: graph)
+        }
+        graph = try optimize(graph, options: arguments)
+        let generated = try generateC(graph, name: arguments.value("name"))
+        let written = try writeCompiledNetwork(generated, emit: CompileEmit(rawValue: emit) ?? .c, directory: directory,
+                                               compiler: .fromEnvironment())
+        for path in written {
+            output.write("wrote \(path)\n")
+        }
+        return 0
+    })
+
+/// What `mnc compile` builds from the generated sources.
+public enum CompileEmit: String, CaseIterable {
+    case c
+    case object
+    case staticLibrary = "static-lib"
+    case sharedLibrary = "shared-lib"
+}
+
+/// Writes the generated files into `directory` (created if missing) and builds the requested
+/// artifact from them. Returns the paths written, in order. The object and both libraries
+/// include the weights array when the graph had weights bound.
+@discardableResult
+public func writeCompiledNetwork(_ generated: GeneratedC, emit: CompileEmit, directory: String,
+                                 compiler: CCompiler) throws -> [String] {
+    var isDirectory: ObjCBool = false
+    if FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory) {
+        guard isDirectory.boolValue else {
+            throw MNCError("cannot write to output directory '\(directory)': it is a file")
+        }
+    } else {
+        do {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        } catch {
+            throw MNCError("cannot create output directory '\(directory)': check that its parent exists and is writable")
+        }
+    }
+
+    var written: [String] = []
+    for file in generated.files {
+        let path = directory + "/" + file.name
+        try writeFile(path, file.contents)
+        written.append(path)
+    }
+
+    let names = generated.names
+    var sources = [directory + "/" + names.sourceFile]
+    if generated.weightsSource != nil {
+        sources.append(directory + "/" + names.weightsSourceFile)
+    }
+    switch emit {
+    case .c:
+        break
+    case .object:
+        let object = directory + "/\(names.function).o"
+        try compiler.compileObject(sources: sources, output: object)
+        written.append(object)
+    case .staticLibrary:
+        let scratch = try makeTemporaryDirectory(prefix: "mnc-archive")
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        let object = scratch + "/\(names.function).o"
+        try compiler.compileObject(sources: sources, output: object)
+        let library = directory + "/lib\(names.function).a"
+        try compiler.archive(objects: [object], output: library)
+        written.append(library)
+    case .sharedLibrary:
+        let library = directory + "/lib\(names.function).so"
+        try compiler.linkSharedLibrary(sources: sources, output: library)
+        written.append(library)
+    }
+    return written
+}

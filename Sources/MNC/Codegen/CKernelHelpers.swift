@@ -1,0 +1,463 @@
+/// The shared inline C helpers that the per-shape kernels call with literal arguments.
+///
+/// Every helper is `KERNEL_INLINE` (always inlined on GCC and Clang), and the kernels pass
+/// shapes, activation codes and the bias/residual flags as integer literals, so the compiler
+/// sees each call with constant bounds and folds the branches away: the helpers are written
+/// once, the compiled code is specialized per shape.
+///
+/// The instruction set is chosen when the generated C is compiled: AVX-512F when the compiler
+/// targets it (`-mavx512f`, `-march=native` on such a CPU), else AVX2 with FMA, else portable
+/// C that GCC and Clang auto-vectorize. All three compute the same values up to float rounding.
+enum CHelper: Int, CaseIterable, Comparable {
+    case activation
+    case pointwiseTile
+    case depthwisePixel
+    case matrixVector
+
+    static func < (a: CHelper, b: CHelper) -> Bool { a.rawValue < b.rawValue }
+
+    /// The helpers this one calls.
+    var dependencies: [CHelper] {
+        switch self {
+        case .activation: return []
+        case .pointwiseTile, .depthwisePixel, .matrixVector: return [.activation]
+        }
+    }
+
+    var source: String {
+        switch self {
+        case .activation: return activationSource
+        case .pointwiseTile: return pointwiseTileSource
+        case .depthwisePixel: return depthwisePixelSource
+        case .matrixVector: return matrixVectorSource
+        }
+    }
+}
+
+/// The C enumerator that selects `activation` in the helpers.
+func activationConstant(_ activation: Activation) -> String {
+    switch activation {
+    case .identity: return "ACTIVATION_IDENTITY"
+    case .relu: return "ACTIVATION_RELU"
+    case .relu6: return "ACTIVATION_RELU6"
+    case .hardswish: return "ACTIVATION_HARDSWISH"
+    case .hardsigmoid: return "ACTIVATION_HARDSIGMOID"
+    case .hardsigmoidLinear: return "ACTIVATION_HARDSIGMOID_LINEAR"
+    }
+}
+
+/// Lines at the top of every generated kernel file: instruction-set selection and the inline macro.
+let kernelPreambleSource = #"""
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#define KERNELS_AVX512 1
+#elif defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define KERNELS_AVX2 1
+#endif
+
+#if defined(__GNUC__)
+#define KERNEL_INLINE static inline __attribute__((always_inline))
+#elif defined(_MSC_VER)
+#define KERNEL_INLINE static __forceinline
+#else
+#define KERNEL_INLINE static inline
+#endif
+"""#
+
+private let activationSource = #"""
+/* Activation codes for the helpers' `activation` argument. */
+enum {
+    ACTIVATION_IDENTITY,
+    ACTIVATION_RELU,               /* max(x, 0) */
+    ACTIVATION_RELU6,              /* min(max(x, 0), 6) */
+    ACTIVATION_HARDSWISH,          /* x * min(max(x + 3, 0), 6) / 6 */
+    ACTIVATION_HARDSIGMOID,        /* min(max(x + 3, 0), 6) / 6 */
+    ACTIVATION_HARDSIGMOID_LINEAR  /* min(max(0.2 x + 0.5, 0), 1) */
+};
+
+KERNEL_INLINE float clamp_f32(float v, float low, float high)
+{
+    v = v > low ? v : low;
+    return v < high ? v : high;
+}
+
+KERNEL_INLINE float activate_f32(float v, int activation)
+{
+    switch (activation) {
+    case ACTIVATION_RELU: return v > 0.0f ? v : 0.0f;
+    case ACTIVATION_RELU6: return clamp_f32(v, 0.0f, 6.0f);
+    case ACTIVATION_HARDSWISH: return v * (clamp_f32(v + 3.0f, 0.0f, 6.0f) * (1.0f / 6.0f));
+    case ACTIVATION_HARDSIGMOID: return clamp_f32(v + 3.0f, 0.0f, 6.0f) * (1.0f / 6.0f);
+    case ACTIVATION_HARDSIGMOID_LINEAR: return clamp_f32(0.2f * v + 0.5f, 0.0f, 1.0f);
+    default: return v;
+    }
+}
+
+#if defined(KERNELS_AVX512)
+KERNEL_INLINE __m512 activate_f32x16(__m512 v, int activation)
+{
+    const __m512 zero = _mm512_setzero_ps();
+    const __m512 six = _mm512_set1_ps(6.0f);
+    switch (activation) {
+    case ACTIVATION_RELU: return _mm512_max_ps(v, zero);
+    case ACTIVATION_RELU6: return _mm512_min_ps(_mm512_max_ps(v, zero), six);
+    case ACTIVATION_HARDSWISH:
+        return _mm512_mul_ps(v, _mm512_mul_ps(_mm512_min_ps(_mm512_max_ps(_mm512_add_ps(v, _mm512_set1_ps(3.0f)), zero), six),
+                                              _mm512_set1_ps(1.0f / 6.0f)));
+    case ACTIVATION_HARDSIGMOID:
+        return _mm512_mul_ps(_mm512_min_ps(_mm512_max_ps(_mm512_add_ps(v, _mm512_set1_ps(3.0f)), zero), six),
+                             _mm512_set1_ps(1.0f / 6.0f));
+    case ACTIVATION_HARDSIGMOID_LINEAR:
+        return _mm512_min_ps(_mm512_max_ps(_mm512_fmadd_ps(v, _mm512_set1_ps(0.2f), _mm512_set1_ps(0.5f)), zero),
+                             _mm512_set1_ps(1.0f));
+    default: return v;
+    }
+}
+#elif defined(KERNELS_AVX2)
+KERNEL_INLINE __m256 activate_f32x8(__m256 v, int activation)
+{
+    const __m256 zero = _mm256_setzero_ps();
+    const __m256 six = _mm256_set1_ps(6.0f);
+    switch (activation) {
+    case ACTIVATION_RELU: return _mm256_max_ps(v, zero);
+    case ACTIVATION_RELU6: return _mm256_min_ps(_mm256_max_ps(v, zero), six);
+    case ACTIVATION_HARDSWISH:
+        return _mm256_mul_ps(v, _mm256_mul_ps(_mm256_min_ps(_mm256_max_ps(_mm256_add_ps(v, _mm256_set1_ps(3.0f)), zero), six),
+                                              _mm256_set1_ps(1.0f / 6.0f)));
+    case ACTIVATION_HARDSIGMOID:
+        return _mm256_mul_ps(_mm256_min_ps(_mm256_max_ps(_mm256_add_ps(v, _mm256_set1_ps(3.0f)), zero), six),
+                             _mm256_set1_ps(1.0f / 6.0f));
+    case ACTIVATION_HARDSIGMOID_LINEAR:
+        return _mm256_min_ps(_mm256_max_ps(_mm256_fmadd_ps(v, _mm256_set1_ps(0.2f), _mm256_set1_ps(0.5f)), zero),
+                             _mm256_set1_ps(1.0f));
+    default: return v;
+    }
+}
+
+/* Lanes 0 ..< count of an AVX2 mask are set (all lanes for count >= 8, none for count <= 0). */
+KERNEL_INLINE __m256i lane_mask_f32x8(int count)
+{
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+#endif
+"""#
+
+/// Register tile sizes (rows = pixels, columns = output channels) of the pointwise GEMM per
+/// instruction set: AVX-512 keeps 8 × 2 zmm accumulators (16 of 32 registers), AVX2 6 × 2 ymm
+/// (12 of 16), the portable tile a 4 × 16 array that the compiler vectorizes.
+struct PointwiseTileShape {
+    var condition: String
+    var function: String
+    var rows: Int
+    var columns: Int
+}
+
+let pointwiseTileShapes: [PointwiseTileShape] = [
+    PointwiseTileShape(condition: "defined(KERNELS_AVX512)", function: "pointwise_f32_tile8x32_avx512", rows: 8, columns: 32),
+    PointwiseTileShape(condition: "defined(KERNELS_AVX2)", function: "pointwise_f32_tile6x16_avx2", rows: 6, columns: 16),
+    PointwiseTileShape(condition: "", function: "pointwise_f32_tile4x16_portable", rows: 4, columns: 16),
+]
+
+private let pointwiseTileComment = """
+/*
+ * One register tile of a pointwise (1x1) convolution as a GEMM:
+ *   y[r][j] = activation(bias[j] + sum over k of x[r][k] * w[k][j]) + residual[r][j]
+ * for r < rows pixels and j < cols output channels. x rows are k_count floats apart (NHWC),
+ * w rows w_stride floats ([in][out], the `io` layout), y and residual rows y_stride floats.
+ * bias and residual are read only when has_bias and has_residual are non-zero.
+ */
+"""
+
+private var pointwiseTileSource: String {
+    var writer = CWriter()
+    writer.lines(pointwiseTileComment.split(separator: "\n", omittingEmptySubsequences: false).map(String.init))
+    let parameters = """
+        (const float *restrict x, const float *restrict w,
+        const float *restrict bias, const float *restrict residual, float *restrict y,
+        int rows, int cols, int k_count, int w_stride, int y_stride,
+        int has_bias, int has_residual, int activation)
+        """.split(separator: "\n").map(String.init)
+
+    // AVX-512: rows <= 8, cols <= 32 as two zmm columns; partial columns use masked loads
+    // and stores, which do not touch the masked-off lanes.
+    writer.directive("#if defined(KERNELS_AVX512)")
+    writer.line("KERNEL_INLINE void pointwise_f32_tile8x32_avx512" + parameters[0])
+    writer.lines(parameters.dropFirst().map { "    " + $0 })
+    writer.open("")
+    writer.line("const __mmask16 mask0 = (__mmask16)(cols >= 16 ? 0xFFFFu : (1u << cols) - 1u);")
+    writer.line("const __mmask16 mask1 = (__mmask16)(cols >= 32 ? 0xFFFFu : cols > 16 ? (1u << (cols - 16)) - 1u : 0u);")
+    writer.line("const __m512 bias0 = has_bias ? _mm512_maskz_loadu_ps(mask0, bias) : _mm512_setzero_ps();")
+    writer.line("const __m512 bias1 = has_bias && cols > 16 ? _mm512_maskz_loadu_ps(mask1, bias + 16) : _mm512_setzero_ps();")
+    for row in 0..<8 {
+        writer.line("__m512 acc\(row)0 = bias0, acc\(row)1 = bias1;")
+    }
+    writer.openFor("k", to: "k_count")
+    writer.line("const __m512 w0 = cols >= 16 ? _mm512_loadu_ps(w + k * w_stride) : _mm512_maskz_loadu_ps(mask0, w + k * w_stride);")
+    writer.line("const __m512 w1 = cols > 16 ? _mm512_maskz_loadu_ps(mask1, w + k * w_stride + 16) : _mm512_setzero_ps();")
+    for row in 0..<8 {
+        writer.open(row == 0 ? "" : "if (rows > \(row))")
+        writer.line("const __m512 xr = _mm512_set1_ps(x[\(row == 0 ? "" : "\(row) * k_count + ")k]);")
+        writer.line("acc\(row)0 = _mm512_fmadd_ps(xr, w0, acc\(row)0);")
+        writer.line("if (cols > 16) acc\(row)1 = _mm512_fmadd_ps(xr, w1, acc\(row)1);")
+        writer.close()
+    }
+    writer.close()
+    for row in 0..<8 {
+        writer.open(row == 0 ? "" : "if (rows > \(row))")
+        let offset = row == 0 ? "" : " + \(row) * y_stride"
+        writer.line("__m512 v0 = activate_f32x16(acc\(row)0, activation);")
+        writer.line("__m512 v1 = activate_f32x16(acc\(row)1, activation);")
+        writer.line("if (has_residual) v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(mask0, residual\(offset)));")
+        writer.line("if (has_residual && cols > 16) v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(mask1, residual\(offset) + 16));")
+        writer.line("_mm512_mask_storeu_ps(y\(offset), mask0, v0);")
+        writer.line("if (cols > 16) _mm512_mask_storeu_ps(y\(offset) + 16, mask1, v1);")
+        writer.close()
+    }
+    writer.close()
+
+    // AVX2: rows <= 6, cols <= 16 as two ymm columns; partial columns use vmaskmovps.
+    writer.directive("#elif defined(KERNELS_AVX2)")
+    writer.line("KERNEL_INLINE void pointwise_f32_tile6x16_avx2" + parameters[0])
+    writer.lines(parameters.dropFirst().map { "    " + $0 })
+    writer.open("")
+    writer.line("const __m256i mask0 = lane_mask_f32x8(cols);")
+    writer.line("const __m256i mask1 = lane_mask_f32x8(cols - 8);")
+    writer.line("const __m256 bias0 = has_bias ? _mm256_maskload_ps(bias, mask0) : _mm256_setzero_ps();")
+    writer.line("const __m256 bias1 = has_bias && cols > 8 ? _mm256_maskload_ps(bias + 8, mask1) : _mm256_setzero_ps();")
+    for row in 0..<6 {
+        writer.line("__m256 acc\(row)0 = bias0, acc\(row)1 = bias1;")
+    }
+    writer.openFor("k", to: "k_count")
+    writer.line("const __m256 w0 = cols >= 8 ? _mm256_loadu_ps(w + k * w_stride) : _mm256_maskload_ps(w + k * w_stride, mask0);")
+    writer.line("const __m256 w1 = cols >= 16 ? _mm256_loadu_ps(w + k * w_stride + 8)")
+    writer.line("                 : cols > 8 ? _mm256_maskload_ps(w + k * w_stride + 8, mask1) : _mm256_setzero_ps();")
+    for row in 0..<6 {
+        writer.open(row == 0 ? "" : "if (rows > \(row))")
+        writer.line("const __m256 xr = _mm256_broadcast_ss(x\(row == 0 ? "" : " + \(row) * k_count") + k);")
+        writer.line("acc\(row)0 = _mm256_fmadd_ps(xr, w0, acc\(row)0);")
+        writer.line("if (cols > 8) acc\(row)1 = _mm256_fmadd_ps(xr, w1, acc\(row)1);")
+        writer.close()
+    }
+    writer.close()
+    for row in 0..<6 {
+        writer.open(row == 0 ? "" : "if (rows > \(row))")
+        let offset = row == 0 ? "" : " + \(row) * y_stride"
+        writer.line("__m256 v0 = activate_f32x8(acc\(row)0, activation);")
+        writer.line("__m256 v1 = activate_f32x8(acc\(row)1, activation);")
+        writer.line("if (has_residual) v0 = _mm256_add_ps(v0, _mm256_maskload_ps(residual\(offset), mask0));")
+        writer.line("if (has_residual && cols > 8) v1 = _mm256_add_ps(v1, _mm256_maskload_ps(residual\(offset) + 8, mask1));")
+        writer.line("if (cols >= 8) _mm256_storeu_ps(y\(offset), v0); else _mm256_maskstore_ps(y\(offset), mask0, v0);")
+        writer.line("if (cols >= 16) _mm256_storeu_ps(y\(offset) + 8, v1); else if (cols > 8) _mm256_maskstore_ps(y\(offset) + 8, mask1, v1);")
+        writer.close()
+    }
+    writer.close()
+
+    // Portable: the compiler vectorizes the j loops once inlining makes rows and cols literals.
+    writer.directive("#else")
+    writer.line("KERNEL_INLINE void pointwise_f32_tile4x16_portable" + parameters[0])
+    writer.lines(parameters.dropFirst().map { "    " + $0 })
+    writer.open("")
+    writer.line("float acc[4][16];")
+    writer.openFor("r", to: "rows")
+    writer.openFor("j", to: "cols")
+    writer.line("acc[r][j] = has_bias ? bias[j] : 0.0f;")
+    writer.close()
+    writer.close()
+    writer.openFor("k", to: "k_count")
+    writer.line("const float *restrict wk = w + k * w_stride;")
+    writer.openFor("r", to: "rows")
+    writer.line("const float xv = x[r * k_count + k];")
+    writer.openFor("j", to: "cols")
+    writer.line("acc[r][j] += xv * wk[j];")
+    writer.close()
+    writer.close()
+    writer.close()
+    writer.openFor("r", to: "rows")
+    writer.openFor("j", to: "cols")
+    writer.line("float v = activate_f32(acc[r][j], activation);")
+    writer.line("if (has_residual) v += residual[r * y_stride + j];")
+    writer.line("y[r * y_stride + j] = v;")
+    writer.close()
+    writer.close()
+    writer.close()
+    writer.directive("#endif")
+    return writer.text
+}
+
+private let depthwisePixelSource = #"""
+/*
+ * One output pixel of a depthwise convolution, all channels:
+ *   y[c] = activation(bias[c] + sum over taps of x[tap][c] * w[tap][c]) + residual[c]
+ * over the taps ky in [ky0, ky1), kx in [kx0, kx1) that lie inside the input. Tap (ky, kx)
+ * reads x at x_offset + ky * row_stride + kx * channels, where x_offset is the offset of the
+ * window's top-left corner (negative when that corner lies in the padding). w is
+ * [kernel_height][kernel_width][channels] (the `hwc` layout); y and residual point at the
+ * output pixel.
+ */
+#if defined(KERNELS_AVX512)
+KERNEL_INLINE void depthwise_f32_pixel(const float *restrict x, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int channels, int kernel_width, int row_stride, int x_offset,
+    int ky0, int ky1, int kx0, int kx1, int has_bias, int has_residual, int activation)
+{
+    int c = 0;
+    /* 64 channels at a time: four independent accumulator chains hide the FMA latency. */
+    for (; c + 64 <= channels; c += 64) {
+        __m512 acc0 = has_bias ? _mm512_loadu_ps(bias + c) : _mm512_setzero_ps();
+        __m512 acc1 = has_bias ? _mm512_loadu_ps(bias + c + 16) : _mm512_setzero_ps();
+        __m512 acc2 = has_bias ? _mm512_loadu_ps(bias + c + 32) : _mm512_setzero_ps();
+        __m512 acc3 = has_bias ? _mm512_loadu_ps(bias + c + 48) : _mm512_setzero_ps();
+        for (int ky = ky0; ky < ky1; ++ky) {
+            for (int kx = kx0; kx < kx1; ++kx) {
+                const float *xp = x + (x_offset + ky * row_stride + kx * channels + c);
+                const float *wp = w + ((ky * kernel_width + kx) * channels + c);
+                acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(xp), _mm512_loadu_ps(wp), acc0);
+                acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(xp + 16), _mm512_loadu_ps(wp + 16), acc1);
+                acc2 = _mm512_fmadd_ps(_mm512_loadu_ps(xp + 32), _mm512_loadu_ps(wp + 32), acc2);
+                acc3 = _mm512_fmadd_ps(_mm512_loadu_ps(xp + 48), _mm512_loadu_ps(wp + 48), acc3);
+            }
+        }
+        acc0 = activate_f32x16(acc0, activation);
+        acc1 = activate_f32x16(acc1, activation);
+        acc2 = activate_f32x16(acc2, activation);
+        acc3 = activate_f32x16(acc3, activation);
+        if (has_residual) {
+            acc0 = _mm512_add_ps(acc0, _mm512_loadu_ps(residual + c));
+            acc1 = _mm512_add_ps(acc1, _mm512_loadu_ps(residual + c + 16));
+            acc2 = _mm512_add_ps(acc2, _mm512_loadu_ps(residual + c + 32));
+            acc3 = _mm512_add_ps(acc3, _mm512_loadu_ps(residual + c + 48));
+        }
+        _mm512_storeu_ps(y + c, acc0);
+        _mm512_storeu_ps(y + c + 16, acc1);
+        _mm512_storeu_ps(y + c + 32, acc2);
+        _mm512_storeu_ps(y + c + 48, acc3);
+    }
+    /* The remaining channels 16 at a time, the last partial group masked. */
+    for (; c < channels; c += 16) {
+        const __mmask16 mask = (__mmask16)(channels - c >= 16 ? 0xFFFFu : (1u << (channels - c)) - 1u);
+        __m512 acc = has_bias ? _mm512_maskz_loadu_ps(mask, bias + c) : _mm512_setzero_ps();
+        for (int ky = ky0; ky < ky1; ++ky) {
+            for (int kx = kx0; kx < kx1; ++kx) {
+                const float *xp = x + (x_offset + ky * row_stride + kx * channels + c);
+                const float *wp = w + ((ky * kernel_width + kx) * channels + c);
+                acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, xp), _mm512_maskz_loadu_ps(mask, wp), acc);
+            }
+        }
+        acc = activate_f32x16(acc, activation);
+        if (has_residual) acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(mask, residual + c));
+        _mm512_mask_storeu_ps(y + c, mask, acc);
+    }
+}
+#elif defined(KERNELS_AVX2)
+KERNEL_INLINE void depthwise_f32_pixel(const float *restrict x, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int channels, int kernel_width, int row_stride, int x_offset,
+    int ky0, int ky1, int kx0, int kx1, int has_bias, int has_residual, int activation)
+{
+    int c = 0;
+    /* 32 channels at a time: four independent accumulator chains hide the FMA latency. */
+    for (; c + 32 <= channels; c += 32) {
+        __m256 acc0 = has_bias ? _mm256_loadu_ps(bias + c) : _mm256_setzero_ps();
+        __m256 acc1 = has_bias ? _mm256_loadu_ps(bias + c + 8) : _mm256_setzero_ps();
+        __m256 acc2 = has_bias ? _mm256_loadu_ps(bias + c + 16) : _mm256_setzero_ps();
+        __m256 acc3 = has_bias ? _mm256_loadu_ps(bias + c + 24) : _mm256_setzero_ps();
+        for (int ky = ky0; ky < ky1; ++ky) {
+            for (int kx = kx0; kx < kx1; ++kx) {
+                const float *xp = x + (x_offset + ky * row_stride + kx * channels + c);
+                const float *wp = w + ((ky * kernel_width + kx) * channels + c);
+                acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(xp), _mm256_loadu_ps(wp), acc0);
+                acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(xp + 8), _mm256_loadu_ps(wp + 8), acc1);
+                acc2 = _mm256_fmadd_ps(_mm256_loadu_ps(xp + 16), _mm256_loadu_ps(wp + 16), acc2);
+                acc3 = _mm256_fmadd_ps(_mm256_loadu_ps(xp + 24), _mm256_loadu_ps(wp + 24), acc3);
+            }
+        }
+        acc0 = activate_f32x8(acc0, activation);
+        acc1 = activate_f32x8(acc1, activation);
+        acc2 = activate_f32x8(acc2, activation);
+        acc3 = activate_f32x8(acc3, activation);
+        if (has_residual) {
+            acc0 = _mm256_add_ps(acc0, _mm256_loadu_ps(residual + c));
+            acc1 = _mm256_add_ps(acc1, _mm256_loadu_ps(residual + c + 8));
+            acc2 = _mm256_add_ps(acc2, _mm256_loadu_ps(residual + c + 16));
+            acc3 = _mm256_add_ps(acc3, _mm256_loadu_ps(residual + c + 24));
+        }
+        _mm256_storeu_ps(y + c, acc0);
+        _mm256_storeu_ps(y + c + 8, acc1);
+        _mm256_storeu_ps(y + c + 16, acc2);
+        _mm256_storeu_ps(y + c + 24, acc3);
+    }
+    /* The remaining channels 8 at a time, the last partial group masked. */
+    for (; c < channels; c += 8) {
+        const __m256i mask = lane_mask_f32x8(channels - c);
+        __m256 acc = has_bias ? _mm256_maskload_ps(bias + c, mask) : _mm256_setzero_ps();
+        for (int ky = ky0; ky < ky1; ++ky) {
+            for (int kx = kx0; kx < kx1; ++kx) {
+                const float *xp = x + (x_offset + ky * row_stride + kx * channels + c);
+                const float *wp = w + ((ky * kernel_width + kx) * channels + c);
+                acc = _mm256_fmadd_ps(_mm256_maskload_ps(xp, mask), _mm256_maskload_ps(wp, mask), acc);
+            }
+        }
+        acc = activate_f32x8(acc, activation);
+        if (has_residual) acc = _mm256_add_ps(acc, _mm256_maskload_ps(residual + c, mask));
+        _mm256_maskstore_ps(y + c, mask, acc);
+    }
+}
+#else
+/* Portable: y is the accumulator, and every channel loop is contiguous and vectorizable. */
+KERNEL_INLINE void depthwise_f32_pixel(const float *restrict x, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int channels, int kernel_width, int row_stride, int x_offset,
+    int ky0, int ky1, int kx0, int kx1, int has_bias, int has_residual, int activation)
+{
+    for (int c = 0; c < channels; ++c) {
+        y[c] = has_bias ? bias[c] : 0.0f;
+    }
+    for (int ky = ky0; ky < ky1; ++ky) {
+        for (int kx = kx0; kx < kx1; ++kx) {
+            const float *restrict xp = x + (x_offset + ky * row_stride + kx * channels);
+            const float *restrict wp = w + (ky * kernel_width + kx) * channels;
+            for (int c = 0; c < channels; ++c) {
+                y[c] += xp[c] * wp[c];
+            }
+        }
+    }
+    for (int c = 0; c < channels; ++c) {
+        float v = activate_f32(y[c], activation);
+        if (has_residual) v += residual[c];
+        y[c] = v;
+    }
+}
+#endif
+"""#
+
+private let matrixVectorSource = #"""
+/*
+ * A fully connected layer on a vector:
+ *   y[o] = activation(bias[o] + sum over i of w[o][i] * x[i]) for o < outputs,
+ * with w in PyTorch's [outputs][inputs] order. Sixteen partial sums per output keep the inner
+ * loop vectorizable without reassociating float additions.
+ */
+KERNEL_INLINE void matrix_vector_f32(const float *restrict x, const float *restrict w,
+    const float *restrict bias, float *restrict y, int outputs, int inputs, int has_bias, int activation)
+{
+    const int blocked = inputs - inputs % 16;
+    for (int o = 0; o < outputs; ++o) {
+        const float *restrict row = w + o * inputs;
+        float lanes[16] = {0.0f};
+        for (int i = 0; i < blocked; i += 16) {
+            for (int j = 0; j < 16; ++j) {
+                lanes[j] += row[i + j] * x[i + j];
+            }
+        }
+        float sum = has_bias ? bias[o] : 0.0f;
+        for (int j = 0; j < 16; ++j) {
+            sum += lanes[j];
+        }
+        for (int i = blocked; i < inputs; ++i) {
+            sum += row[i] * x[i];
+        }
+        y[o] = activate_f32(sum, activation);
+    }
+}
+"""#

@@ -1,0 +1,469 @@
+/// Per-shape C kernels: one `static void` function per distinct op and shape, with every bound,
+/// stride and offset a literal. Kernels with identical text are emitted once and shared.
+///
+/// Kernel arguments come in a fixed order: the op's inputs, its parameters (in the node's
+/// parameter order), its scratch area, then the output `y`.
+
+/// How the generated code stores one value: feature maps as `[H][W][C]` (NHWC), except the
+/// network input, which stays in the caller's layout; vectors `[1, N]` as N floats.
+struct CTensor {
+    var channels: Int
+    var height: Int
+    var width: Int
+    var layout: TensorLayout
+
+    init(shape: [Int], layout: TensorLayout) {
+        if shape.count == 4 {
+            channels = shape[1]
+            height = shape[2]
+            width = shape[3]
+        } else {
+            channels = shape.dropFirst().reduce(1, *)
+            height = 1
+            width = 1
+        }
+        self.layout = layout
+    }
+
+    var pixels: Int { height * width }
+    var count: Int { channels * pixels }
+
+    /// True when channels are innermost in memory, so NHWC kernels can read it.
+    var isChannelsLast: Bool { layout == .nhwc || pixels == 1 || channels == 1 }
+
+    /// The C index of channel `channel` of pixel `pixel` (= y · W + x).
+    func index(pixel: String, channel: String) -> String {
+        if isChannelsLast {
+            return CExpression.sum([CExpression.times(pixel, channels), channel])
+        }
+        return CExpression.sum([CExpression.times(channel, pixels), pixel])
+    }
+
+    func index(y: String, x: String, channel: String) -> String {
+        index(pixel: CExpression.sum([CExpression.times(y, width), x]), channel: channel)
+    }
+
+    /// `HxWxC` in kernel names, or `nchwCxHxW` for a channel-planar input.
+    var label: String {
+        isChannelsLast ? "\(height)x\(width)x\(channels)" : "nchw\(channels)x\(height)x\(width)"
+    }
+}
+
+/// The kernels and helpers one generated file needs, in first-use order.
+struct CKernelLibrary {
+    private(set) var definitions: [String] = []
+    private(set) var helpers: Set<CHelper> = []
+    /// True when a kernel calls `sqrt` from <math.h>.
+    private(set) var needsMath = false
+    private var textByName: [String: String] = [:]
+
+    mutating func use(_ helper: CHelper) {
+        helpers.insert(helper)
+        for dependency in helper.dependencies { use(dependency) }
+    }
+
+    /// Adds a kernel and returns the name to call it by. A kernel whose text equals an existing
+    /// one reuses it; a different kernel under a taken name gets a numeric suffix.
+    mutating func define(name: String, summary: String, parameters: [String], body: CWriter) -> String {
+        var suffix = 1
+        while true {
+            let candidate = suffix == 1 ? name : "\(name)_\(suffix)"
+            let text = render(name: candidate, summary: summary, parameters: parameters, body: body)
+            if let existing = textByName[candidate] {
+                if existing == text { return candidate }
+                suffix += 1
+                continue
+            }
+            textByName[candidate] = text
+            definitions.append(text)
+            return candidate
+        }
+    }
+
+    private func render(name: String, summary: String, parameters: [String], body: CWriter) -> String {
+        var lines = ["/* \(summary) */"]
+        var signature = "static void \(name)("
+        let indent = String(repeating: " ", count: signature.count)
+        for (index, parameter) in parameters.enumerated() {
+            let piece = parameter + (index == parameters.count - 1 ? ")" : ",")
+            if signature.count + piece.count + 1 > 110 && !signature.hasSuffix("(") {
+                lines.append(signature)
+                signature = indent + piece
+            } else {
+                signature += (signature.hasSuffix("(") ? "" : " ") + piece
+            }
+        }
+        lines.append(signature)
+        lines.append("{")
+        lines.append(contentsOf: body.lines.map { $0.isEmpty || $0.hasPrefix("#") ? $0 : "    " + $0 })
+        lines.append("}")
+        return lines.joined(separator: "\n") + "\n"
+    }
+}
+
+private func activationSuffix(_ activation: Activation) -> String {
+    activation == .identity ? "" : "_\(activation.rawValue)"
+}
+
+private func paddingLabel(_ padding: Padding) -> String {
+    if padding.top == padding.bottom && padding.left == padding.right && padding.top == padding.left {
+        return "p\(padding.top)"
+    }
+    return "p\(padding.top)_\(padding.left)_\(padding.bottom)_\(padding.right)"
+}
+
+private func strideLabel(_ conv: Conv2D) -> String {
+    conv.strideHeight == conv.strideWidth ? "s\(conv.strideHeight)" : "s\(conv.strideHeight)x\(conv.strideWidth)"
+}
+
+private let inputParameter = "const float *restrict x"
+private let outputParameter = "float *restrict y"
+
+private func constParameter(_ name: String) -> String { "const float *restrict \(name)" }
+
+extension CKernelLibrary {
+    /// A 1×1, stride-1, unpadded convolution on NHWC input with `io` weights: a GEMM
+    /// `y[P][N] = x[P][K] · w[K][N]` tiled into register blocks, bias, activation and residual
+    /// in the tile's epilogue. Arguments: x, w, [bias], [residual], y.
+    mutating func pointwiseConvolution(input: CTensor, outputChannels: Int, hasBias: Bool,
+                                       activation: Activation, hasResidual: Bool) -> String {
+        use(.pointwiseTile)
+        let pixels = input.pixels, inputChannels = input.channels
+        var body = CWriter()
+        for (position, tile) in pointwiseTileShapes.enumerated() {
+            if position == 0 {
+                body.directive("#if \(tile.condition)")
+            } else if tile.condition.isEmpty {
+                body.directive("#else")
+            } else {
+                body.directive("#elif \(tile.condition)")
+            }
+            let mainRows = pixels - pixels % tile.rows, mainColumns = outputChannels - outputChannels % tile.columns
+
+            func callTile(pixel: String, column: String, rows: Int, columns: Int) {
+                let outputOffset = CExpression.sum([CExpression.times(pixel, outputChannels), column])
+                let arguments = [
+                    CExpression.offset("x", CExpression.times(pixel, inputChannels)),
+                    CExpression.offset("w", column),
+                    hasBias ? CExpression.offset("bias", column) : "NULL",
+                    hasResidual ? CExpression.offset("residual", outputOffset) : "NULL",
+                    CExpression.offset("y", outputOffset),
+                    "\(rows)", "\(columns)", "\(inputChannels)", "\(outputChannels)", "\(outputChannels)",
+                    hasBias ? "1" : "0", hasResidual ? "1" : "0", activationConstant(activation),
+                ]
+                body.line("\(tile.function)(\(arguments.joined(separator: ", ")));")
+            }
+            func callRow(pixel: String, rows: Int) {
+                if mainColumns > 0 {
+                    body.openFor("n", to: mainColumns, step: tile.columns)
+                    callTile(pixel: pixel, column: "n", rows: rows, columns: tile.columns)
+                    body.close()
+                }
+                if mainColumns < outputChannels {
+                    callTile(pixel: pixel, column: String(mainColumns), rows: rows, columns: outputChannels - mainColumns)
+                }
+            }
+
+            if mainRows > 0 {
+                body.openFor("p", to: mainRows, step: tile.rows)
+                callRow(pixel: "p", rows: tile.rows)
+                body.close()
+            }
+            if mainRows < pixels {
+                callRow(pixel: String(mainRows), rows: pixels - mainRows)
+            }
+        }
+        body.directive("#endif")
+
+        let name = "pointwise_f32_\(input.label)_to_\(outputChannels)" + activationSuffix(activation)
+            + (hasResidual ? "_residual" : "") + (hasBias ? "" : "_nobias")
+        var parameters = [inputParameter, constParameter("w")]
+        if hasBias { parameters.append(constParameter("bias")) }
+        if hasResidual { parameters.append(constParameter("residual")) }
+        parameters.append(outputParameter)
+        let summary = "1x1 convolution as a GEMM: y[\(pixels)][\(outputChannels)] = x[\(pixels)][\(inputChannels)]"
+            + " * w[\(inputChannels)][\(outputChannels)]" + epilogueDescription(hasBias: hasBias, activation: activation, hasResidual: hasResidual)
+        return define(name: name, summary: summary, parameters: parameters, body: body)
+    }
+
+    /// A depthwise convolution on NHWC input with `hwc` weights, one output pixel at a time,
+    /// vectorized over channels. Interior pixels call the pixel helper with literal tap bounds,
+    /// so the compiler unrolls their taps; border pixels clip the taps to the input.
+    /// Arguments: x, w, [bias], [residual], y.
+    mutating func depthwiseConvolution(_ conv: Conv2D, input: CTensor, output: CTensor, hasResidual: Bool) -> String {
+        use(.depthwisePixel)
+        let channels = input.channels, kh = conv.kernelHeight, kw = conv.kernelWidth
+        var body = CWriter()
+        body.openFor("oy", to: output.height)
+        body.line("const int iy0 = \(CExpression.sum([CExpression.times("oy", conv.strideHeight), String(-conv.padding.top)]));")
+        body.line("const int ky0 = iy0 < 0 ? -iy0 : 0;")
+        body.line("const int ky1 = iy0 + \(kh) > \(input.height) ? \(input.height) - iy0 : \(kh);")
+        body.openFor("ox", to: output.width)
+        body.line("const int ix0 = \(CExpression.sum([CExpression.times("ox", conv.strideWidth), String(-conv.padding.left)]));")
+        body.line("const int kx0 = ix0 < 0 ? -ix0 : 0;")
+        body.line("const int kx1 = ix0 + \(kw) > \(input.width) ? \(input.width) - ix0 : \(kw);")
+        body.line("const int x_offset = \(CExpression.times("iy0 * \(input.width) + ix0", channels));")
+        body.line("const int y_offset = \(CExpression.times("oy * \(output.width) + ox", channels));")
+        func call(_ bounds: String) {
+            let arguments = [
+                "x", "w", conv.hasBias ? "bias" : "NULL", hasResidual ? "residual + y_offset" : "NULL", "y + y_offset",
+                "\(channels)", "\(kw)", "\(input.width * channels)", "x_offset", bounds,
+                conv.hasBias ? "1" : "0", hasResidual ? "1" : "0", activationConstant(conv.activation),
+            ]
+            body.line("depthwise_f32_pixel(\(arguments.joined(separator: ", ")));")
+        }
+        body.open("if (ky0 == 0 && ky1 == \(kh) && kx0 == 0 && kx1 == \(kw))")
+        call("0, \(kh), 0, \(kw)")
+        body.openElse()
+        call("ky0, ky1, kx0, kx1")
+        body.close()
+        body.close()
+        body.close()
+
+        let name = "depthwise\(kh)x\(kw)_\(strideLabel(conv))_f32_\(input.label)_\(paddingLabel(conv.padding))"
+            + activationSuffix(conv.activation) + (hasResidual ? "_residual" : "") + (conv.hasBias ? "" : "_nobias")
+        var parameters = [inputParameter, constParameter("w")]
+        if conv.hasBias { parameters.append(constParameter("bias")) }
+        if hasResidual { parameters.append(constParameter("residual")) }
+        parameters.append(outputParameter)
+        let summary = "\(kh)x\(kw) depthwise convolution, stride \(conv.strideHeight)x\(conv.strideWidth), padding \(conv.padding):"
+            + " \(input.label) -> \(output.label), w[\(kh)][\(kw)][\(channels)]"
+            + epilogueDescription(hasBias: conv.hasBias, activation: conv.activation, hasResidual: hasResidual)
+        return define(name: name, summary: summary, parameters: parameters, body: body)
+    }
+
+    /// Any convolution, by direct loops: for each output pixel, the output row accumulates
+    /// every tap and input channel, vectorized over output channels when the weights are
+    /// `hwio` (or `io`/`hwc`, its special cases). Reads the input in either layout.
+    /// Arguments: x, w, [bias], [residual], y.
+    mutating func directConvolution(_ conv: Conv2D, weightLayout: WeightLayout, input: CTensor, output: CTensor,
+                                    residual: CTensor?) -> String {
+        use(.activation)
+        let kh = conv.kernelHeight, kw = conv.kernelWidth
+        let groupInputs = conv.inChannels / conv.groups, groupOutputs = conv.outChannels / conv.groups
+        let outChannels = conv.outChannels
+        var body = CWriter()
+        body.openFor("oy", to: output.height)
+        body.openFor("ox", to: output.width)
+        body.line("float *restrict yp = y + \(CExpression.times("oy * \(output.width) + ox", outChannels));")
+        body.openFor("o", to: outChannels)
+        body.line("yp[o] = \(conv.hasBias ? "bias[o]" : "0.0f");")
+        body.close()
+
+        // A bounds check is needed only on a side where the window can leave the input.
+        body.openFor("ky", to: kh)
+        body.line("const int iy = \(CExpression.sum([CExpression.times("oy", conv.strideHeight), String(-conv.padding.top), "ky"]));")
+        let lastRow = (output.height - 1) * conv.strideHeight - conv.padding.top + kh - 1
+        var rowChecks: [String] = []
+        if conv.padding.top > 0 { rowChecks.append("iy < 0") }
+        if lastRow >= input.height { rowChecks.append("iy >= \(input.height)") }
+        if !rowChecks.isEmpty { body.line("if (\(rowChecks.joined(separator: " || "))) continue;") }
+        body.openFor("kx", to: kw)
+        body.line("const int ix = \(CExpression.sum([CExpression.times("ox", conv.strideWidth), String(-conv.padding.left), "kx"]));")
+        let lastColumn = (output.width - 1) * conv.strideWidth - conv.padding.left + kw - 1
+        var columnChecks: [String] = []
+        if conv.padding.left > 0 { columnChecks.append("ix < 0") }
+        if lastColumn >= input.width { columnChecks.append("ix >= \(input.width)") }
+        if !columnChecks.isEmpty { body.line("if (\(columnChecks.joined(separator: " || "))) continue;") }
+
+        let group = conv.groups > 1 ? "g" : "0"
+        if conv.groups > 1 { body.openFor("g", to: conv.groups) }
+        body.openFor("i", to: groupInputs)
+        let channel = CExpression.sum([CExpression.times(group, groupInputs), "i"])
+        body.line("const float xv = x[\(input.index(y: "iy", x: "ix", channel: channel))];")
+        let outputChannel = CExpression.sum([CExpression.times(group, groupOutputs), "o"])
+        let weightIndex: String
+        switch weightLayout {
+        case .pytorch:
+            // [out][in / groups][kh][kw]
+            let row = CExpression.sum([CExpression.times(outputChannel, groupInputs), "i"])
+            weightIndex = CExpression.sum([CExpression.times(CExpression.sum([CExpression.times(row, kh), "ky"]), kw), "kx"])
+        case .hwio, .inputOutput, .depthwiseHWC:
+            // [kh][kw][in / groups][out]; `io` is the 1×1 case and `hwc` the one-input-per-group case.
+            let tap = CExpression.sum([CExpression.times("ky", kw), "kx"])
+            weightIndex = CExpression.sum([CExpression.times(CExpression.sum([CExpression.times(tap, groupInputs), "i"]), outChannels), outputChannel])
+        }
+        body.openFor("o", to: groupOutputs)
+        body.line("yp[\(outputChannel)] += xv * w[\(weightIndex)];")
+        body.close()
+        body.close()
+        if conv.groups > 1 { body.close() }
+        body.close()
+        body.close()
+
+        body.openFor("o", to: outChannels)
+        if let residual {
+            let residualIndex = residual.index(pixel: "oy * \(output.width) + ox", channel: "o")
+            body.line("yp[o] = activate_f32(yp[o], \(activationConstant(conv.activation))) + residual[\(residualIndex)];")
+        } else {
+            body.line("yp[o] = activate_f32(yp[o], \(activationConstant(conv.activation)));")
+        }
+        body.close()
+        body.close()
+        body.close()
+
+        let groupLabel = conv.groups > 1 ? "_g\(conv.groups)" : ""
+        let name = "conv\(kh)x\(kw)_\(strideLabel(conv))_f32_direct_\(input.label)_to_\(outChannels)\(groupLabel)"
+            + "_\(weightLayout.rawValue)_\(paddingLabel(conv.padding))" + activationSuffix(conv.activation)
+            + (residual != nil ? "_residual" : "") + (conv.hasBias ? "" : "_nobias")
+        var parameters = [inputParameter, constParameter("w")]
+        if conv.hasBias { parameters.append(constParameter("bias")) }
+        if residual != nil { parameters.append(constParameter("residual")) }
+        parameters.append(outputParameter)
+        let summary = "\(kh)x\(kw) convolution by direct loops, stride \(conv.strideHeight)x\(conv.strideWidth), padding \(conv.padding),"
+            + " groups \(conv.groups): \(input.label) -> \(output.label), \(weightLayout.rawValue) weights"
+            + epilogueDescription(hasBias: conv.hasBias, activation: conv.activation, hasResidual: residual != nil)
+        return define(name: name, summary: summary, parameters: parameters, body: body)
+    }
+
+    /// Inference BatchNorm: `scale[c] = weight[c] / sqrt(running_var[c] + epsilon)` in double
+    /// into the scratch area, then `y = (x - running_mean) * scale + bias`.
+    /// Arguments: x, weight, bias, running_mean, running_var, scratch (C floats), y.
+    mutating func batchNorm(epsilon: Float, input: CTensor, output: CTensor) -> String {
+        needsMath = true
+        let channels = input.channels
+        var body = CWriter()
+        body.openFor("c", to: channels)
+        body.line("scale[c] = (float)((double)gamma[c] / sqrt((double)variance[c] + (double)\(CExpression.float(epsilon))));")
+        body.close()
+        body.openFor("p", to: input.pixels)
+        body.openFor("c", to: channels)
+        body.line("y[\(output.index(pixel: "p", channel: "c"))] = (x[\(input.index(pixel: "p", channel: "c"))] - mean[c]) * scale[c] + beta[c];")
+        body.close()
+        body.close()
+        let parameters = [inputParameter, constParameter("gamma"), constParameter("beta"), constParameter("mean"),
+                          constParameter("variance"), "float *restrict scale", outputParameter]
+        let summary = "inference BatchNorm, epsilon \(epsilon): \(input.label) -> \(output.label)"
+        return define(name: "batchnorm_f32_\(input.label)", summary: summary, parameters: parameters, body: body)
+    }
+
+    /// An element-wise activation. Arguments: x, y.
+    mutating func activation(_ activation: Activation, input: CTensor, output: CTensor) -> String {
+        use(.activation)
+        var body = CWriter()
+        elementwise(&body, inputs: [input], output: output) { values in
+            "activate_f32(\(values[0]), \(activationConstant(activation)))"
+        }
+        return define(name: "\(activation.rawValue)_f32_\(input.label)", summary: "\(activation.rawValue): \(input.label) -> \(output.label)",
+                      parameters: [inputParameter, outputParameter], body: body)
+    }
+
+    /// The element-wise sum of two values. Arguments: a, b, y.
+    mutating func add(_ lhs: CTensor, _ rhs: CTensor, output: CTensor) -> String {
+        var body = CWriter()
+        elementwise(&body, inputs: [lhs, rhs], output: output, names: ["a", "b"]) { values in "\(values[0]) + \(values[1])" }
+        let name = "add_f32_\(lhs.label)" + (lhs.label == rhs.label ? "" : "_\(rhs.label)")
+        return define(name: name, summary: "element-wise sum: \(lhs.label) + \(rhs.label) -> \(output.label)",
+                      parameters: [constParameter("a"), constParameter("b"), outputParameter], body: body)
+    }
+
+    /// `y = x * scale[c]` with one scale per channel. Arguments: x, scale, y.
+    mutating func channelScale(input: CTensor, output: CTensor) -> String {
+        var body = CWriter()
+        body.openFor("p", to: input.pixels)
+        body.openFor("c", to: input.channels)
+        body.line("y[\(output.index(pixel: "p", channel: "c"))] = x[\(input.index(pixel: "p", channel: "c"))] * scale[c];")
+        body.close()
+        body.close()
+        return define(name: "channel_scale_f32_\(input.label)", summary: "per-channel scale: \(input.label) * scale[\(input.channels)]",
+                      parameters: [inputParameter, constParameter("scale"), outputParameter], body: body)
+    }
+
+    /// The mean over H and W, per channel. Arguments: x, y (C floats).
+    mutating func globalAveragePool(input: CTensor) -> String {
+        var body = CWriter()
+        averagePool(&body, input: input, into: "y")
+        return define(name: "global_avgpool_f32_\(input.label)", summary: "global average pool: \(input.label) -> \(input.channels)",
+                      parameters: [inputParameter, outputParameter], body: body)
+    }
+
+    /// A fully connected layer with PyTorch-order `[out][in]` weights. Arguments: x, w, [bias], y.
+    mutating func linear(_ linear: Linear) -> String {
+        use(.matrixVector)
+        var body = CWriter()
+        body.line("matrix_vector_f32(x, w, \(linear.hasBias ? "bias" : "NULL"), y, \(linear.outFeatures), \(linear.inFeatures), "
+                  + "\(linear.hasBias ? 1 : 0), \(activationConstant(linear.activation)));")
+        var parameters = [inputParameter, constParameter("w")]
+        if linear.hasBias { parameters.append(constParameter("bias")) }
+        parameters.append(outputParameter)
+        let name = "linear_f32_\(linear.inFeatures)_to_\(linear.outFeatures)" + activationSuffix(linear.activation)
+            + (linear.hasBias ? "" : "_nobias")
+        let summary = "fully connected: y[\(linear.outFeatures)] = w[\(linear.outFeatures)][\(linear.inFeatures)] * x[\(linear.inFeatures)]"
+            + epilogueDescription(hasBias: linear.hasBias, activation: linear.activation, hasResidual: false)
+        return define(name: name, summary: summary, parameters: parameters, body: body)
+    }
+
+    /// The scratch floats a fused squeeze-excite needs: channel means, the squeezed vector and
+    /// the gate, each starting on a 64-byte boundary.
+    static func squeezeExciteScratchFloats(_ se: SqueezeExcite) -> (hidden: Int, gate: Int, total: Int) {
+        let hidden = align(se.channels, 16)
+        let gate = hidden + align(se.squeezeChannels, 16)
+        return (hidden, gate, gate + align(se.channels, 16))
+    }
+
+    /// A fused squeeze-excitation block: channel means, fc1 + activation, fc2 + gate, then
+    /// `y = x * gate[c]` into the output buffer (never in place). Arguments: x, fc1 weight,
+    /// fc1 bias, fc2 weight, fc2 bias, scratch, y.
+    mutating func squeezeExcite(_ se: SqueezeExcite, input: CTensor, output: CTensor) -> String {
+        use(.matrixVector)
+        let scratch = CKernelLibrary.squeezeExciteScratchFloats(se)
+        var body = CWriter()
+        body.line("float *restrict pooled = scratch;")
+        body.line("float *restrict hidden = scratch + \(scratch.hidden);")
+        body.line("float *restrict gate = scratch + \(scratch.gate);")
+        averagePool(&body, input: input, into: "pooled")
+        body.line("matrix_vector_f32(pooled, fc1_weight, fc1_bias, hidden, \(se.squeezeChannels), \(se.channels), 1, \(activationConstant(se.activation)));")
+        body.line("matrix_vector_f32(hidden, fc2_weight, fc2_bias, gate, \(se.channels), \(se.squeezeChannels), 1, \(activationConstant(se.gate)));")
+        body.openFor("p", to: input.pixels)
+        body.openFor("c", to: input.channels)
+        body.line("y[\(output.index(pixel: "p", channel: "c"))] = x[\(input.index(pixel: "p", channel: "c"))] * gate[c];")
+        body.close()
+        body.close()
+        let parameters = [inputParameter, constParameter("fc1_weight"), constParameter("fc1_bias"), constParameter("fc2_weight"),
+                          constParameter("fc2_bias"), "float *restrict scratch", outputParameter]
+        let name = "squeeze_excite_f32_\(input.label)_s\(se.squeezeChannels)_\(se.activation.rawValue)_\(se.gate.rawValue)"
+        let summary = "squeeze-excite: x * \(se.gate.rawValue)(fc2(\(se.activation.rawValue)(fc1(mean_hw(x))))),"
+            + " \(input.label), \(se.channels) -> \(se.squeezeChannels) -> \(se.channels)"
+        return define(name: name, summary: summary, parameters: parameters, body: body)
+    }
+
+    private func averagePool(_ body: inout CWriter, input: CTensor, into target: String) {
+        body.openFor("c", to: input.channels)
+        body.line("\(target)[c] = 0.0f;")
+        body.close()
+        body.openFor("p", to: input.pixels)
+        body.openFor("c", to: input.channels)
+        body.line("\(target)[c] += x[\(input.index(pixel: "p", channel: "c"))];")
+        body.close()
+        body.close()
+        body.openFor("c", to: input.channels)
+        body.line("\(target)[c] /= \(CExpression.float(Float(input.pixels)));")
+        body.close()
+    }
+
+    /// Writes `y[i] = expression(inputs[i])`: one flat loop when every operand is channels-last,
+    /// else pixel and channel loops with each operand's own index.
+    private func elementwise(_ body: inout CWriter, inputs: [CTensor], output: CTensor, names: [String] = ["x"],
+                             expression: ([String]) -> String) {
+        if inputs.allSatisfy(\.isChannelsLast) {
+            body.openFor("i", to: output.count)
+            body.line("y[i] = \(expression(names.map { "\($0)[i]" }));")
+            body.close()
+            return
+        }
+        body.openFor("p", to: output.pixels)
+        body.openFor("c", to: output.channels)
+        let values = zip(names, inputs).map { name, tensor in "\(name)[\(tensor.index(pixel: "p", channel: "c"))]" }
+        body.line("y[\(output.index(pixel: "p", channel: "c"))] = \(expression(values));")
+        body.close()
+        body.close()
+    }
+}
+
+private func epilogueDescription(hasBias: Bool, activation: Activation, hasResidual: Bool) -> String {
+    var parts: [String] = []
+    if hasBias { parts.append("bias") }
+    if activation != .identity { parts.append(activation.rawValue) }
+    if hasResidual { parts.append("residual") }
+    return parts.isEmpty ? "" : ", then " + parts.joined(separator: ", ")
+}

@@ -1,0 +1,195 @@
+import Foundation
+
+/// Runs a graph through the generated C: generates the code for `graph` as given (no
+/// optimization pass runs here), compiles it with a small driver program, and runs that on
+/// `input` with the graph's bound weights. `input` is in `inputLayout` and is reordered when
+/// the network reads the other layout. Returns the logits.
+///
+/// Builds are cached in the temporary directory under a hash of the generated code, the
+/// compiler and the flags, so repeated runs of the same network and flags compile once. The
+/// driver fills the arena with NaN before the run, so a kernel that reads a value before it
+/// is written shows up in the logits.
+public func runGeneratedC(graph: Graph, input: [Float], inputLayout: TensorLayout,
+                          compiler: CCompiler = .fromEnvironment(), extraFlags: [String] = []) throws -> [Float] {
+    guard !graph.constants.isEmpty || graph.nodes.allSatisfy({ $0.parameters.isEmpty }) else {
+        throw MNCError("the graph has no weights bound: pass --weights FILE")
+    }
+    let shape = graph.inputShape
+    guard input.count == graph.nodes[0].elementCount else {
+        throw MNCError("input has \(input.count) values, the network expects \(graph.nodes[0].elementCount) (\(formatShape(shape)))")
+    }
+    let generated = try generateC(graph)
+    let executable = try buildDriver(generated, compiler: compiler, extraFlags: extraFlags)
+
+    let directory = try makeTemporaryDirectory(prefix: "mnc-run")
+    defer { try? FileManager.default.removeItem(atPath: directory) }
+    let weightsPath = directory + "/weights.bin", inputPath = directory + "/input.f32", outputPath = directory + "/output.f32"
+    try writeFile(weightsPath, generated.weightBlob ?? [])
+    let ordered = reorder(input, channels: shape[1], height: shape[2], width: shape[3], from: inputLayout, to: graph.preprocessing.layout)
+    try writeFile(inputPath, littleEndianBytes(ordered))
+
+    let (status, output) = try runProcess([executable, weightsPath, inputPath, outputPath])
+    guard status == 0 else {
+        throw MNCError("the generated C for '\(graph.name)' failed with exit status \(status): \(firstErrorLine(output, status: status))")
+    }
+    let data = try Data(contentsOf: URL(fileURLWithPath: outputPath))
+    let count = graph.nodes[graph.output].elementCount
+    guard data.count == count * 4 else {
+        throw MNCError("the generated C for '\(graph.name)' wrote \(data.count) bytes, expected \(count * 4)")
+    }
+    return data.withUnsafeBytes { raw in
+        (0..<count).map { Float(bitPattern: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 4, as: UInt32.self))) }
+    }
+}
+
+/// Compiles the generated network with the driver, or returns the cached executable.
+private func buildDriver(_ generated: GeneratedC, compiler: CCompiler, extraFlags: [String]) throws -> String {
+    let driver = driverSource(generated.names)
+    var hash = FNV1a64()
+    for part in [compiler.command, compiler.flags, extraFlags].flatMap({ $0 }) + [generated.header, generated.source, driver] {
+        hash.combine(part)
+    }
+    let cache = NSTemporaryDirectory() + "/mnc-c-cache"
+    let executable = cache + "/" + generated.names.function + "-" + String(hash.value, radix: 16)
+    if FileManager.default.isExecutableFile(atPath: executable) {
+        return executable
+    }
+    try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
+
+    let directory = try makeTemporaryDirectory(prefix: "mnc-build")
+    defer { try? FileManager.default.removeItem(atPath: directory) }
+    try writeFile(directory + "/" + generated.names.headerFile, Array(generated.header.utf8))
+    try writeFile(directory + "/" + generated.names.sourceFile, Array(generated.source.utf8))
+    try writeFile(directory + "/driver.c", Array(driver.utf8))
+    let built = directory + "/driver"
+    try compiler.linkExecutable(sources: [directory + "/driver.c", directory + "/" + generated.names.sourceFile],
+                                output: built, extraFlags: extraFlags)
+    // Rename is atomic, so a concurrent run sees either no executable or a complete one.
+    if rename(built, executable) != 0 {
+        throw MNCError("cannot move the compiled driver to '\(executable)': \(String(cString: strerror(errno)))")
+    }
+    return executable
+}
+
+/// A C program that runs NAME_run once: `driver WEIGHTS INPUT OUTPUT` reads the weight blob
+/// and the input (raw float32) and writes the logits (raw float32).
+func driverSource(_ names: CNames) -> String {
+    let p = names.macro, f = names.function
+    return """
+    #define _POSIX_C_SOURCE 200112L
+    #include "\(names.headerFile)"
+
+    #include <stdio.h>
+    #include <stdlib.h>
+    #include <string.h>
+
+    /* Reads exactly `size` bytes of `path`; returns 0 on success. */
+    static int read_exactly(const char *path, void *buffer, size_t size)
+    {
+        FILE *file = fopen(path, "rb");
+        if (file == NULL) {
+            fprintf(stderr, "error: cannot open %s\\n", path);
+            return 1;
+        }
+        size_t count = fread(buffer, 1, size, file);
+        int extra = fgetc(file);
+        fclose(file);
+        if (count != size || extra != EOF) {
+            fprintf(stderr, "error: %s does not have exactly %lu bytes\\n", path, (unsigned long)size);
+            return 1;
+        }
+        return 0;
+    }
+
+    static void *allocate(size_t size, size_t alignment)
+    {
+        void *block = NULL;
+        return posix_memalign(&block, alignment, size > 0 ? size : alignment) == 0 ? block : NULL;
+    }
+
+    int main(int argc, char **argv)
+    {
+        if (argc != 4) {
+            fprintf(stderr, "usage: %s WEIGHTS INPUT OUTPUT\\n", argv[0]);
+            return 2;
+        }
+        void *weights = allocate(\(p)_WEIGHTS_SIZE, \(p)_WEIGHTS_ALIGNMENT);
+        float *input = allocate(\(p)_INPUT_SIZE * sizeof(float), 64);
+        float *output = allocate(\(p)_OUTPUT_SIZE * sizeof(float), 64);
+        void *arena = allocate(\(p)_ARENA_SIZE, \(p)_ARENA_ALIGNMENT);
+        if (weights == NULL || input == NULL || output == NULL || arena == NULL) {
+            fprintf(stderr, "error: out of memory\\n");
+            return 1;
+        }
+        if (read_exactly(argv[1], weights, \(p)_WEIGHTS_SIZE) != 0
+            || read_exactly(argv[2], input, \(p)_INPUT_SIZE * sizeof(float)) != 0) {
+            return 1;
+        }
+        /* All-ones bytes are NaN floats: a kernel that reads the arena before writing it
+           turns the logits into NaN. */
+        memset(arena, 0xFF, \(p)_ARENA_SIZE);
+        int status = \(f)_run(weights, input, output, arena);
+        if (status != \(p)_OK) {
+            fprintf(stderr, "error: \(f)_run returned %d\\n", status);
+            return 1;
+        }
+        FILE *file = fopen(argv[3], "wb");
+        if (file == NULL || fwrite(output, sizeof(float), \(p)_OUTPUT_SIZE, file) != \(p)_OUTPUT_SIZE || fclose(file) != 0) {
+            fprintf(stderr, "error: cannot write %s\\n", argv[3]);
+            return 1;
+        }
+        free(weights);
+        free(input);
+        free(output);
+        free(arena);
+        return 0;
+    }
+
+    """
+}
+
+/// Reorders a `[C, H, W]` image between NCHW and NHWC.
+func reorder(_ values: [Float], channels: Int, height: Int, width: Int, from source: TensorLayout, to target: TensorLayout) -> [Float] {
+    guard source != target else { return values }
+    var result = [Float](repeating: 0, count: values.count)
+    for c in 0..<channels {
+        for y in 0..<height {
+            for x in 0..<width {
+                let planar = (c * height + y) * width + x
+                let interleaved = (y * width + x) * channels + c
+                if source == .nchw {
+                    result[interleaved] = values[planar]
+                } else {
+                    result[planar] = values[interleaved]
+                }
+            }
+        }
+    }
+    return result
+}
+
+func littleEndianBytes(_ values: [Float]) -> [UInt8] {
+    var bytes = [UInt8]()
+    bytes.reserveCapacity(values.count * 4)
+    for value in values {
+        let bits = value.bitPattern
+        bytes.append(UInt8(truncatingIfNeeded: bits))
+        bytes.append(UInt8(truncatingIfNeeded: bits >> 8))
+        bytes.append(UInt8(truncatingIfNeeded: bits >> 16))
+        bytes.append(UInt8(truncatingIfNeeded: bits >> 24))
+    }
+    return bytes
+}
+
+/// The 64-bit FNV-1a hash, for cache keys (not for security). Each string is followed by a
+/// zero byte, so the parts ["ab", "c"] and ["a", "bc"] hash differently.
+struct FNV1a64 {
+    private(set) var value: UInt64 = 0xcbf2_9ce4_8422_2325
+
+    mutating func combine(_ text: String) {
+        for byte in text.utf8 {
+            value = (value ^ UInt64(byte)) &* 0x0000_0100_0000_01B3
+        }
+        value = (value ^ 0) &* 0x0000_0100_0000_01B3
+    }
+}
