@@ -18,8 +18,10 @@
 #define KERNELS_AVX2 1
 #endif
 
+/* Helpers are always inlined, so the literal arguments of each call specialize them; one
+   instruction set's kernels may leave another's scalar helper unused. */
 #if defined(__GNUC__)
-#define KERNEL_INLINE static inline __attribute__((always_inline))
+#define KERNEL_INLINE static inline __attribute__((always_inline, unused))
 #elif defined(_MSC_VER)
 #define KERNEL_INLINE static __forceinline
 #else
@@ -512,6 +514,128 @@ KERNEL_INLINE void depthwise_f32_pixel(const float *restrict x, const float *res
 #endif
 
 /*
+ * Up to 4 horizontally adjacent output pixels of a convolution with groups 1, all output
+ * channels:
+ *   y[p][o] = activation(bias[o] + sum over taps and i of x[p][tap][i] * w[tap][i][o]) + residual[p][o]
+ * over the taps ky in [ky0, ky1), kx in [kx0, kx1), which must lie inside the input for every
+ * pixel. Input channel i of tap (ky, kx) of pixel p is at x_offset + p * pixel_stride +
+ * ky * row_stride + kx * column_stride + i * channel_stride, so NHWC (channel stride 1) and
+ * NCHW (channel stride H * W) inputs read alike. w is [kernel_height][kernel_width]
+ * [in_channels][out_channels] (the `hwio` layout); y and residual point at the first output
+ * pixel, whose neighbours follow out_channels floats apart (NHWC).
+ */
+#if defined(KERNELS_AVX512)
+KERNEL_INLINE void convolution_f32_pixels(const float *restrict x, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int pixels, int pixel_stride, int in_channels, int out_channels, int kernel_width,
+    int row_stride, int column_stride, int channel_stride, int x_offset,
+    int ky0, int ky1, int kx0, int kx1, int has_bias, int has_residual, int activation)
+{
+    /* 16 output channels at a time, one accumulator per pixel: each weight vector feeds
+       `pixels` independent FMA chains. */
+    for (int o = 0; o < out_channels; o += 16) {
+        const __mmask16 mask = (__mmask16)(out_channels - o >= 16 ? 0xFFFFu : (1u << (out_channels - o)) - 1u);
+        const __m512 start = has_bias ? _mm512_maskz_loadu_ps(mask, bias + o) : _mm512_setzero_ps();
+        __m512 acc0 = start, acc1 = start, acc2 = start, acc3 = start;
+        for (int ky = ky0; ky < ky1; ++ky) {
+            for (int kx = kx0; kx < kx1; ++kx) {
+                const float *xp = x + (x_offset + ky * row_stride + kx * column_stride);
+                const float *wp = w + (ky * kernel_width + kx) * in_channels * out_channels + o;
+                for (int i = 0; i < in_channels; ++i) {
+                    const __m512 wv = _mm512_maskz_loadu_ps(mask, wp + i * out_channels);
+                    const float *xi = xp + i * channel_stride;
+                    acc0 = _mm512_fmadd_ps(_mm512_set1_ps(xi[0]), wv, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(_mm512_set1_ps(xi[pixel_stride]), wv, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(_mm512_set1_ps(xi[2 * pixel_stride]), wv, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(_mm512_set1_ps(xi[3 * pixel_stride]), wv, acc3);
+                }
+            }
+        }
+        __m512 acc[4];
+        acc[0] = acc0;
+        acc[1] = acc1;
+        acc[2] = acc2;
+        acc[3] = acc3;
+        for (int p = 0; p < pixels; ++p) {
+            __m512 v = activate_f32x16(acc[p], activation);
+            if (has_residual) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, residual + p * out_channels + o));
+            _mm512_mask_storeu_ps(y + p * out_channels + o, mask, v);
+        }
+    }
+}
+#elif defined(KERNELS_AVX2)
+KERNEL_INLINE void convolution_f32_pixels(const float *restrict x, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int pixels, int pixel_stride, int in_channels, int out_channels, int kernel_width,
+    int row_stride, int column_stride, int channel_stride, int x_offset,
+    int ky0, int ky1, int kx0, int kx1, int has_bias, int has_residual, int activation)
+{
+    /* 8 output channels at a time, one accumulator per pixel. */
+    for (int o = 0; o < out_channels; o += 8) {
+        const __m256i mask = lane_mask_f32x8(out_channels - o);
+        const __m256 start = has_bias ? _mm256_maskload_ps(bias + o, mask) : _mm256_setzero_ps();
+        __m256 acc0 = start, acc1 = start, acc2 = start, acc3 = start;
+        for (int ky = ky0; ky < ky1; ++ky) {
+            for (int kx = kx0; kx < kx1; ++kx) {
+                const float *xp = x + (x_offset + ky * row_stride + kx * column_stride);
+                const float *wp = w + (ky * kernel_width + kx) * in_channels * out_channels + o;
+                for (int i = 0; i < in_channels; ++i) {
+                    const __m256 wv = _mm256_maskload_ps(wp + i * out_channels, mask);
+                    const float *xi = xp + i * channel_stride;
+                    acc0 = _mm256_fmadd_ps(_mm256_set1_ps(xi[0]), wv, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(_mm256_set1_ps(xi[pixel_stride]), wv, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(_mm256_set1_ps(xi[2 * pixel_stride]), wv, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(_mm256_set1_ps(xi[3 * pixel_stride]), wv, acc3);
+                }
+            }
+        }
+        __m256 acc[4];
+        acc[0] = acc0;
+        acc[1] = acc1;
+        acc[2] = acc2;
+        acc[3] = acc3;
+        for (int p = 0; p < pixels; ++p) {
+            __m256 v = activate_f32x8(acc[p], activation);
+            if (has_residual) v = _mm256_add_ps(v, _mm256_maskload_ps(residual + p * out_channels + o, mask));
+            _mm256_maskstore_ps(y + p * out_channels + o, mask, v);
+        }
+    }
+}
+#else
+/* Portable: y is the accumulator, and the output-channel loops are contiguous and vectorizable. */
+KERNEL_INLINE void convolution_f32_pixels(const float *restrict x, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int pixels, int pixel_stride, int in_channels, int out_channels, int kernel_width,
+    int row_stride, int column_stride, int channel_stride, int x_offset,
+    int ky0, int ky1, int kx0, int kx1, int has_bias, int has_residual, int activation)
+{
+    for (int p = 0; p < pixels; ++p) {
+        float *restrict yp = y + p * out_channels;
+        for (int o = 0; o < out_channels; ++o) {
+            yp[o] = has_bias ? bias[o] : 0.0f;
+        }
+        for (int ky = ky0; ky < ky1; ++ky) {
+            for (int kx = kx0; kx < kx1; ++kx) {
+                const int tap = x_offset + p * pixel_stride + ky * row_stride + kx * column_stride;
+                const float *restrict wp = w + (ky * kernel_width + kx) * in_channels * out_channels;
+                for (int i = 0; i < in_channels; ++i) {
+                    const float xv = x[tap + i * channel_stride];
+                    for (int o = 0; o < out_channels; ++o) {
+                        yp[o] += xv * wp[i * out_channels + o];
+                    }
+                }
+            }
+        }
+        for (int o = 0; o < out_channels; ++o) {
+            float v = activate_f32(yp[o], activation);
+            if (has_residual) v += residual[p * out_channels + o];
+            yp[o] = v;
+        }
+    }
+}
+#endif
+
+/*
  * A fully connected layer on a vector:
  *   y[o] = activation(bias[o] + sum over i of w[o][i] * x[i]) for o < outputs,
  * with w in PyTorch's [outputs][inputs] order. Sixteen partial sums per output keep the inner
@@ -540,34 +664,26 @@ KERNEL_INLINE void matrix_vector_f32(const float *restrict x, const float *restr
     }
 }
 
-/* 3x3 convolution by direct loops, stride 2x2, padding 1, groups 1: nchw3x224x224 -> 112x112x16, hwio weights, then bias, hardswish */
-static void conv3x3_s2_f32_direct_nchw3x224x224_to_16_hwio_p1_hardswish(const float *restrict x,
-                                                                        const float *restrict w,
-                                                                        const float *restrict bias,
-                                                                        float *restrict y)
+/* 3x3 convolution, stride 2x2, padding 1: nchw3x224x224 -> 112x112x16, w[3][3][3][16], then bias, hardswish */
+static void conv3x3_s2_f32_nchw3x224x224_to_16_p1_hardswish(const float *restrict x, const float *restrict w,
+                                                            const float *restrict bias, float *restrict y)
 {
     for (int oy = 0; oy < 112; ++oy) {
-        for (int ox = 0; ox < 112; ++ox) {
-            float *restrict yp = y + (oy * 112 + ox) * 16;
-            for (int o = 0; o < 16; ++o) {
-                yp[o] = bias[o];
-            }
-            for (int ky = 0; ky < 3; ++ky) {
-                const int iy = oy * 2 + ky - 1;
-                if (iy < 0) continue;
-                for (int kx = 0; kx < 3; ++kx) {
-                    const int ix = ox * 2 + kx - 1;
-                    if (ix < 0) continue;
-                    for (int i = 0; i < 3; ++i) {
-                        const float xv = x[i * 50176 + iy * 224 + ix];
-                        for (int o = 0; o < 16; ++o) {
-                            yp[o] += xv * w[((ky * 3 + kx) * 3 + i) * 16 + o];
-                        }
-                    }
-                }
-            }
-            for (int o = 0; o < 16; ++o) {
-                yp[o] = activate_f32(yp[o], ACTIVATION_HARDSWISH);
+        const int iy0 = oy * 2 - 1;
+        const int ky0 = iy0 < 0 ? -iy0 : 0;
+        const int ky1 = iy0 + 3 > 224 ? 224 - iy0 : 3;
+        for (int ox = 0; ox < 112;) {
+            const int ix0 = ox * 2 - 1;
+            const int x_offset = iy0 * 224 + ix0;
+            const int y_offset = (oy * 112 + ox) * 16;
+            if (ox >= 1 && ox + 4 <= 112) {
+                convolution_f32_pixels(x, w, bias, NULL, y + y_offset, 4, 2, 3, 16, 3, 224, 1, 50176, x_offset, ky0, ky1, 0, 3, 1, 0, ACTIVATION_HARDSWISH);
+                ox += 4;
+            } else {
+                const int kx0 = ix0 < 0 ? -ix0 : 0;
+                const int kx1 = ix0 + 3 > 224 ? 224 - ix0 : 3;
+                convolution_f32_pixels(x, w, bias, NULL, y + y_offset, 1, 2, 3, 16, 3, 224, 1, 50176, x_offset, ky0, ky1, kx0, kx1, 1, 0, ACTIVATION_HARDSWISH);
+                ox += 1;
             }
         }
     }
@@ -606,19 +722,12 @@ static void pointwise_f32_112x112x16_to_16_residual(const float *restrict x, con
         pointwise_f32_tile8x32_avx512(x + p * 16, w, bias, residual + p * 16, y + p * 16, 8, 16, 16, 16, 16, 1, 1, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 12540; p += 6) {
-        for (int n = 0; n < 16; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 16, w + n, bias + n, residual + p * 16 + n, y + p * 16 + n, 6, 16, 16, 16, 16, 1, 1, ACTIVATION_IDENTITY);
-        }
-    }
-    for (int n = 0; n < 16; n += 16) {
-        pointwise_f32_tile6x16_avx2(x + 200640, w + n, bias + n, residual + n + 200640, y + n + 200640, 4, 16, 16, 16, 16, 1, 1, ACTIVATION_IDENTITY);
+    for (int p = 0; p < 12544; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 16, w, bias, residual + p * 16, y + p * 16, 4, 16, 16, 16, 16, 1, 1, ACTIVATION_IDENTITY);
     }
 #else
     for (int p = 0; p < 12544; p += 4) {
-        for (int n = 0; n < 16; n += 16) {
-            pointwise_f32_tile4x16_portable(x + p * 16, w + n, bias + n, residual + p * 16 + n, y + p * 16 + n, 4, 16, 16, 16, 16, 1, 1, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile4x16_portable(x + p * 16, w, bias, residual + p * 16, y + p * 16, 4, 16, 16, 16, 16, 1, 1, ACTIVATION_IDENTITY);
     }
 #endif
 }
@@ -634,13 +743,10 @@ static void pointwise_f32_112x112x16_to_64_relu(const float *restrict x, const f
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 12540; p += 6) {
+    for (int p = 0; p < 12544; p += 4) {
         for (int n = 0; n < 64; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 16, w + n, bias + n, NULL, y + p * 64 + n, 6, 16, 16, 64, 64, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile6x16_avx2(x + p * 16, w + n, bias + n, NULL, y + p * 64 + n, 4, 16, 16, 64, 64, 1, 0, ACTIVATION_RELU);
         }
-    }
-    for (int n = 0; n < 64; n += 16) {
-        pointwise_f32_tile6x16_avx2(x + 200640, w + n, bias + n, NULL, y + n + 802560, 4, 16, 16, 64, 64, 1, 0, ACTIVATION_RELU);
     }
 #else
     for (int p = 0; p < 12544; p += 4) {
@@ -683,21 +789,13 @@ static void pointwise_f32_56x56x64_to_24(const float *restrict x, const float *r
         pointwise_f32_tile8x32_avx512(x + p * 64, w, bias, NULL, y + p * 24, 8, 24, 64, 24, 24, 1, 0, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 3132; p += 6) {
-        for (int n = 0; n < 16; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 64, w + n, bias + n, NULL, y + p * 24 + n, 6, 16, 64, 24, 24, 1, 0, ACTIVATION_IDENTITY);
-        }
-        pointwise_f32_tile6x16_avx2(x + p * 64, w + 16, bias + 16, NULL, y + p * 24 + 16, 6, 8, 64, 24, 24, 1, 0, ACTIVATION_IDENTITY);
+    for (int p = 0; p < 3136; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 64, w, bias, NULL, y + p * 24, 4, 16, 64, 24, 24, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x16_avx2(x + p * 64, w + 16, bias + 16, NULL, y + p * 24 + 16, 4, 8, 64, 24, 24, 1, 0, ACTIVATION_IDENTITY);
     }
-    for (int n = 0; n < 16; n += 16) {
-        pointwise_f32_tile6x16_avx2(x + 200448, w + n, bias + n, NULL, y + n + 75168, 4, 16, 64, 24, 24, 1, 0, ACTIVATION_IDENTITY);
-    }
-    pointwise_f32_tile6x16_avx2(x + 200448, w + 16, bias + 16, NULL, y + 75184, 4, 8, 64, 24, 24, 1, 0, ACTIVATION_IDENTITY);
 #else
     for (int p = 0; p < 3136; p += 4) {
-        for (int n = 0; n < 16; n += 16) {
-            pointwise_f32_tile4x16_portable(x + p * 64, w + n, bias + n, NULL, y + p * 24 + n, 4, 16, 64, 24, 24, 1, 0, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile4x16_portable(x + p * 64, w, bias, NULL, y + p * 24, 4, 16, 64, 24, 24, 1, 0, ACTIVATION_IDENTITY);
         pointwise_f32_tile4x16_portable(x + p * 64, w + 16, bias + 16, NULL, y + p * 24 + 16, 4, 8, 64, 24, 24, 1, 0, ACTIVATION_IDENTITY);
     }
 #endif
@@ -715,16 +813,12 @@ static void pointwise_f32_56x56x24_to_72_relu(const float *restrict x, const flo
         pointwise_f32_tile8x32_avx512(x + p * 24, w + 64, bias + 64, NULL, y + p * 72 + 64, 8, 8, 24, 72, 72, 1, 0, ACTIVATION_RELU);
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 3132; p += 6) {
+    for (int p = 0; p < 3136; p += 4) {
         for (int n = 0; n < 64; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 24, w + n, bias + n, NULL, y + p * 72 + n, 6, 16, 24, 72, 72, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile6x16_avx2(x + p * 24, w + n, bias + n, NULL, y + p * 72 + n, 4, 16, 24, 72, 72, 1, 0, ACTIVATION_RELU);
         }
-        pointwise_f32_tile6x16_avx2(x + p * 24, w + 64, bias + 64, NULL, y + p * 72 + 64, 6, 8, 24, 72, 72, 1, 0, ACTIVATION_RELU);
+        pointwise_f32_tile6x16_avx2(x + p * 24, w + 64, bias + 64, NULL, y + p * 72 + 64, 4, 8, 24, 72, 72, 1, 0, ACTIVATION_RELU);
     }
-    for (int n = 0; n < 64; n += 16) {
-        pointwise_f32_tile6x16_avx2(x + 75168, w + n, bias + n, NULL, y + n + 225504, 4, 16, 24, 72, 72, 1, 0, ACTIVATION_RELU);
-    }
-    pointwise_f32_tile6x16_avx2(x + 75168, w + 64, bias + 64, NULL, y + 225568, 4, 8, 24, 72, 72, 1, 0, ACTIVATION_RELU);
 #else
     for (int p = 0; p < 3136; p += 4) {
         for (int n = 0; n < 64; n += 16) {
@@ -768,21 +862,13 @@ static void pointwise_f32_56x56x72_to_24_residual(const float *restrict x, const
         pointwise_f32_tile8x32_avx512(x + p * 72, w, bias, residual + p * 24, y + p * 24, 8, 24, 72, 24, 24, 1, 1, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 3132; p += 6) {
-        for (int n = 0; n < 16; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 72, w + n, bias + n, residual + p * 24 + n, y + p * 24 + n, 6, 16, 72, 24, 24, 1, 1, ACTIVATION_IDENTITY);
-        }
-        pointwise_f32_tile6x16_avx2(x + p * 72, w + 16, bias + 16, residual + p * 24 + 16, y + p * 24 + 16, 6, 8, 72, 24, 24, 1, 1, ACTIVATION_IDENTITY);
+    for (int p = 0; p < 3136; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 72, w, bias, residual + p * 24, y + p * 24, 4, 16, 72, 24, 24, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x16_avx2(x + p * 72, w + 16, bias + 16, residual + p * 24 + 16, y + p * 24 + 16, 4, 8, 72, 24, 24, 1, 1, ACTIVATION_IDENTITY);
     }
-    for (int n = 0; n < 16; n += 16) {
-        pointwise_f32_tile6x16_avx2(x + 225504, w + n, bias + n, residual + n + 75168, y + n + 75168, 4, 16, 72, 24, 24, 1, 1, ACTIVATION_IDENTITY);
-    }
-    pointwise_f32_tile6x16_avx2(x + 225504, w + 16, bias + 16, residual + 75184, y + 75184, 4, 8, 72, 24, 24, 1, 1, ACTIVATION_IDENTITY);
 #else
     for (int p = 0; p < 3136; p += 4) {
-        for (int n = 0; n < 16; n += 16) {
-            pointwise_f32_tile4x16_portable(x + p * 72, w + n, bias + n, residual + p * 24 + n, y + p * 24 + n, 4, 16, 72, 24, 24, 1, 1, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile4x16_portable(x + p * 72, w, bias, residual + p * 24, y + p * 24, 4, 16, 72, 24, 24, 1, 1, ACTIVATION_IDENTITY);
         pointwise_f32_tile4x16_portable(x + p * 72, w + 16, bias + 16, residual + p * 24 + 16, y + p * 24 + 16, 4, 8, 72, 24, 24, 1, 1, ACTIVATION_IDENTITY);
     }
 #endif
@@ -848,22 +934,16 @@ static void pointwise_f32_28x28x72_to_40(const float *restrict x, const float *r
 {
 #if defined(KERNELS_AVX512)
     for (int p = 0; p < 784; p += 8) {
-        for (int n = 0; n < 32; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 72, w + n, bias + n, NULL, y + p * 40 + n, 8, 32, 72, 40, 40, 1, 0, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile8x32_avx512(x + p * 72, w, bias, NULL, y + p * 40, 8, 32, 72, 40, 40, 1, 0, ACTIVATION_IDENTITY);
         pointwise_f32_tile8x32_avx512(x + p * 72, w + 32, bias + 32, NULL, y + p * 40 + 32, 8, 8, 72, 40, 40, 1, 0, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 780; p += 6) {
+    for (int p = 0; p < 784; p += 4) {
         for (int n = 0; n < 32; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 72, w + n, bias + n, NULL, y + p * 40 + n, 6, 16, 72, 40, 40, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x16_avx2(x + p * 72, w + n, bias + n, NULL, y + p * 40 + n, 4, 16, 72, 40, 40, 1, 0, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile6x16_avx2(x + p * 72, w + 32, bias + 32, NULL, y + p * 40 + 32, 6, 8, 72, 40, 40, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x16_avx2(x + p * 72, w + 32, bias + 32, NULL, y + p * 40 + 32, 4, 8, 72, 40, 40, 1, 0, ACTIVATION_IDENTITY);
     }
-    for (int n = 0; n < 32; n += 16) {
-        pointwise_f32_tile6x16_avx2(x + 56160, w + n, bias + n, NULL, y + n + 31200, 4, 16, 72, 40, 40, 1, 0, ACTIVATION_IDENTITY);
-    }
-    pointwise_f32_tile6x16_avx2(x + 56160, w + 32, bias + 32, NULL, y + 31232, 4, 8, 72, 40, 40, 1, 0, ACTIVATION_IDENTITY);
 #else
     for (int p = 0; p < 784; p += 4) {
         for (int n = 0; n < 32; n += 16) {
@@ -886,16 +966,12 @@ static void pointwise_f32_28x28x40_to_120_relu(const float *restrict x, const fl
         pointwise_f32_tile8x32_avx512(x + p * 40, w + 96, bias + 96, NULL, y + p * 120 + 96, 8, 24, 40, 120, 120, 1, 0, ACTIVATION_RELU);
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 780; p += 6) {
+    for (int p = 0; p < 784; p += 4) {
         for (int n = 0; n < 112; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 40, w + n, bias + n, NULL, y + p * 120 + n, 6, 16, 40, 120, 120, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile6x16_avx2(x + p * 40, w + n, bias + n, NULL, y + p * 120 + n, 4, 16, 40, 120, 120, 1, 0, ACTIVATION_RELU);
         }
-        pointwise_f32_tile6x16_avx2(x + p * 40, w + 112, bias + 112, NULL, y + p * 120 + 112, 6, 8, 40, 120, 120, 1, 0, ACTIVATION_RELU);
+        pointwise_f32_tile6x16_avx2(x + p * 40, w + 112, bias + 112, NULL, y + p * 120 + 112, 4, 8, 40, 120, 120, 1, 0, ACTIVATION_RELU);
     }
-    for (int n = 0; n < 112; n += 16) {
-        pointwise_f32_tile6x16_avx2(x + 31200, w + n, bias + n, NULL, y + n + 93600, 4, 16, 40, 120, 120, 1, 0, ACTIVATION_RELU);
-    }
-    pointwise_f32_tile6x16_avx2(x + 31200, w + 112, bias + 112, NULL, y + 93712, 4, 8, 40, 120, 120, 1, 0, ACTIVATION_RELU);
 #else
     for (int p = 0; p < 784; p += 4) {
         for (int n = 0; n < 112; n += 16) {
@@ -967,22 +1043,16 @@ static void pointwise_f32_28x28x120_to_40_residual(const float *restrict x, cons
 {
 #if defined(KERNELS_AVX512)
     for (int p = 0; p < 784; p += 8) {
-        for (int n = 0; n < 32; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 120, w + n, bias + n, residual + p * 40 + n, y + p * 40 + n, 8, 32, 120, 40, 40, 1, 1, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile8x32_avx512(x + p * 120, w, bias, residual + p * 40, y + p * 40, 8, 32, 120, 40, 40, 1, 1, ACTIVATION_IDENTITY);
         pointwise_f32_tile8x32_avx512(x + p * 120, w + 32, bias + 32, residual + p * 40 + 32, y + p * 40 + 32, 8, 8, 120, 40, 40, 1, 1, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 780; p += 6) {
+    for (int p = 0; p < 784; p += 4) {
         for (int n = 0; n < 32; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 120, w + n, bias + n, residual + p * 40 + n, y + p * 40 + n, 6, 16, 120, 40, 40, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x16_avx2(x + p * 120, w + n, bias + n, residual + p * 40 + n, y + p * 40 + n, 4, 16, 120, 40, 40, 1, 1, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile6x16_avx2(x + p * 120, w + 32, bias + 32, residual + p * 40 + 32, y + p * 40 + 32, 6, 8, 120, 40, 40, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x16_avx2(x + p * 120, w + 32, bias + 32, residual + p * 40 + 32, y + p * 40 + 32, 4, 8, 120, 40, 40, 1, 1, ACTIVATION_IDENTITY);
     }
-    for (int n = 0; n < 32; n += 16) {
-        pointwise_f32_tile6x16_avx2(x + 93600, w + n, bias + n, residual + n + 31200, y + n + 31200, 4, 16, 120, 40, 40, 1, 1, ACTIVATION_IDENTITY);
-    }
-    pointwise_f32_tile6x16_avx2(x + 93600, w + 32, bias + 32, residual + 31232, y + 31232, 4, 8, 120, 40, 40, 1, 1, ACTIVATION_IDENTITY);
 #else
     for (int p = 0; p < 784; p += 4) {
         for (int n = 0; n < 32; n += 16) {
@@ -998,24 +1068,23 @@ static void pointwise_f32_28x28x40_to_240_hardswish(const float *restrict x, con
                                                     const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 784; p += 8) {
-        for (int n = 0; n < 224; n += 32) {
+    for (int n = 0; n < 224; n += 32) {
+        for (int p = 0; p < 784; p += 8) {
             pointwise_f32_tile8x32_avx512(x + p * 40, w + n, bias + n, NULL, y + p * 240 + n, 8, 32, 40, 240, 240, 1, 0, ACTIVATION_HARDSWISH);
         }
+    }
+    for (int p = 0; p < 784; p += 8) {
         pointwise_f32_tile8x32_avx512(x + p * 40, w + 224, bias + 224, NULL, y + p * 240 + 224, 8, 16, 40, 240, 240, 1, 0, ACTIVATION_HARDSWISH);
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 780; p += 6) {
-        for (int n = 0; n < 240; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 40, w + n, bias + n, NULL, y + p * 240 + n, 6, 16, 40, 240, 240, 1, 0, ACTIVATION_HARDSWISH);
+    for (int n = 0; n < 240; n += 16) {
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 40, w + n, bias + n, NULL, y + p * 240 + n, 4, 16, 40, 240, 240, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
-    for (int n = 0; n < 240; n += 16) {
-        pointwise_f32_tile6x16_avx2(x + 31200, w + n, bias + n, NULL, y + n + 187200, 4, 16, 40, 240, 240, 1, 0, ACTIVATION_HARDSWISH);
-    }
 #else
-    for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 240; n += 16) {
+    for (int n = 0; n < 240; n += 16) {
+        for (int p = 0; p < 784; p += 4) {
             pointwise_f32_tile4x16_portable(x + p * 40, w + n, bias + n, NULL, y + p * 240 + n, 4, 16, 40, 240, 240, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
@@ -1050,28 +1119,23 @@ static void pointwise_f32_14x14x240_to_80(const float *restrict x, const float *
                                           const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 192; p += 8) {
-        for (int n = 0; n < 64; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 240, w + n, bias + n, NULL, y + p * 80 + n, 8, 32, 240, 80, 80, 1, 0, ACTIVATION_IDENTITY);
-        }
-        pointwise_f32_tile8x32_avx512(x + p * 240, w + 64, bias + 64, NULL, y + p * 80 + 64, 8, 16, 240, 80, 80, 1, 0, ACTIVATION_IDENTITY);
-    }
     for (int n = 0; n < 64; n += 32) {
-        pointwise_f32_tile8x32_avx512(x + 46080, w + n, bias + n, NULL, y + n + 15360, 4, 32, 240, 80, 80, 1, 0, ACTIVATION_IDENTITY);
-    }
-    pointwise_f32_tile8x32_avx512(x + 46080, w + 64, bias + 64, NULL, y + 15424, 4, 16, 240, 80, 80, 1, 0, ACTIVATION_IDENTITY);
-#elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 192; p += 6) {
-        for (int n = 0; n < 80; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 240, w + n, bias + n, NULL, y + p * 80 + n, 6, 16, 240, 80, 80, 1, 0, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 196; p += 7) {
+            pointwise_f32_tile8x32_avx512(x + p * 240, w + n, bias + n, NULL, y + p * 80 + n, 7, 32, 240, 80, 80, 1, 0, ACTIVATION_IDENTITY);
         }
     }
+    for (int p = 0; p < 196; p += 7) {
+        pointwise_f32_tile8x32_avx512(x + p * 240, w + 64, bias + 64, NULL, y + p * 80 + 64, 7, 16, 240, 80, 80, 1, 0, ACTIVATION_IDENTITY);
+    }
+#elif defined(KERNELS_AVX2)
     for (int n = 0; n < 80; n += 16) {
-        pointwise_f32_tile6x16_avx2(x + 46080, w + n, bias + n, NULL, y + n + 15360, 4, 16, 240, 80, 80, 1, 0, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 240, w + n, bias + n, NULL, y + p * 80 + n, 4, 16, 240, 80, 80, 1, 0, ACTIVATION_IDENTITY);
+        }
     }
 #else
-    for (int p = 0; p < 196; p += 4) {
-        for (int n = 0; n < 80; n += 16) {
+    for (int n = 0; n < 80; n += 16) {
+        for (int p = 0; p < 196; p += 4) {
             pointwise_f32_tile4x16_portable(x + p * 240, w + n, bias + n, NULL, y + p * 80 + n, 4, 16, 240, 80, 80, 1, 0, ACTIVATION_IDENTITY);
         }
     }
@@ -1083,32 +1147,30 @@ static void pointwise_f32_14x14x80_to_200_hardswish(const float *restrict x, con
                                                     const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 192; p += 8) {
-        for (int n = 0; n < 192; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 80, w + n, bias + n, NULL, y + p * 200 + n, 8, 32, 80, 200, 200, 1, 0, ACTIVATION_HARDSWISH);
-        }
-        pointwise_f32_tile8x32_avx512(x + p * 80, w + 192, bias + 192, NULL, y + p * 200 + 192, 8, 8, 80, 200, 200, 1, 0, ACTIVATION_HARDSWISH);
-    }
     for (int n = 0; n < 192; n += 32) {
-        pointwise_f32_tile8x32_avx512(x + 15360, w + n, bias + n, NULL, y + n + 38400, 4, 32, 80, 200, 200, 1, 0, ACTIVATION_HARDSWISH);
-    }
-    pointwise_f32_tile8x32_avx512(x + 15360, w + 192, bias + 192, NULL, y + 38592, 4, 8, 80, 200, 200, 1, 0, ACTIVATION_HARDSWISH);
-#elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 192; p += 6) {
-        for (int n = 0; n < 192; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 80, w + n, bias + n, NULL, y + p * 200 + n, 6, 16, 80, 200, 200, 1, 0, ACTIVATION_HARDSWISH);
+        for (int p = 0; p < 196; p += 7) {
+            pointwise_f32_tile8x32_avx512(x + p * 80, w + n, bias + n, NULL, y + p * 200 + n, 7, 32, 80, 200, 200, 1, 0, ACTIVATION_HARDSWISH);
         }
-        pointwise_f32_tile6x16_avx2(x + p * 80, w + 192, bias + 192, NULL, y + p * 200 + 192, 6, 8, 80, 200, 200, 1, 0, ACTIVATION_HARDSWISH);
     }
+    for (int p = 0; p < 196; p += 7) {
+        pointwise_f32_tile8x32_avx512(x + p * 80, w + 192, bias + 192, NULL, y + p * 200 + 192, 7, 8, 80, 200, 200, 1, 0, ACTIVATION_HARDSWISH);
+    }
+#elif defined(KERNELS_AVX2)
     for (int n = 0; n < 192; n += 16) {
-        pointwise_f32_tile6x16_avx2(x + 15360, w + n, bias + n, NULL, y + n + 38400, 4, 16, 80, 200, 200, 1, 0, ACTIVATION_HARDSWISH);
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 80, w + n, bias + n, NULL, y + p * 200 + n, 4, 16, 80, 200, 200, 1, 0, ACTIVATION_HARDSWISH);
+        }
     }
-    pointwise_f32_tile6x16_avx2(x + 15360, w + 192, bias + 192, NULL, y + 38592, 4, 8, 80, 200, 200, 1, 0, ACTIVATION_HARDSWISH);
-#else
     for (int p = 0; p < 196; p += 4) {
-        for (int n = 0; n < 192; n += 16) {
+        pointwise_f32_tile6x16_avx2(x + p * 80, w + 192, bias + 192, NULL, y + p * 200 + 192, 4, 8, 80, 200, 200, 1, 0, ACTIVATION_HARDSWISH);
+    }
+#else
+    for (int n = 0; n < 192; n += 16) {
+        for (int p = 0; p < 196; p += 4) {
             pointwise_f32_tile4x16_portable(x + p * 80, w + n, bias + n, NULL, y + p * 200 + n, 4, 16, 80, 200, 200, 1, 0, ACTIVATION_HARDSWISH);
         }
+    }
+    for (int p = 0; p < 196; p += 4) {
         pointwise_f32_tile4x16_portable(x + p * 80, w + 192, bias + 192, NULL, y + p * 200 + 192, 4, 8, 80, 200, 200, 1, 0, ACTIVATION_HARDSWISH);
     }
 #endif
@@ -1143,28 +1205,23 @@ static void pointwise_f32_14x14x200_to_80_residual(const float *restrict x, cons
                                                    float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 192; p += 8) {
-        for (int n = 0; n < 64; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 200, w + n, bias + n, residual + p * 80 + n, y + p * 80 + n, 8, 32, 200, 80, 80, 1, 1, ACTIVATION_IDENTITY);
-        }
-        pointwise_f32_tile8x32_avx512(x + p * 200, w + 64, bias + 64, residual + p * 80 + 64, y + p * 80 + 64, 8, 16, 200, 80, 80, 1, 1, ACTIVATION_IDENTITY);
-    }
     for (int n = 0; n < 64; n += 32) {
-        pointwise_f32_tile8x32_avx512(x + 38400, w + n, bias + n, residual + n + 15360, y + n + 15360, 4, 32, 200, 80, 80, 1, 1, ACTIVATION_IDENTITY);
-    }
-    pointwise_f32_tile8x32_avx512(x + 38400, w + 64, bias + 64, residual + 15424, y + 15424, 4, 16, 200, 80, 80, 1, 1, ACTIVATION_IDENTITY);
-#elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 192; p += 6) {
-        for (int n = 0; n < 80; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 200, w + n, bias + n, residual + p * 80 + n, y + p * 80 + n, 6, 16, 200, 80, 80, 1, 1, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 196; p += 7) {
+            pointwise_f32_tile8x32_avx512(x + p * 200, w + n, bias + n, residual + p * 80 + n, y + p * 80 + n, 7, 32, 200, 80, 80, 1, 1, ACTIVATION_IDENTITY);
         }
     }
+    for (int p = 0; p < 196; p += 7) {
+        pointwise_f32_tile8x32_avx512(x + p * 200, w + 64, bias + 64, residual + p * 80 + 64, y + p * 80 + 64, 7, 16, 200, 80, 80, 1, 1, ACTIVATION_IDENTITY);
+    }
+#elif defined(KERNELS_AVX2)
     for (int n = 0; n < 80; n += 16) {
-        pointwise_f32_tile6x16_avx2(x + 38400, w + n, bias + n, residual + n + 15360, y + n + 15360, 4, 16, 200, 80, 80, 1, 1, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 200, w + n, bias + n, residual + p * 80 + n, y + p * 80 + n, 4, 16, 200, 80, 80, 1, 1, ACTIVATION_IDENTITY);
+        }
     }
 #else
-    for (int p = 0; p < 196; p += 4) {
-        for (int n = 0; n < 80; n += 16) {
+    for (int n = 0; n < 80; n += 16) {
+        for (int p = 0; p < 196; p += 4) {
             pointwise_f32_tile4x16_portable(x + p * 200, w + n, bias + n, residual + p * 80 + n, y + p * 80 + n, 4, 16, 200, 80, 80, 1, 1, ACTIVATION_IDENTITY);
         }
     }
@@ -1176,32 +1233,30 @@ static void pointwise_f32_14x14x80_to_184_hardswish(const float *restrict x, con
                                                     const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 192; p += 8) {
-        for (int n = 0; n < 160; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 80, w + n, bias + n, NULL, y + p * 184 + n, 8, 32, 80, 184, 184, 1, 0, ACTIVATION_HARDSWISH);
-        }
-        pointwise_f32_tile8x32_avx512(x + p * 80, w + 160, bias + 160, NULL, y + p * 184 + 160, 8, 24, 80, 184, 184, 1, 0, ACTIVATION_HARDSWISH);
-    }
     for (int n = 0; n < 160; n += 32) {
-        pointwise_f32_tile8x32_avx512(x + 15360, w + n, bias + n, NULL, y + n + 35328, 4, 32, 80, 184, 184, 1, 0, ACTIVATION_HARDSWISH);
-    }
-    pointwise_f32_tile8x32_avx512(x + 15360, w + 160, bias + 160, NULL, y + 35488, 4, 24, 80, 184, 184, 1, 0, ACTIVATION_HARDSWISH);
-#elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 192; p += 6) {
-        for (int n = 0; n < 176; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 80, w + n, bias + n, NULL, y + p * 184 + n, 6, 16, 80, 184, 184, 1, 0, ACTIVATION_HARDSWISH);
+        for (int p = 0; p < 196; p += 7) {
+            pointwise_f32_tile8x32_avx512(x + p * 80, w + n, bias + n, NULL, y + p * 184 + n, 7, 32, 80, 184, 184, 1, 0, ACTIVATION_HARDSWISH);
         }
-        pointwise_f32_tile6x16_avx2(x + p * 80, w + 176, bias + 176, NULL, y + p * 184 + 176, 6, 8, 80, 184, 184, 1, 0, ACTIVATION_HARDSWISH);
     }
+    for (int p = 0; p < 196; p += 7) {
+        pointwise_f32_tile8x32_avx512(x + p * 80, w + 160, bias + 160, NULL, y + p * 184 + 160, 7, 24, 80, 184, 184, 1, 0, ACTIVATION_HARDSWISH);
+    }
+#elif defined(KERNELS_AVX2)
     for (int n = 0; n < 176; n += 16) {
-        pointwise_f32_tile6x16_avx2(x + 15360, w + n, bias + n, NULL, y + n + 35328, 4, 16, 80, 184, 184, 1, 0, ACTIVATION_HARDSWISH);
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 80, w + n, bias + n, NULL, y + p * 184 + n, 4, 16, 80, 184, 184, 1, 0, ACTIVATION_HARDSWISH);
+        }
     }
-    pointwise_f32_tile6x16_avx2(x + 15360, w + 176, bias + 176, NULL, y + 35504, 4, 8, 80, 184, 184, 1, 0, ACTIVATION_HARDSWISH);
-#else
     for (int p = 0; p < 196; p += 4) {
-        for (int n = 0; n < 176; n += 16) {
+        pointwise_f32_tile6x16_avx2(x + p * 80, w + 176, bias + 176, NULL, y + p * 184 + 176, 4, 8, 80, 184, 184, 1, 0, ACTIVATION_HARDSWISH);
+    }
+#else
+    for (int n = 0; n < 176; n += 16) {
+        for (int p = 0; p < 196; p += 4) {
             pointwise_f32_tile4x16_portable(x + p * 80, w + n, bias + n, NULL, y + p * 184 + n, 4, 16, 80, 184, 184, 1, 0, ACTIVATION_HARDSWISH);
         }
+    }
+    for (int p = 0; p < 196; p += 4) {
         pointwise_f32_tile4x16_portable(x + p * 80, w + 176, bias + 176, NULL, y + p * 184 + 176, 4, 8, 80, 184, 184, 1, 0, ACTIVATION_HARDSWISH);
     }
 #endif
@@ -1236,28 +1291,23 @@ static void pointwise_f32_14x14x184_to_80_residual(const float *restrict x, cons
                                                    float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 192; p += 8) {
-        for (int n = 0; n < 64; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 184, w + n, bias + n, residual + p * 80 + n, y + p * 80 + n, 8, 32, 184, 80, 80, 1, 1, ACTIVATION_IDENTITY);
-        }
-        pointwise_f32_tile8x32_avx512(x + p * 184, w + 64, bias + 64, residual + p * 80 + 64, y + p * 80 + 64, 8, 16, 184, 80, 80, 1, 1, ACTIVATION_IDENTITY);
-    }
     for (int n = 0; n < 64; n += 32) {
-        pointwise_f32_tile8x32_avx512(x + 35328, w + n, bias + n, residual + n + 15360, y + n + 15360, 4, 32, 184, 80, 80, 1, 1, ACTIVATION_IDENTITY);
-    }
-    pointwise_f32_tile8x32_avx512(x + 35328, w + 64, bias + 64, residual + 15424, y + 15424, 4, 16, 184, 80, 80, 1, 1, ACTIVATION_IDENTITY);
-#elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 192; p += 6) {
-        for (int n = 0; n < 80; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 184, w + n, bias + n, residual + p * 80 + n, y + p * 80 + n, 6, 16, 184, 80, 80, 1, 1, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 196; p += 7) {
+            pointwise_f32_tile8x32_avx512(x + p * 184, w + n, bias + n, residual + p * 80 + n, y + p * 80 + n, 7, 32, 184, 80, 80, 1, 1, ACTIVATION_IDENTITY);
         }
     }
+    for (int p = 0; p < 196; p += 7) {
+        pointwise_f32_tile8x32_avx512(x + p * 184, w + 64, bias + 64, residual + p * 80 + 64, y + p * 80 + 64, 7, 16, 184, 80, 80, 1, 1, ACTIVATION_IDENTITY);
+    }
+#elif defined(KERNELS_AVX2)
     for (int n = 0; n < 80; n += 16) {
-        pointwise_f32_tile6x16_avx2(x + 35328, w + n, bias + n, residual + n + 15360, y + n + 15360, 4, 16, 184, 80, 80, 1, 1, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 184, w + n, bias + n, residual + p * 80 + n, y + p * 80 + n, 4, 16, 184, 80, 80, 1, 1, ACTIVATION_IDENTITY);
+        }
     }
 #else
-    for (int p = 0; p < 196; p += 4) {
-        for (int n = 0; n < 80; n += 16) {
+    for (int n = 0; n < 80; n += 16) {
+        for (int p = 0; p < 196; p += 4) {
             pointwise_f32_tile4x16_portable(x + p * 184, w + n, bias + n, residual + p * 80 + n, y + p * 80 + n, 4, 16, 184, 80, 80, 1, 1, ACTIVATION_IDENTITY);
         }
     }
@@ -1269,26 +1319,20 @@ static void pointwise_f32_14x14x80_to_480_hardswish(const float *restrict x, con
                                                     const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 192; p += 8) {
-        for (int n = 0; n < 480; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 80, w + n, bias + n, NULL, y + p * 480 + n, 8, 32, 80, 480, 480, 1, 0, ACTIVATION_HARDSWISH);
-        }
-    }
     for (int n = 0; n < 480; n += 32) {
-        pointwise_f32_tile8x32_avx512(x + 15360, w + n, bias + n, NULL, y + n + 92160, 4, 32, 80, 480, 480, 1, 0, ACTIVATION_HARDSWISH);
+        for (int p = 0; p < 196; p += 7) {
+            pointwise_f32_tile8x32_avx512(x + p * 80, w + n, bias + n, NULL, y + p * 480 + n, 7, 32, 80, 480, 480, 1, 0, ACTIVATION_HARDSWISH);
+        }
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 192; p += 6) {
-        for (int n = 0; n < 480; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 80, w + n, bias + n, NULL, y + p * 480 + n, 6, 16, 80, 480, 480, 1, 0, ACTIVATION_HARDSWISH);
+    for (int n = 0; n < 480; n += 16) {
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 80, w + n, bias + n, NULL, y + p * 480 + n, 4, 16, 80, 480, 480, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
-    for (int n = 0; n < 480; n += 16) {
-        pointwise_f32_tile6x16_avx2(x + 15360, w + n, bias + n, NULL, y + n + 92160, 4, 16, 80, 480, 480, 1, 0, ACTIVATION_HARDSWISH);
-    }
 #else
-    for (int p = 0; p < 196; p += 4) {
-        for (int n = 0; n < 480; n += 16) {
+    for (int n = 0; n < 480; n += 16) {
+        for (int p = 0; p < 196; p += 4) {
             pointwise_f32_tile4x16_portable(x + p * 80, w + n, bias + n, NULL, y + p * 480 + n, 4, 16, 80, 480, 480, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
@@ -1354,28 +1398,23 @@ static void pointwise_f32_14x14x480_to_112(const float *restrict x, const float 
                                            const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 192; p += 8) {
-        for (int n = 0; n < 96; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 480, w + n, bias + n, NULL, y + p * 112 + n, 8, 32, 480, 112, 112, 1, 0, ACTIVATION_IDENTITY);
-        }
-        pointwise_f32_tile8x32_avx512(x + p * 480, w + 96, bias + 96, NULL, y + p * 112 + 96, 8, 16, 480, 112, 112, 1, 0, ACTIVATION_IDENTITY);
-    }
     for (int n = 0; n < 96; n += 32) {
-        pointwise_f32_tile8x32_avx512(x + 92160, w + n, bias + n, NULL, y + n + 21504, 4, 32, 480, 112, 112, 1, 0, ACTIVATION_IDENTITY);
-    }
-    pointwise_f32_tile8x32_avx512(x + 92160, w + 96, bias + 96, NULL, y + 21600, 4, 16, 480, 112, 112, 1, 0, ACTIVATION_IDENTITY);
-#elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 192; p += 6) {
-        for (int n = 0; n < 112; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 480, w + n, bias + n, NULL, y + p * 112 + n, 6, 16, 480, 112, 112, 1, 0, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 196; p += 7) {
+            pointwise_f32_tile8x32_avx512(x + p * 480, w + n, bias + n, NULL, y + p * 112 + n, 7, 32, 480, 112, 112, 1, 0, ACTIVATION_IDENTITY);
         }
     }
+    for (int p = 0; p < 196; p += 7) {
+        pointwise_f32_tile8x32_avx512(x + p * 480, w + 96, bias + 96, NULL, y + p * 112 + 96, 7, 16, 480, 112, 112, 1, 0, ACTIVATION_IDENTITY);
+    }
+#elif defined(KERNELS_AVX2)
     for (int n = 0; n < 112; n += 16) {
-        pointwise_f32_tile6x16_avx2(x + 92160, w + n, bias + n, NULL, y + n + 21504, 4, 16, 480, 112, 112, 1, 0, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 480, w + n, bias + n, NULL, y + p * 112 + n, 4, 16, 480, 112, 112, 1, 0, ACTIVATION_IDENTITY);
+        }
     }
 #else
-    for (int p = 0; p < 196; p += 4) {
-        for (int n = 0; n < 112; n += 16) {
+    for (int n = 0; n < 112; n += 16) {
+        for (int p = 0; p < 196; p += 4) {
             pointwise_f32_tile4x16_portable(x + p * 480, w + n, bias + n, NULL, y + p * 112 + n, 4, 16, 480, 112, 112, 1, 0, ACTIVATION_IDENTITY);
         }
     }
@@ -1387,26 +1426,20 @@ static void pointwise_f32_14x14x112_to_672_hardswish(const float *restrict x, co
                                                      const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 192; p += 8) {
-        for (int n = 0; n < 672; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 112, w + n, bias + n, NULL, y + p * 672 + n, 8, 32, 112, 672, 672, 1, 0, ACTIVATION_HARDSWISH);
-        }
-    }
     for (int n = 0; n < 672; n += 32) {
-        pointwise_f32_tile8x32_avx512(x + 21504, w + n, bias + n, NULL, y + n + 129024, 4, 32, 112, 672, 672, 1, 0, ACTIVATION_HARDSWISH);
+        for (int p = 0; p < 196; p += 7) {
+            pointwise_f32_tile8x32_avx512(x + p * 112, w + n, bias + n, NULL, y + p * 672 + n, 7, 32, 112, 672, 672, 1, 0, ACTIVATION_HARDSWISH);
+        }
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 192; p += 6) {
-        for (int n = 0; n < 672; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 112, w + n, bias + n, NULL, y + p * 672 + n, 6, 16, 112, 672, 672, 1, 0, ACTIVATION_HARDSWISH);
+    for (int n = 0; n < 672; n += 16) {
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 112, w + n, bias + n, NULL, y + p * 672 + n, 4, 16, 112, 672, 672, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
-    for (int n = 0; n < 672; n += 16) {
-        pointwise_f32_tile6x16_avx2(x + 21504, w + n, bias + n, NULL, y + n + 129024, 4, 16, 112, 672, 672, 1, 0, ACTIVATION_HARDSWISH);
-    }
 #else
-    for (int p = 0; p < 196; p += 4) {
-        for (int n = 0; n < 672; n += 16) {
+    for (int n = 0; n < 672; n += 16) {
+        for (int p = 0; p < 196; p += 4) {
             pointwise_f32_tile4x16_portable(x + p * 112, w + n, bias + n, NULL, y + p * 672 + n, 4, 16, 112, 672, 672, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
@@ -1473,28 +1506,23 @@ static void pointwise_f32_14x14x672_to_112_residual(const float *restrict x, con
                                                     const float *restrict residual, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 192; p += 8) {
-        for (int n = 0; n < 96; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 672, w + n, bias + n, residual + p * 112 + n, y + p * 112 + n, 8, 32, 672, 112, 112, 1, 1, ACTIVATION_IDENTITY);
-        }
-        pointwise_f32_tile8x32_avx512(x + p * 672, w + 96, bias + 96, residual + p * 112 + 96, y + p * 112 + 96, 8, 16, 672, 112, 112, 1, 1, ACTIVATION_IDENTITY);
-    }
     for (int n = 0; n < 96; n += 32) {
-        pointwise_f32_tile8x32_avx512(x + 129024, w + n, bias + n, residual + n + 21504, y + n + 21504, 4, 32, 672, 112, 112, 1, 1, ACTIVATION_IDENTITY);
-    }
-    pointwise_f32_tile8x32_avx512(x + 129024, w + 96, bias + 96, residual + 21600, y + 21600, 4, 16, 672, 112, 112, 1, 1, ACTIVATION_IDENTITY);
-#elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 192; p += 6) {
-        for (int n = 0; n < 112; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 672, w + n, bias + n, residual + p * 112 + n, y + p * 112 + n, 6, 16, 672, 112, 112, 1, 1, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 196; p += 7) {
+            pointwise_f32_tile8x32_avx512(x + p * 672, w + n, bias + n, residual + p * 112 + n, y + p * 112 + n, 7, 32, 672, 112, 112, 1, 1, ACTIVATION_IDENTITY);
         }
     }
+    for (int p = 0; p < 196; p += 7) {
+        pointwise_f32_tile8x32_avx512(x + p * 672, w + 96, bias + 96, residual + p * 112 + 96, y + p * 112 + 96, 7, 16, 672, 112, 112, 1, 1, ACTIVATION_IDENTITY);
+    }
+#elif defined(KERNELS_AVX2)
     for (int n = 0; n < 112; n += 16) {
-        pointwise_f32_tile6x16_avx2(x + 129024, w + n, bias + n, residual + n + 21504, y + n + 21504, 4, 16, 672, 112, 112, 1, 1, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 672, w + n, bias + n, residual + p * 112 + n, y + p * 112 + n, 4, 16, 672, 112, 112, 1, 1, ACTIVATION_IDENTITY);
+        }
     }
 #else
-    for (int p = 0; p < 196; p += 4) {
-        for (int n = 0; n < 112; n += 16) {
+    for (int n = 0; n < 112; n += 16) {
+        for (int p = 0; p < 196; p += 4) {
             pointwise_f32_tile4x16_portable(x + p * 672, w + n, bias + n, residual + p * 112 + n, y + p * 112 + n, 4, 16, 672, 112, 112, 1, 1, ACTIVATION_IDENTITY);
         }
     }
@@ -1560,30 +1588,23 @@ static void pointwise_f32_7x7x672_to_160(const float *restrict x, const float *r
                                          const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 48; p += 8) {
-        for (int n = 0; n < 160; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 672, w + n, bias + n, NULL, y + p * 160 + n, 8, 32, 672, 160, 160, 1, 0, ACTIVATION_IDENTITY);
-        }
-    }
     for (int n = 0; n < 160; n += 32) {
-        pointwise_f32_tile8x32_avx512(x + 32256, w + n, bias + n, NULL, y + n + 7680, 1, 32, 672, 160, 160, 1, 0, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 49; p += 7) {
+            pointwise_f32_tile8x32_avx512(x + p * 672, w + n, bias + n, NULL, y + p * 160 + n, 7, 32, 672, 160, 160, 1, 0, ACTIVATION_IDENTITY);
+        }
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 48; p += 6) {
-        for (int n = 0; n < 160; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 672, w + n, bias + n, NULL, y + p * 160 + n, 6, 16, 672, 160, 160, 1, 0, ACTIVATION_IDENTITY);
-        }
-    }
     for (int n = 0; n < 160; n += 16) {
-        pointwise_f32_tile6x16_avx2(x + 32256, w + n, bias + n, NULL, y + n + 7680, 1, 16, 672, 160, 160, 1, 0, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x16_avx2(x + p * 672, w + n, bias + n, NULL, y + p * 160 + n, 5, 16, 672, 160, 160, 1, 0, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x16_avx2(x + 30240, w + n, bias + n, NULL, y + n + 7200, 4, 16, 672, 160, 160, 1, 0, ACTIVATION_IDENTITY);
     }
 #else
-    for (int p = 0; p < 48; p += 4) {
-        for (int n = 0; n < 160; n += 16) {
+    for (int n = 0; n < 160; n += 16) {
+        for (int p = 0; p < 48; p += 4) {
             pointwise_f32_tile4x16_portable(x + p * 672, w + n, bias + n, NULL, y + p * 160 + n, 4, 16, 672, 160, 160, 1, 0, ACTIVATION_IDENTITY);
         }
-    }
-    for (int n = 0; n < 160; n += 16) {
         pointwise_f32_tile4x16_portable(x + 32256, w + n, bias + n, NULL, y + n + 7680, 1, 16, 672, 160, 160, 1, 0, ACTIVATION_IDENTITY);
     }
 #endif
@@ -1594,30 +1615,23 @@ static void pointwise_f32_7x7x160_to_960_hardswish(const float *restrict x, cons
                                                    const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 48; p += 8) {
-        for (int n = 0; n < 960; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 160, w + n, bias + n, NULL, y + p * 960 + n, 8, 32, 160, 960, 960, 1, 0, ACTIVATION_HARDSWISH);
-        }
-    }
     for (int n = 0; n < 960; n += 32) {
-        pointwise_f32_tile8x32_avx512(x + 7680, w + n, bias + n, NULL, y + n + 46080, 1, 32, 160, 960, 960, 1, 0, ACTIVATION_HARDSWISH);
+        for (int p = 0; p < 49; p += 7) {
+            pointwise_f32_tile8x32_avx512(x + p * 160, w + n, bias + n, NULL, y + p * 960 + n, 7, 32, 160, 960, 960, 1, 0, ACTIVATION_HARDSWISH);
+        }
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 48; p += 6) {
-        for (int n = 0; n < 960; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 160, w + n, bias + n, NULL, y + p * 960 + n, 6, 16, 160, 960, 960, 1, 0, ACTIVATION_HARDSWISH);
-        }
-    }
     for (int n = 0; n < 960; n += 16) {
-        pointwise_f32_tile6x16_avx2(x + 7680, w + n, bias + n, NULL, y + n + 46080, 1, 16, 160, 960, 960, 1, 0, ACTIVATION_HARDSWISH);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x16_avx2(x + p * 160, w + n, bias + n, NULL, y + p * 960 + n, 5, 16, 160, 960, 960, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        pointwise_f32_tile6x16_avx2(x + 7200, w + n, bias + n, NULL, y + n + 43200, 4, 16, 160, 960, 960, 1, 0, ACTIVATION_HARDSWISH);
     }
 #else
-    for (int p = 0; p < 48; p += 4) {
-        for (int n = 0; n < 960; n += 16) {
+    for (int n = 0; n < 960; n += 16) {
+        for (int p = 0; p < 48; p += 4) {
             pointwise_f32_tile4x16_portable(x + p * 160, w + n, bias + n, NULL, y + p * 960 + n, 4, 16, 160, 960, 960, 1, 0, ACTIVATION_HARDSWISH);
         }
-    }
-    for (int n = 0; n < 960; n += 16) {
         pointwise_f32_tile4x16_portable(x + 7680, w + n, bias + n, NULL, y + n + 46080, 1, 16, 160, 960, 960, 1, 0, ACTIVATION_HARDSWISH);
     }
 #endif
@@ -1683,30 +1697,23 @@ static void pointwise_f32_7x7x960_to_160_residual(const float *restrict x, const
                                                   float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 48; p += 8) {
-        for (int n = 0; n < 160; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 960, w + n, bias + n, residual + p * 160 + n, y + p * 160 + n, 8, 32, 960, 160, 160, 1, 1, ACTIVATION_IDENTITY);
-        }
-    }
     for (int n = 0; n < 160; n += 32) {
-        pointwise_f32_tile8x32_avx512(x + 46080, w + n, bias + n, residual + n + 7680, y + n + 7680, 1, 32, 960, 160, 160, 1, 1, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 49; p += 7) {
+            pointwise_f32_tile8x32_avx512(x + p * 960, w + n, bias + n, residual + p * 160 + n, y + p * 160 + n, 7, 32, 960, 160, 160, 1, 1, ACTIVATION_IDENTITY);
+        }
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 48; p += 6) {
-        for (int n = 0; n < 160; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 960, w + n, bias + n, residual + p * 160 + n, y + p * 160 + n, 6, 16, 960, 160, 160, 1, 1, ACTIVATION_IDENTITY);
-        }
-    }
     for (int n = 0; n < 160; n += 16) {
-        pointwise_f32_tile6x16_avx2(x + 46080, w + n, bias + n, residual + n + 7680, y + n + 7680, 1, 16, 960, 160, 160, 1, 1, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x16_avx2(x + p * 960, w + n, bias + n, residual + p * 160 + n, y + p * 160 + n, 5, 16, 960, 160, 160, 1, 1, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x16_avx2(x + 43200, w + n, bias + n, residual + n + 7200, y + n + 7200, 4, 16, 960, 160, 160, 1, 1, ACTIVATION_IDENTITY);
     }
 #else
-    for (int p = 0; p < 48; p += 4) {
-        for (int n = 0; n < 160; n += 16) {
+    for (int n = 0; n < 160; n += 16) {
+        for (int p = 0; p < 48; p += 4) {
             pointwise_f32_tile4x16_portable(x + p * 960, w + n, bias + n, residual + p * 160 + n, y + p * 160 + n, 4, 16, 960, 160, 160, 1, 1, ACTIVATION_IDENTITY);
         }
-    }
-    for (int n = 0; n < 160; n += 16) {
         pointwise_f32_tile4x16_portable(x + 46080, w + n, bias + n, residual + n + 7680, y + n + 7680, 1, 16, 960, 160, 160, 1, 1, ACTIVATION_IDENTITY);
     }
 #endif
@@ -1781,7 +1788,7 @@ int mobilenet_v3_large_run(const void *weights, const float *input, float *outpu
     unsigned char *a = (unsigned char *)arena;
 
     /* %1 features.0.0: conv3x3 + bn + hardswish -> 16x112x112 */
-    conv3x3_s2_f32_direct_nchw3x224x224_to_16_hwio_p1_hardswish(input, w, w + 432, (float *)a);
+    conv3x3_s2_f32_nchw3x224x224_to_16_p1_hardswish(input, w, w + 432, (float *)a);
     /* %2 features.1.block.0.0: depthwise3x3 + bn + relu -> 16x112x112 */
     depthwise3x3_s1_f32_112x112x16_p1_relu((float *)a, w + 448, w + 592, (float *)(a + 802816));
     /* %3 features.1.block.1.0: conv1x1 + bn + add -> 16x112x112 */

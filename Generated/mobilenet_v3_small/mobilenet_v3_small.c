@@ -18,8 +18,10 @@
 #define KERNELS_AVX2 1
 #endif
 
+/* Helpers are always inlined, so the literal arguments of each call specialize them; one
+   instruction set's kernels may leave another's scalar helper unused. */
 #if defined(__GNUC__)
-#define KERNEL_INLINE static inline __attribute__((always_inline))
+#define KERNEL_INLINE static inline __attribute__((always_inline, unused))
 #elif defined(_MSC_VER)
 #define KERNEL_INLINE static __forceinline
 #else
@@ -512,6 +514,128 @@ KERNEL_INLINE void depthwise_f32_pixel(const float *restrict x, const float *res
 #endif
 
 /*
+ * Up to 4 horizontally adjacent output pixels of a convolution with groups 1, all output
+ * channels:
+ *   y[p][o] = activation(bias[o] + sum over taps and i of x[p][tap][i] * w[tap][i][o]) + residual[p][o]
+ * over the taps ky in [ky0, ky1), kx in [kx0, kx1), which must lie inside the input for every
+ * pixel. Input channel i of tap (ky, kx) of pixel p is at x_offset + p * pixel_stride +
+ * ky * row_stride + kx * column_stride + i * channel_stride, so NHWC (channel stride 1) and
+ * NCHW (channel stride H * W) inputs read alike. w is [kernel_height][kernel_width]
+ * [in_channels][out_channels] (the `hwio` layout); y and residual point at the first output
+ * pixel, whose neighbours follow out_channels floats apart (NHWC).
+ */
+#if defined(KERNELS_AVX512)
+KERNEL_INLINE void convolution_f32_pixels(const float *restrict x, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int pixels, int pixel_stride, int in_channels, int out_channels, int kernel_width,
+    int row_stride, int column_stride, int channel_stride, int x_offset,
+    int ky0, int ky1, int kx0, int kx1, int has_bias, int has_residual, int activation)
+{
+    /* 16 output channels at a time, one accumulator per pixel: each weight vector feeds
+       `pixels` independent FMA chains. */
+    for (int o = 0; o < out_channels; o += 16) {
+        const __mmask16 mask = (__mmask16)(out_channels - o >= 16 ? 0xFFFFu : (1u << (out_channels - o)) - 1u);
+        const __m512 start = has_bias ? _mm512_maskz_loadu_ps(mask, bias + o) : _mm512_setzero_ps();
+        __m512 acc0 = start, acc1 = start, acc2 = start, acc3 = start;
+        for (int ky = ky0; ky < ky1; ++ky) {
+            for (int kx = kx0; kx < kx1; ++kx) {
+                const float *xp = x + (x_offset + ky * row_stride + kx * column_stride);
+                const float *wp = w + (ky * kernel_width + kx) * in_channels * out_channels + o;
+                for (int i = 0; i < in_channels; ++i) {
+                    const __m512 wv = _mm512_maskz_loadu_ps(mask, wp + i * out_channels);
+                    const float *xi = xp + i * channel_stride;
+                    acc0 = _mm512_fmadd_ps(_mm512_set1_ps(xi[0]), wv, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(_mm512_set1_ps(xi[pixel_stride]), wv, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(_mm512_set1_ps(xi[2 * pixel_stride]), wv, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(_mm512_set1_ps(xi[3 * pixel_stride]), wv, acc3);
+                }
+            }
+        }
+        __m512 acc[4];
+        acc[0] = acc0;
+        acc[1] = acc1;
+        acc[2] = acc2;
+        acc[3] = acc3;
+        for (int p = 0; p < pixels; ++p) {
+            __m512 v = activate_f32x16(acc[p], activation);
+            if (has_residual) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, residual + p * out_channels + o));
+            _mm512_mask_storeu_ps(y + p * out_channels + o, mask, v);
+        }
+    }
+}
+#elif defined(KERNELS_AVX2)
+KERNEL_INLINE void convolution_f32_pixels(const float *restrict x, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int pixels, int pixel_stride, int in_channels, int out_channels, int kernel_width,
+    int row_stride, int column_stride, int channel_stride, int x_offset,
+    int ky0, int ky1, int kx0, int kx1, int has_bias, int has_residual, int activation)
+{
+    /* 8 output channels at a time, one accumulator per pixel. */
+    for (int o = 0; o < out_channels; o += 8) {
+        const __m256i mask = lane_mask_f32x8(out_channels - o);
+        const __m256 start = has_bias ? _mm256_maskload_ps(bias + o, mask) : _mm256_setzero_ps();
+        __m256 acc0 = start, acc1 = start, acc2 = start, acc3 = start;
+        for (int ky = ky0; ky < ky1; ++ky) {
+            for (int kx = kx0; kx < kx1; ++kx) {
+                const float *xp = x + (x_offset + ky * row_stride + kx * column_stride);
+                const float *wp = w + (ky * kernel_width + kx) * in_channels * out_channels + o;
+                for (int i = 0; i < in_channels; ++i) {
+                    const __m256 wv = _mm256_maskload_ps(wp + i * out_channels, mask);
+                    const float *xi = xp + i * channel_stride;
+                    acc0 = _mm256_fmadd_ps(_mm256_set1_ps(xi[0]), wv, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(_mm256_set1_ps(xi[pixel_stride]), wv, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(_mm256_set1_ps(xi[2 * pixel_stride]), wv, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(_mm256_set1_ps(xi[3 * pixel_stride]), wv, acc3);
+                }
+            }
+        }
+        __m256 acc[4];
+        acc[0] = acc0;
+        acc[1] = acc1;
+        acc[2] = acc2;
+        acc[3] = acc3;
+        for (int p = 0; p < pixels; ++p) {
+            __m256 v = activate_f32x8(acc[p], activation);
+            if (has_residual) v = _mm256_add_ps(v, _mm256_maskload_ps(residual + p * out_channels + o, mask));
+            _mm256_maskstore_ps(y + p * out_channels + o, mask, v);
+        }
+    }
+}
+#else
+/* Portable: y is the accumulator, and the output-channel loops are contiguous and vectorizable. */
+KERNEL_INLINE void convolution_f32_pixels(const float *restrict x, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int pixels, int pixel_stride, int in_channels, int out_channels, int kernel_width,
+    int row_stride, int column_stride, int channel_stride, int x_offset,
+    int ky0, int ky1, int kx0, int kx1, int has_bias, int has_residual, int activation)
+{
+    for (int p = 0; p < pixels; ++p) {
+        float *restrict yp = y + p * out_channels;
+        for (int o = 0; o < out_channels; ++o) {
+            yp[o] = has_bias ? bias[o] : 0.0f;
+        }
+        for (int ky = ky0; ky < ky1; ++ky) {
+            for (int kx = kx0; kx < kx1; ++kx) {
+                const int tap = x_offset + p * pixel_stride + ky * row_stride + kx * column_stride;
+                const float *restrict wp = w + (ky * kernel_width + kx) * in_channels * out_channels;
+                for (int i = 0; i < in_channels; ++i) {
+                    const float xv = x[tap + i * channel_stride];
+                    for (int o = 0; o < out_channels; ++o) {
+                        yp[o] += xv * wp[i * out_channels + o];
+                    }
+                }
+            }
+        }
+        for (int o = 0; o < out_channels; ++o) {
+            float v = activate_f32(yp[o], activation);
+            if (has_residual) v += residual[p * out_channels + o];
+            yp[o] = v;
+        }
+    }
+}
+#endif
+
+/*
  * A fully connected layer on a vector:
  *   y[o] = activation(bias[o] + sum over i of w[o][i] * x[i]) for o < outputs,
  * with w in PyTorch's [outputs][inputs] order. Sixteen partial sums per output keep the inner
@@ -540,34 +664,26 @@ KERNEL_INLINE void matrix_vector_f32(const float *restrict x, const float *restr
     }
 }
 
-/* 3x3 convolution by direct loops, stride 2x2, padding 1, groups 1: nchw3x224x224 -> 112x112x16, hwio weights, then bias, hardswish */
-static void conv3x3_s2_f32_direct_nchw3x224x224_to_16_hwio_p1_hardswish(const float *restrict x,
-                                                                        const float *restrict w,
-                                                                        const float *restrict bias,
-                                                                        float *restrict y)
+/* 3x3 convolution, stride 2x2, padding 1: nchw3x224x224 -> 112x112x16, w[3][3][3][16], then bias, hardswish */
+static void conv3x3_s2_f32_nchw3x224x224_to_16_p1_hardswish(const float *restrict x, const float *restrict w,
+                                                            const float *restrict bias, float *restrict y)
 {
     for (int oy = 0; oy < 112; ++oy) {
-        for (int ox = 0; ox < 112; ++ox) {
-            float *restrict yp = y + (oy * 112 + ox) * 16;
-            for (int o = 0; o < 16; ++o) {
-                yp[o] = bias[o];
-            }
-            for (int ky = 0; ky < 3; ++ky) {
-                const int iy = oy * 2 + ky - 1;
-                if (iy < 0) continue;
-                for (int kx = 0; kx < 3; ++kx) {
-                    const int ix = ox * 2 + kx - 1;
-                    if (ix < 0) continue;
-                    for (int i = 0; i < 3; ++i) {
-                        const float xv = x[i * 50176 + iy * 224 + ix];
-                        for (int o = 0; o < 16; ++o) {
-                            yp[o] += xv * w[((ky * 3 + kx) * 3 + i) * 16 + o];
-                        }
-                    }
-                }
-            }
-            for (int o = 0; o < 16; ++o) {
-                yp[o] = activate_f32(yp[o], ACTIVATION_HARDSWISH);
+        const int iy0 = oy * 2 - 1;
+        const int ky0 = iy0 < 0 ? -iy0 : 0;
+        const int ky1 = iy0 + 3 > 224 ? 224 - iy0 : 3;
+        for (int ox = 0; ox < 112;) {
+            const int ix0 = ox * 2 - 1;
+            const int x_offset = iy0 * 224 + ix0;
+            const int y_offset = (oy * 112 + ox) * 16;
+            if (ox >= 1 && ox + 4 <= 112) {
+                convolution_f32_pixels(x, w, bias, NULL, y + y_offset, 4, 2, 3, 16, 3, 224, 1, 50176, x_offset, ky0, ky1, 0, 3, 1, 0, ACTIVATION_HARDSWISH);
+                ox += 4;
+            } else {
+                const int kx0 = ix0 < 0 ? -ix0 : 0;
+                const int kx1 = ix0 + 3 > 224 ? 224 - ix0 : 3;
+                convolution_f32_pixels(x, w, bias, NULL, y + y_offset, 1, 2, 3, 16, 3, 224, 1, 50176, x_offset, ky0, ky1, kx0, kx1, 1, 0, ACTIVATION_HARDSWISH);
+                ox += 1;
             }
         }
     }
@@ -636,19 +752,12 @@ static void pointwise_f32_56x56x16_to_16(const float *restrict x, const float *r
         pointwise_f32_tile8x32_avx512(x + p * 16, w, bias, NULL, y + p * 16, 8, 16, 16, 16, 16, 1, 0, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 3132; p += 6) {
-        for (int n = 0; n < 16; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 16, w + n, bias + n, NULL, y + p * 16 + n, 6, 16, 16, 16, 16, 1, 0, ACTIVATION_IDENTITY);
-        }
-    }
-    for (int n = 0; n < 16; n += 16) {
-        pointwise_f32_tile6x16_avx2(x + 50112, w + n, bias + n, NULL, y + n + 50112, 4, 16, 16, 16, 16, 1, 0, ACTIVATION_IDENTITY);
+    for (int p = 0; p < 3136; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 16, w, bias, NULL, y + p * 16, 4, 16, 16, 16, 16, 1, 0, ACTIVATION_IDENTITY);
     }
 #else
     for (int p = 0; p < 3136; p += 4) {
-        for (int n = 0; n < 16; n += 16) {
-            pointwise_f32_tile4x16_portable(x + p * 16, w + n, bias + n, NULL, y + p * 16 + n, 4, 16, 16, 16, 16, 1, 0, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile4x16_portable(x + p * 16, w, bias, NULL, y + p * 16, 4, 16, 16, 16, 16, 1, 0, ACTIVATION_IDENTITY);
     }
 #endif
 }
@@ -665,16 +774,12 @@ static void pointwise_f32_56x56x16_to_72_relu(const float *restrict x, const flo
         pointwise_f32_tile8x32_avx512(x + p * 16, w + 64, bias + 64, NULL, y + p * 72 + 64, 8, 8, 16, 72, 72, 1, 0, ACTIVATION_RELU);
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 3132; p += 6) {
+    for (int p = 0; p < 3136; p += 4) {
         for (int n = 0; n < 64; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 16, w + n, bias + n, NULL, y + p * 72 + n, 6, 16, 16, 72, 72, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile6x16_avx2(x + p * 16, w + n, bias + n, NULL, y + p * 72 + n, 4, 16, 16, 72, 72, 1, 0, ACTIVATION_RELU);
         }
-        pointwise_f32_tile6x16_avx2(x + p * 16, w + 64, bias + 64, NULL, y + p * 72 + 64, 6, 8, 16, 72, 72, 1, 0, ACTIVATION_RELU);
+        pointwise_f32_tile6x16_avx2(x + p * 16, w + 64, bias + 64, NULL, y + p * 72 + 64, 4, 8, 16, 72, 72, 1, 0, ACTIVATION_RELU);
     }
-    for (int n = 0; n < 64; n += 16) {
-        pointwise_f32_tile6x16_avx2(x + 50112, w + n, bias + n, NULL, y + n + 225504, 4, 16, 16, 72, 72, 1, 0, ACTIVATION_RELU);
-    }
-    pointwise_f32_tile6x16_avx2(x + 50112, w + 64, bias + 64, NULL, y + 225568, 4, 8, 16, 72, 72, 1, 0, ACTIVATION_RELU);
 #else
     for (int p = 0; p < 3136; p += 4) {
         for (int n = 0; n < 64; n += 16) {
@@ -717,21 +822,13 @@ static void pointwise_f32_28x28x72_to_24(const float *restrict x, const float *r
         pointwise_f32_tile8x32_avx512(x + p * 72, w, bias, NULL, y + p * 24, 8, 24, 72, 24, 24, 1, 0, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 780; p += 6) {
-        for (int n = 0; n < 16; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 72, w + n, bias + n, NULL, y + p * 24 + n, 6, 16, 72, 24, 24, 1, 0, ACTIVATION_IDENTITY);
-        }
-        pointwise_f32_tile6x16_avx2(x + p * 72, w + 16, bias + 16, NULL, y + p * 24 + 16, 6, 8, 72, 24, 24, 1, 0, ACTIVATION_IDENTITY);
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 72, w, bias, NULL, y + p * 24, 4, 16, 72, 24, 24, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x16_avx2(x + p * 72, w + 16, bias + 16, NULL, y + p * 24 + 16, 4, 8, 72, 24, 24, 1, 0, ACTIVATION_IDENTITY);
     }
-    for (int n = 0; n < 16; n += 16) {
-        pointwise_f32_tile6x16_avx2(x + 56160, w + n, bias + n, NULL, y + n + 18720, 4, 16, 72, 24, 24, 1, 0, ACTIVATION_IDENTITY);
-    }
-    pointwise_f32_tile6x16_avx2(x + 56160, w + 16, bias + 16, NULL, y + 18736, 4, 8, 72, 24, 24, 1, 0, ACTIVATION_IDENTITY);
 #else
     for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 16; n += 16) {
-            pointwise_f32_tile4x16_portable(x + p * 72, w + n, bias + n, NULL, y + p * 24 + n, 4, 16, 72, 24, 24, 1, 0, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile4x16_portable(x + p * 72, w, bias, NULL, y + p * 24, 4, 16, 72, 24, 24, 1, 0, ACTIVATION_IDENTITY);
         pointwise_f32_tile4x16_portable(x + p * 72, w + 16, bias + 16, NULL, y + p * 24 + 16, 4, 8, 72, 24, 24, 1, 0, ACTIVATION_IDENTITY);
     }
 #endif
@@ -749,16 +846,12 @@ static void pointwise_f32_28x28x24_to_88_relu(const float *restrict x, const flo
         pointwise_f32_tile8x32_avx512(x + p * 24, w + 64, bias + 64, NULL, y + p * 88 + 64, 8, 24, 24, 88, 88, 1, 0, ACTIVATION_RELU);
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 780; p += 6) {
+    for (int p = 0; p < 784; p += 4) {
         for (int n = 0; n < 80; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 24, w + n, bias + n, NULL, y + p * 88 + n, 6, 16, 24, 88, 88, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile6x16_avx2(x + p * 24, w + n, bias + n, NULL, y + p * 88 + n, 4, 16, 24, 88, 88, 1, 0, ACTIVATION_RELU);
         }
-        pointwise_f32_tile6x16_avx2(x + p * 24, w + 80, bias + 80, NULL, y + p * 88 + 80, 6, 8, 24, 88, 88, 1, 0, ACTIVATION_RELU);
+        pointwise_f32_tile6x16_avx2(x + p * 24, w + 80, bias + 80, NULL, y + p * 88 + 80, 4, 8, 24, 88, 88, 1, 0, ACTIVATION_RELU);
     }
-    for (int n = 0; n < 80; n += 16) {
-        pointwise_f32_tile6x16_avx2(x + 18720, w + n, bias + n, NULL, y + n + 68640, 4, 16, 24, 88, 88, 1, 0, ACTIVATION_RELU);
-    }
-    pointwise_f32_tile6x16_avx2(x + 18720, w + 80, bias + 80, NULL, y + 68720, 4, 8, 24, 88, 88, 1, 0, ACTIVATION_RELU);
 #else
     for (int p = 0; p < 784; p += 4) {
         for (int n = 0; n < 80; n += 16) {
@@ -802,21 +895,13 @@ static void pointwise_f32_28x28x88_to_24_residual(const float *restrict x, const
         pointwise_f32_tile8x32_avx512(x + p * 88, w, bias, residual + p * 24, y + p * 24, 8, 24, 88, 24, 24, 1, 1, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 780; p += 6) {
-        for (int n = 0; n < 16; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 88, w + n, bias + n, residual + p * 24 + n, y + p * 24 + n, 6, 16, 88, 24, 24, 1, 1, ACTIVATION_IDENTITY);
-        }
-        pointwise_f32_tile6x16_avx2(x + p * 88, w + 16, bias + 16, residual + p * 24 + 16, y + p * 24 + 16, 6, 8, 88, 24, 24, 1, 1, ACTIVATION_IDENTITY);
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 88, w, bias, residual + p * 24, y + p * 24, 4, 16, 88, 24, 24, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x16_avx2(x + p * 88, w + 16, bias + 16, residual + p * 24 + 16, y + p * 24 + 16, 4, 8, 88, 24, 24, 1, 1, ACTIVATION_IDENTITY);
     }
-    for (int n = 0; n < 16; n += 16) {
-        pointwise_f32_tile6x16_avx2(x + 68640, w + n, bias + n, residual + n + 18720, y + n + 18720, 4, 16, 88, 24, 24, 1, 1, ACTIVATION_IDENTITY);
-    }
-    pointwise_f32_tile6x16_avx2(x + 68640, w + 16, bias + 16, residual + 18736, y + 18736, 4, 8, 88, 24, 24, 1, 1, ACTIVATION_IDENTITY);
 #else
     for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 16; n += 16) {
-            pointwise_f32_tile4x16_portable(x + p * 88, w + n, bias + n, residual + p * 24 + n, y + p * 24 + n, 4, 16, 88, 24, 24, 1, 1, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile4x16_portable(x + p * 88, w, bias, residual + p * 24, y + p * 24, 4, 16, 88, 24, 24, 1, 1, ACTIVATION_IDENTITY);
         pointwise_f32_tile4x16_portable(x + p * 88, w + 16, bias + 16, residual + p * 24 + 16, y + p * 24 + 16, 4, 8, 88, 24, 24, 1, 1, ACTIVATION_IDENTITY);
     }
 #endif
@@ -833,13 +918,10 @@ static void pointwise_f32_28x28x24_to_96_hardswish(const float *restrict x, cons
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 780; p += 6) {
+    for (int p = 0; p < 784; p += 4) {
         for (int n = 0; n < 96; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 24, w + n, bias + n, NULL, y + p * 96 + n, 6, 16, 24, 96, 96, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile6x16_avx2(x + p * 24, w + n, bias + n, NULL, y + p * 96 + n, 4, 16, 24, 96, 96, 1, 0, ACTIVATION_HARDSWISH);
         }
-    }
-    for (int n = 0; n < 96; n += 16) {
-        pointwise_f32_tile6x16_avx2(x + 18720, w + n, bias + n, NULL, y + n + 74880, 4, 16, 24, 96, 96, 1, 0, ACTIVATION_HARDSWISH);
     }
 #else
     for (int p = 0; p < 784; p += 4) {
@@ -909,27 +991,17 @@ static void pointwise_f32_14x14x96_to_40(const float *restrict x, const float *r
                                          const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 192; p += 8) {
-        for (int n = 0; n < 32; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 96, w + n, bias + n, NULL, y + p * 40 + n, 8, 32, 96, 40, 40, 1, 0, ACTIVATION_IDENTITY);
-        }
-        pointwise_f32_tile8x32_avx512(x + p * 96, w + 32, bias + 32, NULL, y + p * 40 + 32, 8, 8, 96, 40, 40, 1, 0, ACTIVATION_IDENTITY);
+    for (int p = 0; p < 196; p += 7) {
+        pointwise_f32_tile8x32_avx512(x + p * 96, w, bias, NULL, y + p * 40, 7, 32, 96, 40, 40, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile8x32_avx512(x + p * 96, w + 32, bias + 32, NULL, y + p * 40 + 32, 7, 8, 96, 40, 40, 1, 0, ACTIVATION_IDENTITY);
     }
-    for (int n = 0; n < 32; n += 32) {
-        pointwise_f32_tile8x32_avx512(x + 18432, w + n, bias + n, NULL, y + n + 7680, 4, 32, 96, 40, 40, 1, 0, ACTIVATION_IDENTITY);
-    }
-    pointwise_f32_tile8x32_avx512(x + 18432, w + 32, bias + 32, NULL, y + 7712, 4, 8, 96, 40, 40, 1, 0, ACTIVATION_IDENTITY);
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 192; p += 6) {
+    for (int p = 0; p < 196; p += 4) {
         for (int n = 0; n < 32; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 96, w + n, bias + n, NULL, y + p * 40 + n, 6, 16, 96, 40, 40, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x16_avx2(x + p * 96, w + n, bias + n, NULL, y + p * 40 + n, 4, 16, 96, 40, 40, 1, 0, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile6x16_avx2(x + p * 96, w + 32, bias + 32, NULL, y + p * 40 + 32, 6, 8, 96, 40, 40, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x16_avx2(x + p * 96, w + 32, bias + 32, NULL, y + p * 40 + 32, 4, 8, 96, 40, 40, 1, 0, ACTIVATION_IDENTITY);
     }
-    for (int n = 0; n < 32; n += 16) {
-        pointwise_f32_tile6x16_avx2(x + 18432, w + n, bias + n, NULL, y + n + 7680, 4, 16, 96, 40, 40, 1, 0, ACTIVATION_IDENTITY);
-    }
-    pointwise_f32_tile6x16_avx2(x + 18432, w + 32, bias + 32, NULL, y + 7712, 4, 8, 96, 40, 40, 1, 0, ACTIVATION_IDENTITY);
 #else
     for (int p = 0; p < 196; p += 4) {
         for (int n = 0; n < 32; n += 16) {
@@ -945,28 +1017,23 @@ static void pointwise_f32_14x14x40_to_240_hardswish(const float *restrict x, con
                                                     const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 192; p += 8) {
-        for (int n = 0; n < 224; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 40, w + n, bias + n, NULL, y + p * 240 + n, 8, 32, 40, 240, 240, 1, 0, ACTIVATION_HARDSWISH);
-        }
-        pointwise_f32_tile8x32_avx512(x + p * 40, w + 224, bias + 224, NULL, y + p * 240 + 224, 8, 16, 40, 240, 240, 1, 0, ACTIVATION_HARDSWISH);
-    }
     for (int n = 0; n < 224; n += 32) {
-        pointwise_f32_tile8x32_avx512(x + 7680, w + n, bias + n, NULL, y + n + 46080, 4, 32, 40, 240, 240, 1, 0, ACTIVATION_HARDSWISH);
-    }
-    pointwise_f32_tile8x32_avx512(x + 7680, w + 224, bias + 224, NULL, y + 46304, 4, 16, 40, 240, 240, 1, 0, ACTIVATION_HARDSWISH);
-#elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 192; p += 6) {
-        for (int n = 0; n < 240; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 40, w + n, bias + n, NULL, y + p * 240 + n, 6, 16, 40, 240, 240, 1, 0, ACTIVATION_HARDSWISH);
+        for (int p = 0; p < 196; p += 7) {
+            pointwise_f32_tile8x32_avx512(x + p * 40, w + n, bias + n, NULL, y + p * 240 + n, 7, 32, 40, 240, 240, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
+    for (int p = 0; p < 196; p += 7) {
+        pointwise_f32_tile8x32_avx512(x + p * 40, w + 224, bias + 224, NULL, y + p * 240 + 224, 7, 16, 40, 240, 240, 1, 0, ACTIVATION_HARDSWISH);
+    }
+#elif defined(KERNELS_AVX2)
     for (int n = 0; n < 240; n += 16) {
-        pointwise_f32_tile6x16_avx2(x + 7680, w + n, bias + n, NULL, y + n + 46080, 4, 16, 40, 240, 240, 1, 0, ACTIVATION_HARDSWISH);
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 40, w + n, bias + n, NULL, y + p * 240 + n, 4, 16, 40, 240, 240, 1, 0, ACTIVATION_HARDSWISH);
+        }
     }
 #else
-    for (int p = 0; p < 196; p += 4) {
-        for (int n = 0; n < 240; n += 16) {
+    for (int n = 0; n < 240; n += 16) {
+        for (int p = 0; p < 196; p += 4) {
             pointwise_f32_tile4x16_portable(x + p * 40, w + n, bias + n, NULL, y + p * 240 + n, 4, 16, 40, 240, 240, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
@@ -1033,32 +1100,28 @@ static void pointwise_f32_14x14x240_to_40_residual(const float *restrict x, cons
                                                    float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 192; p += 8) {
-        for (int n = 0; n < 32; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 240, w + n, bias + n, residual + p * 40 + n, y + p * 40 + n, 8, 32, 240, 40, 40, 1, 1, ACTIVATION_IDENTITY);
-        }
-        pointwise_f32_tile8x32_avx512(x + p * 240, w + 32, bias + 32, residual + p * 40 + 32, y + p * 40 + 32, 8, 8, 240, 40, 40, 1, 1, ACTIVATION_IDENTITY);
+    for (int p = 0; p < 196; p += 7) {
+        pointwise_f32_tile8x32_avx512(x + p * 240, w, bias, residual + p * 40, y + p * 40, 7, 32, 240, 40, 40, 1, 1, ACTIVATION_IDENTITY);
     }
-    for (int n = 0; n < 32; n += 32) {
-        pointwise_f32_tile8x32_avx512(x + 46080, w + n, bias + n, residual + n + 7680, y + n + 7680, 4, 32, 240, 40, 40, 1, 1, ACTIVATION_IDENTITY);
+    for (int p = 0; p < 196; p += 7) {
+        pointwise_f32_tile8x32_avx512(x + p * 240, w + 32, bias + 32, residual + p * 40 + 32, y + p * 40 + 32, 7, 8, 240, 40, 40, 1, 1, ACTIVATION_IDENTITY);
     }
-    pointwise_f32_tile8x32_avx512(x + 46080, w + 32, bias + 32, residual + 7712, y + 7712, 4, 8, 240, 40, 40, 1, 1, ACTIVATION_IDENTITY);
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 192; p += 6) {
-        for (int n = 0; n < 32; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 240, w + n, bias + n, residual + p * 40 + n, y + p * 40 + n, 6, 16, 240, 40, 40, 1, 1, ACTIVATION_IDENTITY);
-        }
-        pointwise_f32_tile6x16_avx2(x + p * 240, w + 32, bias + 32, residual + p * 40 + 32, y + p * 40 + 32, 6, 8, 240, 40, 40, 1, 1, ACTIVATION_IDENTITY);
-    }
     for (int n = 0; n < 32; n += 16) {
-        pointwise_f32_tile6x16_avx2(x + 46080, w + n, bias + n, residual + n + 7680, y + n + 7680, 4, 16, 240, 40, 40, 1, 1, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 240, w + n, bias + n, residual + p * 40 + n, y + p * 40 + n, 4, 16, 240, 40, 40, 1, 1, ACTIVATION_IDENTITY);
+        }
     }
-    pointwise_f32_tile6x16_avx2(x + 46080, w + 32, bias + 32, residual + 7712, y + 7712, 4, 8, 240, 40, 40, 1, 1, ACTIVATION_IDENTITY);
-#else
     for (int p = 0; p < 196; p += 4) {
-        for (int n = 0; n < 32; n += 16) {
+        pointwise_f32_tile6x16_avx2(x + p * 240, w + 32, bias + 32, residual + p * 40 + 32, y + p * 40 + 32, 4, 8, 240, 40, 40, 1, 1, ACTIVATION_IDENTITY);
+    }
+#else
+    for (int n = 0; n < 32; n += 16) {
+        for (int p = 0; p < 196; p += 4) {
             pointwise_f32_tile4x16_portable(x + p * 240, w + n, bias + n, residual + p * 40 + n, y + p * 40 + n, 4, 16, 240, 40, 40, 1, 1, ACTIVATION_IDENTITY);
         }
+    }
+    for (int p = 0; p < 196; p += 4) {
         pointwise_f32_tile4x16_portable(x + p * 240, w + 32, bias + 32, residual + p * 40 + 32, y + p * 40 + 32, 4, 8, 240, 40, 40, 1, 1, ACTIVATION_IDENTITY);
     }
 #endif
@@ -1069,27 +1132,19 @@ static void pointwise_f32_14x14x40_to_120_hardswish(const float *restrict x, con
                                                     const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 192; p += 8) {
+    for (int p = 0; p < 196; p += 7) {
         for (int n = 0; n < 96; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 40, w + n, bias + n, NULL, y + p * 120 + n, 8, 32, 40, 120, 120, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile8x32_avx512(x + p * 40, w + n, bias + n, NULL, y + p * 120 + n, 7, 32, 40, 120, 120, 1, 0, ACTIVATION_HARDSWISH);
         }
-        pointwise_f32_tile8x32_avx512(x + p * 40, w + 96, bias + 96, NULL, y + p * 120 + 96, 8, 24, 40, 120, 120, 1, 0, ACTIVATION_HARDSWISH);
+        pointwise_f32_tile8x32_avx512(x + p * 40, w + 96, bias + 96, NULL, y + p * 120 + 96, 7, 24, 40, 120, 120, 1, 0, ACTIVATION_HARDSWISH);
     }
-    for (int n = 0; n < 96; n += 32) {
-        pointwise_f32_tile8x32_avx512(x + 7680, w + n, bias + n, NULL, y + n + 23040, 4, 32, 40, 120, 120, 1, 0, ACTIVATION_HARDSWISH);
-    }
-    pointwise_f32_tile8x32_avx512(x + 7680, w + 96, bias + 96, NULL, y + 23136, 4, 24, 40, 120, 120, 1, 0, ACTIVATION_HARDSWISH);
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 192; p += 6) {
+    for (int p = 0; p < 196; p += 4) {
         for (int n = 0; n < 112; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 40, w + n, bias + n, NULL, y + p * 120 + n, 6, 16, 40, 120, 120, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile6x16_avx2(x + p * 40, w + n, bias + n, NULL, y + p * 120 + n, 4, 16, 40, 120, 120, 1, 0, ACTIVATION_HARDSWISH);
         }
-        pointwise_f32_tile6x16_avx2(x + p * 40, w + 112, bias + 112, NULL, y + p * 120 + 112, 6, 8, 40, 120, 120, 1, 0, ACTIVATION_HARDSWISH);
+        pointwise_f32_tile6x16_avx2(x + p * 40, w + 112, bias + 112, NULL, y + p * 120 + 112, 4, 8, 40, 120, 120, 1, 0, ACTIVATION_HARDSWISH);
     }
-    for (int n = 0; n < 112; n += 16) {
-        pointwise_f32_tile6x16_avx2(x + 7680, w + n, bias + n, NULL, y + n + 23040, 4, 16, 40, 120, 120, 1, 0, ACTIVATION_HARDSWISH);
-    }
-    pointwise_f32_tile6x16_avx2(x + 7680, w + 112, bias + 112, NULL, y + 23152, 4, 8, 40, 120, 120, 1, 0, ACTIVATION_HARDSWISH);
 #else
     for (int p = 0; p < 196; p += 4) {
         for (int n = 0; n < 112; n += 16) {
@@ -1159,24 +1214,15 @@ static void pointwise_f32_14x14x120_to_48(const float *restrict x, const float *
                                           const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 192; p += 8) {
-        for (int n = 0; n < 32; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 120, w + n, bias + n, NULL, y + p * 48 + n, 8, 32, 120, 48, 48, 1, 0, ACTIVATION_IDENTITY);
-        }
-        pointwise_f32_tile8x32_avx512(x + p * 120, w + 32, bias + 32, NULL, y + p * 48 + 32, 8, 16, 120, 48, 48, 1, 0, ACTIVATION_IDENTITY);
+    for (int p = 0; p < 196; p += 7) {
+        pointwise_f32_tile8x32_avx512(x + p * 120, w, bias, NULL, y + p * 48, 7, 32, 120, 48, 48, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile8x32_avx512(x + p * 120, w + 32, bias + 32, NULL, y + p * 48 + 32, 7, 16, 120, 48, 48, 1, 0, ACTIVATION_IDENTITY);
     }
-    for (int n = 0; n < 32; n += 32) {
-        pointwise_f32_tile8x32_avx512(x + 23040, w + n, bias + n, NULL, y + n + 9216, 4, 32, 120, 48, 48, 1, 0, ACTIVATION_IDENTITY);
-    }
-    pointwise_f32_tile8x32_avx512(x + 23040, w + 32, bias + 32, NULL, y + 9248, 4, 16, 120, 48, 48, 1, 0, ACTIVATION_IDENTITY);
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 192; p += 6) {
+    for (int p = 0; p < 196; p += 4) {
         for (int n = 0; n < 48; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 120, w + n, bias + n, NULL, y + p * 48 + n, 6, 16, 120, 48, 48, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x16_avx2(x + p * 120, w + n, bias + n, NULL, y + p * 48 + n, 4, 16, 120, 48, 48, 1, 0, ACTIVATION_IDENTITY);
         }
-    }
-    for (int n = 0; n < 48; n += 16) {
-        pointwise_f32_tile6x16_avx2(x + 23040, w + n, bias + n, NULL, y + n + 9216, 4, 16, 120, 48, 48, 1, 0, ACTIVATION_IDENTITY);
     }
 #else
     for (int p = 0; p < 196; p += 4) {
@@ -1192,24 +1238,17 @@ static void pointwise_f32_14x14x48_to_144_hardswish(const float *restrict x, con
                                                     const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 192; p += 8) {
+    for (int p = 0; p < 196; p += 7) {
         for (int n = 0; n < 128; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 48, w + n, bias + n, NULL, y + p * 144 + n, 8, 32, 48, 144, 144, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile8x32_avx512(x + p * 48, w + n, bias + n, NULL, y + p * 144 + n, 7, 32, 48, 144, 144, 1, 0, ACTIVATION_HARDSWISH);
         }
-        pointwise_f32_tile8x32_avx512(x + p * 48, w + 128, bias + 128, NULL, y + p * 144 + 128, 8, 16, 48, 144, 144, 1, 0, ACTIVATION_HARDSWISH);
+        pointwise_f32_tile8x32_avx512(x + p * 48, w + 128, bias + 128, NULL, y + p * 144 + 128, 7, 16, 48, 144, 144, 1, 0, ACTIVATION_HARDSWISH);
     }
-    for (int n = 0; n < 128; n += 32) {
-        pointwise_f32_tile8x32_avx512(x + 9216, w + n, bias + n, NULL, y + n + 27648, 4, 32, 48, 144, 144, 1, 0, ACTIVATION_HARDSWISH);
-    }
-    pointwise_f32_tile8x32_avx512(x + 9216, w + 128, bias + 128, NULL, y + 27776, 4, 16, 48, 144, 144, 1, 0, ACTIVATION_HARDSWISH);
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 192; p += 6) {
+    for (int p = 0; p < 196; p += 4) {
         for (int n = 0; n < 144; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 48, w + n, bias + n, NULL, y + p * 144 + n, 6, 16, 48, 144, 144, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile6x16_avx2(x + p * 48, w + n, bias + n, NULL, y + p * 144 + n, 4, 16, 48, 144, 144, 1, 0, ACTIVATION_HARDSWISH);
         }
-    }
-    for (int n = 0; n < 144; n += 16) {
-        pointwise_f32_tile6x16_avx2(x + 9216, w + n, bias + n, NULL, y + n + 27648, 4, 16, 48, 144, 144, 1, 0, ACTIVATION_HARDSWISH);
     }
 #else
     for (int p = 0; p < 196; p += 4) {
@@ -1280,24 +1319,15 @@ static void pointwise_f32_14x14x144_to_48_residual(const float *restrict x, cons
                                                    float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 192; p += 8) {
-        for (int n = 0; n < 32; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 144, w + n, bias + n, residual + p * 48 + n, y + p * 48 + n, 8, 32, 144, 48, 48, 1, 1, ACTIVATION_IDENTITY);
-        }
-        pointwise_f32_tile8x32_avx512(x + p * 144, w + 32, bias + 32, residual + p * 48 + 32, y + p * 48 + 32, 8, 16, 144, 48, 48, 1, 1, ACTIVATION_IDENTITY);
+    for (int p = 0; p < 196; p += 7) {
+        pointwise_f32_tile8x32_avx512(x + p * 144, w, bias, residual + p * 48, y + p * 48, 7, 32, 144, 48, 48, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile8x32_avx512(x + p * 144, w + 32, bias + 32, residual + p * 48 + 32, y + p * 48 + 32, 7, 16, 144, 48, 48, 1, 1, ACTIVATION_IDENTITY);
     }
-    for (int n = 0; n < 32; n += 32) {
-        pointwise_f32_tile8x32_avx512(x + 27648, w + n, bias + n, residual + n + 9216, y + n + 9216, 4, 32, 144, 48, 48, 1, 1, ACTIVATION_IDENTITY);
-    }
-    pointwise_f32_tile8x32_avx512(x + 27648, w + 32, bias + 32, residual + 9248, y + 9248, 4, 16, 144, 48, 48, 1, 1, ACTIVATION_IDENTITY);
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 192; p += 6) {
+    for (int p = 0; p < 196; p += 4) {
         for (int n = 0; n < 48; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 144, w + n, bias + n, residual + p * 48 + n, y + p * 48 + n, 6, 16, 144, 48, 48, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x16_avx2(x + p * 144, w + n, bias + n, residual + p * 48 + n, y + p * 48 + n, 4, 16, 144, 48, 48, 1, 1, ACTIVATION_IDENTITY);
         }
-    }
-    for (int n = 0; n < 48; n += 16) {
-        pointwise_f32_tile6x16_avx2(x + 27648, w + n, bias + n, residual + n + 9216, y + n + 9216, 4, 16, 144, 48, 48, 1, 1, ACTIVATION_IDENTITY);
     }
 #else
     for (int p = 0; p < 196; p += 4) {
@@ -1313,26 +1343,20 @@ static void pointwise_f32_14x14x48_to_288_hardswish(const float *restrict x, con
                                                     const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 192; p += 8) {
-        for (int n = 0; n < 288; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 48, w + n, bias + n, NULL, y + p * 288 + n, 8, 32, 48, 288, 288, 1, 0, ACTIVATION_HARDSWISH);
-        }
-    }
     for (int n = 0; n < 288; n += 32) {
-        pointwise_f32_tile8x32_avx512(x + 9216, w + n, bias + n, NULL, y + n + 55296, 4, 32, 48, 288, 288, 1, 0, ACTIVATION_HARDSWISH);
+        for (int p = 0; p < 196; p += 7) {
+            pointwise_f32_tile8x32_avx512(x + p * 48, w + n, bias + n, NULL, y + p * 288 + n, 7, 32, 48, 288, 288, 1, 0, ACTIVATION_HARDSWISH);
+        }
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 192; p += 6) {
-        for (int n = 0; n < 288; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 48, w + n, bias + n, NULL, y + p * 288 + n, 6, 16, 48, 288, 288, 1, 0, ACTIVATION_HARDSWISH);
+    for (int n = 0; n < 288; n += 16) {
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 48, w + n, bias + n, NULL, y + p * 288 + n, 4, 16, 48, 288, 288, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
-    for (int n = 0; n < 288; n += 16) {
-        pointwise_f32_tile6x16_avx2(x + 9216, w + n, bias + n, NULL, y + n + 55296, 4, 16, 48, 288, 288, 1, 0, ACTIVATION_HARDSWISH);
-    }
 #else
-    for (int p = 0; p < 196; p += 4) {
-        for (int n = 0; n < 288; n += 16) {
+    for (int n = 0; n < 288; n += 16) {
+        for (int p = 0; p < 196; p += 4) {
             pointwise_f32_tile4x16_portable(x + p * 48, w + n, bias + n, NULL, y + p * 288 + n, 4, 16, 48, 288, 288, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
@@ -1398,30 +1422,23 @@ static void pointwise_f32_7x7x288_to_96(const float *restrict x, const float *re
                                         const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 48; p += 8) {
-        for (int n = 0; n < 96; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 288, w + n, bias + n, NULL, y + p * 96 + n, 8, 32, 288, 96, 96, 1, 0, ACTIVATION_IDENTITY);
-        }
-    }
     for (int n = 0; n < 96; n += 32) {
-        pointwise_f32_tile8x32_avx512(x + 13824, w + n, bias + n, NULL, y + n + 4608, 1, 32, 288, 96, 96, 1, 0, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 49; p += 7) {
+            pointwise_f32_tile8x32_avx512(x + p * 288, w + n, bias + n, NULL, y + p * 96 + n, 7, 32, 288, 96, 96, 1, 0, ACTIVATION_IDENTITY);
+        }
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 48; p += 6) {
-        for (int n = 0; n < 96; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 288, w + n, bias + n, NULL, y + p * 96 + n, 6, 16, 288, 96, 96, 1, 0, ACTIVATION_IDENTITY);
-        }
-    }
     for (int n = 0; n < 96; n += 16) {
-        pointwise_f32_tile6x16_avx2(x + 13824, w + n, bias + n, NULL, y + n + 4608, 1, 16, 288, 96, 96, 1, 0, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x16_avx2(x + p * 288, w + n, bias + n, NULL, y + p * 96 + n, 5, 16, 288, 96, 96, 1, 0, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x16_avx2(x + 12960, w + n, bias + n, NULL, y + n + 4320, 4, 16, 288, 96, 96, 1, 0, ACTIVATION_IDENTITY);
     }
 #else
-    for (int p = 0; p < 48; p += 4) {
-        for (int n = 0; n < 96; n += 16) {
+    for (int n = 0; n < 96; n += 16) {
+        for (int p = 0; p < 48; p += 4) {
             pointwise_f32_tile4x16_portable(x + p * 288, w + n, bias + n, NULL, y + p * 96 + n, 4, 16, 288, 96, 96, 1, 0, ACTIVATION_IDENTITY);
         }
-    }
-    for (int n = 0; n < 96; n += 16) {
         pointwise_f32_tile4x16_portable(x + 13824, w + n, bias + n, NULL, y + n + 4608, 1, 16, 288, 96, 96, 1, 0, ACTIVATION_IDENTITY);
     }
 #endif
@@ -1432,30 +1449,23 @@ static void pointwise_f32_7x7x96_to_576_hardswish(const float *restrict x, const
                                                   const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 48; p += 8) {
-        for (int n = 0; n < 576; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 96, w + n, bias + n, NULL, y + p * 576 + n, 8, 32, 96, 576, 576, 1, 0, ACTIVATION_HARDSWISH);
-        }
-    }
     for (int n = 0; n < 576; n += 32) {
-        pointwise_f32_tile8x32_avx512(x + 4608, w + n, bias + n, NULL, y + n + 27648, 1, 32, 96, 576, 576, 1, 0, ACTIVATION_HARDSWISH);
+        for (int p = 0; p < 49; p += 7) {
+            pointwise_f32_tile8x32_avx512(x + p * 96, w + n, bias + n, NULL, y + p * 576 + n, 7, 32, 96, 576, 576, 1, 0, ACTIVATION_HARDSWISH);
+        }
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 48; p += 6) {
-        for (int n = 0; n < 576; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 96, w + n, bias + n, NULL, y + p * 576 + n, 6, 16, 96, 576, 576, 1, 0, ACTIVATION_HARDSWISH);
-        }
-    }
     for (int n = 0; n < 576; n += 16) {
-        pointwise_f32_tile6x16_avx2(x + 4608, w + n, bias + n, NULL, y + n + 27648, 1, 16, 96, 576, 576, 1, 0, ACTIVATION_HARDSWISH);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x16_avx2(x + p * 96, w + n, bias + n, NULL, y + p * 576 + n, 5, 16, 96, 576, 576, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        pointwise_f32_tile6x16_avx2(x + 4320, w + n, bias + n, NULL, y + n + 25920, 4, 16, 96, 576, 576, 1, 0, ACTIVATION_HARDSWISH);
     }
 #else
-    for (int p = 0; p < 48; p += 4) {
-        for (int n = 0; n < 576; n += 16) {
+    for (int n = 0; n < 576; n += 16) {
+        for (int p = 0; p < 48; p += 4) {
             pointwise_f32_tile4x16_portable(x + p * 96, w + n, bias + n, NULL, y + p * 576 + n, 4, 16, 96, 576, 576, 1, 0, ACTIVATION_HARDSWISH);
         }
-    }
-    for (int n = 0; n < 576; n += 16) {
         pointwise_f32_tile4x16_portable(x + 4608, w + n, bias + n, NULL, y + n + 27648, 1, 16, 96, 576, 576, 1, 0, ACTIVATION_HARDSWISH);
     }
 #endif
@@ -1521,30 +1531,23 @@ static void pointwise_f32_7x7x576_to_96_residual(const float *restrict x, const 
                                                  float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 48; p += 8) {
-        for (int n = 0; n < 96; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 576, w + n, bias + n, residual + p * 96 + n, y + p * 96 + n, 8, 32, 576, 96, 96, 1, 1, ACTIVATION_IDENTITY);
-        }
-    }
     for (int n = 0; n < 96; n += 32) {
-        pointwise_f32_tile8x32_avx512(x + 27648, w + n, bias + n, residual + n + 4608, y + n + 4608, 1, 32, 576, 96, 96, 1, 1, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 49; p += 7) {
+            pointwise_f32_tile8x32_avx512(x + p * 576, w + n, bias + n, residual + p * 96 + n, y + p * 96 + n, 7, 32, 576, 96, 96, 1, 1, ACTIVATION_IDENTITY);
+        }
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 48; p += 6) {
-        for (int n = 0; n < 96; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 576, w + n, bias + n, residual + p * 96 + n, y + p * 96 + n, 6, 16, 576, 96, 96, 1, 1, ACTIVATION_IDENTITY);
-        }
-    }
     for (int n = 0; n < 96; n += 16) {
-        pointwise_f32_tile6x16_avx2(x + 27648, w + n, bias + n, residual + n + 4608, y + n + 4608, 1, 16, 576, 96, 96, 1, 1, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x16_avx2(x + p * 576, w + n, bias + n, residual + p * 96 + n, y + p * 96 + n, 5, 16, 576, 96, 96, 1, 1, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x16_avx2(x + 25920, w + n, bias + n, residual + n + 4320, y + n + 4320, 4, 16, 576, 96, 96, 1, 1, ACTIVATION_IDENTITY);
     }
 #else
-    for (int p = 0; p < 48; p += 4) {
-        for (int n = 0; n < 96; n += 16) {
+    for (int n = 0; n < 96; n += 16) {
+        for (int p = 0; p < 48; p += 4) {
             pointwise_f32_tile4x16_portable(x + p * 576, w + n, bias + n, residual + p * 96 + n, y + p * 96 + n, 4, 16, 576, 96, 96, 1, 1, ACTIVATION_IDENTITY);
         }
-    }
-    for (int n = 0; n < 96; n += 16) {
         pointwise_f32_tile4x16_portable(x + 27648, w + n, bias + n, residual + n + 4608, y + n + 4608, 1, 16, 576, 96, 96, 1, 1, ACTIVATION_IDENTITY);
     }
 #endif
@@ -1619,7 +1622,7 @@ int mobilenet_v3_small_run(const void *weights, const float *input, float *outpu
     unsigned char *a = (unsigned char *)arena;
 
     /* %1 features.0.0: conv3x3 + bn + hardswish -> 16x112x112 */
-    conv3x3_s2_f32_direct_nchw3x224x224_to_16_hwio_p1_hardswish(input, w, w + 432, (float *)a);
+    conv3x3_s2_f32_nchw3x224x224_to_16_p1_hardswish(input, w, w + 432, (float *)a);
     /* %2 features.1.block.0.0: depthwise3x3 + bn + relu -> 16x56x56 */
     depthwise3x3_s2_f32_112x112x16_p1_relu((float *)a, w + 448, w + 592, (float *)(a + 802816));
     /* %3 features.1.block.1: squeeze_excite(global_avgpool + conv1x1 + relu + conv1x1 + hardsigmoid + channel_scale) -> 16x56x56 */

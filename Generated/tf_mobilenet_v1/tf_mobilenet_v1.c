@@ -18,8 +18,10 @@
 #define KERNELS_AVX2 1
 #endif
 
+/* Helpers are always inlined, so the literal arguments of each call specialize them; one
+   instruction set's kernels may leave another's scalar helper unused. */
 #if defined(__GNUC__)
-#define KERNEL_INLINE static inline __attribute__((always_inline))
+#define KERNEL_INLINE static inline __attribute__((always_inline, unused))
 #elif defined(_MSC_VER)
 #define KERNEL_INLINE static __forceinline
 #else
@@ -511,34 +513,148 @@ KERNEL_INLINE void depthwise_f32_pixel(const float *restrict x, const float *res
 }
 #endif
 
-/* 3x3 convolution by direct loops, stride 2x2, padding (0,0,1,1), groups 1: 224x224x3 -> 112x112x32, hwio weights, then bias, relu6 */
-static void conv3x3_s2_f32_direct_224x224x3_to_32_hwio_p0_0_1_1_relu6(const float *restrict x,
-                                                                      const float *restrict w,
-                                                                      const float *restrict bias,
-                                                                      float *restrict y)
+/*
+ * Up to 4 horizontally adjacent output pixels of a convolution with groups 1, all output
+ * channels:
+ *   y[p][o] = activation(bias[o] + sum over taps and i of x[p][tap][i] * w[tap][i][o]) + residual[p][o]
+ * over the taps ky in [ky0, ky1), kx in [kx0, kx1), which must lie inside the input for every
+ * pixel. Input channel i of tap (ky, kx) of pixel p is at x_offset + p * pixel_stride +
+ * ky * row_stride + kx * column_stride + i * channel_stride, so NHWC (channel stride 1) and
+ * NCHW (channel stride H * W) inputs read alike. w is [kernel_height][kernel_width]
+ * [in_channels][out_channels] (the `hwio` layout); y and residual point at the first output
+ * pixel, whose neighbours follow out_channels floats apart (NHWC).
+ */
+#if defined(KERNELS_AVX512)
+KERNEL_INLINE void convolution_f32_pixels(const float *restrict x, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int pixels, int pixel_stride, int in_channels, int out_channels, int kernel_width,
+    int row_stride, int column_stride, int channel_stride, int x_offset,
+    int ky0, int ky1, int kx0, int kx1, int has_bias, int has_residual, int activation)
 {
-    for (int oy = 0; oy < 112; ++oy) {
-        for (int ox = 0; ox < 112; ++ox) {
-            float *restrict yp = y + (oy * 112 + ox) * 32;
-            for (int o = 0; o < 32; ++o) {
-                yp[o] = bias[o];
+    /* 16 output channels at a time, one accumulator per pixel: each weight vector feeds
+       `pixels` independent FMA chains. */
+    for (int o = 0; o < out_channels; o += 16) {
+        const __mmask16 mask = (__mmask16)(out_channels - o >= 16 ? 0xFFFFu : (1u << (out_channels - o)) - 1u);
+        const __m512 start = has_bias ? _mm512_maskz_loadu_ps(mask, bias + o) : _mm512_setzero_ps();
+        __m512 acc0 = start, acc1 = start, acc2 = start, acc3 = start;
+        for (int ky = ky0; ky < ky1; ++ky) {
+            for (int kx = kx0; kx < kx1; ++kx) {
+                const float *xp = x + (x_offset + ky * row_stride + kx * column_stride);
+                const float *wp = w + (ky * kernel_width + kx) * in_channels * out_channels + o;
+                for (int i = 0; i < in_channels; ++i) {
+                    const __m512 wv = _mm512_maskz_loadu_ps(mask, wp + i * out_channels);
+                    const float *xi = xp + i * channel_stride;
+                    acc0 = _mm512_fmadd_ps(_mm512_set1_ps(xi[0]), wv, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(_mm512_set1_ps(xi[pixel_stride]), wv, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(_mm512_set1_ps(xi[2 * pixel_stride]), wv, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(_mm512_set1_ps(xi[3 * pixel_stride]), wv, acc3);
+                }
             }
-            for (int ky = 0; ky < 3; ++ky) {
-                const int iy = oy * 2 + ky;
-                if (iy >= 224) continue;
-                for (int kx = 0; kx < 3; ++kx) {
-                    const int ix = ox * 2 + kx;
-                    if (ix >= 224) continue;
-                    for (int i = 0; i < 3; ++i) {
-                        const float xv = x[(iy * 224 + ix) * 3 + i];
-                        for (int o = 0; o < 32; ++o) {
-                            yp[o] += xv * w[((ky * 3 + kx) * 3 + i) * 32 + o];
-                        }
+        }
+        __m512 acc[4];
+        acc[0] = acc0;
+        acc[1] = acc1;
+        acc[2] = acc2;
+        acc[3] = acc3;
+        for (int p = 0; p < pixels; ++p) {
+            __m512 v = activate_f32x16(acc[p], activation);
+            if (has_residual) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, residual + p * out_channels + o));
+            _mm512_mask_storeu_ps(y + p * out_channels + o, mask, v);
+        }
+    }
+}
+#elif defined(KERNELS_AVX2)
+KERNEL_INLINE void convolution_f32_pixels(const float *restrict x, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int pixels, int pixel_stride, int in_channels, int out_channels, int kernel_width,
+    int row_stride, int column_stride, int channel_stride, int x_offset,
+    int ky0, int ky1, int kx0, int kx1, int has_bias, int has_residual, int activation)
+{
+    /* 8 output channels at a time, one accumulator per pixel. */
+    for (int o = 0; o < out_channels; o += 8) {
+        const __m256i mask = lane_mask_f32x8(out_channels - o);
+        const __m256 start = has_bias ? _mm256_maskload_ps(bias + o, mask) : _mm256_setzero_ps();
+        __m256 acc0 = start, acc1 = start, acc2 = start, acc3 = start;
+        for (int ky = ky0; ky < ky1; ++ky) {
+            for (int kx = kx0; kx < kx1; ++kx) {
+                const float *xp = x + (x_offset + ky * row_stride + kx * column_stride);
+                const float *wp = w + (ky * kernel_width + kx) * in_channels * out_channels + o;
+                for (int i = 0; i < in_channels; ++i) {
+                    const __m256 wv = _mm256_maskload_ps(wp + i * out_channels, mask);
+                    const float *xi = xp + i * channel_stride;
+                    acc0 = _mm256_fmadd_ps(_mm256_set1_ps(xi[0]), wv, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(_mm256_set1_ps(xi[pixel_stride]), wv, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(_mm256_set1_ps(xi[2 * pixel_stride]), wv, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(_mm256_set1_ps(xi[3 * pixel_stride]), wv, acc3);
+                }
+            }
+        }
+        __m256 acc[4];
+        acc[0] = acc0;
+        acc[1] = acc1;
+        acc[2] = acc2;
+        acc[3] = acc3;
+        for (int p = 0; p < pixels; ++p) {
+            __m256 v = activate_f32x8(acc[p], activation);
+            if (has_residual) v = _mm256_add_ps(v, _mm256_maskload_ps(residual + p * out_channels + o, mask));
+            _mm256_maskstore_ps(y + p * out_channels + o, mask, v);
+        }
+    }
+}
+#else
+/* Portable: y is the accumulator, and the output-channel loops are contiguous and vectorizable. */
+KERNEL_INLINE void convolution_f32_pixels(const float *restrict x, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int pixels, int pixel_stride, int in_channels, int out_channels, int kernel_width,
+    int row_stride, int column_stride, int channel_stride, int x_offset,
+    int ky0, int ky1, int kx0, int kx1, int has_bias, int has_residual, int activation)
+{
+    for (int p = 0; p < pixels; ++p) {
+        float *restrict yp = y + p * out_channels;
+        for (int o = 0; o < out_channels; ++o) {
+            yp[o] = has_bias ? bias[o] : 0.0f;
+        }
+        for (int ky = ky0; ky < ky1; ++ky) {
+            for (int kx = kx0; kx < kx1; ++kx) {
+                const int tap = x_offset + p * pixel_stride + ky * row_stride + kx * column_stride;
+                const float *restrict wp = w + (ky * kernel_width + kx) * in_channels * out_channels;
+                for (int i = 0; i < in_channels; ++i) {
+                    const float xv = x[tap + i * channel_stride];
+                    for (int o = 0; o < out_channels; ++o) {
+                        yp[o] += xv * wp[i * out_channels + o];
                     }
                 }
             }
-            for (int o = 0; o < 32; ++o) {
-                yp[o] = activate_f32(yp[o], ACTIVATION_RELU6);
+        }
+        for (int o = 0; o < out_channels; ++o) {
+            float v = activate_f32(yp[o], activation);
+            if (has_residual) v += residual[p * out_channels + o];
+            yp[o] = v;
+        }
+    }
+}
+#endif
+
+/* 3x3 convolution, stride 2x2, padding (0,0,1,1): 224x224x3 -> 112x112x32, w[3][3][3][32], then bias, relu6 */
+static void conv3x3_s2_f32_224x224x3_to_32_p0_0_1_1_relu6(const float *restrict x, const float *restrict w,
+                                                          const float *restrict bias, float *restrict y)
+{
+    for (int oy = 0; oy < 112; ++oy) {
+        const int iy0 = oy * 2;
+        const int ky0 = iy0 < 0 ? -iy0 : 0;
+        const int ky1 = iy0 + 3 > 224 ? 224 - iy0 : 3;
+        for (int ox = 0; ox < 112;) {
+            const int ix0 = ox * 2;
+            const int x_offset = iy0 * 672 + ix0 * 3;
+            const int y_offset = (oy * 112 + ox) * 32;
+            if (ox >= 0 && ox + 4 <= 111) {
+                convolution_f32_pixels(x, w, bias, NULL, y + y_offset, 4, 6, 3, 32, 3, 672, 3, 1, x_offset, ky0, ky1, 0, 3, 1, 0, ACTIVATION_RELU6);
+                ox += 4;
+            } else {
+                const int kx0 = ix0 < 0 ? -ix0 : 0;
+                const int kx1 = ix0 + 3 > 224 ? 224 - ix0 : 3;
+                convolution_f32_pixels(x, w, bias, NULL, y + y_offset, 1, 6, 3, 32, 3, 672, 3, 1, x_offset, ky0, ky1, kx0, kx1, 1, 0, ACTIVATION_RELU6);
+                ox += 1;
             }
         }
     }
@@ -578,13 +694,10 @@ static void pointwise_f32_112x112x32_to_64_relu6(const float *restrict x, const 
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 12540; p += 6) {
+    for (int p = 0; p < 12544; p += 4) {
         for (int n = 0; n < 64; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 32, w + n, bias + n, NULL, y + p * 64 + n, 6, 16, 32, 64, 64, 1, 0, ACTIVATION_RELU6);
+            pointwise_f32_tile6x16_avx2(x + p * 32, w + n, bias + n, NULL, y + p * 64 + n, 4, 16, 32, 64, 64, 1, 0, ACTIVATION_RELU6);
         }
-    }
-    for (int n = 0; n < 64; n += 16) {
-        pointwise_f32_tile6x16_avx2(x + 401280, w + n, bias + n, NULL, y + n + 802560, 4, 16, 32, 64, 64, 1, 0, ACTIVATION_RELU6);
     }
 #else
     for (int p = 0; p < 12544; p += 4) {
@@ -629,13 +742,10 @@ static void pointwise_f32_56x56x64_to_128_relu6(const float *restrict x, const f
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 3132; p += 6) {
+    for (int p = 0; p < 3136; p += 4) {
         for (int n = 0; n < 128; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 64, w + n, bias + n, NULL, y + p * 128 + n, 6, 16, 64, 128, 128, 1, 0, ACTIVATION_RELU6);
+            pointwise_f32_tile6x16_avx2(x + p * 64, w + n, bias + n, NULL, y + p * 128 + n, 4, 16, 64, 128, 128, 1, 0, ACTIVATION_RELU6);
         }
-    }
-    for (int n = 0; n < 128; n += 16) {
-        pointwise_f32_tile6x16_avx2(x + 200448, w + n, bias + n, NULL, y + n + 400896, 4, 16, 64, 128, 128, 1, 0, ACTIVATION_RELU6);
     }
 #else
     for (int p = 0; p < 3136; p += 4) {
@@ -674,23 +784,20 @@ static void pointwise_f32_56x56x128_to_128_relu6(const float *restrict x, const 
                                                  const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 3136; p += 8) {
-        for (int n = 0; n < 128; n += 32) {
+    for (int n = 0; n < 128; n += 32) {
+        for (int p = 0; p < 3136; p += 8) {
             pointwise_f32_tile8x32_avx512(x + p * 128, w + n, bias + n, NULL, y + p * 128 + n, 8, 32, 128, 128, 128, 1, 0, ACTIVATION_RELU6);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 3132; p += 6) {
-        for (int n = 0; n < 128; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 128, w + n, bias + n, NULL, y + p * 128 + n, 6, 16, 128, 128, 128, 1, 0, ACTIVATION_RELU6);
+    for (int n = 0; n < 128; n += 16) {
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 128, w + n, bias + n, NULL, y + p * 128 + n, 4, 16, 128, 128, 128, 1, 0, ACTIVATION_RELU6);
         }
     }
-    for (int n = 0; n < 128; n += 16) {
-        pointwise_f32_tile6x16_avx2(x + 400896, w + n, bias + n, NULL, y + n + 400896, 4, 16, 128, 128, 128, 1, 0, ACTIVATION_RELU6);
-    }
 #else
-    for (int p = 0; p < 3136; p += 4) {
-        for (int n = 0; n < 128; n += 16) {
+    for (int n = 0; n < 128; n += 16) {
+        for (int p = 0; p < 3136; p += 4) {
             pointwise_f32_tile4x16_portable(x + p * 128, w + n, bias + n, NULL, y + p * 128 + n, 4, 16, 128, 128, 128, 1, 0, ACTIVATION_RELU6);
         }
     }
@@ -725,23 +832,20 @@ static void pointwise_f32_28x28x128_to_256_relu6(const float *restrict x, const 
                                                  const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 784; p += 8) {
-        for (int n = 0; n < 256; n += 32) {
+    for (int n = 0; n < 256; n += 32) {
+        for (int p = 0; p < 784; p += 8) {
             pointwise_f32_tile8x32_avx512(x + p * 128, w + n, bias + n, NULL, y + p * 256 + n, 8, 32, 128, 256, 256, 1, 0, ACTIVATION_RELU6);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 780; p += 6) {
-        for (int n = 0; n < 256; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 128, w + n, bias + n, NULL, y + p * 256 + n, 6, 16, 128, 256, 256, 1, 0, ACTIVATION_RELU6);
+    for (int n = 0; n < 256; n += 16) {
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 128, w + n, bias + n, NULL, y + p * 256 + n, 4, 16, 128, 256, 256, 1, 0, ACTIVATION_RELU6);
         }
     }
-    for (int n = 0; n < 256; n += 16) {
-        pointwise_f32_tile6x16_avx2(x + 99840, w + n, bias + n, NULL, y + n + 199680, 4, 16, 128, 256, 256, 1, 0, ACTIVATION_RELU6);
-    }
 #else
-    for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 256; n += 16) {
+    for (int n = 0; n < 256; n += 16) {
+        for (int p = 0; p < 784; p += 4) {
             pointwise_f32_tile4x16_portable(x + p * 128, w + n, bias + n, NULL, y + p * 256 + n, 4, 16, 128, 256, 256, 1, 0, ACTIVATION_RELU6);
         }
     }
@@ -776,23 +880,20 @@ static void pointwise_f32_28x28x256_to_256_relu6(const float *restrict x, const 
                                                  const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 784; p += 8) {
-        for (int n = 0; n < 256; n += 32) {
+    for (int n = 0; n < 256; n += 32) {
+        for (int p = 0; p < 784; p += 8) {
             pointwise_f32_tile8x32_avx512(x + p * 256, w + n, bias + n, NULL, y + p * 256 + n, 8, 32, 256, 256, 256, 1, 0, ACTIVATION_RELU6);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 780; p += 6) {
-        for (int n = 0; n < 256; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 256, w + n, bias + n, NULL, y + p * 256 + n, 6, 16, 256, 256, 256, 1, 0, ACTIVATION_RELU6);
+    for (int n = 0; n < 256; n += 16) {
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 256, w + n, bias + n, NULL, y + p * 256 + n, 4, 16, 256, 256, 256, 1, 0, ACTIVATION_RELU6);
         }
     }
-    for (int n = 0; n < 256; n += 16) {
-        pointwise_f32_tile6x16_avx2(x + 199680, w + n, bias + n, NULL, y + n + 199680, 4, 16, 256, 256, 256, 1, 0, ACTIVATION_RELU6);
-    }
 #else
-    for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 256; n += 16) {
+    for (int n = 0; n < 256; n += 16) {
+        for (int p = 0; p < 784; p += 4) {
             pointwise_f32_tile4x16_portable(x + p * 256, w + n, bias + n, NULL, y + p * 256 + n, 4, 16, 256, 256, 256, 1, 0, ACTIVATION_RELU6);
         }
     }
@@ -827,26 +928,20 @@ static void pointwise_f32_14x14x256_to_512_relu6(const float *restrict x, const 
                                                  const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 192; p += 8) {
-        for (int n = 0; n < 512; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 256, w + n, bias + n, NULL, y + p * 512 + n, 8, 32, 256, 512, 512, 1, 0, ACTIVATION_RELU6);
-        }
-    }
     for (int n = 0; n < 512; n += 32) {
-        pointwise_f32_tile8x32_avx512(x + 49152, w + n, bias + n, NULL, y + n + 98304, 4, 32, 256, 512, 512, 1, 0, ACTIVATION_RELU6);
+        for (int p = 0; p < 196; p += 7) {
+            pointwise_f32_tile8x32_avx512(x + p * 256, w + n, bias + n, NULL, y + p * 512 + n, 7, 32, 256, 512, 512, 1, 0, ACTIVATION_RELU6);
+        }
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 192; p += 6) {
-        for (int n = 0; n < 512; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 256, w + n, bias + n, NULL, y + p * 512 + n, 6, 16, 256, 512, 512, 1, 0, ACTIVATION_RELU6);
+    for (int n = 0; n < 512; n += 16) {
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 256, w + n, bias + n, NULL, y + p * 512 + n, 4, 16, 256, 512, 512, 1, 0, ACTIVATION_RELU6);
         }
     }
-    for (int n = 0; n < 512; n += 16) {
-        pointwise_f32_tile6x16_avx2(x + 49152, w + n, bias + n, NULL, y + n + 98304, 4, 16, 256, 512, 512, 1, 0, ACTIVATION_RELU6);
-    }
 #else
-    for (int p = 0; p < 196; p += 4) {
-        for (int n = 0; n < 512; n += 16) {
+    for (int n = 0; n < 512; n += 16) {
+        for (int p = 0; p < 196; p += 4) {
             pointwise_f32_tile4x16_portable(x + p * 256, w + n, bias + n, NULL, y + p * 512 + n, 4, 16, 256, 512, 512, 1, 0, ACTIVATION_RELU6);
         }
     }
@@ -881,26 +976,20 @@ static void pointwise_f32_14x14x512_to_512_relu6(const float *restrict x, const 
                                                  const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 192; p += 8) {
-        for (int n = 0; n < 512; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 512, w + n, bias + n, NULL, y + p * 512 + n, 8, 32, 512, 512, 512, 1, 0, ACTIVATION_RELU6);
-        }
-    }
     for (int n = 0; n < 512; n += 32) {
-        pointwise_f32_tile8x32_avx512(x + 98304, w + n, bias + n, NULL, y + n + 98304, 4, 32, 512, 512, 512, 1, 0, ACTIVATION_RELU6);
+        for (int p = 0; p < 196; p += 7) {
+            pointwise_f32_tile8x32_avx512(x + p * 512, w + n, bias + n, NULL, y + p * 512 + n, 7, 32, 512, 512, 512, 1, 0, ACTIVATION_RELU6);
+        }
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 192; p += 6) {
-        for (int n = 0; n < 512; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 512, w + n, bias + n, NULL, y + p * 512 + n, 6, 16, 512, 512, 512, 1, 0, ACTIVATION_RELU6);
+    for (int n = 0; n < 512; n += 16) {
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 512, w + n, bias + n, NULL, y + p * 512 + n, 4, 16, 512, 512, 512, 1, 0, ACTIVATION_RELU6);
         }
     }
-    for (int n = 0; n < 512; n += 16) {
-        pointwise_f32_tile6x16_avx2(x + 98304, w + n, bias + n, NULL, y + n + 98304, 4, 16, 512, 512, 512, 1, 0, ACTIVATION_RELU6);
-    }
 #else
-    for (int p = 0; p < 196; p += 4) {
-        for (int n = 0; n < 512; n += 16) {
+    for (int n = 0; n < 512; n += 16) {
+        for (int p = 0; p < 196; p += 4) {
             pointwise_f32_tile4x16_portable(x + p * 512, w + n, bias + n, NULL, y + p * 512 + n, 4, 16, 512, 512, 512, 1, 0, ACTIVATION_RELU6);
         }
     }
@@ -935,30 +1024,23 @@ static void pointwise_f32_7x7x512_to_1024_relu6(const float *restrict x, const f
                                                 const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 48; p += 8) {
-        for (int n = 0; n < 1024; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 512, w + n, bias + n, NULL, y + p * 1024 + n, 8, 32, 512, 1024, 1024, 1, 0, ACTIVATION_RELU6);
-        }
-    }
     for (int n = 0; n < 1024; n += 32) {
-        pointwise_f32_tile8x32_avx512(x + 24576, w + n, bias + n, NULL, y + n + 49152, 1, 32, 512, 1024, 1024, 1, 0, ACTIVATION_RELU6);
+        for (int p = 0; p < 49; p += 7) {
+            pointwise_f32_tile8x32_avx512(x + p * 512, w + n, bias + n, NULL, y + p * 1024 + n, 7, 32, 512, 1024, 1024, 1, 0, ACTIVATION_RELU6);
+        }
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 48; p += 6) {
-        for (int n = 0; n < 1024; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 512, w + n, bias + n, NULL, y + p * 1024 + n, 6, 16, 512, 1024, 1024, 1, 0, ACTIVATION_RELU6);
-        }
-    }
     for (int n = 0; n < 1024; n += 16) {
-        pointwise_f32_tile6x16_avx2(x + 24576, w + n, bias + n, NULL, y + n + 49152, 1, 16, 512, 1024, 1024, 1, 0, ACTIVATION_RELU6);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x16_avx2(x + p * 512, w + n, bias + n, NULL, y + p * 1024 + n, 5, 16, 512, 1024, 1024, 1, 0, ACTIVATION_RELU6);
+        }
+        pointwise_f32_tile6x16_avx2(x + 23040, w + n, bias + n, NULL, y + n + 46080, 4, 16, 512, 1024, 1024, 1, 0, ACTIVATION_RELU6);
     }
 #else
-    for (int p = 0; p < 48; p += 4) {
-        for (int n = 0; n < 1024; n += 16) {
+    for (int n = 0; n < 1024; n += 16) {
+        for (int p = 0; p < 48; p += 4) {
             pointwise_f32_tile4x16_portable(x + p * 512, w + n, bias + n, NULL, y + p * 1024 + n, 4, 16, 512, 1024, 1024, 1, 0, ACTIVATION_RELU6);
         }
-    }
-    for (int n = 0; n < 1024; n += 16) {
         pointwise_f32_tile4x16_portable(x + 24576, w + n, bias + n, NULL, y + n + 49152, 1, 16, 512, 1024, 1024, 1, 0, ACTIVATION_RELU6);
     }
 #endif
@@ -992,30 +1074,23 @@ static void pointwise_f32_7x7x1024_to_1024_relu6(const float *restrict x, const 
                                                  const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 48; p += 8) {
-        for (int n = 0; n < 1024; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 1024, w + n, bias + n, NULL, y + p * 1024 + n, 8, 32, 1024, 1024, 1024, 1, 0, ACTIVATION_RELU6);
-        }
-    }
     for (int n = 0; n < 1024; n += 32) {
-        pointwise_f32_tile8x32_avx512(x + 49152, w + n, bias + n, NULL, y + n + 49152, 1, 32, 1024, 1024, 1024, 1, 0, ACTIVATION_RELU6);
+        for (int p = 0; p < 49; p += 7) {
+            pointwise_f32_tile8x32_avx512(x + p * 1024, w + n, bias + n, NULL, y + p * 1024 + n, 7, 32, 1024, 1024, 1024, 1, 0, ACTIVATION_RELU6);
+        }
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 48; p += 6) {
-        for (int n = 0; n < 1024; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 1024, w + n, bias + n, NULL, y + p * 1024 + n, 6, 16, 1024, 1024, 1024, 1, 0, ACTIVATION_RELU6);
-        }
-    }
     for (int n = 0; n < 1024; n += 16) {
-        pointwise_f32_tile6x16_avx2(x + 49152, w + n, bias + n, NULL, y + n + 49152, 1, 16, 1024, 1024, 1024, 1, 0, ACTIVATION_RELU6);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x16_avx2(x + p * 1024, w + n, bias + n, NULL, y + p * 1024 + n, 5, 16, 1024, 1024, 1024, 1, 0, ACTIVATION_RELU6);
+        }
+        pointwise_f32_tile6x16_avx2(x + 46080, w + n, bias + n, NULL, y + n + 46080, 4, 16, 1024, 1024, 1024, 1, 0, ACTIVATION_RELU6);
     }
 #else
-    for (int p = 0; p < 48; p += 4) {
-        for (int n = 0; n < 1024; n += 16) {
+    for (int n = 0; n < 1024; n += 16) {
+        for (int p = 0; p < 48; p += 4) {
             pointwise_f32_tile4x16_portable(x + p * 1024, w + n, bias + n, NULL, y + p * 1024 + n, 4, 16, 1024, 1024, 1024, 1, 0, ACTIVATION_RELU6);
         }
-    }
-    for (int n = 0; n < 1024; n += 16) {
         pointwise_f32_tile4x16_portable(x + 49152, w + n, bias + n, NULL, y + n + 49152, 1, 16, 1024, 1024, 1024, 1, 0, ACTIVATION_RELU6);
     }
 #endif
@@ -1098,7 +1173,7 @@ int tf_mobilenet_v1_run(const void *weights, const float *input, float *output, 
     unsigned char *a = (unsigned char *)arena;
 
     /* %1 features.0.0: conv3x3 + bn + relu6 -> 32x112x112 */
-    conv3x3_s2_f32_direct_224x224x3_to_32_hwio_p0_0_1_1_relu6(input, w, w + 864, (float *)a);
+    conv3x3_s2_f32_224x224x3_to_32_p0_0_1_1_relu6(input, w, w + 864, (float *)a);
     /* %2 features.1.0: depthwise3x3 + bn + relu6 -> 32x112x112 */
     depthwise3x3_s1_f32_112x112x32_p1_relu6((float *)a, w + 896, w + 1184, (float *)(a + 3211264));
     /* %3 features.1.3: conv1x1 + bn + relu6 -> 64x112x112 */

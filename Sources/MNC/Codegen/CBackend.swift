@@ -226,7 +226,8 @@ struct CNodeEmitter {
     }
 
     /// Picks the kernel of a convolution: the pointwise GEMM and the depthwise kernel for the
-    /// packed forms on NHWC data, direct loops for everything else.
+    /// packed forms on NHWC data, the pixel-blocked kernel for other packed forms with groups 1
+    /// (the first layer), and direct loops for everything else.
     private mutating func convolution(_ conv: Conv2D, node: Node, output: CTensor) throws -> (String, [String]) {
         guard let weightParameter = node.parameter("weight") else {
             throw MNCError("node '\(node.name)' has no parameter 'weight'")
@@ -243,6 +244,8 @@ struct CNodeEmitter {
                                                   activation: conv.activation, hasResidual: conv.hasResidual)
         } else if conv.isDepthwise && layout == .depthwiseHWC && channelsLast {
             kernel = library.depthwiseConvolution(conv, input: input, output: output, hasResidual: conv.hasResidual)
+        } else if conv.groups == 1 && (layout == .hwio || layout == .inputOutput) && (residual?.isChannelsLast ?? true) {
+            kernel = library.convolutionByPixels(conv, input: input, output: output, hasResidual: conv.hasResidual)
         } else {
             kernel = library.directConvolution(conv, weightLayout: layout, input: input, output: output, residual: residual)
         }

@@ -12,6 +12,7 @@ enum CHelper: Int, CaseIterable, Comparable {
     case activation
     case pointwiseTile
     case depthwisePixel
+    case convolutionPixels
     case matrixVector
 
     static func < (a: CHelper, b: CHelper) -> Bool { a.rawValue < b.rawValue }
@@ -20,7 +21,7 @@ enum CHelper: Int, CaseIterable, Comparable {
     var dependencies: [CHelper] {
         switch self {
         case .activation: return []
-        case .pointwiseTile, .depthwisePixel, .matrixVector: return [.activation]
+        case .pointwiseTile, .depthwisePixel, .convolutionPixels, .matrixVector: return [.activation]
         }
     }
 
@@ -29,6 +30,7 @@ enum CHelper: Int, CaseIterable, Comparable {
         case .activation: return activationSource
         case .pointwiseTile: return pointwiseTileSource
         case .depthwisePixel: return depthwisePixelSource
+        case .convolutionPixels: return convolutionPixelsSource
         case .matrixVector: return matrixVectorSource
         }
     }
@@ -56,8 +58,10 @@ let kernelPreambleSource = #"""
 #define KERNELS_AVX2 1
 #endif
 
+/* Helpers are always inlined, so the literal arguments of each call specialize them; one
+   instruction set's kernels may leave another's scalar helper unused. */
 #if defined(__GNUC__)
-#define KERNEL_INLINE static inline __attribute__((always_inline))
+#define KERNEL_INLINE static inline __attribute__((always_inline, unused))
 #elif defined(_MSC_VER)
 #define KERNEL_INLINE static __forceinline
 #else
@@ -144,19 +148,29 @@ KERNEL_INLINE __m256i lane_mask_f32x8(int count)
 """#
 
 /// Register tile sizes (rows = pixels, columns = output channels) of the pointwise GEMM per
-/// instruction set: AVX-512 keeps 8 × 2 zmm accumulators (16 of 32 registers), AVX2 6 × 2 ymm
-/// (12 of 16), the portable tile a 4 × 16 array that the compiler vectorizes.
+/// instruction set: AVX-512 keeps up to 8 × 2 zmm accumulators (16 of 32 registers), AVX2
+/// 6 × 2 ymm (12 of 16), the portable tile a 4 × 16 array that the compiler vectorizes.
+/// A kernel may use fewer rows than `rows` (at least `minimumRows`) when that tiles its
+/// pixel count more evenly: 49 pixels are 7 tiles of 7 rather than 6 of 8 and one of 1.
 struct PointwiseTileShape {
     var condition: String
     var function: String
     var rows: Int
+    var minimumRows: Int
     var columns: Int
+
+    /// The row count in `minimumRows...rows` that wastes the fewest rows in the last tile
+    /// (pixels rounded up to whole tiles), the largest on ties.
+    func rows(forPixels pixels: Int) -> Int {
+        func padded(_ rows: Int) -> Int { (pixels + rows - 1) / rows * rows }
+        return (minimumRows...rows).reversed().min { padded($0) < padded($1) } ?? rows
+    }
 }
 
 let pointwiseTileShapes: [PointwiseTileShape] = [
-    PointwiseTileShape(condition: "defined(KERNELS_AVX512)", function: "pointwise_f32_tile8x32_avx512", rows: 8, columns: 32),
-    PointwiseTileShape(condition: "defined(KERNELS_AVX2)", function: "pointwise_f32_tile6x16_avx2", rows: 6, columns: 16),
-    PointwiseTileShape(condition: "", function: "pointwise_f32_tile4x16_portable", rows: 4, columns: 16),
+    PointwiseTileShape(condition: "defined(KERNELS_AVX512)", function: "pointwise_f32_tile8x32_avx512", rows: 8, minimumRows: 6, columns: 32),
+    PointwiseTileShape(condition: "defined(KERNELS_AVX2)", function: "pointwise_f32_tile6x16_avx2", rows: 6, minimumRows: 4, columns: 16),
+    PointwiseTileShape(condition: "", function: "pointwise_f32_tile4x16_portable", rows: 4, minimumRows: 4, columns: 16),
 ]
 
 private let pointwiseTileComment = """
@@ -426,6 +440,130 @@ KERNEL_INLINE void depthwise_f32_pixel(const float *restrict x, const float *res
         float v = activate_f32(y[c], activation);
         if (has_residual) v += residual[c];
         y[c] = v;
+    }
+}
+#endif
+"""#
+
+private let convolutionPixelsSource = #"""
+/*
+ * Up to 4 horizontally adjacent output pixels of a convolution with groups 1, all output
+ * channels:
+ *   y[p][o] = activation(bias[o] + sum over taps and i of x[p][tap][i] * w[tap][i][o]) + residual[p][o]
+ * over the taps ky in [ky0, ky1), kx in [kx0, kx1), which must lie inside the input for every
+ * pixel. Input channel i of tap (ky, kx) of pixel p is at x_offset + p * pixel_stride +
+ * ky * row_stride + kx * column_stride + i * channel_stride, so NHWC (channel stride 1) and
+ * NCHW (channel stride H * W) inputs read alike. w is [kernel_height][kernel_width]
+ * [in_channels][out_channels] (the `hwio` layout); y and residual point at the first output
+ * pixel, whose neighbours follow out_channels floats apart (NHWC).
+ */
+#if defined(KERNELS_AVX512)
+KERNEL_INLINE void convolution_f32_pixels(const float *restrict x, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int pixels, int pixel_stride, int in_channels, int out_channels, int kernel_width,
+    int row_stride, int column_stride, int channel_stride, int x_offset,
+    int ky0, int ky1, int kx0, int kx1, int has_bias, int has_residual, int activation)
+{
+    /* 16 output channels at a time, one accumulator per pixel: each weight vector feeds
+       `pixels` independent FMA chains. */
+    for (int o = 0; o < out_channels; o += 16) {
+        const __mmask16 mask = (__mmask16)(out_channels - o >= 16 ? 0xFFFFu : (1u << (out_channels - o)) - 1u);
+        const __m512 start = has_bias ? _mm512_maskz_loadu_ps(mask, bias + o) : _mm512_setzero_ps();
+        __m512 acc0 = start, acc1 = start, acc2 = start, acc3 = start;
+        for (int ky = ky0; ky < ky1; ++ky) {
+            for (int kx = kx0; kx < kx1; ++kx) {
+                const float *xp = x + (x_offset + ky * row_stride + kx * column_stride);
+                const float *wp = w + (ky * kernel_width + kx) * in_channels * out_channels + o;
+                for (int i = 0; i < in_channels; ++i) {
+                    const __m512 wv = _mm512_maskz_loadu_ps(mask, wp + i * out_channels);
+                    const float *xi = xp + i * channel_stride;
+                    acc0 = _mm512_fmadd_ps(_mm512_set1_ps(xi[0]), wv, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(_mm512_set1_ps(xi[pixel_stride]), wv, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(_mm512_set1_ps(xi[2 * pixel_stride]), wv, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(_mm512_set1_ps(xi[3 * pixel_stride]), wv, acc3);
+                }
+            }
+        }
+        __m512 acc[4];
+        acc[0] = acc0;
+        acc[1] = acc1;
+        acc[2] = acc2;
+        acc[3] = acc3;
+        for (int p = 0; p < pixels; ++p) {
+            __m512 v = activate_f32x16(acc[p], activation);
+            if (has_residual) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, residual + p * out_channels + o));
+            _mm512_mask_storeu_ps(y + p * out_channels + o, mask, v);
+        }
+    }
+}
+#elif defined(KERNELS_AVX2)
+KERNEL_INLINE void convolution_f32_pixels(const float *restrict x, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int pixels, int pixel_stride, int in_channels, int out_channels, int kernel_width,
+    int row_stride, int column_stride, int channel_stride, int x_offset,
+    int ky0, int ky1, int kx0, int kx1, int has_bias, int has_residual, int activation)
+{
+    /* 8 output channels at a time, one accumulator per pixel. */
+    for (int o = 0; o < out_channels; o += 8) {
+        const __m256i mask = lane_mask_f32x8(out_channels - o);
+        const __m256 start = has_bias ? _mm256_maskload_ps(bias + o, mask) : _mm256_setzero_ps();
+        __m256 acc0 = start, acc1 = start, acc2 = start, acc3 = start;
+        for (int ky = ky0; ky < ky1; ++ky) {
+            for (int kx = kx0; kx < kx1; ++kx) {
+                const float *xp = x + (x_offset + ky * row_stride + kx * column_stride);
+                const float *wp = w + (ky * kernel_width + kx) * in_channels * out_channels + o;
+                for (int i = 0; i < in_channels; ++i) {
+                    const __m256 wv = _mm256_maskload_ps(wp + i * out_channels, mask);
+                    const float *xi = xp + i * channel_stride;
+                    acc0 = _mm256_fmadd_ps(_mm256_set1_ps(xi[0]), wv, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(_mm256_set1_ps(xi[pixel_stride]), wv, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(_mm256_set1_ps(xi[2 * pixel_stride]), wv, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(_mm256_set1_ps(xi[3 * pixel_stride]), wv, acc3);
+                }
+            }
+        }
+        __m256 acc[4];
+        acc[0] = acc0;
+        acc[1] = acc1;
+        acc[2] = acc2;
+        acc[3] = acc3;
+        for (int p = 0; p < pixels; ++p) {
+            __m256 v = activate_f32x8(acc[p], activation);
+            if (has_residual) v = _mm256_add_ps(v, _mm256_maskload_ps(residual + p * out_channels + o, mask));
+            _mm256_maskstore_ps(y + p * out_channels + o, mask, v);
+        }
+    }
+}
+#else
+/* Portable: y is the accumulator, and the output-channel loops are contiguous and vectorizable. */
+KERNEL_INLINE void convolution_f32_pixels(const float *restrict x, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int pixels, int pixel_stride, int in_channels, int out_channels, int kernel_width,
+    int row_stride, int column_stride, int channel_stride, int x_offset,
+    int ky0, int ky1, int kx0, int kx1, int has_bias, int has_residual, int activation)
+{
+    for (int p = 0; p < pixels; ++p) {
+        float *restrict yp = y + p * out_channels;
+        for (int o = 0; o < out_channels; ++o) {
+            yp[o] = has_bias ? bias[o] : 0.0f;
+        }
+        for (int ky = ky0; ky < ky1; ++ky) {
+            for (int kx = kx0; kx < kx1; ++kx) {
+                const int tap = x_offset + p * pixel_stride + ky * row_stride + kx * column_stride;
+                const float *restrict wp = w + (ky * kernel_width + kx) * in_channels * out_channels;
+                for (int i = 0; i < in_channels; ++i) {
+                    const float xv = x[tap + i * channel_stride];
+                    for (int o = 0; o < out_channels; ++o) {
+                        yp[o] += xv * wp[i * out_channels + o];
+                    }
+                }
+            }
+        }
+        for (int o = 0; o < out_channels; ++o) {
+            float v = activate_f32(yp[o], activation);
+            if (has_residual) v += residual[p * out_channels + o];
+            yp[o] = v;
+        }
     }
 }
 #endif

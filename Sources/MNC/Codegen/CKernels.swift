@@ -101,6 +101,33 @@ struct CKernelLibrary {
     }
 }
 
+/// A run of equal tiles along one dimension: a loop over whole tiles, or one partial tile.
+private struct TileSegment {
+    var variable: String
+    /// The first index: the loop variable, or a literal for the partial tile.
+    var start: String
+    /// Indices per tile.
+    var count: Int
+    /// One past the last index the loop covers.
+    var end: Int
+    var isLoop: Bool
+}
+
+/// Splits `0..<extent` into a loop over whole tiles of `step` and a partial tile at the end.
+private func tileSegments(variable: String, extent: Int, step: Int) -> [TileSegment] {
+    let whole = extent - extent % step
+    var segments: [TileSegment] = []
+    if whole > step {
+        segments.append(TileSegment(variable: variable, start: variable, count: step, end: whole, isLoop: true))
+    } else if whole == step {
+        segments.append(TileSegment(variable: variable, start: "0", count: step, end: whole, isLoop: false))
+    }
+    if whole < extent {
+        segments.append(TileSegment(variable: variable, start: String(whole), count: extent - whole, end: extent, isLoop: false))
+    }
+    return segments
+}
+
 private func activationSuffix(_ activation: Activation) -> String {
     activation == .identity ? "" : "_\(activation.rawValue)"
 }
@@ -138,9 +165,9 @@ extension CKernelLibrary {
             } else {
                 body.directive("#elif \(tile.condition)")
             }
-            let mainRows = pixels - pixels % tile.rows, mainColumns = outputChannels - outputChannels % tile.columns
+            let tileRows = tile.rows(forPixels: pixels)
 
-            func callTile(pixel: String, column: String, rows: Int, columns: Int) {
+            func callTile(pixel: String, rows: Int, column: String, columns: Int) {
                 let outputOffset = CExpression.sum([CExpression.times(pixel, outputChannels), column])
                 let arguments = [
                     CExpression.offset("x", CExpression.times(pixel, inputChannels)),
@@ -153,24 +180,26 @@ extension CKernelLibrary {
                 ]
                 body.line("\(tile.function)(\(arguments.joined(separator: ", ")));")
             }
-            func callRow(pixel: String, rows: Int) {
-                if mainColumns > 0 {
-                    body.openFor("n", to: mainColumns, step: tile.columns)
-                    callTile(pixel: pixel, column: "n", rows: rows, columns: tile.columns)
-                    body.close()
-                }
-                if mainColumns < outputChannels {
-                    callTile(pixel: pixel, column: String(mainColumns), rows: rows, columns: outputChannels - mainColumns)
-                }
-            }
 
-            if mainRows > 0 {
-                body.openFor("p", to: mainRows, step: tile.rows)
-                callRow(pixel: "p", rows: tile.rows)
-                body.close()
-            }
-            if mainRows < pixels {
-                callRow(pixel: String(mainRows), rows: pixels - mainRows)
+            // Loop order: a weight matrix that fits in L1 stays there while row tiles stream
+            // past it. Otherwise the order that moves fewer bytes wins: row tiles outside read
+            // the weights once per row tile, column panels outside read the input once per panel.
+            let weightBytes = inputChannels * outputChannels * 4, inputBytes = pixels * inputChannels * 4
+            let rowTiles = (pixels + tileRows - 1) / tileRows
+            let panels = (outputChannels + tile.columns - 1) / tile.columns
+            let panelsOutside = weightBytes > 32 * 1024 && inputBytes * panels + weightBytes < weightBytes * rowTiles + inputBytes
+            let rowSegments = tileSegments(variable: "p", extent: pixels, step: tileRows)
+            let columnSegments = tileSegments(variable: "n", extent: outputChannels, step: tile.columns)
+            let (outer, inner) = panelsOutside ? (columnSegments, rowSegments) : (rowSegments, columnSegments)
+            for outerSegment in outer {
+                if outerSegment.isLoop { body.openFor(outerSegment.variable, to: outerSegment.end, step: outerSegment.count) }
+                for innerSegment in inner {
+                    if innerSegment.isLoop { body.openFor(innerSegment.variable, to: innerSegment.end, step: innerSegment.count) }
+                    let (row, column) = panelsOutside ? (innerSegment, outerSegment) : (outerSegment, innerSegment)
+                    callTile(pixel: row.start, rows: row.count, column: column.start, columns: column.count)
+                    if innerSegment.isLoop { body.close() }
+                }
+                if outerSegment.isLoop { body.close() }
             }
         }
         body.directive("#endif")
@@ -228,6 +257,69 @@ extension CKernelLibrary {
         parameters.append(outputParameter)
         let summary = "\(kh)x\(kw) depthwise convolution, stride \(conv.strideHeight)x\(conv.strideWidth), padding \(conv.padding):"
             + " \(input.label) -> \(output.label), w[\(kh)][\(kw)][\(channels)]"
+            + epilogueDescription(hasBias: conv.hasBias, activation: conv.activation, hasResidual: hasResidual)
+        return define(name: name, summary: summary, parameters: parameters, body: body)
+    }
+
+    /// A convolution with groups 1 and `hwio` (or `io`) weights, from either input layout:
+    /// output pixels in blocks of 4 where the whole window lies inside the input
+    /// horizontally, one at a time at the borders, vectorized over output channels.
+    /// Arguments: x, w, [bias], [residual], y.
+    mutating func convolutionByPixels(_ conv: Conv2D, input: CTensor, output: CTensor, hasResidual: Bool) -> String {
+        use(.convolutionPixels)
+        let kh = conv.kernelHeight, kw = conv.kernelWidth, sw = conv.strideWidth
+        let outChannels = conv.outChannels
+        let (rowStride, columnStride, channelStride) = input.isChannelsLast
+            ? (input.width * input.channels, input.channels, 1)
+            : (input.width, 1, input.pixels)
+        // Output columns [first, end) read only columns inside the input.
+        let first = (conv.padding.left + sw - 1) / sw
+        let reach = input.width + conv.padding.left - kw
+        let end = reach < 0 ? 0 : min(reach / sw + 1, output.width)
+        let block = 4
+
+        var body = CWriter()
+        body.openFor("oy", to: output.height)
+        body.line("const int iy0 = \(CExpression.sum([CExpression.times("oy", conv.strideHeight), String(-conv.padding.top)]));")
+        body.line("const int ky0 = iy0 < 0 ? -iy0 : 0;")
+        body.line("const int ky1 = iy0 + \(kh) > \(input.height) ? \(input.height) - iy0 : \(kh);")
+        body.open("for (int ox = 0; ox < \(output.width);)")
+        body.line("const int ix0 = \(CExpression.sum([CExpression.times("ox", sw), String(-conv.padding.left)]));")
+        body.line("const int x_offset = \(CExpression.sum([CExpression.times("iy0", rowStride), CExpression.times("ix0", columnStride)]));")
+        body.line("const int y_offset = \(CExpression.times("oy * \(output.width) + ox", outChannels));")
+        func call(pixels: Int, columns: String) {
+            let arguments = [
+                "x", "w", conv.hasBias ? "bias" : "NULL", hasResidual ? "residual + y_offset" : "NULL", "y + y_offset",
+                "\(pixels)", "\(sw * columnStride)", "\(conv.inChannels)", "\(outChannels)", "\(kw)",
+                "\(rowStride)", "\(columnStride)", "\(channelStride)", "x_offset", "ky0, ky1", columns,
+                conv.hasBias ? "1" : "0", hasResidual ? "1" : "0", activationConstant(conv.activation),
+            ]
+            body.line("convolution_f32_pixels(\(arguments.joined(separator: ", ")));")
+        }
+        if end - first >= block {
+            body.open("if (ox >= \(first) && ox + \(block) <= \(end))")
+            call(pixels: block, columns: "0, \(kw)")
+            body.line("ox += \(block);")
+            body.openElse()
+        } else {
+            body.open("")
+        }
+        body.line("const int kx0 = ix0 < 0 ? -ix0 : 0;")
+        body.line("const int kx1 = ix0 + \(kw) > \(input.width) ? \(input.width) - ix0 : \(kw);")
+        call(pixels: 1, columns: "kx0, kx1")
+        body.line("ox += 1;")
+        body.close()
+        body.close()
+        body.close()
+
+        let name = "conv\(kh)x\(kw)_\(strideLabel(conv))_f32_\(input.label)_to_\(outChannels)_\(paddingLabel(conv.padding))"
+            + activationSuffix(conv.activation) + (hasResidual ? "_residual" : "") + (conv.hasBias ? "" : "_nobias")
+        var parameters = [inputParameter, constParameter("w")]
+        if conv.hasBias { parameters.append(constParameter("bias")) }
+        if hasResidual { parameters.append(constParameter("residual")) }
+        parameters.append(outputParameter)
+        let summary = "\(kh)x\(kw) convolution, stride \(conv.strideHeight)x\(conv.strideWidth), padding \(conv.padding):"
+            + " \(input.label) -> \(output.label), w[\(kh)][\(kw)][\(conv.inChannels)][\(outChannels)]"
             + epilogueDescription(hasBias: conv.hasBias, activation: conv.activation, hasResidual: hasResidual)
         return define(name: name, summary: summary, parameters: parameters, body: body)
     }
