@@ -519,8 +519,8 @@ KERNEL_INLINE void depthwise_f32_pixel(const float *restrict x, const float *res
  *   y[p][o] = activation(bias[o] + sum over taps and i of x[p][tap][i] * w[tap][i][o]) + residual[p][o]
  * over the taps ky in [ky0, ky1), kx in [kx0, kx1), which must lie inside the input for every
  * pixel. Input channel i of tap (ky, kx) of pixel p is at x_offset + p * pixel_stride +
- * ky * row_stride + kx * column_stride + i * channel_stride, so NHWC (channel stride 1) and
- * NCHW (channel stride H * W) inputs read alike. w is [kernel_height][kernel_width]
+ * ky * row_stride + kx * column_stride + i * channel_stride. The strides make NHWC (channel
+ * stride 1) and NCHW (channel stride H * W) inputs read alike. w is [kernel_height][kernel_width]
  * [in_channels][out_channels] (the `hwio` layout); y and residual point at the first output
  * pixel, whose neighbours follow out_channels floats apart (NHWC).
  */

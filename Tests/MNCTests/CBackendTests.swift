@@ -111,6 +111,27 @@ final class CBackendTests: XCTestCase {
         })
     }
 
+    /// Forms that no spec produces, in both input layouts. The graph has 1×1 convolutions with
+    /// and without stride on the caller's input, a grouped and a depthwise convolution with
+    /// asymmetric padding, an unfused BatchNorm, a channel scale, adds, and non-convolution ops
+    /// on the input. It runs unpacked (-O0), packed only, and fully optimized.
+    func testParityRareForms() throws {
+        for layout in [TensorLayout.nchw, .nhwc] {
+            let graph = varianceKeepingWeights(rareFormsGraph(layout: layout))
+            let input = randomInput(count: graph.nodes[0].elementCount)
+            let expected = try Interpreter(graph: graph).run(input: input)
+            let packOnly = Set(defaultPasses.map(\.name)).subtracting(["pack-weights"])
+            for (label, optimized) in [("-O0", graph), ("pack-weights", try optimize(graph, disabled: packOnly)), ("-O2", try optimize(graph))] {
+                let name = "\(layout) \(label)"
+                let actual = try runGeneratedC(graph: optimized, input: input, inputLayout: .nchw, compiler: compiler,
+                                               extraFlags: CBackendTests.sanitizerFlags)
+                XCTAssertEqual(actual.count, expected.count, name)
+                XCTAssertTrue(actual.allSatisfy(\.isFinite), name)
+                XCTAssertLessThanOrEqual(maxAbsDifference(actual, expected), 1e-4 * maxAbs(expected), name)
+            }
+        }
+    }
+
     // MARK: - Warnings
 
     /// Every network at full size, fused and unfused, compiles without a warning as C99:
@@ -161,9 +182,9 @@ final class CBackendTests: XCTestCase {
     // MARK: - API, threads and build artifacts
 
     /// A C driver runs two networks and one of them twice, on three threads at once with
-    /// separate arenas, and compares every result bit for bit with a sequential run; it also
-    /// checks the error codes and the info struct. Network A links from the static library,
-    /// B from the object file, both with their embedded weights; a second build links A from
+    /// separate arenas, and compares every result bit for bit with a sequential run. It also
+    /// checks the error codes and the info struct. Network A links from the static library and
+    /// B from the object file, both with their embedded weights. A second build links A from
     /// the shared library, and a third build of the sources runs under ThreadSanitizer.
     func testReentrantThreadsAndArtifacts() throws {
         let directory = try makeTemporaryDirectory(prefix: "mnc-threads")
@@ -290,7 +311,7 @@ final class CBackendTests: XCTestCase {
 
     // MARK: - Generated/
 
-    /// `Generated/` holds the code of every spec at default options and optimization.
+    /// `Generated/` contains the code of every spec at default options and optimization.
     func testGeneratedFilesAreCurrent() throws {
         for spec in CBackendTests.specNames {
             let generated = try generateC(try optimize(try loadSpec(spec)))
@@ -383,6 +404,28 @@ final class CBackendTests: XCTestCase {
         XCTAssertEqual(String(decoding: archive.prefix(8), as: UTF8.self), "!<arch>\n")
     }
 
+    /// `--weights` writes the blob and the C array, and the object contains the array. The blob
+    /// stores the classifier's bias, which no pass changes, exactly as the file does.
+    func testCompileWithWeights() throws {
+        let weights = try sharedDataPath("torch/mobilenet_v3_small_0.75_128_c10/weights.safetensors")
+        let directory = try makeTemporaryDirectory(prefix: "mnc-weights")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let options = ["--width-multiplier", "0.75", "--resolution", "128", "--classes", "10"]
+        let (status, _, errors) = runMNC(["compile", specPath("mobilenet_v3_small")] + options
+                                         + ["--weights", weights, "--emit", "object", "-o", directory, "--name", "small"])
+        XCTAssertEqual(status, 0, errors)
+        for file in ["small.h", "small.c", "small_weights.c", "small.o"] {
+            XCTAssertTrue(FileManager.default.fileExists(atPath: directory + "/" + file), file)
+        }
+        let blob = try readFloats(directory + "/small.weights.bin")
+        let graph = try optimize(try loadSpec("mobilenet_v3_small", SpecOverrides(widthMultiplier: 0.75, inputHeight: 128, inputWidth: 128, classes: 10)))
+        let layout = planWeightBlob(graph)
+        XCTAssertEqual(blob.count * 4, layout.size)
+        let offset = try XCTUnwrap(layout.offset(of: "classifier.3.bias")) / 4
+        let expected = try XCTUnwrap(loadWeightFile(path: weights).tensors.first { $0.name == "classifier.3.bias" }).data
+        XCTAssertEqual(Array(blob[offset..<offset + expected.count]), expected)
+    }
+
     // MARK: - Real weights
 
     /// The generated C with real weights against PyTorch's logits for the torchvision cases.
@@ -417,8 +460,8 @@ final class CBackendTests: XCTestCase {
 /// Random weights that keep activations near unit variance through the whole network.
 ///
 /// `bindRandomWeights` draws weights from U(±1/√fan_in), which divides the variance by about
-/// 3 per layer (6 after a ReLU), so deep in the network the logits depend on the biases alone
-/// and a wrong kernel in an early layer hardly moves them. Scaling by √6 gives He-uniform
+/// 3 per layer (6 after a ReLU). Deep in the network the logits then depend on the biases
+/// alone, and a wrong kernel in an early layer hardly moves them. Scaling by √6 gives He-uniform
 /// weights U(±√(6/fan_in)), which keep the variance through ReLU layers.
 func varianceKeepingWeights(_ graph: Graph, seed: UInt64 = 1) -> Graph {
     var bound = bindRandomWeights(to: graph, seed: seed)
@@ -430,6 +473,56 @@ func varianceKeepingWeights(_ graph: Graph, seed: UInt64 = 1) -> Graph {
         }
     }
     return bound
+}
+
+/// Builds a graph from the ops' rarer forms, with a 4×9×9 input and 5 logits.
+func rareFormsGraph(layout: TensorLayout) -> Graph {
+    var nodes: [Node] = []
+    func add(_ op: Op, _ inputs: [Int], _ shape: [Int], _ parameters: [(String, [Int])] = []) -> Int {
+        let name = "n\(nodes.count)"
+        let bound = parameters.map { Parameter(role: $0.0, key: "\(name).\($0.0)", shape: $0.1) }
+        nodes.append(Node(op: op, inputs: inputs, shape: shape, parameters: bound, name: name, layer: name))
+        return nodes.count - 1
+    }
+    func conv(_ inChannels: Int, _ outChannels: Int, kernel: Int, stride: Int, padding: Padding, groups: Int = 1,
+              activation: Activation = .identity) -> Conv2D {
+        var conv = Conv2D(inChannels: inChannels, outChannels: outChannels, kernelHeight: kernel, kernelWidth: kernel,
+                          strideHeight: stride, strideWidth: stride, padding: padding, groups: groups, hasBias: true)
+        conv.activation = activation
+        return conv
+    }
+    let none = Padding(top: 0, left: 0, bottom: 0, right: 0)
+
+    let input = add(.input, [], [1, 4, 9, 9])
+    let pointwise = add(.conv2d(conv(4, 8, kernel: 1, stride: 1, padding: none, activation: .relu)), [input], [1, 8, 9, 9],
+                        [("weight", [8, 4, 1, 1]), ("bias", [8])])
+    let strided = add(.conv2d(conv(8, 8, kernel: 1, stride: 2, padding: none)), [pointwise], [1, 8, 5, 5],
+                      [("weight", [8, 8, 1, 1]), ("bias", [8])])
+    let grouped = add(.conv2d(conv(8, 8, kernel: 3, stride: 1, padding: Padding(top: 1, left: 0, bottom: 1, right: 2), groups: 2,
+                                   activation: .hardsigmoidLinear)), [strided], [1, 8, 5, 5], [("weight", [8, 4, 3, 3]), ("bias", [8])])
+    let sum = add(.add, [strided, grouped], [1, 8, 5, 5])
+    let depthwise = add(.conv2d(conv(8, 8, kernel: 3, stride: 2, padding: Padding(top: 0, left: 1, bottom: 1, right: 0), groups: 8)),
+                        [sum], [1, 8, 2, 2], [("weight", [8, 1, 3, 3]), ("bias", [8])])
+    let norm = add(.batchNorm(epsilon: 1e-3), [depthwise], [1, 8, 2, 2],
+                   [("weight", [8]), ("bias", [8]), ("running_mean", [8]), ("running_var", [8])])
+    let swish = add(.activation(.hardswish), [norm], [1, 8, 2, 2])
+    let pooled = add(.globalAveragePool, [swish], [1, 8, 1, 1])
+    var classifier = Linear(inFeatures: 8, outFeatures: 5, hasBias: true)
+    classifier.activation = .relu6
+    let logits = add(.linear(classifier), [pooled], [1, 5], [("weight", [5, 8]), ("bias", [5])])
+
+    // A branch of non-convolution ops on the caller's input.
+    let rectified = add(.activation(.relu), [input], [1, 4, 9, 9])
+    let means = add(.globalAveragePool, [input], [1, 4, 1, 1])
+    let scaled = add(.channelScale, [rectified, means], [1, 4, 9, 9])
+    let scaledMeans = add(.globalAveragePool, [scaled], [1, 4, 1, 1])
+    let flat = add(.flatten, [scaledMeans], [1, 4])
+    let side = add(.linear(Linear(inFeatures: 4, outFeatures: 5, hasBias: false)), [flat], [1, 5], [("weight", [5, 4])])
+    let output = add(.add, [logits, side], [1, 5])
+
+    var preprocessing = Preprocessing()
+    preprocessing.layout = layout
+    return Graph(name: "rare_forms", nodes: nodes, output: output, preprocessing: preprocessing)
 }
 
 /// Applies `body` to every item on two threads; results keep the items' order.
@@ -453,7 +546,7 @@ func concurrentMap<T, R>(_ items: [T], _ body: @escaping (T) throws -> R) -> [Re
     return results.map { $0 ?? .failure(MNCError("not run")) }
 }
 
-/// The CPU feature flags from /proc/cpuinfo (empty where that file does not exist).
+/// Reads the CPU feature flags from /proc/cpuinfo (none where that file does not exist).
 func cpuFlags() -> Set<String> {
     guard let text = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
           let line = text.split(separator: "\n").first(where: { $0.hasPrefix("flags") }) else { return [] }

@@ -34,7 +34,7 @@ let compileCommand = Command(
         return 0
     })
 
-/// What `mnc compile` builds from the generated sources.
+/// The artifact that `mnc compile` builds from the generated sources.
 public enum CompileEmit: String, CaseIterable {
     case c
     case object

@@ -108,7 +108,7 @@ public func generateC(_ graph: Graph, name: String? = nil) throws -> GeneratedC 
 /// The alignment of the arena and of every buffer in it: one cache line, and a full AVX-512 vector.
 let cArenaAlignment = 64
 
-/// The scratch bytes a node's kernel needs while it runs.
+/// Returns the scratch bytes a node's kernel needs while it runs.
 func cScratchBytes(_ node: Node) -> Int {
     switch node.op {
     case .batchNorm: return node.shape[1] * 4
@@ -145,7 +145,7 @@ struct CNodeEmitter {
     let blob: WeightBlobLayout
     var library = CKernelLibrary()
 
-    /// How node `index`'s value is stored: the input in the caller's layout, everything else NHWC.
+    /// Returns how node `index`'s value is stored: the input in the caller's layout, everything else NHWC.
     func tensor(_ index: Int) -> CTensor {
         let layout: TensorLayout = plan.storage[index] == .input ? graph.preprocessing.layout : .nhwc
         return CTensor(shape: graph.nodes[index].shape, layout: layout)

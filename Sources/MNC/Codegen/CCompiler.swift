@@ -27,7 +27,7 @@ public struct CCompiler {
     }
 
     /// Compiles C sources into one object file. Several sources are compiled as one
-    /// translation unit that includes them, so the object holds all their symbols.
+    /// translation unit that includes them, so the object contains all their symbols.
     public func compileObject(sources: [String], output: String, extraFlags: [String] = []) throws {
         try withUnitySource(sources) { unit in
             try run(command + flags + extraFlags + ["-c", unit, "-o", output], describing: "compiling \(describe(sources))")
@@ -84,7 +84,7 @@ public struct CCompiler {
     }
 }
 
-/// The line of a compiler's output that best explains a failure: the first line that
+/// Returns the line of a compiler's output that best explains a failure: the first line that
 /// mentions an error, else the first non-empty line, else the exit status.
 func firstErrorLine(_ output: String, status: Int32) -> String {
     let lines = output.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }

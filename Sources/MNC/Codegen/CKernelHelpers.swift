@@ -2,7 +2,7 @@
 ///
 /// Every helper is `KERNEL_INLINE` (always inlined on GCC and Clang), and the kernels pass
 /// shapes, activation codes and the bias/residual flags as integer literals, so the compiler
-/// sees each call with constant bounds and folds the branches away: the helpers are written
+/// compiles each call with constant bounds and folds the branches away: the helpers are written
 /// once, the compiled code is specialized per shape.
 ///
 /// The instruction set is chosen when the generated C is compiled: AVX-512F when the compiler
@@ -36,7 +36,7 @@ enum CHelper: Int, CaseIterable, Comparable {
     }
 }
 
-/// The C enumerator that selects `activation` in the helpers.
+/// Returns the C enumerator that selects `activation` in the helpers.
 func activationConstant(_ activation: Activation) -> String {
     switch activation {
     case .identity: return "ACTIVATION_IDENTITY"
@@ -159,7 +159,7 @@ struct PointwiseTileShape {
     var minimumRows: Int
     var columns: Int
 
-    /// The row count in `minimumRows...rows` that wastes the fewest rows in the last tile
+    /// Returns the row count in `minimumRows...rows` that wastes the fewest rows in the last tile
     /// (pixels rounded up to whole tiles), the largest on ties.
     func rows(forPixels pixels: Int) -> Int {
         func padded(_ rows: Int) -> Int { (pixels + rows - 1) / rows * rows }
@@ -452,8 +452,8 @@ private let convolutionPixelsSource = #"""
  *   y[p][o] = activation(bias[o] + sum over taps and i of x[p][tap][i] * w[tap][i][o]) + residual[p][o]
  * over the taps ky in [ky0, ky1), kx in [kx0, kx1), which must lie inside the input for every
  * pixel. Input channel i of tap (ky, kx) of pixel p is at x_offset + p * pixel_stride +
- * ky * row_stride + kx * column_stride + i * channel_stride, so NHWC (channel stride 1) and
- * NCHW (channel stride H * W) inputs read alike. w is [kernel_height][kernel_width]
+ * ky * row_stride + kx * column_stride + i * channel_stride. The strides make NHWC (channel
+ * stride 1) and NCHW (channel stride H * W) inputs read alike. w is [kernel_height][kernel_width]
  * [in_channels][out_channels] (the `hwio` layout); y and residual point at the first output
  * pixel, whose neighbours follow out_channels floats apart (NHWC).
  */

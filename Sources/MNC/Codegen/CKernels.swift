@@ -4,8 +4,8 @@
 /// Kernel arguments come in a fixed order: the op's inputs, its parameters (in the node's
 /// parameter order), its scratch area, then the output `y`.
 
-/// How the generated code stores one value: feature maps as `[H][W][C]` (NHWC), except the
-/// network input, which stays in the caller's layout; vectors `[1, N]` as N floats.
+/// The storage of one value in the generated code. Feature maps are `[H][W][C]` (NHWC), except
+/// the network input, which stays in the caller's layout. Vectors `[1, N]` are N floats.
 struct CTensor {
     var channels: Int
     var height: Int
@@ -31,7 +31,7 @@ struct CTensor {
     /// True when channels are innermost in memory, so NHWC kernels can read it.
     var isChannelsLast: Bool { layout == .nhwc || pixels == 1 || channels == 1 }
 
-    /// The C index of channel `channel` of pixel `pixel` (= y · W + x).
+    /// Returns the C index of channel `channel` of pixel `pixel` (= y · W + x).
     func index(pixel: String, channel: String) -> String {
         if isChannelsLast {
             return CExpression.sum([CExpression.times(pixel, channels), channel])
@@ -149,9 +149,9 @@ private let outputParameter = "float *restrict y"
 private func constParameter(_ name: String) -> String { "const float *restrict \(name)" }
 
 extension CKernelLibrary {
-    /// A 1×1, stride-1, unpadded convolution on NHWC input with `io` weights: a GEMM
-    /// `y[P][N] = x[P][K] · w[K][N]` tiled into register blocks, bias, activation and residual
-    /// in the tile's epilogue. Arguments: x, w, [bias], [residual], y.
+    /// Defines the kernel of a 1×1, stride-1, unpadded convolution on NHWC input with `io`
+    /// weights: a GEMM `y[P][N] = x[P][K] · w[K][N]` tiled into register blocks, with bias,
+    /// activation and residual in the tile's epilogue. Arguments: x, w, [bias], [residual], y.
     mutating func pointwiseConvolution(input: CTensor, outputChannels: Int, hasBias: Bool,
                                        activation: Activation, hasResidual: Bool) -> String {
         use(.pointwiseTile)
@@ -215,10 +215,10 @@ extension CKernelLibrary {
         return define(name: name, summary: summary, parameters: parameters, body: body)
     }
 
-    /// A depthwise convolution on NHWC input with `hwc` weights, one output pixel at a time,
-    /// vectorized over channels. Interior pixels call the pixel helper with literal tap bounds,
-    /// so the compiler unrolls their taps; border pixels clip the taps to the input.
-    /// Arguments: x, w, [bias], [residual], y.
+    /// Defines the kernel of a depthwise convolution on NHWC input with `hwc` weights, one
+    /// output pixel at a time, vectorized over channels. Interior pixels call the pixel helper
+    /// with literal tap bounds, so the compiler unrolls their taps. Border pixels clip the taps
+    /// to the input. Arguments: x, w, [bias], [residual], y.
     mutating func depthwiseConvolution(_ conv: Conv2D, input: CTensor, output: CTensor, hasResidual: Bool) -> String {
         use(.depthwisePixel)
         let channels = input.channels, kh = conv.kernelHeight, kw = conv.kernelWidth
@@ -261,10 +261,10 @@ extension CKernelLibrary {
         return define(name: name, summary: summary, parameters: parameters, body: body)
     }
 
-    /// A convolution with groups 1 and `hwio` (or `io`) weights, from either input layout:
-    /// output pixels in blocks of 4 where the whole window lies inside the input
-    /// horizontally, one at a time at the borders, vectorized over output channels.
-    /// Arguments: x, w, [bias], [residual], y.
+    /// Defines the kernel of a convolution with groups 1 and `hwio` (or `io`) weights, on
+    /// either input layout. Output pixels go in blocks of 4 where the whole window lies inside
+    /// the input horizontally and one at a time at the borders, vectorized over output
+    /// channels. Arguments: x, w, [bias], [residual], y.
     mutating func convolutionByPixels(_ conv: Conv2D, input: CTensor, output: CTensor, hasResidual: Bool) -> String {
         use(.convolutionPixels)
         let kh = conv.kernelHeight, kw = conv.kernelWidth, sw = conv.strideWidth
@@ -324,10 +324,10 @@ extension CKernelLibrary {
         return define(name: name, summary: summary, parameters: parameters, body: body)
     }
 
-    /// Any convolution, by direct loops: for each output pixel, the output row accumulates
-    /// every tap and input channel, vectorized over output channels when the weights are
-    /// `hwio` (or `io`/`hwc`, its special cases). Reads the input in either layout.
-    /// Arguments: x, w, [bias], [residual], y.
+    /// Defines the kernel of any convolution, by direct loops. For each output pixel, the
+    /// output row accumulates every tap and input channel, vectorized over output channels
+    /// when the weights are `hwio` (or `io`/`hwc`, its special cases). The input may be in
+    /// either layout. Arguments: x, w, [bias], [residual], y.
     mutating func directConvolution(_ conv: Conv2D, weightLayout: WeightLayout, input: CTensor, output: CTensor,
                                     residual: CTensor?) -> String {
         use(.activation)
@@ -408,8 +408,9 @@ extension CKernelLibrary {
         return define(name: name, summary: summary, parameters: parameters, body: body)
     }
 
-    /// Inference BatchNorm: `scale[c] = weight[c] / sqrt(running_var[c] + epsilon)` in double
-    /// into the scratch area, then `y = (x - running_mean) * scale + bias`.
+    /// Defines the kernel of inference BatchNorm. It computes
+    /// `scale[c] = weight[c] / sqrt(running_var[c] + epsilon)` in double into the scratch area,
+    /// then `y = (x - running_mean) * scale + bias`.
     /// Arguments: x, weight, bias, running_mean, running_var, scratch (C floats), y.
     mutating func batchNorm(epsilon: Float, input: CTensor, output: CTensor) -> String {
         needsMath = true
@@ -429,7 +430,7 @@ extension CKernelLibrary {
         return define(name: "batchnorm_f32_\(input.label)", summary: summary, parameters: parameters, body: body)
     }
 
-    /// An element-wise activation. Arguments: x, y.
+    /// Defines the kernel of an element-wise activation. Arguments: x, y.
     mutating func activation(_ activation: Activation, input: CTensor, output: CTensor) -> String {
         use(.activation)
         var body = CWriter()
@@ -440,7 +441,7 @@ extension CKernelLibrary {
                       parameters: [inputParameter, outputParameter], body: body)
     }
 
-    /// The element-wise sum of two values. Arguments: a, b, y.
+    /// Defines the kernel of the element-wise sum of two values. Arguments: a, b, y.
     mutating func add(_ lhs: CTensor, _ rhs: CTensor, output: CTensor) -> String {
         var body = CWriter()
         elementwise(&body, inputs: [lhs, rhs], output: output, names: ["a", "b"]) { values in "\(values[0]) + \(values[1])" }
@@ -449,7 +450,7 @@ extension CKernelLibrary {
                       parameters: [constParameter("a"), constParameter("b"), outputParameter], body: body)
     }
 
-    /// `y = x * scale[c]` with one scale per channel. Arguments: x, scale, y.
+    /// Defines the kernel of `y = x * scale[c]`, one scale per channel. Arguments: x, scale, y.
     mutating func channelScale(input: CTensor, output: CTensor) -> String {
         var body = CWriter()
         body.openFor("p", to: input.pixels)
@@ -461,7 +462,7 @@ extension CKernelLibrary {
                       parameters: [inputParameter, constParameter("scale"), outputParameter], body: body)
     }
 
-    /// The mean over H and W, per channel. Arguments: x, y (C floats).
+    /// Defines the kernel of the mean over H and W, per channel. Arguments: x, y (C floats).
     mutating func globalAveragePool(input: CTensor) -> String {
         var body = CWriter()
         averagePool(&body, input: input, into: "y")
@@ -469,7 +470,8 @@ extension CKernelLibrary {
                       parameters: [inputParameter, outputParameter], body: body)
     }
 
-    /// A fully connected layer with PyTorch-order `[out][in]` weights. Arguments: x, w, [bias], y.
+    /// Defines the kernel of a fully connected layer with PyTorch-order `[out][in]` weights.
+    /// Arguments: x, w, [bias], y.
     mutating func linear(_ linear: Linear) -> String {
         use(.matrixVector)
         var body = CWriter()
@@ -485,7 +487,7 @@ extension CKernelLibrary {
         return define(name: name, summary: summary, parameters: parameters, body: body)
     }
 
-    /// The scratch floats a fused squeeze-excite needs: channel means, the squeezed vector and
+    /// Returns the scratch floats a fused squeeze-excite needs: channel means, the squeezed vector and
     /// the gate, each starting on a 64-byte boundary.
     static func squeezeExciteScratchFloats(_ se: SqueezeExcite) -> (hidden: Int, gate: Int, total: Int) {
         let hidden = align(se.channels, 16)
@@ -493,9 +495,9 @@ extension CKernelLibrary {
         return (hidden, gate, gate + align(se.channels, 16))
     }
 
-    /// A fused squeeze-excitation block: channel means, fc1 + activation, fc2 + gate, then
-    /// `y = x * gate[c]` into the output buffer (never in place). Arguments: x, fc1 weight,
-    /// fc1 bias, fc2 weight, fc2 bias, scratch, y.
+    /// Defines the kernel of a fused squeeze-excitation block: channel means, fc1 and its
+    /// activation, fc2 and the gate, then `y = x * gate[c]` into the output buffer (never in
+    /// place). Arguments: x, fc1 weight, fc1 bias, fc2 weight, fc2 bias, scratch, y.
     mutating func squeezeExcite(_ se: SqueezeExcite, input: CTensor, output: CTensor) -> String {
         use(.matrixVector)
         let scratch = CKernelLibrary.squeezeExciteScratchFloats(se)

@@ -64,14 +64,14 @@ private func buildDriver(_ generated: GeneratedC, compiler: CCompiler, extraFlag
     let built = directory + "/driver"
     try compiler.linkExecutable(sources: [directory + "/driver.c", directory + "/" + generated.names.sourceFile],
                                 output: built, extraFlags: extraFlags)
-    // Rename is atomic, so a concurrent run sees either no executable or a complete one.
+    // Rename is atomic, so a concurrent run finds either no executable or a complete one.
     if rename(built, executable) != 0 {
         throw MNCError("cannot move the compiled driver to '\(executable)': \(String(cString: strerror(errno)))")
     }
     return executable
 }
 
-/// A C program that runs NAME_run once: `driver WEIGHTS INPUT OUTPUT` reads the weight blob
+/// Returns a C program that runs NAME_run once: `driver WEIGHTS INPUT OUTPUT` reads the weight blob
 /// and the input (raw float32) and writes the logits (raw float32).
 func driverSource(_ names: CNames) -> String {
     let p = names.macro, f = names.function

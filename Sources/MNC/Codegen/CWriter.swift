@@ -59,15 +59,15 @@ enum CExpression {
         return "\(parenthesized(a)) * \(k)"
     }
 
-    /// The sum of the terms, with integer literals added up and a zero sum left out.
+    /// Returns the sum of the terms, with integer literals added up and a zero sum left out.
     static func sum(_ terms: [String]) -> String {
         var constant = 0
-        var kept: [String] = []
+        var symbolic: [String] = []
         for term in terms {
-            if let literal = Int(term) { constant += literal } else { kept.append(term) }
+            if let literal = Int(term) { constant += literal } else { symbolic.append(term) }
         }
-        if constant != 0 || kept.isEmpty { kept.append(String(constant)) }
-        return kept.joined(separator: " + ").replacingOccurrences(of: "+ -", with: "- ")
+        if constant != 0 || symbolic.isEmpty { symbolic.append(String(constant)) }
+        return symbolic.joined(separator: " + ").replacingOccurrences(of: "+ -", with: "- ")
     }
 
     /// `pointer + offset`, or `pointer` for a zero offset.
@@ -79,14 +79,14 @@ enum CExpression {
         a.contains(" ") ? "(\(a))" : a
     }
 
-    /// A float literal that converts back to exactly `value`.
+    /// Returns a float literal that converts back to exactly `value`.
     static func float(_ value: Float) -> String {
         var text = "\(value)"
         if !text.contains(".") && !text.contains("e") { text += ".0" }
         return text + "f"
     }
 
-    /// A double literal that converts back to exactly `value`.
+    /// Returns a double literal that converts back to exactly `value`.
     static func double(_ value: Double) -> String {
         var text = "\(value)"
         if !text.contains(".") && !text.contains("e") { text += ".0" }
