@@ -315,8 +315,8 @@ KERNEL_INLINE void depthwise_f32_pixel(const float *restrict x, const float *res
     int channels, int kernel_width, int row_stride, int x_offset,
     int ky0, int ky1, int kx0, int kx1, int has_bias, int has_residual, int activation)
 {
+    /* 64 channels at a time in four independent accumulator chains, which hide the FMA latency. */
     int c = 0;
-    /* 64 channels at a time: four independent accumulator chains hide the FMA latency. */
     for (; c + 64 <= channels; c += 64) {
         __m512 acc0 = has_bias ? _mm512_loadu_ps(bias + c) : _mm512_setzero_ps();
         __m512 acc1 = has_bias ? _mm512_loadu_ps(bias + c + 16) : _mm512_setzero_ps();
@@ -347,20 +347,47 @@ KERNEL_INLINE void depthwise_f32_pixel(const float *restrict x, const float *res
         _mm512_storeu_ps(y + c + 32, acc2);
         _mm512_storeu_ps(y + c + 48, acc3);
     }
-    /* The remaining channels 16 at a time, the last partial group masked. */
-    for (; c < channels; c += 16) {
-        const __mmask16 mask = (__mmask16)(channels - c >= 16 ? 0xFFFFu : (1u << (channels - c)) - 1u);
-        __m512 acc = has_bias ? _mm512_maskz_loadu_ps(mask, bias + c) : _mm512_setzero_ps();
+    /* The last 1 to 63 channels, still in up to four chains, with masked loads and stores. */
+    if (c < channels) {
+        const int left = channels - c;
+        const __mmask16 mask0 = (__mmask16)(left >= 16 ? 0xFFFFu : left > 0 ? (1u << left) - 1u : 0u);
+        const __mmask16 mask1 = (__mmask16)(left >= 32 ? 0xFFFFu : left > 16 ? (1u << (left - 16)) - 1u : 0u);
+        const __mmask16 mask2 = (__mmask16)(left >= 48 ? 0xFFFFu : left > 32 ? (1u << (left - 32)) - 1u : 0u);
+        const __mmask16 mask3 = (__mmask16)(left >= 64 ? 0xFFFFu : left > 48 ? (1u << (left - 48)) - 1u : 0u);
+        __m512 acc0 = has_bias ? _mm512_maskz_loadu_ps(mask0, bias + c) : _mm512_setzero_ps();
+        __m512 acc1 = has_bias && left > 16 ? _mm512_maskz_loadu_ps(mask1, bias + c + 16) : _mm512_setzero_ps();
+        __m512 acc2 = has_bias && left > 32 ? _mm512_maskz_loadu_ps(mask2, bias + c + 32) : _mm512_setzero_ps();
+        __m512 acc3 = has_bias && left > 48 ? _mm512_maskz_loadu_ps(mask3, bias + c + 48) : _mm512_setzero_ps();
         for (int ky = ky0; ky < ky1; ++ky) {
             for (int kx = kx0; kx < kx1; ++kx) {
                 const float *xp = x + (x_offset + ky * row_stride + kx * channels + c);
                 const float *wp = w + ((ky * kernel_width + kx) * channels + c);
-                acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, xp), _mm512_maskz_loadu_ps(mask, wp), acc);
+                acc0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask0, xp), _mm512_maskz_loadu_ps(mask0, wp), acc0);
+                if (left > 16) acc1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask1, xp + 16), _mm512_maskz_loadu_ps(mask1, wp + 16), acc1);
+                if (left > 32) acc2 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask2, xp + 32), _mm512_maskz_loadu_ps(mask2, wp + 32), acc2);
+                if (left > 48) acc3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask3, xp + 48), _mm512_maskz_loadu_ps(mask3, wp + 48), acc3);
             }
         }
-        acc = activate_f32x16(acc, activation);
-        if (has_residual) acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(mask, residual + c));
-        _mm512_mask_storeu_ps(y + c, mask, acc);
+        {
+            __m512 value = activate_f32x16(acc0, activation);
+            if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask0, residual + c));
+            _mm512_mask_storeu_ps(y + c, mask0, value);
+        }
+        if (left > 16) {
+            __m512 value = activate_f32x16(acc1, activation);
+            if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask1, residual + c + 16));
+            _mm512_mask_storeu_ps(y + c + 16, mask1, value);
+        }
+        if (left > 32) {
+            __m512 value = activate_f32x16(acc2, activation);
+            if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask2, residual + c + 32));
+            _mm512_mask_storeu_ps(y + c + 32, mask2, value);
+        }
+        if (left > 48) {
+            __m512 value = activate_f32x16(acc3, activation);
+            if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask3, residual + c + 48));
+            _mm512_mask_storeu_ps(y + c + 48, mask3, value);
+        }
     }
 }
 #elif defined(KERNELS_AVX2)
@@ -369,8 +396,8 @@ KERNEL_INLINE void depthwise_f32_pixel(const float *restrict x, const float *res
     int channels, int kernel_width, int row_stride, int x_offset,
     int ky0, int ky1, int kx0, int kx1, int has_bias, int has_residual, int activation)
 {
+    /* 32 channels at a time in four independent accumulator chains, which hide the FMA latency. */
     int c = 0;
-    /* 32 channels at a time: four independent accumulator chains hide the FMA latency. */
     for (; c + 32 <= channels; c += 32) {
         __m256 acc0 = has_bias ? _mm256_loadu_ps(bias + c) : _mm256_setzero_ps();
         __m256 acc1 = has_bias ? _mm256_loadu_ps(bias + c + 8) : _mm256_setzero_ps();
@@ -401,20 +428,47 @@ KERNEL_INLINE void depthwise_f32_pixel(const float *restrict x, const float *res
         _mm256_storeu_ps(y + c + 16, acc2);
         _mm256_storeu_ps(y + c + 24, acc3);
     }
-    /* The remaining channels 8 at a time, the last partial group masked. */
-    for (; c < channels; c += 8) {
-        const __m256i mask = lane_mask_f32x8(channels - c);
-        __m256 acc = has_bias ? _mm256_maskload_ps(bias + c, mask) : _mm256_setzero_ps();
+    /* The last 1 to 31 channels, still in up to four chains, with masked loads and stores. */
+    if (c < channels) {
+        const int left = channels - c;
+        const __m256i mask0 = lane_mask_f32x8(left);
+        const __m256i mask1 = lane_mask_f32x8(left - 8);
+        const __m256i mask2 = lane_mask_f32x8(left - 16);
+        const __m256i mask3 = lane_mask_f32x8(left - 24);
+        __m256 acc0 = has_bias ? _mm256_maskload_ps(bias + c, mask0) : _mm256_setzero_ps();
+        __m256 acc1 = has_bias && left > 8 ? _mm256_maskload_ps(bias + c + 8, mask1) : _mm256_setzero_ps();
+        __m256 acc2 = has_bias && left > 16 ? _mm256_maskload_ps(bias + c + 16, mask2) : _mm256_setzero_ps();
+        __m256 acc3 = has_bias && left > 24 ? _mm256_maskload_ps(bias + c + 24, mask3) : _mm256_setzero_ps();
         for (int ky = ky0; ky < ky1; ++ky) {
             for (int kx = kx0; kx < kx1; ++kx) {
                 const float *xp = x + (x_offset + ky * row_stride + kx * channels + c);
                 const float *wp = w + ((ky * kernel_width + kx) * channels + c);
-                acc = _mm256_fmadd_ps(_mm256_maskload_ps(xp, mask), _mm256_maskload_ps(wp, mask), acc);
+                acc0 = _mm256_fmadd_ps(_mm256_maskload_ps(xp, mask0), _mm256_maskload_ps(wp, mask0), acc0);
+                if (left > 8) acc1 = _mm256_fmadd_ps(_mm256_maskload_ps(xp + 8, mask1), _mm256_maskload_ps(wp + 8, mask1), acc1);
+                if (left > 16) acc2 = _mm256_fmadd_ps(_mm256_maskload_ps(xp + 16, mask2), _mm256_maskload_ps(wp + 16, mask2), acc2);
+                if (left > 24) acc3 = _mm256_fmadd_ps(_mm256_maskload_ps(xp + 24, mask3), _mm256_maskload_ps(wp + 24, mask3), acc3);
             }
         }
-        acc = activate_f32x8(acc, activation);
-        if (has_residual) acc = _mm256_add_ps(acc, _mm256_maskload_ps(residual + c, mask));
-        _mm256_maskstore_ps(y + c, mask, acc);
+        {
+            __m256 value = activate_f32x8(acc0, activation);
+            if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + c, mask0));
+            _mm256_maskstore_ps(y + c, mask0, value);
+        }
+        if (left > 8) {
+            __m256 value = activate_f32x8(acc1, activation);
+            if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + c + 8, mask1));
+            _mm256_maskstore_ps(y + c + 8, mask1, value);
+        }
+        if (left > 16) {
+            __m256 value = activate_f32x8(acc2, activation);
+            if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + c + 16, mask2));
+            _mm256_maskstore_ps(y + c + 16, mask2, value);
+        }
+        if (left > 24) {
+            __m256 value = activate_f32x8(acc3, activation);
+            if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + c + 24, mask3));
+            _mm256_maskstore_ps(y + c + 24, mask3, value);
+        }
     }
 }
 #else
