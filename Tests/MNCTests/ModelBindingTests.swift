@@ -42,39 +42,8 @@ final class ModelBindingTests: XCTestCase {
 
     // MARK: TFLite, hand-built
 
-    /// conv 3×3 stride 2 (4 → 3 channels) → depthwise 3×3 → average pool → fully connected (3 → 2).
-    /// The convolution weights count up from 0 in the file's order, so a transposition shows.
     private func tinyTFLite(convBias: Bool = true) throws -> TFLiteModel {
-        let convWeights = (0..<54).map { Float($0) }
-        let depthwiseWeights = (0..<27).map { Float(100 + $0) }
-        var convInputs: [Int32] = [0, 1, 2]
-        if !convBias { convInputs[2] = -1 }
-        let tensors = [
-            TFLiteTensorSpec(name: "input", type: 0, shape: [1, 4, 4, 2]),
-            TFLiteTensorSpec(name: "conv/w", type: 0, shape: [3, 3, 3, 2], data: float32Bytes(convWeights)),
-            TFLiteTensorSpec(name: "conv/b", type: 0, shape: [3], data: float32Bytes([0.5, -0.5, 1])),
-            TFLiteTensorSpec(name: "conv/out", type: 0, shape: [1, 2, 2, 3]),
-            TFLiteTensorSpec(name: "dw/w", type: 0, shape: [1, 3, 3, 3], data: float32Bytes(depthwiseWeights)),
-            TFLiteTensorSpec(name: "dw/b", type: 0, shape: [3], data: float32Bytes([1, 2, 3])),
-            TFLiteTensorSpec(name: "dw/out", type: 0, shape: [1, 2, 2, 3]),
-            TFLiteTensorSpec(name: "pool", type: 0, shape: [1, 1, 1, 3]),
-            TFLiteTensorSpec(name: "fc/w", type: 3, shape: [2, 3], data: uint8Bytes([10, 12, 14, 9, 8, 7]),
-                             scale: [0.5], zeroPoint: [10]),
-            TFLiteTensorSpec(name: "fc/b", type: 2, shape: [2], data: int32Bytes([4, -8]), scale: [0.25], zeroPoint: [0]),
-            TFLiteTensorSpec(name: "logits", type: 0, shape: [1, 2]),
-        ]
-        let ops = [
-            TFLiteOperatorSpec(builtinCode: 3, inputs: convInputs, outputs: [3], optionsType: 1,
-                               options: conv2DOptions(stride: 2)),
-            TFLiteOperatorSpec(builtinCode: 4, inputs: [3, 4, 5], outputs: [6], optionsType: 2,
-                               options: depthwiseOptions()),
-            TFLiteOperatorSpec(builtinCode: 1, inputs: [6], outputs: [7], optionsType: 5,
-                               options: .table([(0, .i8(1)), (1, .i32(1)), (2, .i32(1)), (3, .i32(2)), (4, .i32(2))])),
-            TFLiteOperatorSpec(builtinCode: 9, inputs: [7, 8, 9], outputs: [10], optionsType: 8,
-                               options: fullyConnectedOptions()),
-        ]
-        let bytes = FlatBufferWriter.file(root: tfliteModelValue(tensors: tensors, operators: ops))
-        return try TFLiteModel.parse(bytes: bytes, path: "tiny.tflite")
+        try TFLiteModel.parse(bytes: tinyTFLiteBytes(convBias: convBias), path: "tiny.tflite")
     }
 
     /// The graph that `tinyTFLite` implements, with the variations the mismatch tests need.
@@ -302,39 +271,8 @@ final class ModelBindingTests: XCTestCase {
                        contains: "layer features.0 expects activation hardswish, node 0 (Conv conv0) in the model has activation relu6")
     }
 
-    /// Conv (folded, with bias) → HardSwish → SE (GlobalAveragePool → Conv → Relu → Conv →
-    /// HardSigmoid → Mul) → Conv (folded) → GlobalAveragePool → Flatten → MatMul → Add.
     private func onnxSqueezeExcite() throws -> ONNXModel {
-        let bytes = onnxModelBytes(
-            nodes: [
-                onnxNode("Conv", ["x", "w0", "b0"], ["c0"]),
-                onnxNode("HardSwish", ["c0"], ["a0"]),
-                onnxNode("GlobalAveragePool", ["a0"], ["s0"]),
-                onnxNode("Conv", ["s0", "fc1w", "fc1b"], ["s1"], name: "fc1"),
-                onnxNode("Relu", ["s1"], ["s2"]),
-                onnxNode("Conv", ["s2", "fc2w", "fc2b"], ["s3"], name: "fc2"),
-                onnxNode("HardSigmoid", ["s3"], ["s4"], attributes: [onnxAttribute("alpha", float: 1.0 / 6.0)]),
-                onnxNode("Mul", ["s4", "a0"], ["se"]),
-                onnxNode("Conv", ["se", "w1", "b1"], ["c1"], name: "project"),
-                onnxNode("GlobalAveragePool", ["c1"], ["p"]),
-                onnxNode("Flatten", ["p"], ["f"]),
-                onnxNode("MatMul", ["f", "mw"], ["mm"]),
-                onnxNode("Add", ["mm", "mb"], ["y"]),
-            ],
-            initializers: [
-                onnxTensor("w0", dims: [4, 2, 1, 1], floats: (0..<8).map { Float($0) }),
-                onnxTensor("b0", dims: [4], floats: [1, 2, 3, 4]),
-                onnxTensor("fc1w", dims: [2, 4, 1, 1], floats: (0..<8).map { Float(10 + $0) }),
-                onnxTensor("fc1b", dims: [2], floats: [-1, -2]),
-                onnxTensor("fc2w", dims: [4, 2, 1, 1], floats: (0..<8).map { Float(20 + $0) }),
-                onnxTensor("fc2b", dims: [4], floats: [5, 6, 7, 8]),
-                onnxTensor("w1", dims: [3, 4, 1, 1], floats: (0..<12).map { Float(30 + $0) }),
-                onnxTensor("b1", dims: [3], floats: [0, 0, 1]),
-                onnxTensor("mw", dims: [3, 2], floats: [1, 2, 3, 4, 5, 6]),
-                onnxTensor("mb", dims: [2], floats: [0.5, -0.5]),
-            ],
-            inputs: [onnxValueInfo("x", dims: [1, 2, 2, 2])], outputs: [onnxValueInfo("y", dims: [1, 2])])
-        return try ONNXModel.parse(bytes: bytes, path: "se.onnx")
+        try ONNXModel.parse(bytes: squeezeExciteONNXBytes(), path: "se.onnx")
     }
 
     private func squeezeExciteGraph(gate: Activation = .hardsigmoid, squeeze: Int = 2) -> Graph {

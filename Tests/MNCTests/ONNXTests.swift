@@ -336,6 +336,22 @@ final class ONNXTests: XCTestCase {
                        contains: "/nonexistent/model.onnx: cannot read the file")
     }
 
+    func testCorruptedFilesRaiseErrors() {
+        var parsed = 0
+        forEachCorruption(of: squeezeExciteONNXBytes(), mutations: 3000) { bytes in
+            expectSuccessOrMNCError("corrupted ONNX file") {
+                let model = try ONNXModel.parse(bytes: bytes, path: "fuzz.onnx")
+                parsed += 1
+                _ = describeONNX(model)
+                for tensor in model.graph.initializers {
+                    _ = try? tensor.floatValues()
+                }
+                _ = try model.weightedLayers(file: "fuzz.onnx")
+            }
+        }
+        XCTAssertGreaterThan(parsed, 100)
+    }
+
     // MARK: Real models
 
     func testRealModelStructure() throws {

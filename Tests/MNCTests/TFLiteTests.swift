@@ -239,6 +239,23 @@ final class TFLiteTests: XCTestCase {
                        contains: "/nonexistent/model.tflite: cannot read the file")
     }
 
+    func testCorruptedFilesRaiseErrors() {
+        var parsed = 0
+        forEachCorruption(of: tinyTFLiteBytes(), mutations: 3000) { bytes in
+            expectSuccessOrMNCError("corrupted TFLite file") {
+                let model = try TFLiteModel.parse(bytes: bytes, path: "fuzz.tflite")
+                parsed += 1
+                _ = describeTFLite(model)
+                for index in model.tensors.indices {
+                    _ = try? model.values(ofTensor: index)
+                }
+                _ = try model.weightedLayers(file: "fuzz.tflite")
+            }
+        }
+        // Most single-byte changes hit weight data and still parse; the rest must be rejected.
+        XCTAssertGreaterThan(parsed, 100)
+    }
+
     // MARK: Real models
 
     private func loadReal(_ name: String) throws -> TFLiteModel {
