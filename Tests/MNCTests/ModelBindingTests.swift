@@ -46,7 +46,7 @@ final class ModelBindingTests: XCTestCase {
         try TFLiteModel.parse(bytes: tinyTFLiteBytes(convBias: convBias), path: "tiny.tflite")
     }
 
-    /// The graph that `tinyTFLite` implements, with the variations the mismatch tests need.
+    /// Returns the graph that `tinyTFLite` implements, varied as the mismatch tests need.
     private func tinyGraph(stride: Int = 2, kernel: Int = 3, convOut: Int = 3, convPadding: Padding? = nil,
                            convActivation: Activation = .relu6, depthwise: Bool = true, linear: Bool = true,
                            linearBias: Bool = true, extraLinear: Bool = false) -> Graph {
@@ -90,7 +90,7 @@ final class ModelBindingTests: XCTestCase {
         let bound = try bindTFLite(try tinyTFLite(), to: tinyGraph(), file: "tiny.tflite")
         let weight = try XCTUnwrap(bound.constants["stem.conv.weight"])
         XCTAssertEqual(weight.shape, [3, 2, 3, 3])
-        // Graph [o, i, y, x] holds file OHWI [o, y, x, i], whose value is its flat index.
+        // Graph [o, i, y, x] is file OHWI [o, y, x, i], whose value is its flat index.
         for (o, i, y, x) in [(0, 0, 0, 0), (0, 1, 0, 0), (1, 0, 2, 1), (2, 1, 1, 2)] {
             XCTAssertEqual(weight.data[((o * 2 + i) * 3 + y) * 3 + x], Float(((o * 3 + y) * 3 + x) * 2 + i),
                            "element [\(o), \(i), \(y), \(x)]")
@@ -103,7 +103,7 @@ final class ModelBindingTests: XCTestCase {
         let bound = try bindTFLite(try tinyTFLite(), to: tinyGraph(), file: "tiny.tflite")
         let weight = try XCTUnwrap(bound.constants["dw.conv.weight"])
         XCTAssertEqual(weight.shape, [3, 1, 3, 3])
-        // Graph [c, 0, y, x] holds file [0, y, x, c] = 100 + (y * 3 + x) * 3 + c.
+        // Graph [c, 0, y, x] is file [0, y, x, c] = 100 + (y * 3 + x) * 3 + c.
         for (c, y, x) in [(0, 0, 0), (1, 0, 0), (2, 2, 1), (1, 1, 2)] {
             XCTAssertEqual(weight.data[(c * 3 + y) * 3 + x], Float(100 + (y * 3 + x) * 3 + c), "element [\(c), 0, \(y), \(x)]")
         }
@@ -385,6 +385,37 @@ final class ModelBindingTests: XCTestCase {
             XCTAssertEqual(bound.constants["classifier.1.weight"]?.shape, reference.shape, name)
             XCTAssertEqual(bound.constants["classifier.1.weight"]?.data, reference.data, name)
         }
+    }
+
+    func testRealMobileNetV3ONNXBinds() throws {
+        let directory = try sharedDataDirectory()
+        // (case, large, convolutions with BatchNorm, squeeze-excitation blocks)
+        for (name, large, folded, blocks) in [("mobilenet_v3_large_1.0_224", true, 46, 8),
+                                              ("mobilenet_v3_small_1.0_224", false, 34, 9)] {
+            let model = try ONNXModel.load(path: "\(directory)/onnx/\(name).onnx")
+            let graph = torchvisionMobileNetV3(large: large, resolution: 224, classes: 1000)
+            let bound = try bindONNX(model, to: graph, file: name)
+            XCTAssertEqual(bound.nodes.count, graph.nodes.count - folded, name)
+            XCTAssertEqual(bound.constants.count, folded * 2 + blocks * 4 + 4, name)
+
+            // Squeeze-excitation and classifier weights are not folded: they must equal the state dict.
+            let safetensors = "\(directory)/torch/\(name)/weights.safetensors"
+            for key in ["features.4.block.2.fc1.weight", "features.6.block.2.fc2.bias", "classifier.0.weight",
+                        "classifier.3.bias"] {
+                let reference = try readSafetensor(path: safetensors, name: key)
+                XCTAssertEqual(bound.constants[key]?.shape, reference.shape, "\(name) \(key)")
+                XCTAssertEqual(bound.constants[key]?.data, reference.data, "\(name) \(key)")
+            }
+        }
+    }
+
+    func testRealTFLiteV2AgainstTorchvisionGraph() throws {
+        // TensorFlow pads stride-2 convolutions on even sizes 0 before and 1 after; torchvision pads 1 on both sides.
+        let path = try sharedDataDirectory() + "/models/mobilenet_v2_1.0_224_quant.tflite"
+        let model = try TFLiteModel.load(path: path)
+        assertMNCError(try bindTFLite(model, to: torchvisionMobileNetV2(width: 1, resolution: 224, classes: 1001),
+                                      file: "v2.tflite"),
+                       contains: "v2.tflite: layer features.0 expects padding 1, operator 0 (CONV_2D) in the model has padding SAME, which is (0,0,1,1) for a 224x224 input")
     }
 
     func testRealMobileNetV2ONNXFoldedStem() throws {

@@ -6,7 +6,7 @@ import XCTest
 // protobuf files written byte by byte, graphs built from the IR types, and access to the shared
 // reference data.
 
-/// The shared reference data folder, or a skip when it is absent.
+/// Returns the shared reference data folder, or throws a skip when it is absent.
 func sharedDataDirectory(file: StaticString = #filePath) throws -> String {
     let root = URL(fileURLWithPath: "\(file)")
         .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
@@ -178,11 +178,13 @@ struct FlatBufferWriter {
             fieldOffsets[id] = objectSize
             objectSize += value.inlineSize
         }
+
         align(4)
         let vtable = bytes.count
         append(UInt16(4 + 2 * fieldCount))
         append(UInt16(objectSize))
         for offset in fieldOffsets { append(UInt16(offset)) }
+
         align(4)
         let table = bytes.count
         append(Int32(table - vtable))
@@ -200,6 +202,8 @@ struct FlatBufferWriter {
                 append(UInt32(0))
             }
         }
+
+        // Children follow the table, so their offsets are positive.
         for child in children {
             let position = write(child.value)
             patch(slot: child.slot, target: position)
@@ -233,7 +237,7 @@ struct TFLiteOperatorSpec {
     var options: FlatValue? = nil
 }
 
-/// The `Model` table of a TFLite file with one subgraph; tensor i with data uses buffer i + 1.
+/// Returns the `Model` table of a TFLite file with one subgraph. Tensors with data get buffers 1, 2, ... in order.
 func tfliteModelValue(tensors: [TFLiteTensorSpec], operators: [TFLiteOperatorSpec],
                       inputs: [Int32] = [0], outputs: [Int32]? = nil) -> FlatValue {
     var codes: [Int] = []
@@ -297,7 +301,7 @@ func int32Bytes(_ values: [Int32]) -> [UInt8] { values.flatMap { littleEndianByt
 
 func float32Bytes(_ values: [Float]) -> [UInt8] { values.flatMap { littleEndianBytes($0.bitPattern) } }
 
-/// A TFLite file: conv 3×3 stride 2 (2 → 3 channels, 4×4 input) → depthwise 3×3 → average
+/// Returns a TFLite file: conv 3×3 stride 2 (2 → 3 channels, 4×4 input) → depthwise 3×3 → average
 /// pool → fully connected (3 → 2). The convolution weights count up from 0 in the file's order,
 /// so a transposition shows.
 func tinyTFLiteBytes(convBias: Bool = true) -> [UInt8] {
@@ -386,7 +390,7 @@ struct ProtoWriter {
     }
 }
 
-/// A `TensorProto` with FLOAT data in `raw_data`.
+/// Returns a `TensorProto` with FLOAT data in `raw_data`.
 func onnxTensor(_ name: String, dims: [Int64], floats: [Float]) -> ProtoWriter {
     var tensor = ProtoWriter()
     tensor.packedInts(1, dims)
@@ -396,7 +400,7 @@ func onnxTensor(_ name: String, dims: [Int64], floats: [Float]) -> ProtoWriter {
     return tensor
 }
 
-/// An `AttributeProto` of type INTS (7), INT (2), FLOAT (1) or STRING (3).
+/// Returns an `AttributeProto` of type INTS (7), INT (2), FLOAT (1) or STRING (3).
 func onnxAttribute(_ name: String, ints: [Int64]) -> ProtoWriter {
     var attribute = ProtoWriter()
     attribute.string(1, name)
@@ -440,7 +444,7 @@ func onnxNode(_ opType: String, _ inputs: [String], _ outputs: [String], name: S
     return node
 }
 
-/// A `ValueInfoProto` of a FLOAT tensor with fixed dimensions.
+/// Returns a `ValueInfoProto` of a FLOAT tensor with fixed dimensions.
 func onnxValueInfo(_ name: String, dims: [Int64]) -> ProtoWriter {
     var shape = ProtoWriter()
     for size in dims {
@@ -459,7 +463,7 @@ func onnxValueInfo(_ name: String, dims: [Int64]) -> ProtoWriter {
     return info
 }
 
-/// A `ModelProto` (IR version 8, opset 17) around a graph of these parts.
+/// Returns a `ModelProto` (IR version 8, opset 17) around a graph of these parts.
 func onnxModelBytes(nodes: [ProtoWriter], initializers: [ProtoWriter], inputs: [ProtoWriter],
                     outputs: [ProtoWriter]) -> [UInt8] {
     var graph = ProtoWriter()
@@ -479,7 +483,7 @@ func onnxModelBytes(nodes: [ProtoWriter], initializers: [ProtoWriter], inputs: [
     return model.bytes
 }
 
-/// An ONNX file: Conv (folded, with bias) → HardSwish → SE (GlobalAveragePool → Conv → Relu →
+/// Returns an ONNX file: Conv (folded, with bias) → HardSwish → SE (GlobalAveragePool → Conv → Relu →
 /// Conv → HardSigmoid → Mul) → Conv (folded) → GlobalAveragePool → Flatten → MatMul → Add.
 func squeezeExciteONNXBytes() -> [UInt8] {
     onnxModelBytes(
@@ -623,7 +627,7 @@ func tensorFlowSamePadding(size: Int, kernel: Int, stride: Int) -> Padding {
     return Padding(top: total / 2, left: total / 2, bottom: total - total / 2, right: total - total / 2)
 }
 
-/// The TF-slim MobileNetV1 (`mobilenet_v1.py`): channels `max(floor(c × alpha), 8)`, SAME
+/// Builds the TF-slim MobileNetV1 (`mobilenet_v1.py`): channels `max(floor(c × alpha), 8)`, SAME
 /// padding, BatchNorm and ReLU6 after every convolution, and a 1×1 convolution with bias to the
 /// logits after global average pooling.
 func tfSlimMobileNetV1(alpha: Double, resolution: Int, classes: Int = 1001) -> Graph {
@@ -654,7 +658,7 @@ func tfSlimMobileNetV1(alpha: Double, resolution: Int, classes: Int = 1001) -> G
     return builder.graph(name: "mobilenet_v1")
 }
 
-/// torchvision's `mobilenet_v2(width_mult:, num_classes:)` with its `state_dict` keys.
+/// Builds torchvision's `mobilenet_v2(width_mult:, num_classes:)` with its `state_dict` keys.
 func torchvisionMobileNetV2(width: Double, resolution: Int, classes: Int) -> Graph {
     // torchvision's `_make_divisible(v, 8)`: round to a multiple of 8, never more than 10% down.
     func divisible(_ value: Double) -> Int {
@@ -705,6 +709,70 @@ func torchvisionMobileNetV2(width: Double, resolution: Int, classes: Int) -> Gra
     x = builder.dropout(x, probability: 0.2, name: "classifier.0", layer: "classifier")
     _ = builder.linear(x, out: classes, name: "classifier.1", layer: "classifier")
     return builder.graph(name: "mobilenet_v2")
+}
+
+/// Builds torchvision's `mobilenet_v3_large` or `mobilenet_v3_small` (width 1.0) with its `state_dict` keys.
+func torchvisionMobileNetV3(large: Bool, resolution: Int, classes: Int) -> Graph {
+    // (kernel, expanded channels, output channels, squeeze-excitation, hardswish, stride)
+    let blocks: [(Int, Int, Int, Bool, Bool, Int)] = large ? [
+        (3, 16, 16, false, false, 1), (3, 64, 24, false, false, 2), (3, 72, 24, false, false, 1),
+        (5, 72, 40, true, false, 2), (5, 120, 40, true, false, 1), (5, 120, 40, true, false, 1),
+        (3, 240, 80, false, true, 2), (3, 200, 80, false, true, 1), (3, 184, 80, false, true, 1),
+        (3, 184, 80, false, true, 1), (3, 480, 112, true, true, 1), (3, 672, 112, true, true, 1),
+        (5, 672, 160, true, true, 2), (5, 960, 160, true, true, 1), (5, 960, 160, true, true, 1),
+    ] : [
+        (3, 16, 16, true, false, 2), (3, 72, 24, false, false, 2), (3, 88, 24, false, false, 1),
+        (5, 96, 40, true, true, 2), (5, 240, 40, true, true, 1), (5, 240, 40, true, true, 1),
+        (5, 120, 48, true, true, 1), (5, 144, 48, true, true, 1), (5, 288, 96, true, true, 2),
+        (5, 576, 96, true, true, 1), (5, 576, 96, true, true, 1),
+    ]
+    func divisible(_ value: Int) -> Int {
+        var result = max(8, (value + 4) / 8 * 8)
+        if Double(result) < 0.9 * Double(value) { result += 8 }
+        return result
+    }
+    func pad(_ size: Int) -> Padding { Padding(top: size, left: size, bottom: size, right: size) }
+    var builder = GraphBuilder()
+    var x = builder.input(channels: 3, height: resolution, width: resolution)
+    x = builder.convBN(x, out: 16, kernel: 3, stride: 2, padding: pad(1), activation: .hardswish,
+                       convName: "features.0.0", bnName: "features.0.1", layer: "features.0")
+    for (index, (kernel, expanded, output, useSE, hardswish, stride)) in blocks.enumerated() {
+        let layer = "features.\(index + 1)"
+        let activation: Activation = hardswish ? .hardswish : .relu
+        let input = builder.nodes[x].shape[1]
+        var y = x
+        var part = 0
+        if expanded != input {
+            y = builder.convBN(y, out: expanded, kernel: 1, padding: pad(0), activation: activation,
+                               convName: "\(layer).block.0.0", bnName: "\(layer).block.0.1", layer: layer)
+            part += 1
+        }
+        y = builder.convBN(y, out: expanded, kernel: kernel, stride: stride, padding: pad((kernel - 1) / 2),
+                           groups: expanded, activation: activation, convName: "\(layer).block.\(part).0",
+                           bnName: "\(layer).block.\(part).1", layer: layer)
+        part += 1
+        if useSE {
+            y = builder.squeezeExcite(y, squeeze: divisible(expanded / 4), activation: .relu, gate: .hardsigmoid,
+                                      name: "\(layer).block.\(part)", layer: layer)
+            part += 1
+        }
+        y = builder.convBN(y, out: output, kernel: 1, padding: pad(0), activation: .identity,
+                           convName: "\(layer).block.\(part).0", bnName: "\(layer).block.\(part).1", layer: layer)
+        if stride == 1 && input == output {
+            y = builder.sum(y, x, name: "\(layer).add", layer: layer)
+        }
+        x = y
+    }
+    let last = "features.\(blocks.count + 1)"
+    x = builder.convBN(x, out: 6 * builder.nodes[x].shape[1], kernel: 1, padding: pad(0), activation: .hardswish,
+                       convName: "\(last).0", bnName: "\(last).1", layer: last)
+    x = builder.globalAveragePool(x, name: "avgpool", layer: "classifier")
+    x = builder.flatten(x, name: "flatten", layer: "classifier")
+    x = builder.linear(x, out: large ? 1280 : 1024, name: "classifier.0", layer: "classifier")
+    x = builder.activation(x, .hardswish, name: "classifier.1", layer: "classifier")
+    x = builder.dropout(x, probability: 0.2, name: "classifier.2", layer: "classifier")
+    _ = builder.linear(x, out: classes, name: "classifier.3", layer: "classifier")
+    return builder.graph(name: large ? "mobilenet_v3_large" : "mobilenet_v3_small")
 }
 
 // MARK: - safetensors

@@ -5,7 +5,7 @@ import XCTest
 final class ONNXTests: XCTestCase {
     // MARK: Hand-built models
 
-    /// A model whose only content is `initializer`.
+    /// Returns a model whose only content is `initializer`.
     private func modelBytes(initializer: ProtoWriter) -> [UInt8] {
         onnxModelBytes(nodes: [], initializers: [initializer], inputs: [], outputs: [])
     }

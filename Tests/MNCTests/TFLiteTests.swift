@@ -85,7 +85,7 @@ final class TFLiteTests: XCTestCase {
     }
 
     func testExtendedBuiltinCode() throws {
-        // Codes above 127 are stored only in `builtin_code`; the byte field holds 127.
+        // Codes above 127 are stored only in `builtin_code`, and the byte field contains 127.
         let ops = [TFLiteOperatorSpec(builtinCode: 150, inputs: [0], outputs: [1])]
         let tensors = [TFLiteTensorSpec(name: "x", type: 0, shape: [1]), TFLiteTensorSpec(name: "y", type: 0, shape: [1])]
         let model = try TFLiteModel.parse(
@@ -312,7 +312,7 @@ final class TFLiteTests: XCTestCase {
         XCTAssertEqual(stem.quantization?.scale.first ?? 0, 0.00888241, accuracy: 1e-9)
 
         let weights = try model.values(ofTensor: 30)
-        // OHWI index [1, 0, 1, 2] holds q = 118; [7, 2, 1, 0] holds q = 143.
+        // OHWI index [1, 0, 1, 2] contains q = 118, and [7, 2, 1, 0] contains q = 143.
         XCTAssertEqual(weights[((1 * 3 + 0) * 3 + 1) * 3 + 2], -0.3464139858, accuracy: 1e-7)
         XCTAssertEqual(weights[((7 * 3 + 2) * 3 + 1) * 3 + 0], -0.1243537385, accuracy: 1e-7)
 

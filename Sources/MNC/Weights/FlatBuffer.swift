@@ -1,12 +1,12 @@
 /// A bounds-checked reader for the FlatBuffers binary format (little-endian).
 ///
-/// Layout: every table starts with a signed 32-bit offset back to its vtable; a vtable is
-/// `[vtable size: u16, object size: u16, field offsets: u16...]`, where field offset 0 means the
-/// field is absent. References between objects are unsigned 32-bit offsets relative to the
-/// position they are stored at; a vector is a `u32` element count followed by the elements.
+/// Every table starts with a signed 32-bit offset back to its vtable. A vtable is
+/// `[vtable size: u16, object size: u16, field offsets: u16...]`, where field offset 0 marks an
+/// absent field. References between objects are unsigned 32-bit offsets relative to the position
+/// they are stored at, and a vector is a `u32` element count followed by the elements.
 /// Every offset, vtable and vector length is checked against the file before it is read, so a
-/// corrupt file raises an `MNCError` naming the field and the byte offset. The reader follows a
-/// fixed schema, so the nesting depth is bounded by the schema, whatever the offsets point to.
+/// corrupt file raises an `MNCError` naming the field and the byte offset. Callers descend by a
+/// fixed schema, so the nesting depth is bounded by the schema whatever the offsets point to.
 struct FlatBufferReader {
     let bytes: [UInt8]
     /// The file path and format name that error messages start with.
@@ -44,7 +44,8 @@ struct FlatBufferReader {
         return target
     }
 
-    /// The root table: the `u32` offset at byte 0, after checking the 4-byte file identifier at byte 4.
+    /// Returns the root table, which the `u32` at byte 0 points to, after checking the 4-byte
+    /// file identifier at byte 4.
     func rootTable(identifier: String, name: String) throws -> FlatBufferTable {
         guard bytes.count >= 8 else {
             throw error("the file is \(bytes.count) bytes, too short for a FlatBuffer header (8 bytes)")
@@ -57,7 +58,7 @@ struct FlatBufferReader {
         return try table(at: try follow(0, "root table offset"), path: name)
     }
 
-    /// The table whose first byte is at `position`, with its vtable checked.
+    /// Returns the table whose first byte is at `position`, after checking its vtable.
     func table(at position: Int, path: String) throws -> FlatBufferTable {
         let vtableDistance = Int(try integer(Int32.self, at: position, "\(path): vtable offset"))
         let vtable = position - vtableDistance
@@ -87,8 +88,8 @@ struct FlatBufferTable {
     /// The schema path of this table, e.g. `Model.subgraphs[0].tensors[3]`.
     let path: String
 
-    /// The absolute position of field `id` (schema order, counting union type fields), or nil
-    /// when absent; throws when the field would extend past its table.
+    /// Returns the absolute position of field `id` (schema order, counting union type fields),
+    /// or nil when the field is absent. Throws when the field would extend past its table.
     func fieldPosition(_ id: Int, size: Int, _ name: String) throws -> Int? {
         let entry = 4 + 2 * id
         guard entry + 2 <= vtableSize else { return nil }
@@ -110,7 +111,7 @@ struct FlatBufferTable {
         return try reader.table(at: try reader.follow(at, "\(path).\(name)"), path: "\(path).\(name)")
     }
 
-    /// A vector field whose `count × elementSize` bytes lie inside the file.
+    /// Returns a vector field after checking that its `count × elementSize` bytes lie inside the file.
     func vector(_ id: Int, _ name: String, elementSize: Int) throws -> FlatBufferVector? {
         guard let at = try fieldPosition(id, size: 4, name) else { return nil }
         let fieldPath = "\(path).\(name)"
@@ -129,7 +130,7 @@ struct FlatBufferTable {
         return String(decoding: reader.bytes[vector.byteRange], as: UTF8.self)
     }
 
-    /// The elements of an `[int]` field; absent fields read as empty.
+    /// Returns the elements of an `[int]` field, or an empty array when the field is absent.
     func int32s(_ id: Int, _ name: String) throws -> [Int] {
         guard let vector = try vector(id, name, elementSize: 4) else { return [] }
         return try (0..<vector.count).map { Int(try vector.integer(Int32.self, at: $0)) }

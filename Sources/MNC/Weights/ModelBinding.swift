@@ -1,10 +1,10 @@
 /// Binding the weights of a TFLite or ONNX model to a graph built from a spec.
 ///
-/// Both files are matched by position: the graph's `conv2d`, `linear` and `squeezeExcite` nodes
-/// in graph order against the file's weighted operators in file order. Every pair is checked
-/// (kernel, stride, padding, groups, channels, activation) before its weights are converted to
-/// the graph's PyTorch layout, so a spec that does not describe the file fails with a message
-/// naming the spec layer, the operator and what differs.
+/// Both formats are matched by position: the graph's `conv2d`, `linear` and `squeezeExcite`
+/// nodes in graph order against the file's weighted operators in file order. Each pair is
+/// checked (kernel, stride, padding, groups, channels, activation) before its weights are
+/// converted to the graph's PyTorch layout. A spec that does not describe the file therefore
+/// fails with a message that names the spec layer, the operator and what differs.
 
 /// Binds the weights of a TFLite model to `graph`; see `bindWeights`. `file` names the model in
 /// error messages.
@@ -30,7 +30,7 @@ struct FileLayer {
     }
 
     var kind: Kind
-    /// How error messages name the operator, e.g. `operator 7` or `node 12 (/features/.../Conv)`.
+    /// The operator's name in error messages, e.g. `operator 7 (CONV_2D)` or `node 12 (Conv /features/.../Conv)`.
     var label: String
     var kernelHeight = 1
     var kernelWidth = 1
@@ -106,7 +106,7 @@ struct FileBatchNorm {
 
 struct BindingContext {
     var file: String
-    /// What the count-mismatch message calls the file's weighted operators.
+    /// The plural noun for the file's weighted operators in count-mismatch messages.
     var operatorNoun: String
     var supportsSqueezeExcite: Bool
 }
@@ -122,9 +122,9 @@ private func describePair(_ height: Int, _ width: Int) -> String {
     height == width ? "\(height)" : "\(height)x\(width)"
 }
 
-/// The padding that `padding` amounts to on an `inputHeight × inputWidth` input.
-/// TensorFlow `SAME`: total `max((ceil(in / stride) - 1) * stride + effective kernel - in, 0)`,
-/// the smaller half before.
+/// Returns the padding that `padding` amounts to on an `inputHeight × inputWidth` input.
+/// TensorFlow `SAME` pads `max((ceil(in / stride) - 1) * stride + effective kernel - in, 0)` in
+/// total, with the smaller half before.
 func resolvePadding(_ padding: FilePadding, inputHeight: Int, inputWidth: Int, layer: FileLayer) -> Padding {
     switch padding {
     case .explicit(let value):
@@ -268,7 +268,8 @@ private struct Binder {
         folds.append((conv: layer.node, batchNorm: batchNorm, biasKey: biasKey))
     }
 
-    /// The weight key with its final `weight` replaced by `bias` (`features.0.0.weight` → `features.0.0.bias`).
+    /// Returns the weight key with its final `weight` replaced by `bias`
+    /// (`features.0.0.weight` → `features.0.0.bias`).
     func biasKeyDerived(from node: Node) -> String {
         guard let weightKey = node.parameter("weight")?.key else { return node.name + ".bias" }
         if weightKey.hasSuffix("weight") {

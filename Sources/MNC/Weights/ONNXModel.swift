@@ -494,9 +494,9 @@ struct ONNXParser {
 }
 
 extension ONNXGraph {
-    /// The constant tensor behind each value name: initializers, `Constant` node outputs, and
-    /// either one passed through `Identity` nodes (exporters alias shared weights that way).
-    /// `file` is the model path that error messages about these tensors name.
+    /// Returns the constant tensor behind each value name: initializers, `Constant` node
+    /// outputs, and either one passed through `Identity` nodes, which exporters use to alias
+    /// shared weights. `file` is the model path that error messages about these tensors name.
     func constantTensors(file: String) -> [String: ONNXTensor] {
         var constants: [String: ONNXTensor] = [:]
         for tensor in initializers {
@@ -520,7 +520,7 @@ extension ONNXGraph {
         return constants
     }
 
-    /// The value of a `Constant` node, from its `value`, `value_float(s)` or `value_int(s)` attribute.
+    /// Returns the value of a `Constant` node from its `value`, `value_float(s)` or `value_int(s)` attribute.
     private func constantValue(of node: ONNXNode, output: String, file: String) -> ONNXTensor? {
         guard let attribute = node.attributes.first else { return nil }
         switch attribute.name {
@@ -545,10 +545,10 @@ extension ONNXGraph {
 }
 
 extension ONNXModel {
-    /// The Conv, Gemm and MatMul (with a constant weight) nodes in graph order, with weights in
-    /// the graph's layout: Conv weights are already `[O, I / group, kh, kw]`; Gemm and MatMul
-    /// weights become `[out, in]`, scaled by Gemm's `alpha` (and the bias by `beta`). A
-    /// BatchNormalization that is a Conv's only reader, and an Add of a constant after MatMul,
+    /// Returns the Conv, Gemm and MatMul (with a constant weight) nodes in graph order, with
+    /// weights in the graph's layout. Conv weights are already `[O, I / group, kh, kw]`. Gemm and
+    /// MatMul weights become `[out, in]`, scaled by Gemm's `alpha`, and the bias by `beta`.
+    /// A BatchNormalization that is a Conv's only reader, and an Add of a constant after MatMul,
     /// belong to the layer.
     func weightedLayers(file: String) throws -> [FileLayer] {
         let extractor = ONNXLayerExtractor(graph: graph, file: file)
@@ -599,13 +599,14 @@ private struct ONNXLayerExtractor {
         return node.name.isEmpty ? "node \(index) (\(node.opType))" : "node \(index) (\(node.opType) \(node.name))"
     }
 
-    /// The node that alone reads `value`, unless `value` is also a graph output.
+    /// Returns the node that alone reads `value`, or nil when several do or `value` is a graph output.
     func soleReader(_ value: String) -> Int? {
         guard !graphOutputs.contains(value), let list = readers[value], list.count == 1 else { return nil }
         return list[0]
     }
 
-    /// The constant tensor that input `slot` of node `index` reads, or nil when the input is omitted.
+    /// Returns the constant tensor that input `slot` of node `index` reads, or nil when the input
+    /// is omitted. Throws when the input is not a constant.
     func constantInput(_ index: Int, _ slot: Int, _ role: String) throws -> ONNXTensor? {
         let node = graph.nodes[index]
         guard slot < node.inputs.count, !node.inputs[slot].isEmpty else { return nil }
@@ -721,8 +722,9 @@ private struct ONNXLayerExtractor {
         return layer
     }
 
-    /// A MatMul by a constant `[in, out]` matrix, with the bias of an Add of a constant that
-    /// alone reads its result; nil when the second operand is not constant.
+    /// Returns a MatMul by a constant `[in, out]` matrix as a fully-connected layer, or nil when
+    /// the second operand is not constant. An Add of a constant that alone reads the product
+    /// supplies the bias.
     func matMul(_ index: Int) throws -> FileLayer? {
         let node = graph.nodes[index]
         guard node.inputs.count == 2, let weightTensor = constants[node.inputs[1]] else { return nil }
@@ -745,7 +747,7 @@ private struct ONNXLayerExtractor {
         return layer
     }
 
-    /// A fully-connected layer from a 2-D weight: `[out, in]` when `transposed`, else `[in, out]`.
+    /// Returns a fully-connected layer from a 2-D weight, `[out, in]` when `transposed`, else `[in, out]`.
     func linear(_ tensor: ONNXTensor, transposed: Bool, scale: Float, label: String) throws -> FileLayer {
         let dims = tensor.dims
         guard dims.count == 2, dims.allSatisfy({ $0 > 0 }) else {
@@ -767,8 +769,8 @@ private struct ONNXLayerExtractor {
         return FileLayer(kind: .fullyConnected, label: label, inChannels: inputs, outChannels: outputs, weight: weight)
     }
 
-    /// The activation computed by the node that alone reads `value`; identity when that node is
-    /// not an activation.
+    /// Returns the activation of the node that alone reads `value`, or identity when that node
+    /// is not an activation.
     func activation(after value: String) throws -> FileActivation {
         guard let index = soleReader(value) else { return .identity }
         let node = graph.nodes[index]
@@ -813,8 +815,8 @@ private struct ONNXLayerExtractor {
     }
 }
 
-/// A listing of an ONNX model for `mnc inspect`: header, graph inputs and outputs,
-/// initializers (name, data type, shape) and nodes with their attributes.
+/// Lists an ONNX model for `mnc inspect`: header, graph inputs and outputs, initializers
+/// (name, data type, shape) and nodes with their attributes.
 public func describeONNX(_ model: ONNXModel) -> String {
     var lines: [String] = []
     let opsets = model.opsetImports.map { "\($0.domain.isEmpty ? "ai.onnx" : $0.domain) \($0.version)" }

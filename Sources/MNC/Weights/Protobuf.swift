@@ -2,10 +2,10 @@
 ///
 /// A message is a sequence of fields, each a varint key `(field number << 3) | wire type`
 /// followed by a varint (type 0), 8 bytes (type 1), a varint length and that many bytes
-/// (type 2), or 4 bytes (type 5). Varints are at most 10 bytes, every length is checked
-/// against the bytes that remain in the enclosing message, and nested messages deeper than
-/// `maxDepth` are rejected, so a corrupt file raises an `MNCError` naming the field path and the
-/// byte offset instead of reading out of range or recursing without bound.
+/// (type 2), or 4 bytes (type 5). Varints are at most 10 bytes, and every length is checked
+/// against the bytes that remain in the enclosing message. Messages nested deeper than
+/// `maxDepth` are rejected. A corrupt file therefore raises an `MNCError` naming the field path
+/// and the byte offset instead of reading out of range or recursing without bound.
 struct ProtobufReader {
     let bytes: [UInt8]
     /// The file path and format name that error messages start with.
@@ -19,7 +19,7 @@ struct ProtobufReader {
         MNCError("\(file): invalid \(format) file: \(message)")
     }
 
-    /// The whole file as the top-level message.
+    /// Returns the whole file as the top-level message.
     func root(name: String) -> ProtobufMessage {
         ProtobufMessage(reader: self, range: 0..<bytes.count, path: name, depth: 0)
     }
@@ -137,7 +137,7 @@ struct ProtobufMessage {
         reader.error("\(path).\(name): wire type \(value.wireType), expected \(expected)")
     }
 
-    /// The nested message in a length-delimited field.
+    /// Returns the nested message in a length-delimited field, one level deeper.
     func message(_ value: ProtobufValue, _ name: String) throws -> ProtobufMessage {
         guard case .lengthDelimited(let bytes) = value else { throw wrongType(name, value, expected: 2) }
         guard depth < ProtobufReader.maxDepth else {

@@ -166,7 +166,7 @@ public struct TFLiteModel {
         public var name: String { customCode.map { "CUSTOM(\($0))" } ?? TFLiteModel.operatorName(builtinCode) }
     }
 
-    /// `BuiltinOperator` codes that the binding and `describeTFLite` refer to.
+    /// `BuiltinOperator` codes of the operators in MobileNet files.
     public enum Builtin {
         public static let add = 0
         public static let averagePool2D = 1
@@ -229,16 +229,16 @@ public struct TFLiteModel {
         guard let vector = try model.vector(1, "operator_codes", elementSize: 4) else { return [] }
         return try (0..<vector.count).map { index in
             let code = try vector.table(at: index)
-            // Files before schema 3a store the code only in the byte field; newer ones store
-            // codes above 127 only in the int32 field and clamp the byte field to 127.
+            // Older files store the code only in the byte field and leave the int32 field at 0.
+            // Newer files store codes above 127 in the int32 field and 127 in the byte field.
             let deprecated = Int(try code.scalar(0, "deprecated_builtin_code", default: Int8(0)))
             let extended = Int(try code.scalar(3, "builtin_code", default: Int32(0)))
             return OperatorCode(builtinCode: max(deprecated, extended), customCode: try code.string(1, "custom_code"))
         }
     }
 
-    /// The data range of every buffer: either the inline `data` vector or, in files over 2 GB,
-    /// `offset` and `size` relative to the start of the file (used when `offset > 1`).
+    /// Returns the data range of every buffer. Files over 2 GB store `offset` and `size`
+    /// relative to the start of the file (used when `offset > 1`), others an inline `data` vector.
     private static func readBuffers(_ model: FlatBufferTable, reader: FlatBufferReader) throws -> [Range<Int>] {
         guard let vector = try model.vector(4, "buffers", elementSize: 4) else { return [] }
         return try (0..<vector.count).map { index in
@@ -432,7 +432,7 @@ extension TFLiteModel {
         return result
     }
 
-    /// The `BuiltinOperator` name for `code`, e.g. `CONV_2D`, or `BUILTIN_<code>` when unknown.
+    /// Returns the `BuiltinOperator` name for `code`, e.g. `CONV_2D`, or `BUILTIN_<code>` when unknown.
     public static func operatorName(_ code: Int) -> String {
         if code >= 0, code < builtinOperatorNames.count {
             return builtinOperatorNames[code]
@@ -464,7 +464,7 @@ extension TFLiteModel {
     ]
 }
 
-/// The product of `shape`, checked for negative dimensions and overflow.
+/// Returns the product of `shape`, after checking for negative dimensions and overflow.
 func checkedElementCount(_ shape: [Int], label: String) throws -> Int {
     var count = 1
     for dimension in shape {
@@ -551,10 +551,10 @@ func floatFromHalf(_ bits: UInt16) -> Float {
 }
 
 extension TFLiteModel {
-    /// The CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED operators in execution order, with
-    /// weights dequantized and converted to the graph's layout: CONV_2D filters `[O, kh, kw, I]`
-    /// become `[O, I, kh, kw]`, depthwise filters `[1, kh, kw, O]` become `[O, 1, kh, kw]`, and
-    /// fully-connected weights `[O, I]` stay as they are.
+    /// Returns the CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED operators in execution order,
+    /// with weights dequantized and converted to the graph's layout. CONV_2D filters
+    /// `[O, kh, kw, I]` become `[O, I, kh, kw]`, depthwise filters `[1, kh, kw, O]` become
+    /// `[O, 1, kh, kw]`, and fully-connected weights `[O, I]` stay as they are.
     func weightedLayers(file: String) throws -> [FileLayer] {
         // readers[t] lists the operators that read tensor t.
         var readers = [[Int]](repeating: [], count: tensors.count)
@@ -581,8 +581,8 @@ extension TFLiteModel {
         return layers
     }
 
-    /// The activation an operator computes on its own, for ops that follow an operator without a
-    /// fused activation.
+    /// Returns the activation that a standalone operator computes (RELU, RELU6, HARD_SWISH),
+    /// which applies when it follows an operator without a fused activation.
     private static func standaloneActivation(_ code: Int) -> FileActivation? {
         switch code {
         case Builtin.relu: return FileActivation(.relu)
@@ -703,8 +703,8 @@ extension TFLiteModel {
     }
 }
 
-/// A listing of a TFLite model for `mnc inspect`: header, tensors (name, type, shape,
-/// quantization, constant bytes) and operators with their inputs, outputs and options.
+/// Lists a TFLite model for `mnc inspect`: header, tensors (name, type, shape, quantization,
+/// constant bytes) and operators with their inputs, outputs and options.
 public func describeTFLite(_ model: TFLiteModel) -> String {
     var lines: [String] = []
     lines.append("\(model.path): TFLite model, schema version \(model.version), \(model.subgraphCount) subgraph(s), description '\(model.description)'")
