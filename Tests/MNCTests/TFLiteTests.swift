@@ -66,6 +66,25 @@ final class TFLiteTests: XCTestCase {
         XCTAssertEqual(values[4], .infinity)
     }
 
+    func testBufferOutsideFlatbuffer() throws {
+        // Files over 2 GB keep buffer data after the flatbuffer, located by `offset` and `size`
+        // from the start of the file. The flatbuffer's length does not depend on the offset value.
+        func model(offset: UInt64, size: UInt64) -> FlatValue {
+            let tensor = FlatValue.table([(0, .int32s([3])), (1, .i8(3)), (2, .u32(1)), (3, .string("w"))])
+            let subgraph = FlatValue.table([(0, .tables([tensor]))])
+            let buffers = FlatValue.tables([.table([]), .table([(1, .u64(offset)), (2, .u64(size))])])
+            return .table([(0, .u32(3)), (2, .tables([subgraph])), (4, buffers)])
+        }
+        let length = FlatBufferWriter.file(root: model(offset: 0, size: 0)).count
+        let bytes = FlatBufferWriter.file(root: model(offset: UInt64(length), size: 3)) + [7, 8, 9]
+        let parsed = try TFLiteModel.parse(bytes: bytes, path: "large.tflite")
+        XCTAssertEqual(try parsed.values(ofTensor: 0), [7, 8, 9])
+
+        let beyond = FlatBufferWriter.file(root: model(offset: UInt64(length), size: 4)) + [7, 8, 9]
+        assertMNCError(try TFLiteModel.parse(bytes: beyond, path: "large.tflite"),
+                       contains: "Model.buffers[1]: data at offset \(length) of 4 bytes extends past the end of the file (\(length + 3) bytes)")
+    }
+
     func testOptionsAndOperatorCodes() throws {
         let tensors = [
             TFLiteTensorSpec(name: "x", type: 0, shape: [1, 4, 4, 2]),
