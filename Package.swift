@@ -1,6 +1,9 @@
 // swift-tools-version:6.0
 import PackageDescription
 
+/// Where Debian's llvm-14-dev installs LLVM's headers and libLLVM-14.so.
+let llvmPrefix = "/usr/lib/llvm-14"
+
 let package = Package(
     name: "mnc",
     products: [
@@ -16,10 +19,17 @@ let package = Package(
             path: "Sources/CImage",
             linkerSettings: [.linkedLibrary("jpeg"), .linkedLibrary("png")]
         ),
+        // LLVM's C API from Debian's llvm-14-dev, for the LLVM backend.
+        .systemLibrary(
+            name: "CLLVM",
+            path: "Sources/CLLVM"
+        ),
         .target(
             name: "MNC",
-            dependencies: ["CImage"],
-            path: "Sources/MNC"
+            dependencies: ["CImage", "CLLVM"],
+            path: "Sources/MNC",
+            swiftSettings: [.unsafeFlags(["-Xcc", "-I\(llvmPrefix)/include"])],
+            linkerSettings: [.unsafeFlags(["-L\(llvmPrefix)/lib", "-Xlinker", "-rpath", "-Xlinker", "\(llvmPrefix)/lib"])]
         ),
         .executableTarget(
             name: "mnc",

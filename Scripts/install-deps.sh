@@ -5,6 +5,7 @@ set -euo pipefail
 
 packages=(
     libjpeg-dev      # JPEG decoding in the image classifier and `mnc run --image`
+    llvm-14-dev      # the LLVM backend (LLVM's C API, libLLVM-14)
     libpng-dev       # PNG decoding
     zlib1g-dev       # libpng's compression library
 )

@@ -44,7 +44,7 @@ public func runCommandLine(_ arguments: [String], output: CommandOutput = .stand
         return arguments.isEmpty ? 2 : 0
     }
     if first == "--version" {
-        output.write("mnc \(mncVersion)\n")
+        output.write("mnc \(mncVersion) (LLVM \(llvmVersion))\n")
         return 0
     }
     guard let command = commands.first(where: { $0.name == first }) else {

@@ -19,5 +19,9 @@ func describeWeights(path: String) throws -> String {
     switch try detectWeightFormat(path: path) {
     case .stateDict:
         return describeWeightFile(try loadWeightFile(path: path))
+    case .tflite:
+        return describeTFLite(try TFLiteModel.load(path: path))
+    case .onnx:
+        return describeONNX(try ONNXModel.load(path: path))
     }
 }

@@ -15,6 +15,7 @@ public func bindStateDict(_ file: WeightFile, to graph: Graph) throws -> Graph {
 
     var bound = graph
     var missing: [String] = []
+    var mismatched: [String] = []
     var used = Set<String>()
     for node in graph.nodes {
         for parameter in node.parameters {
@@ -24,15 +25,22 @@ public func bindStateDict(_ file: WeightFile, to graph: Graph) throws -> Graph {
             }
             used.insert(parameter.key)
             guard tensor.shape == parameter.shape else {
-                throw MNCError("\(file.path): key '\(parameter.key)' has shape \(formatDimensions(tensor.shape)) in the file, the graph expects \(formatDimensions(parameter.shape)) (layer \(node.layer))")
+                mismatched.append("'\(parameter.key)' has shape \(formatDimensions(tensor.shape)) in the file, the graph expects \(formatDimensions(parameter.shape)) (layer \(node.layer))")
+                continue
             }
             bound.constants[parameter.key] = Tensor(shape: tensor.shape, data: tensor.data)
         }
     }
 
     let unexpected = file.tensors.map(\.name).filter { !used.contains($0) && !$0.hasSuffix("num_batches_tracked") }
-    if !missing.isEmpty || !unexpected.isEmpty {
+    if !missing.isEmpty || !unexpected.isEmpty || !mismatched.isEmpty {
         var parts: [String] = []
+        if !mismatched.isEmpty {
+            // The first few mismatches name the problem; a wrong width multiplier mismatches them all.
+            let shown = mismatched.prefix(5).joined(separator: ", ")
+            let more = mismatched.count > 5 ? " and \(mismatched.count - 5) more" : ""
+            parts.append("\(mismatched.count) shape mismatch\(mismatched.count == 1 ? "" : "es"): \(shown)\(more)")
+        }
         if !missing.isEmpty {
             parts.append("\(missing.count) missing key\(missing.count == 1 ? "" : "s"): \(missing.joined(separator: ", "))")
         }
