@@ -8,8 +8,8 @@ final class CBackendTests: XCTestCase {
     static let specNames = ["mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small",
                             "tf_mobilenet_v1", "tf_mobilenet_v2"]
 
-    /// Small variants of every network: a few milliseconds in the interpreter, about a second to
-    /// compile. The TF specs use SAME padding, which pads asymmetrically on even sizes and
+    /// Small variants of every network, quick in the debug-build interpreter and about a second
+    /// to compile. The TF specs use SAME padding, which pads asymmetrically on even sizes and
     /// symmetrically on odd ones, so they run at both; V3-Small runs at a non-square size.
     static let smallCases: [(label: String, spec: String, overrides: SpecOverrides)] = [
         ("v1", "mobilenet_v1", SpecOverrides(widthMultiplier: 0.25, inputHeight: 64, inputWidth: 64, classes: 10)),
@@ -136,7 +136,7 @@ final class CBackendTests: XCTestCase {
 
     /// Every network at full size, fused and unfused, compiles without a warning as C99:
     /// GCC with -O2 (some warnings need the optimizer), Clang with -fsyntax-only. The
-    /// intrinsics paths are checked on the two networks that use every kernel kind.
+    /// intrinsics paths are checked on two networks that together use every kernel helper.
     func testGeneratedCompilesWithoutWarnings() throws {
         let directory = try makeTemporaryDirectory(prefix: "mnc-warnings")
         defer { try? FileManager.default.removeItem(atPath: directory) }
@@ -260,7 +260,7 @@ final class CBackendTests: XCTestCase {
         XCTAssertEqual(bits, value.bitPattern)
     }
 
-    /// The embedded array and the binary blob hold the same bytes: the C compiler reads the
+    /// The embedded array and the binary blob contain the same bytes: the C compiler reads the
     /// array back out of the string literal.
     func testWeightsArrayMatchesBlob() throws {
         let graph = bindRandomWeights(to: try optimize(try loadSpec("mobilenet_v1", CBackendTests.smallCases[0].overrides)))
@@ -450,6 +450,45 @@ final class CBackendTests: XCTestCase {
                 XCTAssertEqual(actual.count, expected.count, name)
                 XCTAssertTrue(actual.allSatisfy(\.isFinite), name)
                 XCTAssertLessThanOrEqual(maxAbsDifference(actual, expected), 1e-4 * maxAbs(expected), name)
+            }
+        }
+    }
+
+    /// The generated C with the real quantized TFLite models (dequantized) on the reference
+    /// photographs: logits within 1e-3 of the float references. These networks read NHWC
+    /// input, as the reference files store it.
+    func testTFLiteReferenceParity() throws {
+        let root = try sharedDataPath("reference")
+        let models: [(String, String, SpecOverrides)] = [
+            ("mobilenet_v1_0.25_128_quant", "tf_mobilenet_v1", SpecOverrides(widthMultiplier: 0.25, inputHeight: 128, inputWidth: 128)),
+            ("mobilenet_v1_0.5_160_quant", "tf_mobilenet_v1", SpecOverrides(widthMultiplier: 0.5, inputHeight: 160, inputWidth: 160)),
+            ("mobilenet_v2_1.0_224_quant", "tf_mobilenet_v2", SpecOverrides()),
+        ]
+        let graphs = try models.map { model, spec, overrides in
+            try optimize(try bindWeights(path: try sharedDataPath("models/\(model).tflite"), to: try loadSpec(spec, overrides)))
+        }
+        let results = concurrentMap(Array(zip(models, graphs))) { entry -> [(String, [Float], [Float])] in
+            let ((model, _, _), graph) = entry
+            let directory = "\(root)/\(model)"
+            let images = try FileManager.default.contentsOfDirectory(atPath: directory).filter { $0.hasSuffix(".input.f32") }.sorted()
+            return try images.map { file in
+                let image = String(file.dropLast(".input.f32".count))
+                let logits = try runGeneratedC(graph: graph, input: try readFloats("\(directory)/\(file)"), inputLayout: .nhwc,
+                                               compiler: self.compiler)
+                return ("\(model) \(image)", logits, try readFloats("\(directory)/\(image).logits.f32"))
+            }
+        }
+        for (model, result) in zip(models, results) {
+            switch result {
+            case .failure(let error):
+                XCTFail("\(model.0): \(error)")
+            case .success(let cases):
+                XCTAssertEqual(cases.count, 4, model.0)
+                for (name, actual, expected) in cases {
+                    XCTAssertEqual(actual.count, expected.count, name)
+                    XCTAssertTrue(actual.allSatisfy(\.isFinite), name)
+                    XCTAssertLessThanOrEqual(maxAbsDifference(actual, expected), 1e-3, name)
+                }
             }
         }
     }
