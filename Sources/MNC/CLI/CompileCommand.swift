@@ -2,20 +2,33 @@ import Foundation
 
 let compileCommand = Command(
     name: "compile",
-    usage: "mnc compile SPEC [spec options] [--weights W] [-O0|-O1|-O2] [--disable-pass NAME]... [--emit c|object|static-lib|shared-lib] -o DIR [--name NAME]",
+    usage: "mnc compile SPEC [spec options] [--weights W] [-O0|-O1|-O2|-O3] [--disable-pass NAME]... [--backend c|llvm] [--emit KIND] [--target TRIPLE] [--cpu NAME] [--features LIST] -o DIR [--name NAME]",
     summary: """
     Compile a network to C: write NAME.h (the API) and NAME.c (the network) into DIR, plus the
     weight blob as NAME.weights.bin and NAME_weights.c when --weights is given. --emit object,
     static-lib and shared-lib also build NAME.o, libNAME.a or libNAME.so with the C compiler
     in CC (default cc) and the flags in CFLAGS (default -O2 -std=c99 -Wall -Wextra).
+    --backend llvm builds the same API through LLVM instead: NAME.h plus NAME.ll, NAME.bc,
+    NAME.o, libNAME.a, libNAME.so or the classifier executable NAME, for the host or --target.
     """,
     options: specOptions + optimizationOptions + [
         OptionSpec(name: "weights", value: "W", help: "weights file: .safetensors, PyTorch .pth, .tflite or .onnx (default: none; the code depends on shapes only)"),
-        OptionSpec(name: "emit", value: "KIND", help: "c (sources only), object, static-lib or shared-lib (default: c)"),
+        OptionSpec(name: "backend", value: "B", help: "c (C source, compiled with CC) or llvm (LLVM \(llvmVersion) in process) (default: c)"),
+        OptionSpec(name: "emit", value: "KIND", help: "c: c (sources only), object, static-lib or shared-lib (default: c); llvm: llvm-ir, bitcode, object, static-lib, shared-lib or executable (default: object)"),
+        OptionSpec(name: "target", value: "TRIPLE", help: "llvm: target triple, e.g. aarch64-linux-gnu or thumbv7em-none-eabi (default: the host)"),
+        OptionSpec(name: "cpu", value: "NAME", help: "llvm: target CPU, e.g. x86-64, cortex-a53, or native (default: the host's CPU, generic with --target)"),
+        OptionSpec(name: "features", value: "LIST", help: "llvm: target features, e.g. +avx2,+fma or -neon (default: the host's with no --target, else none)"),
         OptionSpec(name: "o", value: "DIR", help: "output directory, created if missing (required)"),
         OptionSpec(name: "name", value: "NAME", help: "prefix of the generated file names and C identifiers (default: the network's name)"),
     ],
     run: { arguments, output in
+        let backend = try arguments.choice("backend", ["c", "llvm"], default: "c")
+        if backend == "llvm" {
+            return try compileWithLLVM(arguments, output: output)
+        }
+        for option in ["target", "cpu", "features"] where arguments.has(option) {
+            throw MNCError("--\(option) applies to the LLVM backend only: add --backend llvm")
+        }
         let emit = try arguments.choice("emit", CompileEmit.allCases.map(\.rawValue), default: "c")
         guard let directory = arguments.value("o") else {
             throw MNCError("'mnc compile' needs an output directory: pass -o DIR")

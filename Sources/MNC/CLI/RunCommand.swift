@@ -2,7 +2,7 @@ import Foundation
 
 let runCommand = Command(
     name: "run",
-    usage: "mnc run SPEC --weights W (--input FILE.f32 | --image FILE) [--output FILE.f32] [--layout nchw|nhwc] [--engine interpreter|c] [--top K] [spec options]",
+    usage: "mnc run SPEC --weights W (--input FILE.f32 | --image FILE) [--output FILE.f32] [--layout nchw|nhwc] [--engine interpreter|c|llvm] [--top K] [spec options]",
     summary: """
     Run one inference: bind the weights, read one raw little-endian float32 input tensor (or
     decode and preprocess an image as the spec's 'preprocess' line says), and write the raw
@@ -14,12 +14,12 @@ let runCommand = Command(
         OptionSpec(name: "image", value: "FILE", help: "JPEG, PNG, BMP or PPM image, preprocessed as the spec says"),
         OptionSpec(name: "output", value: "FILE", help: "where to write the raw float32 logits (default: not written)"),
         OptionSpec(name: "layout", value: "L", help: "layout of the --input tensor: nchw or nhwc (default: the spec's preprocess layout)"),
-        OptionSpec(name: "engine", value: "E", help: "interpreter (the reference) or c (generated C, compiled with CC) (default: interpreter)"),
+        OptionSpec(name: "engine", value: "E", help: "interpreter (the reference), c (generated C, compiled with CC) or llvm (the LLVM backend for the host) (default: interpreter)"),
         OptionSpec(name: "labels", value: "FILE", help: "class names, one per line, for the printed top-K"),
         OptionSpec(name: "top", value: "K", help: "number of classes to print (default: 5; 0 prints none)"),
     ],
     run: { arguments, output in
-        let engine = try arguments.choice("engine", ["interpreter", "c"], default: "interpreter")
+        let engine = try arguments.choice("engine", ["interpreter", "c", "llvm"], default: "interpreter")
         let (_, unbound) = try loadGraph(arguments, command: "run")
         guard let weightsPath = arguments.value("weights") else {
             throw MNCError("'mnc run' needs --weights FILE (safetensors, .pth, .tflite or .onnx)")
@@ -50,6 +50,10 @@ let runCommand = Command(
         switch engine {
         case "c":
             logits = try runGeneratedC(graph: optimized, input: input, inputLayout: .nchw)
+        case "llvm":
+            let level = Int(arguments.value("optimization") ?? "2") ?? 2
+            logits = try runGeneratedLLVM(graph: optimized, input: input, inputLayout: .nchw,
+                                          options: LLVMTargetOptions(optimizationLevel: level))
         default:
             logits = try Interpreter(graph: optimized).run(input: input)
         }
