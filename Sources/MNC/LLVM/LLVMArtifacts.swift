@@ -104,8 +104,10 @@ public func writeLLVMCompiledNetwork(_ network: LLVMNetwork, emit: LLVMEmit, dir
         let main = classifierMainSource(graph: network.graph, name: names.function, labels: [])
         try writeFile(scratch + "/main.c", Array(main.utf8))
         let executable = directory + "/\(names.function)"
+        // The classifier's main calls C11's aligned_alloc, which -std=c99 leaves undeclared
+        // (an implicit int return truncates the pointer), so the later -std=c11 overrides it.
         try toolchain.linkExecutable(sources: [scratch + "/main.c", scratch + "/mnc_image.c", object], output: executable,
-                                     extraFlags: ["-I", scratch], libraries: ["jpeg", "png"])
+                                     extraFlags: ["-std=c11", "-I", scratch], libraries: ["jpeg", "png"])
         written.append(executable)
     }
     return written
@@ -130,43 +132,62 @@ private func createOutputDirectory(_ directory: String) throws {
 /// (or `options`, which must name the host's architecture), links the object with the C
 /// driver that `runGeneratedC` uses, and runs it on `input` (in `inputLayout`) with the
 /// graph's bound weights. Returns the logits.
-///
-/// Executables are cached in the temporary directory under a hash of the optimized IR, the
-/// header, the driver and the toolchain, so the same network is linked once.
 public func runGeneratedLLVM(graph: Graph, input: [Float], inputLayout: TensorLayout,
                              options: LLVMTargetOptions = LLVMTargetOptions(),
                              compiler: CCompiler = .fromEnvironment()) throws -> [Float] {
+    try buildLLVMExecutable(graph: graph, options: options, compiler: compiler).run(input: input, inputLayout: inputLayout)
+}
+
+/// Builds the LLVM backend's code for `graph` and links it with the driver program, for
+/// several runs of one build.
+///
+/// Executables are cached in the temporary directory under a hash of the optimized IR, the
+/// header, the driver and the toolchain, so the same network is linked once.
+public func buildLLVMExecutable(graph: Graph, options: LLVMTargetOptions = LLVMTargetOptions(),
+                                compiler: CCompiler = .fromEnvironment()) throws -> LLVMExecutable {
     guard !graph.constants.isEmpty || graph.nodes.allSatisfy({ $0.parameters.isEmpty }) else {
         throw MNCError("the graph has no weights bound: pass --weights FILE")
-    }
-    let shape = graph.inputShape
-    guard input.count == graph.nodes[0].elementCount else {
-        throw MNCError("input has \(input.count) values, the network expects \(graph.nodes[0].elementCount) (\(formatShape(shape)))")
     }
     let network = try generateLLVM(graph, target: options)
     guard network.target.isHost else {
         throw MNCError("cannot run code built for '\(network.triple)' on this machine: omit --target to run it")
     }
-    let executable = try buildLLVMDriver(network, compiler: compiler)
+    return LLVMExecutable(path: try buildLLVMDriver(network, compiler: compiler), graph: graph,
+                          weightBlob: network.generatedC.weightBlob ?? [])
+}
 
-    let directory = try makeTemporaryDirectory(prefix: "mnc-llvm-run")
-    defer { try? FileManager.default.removeItem(atPath: directory) }
-    let weightsPath = directory + "/weights.bin", inputPath = directory + "/input.f32", outputPath = directory + "/output.f32"
-    try writeFile(weightsPath, network.generatedC.weightBlob ?? [])
-    let ordered = reorder(input, channels: shape[1], height: shape[2], width: shape[3], from: inputLayout, to: graph.preprocessing.layout)
-    try writeFile(inputPath, littleEndianBytes(ordered))
+/// The driver program linked with one network's object: `driver WEIGHTS INPUT OUTPUT`.
+public struct LLVMExecutable {
+    public let path: String
+    let graph: Graph
+    let weightBlob: [UInt8]
 
-    let (status, output) = try runProcess([executable, weightsPath, inputPath, outputPath])
-    guard status == 0 else {
-        throw MNCError("the LLVM-generated code for '\(graph.name)' failed with exit status \(status): \(firstErrorLine(output, status: status))")
-    }
-    let data = try Data(contentsOf: URL(fileURLWithPath: outputPath))
-    let count = graph.nodes[graph.output].elementCount
-    guard data.count == count * 4 else {
-        throw MNCError("the LLVM-generated code for '\(graph.name)' wrote \(data.count) bytes, expected \(count * 4)")
-    }
-    return data.withUnsafeBytes { raw in
-        (0..<count).map { Float(bitPattern: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 4, as: UInt32.self))) }
+    /// Runs the network once on `input` (in `inputLayout`, reordered to the network's) and
+    /// returns the logits.
+    public func run(input: [Float], inputLayout: TensorLayout) throws -> [Float] {
+        let shape = graph.inputShape
+        guard input.count == graph.nodes[0].elementCount else {
+            throw MNCError("input has \(input.count) values, the network expects \(graph.nodes[0].elementCount) (\(formatShape(shape)))")
+        }
+        let directory = try makeTemporaryDirectory(prefix: "mnc-llvm-run")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let weightsPath = directory + "/weights.bin", inputPath = directory + "/input.f32", outputPath = directory + "/output.f32"
+        try writeFile(weightsPath, weightBlob)
+        let ordered = reorder(input, channels: shape[1], height: shape[2], width: shape[3], from: inputLayout, to: graph.preprocessing.layout)
+        try writeFile(inputPath, littleEndianBytes(ordered))
+
+        let (status, output) = try runProcess([path, weightsPath, inputPath, outputPath])
+        guard status == 0 else {
+            throw MNCError("the LLVM-generated code for '\(graph.name)' failed with exit status \(status): \(firstErrorLine(output, status: status))")
+        }
+        let data = try Data(contentsOf: URL(fileURLWithPath: outputPath))
+        let count = graph.nodes[graph.output].elementCount
+        guard data.count == count * 4 else {
+            throw MNCError("the LLVM-generated code for '\(graph.name)' wrote \(data.count) bytes, expected \(count * 4)")
+        }
+        return data.withUnsafeBytes { raw in
+            (0..<count).map { Float(bitPattern: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 4, as: UInt32.self))) }
+        }
     }
 }
 

@@ -186,7 +186,7 @@ private func defineInfo(code: LLVMFunctionBuilder, graph: Graph, names: CNames, 
     let functionType = LLVMFunctionType(LLVMPointerType(type, 0), &noParameters, 0, 0)
     let function = LLVMAddFunction(module, "\(names.function)_get_info", functionType)!
     code.addFunctionAttribute(function, "nounwind")
-    code.addStringAttribute(function, "target-cpu", target.cpu)
+    if !target.cpu.isEmpty { code.addStringAttribute(function, "target-cpu", target.cpu) }
     if !target.features.isEmpty { code.addStringAttribute(function, "target-features", target.features) }
     LLVMPositionBuilderAtEnd(code.builder, LLVMAppendBasicBlockInContext(context, function, "entry"))
     LLVMBuildRet(code.builder, description)

@@ -81,7 +81,7 @@ final class LLVMFunctionBuilder {
         let function = LLVMAddFunction(module, name, type)!
         if !isExported { LLVMSetLinkage(function, LLVMInternalLinkage) }
         addFunctionAttribute(function, "nounwind")
-        addStringAttribute(function, "target-cpu", cpu)
+        if !cpu.isEmpty { addStringAttribute(function, "target-cpu", cpu) }
         if !features.isEmpty { addStringAttribute(function, "target-features", features) }
         for (index, parameter) in parameters.enumerated() {
             let value = LLVMGetParam(function, UInt32(index))!

@@ -5,8 +5,8 @@ import Foundation
 /// optimization level of LLVM's standard pipeline.
 ///
 /// Defaults: without `triple` the module is built for the host, with the host's CPU and
-/// features (`LLVMGetHostCPUName`, `LLVMGetHostCPUFeatures`); a given triple defaults to the
-/// CPU `generic` and no extra features. `cpu` `native` means the host's CPU and features.
+/// features (`LLVMGetHostCPUName`, `LLVMGetHostCPUFeatures`); a given triple defaults to
+/// LLVM's default CPU for that triple (`generic` on most) and no extra features. `cpu` `native` means the host's CPU and features.
 public struct LLVMTargetOptions: Equatable {
     /// A target triple such as `aarch64-linux-gnu`; nil for the host.
     public var triple: String?
@@ -72,9 +72,10 @@ final class LLVMTarget {
             let hostFeatures = takeLLVMString(LLVMGetHostCPUFeatures())
             features = hostFeatures.split(separator: ",").map(String.init)
         } else {
-            cpu = options.cpu ?? "generic"
+            // An empty CPU lets LLVM pick the triple's default, e.g. generic-rv64 for riscv64.
+            cpu = options.cpu ?? ""
         }
-        guard !cpu.isEmpty, cpu.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "-_.".contains($0)) }) else {
+        guard cpu.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "-_.".contains($0)) }) else {
             throw MNCError("invalid CPU name '\(cpu)': expected an LLVM CPU name such as x86-64, cortex-a53 or native")
         }
         if let requestedFeatures = options.features, !requestedFeatures.isEmpty {
@@ -113,6 +114,9 @@ final class LLVMTarget {
         }
         if !passThrough.isEmpty {
             FileHandle.standardError.write(Data((passThrough.joined(separator: "\n") + "\n").utf8))
+        }
+        if cpu == "help" || features.contains("+help") || features.contains("-help") {
+            rejection = rejection ?? "LLVM listed the CPUs and features of '\(triple)' above: pass one of them to --cpu or --features"
         }
         if let rejection {
             LLVMDisposeTargetMachine(machine)
@@ -164,6 +168,9 @@ private let llvmTargetsInitialized: Bool = {
     LLVMInstallFatalErrorHandler { reason in
         let text = reason.map { String(cString: $0) } ?? "unknown reason"
         fputs("error: LLVM failed: \(firstLine(text))\n", stderr)
+        // LLVM 14 aborts after the handler returns when it asks for a crash report; a fatal
+        // error is an input or configuration error here, so end with status 1 instead.
+        exit(1)
     }
     return true
 }()
