@@ -8,6 +8,9 @@ packages=(
     llvm-14-dev      # the LLVM backend (LLVM's C API, libLLVM-14)
     libpng-dev       # PNG decoding
     zlib1g-dev       # libpng's compression library
+    gcc-aarch64-linux-gnu   # LLVMBackendTests: links the aarch64 build of a network
+    libc6-dev-arm64-cross   # the aarch64 C library that build links against
+    qemu-user               # qemu-aarch64 runs that build on this machine
 )
 
 missing=()

@@ -10,37 +10,82 @@ final class LLVMBackendTests: XCTestCase {
 
     // MARK: - Parity
 
-    /// Every small variant at -O0 (no graph pass, LLVM's default<O0>) and -O2 through the
-    /// LLVM engine, against the interpreter and the C backend on the same graph:
-    /// max |Δ| ≤ 1e-4 · max |logit| for both.
-    func testParitySmallVariants() throws {
-        var cases: [(label: String, graph: Graph, level: Int)] = []
-        for small in CBackendTests.smallCases where small.label != "tf-v1-64" {
-            let graph = varianceKeepingWeights(try loadSpec(small.spec, small.overrides))
-            cases.append((small.label, graph, 0))
-            cases.append((small.label, graph, 2))
+    /// One LLVM-engine run against the interpreter (on the graph before any pass) and the C
+    /// backend (on the same optimized graph).
+    struct ParityCase {
+        var label: String
+        var graph: Graph
+        /// The graph pipeline's level, also LLVM's `default<On>`.
+        var level: Int
+        var disabled: Set<String> = []
+    }
+
+    /// Runs the cases two at a time and checks max |Δ| ≤ 1e-4 · max |logit| against both
+    /// references. The interpreter runs once per distinct label.
+    func checkParity(_ cases: [ParityCase]) throws {
+        var references: [String: ([Float], [Float])] = [:]
+        for parityCase in cases where references[parityCase.label] == nil {
+            let input = randomInput(count: parityCase.graph.nodes[0].elementCount)
+            references[parityCase.label] = (input, try Interpreter(graph: parityCase.graph).run(input: input))
         }
-        let results = concurrentMap(cases) { testCase -> ([Float], [Float], [Float]) in
-            let graph = try optimize(testCase.graph, level: testCase.level)
-            let input = randomInput(count: graph.nodes[0].elementCount)
-            let expected = try Interpreter(graph: testCase.graph).run(input: input)
+        let results = concurrentMap(cases) { parityCase -> ([Float], [Float]) in
+            guard let (input, _) = references[parityCase.label] else { return ([], []) }
+            let graph = try optimize(parityCase.graph, level: parityCase.level, disabled: parityCase.disabled)
             let viaC = try runGeneratedC(graph: graph, input: input, inputLayout: .nchw, compiler: self.compiler)
             let viaLLVM = try runGeneratedLLVM(graph: graph, input: input, inputLayout: .nchw,
-                                               options: LLVMTargetOptions(optimizationLevel: testCase.level), compiler: self.compiler)
-            return (expected, viaC, viaLLVM)
+                                               options: LLVMTargetOptions(optimizationLevel: parityCase.level), compiler: self.compiler)
+            return (viaC, viaLLVM)
         }
-        for (testCase, result) in zip(cases, results) {
-            let name = "\(testCase.label) -O\(testCase.level)"
+        for (parityCase, result) in zip(cases, results) {
+            let name = "\(parityCase.label) -O\(parityCase.level) \(parityCase.disabled.sorted())"
+            guard let (_, expected) = references[parityCase.label] else { continue }
             switch result {
             case .failure(let error):
                 XCTFail("\(name): \(error)")
-            case .success(let (expected, viaC, viaLLVM)):
+            case .success(let (viaC, viaLLVM)):
                 XCTAssertEqual(viaLLVM.count, expected.count, name)
                 XCTAssertTrue(viaLLVM.allSatisfy(\.isFinite), "\(name): non-finite logits \(viaLLVM)")
                 XCTAssertLessThanOrEqual(maxAbsDifference(viaLLVM, expected), 1e-4 * maxAbs(expected), "\(name) vs interpreter")
                 XCTAssertLessThanOrEqual(maxAbsDifference(viaLLVM, viaC), 1e-4 * maxAbs(viaC), "\(name) vs C")
             }
         }
+    }
+
+    /// Every spec's small variants, unfused at -O0 and fused at -O2. The TF specs run at an
+    /// even size (asymmetric SAME padding) and an odd one.
+    func testParitySmallVariants() throws {
+        var cases: [ParityCase] = []
+        for small in CBackendTests.smallCases where small.label != "tf-v1-64" {
+            let graph = varianceKeepingWeights(try loadSpec(small.spec, small.overrides))
+            cases.append(ParityCase(label: small.label, graph: graph, level: 0))
+            cases.append(ParityCase(label: small.label, graph: graph, level: 2))
+        }
+        try checkParity(cases)
+    }
+
+    /// Fused graphs with unpacked weights, and packed graphs with the squeeze-excite block and
+    /// residual adds left unfused, take the direct and element-wise kernels on fused shapes.
+    /// The rare-forms graph covers grouped, strided 1×1 and asymmetrically padded
+    /// convolutions, unfused BatchNorm, channel scale and ops on the input, in both input
+    /// layouts, unpacked, packed only, and fully optimized.
+    func testParityPartialPipelinesAndRareForms() throws {
+        let v3 = CBackendTests.smallCases[3], v2 = CBackendTests.smallCases[1]
+        let v3Graph = varianceKeepingWeights(try loadSpec(v3.spec, v3.overrides))
+        let v2Graph = varianceKeepingWeights(try loadSpec(v2.spec, v2.overrides))
+        var cases = [
+            ParityCase(label: v3.label, graph: v3Graph, level: 2, disabled: ["pack-weights"]),
+            ParityCase(label: v3.label, graph: v3Graph, level: 2, disabled: ["fuse-squeeze-excite"]),
+            ParityCase(label: v2.label, graph: v2Graph, level: 2, disabled: ["fuse-residual-add", "fuse-activation"]),
+        ]
+        let packOnly = Set(defaultPasses.map(\.name)).subtracting(["pack-weights"])
+        for layout in [TensorLayout.nchw, .nhwc] {
+            let graph = varianceKeepingWeights(rareFormsGraph(layout: layout))
+            let label = "rare-\(layout)"
+            cases.append(ParityCase(label: label, graph: graph, level: 0))
+            cases.append(ParityCase(label: label, graph: graph, level: 2, disabled: packOnly))
+            cases.append(ParityCase(label: label, graph: graph, level: 2))
+        }
+        try checkParity(cases)
     }
 
     /// Real torchvision weights against PyTorch's logits: 1e-4 · max |logit|.

@@ -1,6 +1,6 @@
 import Foundation
 
-/// What `mnc compile --backend llvm` writes besides the header and the weight files.
+/// The artifact that `mnc compile --backend llvm` writes besides the header and the weight files.
 public enum LLVMEmit: String, CaseIterable {
     /// `NAME.ll`, textual IR after LLVM's optimization pipeline.
     case llvmIR = "llvm-ir"
@@ -17,10 +17,10 @@ public enum LLVMEmit: String, CaseIterable {
     case executable
 }
 
-/// Returns the C toolchain that links objects for `target`: `CC`, `CFLAGS` and `AR` from the
-/// environment when `CC` is set; else `cc` and `ar` for the host, and the GNU cross tools
-/// named after the triple for other targets (`aarch64-linux-gnu-gcc` for
-/// `aarch64-unknown-linux-gnu`, `arm-linux-gnueabihf-gcc` for `armv7-unknown-linux-gnueabihf`).
+/// Returns the C toolchain that links objects for `target`. When `CC` is set, that is `CC`,
+/// `CFLAGS` and `AR` from the environment. Otherwise it is `cc` and `ar` for the host, and
+/// the GNU cross tools named after the triple for other targets: `aarch64-linux-gnu-gcc`
+/// for `aarch64-unknown-linux-gnu`, `arm-linux-gnueabihf-gcc` for `armv7-unknown-linux-gnueabihf`.
 func llvmLinkingToolchain(for target: LLVMTarget, environment: [String: String] = ProcessInfo.processInfo.environment) -> CCompiler {
     let configured = CCompiler.fromEnvironment(environment)
     if environment["CC"].map({ !$0.trimmingCharacters(in: .whitespaces).isEmpty }) ?? false || target.isHost {
@@ -31,7 +31,7 @@ func llvmLinkingToolchain(for target: LLVMTarget, environment: [String: String] 
     return CCompiler(command: ["\(prefix)-gcc"], flags: configured.flags, archiver: archiver)
 }
 
-/// The GNU tool prefix of a normalized triple: the vendor `unknown` is dropped and ARM
+/// Returns the GNU tool prefix of a normalized triple: the vendor `unknown` is dropped and ARM
 /// architecture versions become `arm`, as Debian names its cross compilers.
 func gnuToolPrefix(triple: String) -> String {
     var parts = triple.split(separator: "-").map(String.init)
@@ -43,7 +43,7 @@ func gnuToolPrefix(triple: String) -> String {
 }
 
 /// Writes the header (and the weight blob files when weights are bound) into `directory`,
-/// created if missing, then the artifact `emit` asks for. Returns the paths written, in order.
+/// created if missing, then the artifact `emit` requests. Returns the paths written, in order.
 /// Linking uses `compiler`, or the toolchain `llvmLinkingToolchain` picks for the target.
 @discardableResult
 public func writeLLVMCompiledNetwork(_ network: LLVMNetwork, emit: LLVMEmit, directory: String,
@@ -128,10 +128,10 @@ private func createOutputDirectory(_ directory: String) throws {
     }
 }
 
-/// Runs a graph through the LLVM backend on this machine: builds the module for the host
-/// (or `options`, which must name the host's architecture), links the object with the C
-/// driver that `runGeneratedC` uses, and runs it on `input` (in `inputLayout`) with the
-/// graph's bound weights. Returns the logits.
+/// Runs a graph through the LLVM backend on this machine and returns the logits. It builds
+/// the module for the host (or `options`, which must name the host), links the object with
+/// the C driver that `runGeneratedC` uses, and runs it on `input` (in `inputLayout`) with
+/// the graph's bound weights.
 public func runGeneratedLLVM(graph: Graph, input: [Float], inputLayout: TensorLayout,
                              options: LLVMTargetOptions = LLVMTargetOptions(),
                              compiler: CCompiler = .fromEnvironment()) throws -> [Float] {

@@ -132,7 +132,7 @@ public func generateLLVM(_ graph: Graph, name: String? = nil, target options: LL
 }
 
 /// Defines the `NAME_info` constant and `NAME_get_info()`, with the fields of the header's
-/// struct in its order; the struct layout follows the target's C ABI through its data layout.
+/// struct in its order. The struct layout follows the target's C ABI through its data layout.
 private func defineInfo(code: LLVMFunctionBuilder, graph: Graph, names: CNames, plan: ArenaPlan, blob: WeightBlobLayout,
                         target: LLVMTarget) {
     let context = code.context, module = code.module

@@ -243,7 +243,7 @@ final class LLVMFunctionBuilder {
         LLVMConstInt(indexType, UInt64(bitPattern: Int64(value)), 1)
     }
 
-    /// The value of an integer constant, or nil for a value computed at run time.
+    /// Returns the value of an integer constant, or nil for a value computed at run time.
     func constantValue(_ value: LLVMValue) -> Int? {
         guard LLVMIsAConstantInt(value) != nil else { return nil }
         return Int(LLVMConstIntGetSExtValue(value))

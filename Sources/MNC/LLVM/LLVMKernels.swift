@@ -1,9 +1,9 @@
 import CLLVM
 
-/// Per-shape kernels as LLVM functions, one internal function per distinct op, shape and
-/// argument alignment, mirroring the C backend's kernels: the same loop structure, the same
-/// weight layouts, the same argument order (the op's inputs, its parameters in the node's
-/// parameter order, its scratch area, then the output `y`) and the same float formulas.
+/// Per-shape kernels as LLVM functions: one internal function per distinct op, shape and
+/// argument alignment. They mirror the C backend's kernels in loop structure, weight layouts
+/// and float formulas, and take their arguments in the same order: the op's inputs, its
+/// parameters in the node's parameter order, its scratch area, then the output `y`.
 ///
 /// Every bound, stride and offset is a constant. The convolution kernels keep their
 /// accumulators in explicit `<N x float>` vectors, N being the lanes LLVM's vectorizer
@@ -116,7 +116,7 @@ final class LLVMKernelLibrary {
 
     // MARK: - Convolutions
 
-    /// The 1×1, stride-1, unpadded convolution on NHWC input with `io` weights: the GEMM
+    /// Defines the kernel of a 1×1, stride-1, unpadded convolution on NHWC input with `io` weights: the GEMM
     /// `y[P][N] = x[P][K] · w[K][N]` in register tiles of rows × (2 vectors) accumulators,
     /// with bias, activation and residual in each tile's epilogue.
     /// Arguments: x, w, [bias], [residual], y.
@@ -136,7 +136,9 @@ final class LLVMKernelLibrary {
 
         let lanes = target.floatLanes
         let tileColumns = lanes >= 4 ? 2 * lanes : 4
-        let maximumRows = lanes < 4 ? 4 : target.vectorRegisters >= 32 ? 8 : 6
+        // Rows × 2 vector accumulators plus 2 weight vectors and a broadcast fit the registers.
+        var maximumRows = target.vectorRegisters >= 32 ? 8 : 6
+        if lanes < 4 { maximumRows = 4 }
         let minimumRows = max(maximumRows - 2, 1)
         func padded(_ rows: Int) -> Int { (pixels + rows - 1) / rows * rows }
         let tileRows = (minimumRows...maximumRows).reversed().min { padded($0) < padded($1) } ?? maximumRows
@@ -179,7 +181,7 @@ final class LLVMKernelLibrary {
             }
 
             // Loop order as in the C backend: a weight matrix that fits in L1 stays there while
-            // row tiles stream past it; otherwise the order that moves fewer bytes wins.
+            // row tiles stream past it. Otherwise the order that moves fewer bytes wins.
             let weightBytes = inputChannels * n * 4, inputBytes = pixels * inputChannels * 4
             let rowTiles = (pixels + tileRows - 1) / tileRows
             let panels = (n + tileColumns - 1) / tileColumns
@@ -202,7 +204,7 @@ final class LLVMKernelLibrary {
         }
     }
 
-    /// The depthwise convolution on NHWC input with `hwc` weights, one output pixel at a
+    /// Defines the kernel of a depthwise convolution on NHWC input with `hwc` weights, one output pixel at a
     /// time, vectorized over channels in chunks of four vectors. Pixels whose window lies
     /// inside the input use constant, unrolled taps; border pixels clip the taps at run time.
     /// Arguments: x, w, [bias], [residual], y.
@@ -220,7 +222,7 @@ final class LLVMKernelLibrary {
             let y = code.parameter(arguments.count - 1)
             let rowStride = input.width * channels
 
-            /// One output pixel, with all taps as constants or with taps clipped at run time.
+            /// Computes one output pixel, with all taps as constants or with taps clipped at run time.
             func pixel(oy: LLVMValue, ox: LLVMValue, constantTaps: Bool) {
                 let iy0 = code.add(code.mul(oy, conv.strideHeight), -conv.padding.top)
                 let ix0 = code.add(code.mul(ox, conv.strideWidth), -conv.padding.left)
@@ -279,7 +281,7 @@ final class LLVMKernelLibrary {
         }
     }
 
-    /// The convolution with groups 1 and `hwio` (or `io`) weights on either input layout:
+    /// Defines the kernel of a convolution with groups 1 and `hwio` (or `io`) weights on either input layout:
     /// output pixels in blocks of 4 where the whole window lies inside the input
     /// horizontally, one at a time at the borders, vectorized over output channels.
     /// Arguments: x, w, [bias], [residual], y.
@@ -364,7 +366,7 @@ final class LLVMKernelLibrary {
         }
     }
 
-    /// Any convolution by direct scalar loops: for each output pixel, the output row
+    /// Defines the kernel of any convolution by direct scalar loops: for each output pixel, the output row
     /// accumulates every tap and input channel, in either weight layout and input layout.
     /// Arguments: x, w, [bias], [residual], y.
     func directConvolution(_ conv: Conv2D, weightLayout: WeightLayout, input: CTensor, output: CTensor,
@@ -479,7 +481,7 @@ final class LLVMKernelLibrary {
 
     // MARK: - Other ops
 
-    /// Inference BatchNorm: `scale[c] = weight[c] / sqrt(running_var[c] + epsilon)` in double
+    /// Defines the kernel of inference BatchNorm: `scale[c] = weight[c] / sqrt(running_var[c] + epsilon)` in double
     /// into the scratch area, then `y = (x - running_mean) * scale + bias`.
     /// Arguments: x, weight, bias, running_mean, running_var, scratch, y.
     func batchNorm(epsilon: Float, input: CTensor, output: CTensor, alignments: [Int]) -> LLVMValue {
@@ -507,7 +509,7 @@ final class LLVMKernelLibrary {
         }
     }
 
-    /// An element-wise activation. Arguments: x, y.
+    /// Defines the kernel of an element-wise activation. Arguments: x, y.
     func activation(_ activation: Activation, input: CTensor, output: CTensor, alignments: [Int]) -> LLVMValue {
         let arguments = [Argument(name: "x", bytes: input.count * 4, alignment: alignments[0]),
                          Argument(name: "y", bytes: output.count * 4, alignment: alignments[1], isOutput: true)]
@@ -516,7 +518,7 @@ final class LLVMKernelLibrary {
         }
     }
 
-    /// The element-wise sum of two values. Arguments: a, b, y.
+    /// Defines the kernel of the element-wise sum of two values. Arguments: a, b, y.
     func add(_ lhs: CTensor, _ rhs: CTensor, output: CTensor, alignments: [Int]) -> LLVMValue {
         let arguments = [Argument(name: "a", bytes: lhs.count * 4, alignment: alignments[0]),
                          Argument(name: "b", bytes: rhs.count * 4, alignment: alignments[1]),
@@ -527,7 +529,7 @@ final class LLVMKernelLibrary {
         }
     }
 
-    /// `y = x * scale[c]`, one scale per channel. Arguments: x, scale, y.
+    /// Defines the kernel of `y = x * scale[c]`, one scale per channel. Arguments: x, scale, y.
     func channelScale(input: CTensor, output: CTensor, alignments: [Int]) -> LLVMValue {
         let arguments = [Argument(name: "x", bytes: input.count * 4, alignment: alignments[0]),
                          Argument(name: "scale", bytes: input.channels * 4, alignment: alignments[1]),
@@ -543,7 +545,7 @@ final class LLVMKernelLibrary {
         }
     }
 
-    /// The mean over H and W, per channel. Arguments: x, y (C floats).
+    /// Defines the kernel of the mean over H and W, per channel. Arguments: x, y (C floats).
     func globalAveragePool(input: CTensor, alignments: [Int]) -> LLVMValue {
         let arguments = [Argument(name: "x", bytes: input.count * 4, alignment: alignments[0]),
                          Argument(name: "y", bytes: input.channels * 4, alignment: alignments[1], isOutput: true)]
@@ -552,7 +554,7 @@ final class LLVMKernelLibrary {
         }
     }
 
-    /// A fully connected layer with PyTorch-order `[out][in]` weights. Arguments: x, w, [bias], y.
+    /// Defines the kernel of a fully connected layer with PyTorch-order `[out][in]` weights. Arguments: x, w, [bias], y.
     func linear(_ linear: Linear, alignments: [Int]) -> LLVMValue {
         var arguments = [Argument(name: "x", bytes: linear.inFeatures * 4, alignment: 0),
                          Argument(name: "w", bytes: linear.inFeatures * linear.outFeatures * 4, alignment: 0)]
@@ -568,7 +570,7 @@ final class LLVMKernelLibrary {
         }
     }
 
-    /// A fused squeeze-excitation block: channel means, fc1 and its activation, fc2 and the
+    /// Defines the kernel of a fused squeeze-excitation block: channel means, fc1 and its activation, fc2 and the
     /// gate, then `y = x * gate[c]`. Arguments: x, fc1 weight, fc1 bias, fc2 weight, fc2 bias,
     /// scratch, y.
     func squeezeExcite(_ se: SqueezeExcite, input: CTensor, output: CTensor, alignments: [Int]) -> LLVMValue {
@@ -607,9 +609,9 @@ final class LLVMKernelLibrary {
         }
     }
 
-    /// `y[o] = activation(bias[o] + sum over i of w[o][i] * x[i])` with sixteen partial sums
-    /// per output, as the C helper keeps them: the inner loop is a 16-lane vector FMA without
-    /// reassociating float additions.
+    /// Computes `y[o] = activation(bias[o] + sum over i of w[o][i] * x[i])` with sixteen
+    /// partial sums per output, as the C helper keeps them. The inner loop is then a 16-lane
+    /// vector FMA that does not reassociate float additions.
     private func matrixVector(x: LLVMValue, w: LLVMValue, bias: LLVMValue?, y: LLVMValue, outputs: Int, inputs: Int,
                               activation: Activation) {
         let blocked = inputs - inputs % 16
@@ -629,7 +631,7 @@ final class LLVMKernelLibrary {
         }
     }
 
-    /// `y[i] = expression(inputs[i])`: one flat loop when every operand is channels-last,
+    /// Computes `y[i] = expression(inputs[i])`: one flat loop when every operand is channels-last,
     /// else pixel and channel loops with each operand's own index.
     private func elementwise(inputs: [CTensor], output: CTensor, expression: ([LLVMValue]) -> LLVMValue) {
         let y = code.parameter(inputs.count)
@@ -685,7 +687,7 @@ final class LLVMKernelLibrary {
     }
 }
 
-/// The output positions `o` whose window `o * stride - padding ..< + kernel` lies inside
+/// Returns the output positions `o` whose window `o * stride - padding ..< + kernel` lies inside
 /// `0..<input`; empty when there are none.
 func interiorRange(output: Int, stride: Int, padding: Int, kernel: Int, input: Int) -> Range<Int> {
     let first = min((padding + stride - 1) / stride, output)

@@ -5,7 +5,7 @@ import Foundation
 /// optimization level of LLVM's standard pipeline.
 ///
 /// Defaults: without `triple` the module is built for the host, with the host's CPU and
-/// features (`LLVMGetHostCPUName`, `LLVMGetHostCPUFeatures`); a given triple defaults to
+/// features (`LLVMGetHostCPUName`, `LLVMGetHostCPUFeatures`). A given triple defaults to
 /// LLVM's default CPU for that triple (`generic` on most) and no extra features. `cpu` `native` means the host's CPU and features.
 public struct LLVMTargetOptions: Equatable {
     /// A target triple such as `aarch64-linux-gnu`; nil for the host.
@@ -39,8 +39,8 @@ final class LLVMTarget {
     let optimizationLevel: Int
     /// True when the triple is the host's (after normalization), so the code can run here.
     let isHost: Bool
-    /// Float lanes per vector that LLVM's own loop vectorizer picks for this target machine
-    /// (1 when it does not vectorize float loops); the kernels size their register tiles by it.
+    /// Float lanes per vector that LLVM's own loop vectorizer picks for this target machine,
+    /// 1 when it does not vectorize float loops. The kernels size their register tiles by it.
     let floatLanes: Int
 
     init(_ options: LLVMTargetOptions) throws {
@@ -168,14 +168,14 @@ private let llvmTargetsInitialized: Bool = {
     LLVMInstallFatalErrorHandler { reason in
         let text = reason.map { String(cString: $0) } ?? "unknown reason"
         fputs("error: LLVM failed: \(firstLine(text))\n", stderr)
-        // LLVM 14 aborts after the handler returns when it asks for a crash report; a fatal
+        // LLVM 14 aborts after the handler returns when it requests a crash report. A fatal
         // error is an input or configuration error here, so end with status 1 instead.
         exit(1)
     }
     return true
 }()
 
-/// The short names of the registered targets (`x86-64`, `aarch64`, `arm`, `thumb`, ...).
+/// Returns the short names of the registered targets (`x86-64`, `aarch64`, `arm`, `thumb`, ...).
 func registeredTargetNames() -> [String] {
     var names: [String] = []
     var target = LLVMGetFirstTarget()
