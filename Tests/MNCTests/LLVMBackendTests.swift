@@ -78,6 +78,7 @@ final class LLVMBackendTests: XCTestCase {
             ParityCase(label: v2.label, graph: v2Graph, level: 2, disabled: ["fuse-residual-add", "fuse-activation"]),
         ]
         let packOnly = Set(defaultPasses.map(\.name)).subtracting(["pack-weights"])
+        cases.append(ParityCase(label: "two-epsilons", graph: bindRandomWeights(to: twoBatchNormsGraph(), seed: 9), level: 0))
         for layout in [TensorLayout.nchw, .nhwc] {
             let graph = varianceKeepingWeights(rareFormsGraph(layout: layout))
             let label = "rare-\(layout)"
@@ -443,6 +444,29 @@ final class LLVMBackendTests: XCTestCase {
         XCTAssertEqual(output, reference)
         XCTAssertEqual(output.split(separator: "\n").count, 5)
     }
+}
+
+/// Builds input [1, 4, 3, 3] → ReLU → BatchNorm (epsilon 1e-3) → BatchNorm (epsilon 2) →
+/// pool → linear 4 → 3: two BatchNorm kernels on NHWC values of one shape that differ only
+/// in epsilon.
+func twoBatchNormsGraph() -> Graph {
+    var nodes: [Node] = []
+    func add(_ op: Op, _ inputs: [Int], _ shape: [Int], _ roles: [(String, [Int])] = []) -> Int {
+        let name = "n\(nodes.count)"
+        let parameters = roles.map { Parameter(role: $0.0, key: "\(name).\($0.0)", shape: $0.1) }
+        nodes.append(Node(op: op, inputs: inputs, shape: shape, parameters: parameters, name: name, layer: name))
+        return nodes.count - 1
+    }
+    let statistics = ["weight", "bias", "running_mean", "running_var"].map { ($0, [4]) }
+    let input = add(.input, [], [1, 4, 3, 3])
+    let rectified = add(.activation(.relu), [input], [1, 4, 3, 3])
+    let first = add(.batchNorm(epsilon: 1e-3), [rectified], [1, 4, 3, 3], statistics)
+    let second = add(.batchNorm(epsilon: 2), [first], [1, 4, 3, 3], statistics)
+    let pooled = add(.globalAveragePool, [second], [1, 4, 1, 1])
+    let flat = add(.flatten, [pooled], [1, 4])
+    let output = add(.linear(Linear(inFeatures: 4, outFeatures: 3, hasBias: true)), [flat], [1, 3],
+                     [("weight", [3, 4]), ("bias", [3])])
+    return Graph(name: "two_epsilons", nodes: nodes, output: output, preprocessing: Preprocessing())
 }
 
 /// The C caller of the library test: `caller INPUT OUTPUT` checks the argument checks and the

@@ -29,10 +29,11 @@ final class LLVMKernelLibrary {
         var isOutput: Bool = false
     }
 
-    /// Returns the kernel for `name` and these arguments, defining it with `body` the first
-    /// time. Kernels that differ only in argument alignment get numbered names.
-    private func kernel(_ name: String, _ arguments: [Argument], body: () -> Void) -> LLVMValue {
-        let key = name + arguments.map { "/\($0.alignment)" }.joined()
+    /// Returns the kernel for `name`, `variant` and these arguments, defining it with `body`
+    /// the first time. `variant` names what the name leaves out (a BatchNorm's epsilon), and
+    /// kernels that differ only in it or in argument alignment get numbered names.
+    private func kernel(_ name: String, variant: String = "", _ arguments: [Argument], body: () -> Void) -> LLVMValue {
+        let key = name + "/" + variant + arguments.map { "/\($0.alignment)" }.joined()
         if let existing = functions[key] { return existing }
         var unique = name
         var suffix = 2
@@ -381,7 +382,7 @@ final class LLVMKernelLibrary {
         let name = "conv\(kh)x\(kw)_\(llvmStrideLabel(conv))_f32_direct_\(input.label)_to_\(outChannels)\(groupLabel)"
             + "_\(weightLayout.rawValue)_\(llvmPaddingLabel(conv.padding))" + llvmActivationSuffix(conv.activation)
             + (residualTensor != nil ? "_residual" : "") + (conv.hasBias ? "" : "_nobias")
-        return kernel(name, arguments) {
+        return kernel(name, variant: residualTensor?.label ?? "", arguments) {
             let x = code.parameter(0), w = code.parameter(1)
             let bias = conv.hasBias ? code.parameter(2) : nil
             let residual = residualTensor != nil ? code.parameter(conv.hasBias ? 3 : 2) : nil
@@ -489,7 +490,7 @@ final class LLVMKernelLibrary {
         let names = ["x", "gamma", "beta", "mean", "variance", "scale", "y"]
         let bytes = [input.count * 4] + Array(repeating: channels * 4, count: 5) + [output.count * 4]
         let arguments = (0..<7).map { Argument(name: names[$0], bytes: bytes[$0], alignment: alignments[$0], isOutput: $0 >= 5) }
-        return kernel("batchnorm_f32_\(input.label)", arguments) {
+        return kernel("batchnorm_f32_\(input.label)", variant: "epsilon \(epsilon.bitPattern)", arguments) {
             let x = code.parameter(0), gamma = code.parameter(1), beta = code.parameter(2)
             let mean = code.parameter(3), variance = code.parameter(4), scale = code.parameter(5), y = code.parameter(6)
             let builder = code.builder
