@@ -79,7 +79,13 @@ final class LLVMFunctionBuilder {
         }
         let type = LLVMFunctionType(returnsInt ? int32Type : voidType, &types, UInt32(types.count), 0)
         let function = LLVMAddFunction(module, name, type)!
-        if !isExported { LLVMSetLinkage(function, LLVMInternalLinkage) }
+        if !isExported {
+            // Kernels stay separate functions, as in the C backend: inlining them all into
+            // NAME_run made no measurable difference at run time but doubled the code
+            // generation time (mobilenet_v3_large, x86-64 with AVX-512: 9.1 s against 4.5 s).
+            LLVMSetLinkage(function, LLVMInternalLinkage)
+            addFunctionAttribute(function, "noinline")
+        }
         addFunctionAttribute(function, "nounwind")
         if !cpu.isEmpty { addStringAttribute(function, "target-cpu", cpu) }
         if !features.isEmpty { addStringAttribute(function, "target-features", features) }
