@@ -10,13 +10,14 @@ let compileCommand = Command(
     in CC (default cc) and the flags in CFLAGS (default -O2 -std=c99 -Wall -Wextra).
     --backend llvm builds the same API through LLVM instead: NAME.h plus NAME.ll, NAME.bc,
     NAME.o, libNAME.a, libNAME.so or the classifier executable NAME, for the host or --target.
+    There the -O level also selects LLVM's pipeline, default<O0> to default<O3>.
     """,
     options: specOptions + optimizationOptions + [
         OptionSpec(name: "weights", value: "W", help: "weights file: .safetensors, PyTorch .pth, .tflite or .onnx (default: none; the code depends on shapes only)"),
         OptionSpec(name: "backend", value: "B", help: "c (C source, compiled with CC) or llvm (LLVM \(llvmVersion) in process) (default: c)"),
         OptionSpec(name: "emit", value: "KIND", help: "c: c (sources only), object, static-lib or shared-lib (default: c); llvm: llvm-ir, bitcode, object, static-lib, shared-lib or executable (default: object)"),
         OptionSpec(name: "target", value: "TRIPLE", help: "llvm: target triple, e.g. aarch64-linux-gnu or thumbv7em-none-eabi (default: the host)"),
-        OptionSpec(name: "cpu", value: "NAME", help: "llvm: target CPU, e.g. x86-64, cortex-a53, or native (default: the host's CPU, generic with --target)"),
+        OptionSpec(name: "cpu", value: "NAME", help: "llvm: target CPU, e.g. x86-64, cortex-a53, or native (default: the host's CPU, or LLVM's default for the triple with --target)"),
         OptionSpec(name: "features", value: "LIST", help: "llvm: target features, e.g. +avx2,+fma or -neon (default: the host's with no --target, else none)"),
         OptionSpec(name: "o", value: "DIR", help: "output directory, created if missing (required)"),
         OptionSpec(name: "name", value: "NAME", help: "prefix of the generated file names and C identifiers (default: the network's name)"),
