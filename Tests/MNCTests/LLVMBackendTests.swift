@@ -432,17 +432,26 @@ final class LLVMBackendTests: XCTestCase {
         }
     }
 
-    /// `mnc run --engine llvm` prints the same top-5 as the interpreter engine.
+    /// `mnc run --engine llvm` writes the interpreter engine's logits within 1e-4 · max |logit|
+    /// and prints five classes led by the same one.
     func testRunEngine() throws {
         let weights = try sharedDataPath("torch/mobilenet_v3_small_0.75_128_c10/weights.safetensors")
         let input = try sharedDataPath("torch/mobilenet_v3_small_0.75_128_c10/input.f32")
+        let directory = try makeTemporaryDirectory(prefix: "mnc-llvm-engine")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
         let options = ["--width-multiplier", "0.75", "--resolution", "128", "--classes", "10"]
         let arguments = ["run", specPath("mobilenet_v3_small")] + options + ["--weights", weights, "--input", input]
-        let (status, output, errors) = runMNC(arguments + ["--engine", "llvm"])
+        let (status, output, errors) = runMNC(arguments + ["--engine", "llvm", "--output", directory + "/llvm.f32"])
         XCTAssertEqual(status, 0, errors)
-        let (_, reference, _) = runMNC(arguments)
-        XCTAssertEqual(output, reference)
+        let (referenceStatus, reference, referenceErrors) = runMNC(arguments + ["--output", directory + "/interpreter.f32"])
+        XCTAssertEqual(referenceStatus, 0, referenceErrors)
+
+        let actual = try readFloats(directory + "/llvm.f32"), expected = try readFloats(directory + "/interpreter.f32")
+        XCTAssertEqual(actual.count, 10)
+        XCTAssertLessThanOrEqual(maxAbsDifference(actual, expected), 1e-4 * maxAbs(expected))
         XCTAssertEqual(output.split(separator: "\n").count, 5)
+        XCTAssertEqual(output.split(separator: " ", omittingEmptySubsequences: true).first,
+                       reference.split(separator: " ", omittingEmptySubsequences: true).first)
     }
 }
 
