@@ -364,6 +364,18 @@ final class LLVMBackendTests: XCTestCase {
         }
     }
 
+    /// The host's triple with another vendor still counts as the host, so its code can run.
+    func testHostTripleWithOtherVendor() throws {
+        let host = try LLVMTarget(LLVMTargetOptions())
+        let parts = host.triple.split(separator: "-").map(String.init)
+        guard parts.count >= 3 else { throw XCTSkip("host triple '\(host.triple)' has no vendor component") }
+        let vendor = parts[1] == "unknown" ? "pc" : "unknown"
+        let other = ([parts[0], vendor] + parts[2...]).joined(separator: "-")
+        XCTAssertTrue(host.isHost)
+        XCTAssertTrue(try LLVMTarget(LLVMTargetOptions(triple: other)).isHost, other)
+        XCTAssertFalse(try LLVMTarget(LLVMTargetOptions(triple: "riscv64-unknown-linux-gnu")).isHost)
+    }
+
     func testToolPrefixes() {
         XCTAssertEqual(gnuToolPrefix(triple: "aarch64-unknown-linux-gnu"), "aarch64-linux-gnu")
         XCTAssertEqual(gnuToolPrefix(triple: "armv7-unknown-linux-gnueabihf"), "arm-linux-gnueabihf")

@@ -37,7 +37,7 @@ final class LLVMTarget {
     let cpu: String
     let features: String
     let optimizationLevel: Int
-    /// True when the triple is the host's (after normalization), so the code can run here.
+    /// True when the triple is the host's apart from the vendor, so the code can run here.
     let isHost: Bool
     /// Float lanes per vector that LLVM's own loop vectorizer picks for this target machine,
     /// 1 when it does not vectorize float loops. The kernels size their register tiles by it.
@@ -64,7 +64,14 @@ final class LLVMTarget {
             throw MNCError("target triple '\(requested)': LLVM \(llvmVersion) cannot emit object code for it")
         }
 
-        let isHost = triple == takeLLVMString(LLVMNormalizeTargetTriple(hostTriple))
+        // The vendor does not matter for running: x86_64-unknown-linux-gnu runs on an
+        // x86_64-pc-linux-gnu host.
+        func withoutVendor(_ triple: String) -> [Substring] {
+            var parts = triple.split(separator: "-", omittingEmptySubsequences: false)
+            if parts.count >= 3 { parts.remove(at: 1) }
+            return parts
+        }
+        let isHost = withoutVendor(triple) == withoutVendor(takeLLVMString(LLVMNormalizeTargetTriple(hostTriple)))
         var cpu: String
         var features: [String] = []
         if options.cpu == "native" || (options.cpu == nil && options.triple == nil) {
