@@ -1,13 +1,14 @@
 /// The shared inline C helpers that the per-shape kernels call with literal arguments.
 ///
-/// Every helper is `KERNEL_INLINE` (always inlined on GCC and Clang), and the kernels pass
-/// shapes, activation codes and the bias/residual flags as integer literals, so the compiler
-/// compiles each call with constant bounds and folds the branches away: the helpers are written
-/// once, the compiled code is specialized per shape.
+/// Every helper is `KERNEL_INLINE` (always inlined on GCC and Clang). The kernels pass shapes,
+/// activation codes and the bias/residual flags as integer literals, so the compiler compiles
+/// each call with constant bounds and folds the branches away. The helpers are written once,
+/// and the compiled code is specialized per shape.
 ///
 /// The instruction set is chosen when the generated C is compiled: AVX-512F when the compiler
-/// targets it (`-mavx512f`, `-march=native` on such a CPU), else AVX2 with FMA, else portable
-/// C that GCC and Clang auto-vectorize. All three compute the same values up to float rounding.
+/// targets it (`-mavx512f`, `-march=native` on such a CPU), else AVX2 with FMA, else plain C.
+/// On GCC and Clang without those, the pointwise tile uses 16-byte vector extensions (SSE2,
+/// NEON). All paths compute the same values up to float rounding.
 enum CHelper: Int, CaseIterable, Comparable {
     case activation
     case pointwiseTile
@@ -65,7 +66,7 @@ let kernelPreambleSource = #"""
 typedef float float4 __attribute__((vector_size(16)));
 #endif
 
-/* Helpers are always inlined, so the literal arguments of each call specialize them; one
+/* Helpers are always inlined, so the literal arguments of each call specialize them. One
    instruction set's kernels may leave another's scalar helper unused. */
 #if defined(__GNUC__)
 #define KERNEL_INLINE static inline __attribute__((always_inline, unused))
