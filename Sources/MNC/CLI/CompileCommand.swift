@@ -2,16 +2,21 @@ import Foundation
 
 let compileCommand = Command(
     name: "compile",
-    usage: "mnc compile SPEC [spec options] [--weights W] [-O0|-O1|-O2] [--disable-pass NAME]... [--emit c|object|static-lib|shared-lib] -o DIR [--name NAME]",
+    usage: "mnc compile SPEC [spec options] [--weights W | --random-weights] [-O0|-O1|-O2] [--disable-pass NAME]... [--emit c|object|static-lib|shared-lib|executable] [--labels FILE] -o DIR [--name NAME]",
     summary: """
     Compile a network to C: write NAME.h (the API) and NAME.c (the network) into DIR, plus the
     weight blob as NAME.weights.bin and NAME_weights.c when --weights is given. --emit object,
     static-lib and shared-lib also build NAME.o, libNAME.a or libNAME.so with the C compiler
     in CC (default cc) and the flags in CFLAGS (default -O2 -std=c99 -Wall -Wextra).
+    --emit executable builds DIR/NAME, a classifier with the weights compiled in:
+    'DIR/NAME IMAGE... [--top K] [--labels FILE] [--json] [--weights FILE] [--bench N]'
+    decodes JPEG, PNG, BMP and PPM images (libjpeg, libpng) and prints the top classes.
     """,
     options: specOptions + optimizationOptions + [
         OptionSpec(name: "weights", value: "W", help: "weights file: .safetensors, PyTorch .pth, .tflite or .onnx (default: none; the code depends on shapes only)"),
-        OptionSpec(name: "emit", value: "KIND", help: "c (sources only), object, static-lib or shared-lib (default: c)"),
+        OptionSpec(name: "random-weights", value: nil, help: "bind deterministic random weights instead of --weights, to try a build"),
+        OptionSpec(name: "emit", value: "KIND", help: "c (sources only), object, static-lib, shared-lib or executable (an image classifier; needs weights) (default: c)"),
+        OptionSpec(name: "labels", value: "FILE", help: "class names, one per line, compiled into the executable (default: none; indices only)"),
         OptionSpec(name: "o", value: "DIR", help: "output directory, created if missing (required)"),
         OptionSpec(name: "name", value: "NAME", help: "prefix of the generated file names and C identifiers (default: the network's name)"),
     ],
@@ -21,13 +26,23 @@ let compileCommand = Command(
             throw MNCError("'mnc compile' needs an output directory: pass -o DIR")
         }
         var (_, graph) = try loadGraph(arguments, command: "compile")
-        if let weights = arguments.value("weights") {
+        switch (arguments.value("weights"), arguments.has("random-weights")) {
+        case (let weights?, false):
             graph = try bindWeights(path: weights, to: graph)
+        case (nil, true):
+            output.writeError("note: compiling '\(graph.name)' with random weights: its predictions are meaningless\n")
+            graph = bindRandomWeights(to: graph)
+        case (_?, true):
+            throw MNCError("give either --weights or --random-weights, not both")
+        case (nil, false):
+            break
         }
         graph = try optimize(graph, options: arguments)
         let generated = try generateC(graph, name: arguments.value("name"))
+        let labels = try arguments.value("labels").map(readLabels) ?? []
         let written = try writeCompiledNetwork(generated, emit: CompileEmit(rawValue: emit) ?? .c, directory: directory,
-                                               compiler: .fromEnvironment())
+                                               compiler: .fromEnvironment(),
+                                               classifier: ClassifierSources(graph: graph, names: generated.names, labels: labels))
         for path in written {
             output.write("wrote \(path)\n")
         }
@@ -40,6 +55,7 @@ public enum CompileEmit: String, CaseIterable {
     case object
     case staticLibrary = "static-lib"
     case sharedLibrary = "shared-lib"
+    case executable
 }
 
 /// Writes the generated files into `directory` (created if missing) and builds the requested
@@ -47,7 +63,7 @@ public enum CompileEmit: String, CaseIterable {
 /// include the weights array when the graph had weights bound.
 @discardableResult
 public func writeCompiledNetwork(_ generated: GeneratedC, emit: CompileEmit, directory: String,
-                                 compiler: CCompiler) throws -> [String] {
+                                 compiler: CCompiler, classifier: ClassifierSources? = nil) throws -> [String] {
     var isDirectory: ObjCBool = false
     if FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory) {
         guard isDirectory.boolValue else {
@@ -92,6 +108,29 @@ public func writeCompiledNetwork(_ generated: GeneratedC, emit: CompileEmit, dir
         let library = directory + "/lib\(names.function).so"
         try compiler.linkSharedLibrary(sources: sources, output: library)
         written.append(library)
+    case .executable:
+        guard generated.weightsSource != nil, let classifier else {
+            throw MNCError("--emit executable embeds the weights: pass --weights FILE (or --random-weights to try the build)")
+        }
+        for (file, text) in [("mnc_image.h", EmbeddedImageSource.header), ("mnc_image.c", EmbeddedImageSource.source),
+                             ("\(names.function)_main.c", classifier.main)] {
+            let path = directory + "/" + file
+            try writeFile(path, Array(text.utf8))
+            written.append(path)
+        }
+        let executable = directory + "/" + names.function
+        try compiler.linkExecutable(sources: sources + [directory + "/mnc_image.c", directory + "/\(names.function)_main.c"],
+                                    output: executable, libraries: ["jpeg", "png"])
+        written.append(executable)
     }
     return written
+}
+
+/// The extra source of a standalone classifier: its `main`, with the labels compiled in.
+public struct ClassifierSources {
+    public var main: String
+
+    public init(graph: Graph, names: CNames, labels: [String]) {
+        main = classifierMainSource(graph: graph, name: names.function, labels: labels)
+    }
 }

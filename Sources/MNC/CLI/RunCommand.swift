@@ -19,7 +19,7 @@ let runCommand = Command(
         OptionSpec(name: "top", value: "K", help: "number of classes to print (default: 5; 0 prints none)"),
     ],
     run: { arguments, output in
-        _ = try arguments.choice("engine", ["interpreter"], default: "interpreter")
+        let engine = try arguments.choice("engine", ["interpreter", "c"], default: "interpreter")
         let (_, unbound) = try loadGraph(arguments, command: "run")
         guard let weightsPath = arguments.value("weights") else {
             throw MNCError("'mnc run' needs --weights FILE (safetensors, .pth, .tflite or .onnx)")
@@ -45,7 +45,14 @@ let runCommand = Command(
             throw MNCError("give either --input or --image, not both")
         }
 
-        let logits = try Interpreter(graph: try optimize(graph, options: arguments)).run(input: input)
+        let optimized = try optimize(graph, options: arguments)
+        let logits: [Float]
+        switch engine {
+        case "c":
+            logits = try runGeneratedC(graph: optimized, input: input, inputLayout: .nchw)
+        default:
+            logits = try Interpreter(graph: optimized).run(input: input)
+        }
 
         if let path = arguments.value("output") {
             try writeFloat32File(path: path, values: logits)
