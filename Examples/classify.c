@@ -41,7 +41,7 @@ int main(int argc, char **argv) {
         return 1;
     }
 
-    /* The arena: ARENA_SIZE bytes, aligned as the header says; reusable across runs. */
+    /* The arena: ARENA_SIZE bytes, aligned as the header specifies, and reusable across runs. */
     void *arena = NULL;
     if (posix_memalign(&arena, ARENA_ALIGNMENT, ARENA_SIZE > 0 ? ARENA_SIZE : ARENA_ALIGNMENT) != 0) {
         fprintf(stderr, "out of memory\n");

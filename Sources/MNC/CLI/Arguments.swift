@@ -4,7 +4,7 @@ struct OptionSpec {
     var name: String
     /// The value's placeholder in help text (`A`, `N`, `FILE`), or nil for a flag.
     var value: String?
-    /// What the option sets, with its unit and default.
+    /// The help line: the value the option sets, with its unit and default.
     var help: String
     /// True when the option may be given more than once.
     var repeatable = false

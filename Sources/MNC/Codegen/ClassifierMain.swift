@@ -394,13 +394,13 @@ func classifierMainSource(graph: Graph, name: String, labels: [String]) -> Strin
     """
 }
 
-/// A C double literal that round-trips `value`.
+/// Formats `value` as a C double literal that round-trips.
 func cDouble(_ value: Double) -> String {
     let text = "\(value)"
     return text.contains(".") || text.contains("e") || text.contains("n") ? text : "\(text).0"
 }
 
-/// A C string literal with quotes, backslashes and non-printable bytes escaped.
+/// Formats `text` as a C string literal, escaping quotes, backslashes and non-printable bytes.
 func cStringLiteral(_ text: String) -> String {
     var result = "\""
     for byte in text.utf8 {
