@@ -10,15 +10,22 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#if defined(__AVX512F__)
+/* Instruction set of the kernels: AVX-512F or AVX2 with FMA intrinsics when the compiler
+   targets them, else GCC and Clang vector extensions (16-byte vectors: SSE2, NEON, ...), else
+   plain C. Defining KERNELS_SCALAR selects plain C everywhere. */
+#if defined(KERNELS_SCALAR)
+#elif defined(__AVX512F__)
 #include <immintrin.h>
 #define KERNELS_AVX512 1
 #elif defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define KERNELS_AVX2 1
+#elif defined(__GNUC__)
+#define KERNELS_VECTOR 1
+typedef float float4 __attribute__((vector_size(16)));
 #endif
 
-/* Helpers are always inlined, so the literal arguments of each call specialize them; one
+/* Helpers are always inlined, so the literal arguments of each call specialize them. One
    instruction set's kernels may leave another's scalar helper unused. */
 #if defined(__GNUC__)
 #define KERNEL_INLINE static inline __attribute__((always_inline, unused))
@@ -336,6 +343,108 @@ KERNEL_INLINE void pointwise_f32_tile6x16_avx2(const float *restrict x, const fl
         if (has_residual && cols > 8) v1 = _mm256_add_ps(v1, _mm256_maskload_ps(residual + 5 * y_stride + 8, mask1));
         if (cols >= 8) _mm256_storeu_ps(y + 5 * y_stride, v0); else _mm256_maskstore_ps(y + 5 * y_stride, mask0, v0);
         if (cols >= 16) _mm256_storeu_ps(y + 5 * y_stride + 8, v1); else if (cols > 8) _mm256_maskstore_ps(y + 5 * y_stride + 8, mask1, v1);
+    }
+}
+#elif defined(KERNELS_VECTOR)
+KERNEL_INLINE void pointwise_f32_tile6x8_vector(const float *restrict x, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int rows, int cols, int k_count, int w_stride, int y_stride,
+    int has_bias, int has_residual, int activation)
+{
+    if (cols == 8) {
+        float4 bias0 = {0.0f, 0.0f, 0.0f, 0.0f}, bias1 = bias0;
+        if (has_bias) {
+            __builtin_memcpy(&bias0, bias, sizeof bias0);
+            __builtin_memcpy(&bias1, bias + 4, sizeof bias1);
+        }
+        float4 acc00 = bias0, acc01 = bias1;
+        float4 acc10 = bias0, acc11 = bias1;
+        float4 acc20 = bias0, acc21 = bias1;
+        float4 acc30 = bias0, acc31 = bias1;
+        float4 acc40 = bias0, acc41 = bias1;
+        float4 acc50 = bias0, acc51 = bias1;
+        for (int k = 0; k < k_count; ++k) {
+            float4 w0, w1;
+            __builtin_memcpy(&w0, w + k * w_stride, sizeof w0);
+            __builtin_memcpy(&w1, w + k * w_stride + 4, sizeof w1);
+            {
+                const float xv = x[k];
+                const float4 xr = {xv, xv, xv, xv};
+                acc00 += xr * w0;
+                acc01 += xr * w1;
+            }
+            if (rows > 1) {
+                const float xv = x[1 * k_count + k];
+                const float4 xr = {xv, xv, xv, xv};
+                acc10 += xr * w0;
+                acc11 += xr * w1;
+            }
+            if (rows > 2) {
+                const float xv = x[2 * k_count + k];
+                const float4 xr = {xv, xv, xv, xv};
+                acc20 += xr * w0;
+                acc21 += xr * w1;
+            }
+            if (rows > 3) {
+                const float xv = x[3 * k_count + k];
+                const float4 xr = {xv, xv, xv, xv};
+                acc30 += xr * w0;
+                acc31 += xr * w1;
+            }
+            if (rows > 4) {
+                const float xv = x[4 * k_count + k];
+                const float4 xr = {xv, xv, xv, xv};
+                acc40 += xr * w0;
+                acc41 += xr * w1;
+            }
+            if (rows > 5) {
+                const float xv = x[5 * k_count + k];
+                const float4 xr = {xv, xv, xv, xv};
+                acc50 += xr * w0;
+                acc51 += xr * w1;
+            }
+        }
+        {
+            __builtin_memcpy(y, &acc00, sizeof acc00);
+            __builtin_memcpy(y + 4, &acc01, sizeof acc01);
+        }
+        if (rows > 1) {
+            __builtin_memcpy(y + 1 * y_stride, &acc10, sizeof acc10);
+            __builtin_memcpy(y + 1 * y_stride + 4, &acc11, sizeof acc11);
+        }
+        if (rows > 2) {
+            __builtin_memcpy(y + 2 * y_stride, &acc20, sizeof acc20);
+            __builtin_memcpy(y + 2 * y_stride + 4, &acc21, sizeof acc21);
+        }
+        if (rows > 3) {
+            __builtin_memcpy(y + 3 * y_stride, &acc30, sizeof acc30);
+            __builtin_memcpy(y + 3 * y_stride + 4, &acc31, sizeof acc31);
+        }
+        if (rows > 4) {
+            __builtin_memcpy(y + 4 * y_stride, &acc40, sizeof acc40);
+            __builtin_memcpy(y + 4 * y_stride + 4, &acc41, sizeof acc41);
+        }
+        if (rows > 5) {
+            __builtin_memcpy(y + 5 * y_stride, &acc50, sizeof acc50);
+            __builtin_memcpy(y + 5 * y_stride + 4, &acc51, sizeof acc51);
+        }
+    } else {
+        for (int r = 0; r < rows; ++r) {
+            for (int j = 0; j < cols; ++j) {
+                float sum = has_bias ? bias[j] : 0.0f;
+                for (int k = 0; k < k_count; ++k) {
+                    sum += x[r * k_count + k] * w[k * w_stride + j];
+                }
+                y[r * y_stride + j] = sum;
+            }
+        }
+    }
+    for (int r = 0; r < rows; ++r) {
+        for (int j = 0; j < cols; ++j) {
+            float v = activate_f32(y[r * y_stride + j], activation);
+            if (has_residual) v += residual[r * y_stride + j];
+            y[r * y_stride + j] = v;
+        }
     }
 }
 #else
@@ -779,6 +888,12 @@ static void pointwise_f32_112x112x16_to_16_residual(const float *restrict x, con
     for (int p = 0; p < 12544; p += 4) {
         pointwise_f32_tile6x16_avx2(x + p * 16, w, bias, residual + p * 16, y + p * 16, 4, 16, 16, 16, 16, 1, 1, ACTIVATION_IDENTITY);
     }
+#elif defined(KERNELS_VECTOR)
+    for (int p = 0; p < 12544; p += 4) {
+        for (int n = 0; n < 16; n += 8) {
+            pointwise_f32_tile6x8_vector(x + p * 16, w + n, bias + n, residual + p * 16 + n, y + p * 16 + n, 4, 8, 16, 16, 16, 1, 1, ACTIVATION_IDENTITY);
+        }
+    }
 #else
     for (int p = 0; p < 12544; p += 4) {
         pointwise_f32_tile4x16_portable(x + p * 16, w, bias, residual + p * 16, y + p * 16, 4, 16, 16, 16, 16, 1, 1, ACTIVATION_IDENTITY);
@@ -800,6 +915,12 @@ static void pointwise_f32_112x112x16_to_64_relu(const float *restrict x, const f
     for (int p = 0; p < 12544; p += 4) {
         for (int n = 0; n < 64; n += 16) {
             pointwise_f32_tile6x16_avx2(x + p * 16, w + n, bias + n, NULL, y + p * 64 + n, 4, 16, 16, 64, 64, 1, 0, ACTIVATION_RELU);
+        }
+    }
+#elif defined(KERNELS_VECTOR)
+    for (int p = 0; p < 12544; p += 4) {
+        for (int n = 0; n < 64; n += 8) {
+            pointwise_f32_tile6x8_vector(x + p * 16, w + n, bias + n, NULL, y + p * 64 + n, 4, 8, 16, 64, 64, 1, 0, ACTIVATION_RELU);
         }
     }
 #else
@@ -847,6 +968,12 @@ static void pointwise_f32_56x56x64_to_24(const float *restrict x, const float *r
         pointwise_f32_tile6x16_avx2(x + p * 64, w, bias, NULL, y + p * 24, 4, 16, 64, 24, 24, 1, 0, ACTIVATION_IDENTITY);
         pointwise_f32_tile6x16_avx2(x + p * 64, w + 16, bias + 16, NULL, y + p * 24 + 16, 4, 8, 64, 24, 24, 1, 0, ACTIVATION_IDENTITY);
     }
+#elif defined(KERNELS_VECTOR)
+    for (int p = 0; p < 3136; p += 4) {
+        for (int n = 0; n < 24; n += 8) {
+            pointwise_f32_tile6x8_vector(x + p * 64, w + n, bias + n, NULL, y + p * 24 + n, 4, 8, 64, 24, 24, 1, 0, ACTIVATION_IDENTITY);
+        }
+    }
 #else
     for (int p = 0; p < 3136; p += 4) {
         pointwise_f32_tile4x16_portable(x + p * 64, w, bias, NULL, y + p * 24, 4, 16, 64, 24, 24, 1, 0, ACTIVATION_IDENTITY);
@@ -872,6 +999,12 @@ static void pointwise_f32_56x56x24_to_72_relu(const float *restrict x, const flo
             pointwise_f32_tile6x16_avx2(x + p * 24, w + n, bias + n, NULL, y + p * 72 + n, 4, 16, 24, 72, 72, 1, 0, ACTIVATION_RELU);
         }
         pointwise_f32_tile6x16_avx2(x + p * 24, w + 64, bias + 64, NULL, y + p * 72 + 64, 4, 8, 24, 72, 72, 1, 0, ACTIVATION_RELU);
+    }
+#elif defined(KERNELS_VECTOR)
+    for (int p = 0; p < 3136; p += 4) {
+        for (int n = 0; n < 72; n += 8) {
+            pointwise_f32_tile6x8_vector(x + p * 24, w + n, bias + n, NULL, y + p * 72 + n, 4, 8, 24, 72, 72, 1, 0, ACTIVATION_RELU);
+        }
     }
 #else
     for (int p = 0; p < 3136; p += 4) {
@@ -919,6 +1052,12 @@ static void pointwise_f32_56x56x72_to_24_residual(const float *restrict x, const
     for (int p = 0; p < 3136; p += 4) {
         pointwise_f32_tile6x16_avx2(x + p * 72, w, bias, residual + p * 24, y + p * 24, 4, 16, 72, 24, 24, 1, 1, ACTIVATION_IDENTITY);
         pointwise_f32_tile6x16_avx2(x + p * 72, w + 16, bias + 16, residual + p * 24 + 16, y + p * 24 + 16, 4, 8, 72, 24, 24, 1, 1, ACTIVATION_IDENTITY);
+    }
+#elif defined(KERNELS_VECTOR)
+    for (int p = 0; p < 3136; p += 4) {
+        for (int n = 0; n < 24; n += 8) {
+            pointwise_f32_tile6x8_vector(x + p * 72, w + n, bias + n, residual + p * 24 + n, y + p * 24 + n, 4, 8, 72, 24, 24, 1, 1, ACTIVATION_IDENTITY);
+        }
     }
 #else
     for (int p = 0; p < 3136; p += 4) {
@@ -998,6 +1137,12 @@ static void pointwise_f32_28x28x72_to_40(const float *restrict x, const float *r
         }
         pointwise_f32_tile6x16_avx2(x + p * 72, w + 32, bias + 32, NULL, y + p * 40 + 32, 4, 8, 72, 40, 40, 1, 0, ACTIVATION_IDENTITY);
     }
+#elif defined(KERNELS_VECTOR)
+    for (int p = 0; p < 784; p += 4) {
+        for (int n = 0; n < 40; n += 8) {
+            pointwise_f32_tile6x8_vector(x + p * 72, w + n, bias + n, NULL, y + p * 40 + n, 4, 8, 72, 40, 40, 1, 0, ACTIVATION_IDENTITY);
+        }
+    }
 #else
     for (int p = 0; p < 784; p += 4) {
         for (int n = 0; n < 32; n += 16) {
@@ -1025,6 +1170,12 @@ static void pointwise_f32_28x28x40_to_120_relu(const float *restrict x, const fl
             pointwise_f32_tile6x16_avx2(x + p * 40, w + n, bias + n, NULL, y + p * 120 + n, 4, 16, 40, 120, 120, 1, 0, ACTIVATION_RELU);
         }
         pointwise_f32_tile6x16_avx2(x + p * 40, w + 112, bias + 112, NULL, y + p * 120 + 112, 4, 8, 40, 120, 120, 1, 0, ACTIVATION_RELU);
+    }
+#elif defined(KERNELS_VECTOR)
+    for (int p = 0; p < 784; p += 4) {
+        for (int n = 0; n < 120; n += 8) {
+            pointwise_f32_tile6x8_vector(x + p * 40, w + n, bias + n, NULL, y + p * 120 + n, 4, 8, 40, 120, 120, 1, 0, ACTIVATION_RELU);
+        }
     }
 #else
     for (int p = 0; p < 784; p += 4) {
@@ -1107,6 +1258,12 @@ static void pointwise_f32_28x28x120_to_40_residual(const float *restrict x, cons
         }
         pointwise_f32_tile6x16_avx2(x + p * 120, w + 32, bias + 32, residual + p * 40 + 32, y + p * 40 + 32, 4, 8, 120, 40, 40, 1, 1, ACTIVATION_IDENTITY);
     }
+#elif defined(KERNELS_VECTOR)
+    for (int p = 0; p < 784; p += 4) {
+        for (int n = 0; n < 40; n += 8) {
+            pointwise_f32_tile6x8_vector(x + p * 120, w + n, bias + n, residual + p * 40 + n, y + p * 40 + n, 4, 8, 120, 40, 40, 1, 1, ACTIVATION_IDENTITY);
+        }
+    }
 #else
     for (int p = 0; p < 784; p += 4) {
         for (int n = 0; n < 32; n += 16) {
@@ -1134,6 +1291,12 @@ static void pointwise_f32_28x28x40_to_240_hardswish(const float *restrict x, con
     for (int n = 0; n < 240; n += 16) {
         for (int p = 0; p < 784; p += 4) {
             pointwise_f32_tile6x16_avx2(x + p * 40, w + n, bias + n, NULL, y + p * 240 + n, 4, 16, 40, 240, 240, 1, 0, ACTIVATION_HARDSWISH);
+        }
+    }
+#elif defined(KERNELS_VECTOR)
+    for (int n = 0; n < 240; n += 8) {
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 40, w + n, bias + n, NULL, y + p * 240 + n, 4, 8, 40, 240, 240, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 #else
@@ -1187,6 +1350,12 @@ static void pointwise_f32_14x14x240_to_80(const float *restrict x, const float *
             pointwise_f32_tile6x16_avx2(x + p * 240, w + n, bias + n, NULL, y + p * 80 + n, 4, 16, 240, 80, 80, 1, 0, ACTIVATION_IDENTITY);
         }
     }
+#elif defined(KERNELS_VECTOR)
+    for (int n = 0; n < 80; n += 8) {
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 240, w + n, bias + n, NULL, y + p * 80 + n, 4, 8, 240, 80, 80, 1, 0, ACTIVATION_IDENTITY);
+        }
+    }
 #else
     for (int n = 0; n < 80; n += 16) {
         for (int p = 0; p < 196; p += 4) {
@@ -1217,6 +1386,12 @@ static void pointwise_f32_14x14x80_to_200_hardswish(const float *restrict x, con
     }
     for (int p = 0; p < 196; p += 4) {
         pointwise_f32_tile6x16_avx2(x + p * 80, w + 192, bias + 192, NULL, y + p * 200 + 192, 4, 8, 80, 200, 200, 1, 0, ACTIVATION_HARDSWISH);
+    }
+#elif defined(KERNELS_VECTOR)
+    for (int n = 0; n < 200; n += 8) {
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 80, w + n, bias + n, NULL, y + p * 200 + n, 4, 8, 80, 200, 200, 1, 0, ACTIVATION_HARDSWISH);
+        }
     }
 #else
     for (int n = 0; n < 192; n += 16) {
@@ -1273,6 +1448,12 @@ static void pointwise_f32_14x14x200_to_80_residual(const float *restrict x, cons
             pointwise_f32_tile6x16_avx2(x + p * 200, w + n, bias + n, residual + p * 80 + n, y + p * 80 + n, 4, 16, 200, 80, 80, 1, 1, ACTIVATION_IDENTITY);
         }
     }
+#elif defined(KERNELS_VECTOR)
+    for (int n = 0; n < 80; n += 8) {
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 200, w + n, bias + n, residual + p * 80 + n, y + p * 80 + n, 4, 8, 200, 80, 80, 1, 1, ACTIVATION_IDENTITY);
+        }
+    }
 #else
     for (int n = 0; n < 80; n += 16) {
         for (int p = 0; p < 196; p += 4) {
@@ -1303,6 +1484,12 @@ static void pointwise_f32_14x14x80_to_184_hardswish(const float *restrict x, con
     }
     for (int p = 0; p < 196; p += 4) {
         pointwise_f32_tile6x16_avx2(x + p * 80, w + 176, bias + 176, NULL, y + p * 184 + 176, 4, 8, 80, 184, 184, 1, 0, ACTIVATION_HARDSWISH);
+    }
+#elif defined(KERNELS_VECTOR)
+    for (int n = 0; n < 184; n += 8) {
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 80, w + n, bias + n, NULL, y + p * 184 + n, 4, 8, 80, 184, 184, 1, 0, ACTIVATION_HARDSWISH);
+        }
     }
 #else
     for (int n = 0; n < 176; n += 16) {
@@ -1359,6 +1546,12 @@ static void pointwise_f32_14x14x184_to_80_residual(const float *restrict x, cons
             pointwise_f32_tile6x16_avx2(x + p * 184, w + n, bias + n, residual + p * 80 + n, y + p * 80 + n, 4, 16, 184, 80, 80, 1, 1, ACTIVATION_IDENTITY);
         }
     }
+#elif defined(KERNELS_VECTOR)
+    for (int n = 0; n < 80; n += 8) {
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 184, w + n, bias + n, residual + p * 80 + n, y + p * 80 + n, 4, 8, 184, 80, 80, 1, 1, ACTIVATION_IDENTITY);
+        }
+    }
 #else
     for (int n = 0; n < 80; n += 16) {
         for (int p = 0; p < 196; p += 4) {
@@ -1382,6 +1575,12 @@ static void pointwise_f32_14x14x80_to_480_hardswish(const float *restrict x, con
     for (int n = 0; n < 480; n += 16) {
         for (int p = 0; p < 196; p += 4) {
             pointwise_f32_tile6x16_avx2(x + p * 80, w + n, bias + n, NULL, y + p * 480 + n, 4, 16, 80, 480, 480, 1, 0, ACTIVATION_HARDSWISH);
+        }
+    }
+#elif defined(KERNELS_VECTOR)
+    for (int n = 0; n < 480; n += 8) {
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 80, w + n, bias + n, NULL, y + p * 480 + n, 4, 8, 80, 480, 480, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 #else
@@ -1466,6 +1665,12 @@ static void pointwise_f32_14x14x480_to_112(const float *restrict x, const float 
             pointwise_f32_tile6x16_avx2(x + p * 480, w + n, bias + n, NULL, y + p * 112 + n, 4, 16, 480, 112, 112, 1, 0, ACTIVATION_IDENTITY);
         }
     }
+#elif defined(KERNELS_VECTOR)
+    for (int n = 0; n < 112; n += 8) {
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 480, w + n, bias + n, NULL, y + p * 112 + n, 4, 8, 480, 112, 112, 1, 0, ACTIVATION_IDENTITY);
+        }
+    }
 #else
     for (int n = 0; n < 112; n += 16) {
         for (int p = 0; p < 196; p += 4) {
@@ -1489,6 +1694,12 @@ static void pointwise_f32_14x14x112_to_672_hardswish(const float *restrict x, co
     for (int n = 0; n < 672; n += 16) {
         for (int p = 0; p < 196; p += 4) {
             pointwise_f32_tile6x16_avx2(x + p * 112, w + n, bias + n, NULL, y + p * 672 + n, 4, 16, 112, 672, 672, 1, 0, ACTIVATION_HARDSWISH);
+        }
+    }
+#elif defined(KERNELS_VECTOR)
+    for (int n = 0; n < 672; n += 8) {
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 112, w + n, bias + n, NULL, y + p * 672 + n, 4, 8, 112, 672, 672, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 #else
@@ -1574,6 +1785,12 @@ static void pointwise_f32_14x14x672_to_112_residual(const float *restrict x, con
             pointwise_f32_tile6x16_avx2(x + p * 672, w + n, bias + n, residual + p * 112 + n, y + p * 112 + n, 4, 16, 672, 112, 112, 1, 1, ACTIVATION_IDENTITY);
         }
     }
+#elif defined(KERNELS_VECTOR)
+    for (int n = 0; n < 112; n += 8) {
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 672, w + n, bias + n, residual + p * 112 + n, y + p * 112 + n, 4, 8, 672, 112, 112, 1, 1, ACTIVATION_IDENTITY);
+        }
+    }
 #else
     for (int n = 0; n < 112; n += 16) {
         for (int p = 0; p < 196; p += 4) {
@@ -1654,6 +1871,13 @@ static void pointwise_f32_7x7x672_to_160(const float *restrict x, const float *r
         }
         pointwise_f32_tile6x16_avx2(x + 30240, w + n, bias + n, NULL, y + n + 7200, 4, 16, 672, 160, 160, 1, 0, ACTIVATION_IDENTITY);
     }
+#elif defined(KERNELS_VECTOR)
+    for (int n = 0; n < 160; n += 8) {
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 672, w + n, bias + n, NULL, y + p * 160 + n, 5, 8, 672, 160, 160, 1, 0, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x8_vector(x + 30240, w + n, bias + n, NULL, y + n + 7200, 4, 8, 672, 160, 160, 1, 0, ACTIVATION_IDENTITY);
+    }
 #else
     for (int n = 0; n < 160; n += 16) {
         for (int p = 0; p < 48; p += 4) {
@@ -1680,6 +1904,13 @@ static void pointwise_f32_7x7x160_to_960_hardswish(const float *restrict x, cons
             pointwise_f32_tile6x16_avx2(x + p * 160, w + n, bias + n, NULL, y + p * 960 + n, 5, 16, 160, 960, 960, 1, 0, ACTIVATION_HARDSWISH);
         }
         pointwise_f32_tile6x16_avx2(x + 7200, w + n, bias + n, NULL, y + n + 43200, 4, 16, 160, 960, 960, 1, 0, ACTIVATION_HARDSWISH);
+    }
+#elif defined(KERNELS_VECTOR)
+    for (int n = 0; n < 960; n += 8) {
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 160, w + n, bias + n, NULL, y + p * 960 + n, 5, 8, 160, 960, 960, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        pointwise_f32_tile6x8_vector(x + 7200, w + n, bias + n, NULL, y + n + 43200, 4, 8, 160, 960, 960, 1, 0, ACTIVATION_HARDSWISH);
     }
 #else
     for (int n = 0; n < 960; n += 16) {
@@ -1762,6 +1993,13 @@ static void pointwise_f32_7x7x960_to_160_residual(const float *restrict x, const
             pointwise_f32_tile6x16_avx2(x + p * 960, w + n, bias + n, residual + p * 160 + n, y + p * 160 + n, 5, 16, 960, 160, 160, 1, 1, ACTIVATION_IDENTITY);
         }
         pointwise_f32_tile6x16_avx2(x + 43200, w + n, bias + n, residual + n + 7200, y + n + 7200, 4, 16, 960, 160, 160, 1, 1, ACTIVATION_IDENTITY);
+    }
+#elif defined(KERNELS_VECTOR)
+    for (int n = 0; n < 160; n += 8) {
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 960, w + n, bias + n, residual + p * 160 + n, y + p * 160 + n, 5, 8, 960, 160, 160, 1, 1, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x8_vector(x + 43200, w + n, bias + n, residual + n + 7200, y + n + 7200, 4, 8, 960, 160, 160, 1, 1, ACTIVATION_IDENTITY);
     }
 #else
     for (int n = 0; n < 160; n += 16) {

@@ -10,15 +10,22 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#if defined(__AVX512F__)
+/* Instruction set of the kernels: AVX-512F or AVX2 with FMA intrinsics when the compiler
+   targets them, else GCC and Clang vector extensions (16-byte vectors: SSE2, NEON, ...), else
+   plain C. Defining KERNELS_SCALAR selects plain C everywhere. */
+#if defined(KERNELS_SCALAR)
+#elif defined(__AVX512F__)
 #include <immintrin.h>
 #define KERNELS_AVX512 1
 #elif defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define KERNELS_AVX2 1
+#elif defined(__GNUC__)
+#define KERNELS_VECTOR 1
+typedef float float4 __attribute__((vector_size(16)));
 #endif
 
-/* Helpers are always inlined, so the literal arguments of each call specialize them; one
+/* Helpers are always inlined, so the literal arguments of each call specialize them. One
    instruction set's kernels may leave another's scalar helper unused. */
 #if defined(__GNUC__)
 #define KERNEL_INLINE static inline __attribute__((always_inline, unused))
@@ -336,6 +343,108 @@ KERNEL_INLINE void pointwise_f32_tile6x16_avx2(const float *restrict x, const fl
         if (has_residual && cols > 8) v1 = _mm256_add_ps(v1, _mm256_maskload_ps(residual + 5 * y_stride + 8, mask1));
         if (cols >= 8) _mm256_storeu_ps(y + 5 * y_stride, v0); else _mm256_maskstore_ps(y + 5 * y_stride, mask0, v0);
         if (cols >= 16) _mm256_storeu_ps(y + 5 * y_stride + 8, v1); else if (cols > 8) _mm256_maskstore_ps(y + 5 * y_stride + 8, mask1, v1);
+    }
+}
+#elif defined(KERNELS_VECTOR)
+KERNEL_INLINE void pointwise_f32_tile6x8_vector(const float *restrict x, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int rows, int cols, int k_count, int w_stride, int y_stride,
+    int has_bias, int has_residual, int activation)
+{
+    if (cols == 8) {
+        float4 bias0 = {0.0f, 0.0f, 0.0f, 0.0f}, bias1 = bias0;
+        if (has_bias) {
+            __builtin_memcpy(&bias0, bias, sizeof bias0);
+            __builtin_memcpy(&bias1, bias + 4, sizeof bias1);
+        }
+        float4 acc00 = bias0, acc01 = bias1;
+        float4 acc10 = bias0, acc11 = bias1;
+        float4 acc20 = bias0, acc21 = bias1;
+        float4 acc30 = bias0, acc31 = bias1;
+        float4 acc40 = bias0, acc41 = bias1;
+        float4 acc50 = bias0, acc51 = bias1;
+        for (int k = 0; k < k_count; ++k) {
+            float4 w0, w1;
+            __builtin_memcpy(&w0, w + k * w_stride, sizeof w0);
+            __builtin_memcpy(&w1, w + k * w_stride + 4, sizeof w1);
+            {
+                const float xv = x[k];
+                const float4 xr = {xv, xv, xv, xv};
+                acc00 += xr * w0;
+                acc01 += xr * w1;
+            }
+            if (rows > 1) {
+                const float xv = x[1 * k_count + k];
+                const float4 xr = {xv, xv, xv, xv};
+                acc10 += xr * w0;
+                acc11 += xr * w1;
+            }
+            if (rows > 2) {
+                const float xv = x[2 * k_count + k];
+                const float4 xr = {xv, xv, xv, xv};
+                acc20 += xr * w0;
+                acc21 += xr * w1;
+            }
+            if (rows > 3) {
+                const float xv = x[3 * k_count + k];
+                const float4 xr = {xv, xv, xv, xv};
+                acc30 += xr * w0;
+                acc31 += xr * w1;
+            }
+            if (rows > 4) {
+                const float xv = x[4 * k_count + k];
+                const float4 xr = {xv, xv, xv, xv};
+                acc40 += xr * w0;
+                acc41 += xr * w1;
+            }
+            if (rows > 5) {
+                const float xv = x[5 * k_count + k];
+                const float4 xr = {xv, xv, xv, xv};
+                acc50 += xr * w0;
+                acc51 += xr * w1;
+            }
+        }
+        {
+            __builtin_memcpy(y, &acc00, sizeof acc00);
+            __builtin_memcpy(y + 4, &acc01, sizeof acc01);
+        }
+        if (rows > 1) {
+            __builtin_memcpy(y + 1 * y_stride, &acc10, sizeof acc10);
+            __builtin_memcpy(y + 1 * y_stride + 4, &acc11, sizeof acc11);
+        }
+        if (rows > 2) {
+            __builtin_memcpy(y + 2 * y_stride, &acc20, sizeof acc20);
+            __builtin_memcpy(y + 2 * y_stride + 4, &acc21, sizeof acc21);
+        }
+        if (rows > 3) {
+            __builtin_memcpy(y + 3 * y_stride, &acc30, sizeof acc30);
+            __builtin_memcpy(y + 3 * y_stride + 4, &acc31, sizeof acc31);
+        }
+        if (rows > 4) {
+            __builtin_memcpy(y + 4 * y_stride, &acc40, sizeof acc40);
+            __builtin_memcpy(y + 4 * y_stride + 4, &acc41, sizeof acc41);
+        }
+        if (rows > 5) {
+            __builtin_memcpy(y + 5 * y_stride, &acc50, sizeof acc50);
+            __builtin_memcpy(y + 5 * y_stride + 4, &acc51, sizeof acc51);
+        }
+    } else {
+        for (int r = 0; r < rows; ++r) {
+            for (int j = 0; j < cols; ++j) {
+                float sum = has_bias ? bias[j] : 0.0f;
+                for (int k = 0; k < k_count; ++k) {
+                    sum += x[r * k_count + k] * w[k * w_stride + j];
+                }
+                y[r * y_stride + j] = sum;
+            }
+        }
+    }
+    for (int r = 0; r < rows; ++r) {
+        for (int j = 0; j < cols; ++j) {
+            float v = activate_f32(y[r * y_stride + j], activation);
+            if (has_residual) v += residual[r * y_stride + j];
+            y[r * y_stride + j] = v;
+        }
     }
 }
 #else
@@ -809,6 +918,12 @@ static void pointwise_f32_56x56x16_to_16(const float *restrict x, const float *r
     for (int p = 0; p < 3136; p += 4) {
         pointwise_f32_tile6x16_avx2(x + p * 16, w, bias, NULL, y + p * 16, 4, 16, 16, 16, 16, 1, 0, ACTIVATION_IDENTITY);
     }
+#elif defined(KERNELS_VECTOR)
+    for (int p = 0; p < 3136; p += 4) {
+        for (int n = 0; n < 16; n += 8) {
+            pointwise_f32_tile6x8_vector(x + p * 16, w + n, bias + n, NULL, y + p * 16 + n, 4, 8, 16, 16, 16, 1, 0, ACTIVATION_IDENTITY);
+        }
+    }
 #else
     for (int p = 0; p < 3136; p += 4) {
         pointwise_f32_tile4x16_portable(x + p * 16, w, bias, NULL, y + p * 16, 4, 16, 16, 16, 16, 1, 0, ACTIVATION_IDENTITY);
@@ -833,6 +948,12 @@ static void pointwise_f32_56x56x16_to_72_relu(const float *restrict x, const flo
             pointwise_f32_tile6x16_avx2(x + p * 16, w + n, bias + n, NULL, y + p * 72 + n, 4, 16, 16, 72, 72, 1, 0, ACTIVATION_RELU);
         }
         pointwise_f32_tile6x16_avx2(x + p * 16, w + 64, bias + 64, NULL, y + p * 72 + 64, 4, 8, 16, 72, 72, 1, 0, ACTIVATION_RELU);
+    }
+#elif defined(KERNELS_VECTOR)
+    for (int p = 0; p < 3136; p += 4) {
+        for (int n = 0; n < 72; n += 8) {
+            pointwise_f32_tile6x8_vector(x + p * 16, w + n, bias + n, NULL, y + p * 72 + n, 4, 8, 16, 72, 72, 1, 0, ACTIVATION_RELU);
+        }
     }
 #else
     for (int p = 0; p < 3136; p += 4) {
@@ -880,6 +1001,12 @@ static void pointwise_f32_28x28x72_to_24(const float *restrict x, const float *r
         pointwise_f32_tile6x16_avx2(x + p * 72, w, bias, NULL, y + p * 24, 4, 16, 72, 24, 24, 1, 0, ACTIVATION_IDENTITY);
         pointwise_f32_tile6x16_avx2(x + p * 72, w + 16, bias + 16, NULL, y + p * 24 + 16, 4, 8, 72, 24, 24, 1, 0, ACTIVATION_IDENTITY);
     }
+#elif defined(KERNELS_VECTOR)
+    for (int p = 0; p < 784; p += 4) {
+        for (int n = 0; n < 24; n += 8) {
+            pointwise_f32_tile6x8_vector(x + p * 72, w + n, bias + n, NULL, y + p * 24 + n, 4, 8, 72, 24, 24, 1, 0, ACTIVATION_IDENTITY);
+        }
+    }
 #else
     for (int p = 0; p < 784; p += 4) {
         pointwise_f32_tile4x16_portable(x + p * 72, w, bias, NULL, y + p * 24, 4, 16, 72, 24, 24, 1, 0, ACTIVATION_IDENTITY);
@@ -905,6 +1032,12 @@ static void pointwise_f32_28x28x24_to_88_relu(const float *restrict x, const flo
             pointwise_f32_tile6x16_avx2(x + p * 24, w + n, bias + n, NULL, y + p * 88 + n, 4, 16, 24, 88, 88, 1, 0, ACTIVATION_RELU);
         }
         pointwise_f32_tile6x16_avx2(x + p * 24, w + 80, bias + 80, NULL, y + p * 88 + 80, 4, 8, 24, 88, 88, 1, 0, ACTIVATION_RELU);
+    }
+#elif defined(KERNELS_VECTOR)
+    for (int p = 0; p < 784; p += 4) {
+        for (int n = 0; n < 88; n += 8) {
+            pointwise_f32_tile6x8_vector(x + p * 24, w + n, bias + n, NULL, y + p * 88 + n, 4, 8, 24, 88, 88, 1, 0, ACTIVATION_RELU);
+        }
     }
 #else
     for (int p = 0; p < 784; p += 4) {
@@ -953,6 +1086,12 @@ static void pointwise_f32_28x28x88_to_24_residual(const float *restrict x, const
         pointwise_f32_tile6x16_avx2(x + p * 88, w, bias, residual + p * 24, y + p * 24, 4, 16, 88, 24, 24, 1, 1, ACTIVATION_IDENTITY);
         pointwise_f32_tile6x16_avx2(x + p * 88, w + 16, bias + 16, residual + p * 24 + 16, y + p * 24 + 16, 4, 8, 88, 24, 24, 1, 1, ACTIVATION_IDENTITY);
     }
+#elif defined(KERNELS_VECTOR)
+    for (int p = 0; p < 784; p += 4) {
+        for (int n = 0; n < 24; n += 8) {
+            pointwise_f32_tile6x8_vector(x + p * 88, w + n, bias + n, residual + p * 24 + n, y + p * 24 + n, 4, 8, 88, 24, 24, 1, 1, ACTIVATION_IDENTITY);
+        }
+    }
 #else
     for (int p = 0; p < 784; p += 4) {
         pointwise_f32_tile4x16_portable(x + p * 88, w, bias, residual + p * 24, y + p * 24, 4, 16, 88, 24, 24, 1, 1, ACTIVATION_IDENTITY);
@@ -975,6 +1114,12 @@ static void pointwise_f32_28x28x24_to_96_hardswish(const float *restrict x, cons
     for (int p = 0; p < 784; p += 4) {
         for (int n = 0; n < 96; n += 16) {
             pointwise_f32_tile6x16_avx2(x + p * 24, w + n, bias + n, NULL, y + p * 96 + n, 4, 16, 24, 96, 96, 1, 0, ACTIVATION_HARDSWISH);
+        }
+    }
+#elif defined(KERNELS_VECTOR)
+    for (int p = 0; p < 784; p += 4) {
+        for (int n = 0; n < 96; n += 8) {
+            pointwise_f32_tile6x8_vector(x + p * 24, w + n, bias + n, NULL, y + p * 96 + n, 4, 8, 24, 96, 96, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 #else
@@ -1056,6 +1201,12 @@ static void pointwise_f32_14x14x96_to_40(const float *restrict x, const float *r
         }
         pointwise_f32_tile6x16_avx2(x + p * 96, w + 32, bias + 32, NULL, y + p * 40 + 32, 4, 8, 96, 40, 40, 1, 0, ACTIVATION_IDENTITY);
     }
+#elif defined(KERNELS_VECTOR)
+    for (int p = 0; p < 196; p += 4) {
+        for (int n = 0; n < 40; n += 8) {
+            pointwise_f32_tile6x8_vector(x + p * 96, w + n, bias + n, NULL, y + p * 40 + n, 4, 8, 96, 40, 40, 1, 0, ACTIVATION_IDENTITY);
+        }
+    }
 #else
     for (int p = 0; p < 196; p += 4) {
         for (int n = 0; n < 32; n += 16) {
@@ -1083,6 +1234,12 @@ static void pointwise_f32_14x14x40_to_240_hardswish(const float *restrict x, con
     for (int n = 0; n < 240; n += 16) {
         for (int p = 0; p < 196; p += 4) {
             pointwise_f32_tile6x16_avx2(x + p * 40, w + n, bias + n, NULL, y + p * 240 + n, 4, 16, 40, 240, 240, 1, 0, ACTIVATION_HARDSWISH);
+        }
+    }
+#elif defined(KERNELS_VECTOR)
+    for (int n = 0; n < 240; n += 8) {
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 40, w + n, bias + n, NULL, y + p * 240 + n, 4, 8, 40, 240, 240, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 #else
@@ -1169,6 +1326,12 @@ static void pointwise_f32_14x14x240_to_40_residual(const float *restrict x, cons
     for (int p = 0; p < 196; p += 4) {
         pointwise_f32_tile6x16_avx2(x + p * 240, w + 32, bias + 32, residual + p * 40 + 32, y + p * 40 + 32, 4, 8, 240, 40, 40, 1, 1, ACTIVATION_IDENTITY);
     }
+#elif defined(KERNELS_VECTOR)
+    for (int n = 0; n < 40; n += 8) {
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 240, w + n, bias + n, residual + p * 40 + n, y + p * 40 + n, 4, 8, 240, 40, 40, 1, 1, ACTIVATION_IDENTITY);
+        }
+    }
 #else
     for (int n = 0; n < 32; n += 16) {
         for (int p = 0; p < 196; p += 4) {
@@ -1198,6 +1361,12 @@ static void pointwise_f32_14x14x40_to_120_hardswish(const float *restrict x, con
             pointwise_f32_tile6x16_avx2(x + p * 40, w + n, bias + n, NULL, y + p * 120 + n, 4, 16, 40, 120, 120, 1, 0, ACTIVATION_HARDSWISH);
         }
         pointwise_f32_tile6x16_avx2(x + p * 40, w + 112, bias + 112, NULL, y + p * 120 + 112, 4, 8, 40, 120, 120, 1, 0, ACTIVATION_HARDSWISH);
+    }
+#elif defined(KERNELS_VECTOR)
+    for (int p = 0; p < 196; p += 4) {
+        for (int n = 0; n < 120; n += 8) {
+            pointwise_f32_tile6x8_vector(x + p * 40, w + n, bias + n, NULL, y + p * 120 + n, 4, 8, 40, 120, 120, 1, 0, ACTIVATION_HARDSWISH);
+        }
     }
 #else
     for (int p = 0; p < 196; p += 4) {
@@ -1278,6 +1447,12 @@ static void pointwise_f32_14x14x120_to_48(const float *restrict x, const float *
             pointwise_f32_tile6x16_avx2(x + p * 120, w + n, bias + n, NULL, y + p * 48 + n, 4, 16, 120, 48, 48, 1, 0, ACTIVATION_IDENTITY);
         }
     }
+#elif defined(KERNELS_VECTOR)
+    for (int p = 0; p < 196; p += 4) {
+        for (int n = 0; n < 48; n += 8) {
+            pointwise_f32_tile6x8_vector(x + p * 120, w + n, bias + n, NULL, y + p * 48 + n, 4, 8, 120, 48, 48, 1, 0, ACTIVATION_IDENTITY);
+        }
+    }
 #else
     for (int p = 0; p < 196; p += 4) {
         for (int n = 0; n < 48; n += 16) {
@@ -1302,6 +1477,12 @@ static void pointwise_f32_14x14x48_to_144_hardswish(const float *restrict x, con
     for (int p = 0; p < 196; p += 4) {
         for (int n = 0; n < 144; n += 16) {
             pointwise_f32_tile6x16_avx2(x + p * 48, w + n, bias + n, NULL, y + p * 144 + n, 4, 16, 48, 144, 144, 1, 0, ACTIVATION_HARDSWISH);
+        }
+    }
+#elif defined(KERNELS_VECTOR)
+    for (int p = 0; p < 196; p += 4) {
+        for (int n = 0; n < 144; n += 8) {
+            pointwise_f32_tile6x8_vector(x + p * 48, w + n, bias + n, NULL, y + p * 144 + n, 4, 8, 48, 144, 144, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 #else
@@ -1383,6 +1564,12 @@ static void pointwise_f32_14x14x144_to_48_residual(const float *restrict x, cons
             pointwise_f32_tile6x16_avx2(x + p * 144, w + n, bias + n, residual + p * 48 + n, y + p * 48 + n, 4, 16, 144, 48, 48, 1, 1, ACTIVATION_IDENTITY);
         }
     }
+#elif defined(KERNELS_VECTOR)
+    for (int p = 0; p < 196; p += 4) {
+        for (int n = 0; n < 48; n += 8) {
+            pointwise_f32_tile6x8_vector(x + p * 144, w + n, bias + n, residual + p * 48 + n, y + p * 48 + n, 4, 8, 144, 48, 48, 1, 1, ACTIVATION_IDENTITY);
+        }
+    }
 #else
     for (int p = 0; p < 196; p += 4) {
         for (int n = 0; n < 48; n += 16) {
@@ -1406,6 +1593,12 @@ static void pointwise_f32_14x14x48_to_288_hardswish(const float *restrict x, con
     for (int n = 0; n < 288; n += 16) {
         for (int p = 0; p < 196; p += 4) {
             pointwise_f32_tile6x16_avx2(x + p * 48, w + n, bias + n, NULL, y + p * 288 + n, 4, 16, 48, 288, 288, 1, 0, ACTIVATION_HARDSWISH);
+        }
+    }
+#elif defined(KERNELS_VECTOR)
+    for (int n = 0; n < 288; n += 8) {
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 48, w + n, bias + n, NULL, y + p * 288 + n, 4, 8, 48, 288, 288, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 #else
@@ -1488,6 +1681,13 @@ static void pointwise_f32_7x7x288_to_96(const float *restrict x, const float *re
         }
         pointwise_f32_tile6x16_avx2(x + 12960, w + n, bias + n, NULL, y + n + 4320, 4, 16, 288, 96, 96, 1, 0, ACTIVATION_IDENTITY);
     }
+#elif defined(KERNELS_VECTOR)
+    for (int n = 0; n < 96; n += 8) {
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 288, w + n, bias + n, NULL, y + p * 96 + n, 5, 8, 288, 96, 96, 1, 0, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x8_vector(x + 12960, w + n, bias + n, NULL, y + n + 4320, 4, 8, 288, 96, 96, 1, 0, ACTIVATION_IDENTITY);
+    }
 #else
     for (int n = 0; n < 96; n += 16) {
         for (int p = 0; p < 48; p += 4) {
@@ -1514,6 +1714,13 @@ static void pointwise_f32_7x7x96_to_576_hardswish(const float *restrict x, const
             pointwise_f32_tile6x16_avx2(x + p * 96, w + n, bias + n, NULL, y + p * 576 + n, 5, 16, 96, 576, 576, 1, 0, ACTIVATION_HARDSWISH);
         }
         pointwise_f32_tile6x16_avx2(x + 4320, w + n, bias + n, NULL, y + n + 25920, 4, 16, 96, 576, 576, 1, 0, ACTIVATION_HARDSWISH);
+    }
+#elif defined(KERNELS_VECTOR)
+    for (int n = 0; n < 576; n += 8) {
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 96, w + n, bias + n, NULL, y + p * 576 + n, 5, 8, 96, 576, 576, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        pointwise_f32_tile6x8_vector(x + 4320, w + n, bias + n, NULL, y + n + 25920, 4, 8, 96, 576, 576, 1, 0, ACTIVATION_HARDSWISH);
     }
 #else
     for (int n = 0; n < 576; n += 16) {
@@ -1596,6 +1803,13 @@ static void pointwise_f32_7x7x576_to_96_residual(const float *restrict x, const 
             pointwise_f32_tile6x16_avx2(x + p * 576, w + n, bias + n, residual + p * 96 + n, y + p * 96 + n, 5, 16, 576, 96, 96, 1, 1, ACTIVATION_IDENTITY);
         }
         pointwise_f32_tile6x16_avx2(x + 25920, w + n, bias + n, residual + n + 4320, y + n + 4320, 4, 16, 576, 96, 96, 1, 1, ACTIVATION_IDENTITY);
+    }
+#elif defined(KERNELS_VECTOR)
+    for (int n = 0; n < 96; n += 8) {
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 576, w + n, bias + n, residual + p * 96 + n, y + p * 96 + n, 5, 8, 576, 96, 96, 1, 1, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x8_vector(x + 25920, w + n, bias + n, residual + n + 4320, y + n + 4320, 4, 8, 576, 96, 96, 1, 1, ACTIVATION_IDENTITY);
     }
 #else
     for (int n = 0; n < 96; n += 16) {

@@ -10,15 +10,22 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#if defined(__AVX512F__)
+/* Instruction set of the kernels: AVX-512F or AVX2 with FMA intrinsics when the compiler
+   targets them, else GCC and Clang vector extensions (16-byte vectors: SSE2, NEON, ...), else
+   plain C. Defining KERNELS_SCALAR selects plain C everywhere. */
+#if defined(KERNELS_SCALAR)
+#elif defined(__AVX512F__)
 #include <immintrin.h>
 #define KERNELS_AVX512 1
 #elif defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define KERNELS_AVX2 1
+#elif defined(__GNUC__)
+#define KERNELS_VECTOR 1
+typedef float float4 __attribute__((vector_size(16)));
 #endif
 
-/* Helpers are always inlined, so the literal arguments of each call specialize them; one
+/* Helpers are always inlined, so the literal arguments of each call specialize them. One
    instruction set's kernels may leave another's scalar helper unused. */
 #if defined(__GNUC__)
 #define KERNEL_INLINE static inline __attribute__((always_inline, unused))
@@ -336,6 +343,108 @@ KERNEL_INLINE void pointwise_f32_tile6x16_avx2(const float *restrict x, const fl
         if (has_residual && cols > 8) v1 = _mm256_add_ps(v1, _mm256_maskload_ps(residual + 5 * y_stride + 8, mask1));
         if (cols >= 8) _mm256_storeu_ps(y + 5 * y_stride, v0); else _mm256_maskstore_ps(y + 5 * y_stride, mask0, v0);
         if (cols >= 16) _mm256_storeu_ps(y + 5 * y_stride + 8, v1); else if (cols > 8) _mm256_maskstore_ps(y + 5 * y_stride + 8, mask1, v1);
+    }
+}
+#elif defined(KERNELS_VECTOR)
+KERNEL_INLINE void pointwise_f32_tile6x8_vector(const float *restrict x, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int rows, int cols, int k_count, int w_stride, int y_stride,
+    int has_bias, int has_residual, int activation)
+{
+    if (cols == 8) {
+        float4 bias0 = {0.0f, 0.0f, 0.0f, 0.0f}, bias1 = bias0;
+        if (has_bias) {
+            __builtin_memcpy(&bias0, bias, sizeof bias0);
+            __builtin_memcpy(&bias1, bias + 4, sizeof bias1);
+        }
+        float4 acc00 = bias0, acc01 = bias1;
+        float4 acc10 = bias0, acc11 = bias1;
+        float4 acc20 = bias0, acc21 = bias1;
+        float4 acc30 = bias0, acc31 = bias1;
+        float4 acc40 = bias0, acc41 = bias1;
+        float4 acc50 = bias0, acc51 = bias1;
+        for (int k = 0; k < k_count; ++k) {
+            float4 w0, w1;
+            __builtin_memcpy(&w0, w + k * w_stride, sizeof w0);
+            __builtin_memcpy(&w1, w + k * w_stride + 4, sizeof w1);
+            {
+                const float xv = x[k];
+                const float4 xr = {xv, xv, xv, xv};
+                acc00 += xr * w0;
+                acc01 += xr * w1;
+            }
+            if (rows > 1) {
+                const float xv = x[1 * k_count + k];
+                const float4 xr = {xv, xv, xv, xv};
+                acc10 += xr * w0;
+                acc11 += xr * w1;
+            }
+            if (rows > 2) {
+                const float xv = x[2 * k_count + k];
+                const float4 xr = {xv, xv, xv, xv};
+                acc20 += xr * w0;
+                acc21 += xr * w1;
+            }
+            if (rows > 3) {
+                const float xv = x[3 * k_count + k];
+                const float4 xr = {xv, xv, xv, xv};
+                acc30 += xr * w0;
+                acc31 += xr * w1;
+            }
+            if (rows > 4) {
+                const float xv = x[4 * k_count + k];
+                const float4 xr = {xv, xv, xv, xv};
+                acc40 += xr * w0;
+                acc41 += xr * w1;
+            }
+            if (rows > 5) {
+                const float xv = x[5 * k_count + k];
+                const float4 xr = {xv, xv, xv, xv};
+                acc50 += xr * w0;
+                acc51 += xr * w1;
+            }
+        }
+        {
+            __builtin_memcpy(y, &acc00, sizeof acc00);
+            __builtin_memcpy(y + 4, &acc01, sizeof acc01);
+        }
+        if (rows > 1) {
+            __builtin_memcpy(y + 1 * y_stride, &acc10, sizeof acc10);
+            __builtin_memcpy(y + 1 * y_stride + 4, &acc11, sizeof acc11);
+        }
+        if (rows > 2) {
+            __builtin_memcpy(y + 2 * y_stride, &acc20, sizeof acc20);
+            __builtin_memcpy(y + 2 * y_stride + 4, &acc21, sizeof acc21);
+        }
+        if (rows > 3) {
+            __builtin_memcpy(y + 3 * y_stride, &acc30, sizeof acc30);
+            __builtin_memcpy(y + 3 * y_stride + 4, &acc31, sizeof acc31);
+        }
+        if (rows > 4) {
+            __builtin_memcpy(y + 4 * y_stride, &acc40, sizeof acc40);
+            __builtin_memcpy(y + 4 * y_stride + 4, &acc41, sizeof acc41);
+        }
+        if (rows > 5) {
+            __builtin_memcpy(y + 5 * y_stride, &acc50, sizeof acc50);
+            __builtin_memcpy(y + 5 * y_stride + 4, &acc51, sizeof acc51);
+        }
+    } else {
+        for (int r = 0; r < rows; ++r) {
+            for (int j = 0; j < cols; ++j) {
+                float sum = has_bias ? bias[j] : 0.0f;
+                for (int k = 0; k < k_count; ++k) {
+                    sum += x[r * k_count + k] * w[k * w_stride + j];
+                }
+                y[r * y_stride + j] = sum;
+            }
+        }
+    }
+    for (int r = 0; r < rows; ++r) {
+        for (int j = 0; j < cols; ++j) {
+            float v = activate_f32(y[r * y_stride + j], activation);
+            if (has_residual) v += residual[r * y_stride + j];
+            y[r * y_stride + j] = v;
+        }
     }
 }
 #else
@@ -753,6 +862,12 @@ static void pointwise_f32_112x112x32_to_64_relu6(const float *restrict x, const 
             pointwise_f32_tile6x16_avx2(x + p * 32, w + n, bias + n, NULL, y + p * 64 + n, 4, 16, 32, 64, 64, 1, 0, ACTIVATION_RELU6);
         }
     }
+#elif defined(KERNELS_VECTOR)
+    for (int p = 0; p < 12544; p += 4) {
+        for (int n = 0; n < 64; n += 8) {
+            pointwise_f32_tile6x8_vector(x + p * 32, w + n, bias + n, NULL, y + p * 64 + n, 4, 8, 32, 64, 64, 1, 0, ACTIVATION_RELU6);
+        }
+    }
 #else
     for (int p = 0; p < 12544; p += 4) {
         for (int n = 0; n < 64; n += 16) {
@@ -799,6 +914,12 @@ static void pointwise_f32_56x56x64_to_128_relu6(const float *restrict x, const f
     for (int p = 0; p < 3136; p += 4) {
         for (int n = 0; n < 128; n += 16) {
             pointwise_f32_tile6x16_avx2(x + p * 64, w + n, bias + n, NULL, y + p * 128 + n, 4, 16, 64, 128, 128, 1, 0, ACTIVATION_RELU6);
+        }
+    }
+#elif defined(KERNELS_VECTOR)
+    for (int p = 0; p < 3136; p += 4) {
+        for (int n = 0; n < 128; n += 8) {
+            pointwise_f32_tile6x8_vector(x + p * 64, w + n, bias + n, NULL, y + p * 128 + n, 4, 8, 64, 128, 128, 1, 0, ACTIVATION_RELU6);
         }
     }
 #else
@@ -849,6 +970,12 @@ static void pointwise_f32_56x56x128_to_128_relu6(const float *restrict x, const 
             pointwise_f32_tile6x16_avx2(x + p * 128, w + n, bias + n, NULL, y + p * 128 + n, 4, 16, 128, 128, 128, 1, 0, ACTIVATION_RELU6);
         }
     }
+#elif defined(KERNELS_VECTOR)
+    for (int n = 0; n < 128; n += 8) {
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 128, w + n, bias + n, NULL, y + p * 128 + n, 4, 8, 128, 128, 128, 1, 0, ACTIVATION_RELU6);
+        }
+    }
 #else
     for (int n = 0; n < 128; n += 16) {
         for (int p = 0; p < 3136; p += 4) {
@@ -895,6 +1022,12 @@ static void pointwise_f32_28x28x128_to_256_relu6(const float *restrict x, const 
     for (int n = 0; n < 256; n += 16) {
         for (int p = 0; p < 784; p += 4) {
             pointwise_f32_tile6x16_avx2(x + p * 128, w + n, bias + n, NULL, y + p * 256 + n, 4, 16, 128, 256, 256, 1, 0, ACTIVATION_RELU6);
+        }
+    }
+#elif defined(KERNELS_VECTOR)
+    for (int n = 0; n < 256; n += 8) {
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 128, w + n, bias + n, NULL, y + p * 256 + n, 4, 8, 128, 256, 256, 1, 0, ACTIVATION_RELU6);
         }
     }
 #else
@@ -945,6 +1078,12 @@ static void pointwise_f32_28x28x256_to_256_relu6(const float *restrict x, const 
             pointwise_f32_tile6x16_avx2(x + p * 256, w + n, bias + n, NULL, y + p * 256 + n, 4, 16, 256, 256, 256, 1, 0, ACTIVATION_RELU6);
         }
     }
+#elif defined(KERNELS_VECTOR)
+    for (int n = 0; n < 256; n += 8) {
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 256, w + n, bias + n, NULL, y + p * 256 + n, 4, 8, 256, 256, 256, 1, 0, ACTIVATION_RELU6);
+        }
+    }
 #else
     for (int n = 0; n < 256; n += 16) {
         for (int p = 0; p < 784; p += 4) {
@@ -993,6 +1132,12 @@ static void pointwise_f32_14x14x256_to_512_relu6(const float *restrict x, const 
             pointwise_f32_tile6x16_avx2(x + p * 256, w + n, bias + n, NULL, y + p * 512 + n, 4, 16, 256, 512, 512, 1, 0, ACTIVATION_RELU6);
         }
     }
+#elif defined(KERNELS_VECTOR)
+    for (int n = 0; n < 512; n += 8) {
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 256, w + n, bias + n, NULL, y + p * 512 + n, 4, 8, 256, 512, 512, 1, 0, ACTIVATION_RELU6);
+        }
+    }
 #else
     for (int n = 0; n < 512; n += 16) {
         for (int p = 0; p < 196; p += 4) {
@@ -1039,6 +1184,12 @@ static void pointwise_f32_14x14x512_to_512_relu6(const float *restrict x, const 
     for (int n = 0; n < 512; n += 16) {
         for (int p = 0; p < 196; p += 4) {
             pointwise_f32_tile6x16_avx2(x + p * 512, w + n, bias + n, NULL, y + p * 512 + n, 4, 16, 512, 512, 512, 1, 0, ACTIVATION_RELU6);
+        }
+    }
+#elif defined(KERNELS_VECTOR)
+    for (int n = 0; n < 512; n += 8) {
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 512, w + n, bias + n, NULL, y + p * 512 + n, 4, 8, 512, 512, 512, 1, 0, ACTIVATION_RELU6);
         }
     }
 #else
@@ -1090,6 +1241,13 @@ static void pointwise_f32_7x7x512_to_1024_relu6(const float *restrict x, const f
         }
         pointwise_f32_tile6x16_avx2(x + 23040, w + n, bias + n, NULL, y + n + 46080, 4, 16, 512, 1024, 1024, 1, 0, ACTIVATION_RELU6);
     }
+#elif defined(KERNELS_VECTOR)
+    for (int n = 0; n < 1024; n += 8) {
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 512, w + n, bias + n, NULL, y + p * 1024 + n, 5, 8, 512, 1024, 1024, 1, 0, ACTIVATION_RELU6);
+        }
+        pointwise_f32_tile6x8_vector(x + 23040, w + n, bias + n, NULL, y + n + 46080, 4, 8, 512, 1024, 1024, 1, 0, ACTIVATION_RELU6);
+    }
 #else
     for (int n = 0; n < 1024; n += 16) {
         for (int p = 0; p < 48; p += 4) {
@@ -1140,6 +1298,13 @@ static void pointwise_f32_7x7x1024_to_1024_relu6(const float *restrict x, const 
         }
         pointwise_f32_tile6x16_avx2(x + 46080, w + n, bias + n, NULL, y + n + 46080, 4, 16, 1024, 1024, 1024, 1, 0, ACTIVATION_RELU6);
     }
+#elif defined(KERNELS_VECTOR)
+    for (int n = 0; n < 1024; n += 8) {
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 1024, w + n, bias + n, NULL, y + p * 1024 + n, 5, 8, 1024, 1024, 1024, 1, 0, ACTIVATION_RELU6);
+        }
+        pointwise_f32_tile6x8_vector(x + 46080, w + n, bias + n, NULL, y + n + 46080, 4, 8, 1024, 1024, 1024, 1, 0, ACTIVATION_RELU6);
+    }
 #else
     for (int n = 0; n < 1024; n += 16) {
         for (int p = 0; p < 48; p += 4) {
@@ -1180,6 +1345,11 @@ static void pointwise_f32_1x1x1024_to_1001(const float *restrict x, const float 
         pointwise_f32_tile6x16_avx2(x, w + n, bias + n, NULL, y + n, 1, 16, 1024, 1001, 1001, 1, 0, ACTIVATION_IDENTITY);
     }
     pointwise_f32_tile6x16_avx2(x, w + 992, bias + 992, NULL, y + 992, 1, 9, 1024, 1001, 1001, 1, 0, ACTIVATION_IDENTITY);
+#elif defined(KERNELS_VECTOR)
+    for (int n = 0; n < 1000; n += 8) {
+        pointwise_f32_tile6x8_vector(x, w + n, bias + n, NULL, y + n, 1, 8, 1024, 1001, 1001, 1, 0, ACTIVATION_IDENTITY);
+    }
+    pointwise_f32_tile6x8_vector(x, w + 1000, bias + 1000, NULL, y + 1000, 1, 1, 1024, 1001, 1001, 1, 0, ACTIVATION_IDENTITY);
 #else
     for (int n = 0; n < 992; n += 16) {
         pointwise_f32_tile4x16_portable(x, w + n, bias + n, NULL, y + n, 1, 16, 1024, 1001, 1001, 1, 0, ACTIVATION_IDENTITY);

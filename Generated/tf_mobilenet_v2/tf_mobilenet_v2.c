@@ -10,15 +10,22 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#if defined(__AVX512F__)
+/* Instruction set of the kernels: AVX-512F or AVX2 with FMA intrinsics when the compiler
+   targets them, else GCC and Clang vector extensions (16-byte vectors: SSE2, NEON, ...), else
+   plain C. Defining KERNELS_SCALAR selects plain C everywhere. */
+#if defined(KERNELS_SCALAR)
+#elif defined(__AVX512F__)
 #include <immintrin.h>
 #define KERNELS_AVX512 1
 #elif defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define KERNELS_AVX2 1
+#elif defined(__GNUC__)
+#define KERNELS_VECTOR 1
+typedef float float4 __attribute__((vector_size(16)));
 #endif
 
-/* Helpers are always inlined, so the literal arguments of each call specialize them; one
+/* Helpers are always inlined, so the literal arguments of each call specialize them. One
    instruction set's kernels may leave another's scalar helper unused. */
 #if defined(__GNUC__)
 #define KERNEL_INLINE static inline __attribute__((always_inline, unused))
@@ -336,6 +343,108 @@ KERNEL_INLINE void pointwise_f32_tile6x16_avx2(const float *restrict x, const fl
         if (has_residual && cols > 8) v1 = _mm256_add_ps(v1, _mm256_maskload_ps(residual + 5 * y_stride + 8, mask1));
         if (cols >= 8) _mm256_storeu_ps(y + 5 * y_stride, v0); else _mm256_maskstore_ps(y + 5 * y_stride, mask0, v0);
         if (cols >= 16) _mm256_storeu_ps(y + 5 * y_stride + 8, v1); else if (cols > 8) _mm256_maskstore_ps(y + 5 * y_stride + 8, mask1, v1);
+    }
+}
+#elif defined(KERNELS_VECTOR)
+KERNEL_INLINE void pointwise_f32_tile6x8_vector(const float *restrict x, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int rows, int cols, int k_count, int w_stride, int y_stride,
+    int has_bias, int has_residual, int activation)
+{
+    if (cols == 8) {
+        float4 bias0 = {0.0f, 0.0f, 0.0f, 0.0f}, bias1 = bias0;
+        if (has_bias) {
+            __builtin_memcpy(&bias0, bias, sizeof bias0);
+            __builtin_memcpy(&bias1, bias + 4, sizeof bias1);
+        }
+        float4 acc00 = bias0, acc01 = bias1;
+        float4 acc10 = bias0, acc11 = bias1;
+        float4 acc20 = bias0, acc21 = bias1;
+        float4 acc30 = bias0, acc31 = bias1;
+        float4 acc40 = bias0, acc41 = bias1;
+        float4 acc50 = bias0, acc51 = bias1;
+        for (int k = 0; k < k_count; ++k) {
+            float4 w0, w1;
+            __builtin_memcpy(&w0, w + k * w_stride, sizeof w0);
+            __builtin_memcpy(&w1, w + k * w_stride + 4, sizeof w1);
+            {
+                const float xv = x[k];
+                const float4 xr = {xv, xv, xv, xv};
+                acc00 += xr * w0;
+                acc01 += xr * w1;
+            }
+            if (rows > 1) {
+                const float xv = x[1 * k_count + k];
+                const float4 xr = {xv, xv, xv, xv};
+                acc10 += xr * w0;
+                acc11 += xr * w1;
+            }
+            if (rows > 2) {
+                const float xv = x[2 * k_count + k];
+                const float4 xr = {xv, xv, xv, xv};
+                acc20 += xr * w0;
+                acc21 += xr * w1;
+            }
+            if (rows > 3) {
+                const float xv = x[3 * k_count + k];
+                const float4 xr = {xv, xv, xv, xv};
+                acc30 += xr * w0;
+                acc31 += xr * w1;
+            }
+            if (rows > 4) {
+                const float xv = x[4 * k_count + k];
+                const float4 xr = {xv, xv, xv, xv};
+                acc40 += xr * w0;
+                acc41 += xr * w1;
+            }
+            if (rows > 5) {
+                const float xv = x[5 * k_count + k];
+                const float4 xr = {xv, xv, xv, xv};
+                acc50 += xr * w0;
+                acc51 += xr * w1;
+            }
+        }
+        {
+            __builtin_memcpy(y, &acc00, sizeof acc00);
+            __builtin_memcpy(y + 4, &acc01, sizeof acc01);
+        }
+        if (rows > 1) {
+            __builtin_memcpy(y + 1 * y_stride, &acc10, sizeof acc10);
+            __builtin_memcpy(y + 1 * y_stride + 4, &acc11, sizeof acc11);
+        }
+        if (rows > 2) {
+            __builtin_memcpy(y + 2 * y_stride, &acc20, sizeof acc20);
+            __builtin_memcpy(y + 2 * y_stride + 4, &acc21, sizeof acc21);
+        }
+        if (rows > 3) {
+            __builtin_memcpy(y + 3 * y_stride, &acc30, sizeof acc30);
+            __builtin_memcpy(y + 3 * y_stride + 4, &acc31, sizeof acc31);
+        }
+        if (rows > 4) {
+            __builtin_memcpy(y + 4 * y_stride, &acc40, sizeof acc40);
+            __builtin_memcpy(y + 4 * y_stride + 4, &acc41, sizeof acc41);
+        }
+        if (rows > 5) {
+            __builtin_memcpy(y + 5 * y_stride, &acc50, sizeof acc50);
+            __builtin_memcpy(y + 5 * y_stride + 4, &acc51, sizeof acc51);
+        }
+    } else {
+        for (int r = 0; r < rows; ++r) {
+            for (int j = 0; j < cols; ++j) {
+                float sum = has_bias ? bias[j] : 0.0f;
+                for (int k = 0; k < k_count; ++k) {
+                    sum += x[r * k_count + k] * w[k * w_stride + j];
+                }
+                y[r * y_stride + j] = sum;
+            }
+        }
+    }
+    for (int r = 0; r < rows; ++r) {
+        for (int j = 0; j < cols; ++j) {
+            float v = activate_f32(y[r * y_stride + j], activation);
+            if (has_residual) v += residual[r * y_stride + j];
+            y[r * y_stride + j] = v;
+        }
     }
 }
 #else
@@ -749,6 +858,12 @@ static void pointwise_f32_112x112x32_to_16(const float *restrict x, const float 
     for (int p = 0; p < 12544; p += 4) {
         pointwise_f32_tile6x16_avx2(x + p * 32, w, bias, NULL, y + p * 16, 4, 16, 32, 16, 16, 1, 0, ACTIVATION_IDENTITY);
     }
+#elif defined(KERNELS_VECTOR)
+    for (int p = 0; p < 12544; p += 4) {
+        for (int n = 0; n < 16; n += 8) {
+            pointwise_f32_tile6x8_vector(x + p * 32, w + n, bias + n, NULL, y + p * 16 + n, 4, 8, 32, 16, 16, 1, 0, ACTIVATION_IDENTITY);
+        }
+    }
 #else
     for (int p = 0; p < 12544; p += 4) {
         pointwise_f32_tile4x16_portable(x + p * 32, w, bias, NULL, y + p * 16, 4, 16, 32, 16, 16, 1, 0, ACTIVATION_IDENTITY);
@@ -770,6 +885,12 @@ static void pointwise_f32_112x112x16_to_96_relu6(const float *restrict x, const 
     for (int p = 0; p < 12544; p += 4) {
         for (int n = 0; n < 96; n += 16) {
             pointwise_f32_tile6x16_avx2(x + p * 16, w + n, bias + n, NULL, y + p * 96 + n, 4, 16, 16, 96, 96, 1, 0, ACTIVATION_RELU6);
+        }
+    }
+#elif defined(KERNELS_VECTOR)
+    for (int p = 0; p < 12544; p += 4) {
+        for (int n = 0; n < 96; n += 8) {
+            pointwise_f32_tile6x8_vector(x + p * 16, w + n, bias + n, NULL, y + p * 96 + n, 4, 8, 16, 96, 96, 1, 0, ACTIVATION_RELU6);
         }
     }
 #else
@@ -817,6 +938,12 @@ static void pointwise_f32_56x56x96_to_24(const float *restrict x, const float *r
         pointwise_f32_tile6x16_avx2(x + p * 96, w, bias, NULL, y + p * 24, 4, 16, 96, 24, 24, 1, 0, ACTIVATION_IDENTITY);
         pointwise_f32_tile6x16_avx2(x + p * 96, w + 16, bias + 16, NULL, y + p * 24 + 16, 4, 8, 96, 24, 24, 1, 0, ACTIVATION_IDENTITY);
     }
+#elif defined(KERNELS_VECTOR)
+    for (int p = 0; p < 3136; p += 4) {
+        for (int n = 0; n < 24; n += 8) {
+            pointwise_f32_tile6x8_vector(x + p * 96, w + n, bias + n, NULL, y + p * 24 + n, 4, 8, 96, 24, 24, 1, 0, ACTIVATION_IDENTITY);
+        }
+    }
 #else
     for (int p = 0; p < 3136; p += 4) {
         pointwise_f32_tile4x16_portable(x + p * 96, w, bias, NULL, y + p * 24, 4, 16, 96, 24, 24, 1, 0, ACTIVATION_IDENTITY);
@@ -840,6 +967,12 @@ static void pointwise_f32_56x56x24_to_144_relu6(const float *restrict x, const f
     for (int p = 0; p < 3136; p += 4) {
         for (int n = 0; n < 144; n += 16) {
             pointwise_f32_tile6x16_avx2(x + p * 24, w + n, bias + n, NULL, y + p * 144 + n, 4, 16, 24, 144, 144, 1, 0, ACTIVATION_RELU6);
+        }
+    }
+#elif defined(KERNELS_VECTOR)
+    for (int p = 0; p < 3136; p += 4) {
+        for (int n = 0; n < 144; n += 8) {
+            pointwise_f32_tile6x8_vector(x + p * 24, w + n, bias + n, NULL, y + p * 144 + n, 4, 8, 24, 144, 144, 1, 0, ACTIVATION_RELU6);
         }
     }
 #else
@@ -888,6 +1021,12 @@ static void pointwise_f32_56x56x144_to_24_residual(const float *restrict x, cons
         pointwise_f32_tile6x16_avx2(x + p * 144, w, bias, residual + p * 24, y + p * 24, 4, 16, 144, 24, 24, 1, 1, ACTIVATION_IDENTITY);
         pointwise_f32_tile6x16_avx2(x + p * 144, w + 16, bias + 16, residual + p * 24 + 16, y + p * 24 + 16, 4, 8, 144, 24, 24, 1, 1, ACTIVATION_IDENTITY);
     }
+#elif defined(KERNELS_VECTOR)
+    for (int p = 0; p < 3136; p += 4) {
+        for (int n = 0; n < 24; n += 8) {
+            pointwise_f32_tile6x8_vector(x + p * 144, w + n, bias + n, residual + p * 24 + n, y + p * 24 + n, 4, 8, 144, 24, 24, 1, 1, ACTIVATION_IDENTITY);
+        }
+    }
 #else
     for (int p = 0; p < 3136; p += 4) {
         pointwise_f32_tile4x16_portable(x + p * 144, w, bias, residual + p * 24, y + p * 24, 4, 16, 144, 24, 24, 1, 1, ACTIVATION_IDENTITY);
@@ -933,6 +1072,12 @@ static void pointwise_f32_28x28x144_to_32(const float *restrict x, const float *
             pointwise_f32_tile6x16_avx2(x + p * 144, w + n, bias + n, NULL, y + p * 32 + n, 4, 16, 144, 32, 32, 1, 0, ACTIVATION_IDENTITY);
         }
     }
+#elif defined(KERNELS_VECTOR)
+    for (int p = 0; p < 784; p += 4) {
+        for (int n = 0; n < 32; n += 8) {
+            pointwise_f32_tile6x8_vector(x + p * 144, w + n, bias + n, NULL, y + p * 32 + n, 4, 8, 144, 32, 32, 1, 0, ACTIVATION_IDENTITY);
+        }
+    }
 #else
     for (int p = 0; p < 784; p += 4) {
         for (int n = 0; n < 32; n += 16) {
@@ -956,6 +1101,12 @@ static void pointwise_f32_28x28x32_to_192_relu6(const float *restrict x, const f
     for (int p = 0; p < 784; p += 4) {
         for (int n = 0; n < 192; n += 16) {
             pointwise_f32_tile6x16_avx2(x + p * 32, w + n, bias + n, NULL, y + p * 192 + n, 4, 16, 32, 192, 192, 1, 0, ACTIVATION_RELU6);
+        }
+    }
+#elif defined(KERNELS_VECTOR)
+    for (int p = 0; p < 784; p += 4) {
+        for (int n = 0; n < 192; n += 8) {
+            pointwise_f32_tile6x8_vector(x + p * 32, w + n, bias + n, NULL, y + p * 192 + n, 4, 8, 32, 192, 192, 1, 0, ACTIVATION_RELU6);
         }
     }
 #else
@@ -1003,6 +1154,12 @@ static void pointwise_f32_28x28x192_to_32_residual(const float *restrict x, cons
     for (int p = 0; p < 784; p += 4) {
         for (int n = 0; n < 32; n += 16) {
             pointwise_f32_tile6x16_avx2(x + p * 192, w + n, bias + n, residual + p * 32 + n, y + p * 32 + n, 4, 16, 192, 32, 32, 1, 1, ACTIVATION_IDENTITY);
+        }
+    }
+#elif defined(KERNELS_VECTOR)
+    for (int p = 0; p < 784; p += 4) {
+        for (int n = 0; n < 32; n += 8) {
+            pointwise_f32_tile6x8_vector(x + p * 192, w + n, bias + n, residual + p * 32 + n, y + p * 32 + n, 4, 8, 192, 32, 32, 1, 1, ACTIVATION_IDENTITY);
         }
     }
 #else
@@ -1053,6 +1210,12 @@ static void pointwise_f32_14x14x192_to_64(const float *restrict x, const float *
             pointwise_f32_tile6x16_avx2(x + p * 192, w + n, bias + n, NULL, y + p * 64 + n, 4, 16, 192, 64, 64, 1, 0, ACTIVATION_IDENTITY);
         }
     }
+#elif defined(KERNELS_VECTOR)
+    for (int n = 0; n < 64; n += 8) {
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 192, w + n, bias + n, NULL, y + p * 64 + n, 4, 8, 192, 64, 64, 1, 0, ACTIVATION_IDENTITY);
+        }
+    }
 #else
     for (int n = 0; n < 64; n += 16) {
         for (int p = 0; p < 196; p += 4) {
@@ -1076,6 +1239,12 @@ static void pointwise_f32_14x14x64_to_384_relu6(const float *restrict x, const f
     for (int n = 0; n < 384; n += 16) {
         for (int p = 0; p < 196; p += 4) {
             pointwise_f32_tile6x16_avx2(x + p * 64, w + n, bias + n, NULL, y + p * 384 + n, 4, 16, 64, 384, 384, 1, 0, ACTIVATION_RELU6);
+        }
+    }
+#elif defined(KERNELS_VECTOR)
+    for (int n = 0; n < 384; n += 8) {
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 64, w + n, bias + n, NULL, y + p * 384 + n, 4, 8, 64, 384, 384, 1, 0, ACTIVATION_RELU6);
         }
     }
 #else
@@ -1127,6 +1296,12 @@ static void pointwise_f32_14x14x384_to_64_residual(const float *restrict x, cons
             pointwise_f32_tile6x16_avx2(x + p * 384, w + n, bias + n, residual + p * 64 + n, y + p * 64 + n, 4, 16, 384, 64, 64, 1, 1, ACTIVATION_IDENTITY);
         }
     }
+#elif defined(KERNELS_VECTOR)
+    for (int n = 0; n < 64; n += 8) {
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 384, w + n, bias + n, residual + p * 64 + n, y + p * 64 + n, 4, 8, 384, 64, 64, 1, 1, ACTIVATION_IDENTITY);
+        }
+    }
 #else
     for (int n = 0; n < 64; n += 16) {
         for (int p = 0; p < 196; p += 4) {
@@ -1152,6 +1327,12 @@ static void pointwise_f32_14x14x384_to_96(const float *restrict x, const float *
             pointwise_f32_tile6x16_avx2(x + p * 384, w + n, bias + n, NULL, y + p * 96 + n, 4, 16, 384, 96, 96, 1, 0, ACTIVATION_IDENTITY);
         }
     }
+#elif defined(KERNELS_VECTOR)
+    for (int n = 0; n < 96; n += 8) {
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 384, w + n, bias + n, NULL, y + p * 96 + n, 4, 8, 384, 96, 96, 1, 0, ACTIVATION_IDENTITY);
+        }
+    }
 #else
     for (int n = 0; n < 96; n += 16) {
         for (int p = 0; p < 196; p += 4) {
@@ -1175,6 +1356,12 @@ static void pointwise_f32_14x14x96_to_576_relu6(const float *restrict x, const f
     for (int n = 0; n < 576; n += 16) {
         for (int p = 0; p < 196; p += 4) {
             pointwise_f32_tile6x16_avx2(x + p * 96, w + n, bias + n, NULL, y + p * 576 + n, 4, 16, 96, 576, 576, 1, 0, ACTIVATION_RELU6);
+        }
+    }
+#elif defined(KERNELS_VECTOR)
+    for (int n = 0; n < 576; n += 8) {
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 96, w + n, bias + n, NULL, y + p * 576 + n, 4, 8, 96, 576, 576, 1, 0, ACTIVATION_RELU6);
         }
     }
 #else
@@ -1226,6 +1413,12 @@ static void pointwise_f32_14x14x576_to_96_residual(const float *restrict x, cons
             pointwise_f32_tile6x16_avx2(x + p * 576, w + n, bias + n, residual + p * 96 + n, y + p * 96 + n, 4, 16, 576, 96, 96, 1, 1, ACTIVATION_IDENTITY);
         }
     }
+#elif defined(KERNELS_VECTOR)
+    for (int n = 0; n < 96; n += 8) {
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 576, w + n, bias + n, residual + p * 96 + n, y + p * 96 + n, 4, 8, 576, 96, 96, 1, 1, ACTIVATION_IDENTITY);
+        }
+    }
 #else
     for (int n = 0; n < 96; n += 16) {
         for (int p = 0; p < 196; p += 4) {
@@ -1275,6 +1468,13 @@ static void pointwise_f32_7x7x576_to_160(const float *restrict x, const float *r
         }
         pointwise_f32_tile6x16_avx2(x + 25920, w + n, bias + n, NULL, y + n + 7200, 4, 16, 576, 160, 160, 1, 0, ACTIVATION_IDENTITY);
     }
+#elif defined(KERNELS_VECTOR)
+    for (int n = 0; n < 160; n += 8) {
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 576, w + n, bias + n, NULL, y + p * 160 + n, 5, 8, 576, 160, 160, 1, 0, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x8_vector(x + 25920, w + n, bias + n, NULL, y + n + 7200, 4, 8, 576, 160, 160, 1, 0, ACTIVATION_IDENTITY);
+    }
 #else
     for (int n = 0; n < 160; n += 16) {
         for (int p = 0; p < 48; p += 4) {
@@ -1301,6 +1501,13 @@ static void pointwise_f32_7x7x160_to_960_relu6(const float *restrict x, const fl
             pointwise_f32_tile6x16_avx2(x + p * 160, w + n, bias + n, NULL, y + p * 960 + n, 5, 16, 160, 960, 960, 1, 0, ACTIVATION_RELU6);
         }
         pointwise_f32_tile6x16_avx2(x + 7200, w + n, bias + n, NULL, y + n + 43200, 4, 16, 160, 960, 960, 1, 0, ACTIVATION_RELU6);
+    }
+#elif defined(KERNELS_VECTOR)
+    for (int n = 0; n < 960; n += 8) {
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 160, w + n, bias + n, NULL, y + p * 960 + n, 5, 8, 160, 960, 960, 1, 0, ACTIVATION_RELU6);
+        }
+        pointwise_f32_tile6x8_vector(x + 7200, w + n, bias + n, NULL, y + n + 43200, 4, 8, 160, 960, 960, 1, 0, ACTIVATION_RELU6);
     }
 #else
     for (int n = 0; n < 960; n += 16) {
@@ -1353,6 +1560,13 @@ static void pointwise_f32_7x7x960_to_160_residual(const float *restrict x, const
         }
         pointwise_f32_tile6x16_avx2(x + 43200, w + n, bias + n, residual + n + 7200, y + n + 7200, 4, 16, 960, 160, 160, 1, 1, ACTIVATION_IDENTITY);
     }
+#elif defined(KERNELS_VECTOR)
+    for (int n = 0; n < 160; n += 8) {
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 960, w + n, bias + n, residual + p * 160 + n, y + p * 160 + n, 5, 8, 960, 160, 160, 1, 1, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x8_vector(x + 43200, w + n, bias + n, residual + n + 7200, y + n + 7200, 4, 8, 960, 160, 160, 1, 1, ACTIVATION_IDENTITY);
+    }
 #else
     for (int n = 0; n < 160; n += 16) {
         for (int p = 0; p < 48; p += 4) {
@@ -1380,6 +1594,13 @@ static void pointwise_f32_7x7x960_to_320(const float *restrict x, const float *r
         }
         pointwise_f32_tile6x16_avx2(x + 43200, w + n, bias + n, NULL, y + n + 14400, 4, 16, 960, 320, 320, 1, 0, ACTIVATION_IDENTITY);
     }
+#elif defined(KERNELS_VECTOR)
+    for (int n = 0; n < 320; n += 8) {
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 960, w + n, bias + n, NULL, y + p * 320 + n, 5, 8, 960, 320, 320, 1, 0, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x8_vector(x + 43200, w + n, bias + n, NULL, y + n + 14400, 4, 8, 960, 320, 320, 1, 0, ACTIVATION_IDENTITY);
+    }
 #else
     for (int n = 0; n < 320; n += 16) {
         for (int p = 0; p < 48; p += 4) {
@@ -1406,6 +1627,13 @@ static void pointwise_f32_7x7x320_to_1280_relu6(const float *restrict x, const f
             pointwise_f32_tile6x16_avx2(x + p * 320, w + n, bias + n, NULL, y + p * 1280 + n, 5, 16, 320, 1280, 1280, 1, 0, ACTIVATION_RELU6);
         }
         pointwise_f32_tile6x16_avx2(x + 14400, w + n, bias + n, NULL, y + n + 57600, 4, 16, 320, 1280, 1280, 1, 0, ACTIVATION_RELU6);
+    }
+#elif defined(KERNELS_VECTOR)
+    for (int n = 0; n < 1280; n += 8) {
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 320, w + n, bias + n, NULL, y + p * 1280 + n, 5, 8, 320, 1280, 1280, 1, 0, ACTIVATION_RELU6);
+        }
+        pointwise_f32_tile6x8_vector(x + 14400, w + n, bias + n, NULL, y + n + 57600, 4, 8, 320, 1280, 1280, 1, 0, ACTIVATION_RELU6);
     }
 #else
     for (int n = 0; n < 1280; n += 16) {
@@ -1447,6 +1675,11 @@ static void pointwise_f32_1x1x1280_to_1001(const float *restrict x, const float 
         pointwise_f32_tile6x16_avx2(x, w + n, bias + n, NULL, y + n, 1, 16, 1280, 1001, 1001, 1, 0, ACTIVATION_IDENTITY);
     }
     pointwise_f32_tile6x16_avx2(x, w + 992, bias + 992, NULL, y + 992, 1, 9, 1280, 1001, 1001, 1, 0, ACTIVATION_IDENTITY);
+#elif defined(KERNELS_VECTOR)
+    for (int n = 0; n < 1000; n += 8) {
+        pointwise_f32_tile6x8_vector(x, w + n, bias + n, NULL, y + n, 1, 8, 1280, 1001, 1001, 1, 0, ACTIVATION_IDENTITY);
+    }
+    pointwise_f32_tile6x8_vector(x, w + 1000, bias + 1000, NULL, y + 1000, 1, 1, 1280, 1001, 1001, 1, 0, ACTIVATION_IDENTITY);
 #else
     for (int n = 0; n < 992; n += 16) {
         pointwise_f32_tile4x16_portable(x, w + n, bias + n, NULL, y + n, 1, 16, 1280, 1001, 1001, 1, 0, ACTIVATION_IDENTITY);

@@ -17,15 +17,16 @@
  *   int status = tf_mobilenet_v2_run(weights, input, output, arena);
  * where weights holds the contents of tf_mobilenet_v2.weights.bin at an address aligned to
  * TF_MOBILENET_V2_WEIGHTS_ALIGNMENT bytes (or is tf_mobilenet_v2_weights from tf_mobilenet_v2_weights.c).
- * input, output, arena and weights must not overlap. tf_mobilenet_v2_run() returns TF_MOBILENET_V2_OK, or an
- * TF_MOBILENET_V2_ERROR_* code without touching output when an argument is NULL or misaligned.
+ * input, output, arena and weights must not overlap. tf_mobilenet_v2_run() returns TF_MOBILENET_V2_OK, or one
+ * of the TF_MOBILENET_V2_ERROR_* codes without touching output when an argument is NULL or misaligned.
  *
  * Threads: tf_mobilenet_v2_run() keeps no state between calls and writes only to output and arena,
  * so threads may run it at the same time, each with its own arena and output; weights and
  * input may be shared.
  *
  * Build: any C99 compiler. With AVX-512F or AVX2 and FMA enabled (-march=native, or
- * -mavx512f, or -mavx2 -mfma) the kernels use those instructions, else portable C.
+ * -mavx512f, or -mavx2 -mfma) the kernels use those instructions, else portable C, which
+ * GCC and Clang vectorize for the target. Define KERNELS_SCALAR to force plain C.
  */
 #ifndef TF_MOBILENET_V2_H
 #define TF_MOBILENET_V2_H

@@ -39,14 +39,17 @@ final class CBackendTests: XCTestCase {
         var flags: [String] = []
     }
 
+    /// The graph, input and interpreter logits of each small case, computed once for all tests.
+    static var references: [String: (Graph, [Float], [Float])] = [:]
+
     /// Runs the cases two at a time and checks max |Δ| ≤ 1e-4 · max |logit| for each.
     func checkParity(_ cases: [ParityCase]) throws {
-        var references: [String: (Graph, [Float], [Float])] = [:]
-        for parityCase in cases where references[parityCase.label] == nil {
+        for parityCase in cases where CBackendTests.references[parityCase.label] == nil {
             let graph = varianceKeepingWeights(try loadSpec(parityCase.spec, parityCase.overrides))
             let input = randomInput(count: graph.nodes[0].elementCount)
-            references[parityCase.label] = (graph, input, try Interpreter(graph: graph).run(input: input))
+            CBackendTests.references[parityCase.label] = (graph, input, try Interpreter(graph: graph).run(input: input))
         }
+        let references = CBackendTests.references
         let results = concurrentMap(cases) { parityCase -> [Float] in
             guard let (graph, input, _) = references[parityCase.label] else { return [] }
             let optimized = try optimize(graph, level: parityCase.level, disabled: parityCase.disabled)
@@ -88,7 +91,7 @@ final class CBackendTests: XCTestCase {
     }
 
     func testParityUnderSanitizers() throws {
-        var cases = CBackendTests.smallCases.filter { $0.label != "tf-v1-64" && $0.label != "tf-v2-64" }.map {
+        var cases = CBackendTests.distinctCases.map {
             ParityCase(label: $0.label, spec: $0.spec, overrides: $0.overrides, level: 2, flags: CBackendTests.sanitizerFlags)
         }
         let odd = CBackendTests.smallCases[4]
@@ -96,9 +99,22 @@ final class CBackendTests: XCTestCase {
         try checkParity(cases)
     }
 
+    /// The plain C kernels, which compilers without vector extensions build, under the
+    /// sanitizers. These three networks together use every kernel helper.
+    func testParityPlainC() throws {
+        try checkParity(CBackendTests.smallCases.filter { ["v3-large", "v3-small", "tf-v1-65"].contains($0.label) }.map {
+            ParityCase(label: $0.label, spec: $0.spec, overrides: $0.overrides, level: 2,
+                       flags: ["-DKERNELS_SCALAR"] + CBackendTests.sanitizerFlags)
+        })
+    }
+
+    /// The small cases without the even-sized TF variants, which differ from the odd-sized
+    /// ones only in their padding.
+    static let distinctCases = smallCases.filter { $0.label != "tf-v1-64" && $0.label != "tf-v2-64" }
+
     func testParityAVX512() throws {
         guard cpuFlags().contains("avx512f") else { throw XCTSkip("this CPU has no AVX-512F") }
-        try checkParity(CBackendTests.smallCases.map {
+        try checkParity(CBackendTests.distinctCases.map {
             ParityCase(label: $0.label, spec: $0.spec, overrides: $0.overrides, level: 2, flags: ["-mavx512f", "-mfma"])
         })
     }
@@ -106,7 +122,7 @@ final class CBackendTests: XCTestCase {
     func testParityAVX2() throws {
         let flags = cpuFlags()
         guard flags.contains("avx2") && flags.contains("fma") else { throw XCTSkip("this CPU has no AVX2 with FMA") }
-        try checkParity(CBackendTests.smallCases.map {
+        try checkParity(CBackendTests.distinctCases.map {
             ParityCase(label: $0.label, spec: $0.spec, overrides: $0.overrides, level: 2, flags: ["-mavx2", "-mfma"])
         })
     }
@@ -136,7 +152,8 @@ final class CBackendTests: XCTestCase {
 
     /// Every network at full size, fused and unfused, compiles without a warning as C99:
     /// GCC with -O2 (some warnings need the optimizer), Clang with -fsyntax-only. The
-    /// intrinsics paths are checked on two networks that together use every kernel helper.
+    /// intrinsics and plain C paths are checked on two networks that together use every
+    /// kernel helper.
     func testGeneratedCompilesWithoutWarnings() throws {
         let directory = try makeTemporaryDirectory(prefix: "mnc-warnings")
         defer { try? FileManager.default.removeItem(atPath: directory) }
@@ -154,14 +171,14 @@ final class CBackendTests: XCTestCase {
         var jobs: [(String, [String])] = sources.map { ("gcc", ["gcc", "-O2"] + strict + ["-c", $0, "-o", $0 + ".o"]) }
         let intrinsicsSources = sources.filter { $0.hasSuffix("mobilenet_v3_large_O2.c") || $0.hasSuffix("tf_mobilenet_v1_O2.c") }
         for source in intrinsicsSources {
-            for isa in [["-mavx2", "-mfma"], ["-mavx512f"]] {
+            for isa in [["-mavx2", "-mfma"], ["-mavx512f"], ["-DKERNELS_SCALAR"]] {
                 jobs.append(("gcc", ["gcc", "-O2"] + isa + strict + ["-c", source, "-o", source + ".o"]))
             }
         }
         if (try? runProcess(["clang", "--version"]))?.status == 0 {
             jobs += sources.map { ("clang", ["clang", "-fsyntax-only"] + strict + [$0]) }
             for source in intrinsicsSources {
-                for isa in [["-mavx2", "-mfma"], ["-mavx512f"]] {
+                for isa in [["-mavx2", "-mfma"], ["-mavx512f"], ["-DKERNELS_SCALAR"]] {
                     jobs.append(("clang", ["clang", "-fsyntax-only"] + isa + strict + [source]))
                 }
             }

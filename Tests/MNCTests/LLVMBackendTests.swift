@@ -430,7 +430,7 @@ final class LLVMBackendTests: XCTestCase {
                            contains: "--target applies to the LLVM backend only")
         assertOneLineError(compileArguments(["--emit", "c"]), contains: "invalid value 'c' for --emit")
         assertOneLineError(compileArguments([], backend: "gcc"), contains: "invalid value 'gcc' for --backend")
-        assertOneLineError(compileArguments(["--emit", "executable"]), contains: "--emit executable needs the weights compiled in")
+        assertOneLineError(compileArguments(["--emit", "executable"]), contains: "--emit executable embeds the weights")
     }
 
     /// Without a cross compiler on PATH, linking an aarch64 library fails with one line that

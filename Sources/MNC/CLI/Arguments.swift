@@ -4,7 +4,7 @@ struct OptionSpec {
     var name: String
     /// The value's placeholder in help text (`A`, `N`, `FILE`), or nil for a flag.
     var value: String?
-    /// What the option sets, with its unit and default.
+    /// The help line: the value the option sets, with its unit and default.
     var help: String
     /// True when the option may be given more than once.
     var repeatable = false
@@ -84,7 +84,7 @@ func parseArguments(_ arguments: [String], options: [OptionSpec], command: Strin
             value = inlineValue
         } else {
             guard index < arguments.count else {
-                throw MNCError("option --\(name) needs a value \(option.value!)")
+                throw MNCError("option --\(name) needs a value \(option.value ?? "")")
             }
             value = arguments[index]
             index += 1
@@ -103,7 +103,9 @@ func helpText(usage: String, summary: String, options: [OptionSpec]) -> String {
     if !options.isEmpty {
         lines.append("")
         lines.append("options:")
-        let labels = options.map { option in "--\(option.name)" + (option.value.map { " \($0)" } ?? "") }
+        let labels = options.map { option in
+            (option.name.count == 1 ? "-" : "--") + option.name + (option.value.map { " \($0)" } ?? "")
+        }
         let width = min((labels.map(\.count).max() ?? 0) + 2, 30)
         for (label, option) in zip(labels, options) {
             let padding = String(repeating: " ", count: max(width - label.count, 1))

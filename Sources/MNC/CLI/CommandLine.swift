@@ -1,6 +1,6 @@
 import Foundation
 
-/// Where a command writes its normal output and its diagnostics.
+/// The destinations of a command's normal output and its diagnostics.
 public struct CommandOutput {
     public var write: (String) -> Void
     public var writeError: (String) -> Void

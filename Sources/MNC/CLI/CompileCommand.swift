@@ -2,20 +2,25 @@ import Foundation
 
 let compileCommand = Command(
     name: "compile",
-    usage: "mnc compile SPEC [spec options] [--weights W] [-O0|-O1|-O2|-O3] [--disable-pass NAME]... [--backend c|llvm] [--emit KIND] [--target TRIPLE] [--cpu NAME] [--features LIST] -o DIR [--name NAME]",
+    usage: "mnc compile SPEC [spec options] [--weights W | --random-weights] [-O0|-O1|-O2|-O3] [--disable-pass NAME]... [--backend c|llvm] [--emit KIND] [--labels FILE] [--target TRIPLE] [--cpu NAME] [--features LIST] -o DIR [--name NAME]",
     summary: """
     Compile a network to C: write NAME.h (the API) and NAME.c (the network) into DIR, plus the
     weight blob as NAME.weights.bin and NAME_weights.c when --weights is given. --emit object,
     static-lib and shared-lib also build NAME.o, libNAME.a or libNAME.so with the C compiler
     in CC (default cc) and the flags in CFLAGS (default -O2 -std=c99 -Wall -Wextra).
+    --emit executable builds DIR/NAME, a classifier with the weights compiled in:
+    'DIR/NAME IMAGE... [--top K] [--labels FILE] [--json] [--weights FILE] [--bench N]'
+    decodes JPEG, PNG, BMP and PPM images (libjpeg, libpng) and prints the top classes.
     --backend llvm builds the same API through LLVM instead: NAME.h plus NAME.ll, NAME.bc,
     NAME.o, libNAME.a, libNAME.so or the classifier executable NAME, for the host or --target.
     There the -O level also selects LLVM's pipeline, default<O0> to default<O3>.
     """,
     options: specOptions + optimizationOptions + [
         OptionSpec(name: "weights", value: "W", help: "weights file: .safetensors, PyTorch .pth, .tflite or .onnx (default: none; the code depends on shapes only)"),
+        OptionSpec(name: "random-weights", value: nil, help: "bind deterministic random weights instead of --weights, to try a build"),
         OptionSpec(name: "backend", value: "B", help: "c (C source, compiled with CC) or llvm (LLVM \(llvmVersion) in process) (default: c)"),
-        OptionSpec(name: "emit", value: "KIND", help: "c: c (sources only), object, static-lib or shared-lib (default: c); llvm: llvm-ir, bitcode, object, static-lib, shared-lib or executable (default: object)"),
+        OptionSpec(name: "emit", value: "KIND", help: "c: c (sources only), object, static-lib, shared-lib or executable (an image classifier; needs weights) (default: c); llvm: llvm-ir, bitcode, object, static-lib, shared-lib or executable (default: object)"),
+        OptionSpec(name: "labels", value: "FILE", help: "class names, one per line, compiled into the executable (default: none; indices only)"),
         OptionSpec(name: "target", value: "TRIPLE", help: "llvm: target triple, e.g. aarch64-linux-gnu or thumbv7em-none-eabi (default: the host)"),
         OptionSpec(name: "cpu", value: "NAME", help: "llvm: target CPU, e.g. x86-64, cortex-a53, or native (default: the host's CPU, or LLVM's default for the triple with --target)"),
         OptionSpec(name: "features", value: "LIST", help: "llvm: target features, e.g. +avx2,+fma or -neon (default: the host's with no --target, else none)"),
@@ -35,18 +40,33 @@ let compileCommand = Command(
             throw MNCError("'mnc compile' needs an output directory: pass -o DIR")
         }
         var (_, graph) = try loadGraph(arguments, command: "compile")
-        if let weights = arguments.value("weights") {
-            graph = try bindWeights(path: weights, to: graph)
-        }
+        graph = try bindCompileWeights(arguments, to: graph, output: output)
         graph = try optimize(graph, options: arguments)
         let generated = try generateC(graph, name: arguments.value("name"))
+        let labels = try arguments.value("labels").map(readLabels) ?? []
         let written = try writeCompiledNetwork(generated, emit: CompileEmit(rawValue: emit) ?? .c, directory: directory,
-                                               compiler: .fromEnvironment())
+                                               compiler: .fromEnvironment(),
+                                               classifier: ClassifierSources(graph: graph, names: generated.names, labels: labels))
         for path in written {
             output.write("wrote \(path)\n")
         }
         return 0
     })
+
+/// Binds the weights that `--weights FILE` or `--random-weights` select, if any.
+func bindCompileWeights(_ arguments: ParsedArguments, to graph: Graph, output: CommandOutput) throws -> Graph {
+    switch (arguments.value("weights"), arguments.has("random-weights")) {
+    case (let weights?, false):
+        return try bindWeights(path: weights, to: graph)
+    case (nil, true):
+        output.writeError("note: compiling '\(graph.name)' with random weights: its predictions are meaningless\n")
+        return bindRandomWeights(to: graph)
+    case (_?, true):
+        throw MNCError("give either --weights or --random-weights, not both")
+    case (nil, false):
+        return graph
+    }
+}
 
 /// The artifact that `mnc compile` builds from the generated sources.
 public enum CompileEmit: String, CaseIterable {
@@ -54,6 +74,7 @@ public enum CompileEmit: String, CaseIterable {
     case object
     case staticLibrary = "static-lib"
     case sharedLibrary = "shared-lib"
+    case executable
 }
 
 /// Writes the generated files into `directory` (created if missing) and builds the requested
@@ -61,7 +82,7 @@ public enum CompileEmit: String, CaseIterable {
 /// include the weights array when the graph had weights bound.
 @discardableResult
 public func writeCompiledNetwork(_ generated: GeneratedC, emit: CompileEmit, directory: String,
-                                 compiler: CCompiler) throws -> [String] {
+                                 compiler: CCompiler, classifier: ClassifierSources? = nil) throws -> [String] {
     var isDirectory: ObjCBool = false
     if FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory) {
         guard isDirectory.boolValue else {
@@ -106,6 +127,29 @@ public func writeCompiledNetwork(_ generated: GeneratedC, emit: CompileEmit, dir
         let library = directory + "/lib\(names.function).so"
         try compiler.linkSharedLibrary(sources: sources, output: library)
         written.append(library)
+    case .executable:
+        guard generated.weightsSource != nil, let classifier else {
+            throw MNCError("--emit executable embeds the weights: pass --weights FILE (or --random-weights to try the build)")
+        }
+        for (file, text) in [("mnc_image.h", EmbeddedImageSource.header), ("mnc_image.c", EmbeddedImageSource.source),
+                             ("\(names.function)_main.c", classifier.main)] {
+            let path = directory + "/" + file
+            try writeFile(path, Array(text.utf8))
+            written.append(path)
+        }
+        let executable = directory + "/" + names.function
+        try compiler.linkExecutable(sources: sources + [directory + "/mnc_image.c", directory + "/\(names.function)_main.c"],
+                                    output: executable, libraries: ["jpeg", "png"])
+        written.append(executable)
     }
     return written
+}
+
+/// The extra source of a standalone classifier: its `main`, with the labels compiled in.
+public struct ClassifierSources {
+    public var main: String
+
+    public init(graph: Graph, names: CNames, labels: [String]) {
+        main = classifierMainSource(graph: graph, name: names.function, labels: labels)
+    }
 }

@@ -14,7 +14,7 @@ let inspectCommand = Command(
         return 0
     })
 
-/// The listing `mnc inspect` prints for a weights file of any supported format.
+/// Returns the listing `mnc inspect` prints for a weights file of any supported format.
 func describeWeights(path: String) throws -> String {
     switch try detectWeightFormat(path: path) {
     case .stateDict:

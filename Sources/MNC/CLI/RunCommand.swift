@@ -11,7 +11,7 @@ let runCommand = Command(
     options: specOptions + optimizationOptions + [
         OptionSpec(name: "weights", value: "W", help: "weights file: .safetensors, PyTorch .pth, .tflite or .onnx (required)"),
         OptionSpec(name: "input", value: "FILE", help: "raw float32 little-endian input tensor of the network's input size"),
-        OptionSpec(name: "image", value: "FILE", help: "JPEG, PNG, BMP or PPM image, preprocessed as the spec says"),
+        OptionSpec(name: "image", value: "FILE", help: "JPEG, PNG, BMP or PPM image, preprocessed as the spec's preprocess line specifies"),
         OptionSpec(name: "output", value: "FILE", help: "where to write the raw float32 logits (default: not written)"),
         OptionSpec(name: "layout", value: "L", help: "layout of the --input tensor: nchw or nhwc (default: the spec's preprocess layout)"),
         OptionSpec(name: "engine", value: "E", help: "interpreter (the reference), c (generated C, compiled with CC) or llvm (the LLVM backend for the host) (default: interpreter)"),
@@ -67,7 +67,7 @@ let runCommand = Command(
         return 0
     })
 
-/// The graph's preprocessing with the tensor layout replaced.
+/// Returns the graph's preprocessing with the tensor layout replaced.
 func graphPreprocessing(_ graph: Graph, layout: TensorLayout) -> Preprocessing {
     var preprocessing = graph.preprocessing
     preprocessing.layout = layout

@@ -1,13 +1,14 @@
 /// The shared inline C helpers that the per-shape kernels call with literal arguments.
 ///
-/// Every helper is `KERNEL_INLINE` (always inlined on GCC and Clang), and the kernels pass
-/// shapes, activation codes and the bias/residual flags as integer literals, so the compiler
-/// compiles each call with constant bounds and folds the branches away: the helpers are written
-/// once, the compiled code is specialized per shape.
+/// Every helper is `KERNEL_INLINE` (always inlined on GCC and Clang). The kernels pass shapes,
+/// activation codes and the bias/residual flags as integer literals, so the compiler compiles
+/// each call with constant bounds and folds the branches away. The helpers are written once,
+/// and the compiled code is specialized per shape.
 ///
 /// The instruction set is chosen when the generated C is compiled: AVX-512F when the compiler
-/// targets it (`-mavx512f`, `-march=native` on such a CPU), else AVX2 with FMA, else portable
-/// C that GCC and Clang auto-vectorize. All three compute the same values up to float rounding.
+/// targets it (`-mavx512f`, `-march=native` on such a CPU), else AVX2 with FMA, else plain C.
+/// On GCC and Clang without those, the pointwise tile uses 16-byte vector extensions (SSE2,
+/// NEON). All paths compute the same values up to float rounding.
 enum CHelper: Int, CaseIterable, Comparable {
     case activation
     case pointwiseTile
@@ -50,15 +51,22 @@ func activationConstant(_ activation: Activation) -> String {
 
 /// Lines at the top of every generated kernel file: instruction-set selection and the inline macro.
 let kernelPreambleSource = #"""
-#if defined(__AVX512F__)
+/* Instruction set of the kernels: AVX-512F or AVX2 with FMA intrinsics when the compiler
+   targets them, else GCC and Clang vector extensions (16-byte vectors: SSE2, NEON, ...), else
+   plain C. Defining KERNELS_SCALAR selects plain C everywhere. */
+#if defined(KERNELS_SCALAR)
+#elif defined(__AVX512F__)
 #include <immintrin.h>
 #define KERNELS_AVX512 1
 #elif defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define KERNELS_AVX2 1
+#elif defined(__GNUC__)
+#define KERNELS_VECTOR 1
+typedef float float4 __attribute__((vector_size(16)));
 #endif
 
-/* Helpers are always inlined, so the literal arguments of each call specialize them; one
+/* Helpers are always inlined, so the literal arguments of each call specialize them. One
    instruction set's kernels may leave another's scalar helper unused. */
 #if defined(__GNUC__)
 #define KERNEL_INLINE static inline __attribute__((always_inline, unused))
@@ -149,7 +157,8 @@ KERNEL_INLINE __m256i lane_mask_f32x8(int count)
 
 /// Register tile sizes (rows = pixels, columns = output channels) of the pointwise GEMM per
 /// instruction set: AVX-512 keeps up to 8 × 2 zmm accumulators (16 of 32 registers), AVX2
-/// 6 × 2 ymm (12 of 16), the portable tile a 4 × 16 array that the compiler vectorizes.
+/// 6 × 2 ymm (12 of 16), vector extensions 6 × 2 16-byte vectors (12 of the 16 registers of
+/// SSE2), and plain C a 4 × 16 array.
 /// A kernel may use fewer rows than `rows` (at least `minimumRows`) when that tiles its
 /// pixel count more evenly: 49 pixels are 7 tiles of 7 rather than 6 of 8 and one of 1.
 struct PointwiseTileShape {
@@ -170,6 +179,7 @@ struct PointwiseTileShape {
 let pointwiseTileShapes: [PointwiseTileShape] = [
     PointwiseTileShape(condition: "defined(KERNELS_AVX512)", function: "pointwise_f32_tile8x32_avx512", rows: 8, minimumRows: 6, columns: 32),
     PointwiseTileShape(condition: "defined(KERNELS_AVX2)", function: "pointwise_f32_tile6x16_avx2", rows: 6, minimumRows: 4, columns: 16),
+    PointwiseTileShape(condition: "defined(KERNELS_VECTOR)", function: "pointwise_f32_tile6x8_vector", rows: 6, minimumRows: 4, columns: 8),
     PointwiseTileShape(condition: "", function: "pointwise_f32_tile4x16_portable", rows: 4, minimumRows: 4, columns: 16),
 ]
 
@@ -267,7 +277,63 @@ private var pointwiseTileSource: String {
     }
     writer.close()
 
-    // Portable: the compiler vectorizes the j loops once inlining makes rows and cols literals.
+    // Vector extensions: rows <= 6, cols <= 8 as two 4-float columns. A partial column tile
+    // (cols < 8, at most one per kernel) takes the scalar loops. The epilogue runs in place
+    // on y, in scalar code that the compiler vectorizes.
+    writer.directive("#elif defined(KERNELS_VECTOR)")
+    writer.line("KERNEL_INLINE void pointwise_f32_tile6x8_vector" + parameters[0])
+    writer.lines(parameters.dropFirst().map { "    " + $0 })
+    writer.open("")
+    writer.open("if (cols == 8)")
+    writer.line("float4 bias0 = {0.0f, 0.0f, 0.0f, 0.0f}, bias1 = bias0;")
+    writer.open("if (has_bias)")
+    writer.line("__builtin_memcpy(&bias0, bias, sizeof bias0);")
+    writer.line("__builtin_memcpy(&bias1, bias + 4, sizeof bias1);")
+    writer.close()
+    for row in 0..<6 {
+        writer.line("float4 acc\(row)0 = bias0, acc\(row)1 = bias1;")
+    }
+    writer.openFor("k", to: "k_count")
+    writer.line("float4 w0, w1;")
+    writer.line("__builtin_memcpy(&w0, w + k * w_stride, sizeof w0);")
+    writer.line("__builtin_memcpy(&w1, w + k * w_stride + 4, sizeof w1);")
+    for row in 0..<6 {
+        writer.open(row == 0 ? "" : "if (rows > \(row))")
+        writer.line("const float xv = x[\(row == 0 ? "" : "\(row) * k_count + ")k];")
+        writer.line("const float4 xr = {xv, xv, xv, xv};")
+        writer.line("acc\(row)0 += xr * w0;")
+        writer.line("acc\(row)1 += xr * w1;")
+        writer.close()
+    }
+    writer.close()
+    for row in 0..<6 {
+        writer.open(row == 0 ? "" : "if (rows > \(row))")
+        let offset = row == 0 ? "" : " + \(row) * y_stride"
+        writer.line("__builtin_memcpy(y\(offset), &acc\(row)0, sizeof acc\(row)0);")
+        writer.line("__builtin_memcpy(y\(offset) + 4, &acc\(row)1, sizeof acc\(row)1);")
+        writer.close()
+    }
+    writer.openElse()
+    writer.openFor("r", to: "rows")
+    writer.openFor("j", to: "cols")
+    writer.line("float sum = has_bias ? bias[j] : 0.0f;")
+    writer.openFor("k", to: "k_count")
+    writer.line("sum += x[r * k_count + k] * w[k * w_stride + j];")
+    writer.close()
+    writer.line("y[r * y_stride + j] = sum;")
+    writer.close()
+    writer.close()
+    writer.close()
+    writer.openFor("r", to: "rows")
+    writer.openFor("j", to: "cols")
+    writer.line("float v = activate_f32(y[r * y_stride + j], activation);")
+    writer.line("if (has_residual) v += residual[r * y_stride + j];")
+    writer.line("y[r * y_stride + j] = v;")
+    writer.close()
+    writer.close()
+    writer.close()
+
+    // Plain C: the compiler may vectorize the j loops once inlining makes rows and cols literals.
     writer.directive("#else")
     writer.line("KERNEL_INLINE void pointwise_f32_tile4x16_portable" + parameters[0])
     writer.lines(parameters.dropFirst().map { "    " + $0 })

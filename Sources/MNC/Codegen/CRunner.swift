@@ -6,9 +6,10 @@ import Foundation
 /// the network reads the other layout. Returns the logits.
 ///
 /// Builds are cached in the temporary directory under a hash of the generated code, the
-/// compiler and the flags, so repeated runs of the same network and flags compile once. The
-/// driver fills the arena with NaN before the run, so a kernel that reads a value before it
-/// is written shows up in the logits.
+/// compiler and the flags, so repeated runs of the same network and flags compile once.
+/// The driver fills the arena with NaN before the run, so a kernel that reads a value before
+/// it is written shows up in the logits.
+/// NOTE: nothing removes old cache entries; each is one small executable.
 public func runGeneratedC(graph: Graph, input: [Float], inputLayout: TensorLayout,
                           compiler: CCompiler = .fromEnvironment(), extraFlags: [String] = []) throws -> [Float] {
     guard !graph.constants.isEmpty || graph.nodes.allSatisfy({ $0.parameters.isEmpty }) else {

@@ -43,15 +43,16 @@ func cHeader(graph: Graph, names: CNames, plan: ArenaPlan, blob: WeightBlobLayou
         " *   int status = \(f)_run(weights, input, output, arena);",
         " * where weights holds the contents of \(names.weightsBinaryFile) at an address aligned to",
         " * \(p)_WEIGHTS_ALIGNMENT bytes (or is \(f)_weights from \(names.weightsSourceFile)).",
-        " * input, output, arena and weights must not overlap. \(f)_run() returns \(p)_OK, or an",
-        " * \(p)_ERROR_* code without touching output when an argument is NULL or misaligned.",
+        " * input, output, arena and weights must not overlap. \(f)_run() returns \(p)_OK, or one",
+        " * of the \(p)_ERROR_* codes without touching output when an argument is NULL or misaligned.",
         " *",
         " * Threads: \(f)_run() keeps no state between calls and writes only to output and arena,",
         " * so threads may run it at the same time, each with its own arena and output; weights and",
         " * input may be shared.",
         " *",
         " * Build: any C99 compiler. With AVX-512F or AVX2 and FMA enabled (-march=native, or",
-        " * -mavx512f, or -mavx2 -mfma) the kernels use those instructions, else portable C.",
+        " * -mavx512f, or -mavx2 -mfma) the kernels use those instructions, else portable C, which",
+        " * GCC and Clang vectorize for the target. Define KERNELS_SCALAR to force plain C.",
     ]
     if needsMath {
         lines.append(" * Link with -lm: the unfused BatchNorm kernels call sqrt().")

@@ -28,9 +28,6 @@ func classifierMainSource(graph: Graph, name: String, labels: [String]) -> Strin
     #include "mnc_image.h"
     #include "\(name).h"
 
-    extern const unsigned char \(name)_weights[];
-    extern const unsigned long \(name)_weights_size;
-
     \(labelTable)
 
     #define MAX_LABELS 100000
@@ -159,6 +156,16 @@ func classifierMainSource(graph: Graph, name: String, labels: [String]) -> Strin
         putchar('"');
     }
 
+    /* Allocates size bytes (rounded up to a multiple of alignment) aligned to alignment. */
+    static void *aligned_buffer(size_t alignment, size_t size) {
+        void *pointer = NULL;
+        size_t rounded = (size + alignment - 1) / alignment * alignment;
+        if (posix_memalign(&pointer, alignment, rounded > 0 ? rounded : alignment) != 0) {
+            return NULL;
+        }
+        return pointer;
+    }
+
     static double now_ms(void) {
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -241,8 +248,7 @@ func classifierMainSource(graph: Graph, name: String, labels: [String]) -> Strin
             }
             /* read_file's malloc alignment (16 bytes on glibc) may be below the blob's; copy if so. */
             if ((uintptr_t)loaded_weights % \(name.uppercased())_WEIGHTS_ALIGNMENT != 0) {
-                size_t rounded = (size + \(name.uppercased())_WEIGHTS_ALIGNMENT - 1) / \(name.uppercased())_WEIGHTS_ALIGNMENT * \(name.uppercased())_WEIGHTS_ALIGNMENT;
-                char *aligned = aligned_alloc(\(name.uppercased())_WEIGHTS_ALIGNMENT, rounded);
+                char *aligned = aligned_buffer(\(name.uppercased())_WEIGHTS_ALIGNMENT, size);
                 if (!aligned) {
                     fprintf(stderr, "error: out of memory\\n");
                     return 1;
@@ -258,8 +264,7 @@ func classifierMainSource(graph: Graph, name: String, labels: [String]) -> Strin
             return 1;
         }
 
-        size_t arena_bytes = (\(name.uppercased())_ARENA_SIZE + \(name.uppercased())_ARENA_ALIGNMENT - 1) / \(name.uppercased())_ARENA_ALIGNMENT * \(name.uppercased())_ARENA_ALIGNMENT;
-        void *arena = aligned_alloc(\(name.uppercased())_ARENA_ALIGNMENT, arena_bytes > 0 ? arena_bytes : \(name.uppercased())_ARENA_ALIGNMENT);
+        void *arena = aligned_buffer(\(name.uppercased())_ARENA_ALIGNMENT, \(name.uppercased())_ARENA_SIZE);
         float *input = malloc(sizeof(float) * \(name.uppercased())_INPUT_SIZE);
         float *logits = malloc(sizeof(float) * \(name.uppercased())_OUTPUT_SIZE);
         int *order = malloc(sizeof(int) * \(name.uppercased())_OUTPUT_SIZE);
@@ -389,13 +394,13 @@ func classifierMainSource(graph: Graph, name: String, labels: [String]) -> Strin
     """
 }
 
-/// A C double literal that round-trips `value`.
+/// Formats `value` as a C double literal that round-trips.
 func cDouble(_ value: Double) -> String {
     let text = "\(value)"
     return text.contains(".") || text.contains("e") || text.contains("n") ? text : "\(text).0"
 }
 
-/// A C string literal with quotes, backslashes and non-printable bytes escaped.
+/// Formats `text` as a C string literal, escaping quotes, backslashes and non-printable bytes.
 func cStringLiteral(_ text: String) -> String {
     var result = "\""
     for byte in text.utf8 {

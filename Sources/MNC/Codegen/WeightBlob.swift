@@ -28,7 +28,7 @@ public struct WeightBlobLayout: Equatable {
         self.offsetByKey = Dictionary(entries.map { ($0.key, $0.offset) }, uniquingKeysWith: { first, _ in first })
     }
 
-    /// The byte offset of a parameter key's values, or nil for a key not in the blob.
+    /// Returns the byte offset of a parameter key's values, or nil for a key not in the blob.
     public func offset(of key: String) -> Int? {
         offsetByKey[key]
     }

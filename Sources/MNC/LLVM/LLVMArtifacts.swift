@@ -45,9 +45,10 @@ func gnuToolPrefix(triple: String) -> String {
 /// Writes the header (and the weight blob files when weights are bound) into `directory`,
 /// created if missing, then the artifact `emit` requests. Returns the paths written, in order.
 /// Linking uses `compiler`, or the toolchain `llvmLinkingToolchain` picks for the target.
+/// The executable has `labels` compiled in.
 @discardableResult
 public func writeLLVMCompiledNetwork(_ network: LLVMNetwork, emit: LLVMEmit, directory: String,
-                                     compiler: CCompiler? = nil) throws -> [String] {
+                                     compiler: CCompiler? = nil, labels: [String] = []) throws -> [String] {
     try createOutputDirectory(directory)
     let generated = network.generatedC
     let names = network.names
@@ -92,7 +93,7 @@ public func writeLLVMCompiledNetwork(_ network: LLVMNetwork, emit: LLVMEmit, dir
         written.append(library)
     case .executable:
         guard generated.weightBlob != nil else {
-            throw MNCError("--emit executable needs the weights compiled in: pass --weights FILE")
+            throw MNCError("--emit executable embeds the weights: pass --weights FILE (or --random-weights to try the build)")
         }
         let scratch = try makeTemporaryDirectory(prefix: "mnc-llvm-executable")
         defer { try? FileManager.default.removeItem(atPath: scratch) }
@@ -101,13 +102,11 @@ public func writeLLVMCompiledNetwork(_ network: LLVMNetwork, emit: LLVMEmit, dir
         try writeFile(scratch + "/" + names.headerFile, Array(generated.header.utf8))
         try writeFile(scratch + "/mnc_image.h", Array(EmbeddedImageSource.header.utf8))
         try writeFile(scratch + "/mnc_image.c", Array(EmbeddedImageSource.source.utf8))
-        let main = classifierMainSource(graph: network.graph, name: names.function, labels: [])
+        let main = classifierMainSource(graph: network.graph, name: names.function, labels: labels)
         try writeFile(scratch + "/main.c", Array(main.utf8))
         let executable = directory + "/\(names.function)"
-        // The classifier's main calls C11's aligned_alloc, which -std=c99 leaves undeclared
-        // (an implicit int return truncates the pointer), so the later -std=c11 overrides it.
         try toolchain.linkExecutable(sources: [scratch + "/main.c", scratch + "/mnc_image.c", object], output: executable,
-                                     extraFlags: ["-std=c11", "-I", scratch], libraries: ["jpeg", "png"])
+                                     extraFlags: ["-I", scratch], libraries: ["jpeg", "png"])
         written.append(executable)
     }
     return written

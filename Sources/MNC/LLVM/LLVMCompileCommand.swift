@@ -10,12 +10,11 @@ func compileWithLLVM(_ arguments: ParsedArguments, output: CommandOutput) throws
     let options = LLVMTargetOptions(triple: arguments.value("target"), cpu: arguments.value("cpu"),
                                     features: arguments.value("features"), optimizationLevel: level)
     var (_, graph) = try loadGraph(arguments, command: "compile")
-    if let weights = arguments.value("weights") {
-        graph = try bindWeights(path: weights, to: graph)
-    }
+    graph = try bindCompileWeights(arguments, to: graph, output: output)
     graph = try optimize(graph, options: arguments)
+    let labels = try arguments.value("labels").map(readLabels) ?? []
     let network = try generateLLVM(graph, name: arguments.value("name"), target: options)
-    for path in try writeLLVMCompiledNetwork(network, emit: emit, directory: directory) {
+    for path in try writeLLVMCompiledNetwork(network, emit: emit, directory: directory, labels: labels) {
         output.write("wrote \(path)\n")
     }
     return 0

@@ -22,31 +22,19 @@ struct GraphEditor {
 
     /// Makes every reader of `old` (and the graph output) read `new` instead.
     mutating func replaceUses(of old: Int, with new: Int) {
-        for index in graph.nodes.indices where !removed.contains(index) {
-            graph.nodes[index].inputs = graph.nodes[index].inputs.map { $0 == old ? new : $0 }
-        }
-        if graph.output == old { graph.output = new }
+        graph.replaceUses(of: old, with: new)
     }
 
     mutating func remove(_ index: Int) {
         removed.insert(index)
     }
 
-    /// Returns the graph without the removed nodes, inputs renumbered.
+    /// Returns the graph without the removed nodes, inputs renumbered, and without the
+    /// constants that no remaining parameter binds.
     func finish() -> Graph {
-        var newIndex = [Int](repeating: -1, count: graph.nodes.count)
-        var nodes: [Node] = []
-        for (index, node) in graph.nodes.enumerated() where !removed.contains(index) {
-            newIndex[index] = nodes.count
-            nodes.append(node)
-        }
-        for index in nodes.indices {
-            nodes[index].inputs = nodes[index].inputs.map { newIndex[$0] }
-        }
         var result = graph
-        result.nodes = nodes
-        result.output = newIndex[graph.output]
-        let usedKeys = Set(nodes.flatMap { $0.parameters.map(\.key) })
+        result.removeNodes(removed)
+        let usedKeys = Set(result.nodes.flatMap { $0.parameters.map(\.key) })
         result.constants = result.constants.filter { usedKeys.contains($0.key) }
         return result
     }

@@ -1,6 +1,6 @@
 /// Text renderings of an arena plan for `mnc dump --stage planned`.
 extension ArenaPlan {
-    /// The buffer table (offset, size, lifetime) followed by the arena over time: one line per
+    /// Formats the buffer table (offset, size, lifetime) followed by the arena over time: one line per
     /// step, one column per `arena size / width` bytes, each live buffer drawn with its letter.
     public func textDump(graph: Graph, width: Int = 64) -> String {
         var lines: [String] = []

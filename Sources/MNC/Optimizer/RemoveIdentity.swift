@@ -14,17 +14,18 @@ public let removeIdentityPass = Pass(name: "remove-identity",
 
 func removeIdentity(_ graph: Graph) throws -> Graph {
     var editor = GraphEditor(graph)
+    // Dropout first, so a flatten that feeds a dropout then a linear layer sees the linear reader.
     for index in graph.nodes.indices {
         let node = editor.graph.nodes[index]
-        switch node.op {
-        case .dropout:
-            if graph.output == index, editor.graph.nodes[node.inputs[0]].shape != node.shape { continue }
-        case .flatten:
-            guard graph.output != index,
-                  editor.users(of: index).allSatisfy({ editor.graph.nodes[$0].op.isLinear }) else { continue }
-        default:
-            continue
-        }
+        guard case .dropout = node.op else { continue }
+        if editor.graph.output == index, editor.graph.nodes[node.inputs[0]].shape != node.shape { continue }
+        editor.replaceUses(of: index, with: node.inputs[0])
+        editor.remove(index)
+    }
+    for index in graph.nodes.indices {
+        let node = editor.graph.nodes[index]
+        guard node.op == .flatten, editor.graph.output != index,
+              editor.users(of: index).allSatisfy({ editor.graph.nodes[$0].op.isLinear }) else { continue }
         editor.replaceUses(of: index, with: node.inputs[0])
         editor.remove(index)
     }

@@ -2,7 +2,7 @@
 ///
 /// A spec is a header (network name, input size, class count, width multiplier, conventions)
 /// followed by layer statements in execution order. The MobileNet tables (V1 separable rows,
-/// V2 `t c n s` rows, V3 `bneck` rows) are kept as rows, exactly as the file writes them;
+/// V2 `t c n s` rows, V3 `bneck` rows) are kept as rows, exactly as the file writes them.
 /// `lower(_:)` turns them into graph nodes.
 public struct Spec {
     public var file: String
@@ -19,11 +19,11 @@ public struct Spec {
     /// MobileNetV3's `reduced_tail`: halves the channels of the last stage and of the head.
     public var reducedTail: Bool
     public var layers: [LayerStatement]
-    /// Where each header field was set, for errors about its value.
+    /// The location of each header field, for errors about its value.
     public var headerLocations: [String: SourceLocation]
 }
 
-/// How a channel count `c` is scaled by the width multiplier α.
+/// The rule that scales a channel count `c` by the width multiplier α.
 public enum ChannelRounding: Equatable {
     /// torchvision's and TF-slim V2's `_make_divisible(c·α, divisor)`: the nearest multiple of
     /// `divisor`, at least `divisor`, bumped up by one `divisor` when rounding loses more than 10%.
@@ -51,7 +51,7 @@ public func makeDivisible(_ value: Double, divisor: Int) -> Int {
     return Int(rounded)
 }
 
-/// How convolutions pad their input.
+/// The padding convention of every convolution.
 public enum PaddingMode: String, Equatable {
     /// PyTorch: `(k - 1) / 2` on every side.
     case symmetric
@@ -59,7 +59,7 @@ public enum PaddingMode: String, Equatable {
     case same
 }
 
-/// How a layer's output channel count is written in the spec.
+/// A layer's output channel count as the spec writes it.
 public enum ChannelCount: Equatable {
     /// A count scaled by α with the spec's rounding.
     case scaled(Int)
@@ -166,7 +166,7 @@ extension Spec {
 }
 
 extension LayerStatement {
-    /// Where the statement starts in the spec file.
+    /// The statement's first token in the spec file.
     public var location: SourceLocation {
         switch self {
         case .conv(let statement): return statement.location
