@@ -306,6 +306,35 @@ final class LLVMBackendTests: XCTestCase {
         XCTAssertEqual(best, logits.indices.max { logits[$0] < logits[$1] })
     }
 
+    /// `Examples/classify.c` builds with its Makefile against the LLVM backend's static
+    /// library (made with --random-weights) and prints the interpreter's top class and logit.
+    func testExampleLinksStaticLibrary() throws {
+        let directory = try makeTemporaryDirectory(prefix: "mnc-llvm-example")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let overrides = ["--width-multiplier", "0.5", "--resolution", "64", "--classes", "4"]
+        let (status, _, errors) = runMNC(["compile", specPath("mobilenet_v3_large"), "--random-weights", "--backend", "llvm",
+                                          "--emit", "static-lib", "-o", directory] + overrides)
+        XCTAssertEqual(status, 0, errors)
+        let (makeStatus, makeOutput) = try runProcess(["make", "-s", "-C", packageRoot.appendingPathComponent("Examples").path,
+                                                       "MODEL=mobilenet_v3_large", "BUILD=\(directory)"])
+        XCTAssertEqual(makeStatus, 0, makeOutput)
+
+        let graph = bindRandomWeights(to: try loadSpec("mobilenet_v3_large",
+                                                       SpecOverrides(widthMultiplier: 0.5, inputHeight: 64, inputWidth: 64, classes: 4)))
+        let input = randomInput(count: 3 * 64 * 64)
+        try writeFile(directory + "/input.f32", littleEndianBytes(input))
+        let logits = try Interpreter(graph: graph).run(input: input)
+        let best = try XCTUnwrap(logits.indices.max { logits[$0] < logits[$1] })
+
+        let (runStatus, output) = try runProcess([directory + "/classify", directory + "/input.f32"])
+        XCTAssertEqual(runStatus, 0, output)
+        let fields = output.split(whereSeparator: { $0 == " " || $0 == "\n" })
+        XCTAssertEqual(fields.count, 4, output)
+        XCTAssertEqual(fields.count == 4 ? Int(fields[1]) : nil, best, output)
+        let logit = fields.count == 4 ? Float(fields[3]) ?? .nan : .nan
+        XCTAssertEqual(logit, logits[best], accuracy: 1e-4 * maxAbs(logits), output)
+    }
+
     // MARK: - Cross targets
 
     /// An aarch64 build linked with the cross compiler runs under QEMU and matches the
