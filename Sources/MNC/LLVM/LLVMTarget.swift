@@ -1,12 +1,13 @@
 import CLLVM
 import Foundation
 
-/// What the LLVM backend compiles for: a target triple, a CPU and a feature list, and the
+/// The target the LLVM backend compiles for: a triple, a CPU and a feature list, and the
 /// optimization level of LLVM's standard pipeline.
 ///
 /// Defaults: without `triple` the module is built for the host, with the host's CPU and
 /// features (`LLVMGetHostCPUName`, `LLVMGetHostCPUFeatures`). A given triple defaults to
-/// LLVM's default CPU for that triple (`generic` on most) and no extra features. `cpu` `native` means the host's CPU and features.
+/// LLVM's default CPU for that triple (`generic` on most) and no extra features. The CPU
+/// `native` means the host's CPU and features.
 public struct LLVMTargetOptions: Equatable {
     /// A target triple such as `aarch64-linux-gnu`; nil for the host.
     public var triple: String?
@@ -49,21 +50,16 @@ final class LLVMTarget {
             throw MNCError("invalid optimization level \(options.optimizationLevel): expected 0 to 3")
         }
         let hostTriple = takeLLVMString(LLVMGetDefaultTargetTriple())
-        let requested = options.triple ?? hostTriple
-        guard !requested.isEmpty, requested.allSatisfy({ $0.isASCII && !$0.isWhitespace }) else {
-            throw MNCError("invalid target triple '\(requested)': expected ARCH-VENDOR-OS[-ENV], e.g. aarch64-linux-gnu")
-        }
-        let triple = takeLLVMString(LLVMNormalizeTargetTriple(requested))
-        var target: LLVMTargetRef?
-        var message: UnsafeMutablePointer<CChar>?
-        if LLVMGetTargetFromTriple(triple, &target, &message) != 0 {
-            let reason = message.map { takeLLVMString($0) } ?? "no target"
-            throw MNCError("unknown target triple '\(requested)': \(firstLine(reason)); this LLVM \(llvmVersion) has the targets \(registeredTargetNames().joined(separator: ", "))")
-        }
-        guard let target, LLVMTargetHasTargetMachine(target) != 0, LLVMTargetHasAsmBackend(target) != 0 else {
-            throw MNCError("target triple '\(requested)': LLVM \(llvmVersion) cannot emit object code for it")
-        }
+        let (triple, target) = try lookUpTarget(options.triple ?? hostTriple)
+        let (cpu, features) = try cpuAndFeatures(options)
+        let machine = try createTargetMachine(target, triple: triple, cpu: cpu, features: features,
+                                              level: options.optimizationLevel)
 
+        self.machine = machine
+        self.triple = triple
+        self.cpu = cpu
+        self.features = features
+        self.optimizationLevel = options.optimizationLevel
         // The vendor does not matter for running: x86_64-unknown-linux-gnu runs on an
         // x86_64-pc-linux-gnu host.
         func withoutVendor(_ triple: String) -> [Substring] {
@@ -71,73 +67,9 @@ final class LLVMTarget {
             if parts.count >= 3 { parts.remove(at: 1) }
             return parts
         }
-        let isHost = withoutVendor(triple) == withoutVendor(takeLLVMString(LLVMNormalizeTargetTriple(hostTriple)))
-        var cpu: String
-        var features: [String] = []
-        if options.cpu == "native" || (options.cpu == nil && options.triple == nil) {
-            cpu = takeLLVMString(LLVMGetHostCPUName())
-            let hostFeatures = takeLLVMString(LLVMGetHostCPUFeatures())
-            features = hostFeatures.split(separator: ",").map(String.init)
-        } else {
-            // An empty CPU lets LLVM pick the triple's default, e.g. generic-rv64 for riscv64.
-            cpu = options.cpu ?? ""
-        }
-        guard cpu.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "-_.".contains($0)) }) else {
-            throw MNCError("invalid CPU name '\(cpu)': expected an LLVM CPU name such as x86-64, cortex-a53 or native")
-        }
-        if let requestedFeatures = options.features, !requestedFeatures.isEmpty {
-            for feature in requestedFeatures.split(separator: ",", omittingEmptySubsequences: false) {
-                let valid = feature.count >= 2 && (feature.first == "+" || feature.first == "-")
-                    && feature.dropFirst().allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || "-_.".contains($0)) }
-                guard valid else {
-                    throw MNCError("invalid feature '\(feature)' in --features '\(requestedFeatures)': expected a comma-separated list of +NAME or -NAME, e.g. +avx2,+fma")
-                }
-                features.append(String(feature))
-            }
-        }
-        let featureString = features.joined(separator: ",")
-
-        let level: LLVMCodeGenOptLevel = options.optimizationLevel == 0 ? LLVMCodeGenLevelNone
-            : options.optimizationLevel == 3 ? LLVMCodeGenLevelAggressive : LLVMCodeGenLevelDefault
-        // LLVM reports an unknown CPU or feature only as a warning on standard error, printed
-        // while the target machine builds its subtarget, and then ignores it. The capture turns
-        // those warnings into errors; other output passes through.
-        let (created, warnings) = captureStandardError {
-            LLVMCreateTargetMachine(target, triple, cpu, featureString, level, LLVMRelocPIC, LLVMCodeModelDefault)
-        }
-        guard let machine = created else {
-            throw MNCError("LLVM could not create a target machine for '\(triple)' with CPU '\(cpu)'")
-        }
-        var rejection: String?
-        var passThrough: [String] = []
-        for line in warnings.split(separator: "\n").map(String.init) {
-            if line.contains("is not a recognized processor") {
-                rejection = rejection ?? "unknown CPU '\(cpu)' for target '\(triple)': LLVM: \(line)"
-            } else if line.contains("is not a recognized feature") {
-                rejection = rejection ?? "unknown feature for target '\(triple)': LLVM: \(line)"
-            } else {
-                passThrough.append(line)
-            }
-        }
-        if !passThrough.isEmpty {
-            FileHandle.standardError.write(Data((passThrough.joined(separator: "\n") + "\n").utf8))
-        }
-        if cpu == "help" || features.contains("+help") || features.contains("-help") {
-            rejection = rejection ?? "LLVM listed the CPUs and features of '\(triple)' above: pass one of them to --cpu or --features"
-        }
-        if let rejection {
-            LLVMDisposeTargetMachine(machine)
-            throw MNCError(rejection)
-        }
-
-        self.machine = machine
-        self.triple = triple
-        self.cpu = cpu
-        self.features = featureString
-        self.optimizationLevel = options.optimizationLevel
-        self.isHost = isHost
+        self.isHost = withoutVendor(triple) == withoutVendor(takeLLVMString(LLVMNormalizeTargetTriple(hostTriple)))
         do {
-            self.floatLanes = try probeFloatLanes(machine: machine, cpu: cpu, features: featureString)
+            self.floatLanes = try probeFloatLanes(machine: machine, cpu: cpu, features: features)
         } catch {
             LLVMDisposeTargetMachine(machine)
             throw error
@@ -158,6 +90,100 @@ final class LLVMTarget {
     var vectorRegisters: Int {
         architecture.hasPrefix("aarch64") || architecture.hasPrefix("arm64") || floatLanes >= 16 ? 32 : 16
     }
+}
+
+/// Normalizes `requested` (`aarch64-linux-gnu` becomes `aarch64-unknown-linux-gnu`) and
+/// finds its target among those this LLVM was built with.
+private func lookUpTarget(_ requested: String) throws -> (String, LLVMTargetRef) {
+    guard !requested.isEmpty, requested.allSatisfy({ $0.isASCII && !$0.isWhitespace }) else {
+        throw MNCError("invalid target triple '\(requested)': expected ARCH-VENDOR-OS[-ENV], e.g. aarch64-linux-gnu")
+    }
+    let triple = takeLLVMString(LLVMNormalizeTargetTriple(requested))
+    var target: LLVMTargetRef?
+    var message: UnsafeMutablePointer<CChar>?
+    if LLVMGetTargetFromTriple(triple, &target, &message) != 0 {
+        let reason = message.map { takeLLVMString($0) } ?? "no target"
+        throw MNCError("unknown target triple '\(requested)': \(firstLine(reason)); this LLVM \(llvmVersion) has the targets \(registeredTargetNames().joined(separator: ", "))")
+    }
+    guard let target, LLVMTargetHasTargetMachine(target) != 0, LLVMTargetHasAsmBackend(target) != 0 else {
+        throw MNCError("target triple '\(requested)': LLVM \(llvmVersion) cannot emit object code for it")
+    }
+    return (triple, target)
+}
+
+/// Returns the CPU name and the comma-separated feature string for `options`: the host's
+/// CPU and features for the host or `native`, else the given CPU (empty for LLVM's default
+/// for the triple, e.g. generic-rv64 for riscv64). Requested features follow the host's,
+/// so they override them.
+private func cpuAndFeatures(_ options: LLVMTargetOptions) throws -> (String, String) {
+    let cpu: String
+    var features: [String] = []
+    if options.cpu == "native" || (options.cpu == nil && options.triple == nil) {
+        cpu = takeLLVMString(LLVMGetHostCPUName())
+        features = takeLLVMString(LLVMGetHostCPUFeatures()).split(separator: ",").map(String.init)
+    } else {
+        cpu = options.cpu ?? ""
+    }
+    func isNameCharacter(_ character: Character) -> Bool {
+        character.isASCII && (character.isLetter || character.isNumber || "-_.".contains(character))
+    }
+    guard cpu.allSatisfy(isNameCharacter) else {
+        throw MNCError("invalid CPU name '\(cpu)': expected an LLVM CPU name such as x86-64, cortex-a53 or native")
+    }
+    if let requested = options.features, !requested.isEmpty {
+        // LLVM reads a feature without a sign as disabled, so a sign is required.
+        for feature in requested.split(separator: ",", omittingEmptySubsequences: false) {
+            guard feature.count >= 2, feature.first == "+" || feature.first == "-", feature.dropFirst().allSatisfy(isNameCharacter) else {
+                throw MNCError("invalid feature '\(feature)' in --features '\(requested)': expected a comma-separated list of +NAME or -NAME, e.g. +avx2,+fma")
+            }
+            features.append(String(feature))
+        }
+    }
+    return (cpu, features.joined(separator: ","))
+}
+
+/// Creates the target machine and rejects a CPU or feature that LLVM does not know.
+///
+/// LLVM reports an unknown CPU or feature only as a warning on standard error, printed while
+/// the target machine builds its subtarget, and then ignores it. The capture turns those
+/// warnings into errors, and other output passes through.
+private func createTargetMachine(_ target: LLVMTargetRef, triple: String, cpu: String, features: String,
+                                 level optimizationLevel: Int) throws -> LLVMTargetMachineRef {
+    let level: LLVMCodeGenOptLevel
+    switch optimizationLevel {
+    case 0: level = LLVMCodeGenLevelNone
+    case 3: level = LLVMCodeGenLevelAggressive
+    default: level = LLVMCodeGenLevelDefault
+    }
+    let (created, warnings) = captureStandardError {
+        LLVMCreateTargetMachine(target, triple, cpu, features, level, LLVMRelocPIC, LLVMCodeModelDefault)
+    }
+    guard let machine = created else {
+        throw MNCError("LLVM could not create a target machine for '\(triple)' with CPU '\(cpu)'")
+    }
+    var rejection: String?
+    var passThrough: [String] = []
+    for line in warnings.split(separator: "\n").map(String.init) {
+        if line.contains("is not a recognized processor") {
+            rejection = rejection ?? "unknown CPU '\(cpu)' for target '\(triple)': LLVM: \(line)"
+        } else if line.contains("is not a recognized feature") {
+            rejection = rejection ?? "unknown feature for target '\(triple)': LLVM: \(line)"
+        } else {
+            passThrough.append(line)
+        }
+    }
+    if !passThrough.isEmpty {
+        FileHandle.standardError.write(Data((passThrough.joined(separator: "\n") + "\n").utf8))
+    }
+    let featureList = features.split(separator: ",")
+    if cpu == "help" || featureList.contains("+help") || featureList.contains("-help") {
+        rejection = rejection ?? "LLVM listed the CPUs and features of '\(triple)' above: pass one of them to --cpu or --features"
+    }
+    if let rejection {
+        LLVMDisposeTargetMachine(machine)
+        throw MNCError(rejection)
+    }
+    return machine
 }
 
 /// Registers every target this LLVM was built with, once per process, and installs a fatal
