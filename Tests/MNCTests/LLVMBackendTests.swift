@@ -51,8 +51,8 @@ final class LLVMBackendTests: XCTestCase {
         }
     }
 
-    /// Every spec's small variants, unfused at -O0 and fused at -O2. The TF specs run at an
-    /// even size (asymmetric SAME padding) and an odd one.
+    /// Every spec's small variants, unfused at -O0 and fused at -O2. TF MobileNetV2 runs at an
+    /// even size (asymmetric SAME padding) and an odd one, TF MobileNetV1 at the odd one.
     func testParitySmallVariants() throws {
         var cases: [ParityCase] = []
         for small in CBackendTests.smallCases where small.label != "tf-v1-64" {
