@@ -104,7 +104,8 @@ func helpText(usage: String, summary: String, options: [OptionSpec]) -> String {
         lines.append("")
         lines.append("options:")
         let labels = options.map { option in
-            (option.name.count == 1 ? "-" : "--") + option.name + (option.value.map { " \($0)" } ?? "")
+            // -o and -O0 are written with one dash, as compilers write them.
+            (option.name.count == 1 || option.name == "O0" ? "-" : "--") + option.name + (option.value.map { " \($0)" } ?? "")
         }
         let width = min((labels.map(\.count).max() ?? 0) + 2, 30)
         for (label, option) in zip(labels, options) {
