@@ -119,7 +119,7 @@ final class SpecTests: XCTestCase {
 
     func testWrongColumnCount() {
         let message = specError(header + "conv 3x3 stride 2 out 32\ninverted_residual\n  1 16 1\nend\n")
-        XCTAssertEqual(message, "bad.mnet:6:3: error: a inverted_residual row has 4 columns 't c n s', found 3")
+        XCTAssertEqual(message, "bad.mnet:6:3: error: an inverted_residual row has 4 columns 't c n s', found 3")
     }
 
     func testNonNumericField() {
@@ -166,7 +166,31 @@ final class SpecTests: XCTestCase {
 
     func testBottleneckInputMismatch() {
         let message = specError(header + "conv 3x3 stride 2 out 16 act hardswish\nbneck\n  16 3 64 24 False RE 2\n  40 3 72 24 False RE 1\nend\npool avg\nlinear classes\n")
-        XCTAssertTrue(message.hasPrefix("bad.mnet:7:3: error: bneck row input_c 40 gives 40 channels"), message)
+        XCTAssertEqual(message, "bad.mnet:7:3: error: bneck row input_c 40 differs from the previous row's out_c 24: each row's input is the previous row's output")
+        let first = specError(header + "conv 3x3 stride 2 out 16 act hardswish\nbneck\n  24 3 64 24 False RE 2\nend\npool avg\nlinear classes\n")
+        XCTAssertTrue(first.hasPrefix("bad.mnet:6:3: error: bneck row input_c 24 gives 24 channels"), first)
+    }
+
+    func testDuplicateSettings() {
+        XCTAssertEqual(specError(header + "classes 5\n"),
+                       "bad.mnet:4:1: error: duplicate 'classes' line: it is already set at line 3; give each setting once")
+        XCTAssertEqual(specError(header + "conv 3x3 stride 2 stride 1 out 32\n"),
+                       "bad.mnet:4:19: error: duplicate option 'stride': it is already given at column 10; give it once")
+        XCTAssertEqual(specError(header + "conv 3x3 out 32 act relu6 act relu\n"),
+                       "bad.mnet:4:27: error: duplicate option 'act': it is already given at column 17; give it once")
+    }
+
+    func testCRLFLineEndings() throws {
+        let text = try String(contentsOfFile: specPath("mobilenet_v2"), encoding: .utf8).replacingOccurrences(of: "\n", with: "\r\n")
+        let graph = try lower(parseSpec(data: Data(text.utf8), file: "crlf.mnet"))
+        XCTAssertEqual(graph.trainableParameterCount, 3_504_872)
+        XCTAssertEqual(specError("network x\r\ninput 224\r\nbogus 1\r\n"),
+                       "bad.mnet:3:1: error: unknown keyword 'bogus': expected network, input, classes, width, rounding, padding, batchnorm, preprocess, reduced_tail, conv, separable, inverted_residual, bneck, pool, dropout or linear")
+    }
+
+    func testScaleOnMultiple() {
+        XCTAssertEqual(specError(header + "conv 3x3 out 16\nconv 1x1 out 2x scale none\n"),
+                       "bad.mnet:5:23: error: 'scale' applies to a plain channel count such as 'out 1280', not to 'classes' or a multiple such as '6x'")
     }
 
     func testUnknownActivation() {

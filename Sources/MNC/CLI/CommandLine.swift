@@ -10,12 +10,15 @@ public struct CommandOutput {
         self.writeError = writeError
     }
 
+    /// Standard output and standard error through C's buffered streams: a failed write (a full
+    /// disk, a closed pipe) sets the stream's error flag, which `main` checks, instead of trapping
+    /// as `FileHandle.write` does.
     public static let standard = CommandOutput(
         write: { text in
-            FileHandle.standardOutput.write(text.data(using: .utf8) ?? Data())
+            fputs(text, stdout)
         },
         writeError: { text in
-            FileHandle.standardError.write(text.data(using: .utf8) ?? Data())
+            fputs(text, stderr)
         })
 }
 

@@ -43,7 +43,7 @@ let compileCommand = Command(
         graph = try bindCompileWeights(arguments, to: graph, output: output)
         graph = try optimize(graph, options: arguments)
         let generated = try generateC(graph, name: arguments.value("name"))
-        let labels = try arguments.value("labels").map(readLabels) ?? []
+        let labels = try classifierLabels(arguments, graph: graph, buildsExecutable: emit == CompileEmit.executable.rawValue)
         let written = try writeCompiledNetwork(generated, emit: CompileEmit(rawValue: emit) ?? .c, directory: directory,
                                                compiler: .fromEnvironment(),
                                                classifier: ClassifierSources(graph: graph, names: generated.names, labels: labels))
@@ -52,6 +52,27 @@ let compileCommand = Command(
         }
         return 0
     })
+
+/// Returns the class names from `--labels` for a classifier executable, after checking that the
+/// network can classify images (3 input channels) and that there is one name per class.
+func classifierLabels(_ arguments: ParsedArguments, graph: Graph, buildsExecutable: Bool) throws -> [String] {
+    guard buildsExecutable else {
+        if arguments.has("labels") {
+            throw MNCError("--labels applies to --emit executable, which compiles the names in")
+        }
+        return []
+    }
+    try requireRGBInput(graph)
+    guard let path = arguments.value("labels") else { return [] }
+    var labels = try readLabels(path: path)
+    // A final newline leaves one empty name after the last line.
+    if labels.last == "" { labels.removeLast() }
+    let classes = graph.outputShape[1]
+    guard labels.count == classes else {
+        throw MNCError("labels '\(path)' has \(labels.count) names, but '\(graph.name)' has \(classes) classes: expected one name per line per class")
+    }
+    return labels
+}
 
 /// Binds the weights that `--weights FILE` or `--random-weights` select, if any.
 func bindCompileWeights(_ arguments: ParsedArguments, to graph: Graph, output: CommandOutput) throws -> Graph {

@@ -37,6 +37,7 @@ let runCommand = Command(
             let values = try readFloat32File(path: path, count: channels * height * width)
             input = layout == .nhwc ? nhwcToNCHW(values, channels: channels, height: height, width: width) : values
         case (nil, let path?):
+            try requireRGBInput(graph)
             input = try loadPreprocessedImage(path: path, height: height, width: width,
                                               preprocessing: graphPreprocessing(graph, layout: .nchw))
         case (nil, nil):
@@ -66,6 +67,14 @@ let runCommand = Command(
         output.write(formatTopK(logits: logits, k: top, labels: labels))
         return 0
     })
+
+/// Rejects networks whose input is not 3 channels, since images are decoded to RGB.
+func requireRGBInput(_ graph: Graph) throws {
+    let channels = graph.inputShape[1]
+    guard channels == 3 else {
+        throw MNCError("'\(graph.name)' takes \(channels) input channels, but images decode to 3 (RGB): use --input with a raw tensor, or a spec with 'input SIZE channels 3'")
+    }
+}
 
 /// Returns the graph's preprocessing with the tensor layout replaced.
 func graphPreprocessing(_ graph: Graph, layout: TensorLayout) -> Preprocessing {

@@ -132,6 +132,11 @@ func classifierMainSource(graph: Graph, name: String, labels: [String]) -> Strin
             }
             line = end + 1;
         }
+        if (labels->count != \(name.uppercased())_OUTPUT_SIZE) {
+            fprintf(stderr, "error: %s: %d names, but the network has %d classes: expected one name per line per class\\n",
+                    path, labels->count, \(name.uppercased())_OUTPUT_SIZE);
+            return -1;
+        }
         return 0;
     }
 
@@ -224,6 +229,10 @@ func classifierMainSource(graph: Graph, name: String, labels: [String]) -> Strin
         if (image_count == 0) {
             usage(stderr);
             return 2;
+        }
+        if (threads > 1) {
+            fprintf(stderr, "note: this build runs on one thread; --threads %ld is ignored\\n", threads);
+            threads = 1;
         }
 
         label_set labels = {0};

@@ -12,7 +12,7 @@ func compileWithLLVM(_ arguments: ParsedArguments, output: CommandOutput) throws
     var (_, graph) = try loadGraph(arguments, command: "compile")
     graph = try bindCompileWeights(arguments, to: graph, output: output)
     graph = try optimize(graph, options: arguments)
-    let labels = try arguments.value("labels").map(readLabels) ?? []
+    let labels = try classifierLabels(arguments, graph: graph, buildsExecutable: emit == .executable)
     let network = try generateLLVM(graph, name: arguments.value("name"), target: options)
     for path in try writeLLVMCompiledNetwork(network, emit: emit, directory: directory, labels: labels) {
         output.write("wrote \(path)\n")

@@ -153,6 +153,10 @@ struct SpecLowering {
 
         for (rowIndex, row) in rows.enumerated() {
             try requireFeatureMap(row.location, what: "a bneck row")
+            if rowIndex > 0, row.inputChannels != rows[rowIndex - 1].outChannels {
+                throw MNCError("bneck row input_c \(row.inputChannels) differs from the previous row's out_c \(rows[rowIndex - 1].outChannels): each row's input is the previous row's output",
+                               at: row.location)
+            }
             let halveInput = rowIndex > tailStart
             let halveOutput = rowIndex >= tailStart
             let input = adjust(halveInput ? row.inputChannels / 2 : row.inputChannels)

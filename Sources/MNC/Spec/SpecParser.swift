@@ -65,8 +65,10 @@ func tokenizeSpec(data: Data, file: String) throws -> [SpecLine] {
         throw MNCError("the file is not valid UTF-8 text", at: SourceLocation(file: file, line: 1, column: 1))
     }
 
+    // Swift treats "\r\n" as one Character, so CRLF files are split on Unicode scalars.
     var lines: [SpecLine] = []
-    for (index, rawLine) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+    let rawLines = text.unicodeScalars.split(separator: "\n", omittingEmptySubsequences: false).map { String(String.UnicodeScalarView($0)) }
+    for (index, rawLine) in rawLines.enumerated() {
         var tokens: [SpecToken] = []
         var current = ""
         var start = 0
@@ -103,6 +105,11 @@ private let activationNames: [String: Activation] = [
     "hardsigmoid_linear": .hardsigmoidLinear,
 ]
 
+/// Header settings, each allowed once per spec.
+private let headerKeywords: Set<String> = [
+    "network", "input", "classes", "width", "rounding", "padding", "batchnorm", "preprocess", "reduced_tail",
+]
+
 private let activationForm = "relu, relu6, hardswish, hardsigmoid, hardsigmoid_linear or identity"
 
 struct SpecParser {
@@ -125,12 +132,20 @@ struct SpecParser {
                         batchNormEpsilon: 1e-5, preprocessing: Preprocessing(), reducedTail: false,
                         layers: [], headerLocations: [:])
 
+        var seenHeader: [String: SourceLocation] = [:]
         while index < lines.count {
             let line = lines[index]
             index += 1
             let keyword = line.tokens[0]
             var cursor = TokenCursor(line: line, file: file)
             cursor.advance()
+            if headerKeywords.contains(keyword.text) {
+                if let first = seenHeader[keyword.text] {
+                    throw MNCError("duplicate '\(keyword.text)' line: it is already set at line \(first.line); give each setting once",
+                                   at: keyword.location)
+                }
+                seenHeader[keyword.text] = keyword.location
+            }
             switch keyword.text {
             case "network":
                 let token = try cursor.next(expecting: "a network name")
@@ -148,6 +163,7 @@ struct SpecParser {
                 spec.headerLocations["input"] = token.location
                 while let option = cursor.peek() {
                     cursor.advance()
+                    try cursor.checkFirstUse(of: option)
                     switch option.text {
                     case "channels":
                         spec.inputChannels = try cursor.integer(in: 1...64, expecting: "an input channel count")
@@ -257,6 +273,7 @@ struct SpecParser {
         }
         while let option = cursor.peek() {
             cursor.advance()
+            try cursor.checkFirstUse(of: option)
             switch option.text {
             case "resize_shorter":
                 preprocessing.resizeShorterSide = try cursor.integer(in: 1...16384, expecting: "the shorter side in pixels")
@@ -315,7 +332,8 @@ struct SpecParser {
     private func applyScale(_ count: ChannelCount, _ cursor: inout TokenCursor) throws -> ChannelCount {
         let token = try cursor.next(expecting: "'alpha', 'up_only' or 'none'")
         guard case .scaled(let value) = count else {
-            throw MNCError("'scale' applies to a channel count, not to '\(count)'", at: token.location)
+            throw MNCError("'scale' applies to a plain channel count such as 'out 1280', not to 'classes' or a multiple such as '6x'",
+                           at: token.location)
         }
         switch token.text {
         case "alpha": return .scaled(value)
@@ -339,6 +357,7 @@ struct SpecParser {
         var sawOut = false
         while let option = cursor.peek() {
             cursor.advance()
+            try cursor.checkFirstUse(of: option)
             switch option.text {
             case "stride":
                 statement.stride = try cursor.stride()
@@ -379,6 +398,7 @@ struct SpecParser {
         var hasBias = true
         while let option = cursor.peek() {
             cursor.advance()
+            try cursor.checkFirstUse(of: option)
             switch option.text {
             case "scale":
                 out = try applyScale(out, &cursor)
@@ -403,6 +423,7 @@ struct SpecParser {
         var gate = Activation.hardsigmoid
         while let option = cursor.peek() {
             cursor.advance()
+            try cursor.checkFirstUse(of: option)
             switch option.text {
             case "act" where keyword.text != "bneck":
                 activation = try parseActivation(&cursor)
@@ -441,7 +462,8 @@ struct SpecParser {
                 guard Double(first.text) != nil else {
                     throw MNCError("expected a \(keyword.text) row '\(form)' or 'end', found '\(first.text)'", at: first.location)
                 }
-                throw MNCError("a \(keyword.text) row has \(columns.count) columns '\(form)', found \(line.tokens.count)",
+                let article = keyword.text.first.map { "aeiou".contains($0) } == true ? "an" : "a"
+                throw MNCError("\(article) \(keyword.text) row has \(columns.count) columns '\(form)', found \(line.tokens.count)",
                                at: first.location)
             }
             var row = TokenCursor(line: line, file: file)
@@ -522,6 +544,18 @@ struct TokenCursor {
     init(line: SpecLine, file: String) {
         self.line = line
         self.file = file
+    }
+
+    /// Option keywords already read on this line, to reject one given twice.
+    private var usedOptions: [String: SourceLocation] = [:]
+
+    /// Rejects an option keyword that already appeared on this line.
+    mutating func checkFirstUse(of option: SpecToken) throws {
+        if let first = usedOptions[option.text] {
+            throw MNCError("duplicate option '\(option.text)': it is already given at column \(first.column); give it once",
+                           at: option.location)
+        }
+        usedOptions[option.text] = option.location
     }
 
     func peek() -> SpecToken? {
