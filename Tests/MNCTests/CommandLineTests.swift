@@ -103,6 +103,18 @@ final class CommandLineTests: XCTestCase {
         XCTAssertEqual(status, 1)
         XCTAssertTrue(err.hasPrefix("error: \(notImage):"), err)
 
+        let nanInput = temporary.appendingPathComponent("nan.f32").path
+        var values = [Float](repeating: 0.5, count: 3 * 32 * 32)
+        values[17] = .nan
+        try writeFloat32File(path: nanInput, values: values)
+        (status, _, err) = mnc(["run", spec] + small + ["--weights", weights, "--input", nanInput])
+        XCTAssertEqual(status, 1)
+        XCTAssertEqual(err, "error: input '\(nanInput)' has a non-finite value (nan) at index 17: expected finite float32 values\n")
+
+        (status, _, err) = mnc(["run", spec] + small + ["--weights", weights, "--input", temporary.path])
+        XCTAssertEqual(status, 1)
+        XCTAssertEqual(err, "error: cannot read input '\(temporary.path)': it is a directory\n")
+
         (status, _, err) = mnc(["run", spec] + small + ["--weights", weights, "--input", shortInput, "--engine", "gpu"])
         XCTAssertEqual(status, 1)
         XCTAssertTrue(err.contains("invalid value 'gpu' for --engine"), err)
@@ -118,6 +130,20 @@ final class CommandLineTests: XCTestCase {
         let (badStatus, _, err) = mnc(["inspect", "/nonexistent.pth"])
         XCTAssertEqual(badStatus, 1)
         XCTAssertTrue(err.contains("/nonexistent.pth"), err)
+
+        // Unrecognized content is named by the format its extension promises.
+        let text = Data("plain text, not weights\n".utf8)
+        for (file, expected) in [
+            ("notes.pth", "is not a PyTorch checkpoint: it does not start with a zip archive header, as files written by torch.save do"),
+            ("notes.tflite", "is not a TFLite model: it has no 'TFL3' identifier at offset 4"),
+            ("notes.bin", "is not a recognized weights file: expected safetensors, a PyTorch .pth (zip archive), TFLite or ONNX (.onnx)"),
+        ] {
+            let path = temporary.appendingPathComponent(file).path
+            try text.write(to: URL(fileURLWithPath: path))
+            let (status, _, message) = mnc(["inspect", path])
+            XCTAssertEqual(status, 1, file)
+            XCTAssertEqual(message, "error: \(path) \(expected)\n")
+        }
     }
 
     func testInspectRealModels() throws {

@@ -159,8 +159,11 @@ final class SpecTests: XCTestCase {
     func testResolutionBelowTotalStride() throws {
         let spec = try parseSpecFile(path: specPath("mobilenet_v2")).applying(SpecOverrides(inputHeight: 16, inputWidth: 16))
         XCTAssertThrowsError(try lower(spec)) { error in
-            XCTAssertTrue("\(error)".hasSuffix("error: input 16x16 is smaller than the network's total stride 32: use at least 32 pixels per side"), "\(error)")
-            XCTAssertTrue("\(error)".contains("mobilenet_v2.mnet:6:7"), "\(error)")
+            XCTAssertEqual("\(error)", "error: input 16x16 is smaller than the network's total stride 32: use at least 32 pixels per side (the size set by --resolution or --input-size)")
+        }
+        let text = try String(contentsOfFile: specPath("mobilenet_v2"), encoding: .utf8).replacingOccurrences(of: "input 224 ", with: "input 16  ")
+        XCTAssertThrowsError(try lower(parseSpec(data: Data(text.utf8), file: "small.mnet"))) { error in
+            XCTAssertEqual("\(error)", "small.mnet:6:7: error: input 16x16 is smaller than the network's total stride 32: use at least 32 pixels per side")
         }
     }
 

@@ -54,7 +54,8 @@ func checkReportText(spec: Spec, graph: Graph, plan: ArenaPlan) -> String {
             line += column >= 4 || column == 0 ? pad + cell : cell + pad
             if column < 5 { line += "  " }
         }
-        text += line.trimmingCharacters(in: .whitespaces) + "\n"
+        while line.hasSuffix(" ") { line.removeLast() }
+        text += line + "\n"
     }
     text += "\n"
     text += "parameters: \(formatCount(graph.trainableParameterCount)) (trainable; BatchNorm running statistics excluded)\n"

@@ -73,6 +73,15 @@ public func runCommandLine(_ arguments: [String], output: CommandOutput = .stand
 
 public let mncVersion = "0.1.0"
 
+/// One line per command for `mnc --help`; `mnc COMMAND --help` has the full description.
+let commandBriefs = [
+    "check": "verify a spec and print its layers, parameters, MACs and arena size",
+    "dump": "print the spec, the graph, the fused graph or the arena plan (text or Graphviz)",
+    "inspect": "list the tensors of a weights file",
+    "run": "run one inference with the interpreter, the generated C or LLVM",
+    "compile": "generate C or LLVM code and build a library or a classifier executable",
+]
+
 func mainHelp() -> String {
     var lines = [
         "mnc \(mncVersion): an ahead-of-time compiler for MobileNet image classifiers",
@@ -82,7 +91,7 @@ func mainHelp() -> String {
         "commands:",
     ]
     for command in commands {
-        lines.append("  \(command.name.padding(toLength: 10, withPad: " ", startingAt: 0))\(command.summary.split(separator: "\n")[0])")
+        lines.append("  \(command.name.padding(toLength: 10, withPad: " ", startingAt: 0))\(commandBriefs[command.name] ?? "")")
     }
     lines.append("")
     lines.append("Run 'mnc COMMAND --help' for a command's options.")

@@ -89,15 +89,23 @@ func readFloat32File(path: String, count: Int) throws -> [Float] {
           let size = (attributes[.size] as? NSNumber)?.intValue else {
         throw MNCError("cannot read input '\(path)': file not found or not readable")
     }
+    if let type = attributes[.type] as? FileAttributeType, type == .typeDirectory {
+        throw MNCError("cannot read input '\(path)': it is a directory")
+    }
     guard size == count * 4 else {
         throw MNCError("input '\(path)' has \(size) bytes, the network expects \(count) float32 values (\(count * 4) bytes)")
     }
     guard let data = FileManager.default.contents(atPath: path), data.count == size else {
         throw MNCError("cannot read input '\(path)'")
     }
-    return data.withUnsafeBytes { raw in
+    let values = data.withUnsafeBytes { raw in
         (0..<count).map { Float(bitPattern: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 4, as: UInt32.self))) }
     }
+    // The engines treat NaN differently (max() in a kernel may drop it), so no output is trustworthy.
+    if let index = values.firstIndex(where: { !$0.isFinite }) {
+        throw MNCError("input '\(path)' has a non-finite value (\(values[index])) at index \(index): expected finite float32 values")
+    }
+    return values
 }
 
 func writeFloat32File(path: String, values: [Float]) throws {
@@ -105,8 +113,11 @@ func writeFloat32File(path: String, values: [Float]) throws {
     for value in values {
         withUnsafeBytes(of: value.bitPattern.littleEndian) { data.append(contentsOf: $0) }
     }
-    guard FileManager.default.createFile(atPath: path, contents: data) else {
-        throw MNCError("cannot write output '\(path)'")
+    do {
+        try data.write(to: URL(fileURLWithPath: path))
+    } catch {
+        let reason = (error as NSError).localizedFailureReason ?? (error as NSError).localizedDescription
+        throw MNCError("cannot write output '\(path)': \(reason)")
     }
 }
 

@@ -298,9 +298,11 @@ struct SpecLowering {
             total = min(total, 1 << 20)
         }
         guard spec.inputHeight >= total && spec.inputWidth >= total else {
-            let location = spec.headerLocations["input"] ?? SourceLocation(file: spec.file, line: 1, column: 1)
-            throw MNCError("input \(spec.inputHeight)x\(spec.inputWidth) is smaller than the network's total stride \(total): use at least \(total) pixels per side",
-                           at: location)
+            let message = "input \(spec.inputHeight)x\(spec.inputWidth) is smaller than the network's total stride \(total): use at least \(total) pixels per side"
+            guard let location = spec.headerLocations["input"] else {
+                throw MNCError("\(message) (the size set by --resolution or --input-size)")
+            }
+            throw MNCError(message, at: location)
         }
     }
 

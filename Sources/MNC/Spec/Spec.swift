@@ -152,6 +152,10 @@ extension Spec {
         }
         if let height = overrides.inputHeight { spec.inputHeight = height }
         if let width = overrides.inputWidth { spec.inputWidth = width }
+        if overrides.inputHeight != nil || overrides.inputWidth != nil {
+            // Errors about the input size then name the option, not the spec's 'input' line.
+            spec.headerLocations["input"] = nil
+        }
         if let classes = overrides.classes {
             guard classes >= 1, classes <= 1_000_000 else {
                 throw MNCError("invalid class count \(classes): expected an integer in 1...1000000")

@@ -28,12 +28,24 @@ func detectWeightFormat(path: String) throws -> WeightFormat {
         throw MNCError("cannot read weights '\(path)': file not found or not readable")
     }
     defer { try? handle.close() }
-    let head = (try? handle.read(upToCount: 8)) ?? Data()
-    if head.count >= 8 && head[4..<8] == Data("TFL3".utf8) {
+    let head = [UInt8]((try? handle.read(upToCount: 9)) ?? Data())
+    let lowercased = path.lowercased()
+    if head.count >= 8 && Array(head[4..<8]) == Array("TFL3".utf8) {
         return .tflite
     }
-    if path.lowercased().hasSuffix(".onnx") {
+    if lowercased.hasSuffix(".onnx") {
         return .onnx
     }
-    return .stateDict
+    // A zip archive (PyTorch .pth), or safetensors: an 8-byte header length, then '{'.
+    if head.starts(with: [0x50, 0x4B]) || (head.count == 9 && head[8] == UInt8(ascii: "{")) {
+        return .stateDict
+    }
+    let expected = "expected safetensors, a PyTorch .pth (zip archive), TFLite or ONNX (.onnx)"
+    if lowercased.hasSuffix(".pth") || lowercased.hasSuffix(".pt") {
+        throw MNCError("\(path) is not a PyTorch checkpoint: it does not start with a zip archive header, as files written by torch.save do")
+    }
+    if lowercased.hasSuffix(".tflite") {
+        throw MNCError("\(path) is not a TFLite model: it has no 'TFL3' identifier at offset 4")
+    }
+    throw MNCError("\(path) is not a recognized weights file: \(expected)")
 }
