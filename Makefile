@@ -21,9 +21,10 @@ deps:
 	@bash Scripts/install-deps.sh
 
 # Release mode keeps the reference interpreter fast enough for the full-size parity tests;
-# -enable-testing lets the tests reach internal declarations.
+# -enable-testing lets the tests reach internal declarations. All tests are XCTest, so the
+# Swift Testing runner, which would close the output with "0 tests", is turned off.
 test: deps
-	$(SWIFT) test -c release -Xswiftc -enable-testing
+	$(SWIFT) test -c release -Xswiftc -enable-testing --disable-swift-testing
 
 # With ../shared/data: TFLite MobileNetV2 trained on ImageNet, and a real photograph.
 # Without it: random weights and a generated test image, and the demo says so.
