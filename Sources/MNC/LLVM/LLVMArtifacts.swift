@@ -36,6 +36,8 @@ func llvmLinkingToolchain(for target: LLVMTarget, environment: [String: String] 
 func gnuToolPrefix(triple: String) -> String {
     var parts = triple.split(separator: "-").map(String.init)
     if parts.count >= 3 && (parts[1] == "unknown" || parts[1] == "pc") { parts.remove(at: 1) }
+    // Bare-metal triples normalize to ARCH-none-unknown-eabi; the tools are ARCH-none-eabi-*.
+    if parts.count >= 3 && parts[parts.count - 2] == "unknown" { parts.remove(at: parts.count - 2) }
     if let architecture = parts.first, architecture.hasPrefix("armv") || architecture.hasPrefix("thumbv") {
         parts[0] = "arm"
     }

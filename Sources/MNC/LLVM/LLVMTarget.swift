@@ -55,6 +55,19 @@ final class LLVMTarget {
         let machine = try createTargetMachine(target, triple: triple, cpu: cpu, features: features,
                                               level: options.optimizationLevel)
 
+        // The weight blob is little-endian float32 and the arena needs more than 64 KiB, so
+        // big-endian and 16-bit targets would build and then compute garbage.
+        let dataLayout = LLVMCreateTargetDataLayout(machine)
+        let bigEndian = LLVMByteOrder(dataLayout) == LLVMBigEndian
+        let pointerBits = LLVMPointerSize(dataLayout) * 8
+        LLVMDisposeTargetData(dataLayout)
+        guard !bigEndian, pointerBits >= 32 else {
+            LLVMDisposeTargetMachine(machine)
+            let reason = bigEndian ? "it is big-endian, and the weight blob is little-endian float32"
+                : "its pointers have \(pointerBits) bits, and the arena and weights need at least 32"
+            throw MNCError("unsupported target '\(options.triple ?? triple)': \(reason); choose a little-endian 32- or 64-bit target")
+        }
+
         self.machine = machine
         self.triple = triple
         self.cpu = cpu
@@ -118,6 +131,15 @@ private func lookUpTarget(_ requested: String) throws -> (String, LLVMTargetRef)
 private func cpuAndFeatures(_ options: LLVMTargetOptions) throws -> (String, String) {
     let cpu: String
     var features: [String] = []
+    if options.cpu == "native", let triple = options.triple {
+        let host = takeLLVMString(LLVMGetDefaultTargetTriple())
+        if triple.split(separator: "-").first != host.split(separator: "-").first {
+            throw MNCError("--cpu native names the host's CPU, which cannot run '\(triple)': give a CPU of that target, e.g. cortex-a53 for aarch64")
+        }
+    }
+    if options.cpu == "" {
+        throw MNCError("invalid CPU name '': expected an LLVM CPU name such as x86-64, cortex-a53 or native")
+    }
     if options.cpu == "native" || (options.cpu == nil && options.triple == nil) {
         cpu = takeLLVMString(LLVMGetHostCPUName())
         features = takeLLVMString(LLVMGetHostCPUFeatures()).split(separator: ",").map(String.init)
