@@ -115,7 +115,8 @@ KERNEL_INLINE __m256i lane_mask_f32x8(int count)
  * One register tile of a pointwise (1x1) convolution as a GEMM:
  *   y[r][j] = activation(bias[j] + sum over k of x[r][k] * w[k][j]) + residual[r][j]
  * for r < rows pixels and j < cols output channels. x rows are k_count floats apart (NHWC),
- * w rows w_stride floats ([in][out], the `io` layout), y and residual rows y_stride floats.
+ * w rows w_stride floats (one column panel of the `io_panels` layout: [in][panel width]), y
+ * and residual rows y_stride floats.
  * bias and residual are read only when has_bias and has_residual are non-zero.
  */
 #if defined(KERNELS_AVX512)
@@ -875,32 +876,47 @@ static void depthwise3x3_s1_f32_112x112x32_p1_relu(const float *restrict x, cons
     }
 }
 
-/* 1x1 convolution as a GEMM: y[12544][64] = x[12544][32] * w[32][64], then bias, relu */
+/* 1x1 convolution as a GEMM: y[12544][64] = x[12544][32] * w[32][64] in 32-column panels, then bias, relu */
 static void pointwise_f32_112x112x32_to_64_relu(const float *restrict x, const float *restrict w,
                                                 const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 12544; p += 8) {
-        for (int n = 0; n < 64; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 32, w + n, bias + n, NULL, y + p * 64 + n, 8, 32, 32, 64, 64, 1, 0, ACTIVATION_RELU);
+    for (int n = 0; n < 64; n += 32) {
+        for (int p = 0; p < 12544; p += 8) {
+            pointwise_f32_tile8x32_avx512(x + p * 32, w + n * 32, bias + n, NULL, y + p * 64 + n, 8, 32, 32, 32, 64, 1, 0, ACTIVATION_RELU);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 12544; p += 4) {
-        for (int n = 0; n < 64; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 32, w + n, bias + n, NULL, y + p * 64 + n, 4, 16, 32, 64, 64, 1, 0, ACTIVATION_RELU);
+    for (int n = 0; n < 64; n += 32) {
+        for (int p = 0; p < 12544; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 32, w + n * 32, bias + n, NULL, y + p * 64 + n, 4, 16, 32, 32, 64, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 12544; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 32, w + n * 32 + 16, bias + n + 16, NULL, y + p * 64 + n + 16, 4, 16, 32, 32, 64, 1, 0, ACTIVATION_RELU);
         }
     }
 #elif defined(KERNELS_VECTOR)
-    for (int p = 0; p < 12544; p += 4) {
-        for (int n = 0; n < 64; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 32, w + n, bias + n, NULL, y + p * 64 + n, 4, 8, 32, 64, 64, 1, 0, ACTIVATION_RELU);
+    for (int n = 0; n < 64; n += 32) {
+        for (int p = 0; p < 12544; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 32, w + n * 32, bias + n, NULL, y + p * 64 + n, 4, 8, 32, 32, 64, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 12544; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 32, w + n * 32 + 8, bias + n + 8, NULL, y + p * 64 + n + 8, 4, 8, 32, 32, 64, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 12544; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 32, w + n * 32 + 16, bias + n + 16, NULL, y + p * 64 + n + 16, 4, 8, 32, 32, 64, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 12544; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 32, w + n * 32 + 24, bias + n + 24, NULL, y + p * 64 + n + 24, 4, 8, 32, 32, 64, 1, 0, ACTIVATION_RELU);
         }
     }
 #else
-    for (int p = 0; p < 12544; p += 4) {
-        for (int n = 0; n < 64; n += 16) {
-            pointwise_f32_tile4x16_portable(x + p * 32, w + n, bias + n, NULL, y + p * 64 + n, 4, 16, 32, 64, 64, 1, 0, ACTIVATION_RELU);
+    for (int n = 0; n < 64; n += 32) {
+        for (int p = 0; p < 12544; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 32, w + n * 32, bias + n, NULL, y + p * 64 + n, 4, 16, 32, 32, 64, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 12544; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 32, w + n * 32 + 16, bias + n + 16, NULL, y + p * 64 + n + 16, 4, 16, 32, 32, 64, 1, 0, ACTIVATION_RELU);
         }
     }
 #endif
@@ -929,32 +945,47 @@ static void depthwise3x3_s2_f32_112x112x64_p1_relu(const float *restrict x, cons
     }
 }
 
-/* 1x1 convolution as a GEMM: y[3136][128] = x[3136][64] * w[64][128], then bias, relu */
+/* 1x1 convolution as a GEMM: y[3136][128] = x[3136][64] * w[64][128] in 32-column panels, then bias, relu */
 static void pointwise_f32_56x56x64_to_128_relu(const float *restrict x, const float *restrict w,
                                                const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 3136; p += 8) {
-        for (int n = 0; n < 128; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 64, w + n, bias + n, NULL, y + p * 128 + n, 8, 32, 64, 128, 128, 1, 0, ACTIVATION_RELU);
+    for (int n = 0; n < 128; n += 32) {
+        for (int p = 0; p < 3136; p += 8) {
+            pointwise_f32_tile8x32_avx512(x + p * 64, w + n * 64, bias + n, NULL, y + p * 128 + n, 8, 32, 64, 32, 128, 1, 0, ACTIVATION_RELU);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 3136; p += 4) {
-        for (int n = 0; n < 128; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 64, w + n, bias + n, NULL, y + p * 128 + n, 4, 16, 64, 128, 128, 1, 0, ACTIVATION_RELU);
+    for (int n = 0; n < 128; n += 32) {
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 64, w + n * 64, bias + n, NULL, y + p * 128 + n, 4, 16, 64, 32, 128, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 64, w + n * 64 + 16, bias + n + 16, NULL, y + p * 128 + n + 16, 4, 16, 64, 32, 128, 1, 0, ACTIVATION_RELU);
         }
     }
 #elif defined(KERNELS_VECTOR)
-    for (int p = 0; p < 3136; p += 4) {
-        for (int n = 0; n < 128; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 64, w + n, bias + n, NULL, y + p * 128 + n, 4, 8, 64, 128, 128, 1, 0, ACTIVATION_RELU);
+    for (int n = 0; n < 128; n += 32) {
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 64, w + n * 64, bias + n, NULL, y + p * 128 + n, 4, 8, 64, 32, 128, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 64, w + n * 64 + 8, bias + n + 8, NULL, y + p * 128 + n + 8, 4, 8, 64, 32, 128, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 64, w + n * 64 + 16, bias + n + 16, NULL, y + p * 128 + n + 16, 4, 8, 64, 32, 128, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 64, w + n * 64 + 24, bias + n + 24, NULL, y + p * 128 + n + 24, 4, 8, 64, 32, 128, 1, 0, ACTIVATION_RELU);
         }
     }
 #else
-    for (int p = 0; p < 3136; p += 4) {
-        for (int n = 0; n < 128; n += 16) {
-            pointwise_f32_tile4x16_portable(x + p * 64, w + n, bias + n, NULL, y + p * 128 + n, 4, 16, 64, 128, 128, 1, 0, ACTIVATION_RELU);
+    for (int n = 0; n < 128; n += 32) {
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 64, w + n * 64, bias + n, NULL, y + p * 128 + n, 4, 16, 64, 32, 128, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 64, w + n * 64 + 16, bias + n + 16, NULL, y + p * 128 + n + 16, 4, 16, 64, 32, 128, 1, 0, ACTIVATION_RELU);
         }
     }
 #endif
@@ -983,32 +1014,47 @@ static void depthwise3x3_s1_f32_56x56x128_p1_relu(const float *restrict x, const
     }
 }
 
-/* 1x1 convolution as a GEMM: y[3136][128] = x[3136][128] * w[128][128], then bias, relu */
+/* 1x1 convolution as a GEMM: y[3136][128] = x[3136][128] * w[128][128] in 32-column panels, then bias, relu */
 static void pointwise_f32_56x56x128_to_128_relu(const float *restrict x, const float *restrict w,
                                                 const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 128; n += 32) {
         for (int p = 0; p < 3136; p += 8) {
-            pointwise_f32_tile8x32_avx512(x + p * 128, w + n, bias + n, NULL, y + p * 128 + n, 8, 32, 128, 128, 128, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile8x32_avx512(x + p * 128, w + n * 128, bias + n, NULL, y + p * 128 + n, 8, 32, 128, 32, 128, 1, 0, ACTIVATION_RELU);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 128; n += 16) {
+    for (int n = 0; n < 128; n += 32) {
         for (int p = 0; p < 3136; p += 4) {
-            pointwise_f32_tile6x16_avx2(x + p * 128, w + n, bias + n, NULL, y + p * 128 + n, 4, 16, 128, 128, 128, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile6x16_avx2(x + p * 128, w + n * 128, bias + n, NULL, y + p * 128 + n, 4, 16, 128, 32, 128, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 128, w + n * 128 + 16, bias + n + 16, NULL, y + p * 128 + n + 16, 4, 16, 128, 32, 128, 1, 0, ACTIVATION_RELU);
         }
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 128; n += 8) {
+    for (int n = 0; n < 128; n += 32) {
         for (int p = 0; p < 3136; p += 4) {
-            pointwise_f32_tile6x8_vector(x + p * 128, w + n, bias + n, NULL, y + p * 128 + n, 4, 8, 128, 128, 128, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile6x8_vector(x + p * 128, w + n * 128, bias + n, NULL, y + p * 128 + n, 4, 8, 128, 32, 128, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 128, w + n * 128 + 8, bias + n + 8, NULL, y + p * 128 + n + 8, 4, 8, 128, 32, 128, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 128, w + n * 128 + 16, bias + n + 16, NULL, y + p * 128 + n + 16, 4, 8, 128, 32, 128, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 128, w + n * 128 + 24, bias + n + 24, NULL, y + p * 128 + n + 24, 4, 8, 128, 32, 128, 1, 0, ACTIVATION_RELU);
         }
     }
 #else
-    for (int n = 0; n < 128; n += 16) {
+    for (int n = 0; n < 128; n += 32) {
         for (int p = 0; p < 3136; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 128, w + n, bias + n, NULL, y + p * 128 + n, 4, 16, 128, 128, 128, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile4x16_portable(x + p * 128, w + n * 128, bias + n, NULL, y + p * 128 + n, 4, 16, 128, 32, 128, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 128, w + n * 128 + 16, bias + n + 16, NULL, y + p * 128 + n + 16, 4, 16, 128, 32, 128, 1, 0, ACTIVATION_RELU);
         }
     }
 #endif
@@ -1037,32 +1083,47 @@ static void depthwise3x3_s2_f32_56x56x128_p1_relu(const float *restrict x, const
     }
 }
 
-/* 1x1 convolution as a GEMM: y[784][256] = x[784][128] * w[128][256], then bias, relu */
+/* 1x1 convolution as a GEMM: y[784][256] = x[784][128] * w[128][256] in 32-column panels, then bias, relu */
 static void pointwise_f32_28x28x128_to_256_relu(const float *restrict x, const float *restrict w,
                                                 const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 256; n += 32) {
         for (int p = 0; p < 784; p += 8) {
-            pointwise_f32_tile8x32_avx512(x + p * 128, w + n, bias + n, NULL, y + p * 256 + n, 8, 32, 128, 256, 256, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile8x32_avx512(x + p * 128, w + n * 128, bias + n, NULL, y + p * 256 + n, 8, 32, 128, 32, 256, 1, 0, ACTIVATION_RELU);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 256; n += 16) {
+    for (int n = 0; n < 256; n += 32) {
         for (int p = 0; p < 784; p += 4) {
-            pointwise_f32_tile6x16_avx2(x + p * 128, w + n, bias + n, NULL, y + p * 256 + n, 4, 16, 128, 256, 256, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile6x16_avx2(x + p * 128, w + n * 128, bias + n, NULL, y + p * 256 + n, 4, 16, 128, 32, 256, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 128, w + n * 128 + 16, bias + n + 16, NULL, y + p * 256 + n + 16, 4, 16, 128, 32, 256, 1, 0, ACTIVATION_RELU);
         }
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 256; n += 8) {
+    for (int n = 0; n < 256; n += 32) {
         for (int p = 0; p < 784; p += 4) {
-            pointwise_f32_tile6x8_vector(x + p * 128, w + n, bias + n, NULL, y + p * 256 + n, 4, 8, 128, 256, 256, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile6x8_vector(x + p * 128, w + n * 128, bias + n, NULL, y + p * 256 + n, 4, 8, 128, 32, 256, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 128, w + n * 128 + 8, bias + n + 8, NULL, y + p * 256 + n + 8, 4, 8, 128, 32, 256, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 128, w + n * 128 + 16, bias + n + 16, NULL, y + p * 256 + n + 16, 4, 8, 128, 32, 256, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 128, w + n * 128 + 24, bias + n + 24, NULL, y + p * 256 + n + 24, 4, 8, 128, 32, 256, 1, 0, ACTIVATION_RELU);
         }
     }
 #else
-    for (int n = 0; n < 256; n += 16) {
+    for (int n = 0; n < 256; n += 32) {
         for (int p = 0; p < 784; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 128, w + n, bias + n, NULL, y + p * 256 + n, 4, 16, 128, 256, 256, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile4x16_portable(x + p * 128, w + n * 128, bias + n, NULL, y + p * 256 + n, 4, 16, 128, 32, 256, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 128, w + n * 128 + 16, bias + n + 16, NULL, y + p * 256 + n + 16, 4, 16, 128, 32, 256, 1, 0, ACTIVATION_RELU);
         }
     }
 #endif
@@ -1091,32 +1152,47 @@ static void depthwise3x3_s1_f32_28x28x256_p1_relu(const float *restrict x, const
     }
 }
 
-/* 1x1 convolution as a GEMM: y[784][256] = x[784][256] * w[256][256], then bias, relu */
+/* 1x1 convolution as a GEMM: y[784][256] = x[784][256] * w[256][256] in 32-column panels, then bias, relu */
 static void pointwise_f32_28x28x256_to_256_relu(const float *restrict x, const float *restrict w,
                                                 const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 256; n += 32) {
         for (int p = 0; p < 784; p += 8) {
-            pointwise_f32_tile8x32_avx512(x + p * 256, w + n, bias + n, NULL, y + p * 256 + n, 8, 32, 256, 256, 256, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile8x32_avx512(x + p * 256, w + n * 256, bias + n, NULL, y + p * 256 + n, 8, 32, 256, 32, 256, 1, 0, ACTIVATION_RELU);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 256; n += 16) {
+    for (int n = 0; n < 256; n += 32) {
         for (int p = 0; p < 784; p += 4) {
-            pointwise_f32_tile6x16_avx2(x + p * 256, w + n, bias + n, NULL, y + p * 256 + n, 4, 16, 256, 256, 256, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile6x16_avx2(x + p * 256, w + n * 256, bias + n, NULL, y + p * 256 + n, 4, 16, 256, 32, 256, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 256, w + n * 256 + 16, bias + n + 16, NULL, y + p * 256 + n + 16, 4, 16, 256, 32, 256, 1, 0, ACTIVATION_RELU);
         }
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 256; n += 8) {
+    for (int n = 0; n < 256; n += 32) {
         for (int p = 0; p < 784; p += 4) {
-            pointwise_f32_tile6x8_vector(x + p * 256, w + n, bias + n, NULL, y + p * 256 + n, 4, 8, 256, 256, 256, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile6x8_vector(x + p * 256, w + n * 256, bias + n, NULL, y + p * 256 + n, 4, 8, 256, 32, 256, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 256, w + n * 256 + 8, bias + n + 8, NULL, y + p * 256 + n + 8, 4, 8, 256, 32, 256, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 256, w + n * 256 + 16, bias + n + 16, NULL, y + p * 256 + n + 16, 4, 8, 256, 32, 256, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 256, w + n * 256 + 24, bias + n + 24, NULL, y + p * 256 + n + 24, 4, 8, 256, 32, 256, 1, 0, ACTIVATION_RELU);
         }
     }
 #else
-    for (int n = 0; n < 256; n += 16) {
+    for (int n = 0; n < 256; n += 32) {
         for (int p = 0; p < 784; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 256, w + n, bias + n, NULL, y + p * 256 + n, 4, 16, 256, 256, 256, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile4x16_portable(x + p * 256, w + n * 256, bias + n, NULL, y + p * 256 + n, 4, 16, 256, 32, 256, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 256, w + n * 256 + 16, bias + n + 16, NULL, y + p * 256 + n + 16, 4, 16, 256, 32, 256, 1, 0, ACTIVATION_RELU);
         }
     }
 #endif
@@ -1145,32 +1221,47 @@ static void depthwise3x3_s2_f32_28x28x256_p1_relu(const float *restrict x, const
     }
 }
 
-/* 1x1 convolution as a GEMM: y[196][512] = x[196][256] * w[256][512], then bias, relu */
+/* 1x1 convolution as a GEMM: y[196][512] = x[196][256] * w[256][512] in 32-column panels, then bias, relu */
 static void pointwise_f32_14x14x256_to_512_relu(const float *restrict x, const float *restrict w,
                                                 const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 512; n += 32) {
         for (int p = 0; p < 196; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 256, w + n, bias + n, NULL, y + p * 512 + n, 7, 32, 256, 512, 512, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile8x32_avx512(x + p * 256, w + n * 256, bias + n, NULL, y + p * 512 + n, 7, 32, 256, 32, 512, 1, 0, ACTIVATION_RELU);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 512; n += 16) {
+    for (int n = 0; n < 512; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x16_avx2(x + p * 256, w + n, bias + n, NULL, y + p * 512 + n, 4, 16, 256, 512, 512, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile6x16_avx2(x + p * 256, w + n * 256, bias + n, NULL, y + p * 512 + n, 4, 16, 256, 32, 512, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 256, w + n * 256 + 16, bias + n + 16, NULL, y + p * 512 + n + 16, 4, 16, 256, 32, 512, 1, 0, ACTIVATION_RELU);
         }
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 512; n += 8) {
+    for (int n = 0; n < 512; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x8_vector(x + p * 256, w + n, bias + n, NULL, y + p * 512 + n, 4, 8, 256, 512, 512, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile6x8_vector(x + p * 256, w + n * 256, bias + n, NULL, y + p * 512 + n, 4, 8, 256, 32, 512, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 256, w + n * 256 + 8, bias + n + 8, NULL, y + p * 512 + n + 8, 4, 8, 256, 32, 512, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 256, w + n * 256 + 16, bias + n + 16, NULL, y + p * 512 + n + 16, 4, 8, 256, 32, 512, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 256, w + n * 256 + 24, bias + n + 24, NULL, y + p * 512 + n + 24, 4, 8, 256, 32, 512, 1, 0, ACTIVATION_RELU);
         }
     }
 #else
-    for (int n = 0; n < 512; n += 16) {
+    for (int n = 0; n < 512; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 256, w + n, bias + n, NULL, y + p * 512 + n, 4, 16, 256, 512, 512, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile4x16_portable(x + p * 256, w + n * 256, bias + n, NULL, y + p * 512 + n, 4, 16, 256, 32, 512, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 256, w + n * 256 + 16, bias + n + 16, NULL, y + p * 512 + n + 16, 4, 16, 256, 32, 512, 1, 0, ACTIVATION_RELU);
         }
     }
 #endif
@@ -1199,32 +1290,47 @@ static void depthwise3x3_s1_f32_14x14x512_p1_relu(const float *restrict x, const
     }
 }
 
-/* 1x1 convolution as a GEMM: y[196][512] = x[196][512] * w[512][512], then bias, relu */
+/* 1x1 convolution as a GEMM: y[196][512] = x[196][512] * w[512][512] in 32-column panels, then bias, relu */
 static void pointwise_f32_14x14x512_to_512_relu(const float *restrict x, const float *restrict w,
                                                 const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 512; n += 32) {
         for (int p = 0; p < 196; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 512, w + n, bias + n, NULL, y + p * 512 + n, 7, 32, 512, 512, 512, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile8x32_avx512(x + p * 512, w + n * 512, bias + n, NULL, y + p * 512 + n, 7, 32, 512, 32, 512, 1, 0, ACTIVATION_RELU);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 512; n += 16) {
+    for (int n = 0; n < 512; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x16_avx2(x + p * 512, w + n, bias + n, NULL, y + p * 512 + n, 4, 16, 512, 512, 512, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile6x16_avx2(x + p * 512, w + n * 512, bias + n, NULL, y + p * 512 + n, 4, 16, 512, 32, 512, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 512, w + n * 512 + 16, bias + n + 16, NULL, y + p * 512 + n + 16, 4, 16, 512, 32, 512, 1, 0, ACTIVATION_RELU);
         }
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 512; n += 8) {
+    for (int n = 0; n < 512; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x8_vector(x + p * 512, w + n, bias + n, NULL, y + p * 512 + n, 4, 8, 512, 512, 512, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile6x8_vector(x + p * 512, w + n * 512, bias + n, NULL, y + p * 512 + n, 4, 8, 512, 32, 512, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 512, w + n * 512 + 8, bias + n + 8, NULL, y + p * 512 + n + 8, 4, 8, 512, 32, 512, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 512, w + n * 512 + 16, bias + n + 16, NULL, y + p * 512 + n + 16, 4, 8, 512, 32, 512, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 512, w + n * 512 + 24, bias + n + 24, NULL, y + p * 512 + n + 24, 4, 8, 512, 32, 512, 1, 0, ACTIVATION_RELU);
         }
     }
 #else
-    for (int n = 0; n < 512; n += 16) {
+    for (int n = 0; n < 512; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 512, w + n, bias + n, NULL, y + p * 512 + n, 4, 16, 512, 512, 512, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile4x16_portable(x + p * 512, w + n * 512, bias + n, NULL, y + p * 512 + n, 4, 16, 512, 32, 512, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 512, w + n * 512 + 16, bias + n + 16, NULL, y + p * 512 + n + 16, 4, 16, 512, 32, 512, 1, 0, ACTIVATION_RELU);
         }
     }
 #endif
@@ -1253,36 +1359,56 @@ static void depthwise3x3_s2_f32_14x14x512_p1_relu(const float *restrict x, const
     }
 }
 
-/* 1x1 convolution as a GEMM: y[49][1024] = x[49][512] * w[512][1024], then bias, relu */
+/* 1x1 convolution as a GEMM: y[49][1024] = x[49][512] * w[512][1024] in 32-column panels, then bias, relu */
 static void pointwise_f32_7x7x512_to_1024_relu(const float *restrict x, const float *restrict w,
                                                const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 1024; n += 32) {
         for (int p = 0; p < 49; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 512, w + n, bias + n, NULL, y + p * 1024 + n, 7, 32, 512, 1024, 1024, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile8x32_avx512(x + p * 512, w + n * 512, bias + n, NULL, y + p * 1024 + n, 7, 32, 512, 32, 1024, 1, 0, ACTIVATION_RELU);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 1024; n += 16) {
+    for (int n = 0; n < 1024; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x16_avx2(x + p * 512, w + n, bias + n, NULL, y + p * 1024 + n, 5, 16, 512, 1024, 1024, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile6x16_avx2(x + p * 512, w + n * 512, bias + n, NULL, y + p * 1024 + n, 5, 16, 512, 32, 1024, 1, 0, ACTIVATION_RELU);
         }
-        pointwise_f32_tile6x16_avx2(x + 23040, w + n, bias + n, NULL, y + n + 46080, 4, 16, 512, 1024, 1024, 1, 0, ACTIVATION_RELU);
+        pointwise_f32_tile6x16_avx2(x + 23040, w + n * 512, bias + n, NULL, y + n + 46080, 4, 16, 512, 32, 1024, 1, 0, ACTIVATION_RELU);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x16_avx2(x + p * 512, w + n * 512 + 16, bias + n + 16, NULL, y + p * 1024 + n + 16, 5, 16, 512, 32, 1024, 1, 0, ACTIVATION_RELU);
+        }
+        pointwise_f32_tile6x16_avx2(x + 23040, w + n * 512 + 16, bias + n + 16, NULL, y + n + 16 + 46080, 4, 16, 512, 32, 1024, 1, 0, ACTIVATION_RELU);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 1024; n += 8) {
+    for (int n = 0; n < 1024; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x8_vector(x + p * 512, w + n, bias + n, NULL, y + p * 1024 + n, 5, 8, 512, 1024, 1024, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile6x8_vector(x + p * 512, w + n * 512, bias + n, NULL, y + p * 1024 + n, 5, 8, 512, 32, 1024, 1, 0, ACTIVATION_RELU);
         }
-        pointwise_f32_tile6x8_vector(x + 23040, w + n, bias + n, NULL, y + n + 46080, 4, 8, 512, 1024, 1024, 1, 0, ACTIVATION_RELU);
+        pointwise_f32_tile6x8_vector(x + 23040, w + n * 512, bias + n, NULL, y + n + 46080, 4, 8, 512, 32, 1024, 1, 0, ACTIVATION_RELU);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 512, w + n * 512 + 8, bias + n + 8, NULL, y + p * 1024 + n + 8, 5, 8, 512, 32, 1024, 1, 0, ACTIVATION_RELU);
+        }
+        pointwise_f32_tile6x8_vector(x + 23040, w + n * 512 + 8, bias + n + 8, NULL, y + n + 8 + 46080, 4, 8, 512, 32, 1024, 1, 0, ACTIVATION_RELU);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 512, w + n * 512 + 16, bias + n + 16, NULL, y + p * 1024 + n + 16, 5, 8, 512, 32, 1024, 1, 0, ACTIVATION_RELU);
+        }
+        pointwise_f32_tile6x8_vector(x + 23040, w + n * 512 + 16, bias + n + 16, NULL, y + n + 16 + 46080, 4, 8, 512, 32, 1024, 1, 0, ACTIVATION_RELU);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 512, w + n * 512 + 24, bias + n + 24, NULL, y + p * 1024 + n + 24, 5, 8, 512, 32, 1024, 1, 0, ACTIVATION_RELU);
+        }
+        pointwise_f32_tile6x8_vector(x + 23040, w + n * 512 + 24, bias + n + 24, NULL, y + n + 24 + 46080, 4, 8, 512, 32, 1024, 1, 0, ACTIVATION_RELU);
     }
 #else
-    for (int n = 0; n < 1024; n += 16) {
+    for (int n = 0; n < 1024; n += 32) {
         for (int p = 0; p < 48; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 512, w + n, bias + n, NULL, y + p * 1024 + n, 4, 16, 512, 1024, 1024, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile4x16_portable(x + p * 512, w + n * 512, bias + n, NULL, y + p * 1024 + n, 4, 16, 512, 32, 1024, 1, 0, ACTIVATION_RELU);
         }
-        pointwise_f32_tile4x16_portable(x + 24576, w + n, bias + n, NULL, y + n + 49152, 1, 16, 512, 1024, 1024, 1, 0, ACTIVATION_RELU);
+        pointwise_f32_tile4x16_portable(x + 24576, w + n * 512, bias + n, NULL, y + n + 49152, 1, 16, 512, 32, 1024, 1, 0, ACTIVATION_RELU);
+        for (int p = 0; p < 48; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 512, w + n * 512 + 16, bias + n + 16, NULL, y + p * 1024 + n + 16, 4, 16, 512, 32, 1024, 1, 0, ACTIVATION_RELU);
+        }
+        pointwise_f32_tile4x16_portable(x + 24576, w + n * 512 + 16, bias + n + 16, NULL, y + n + 16 + 49152, 1, 16, 512, 32, 1024, 1, 0, ACTIVATION_RELU);
     }
 #endif
 }
@@ -1310,36 +1436,56 @@ static void depthwise3x3_s1_f32_7x7x1024_p1_relu(const float *restrict x, const 
     }
 }
 
-/* 1x1 convolution as a GEMM: y[49][1024] = x[49][1024] * w[1024][1024], then bias, relu */
+/* 1x1 convolution as a GEMM: y[49][1024] = x[49][1024] * w[1024][1024] in 32-column panels, then bias, relu */
 static void pointwise_f32_7x7x1024_to_1024_relu(const float *restrict x, const float *restrict w,
                                                 const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 1024; n += 32) {
         for (int p = 0; p < 49; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 1024, w + n, bias + n, NULL, y + p * 1024 + n, 7, 32, 1024, 1024, 1024, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile8x32_avx512(x + p * 1024, w + n * 1024, bias + n, NULL, y + p * 1024 + n, 7, 32, 1024, 32, 1024, 1, 0, ACTIVATION_RELU);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 1024; n += 16) {
+    for (int n = 0; n < 1024; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x16_avx2(x + p * 1024, w + n, bias + n, NULL, y + p * 1024 + n, 5, 16, 1024, 1024, 1024, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile6x16_avx2(x + p * 1024, w + n * 1024, bias + n, NULL, y + p * 1024 + n, 5, 16, 1024, 32, 1024, 1, 0, ACTIVATION_RELU);
         }
-        pointwise_f32_tile6x16_avx2(x + 46080, w + n, bias + n, NULL, y + n + 46080, 4, 16, 1024, 1024, 1024, 1, 0, ACTIVATION_RELU);
+        pointwise_f32_tile6x16_avx2(x + 46080, w + n * 1024, bias + n, NULL, y + n + 46080, 4, 16, 1024, 32, 1024, 1, 0, ACTIVATION_RELU);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x16_avx2(x + p * 1024, w + n * 1024 + 16, bias + n + 16, NULL, y + p * 1024 + n + 16, 5, 16, 1024, 32, 1024, 1, 0, ACTIVATION_RELU);
+        }
+        pointwise_f32_tile6x16_avx2(x + 46080, w + n * 1024 + 16, bias + n + 16, NULL, y + n + 16 + 46080, 4, 16, 1024, 32, 1024, 1, 0, ACTIVATION_RELU);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 1024; n += 8) {
+    for (int n = 0; n < 1024; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x8_vector(x + p * 1024, w + n, bias + n, NULL, y + p * 1024 + n, 5, 8, 1024, 1024, 1024, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile6x8_vector(x + p * 1024, w + n * 1024, bias + n, NULL, y + p * 1024 + n, 5, 8, 1024, 32, 1024, 1, 0, ACTIVATION_RELU);
         }
-        pointwise_f32_tile6x8_vector(x + 46080, w + n, bias + n, NULL, y + n + 46080, 4, 8, 1024, 1024, 1024, 1, 0, ACTIVATION_RELU);
+        pointwise_f32_tile6x8_vector(x + 46080, w + n * 1024, bias + n, NULL, y + n + 46080, 4, 8, 1024, 32, 1024, 1, 0, ACTIVATION_RELU);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 1024, w + n * 1024 + 8, bias + n + 8, NULL, y + p * 1024 + n + 8, 5, 8, 1024, 32, 1024, 1, 0, ACTIVATION_RELU);
+        }
+        pointwise_f32_tile6x8_vector(x + 46080, w + n * 1024 + 8, bias + n + 8, NULL, y + n + 8 + 46080, 4, 8, 1024, 32, 1024, 1, 0, ACTIVATION_RELU);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 1024, w + n * 1024 + 16, bias + n + 16, NULL, y + p * 1024 + n + 16, 5, 8, 1024, 32, 1024, 1, 0, ACTIVATION_RELU);
+        }
+        pointwise_f32_tile6x8_vector(x + 46080, w + n * 1024 + 16, bias + n + 16, NULL, y + n + 16 + 46080, 4, 8, 1024, 32, 1024, 1, 0, ACTIVATION_RELU);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 1024, w + n * 1024 + 24, bias + n + 24, NULL, y + p * 1024 + n + 24, 5, 8, 1024, 32, 1024, 1, 0, ACTIVATION_RELU);
+        }
+        pointwise_f32_tile6x8_vector(x + 46080, w + n * 1024 + 24, bias + n + 24, NULL, y + n + 24 + 46080, 4, 8, 1024, 32, 1024, 1, 0, ACTIVATION_RELU);
     }
 #else
-    for (int n = 0; n < 1024; n += 16) {
+    for (int n = 0; n < 1024; n += 32) {
         for (int p = 0; p < 48; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 1024, w + n, bias + n, NULL, y + p * 1024 + n, 4, 16, 1024, 1024, 1024, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile4x16_portable(x + p * 1024, w + n * 1024, bias + n, NULL, y + p * 1024 + n, 4, 16, 1024, 32, 1024, 1, 0, ACTIVATION_RELU);
         }
-        pointwise_f32_tile4x16_portable(x + 49152, w + n, bias + n, NULL, y + n + 49152, 1, 16, 1024, 1024, 1024, 1, 0, ACTIVATION_RELU);
+        pointwise_f32_tile4x16_portable(x + 49152, w + n * 1024, bias + n, NULL, y + n + 49152, 1, 16, 1024, 32, 1024, 1, 0, ACTIVATION_RELU);
+        for (int p = 0; p < 48; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 1024, w + n * 1024 + 16, bias + n + 16, NULL, y + p * 1024 + n + 16, 4, 16, 1024, 32, 1024, 1, 0, ACTIVATION_RELU);
+        }
+        pointwise_f32_tile4x16_portable(x + 49152, w + n * 1024 + 16, bias + n + 16, NULL, y + n + 16 + 49152, 1, 16, 1024, 32, 1024, 1, 0, ACTIVATION_RELU);
     }
 #endif
 }

@@ -115,7 +115,8 @@ KERNEL_INLINE __m256i lane_mask_f32x8(int count)
  * One register tile of a pointwise (1x1) convolution as a GEMM:
  *   y[r][j] = activation(bias[j] + sum over k of x[r][k] * w[k][j]) + residual[r][j]
  * for r < rows pixels and j < cols output channels. x rows are k_count floats apart (NHWC),
- * w rows w_stride floats ([in][out], the `io` layout), y and residual rows y_stride floats.
+ * w rows w_stride floats (one column panel of the `io_panels` layout: [in][panel width]), y
+ * and residual rows y_stride floats.
  * bias and residual are read only when has_bias and has_residual are non-zero.
  */
 #if defined(KERNELS_AVX512)
@@ -875,7 +876,7 @@ static void depthwise3x3_s1_f32_112x112x16_p1_relu(const float *restrict x, cons
     }
 }
 
-/* 1x1 convolution as a GEMM: y[12544][16] = x[12544][16] * w[16][16], then bias, residual */
+/* 1x1 convolution as a GEMM: y[12544][16] = x[12544][16] * w[16][16] in 32-column panels, then bias, residual */
 static void pointwise_f32_112x112x16_to_16_residual(const float *restrict x, const float *restrict w,
                                                     const float *restrict bias,
                                                     const float *restrict residual, float *restrict y)
@@ -890,9 +891,10 @@ static void pointwise_f32_112x112x16_to_16_residual(const float *restrict x, con
     }
 #elif defined(KERNELS_VECTOR)
     for (int p = 0; p < 12544; p += 4) {
-        for (int n = 0; n < 16; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 16, w + n, bias + n, residual + p * 16 + n, y + p * 16 + n, 4, 8, 16, 16, 16, 1, 1, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile6x8_vector(x + p * 16, w, bias, residual + p * 16, y + p * 16, 4, 8, 16, 16, 16, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 12544; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 16, w + 8, bias + 8, residual + p * 16 + 8, y + p * 16 + 8, 4, 8, 16, 16, 16, 1, 1, ACTIVATION_IDENTITY);
     }
 #else
     for (int p = 0; p < 12544; p += 4) {
@@ -901,32 +903,47 @@ static void pointwise_f32_112x112x16_to_16_residual(const float *restrict x, con
 #endif
 }
 
-/* 1x1 convolution as a GEMM: y[12544][64] = x[12544][16] * w[16][64], then bias, relu */
+/* 1x1 convolution as a GEMM: y[12544][64] = x[12544][16] * w[16][64] in 32-column panels, then bias, relu */
 static void pointwise_f32_112x112x16_to_64_relu(const float *restrict x, const float *restrict w,
                                                 const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 12544; p += 8) {
-        for (int n = 0; n < 64; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 16, w + n, bias + n, NULL, y + p * 64 + n, 8, 32, 16, 64, 64, 1, 0, ACTIVATION_RELU);
+    for (int n = 0; n < 64; n += 32) {
+        for (int p = 0; p < 12544; p += 8) {
+            pointwise_f32_tile8x32_avx512(x + p * 16, w + n * 16, bias + n, NULL, y + p * 64 + n, 8, 32, 16, 32, 64, 1, 0, ACTIVATION_RELU);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 12544; p += 4) {
-        for (int n = 0; n < 64; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 16, w + n, bias + n, NULL, y + p * 64 + n, 4, 16, 16, 64, 64, 1, 0, ACTIVATION_RELU);
+    for (int n = 0; n < 64; n += 32) {
+        for (int p = 0; p < 12544; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 16, w + n * 16, bias + n, NULL, y + p * 64 + n, 4, 16, 16, 32, 64, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 12544; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 16, w + n * 16 + 16, bias + n + 16, NULL, y + p * 64 + n + 16, 4, 16, 16, 32, 64, 1, 0, ACTIVATION_RELU);
         }
     }
 #elif defined(KERNELS_VECTOR)
-    for (int p = 0; p < 12544; p += 4) {
-        for (int n = 0; n < 64; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 16, w + n, bias + n, NULL, y + p * 64 + n, 4, 8, 16, 64, 64, 1, 0, ACTIVATION_RELU);
+    for (int n = 0; n < 64; n += 32) {
+        for (int p = 0; p < 12544; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 16, w + n * 16, bias + n, NULL, y + p * 64 + n, 4, 8, 16, 32, 64, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 12544; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 16, w + n * 16 + 8, bias + n + 8, NULL, y + p * 64 + n + 8, 4, 8, 16, 32, 64, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 12544; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 16, w + n * 16 + 16, bias + n + 16, NULL, y + p * 64 + n + 16, 4, 8, 16, 32, 64, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 12544; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 16, w + n * 16 + 24, bias + n + 24, NULL, y + p * 64 + n + 24, 4, 8, 16, 32, 64, 1, 0, ACTIVATION_RELU);
         }
     }
 #else
-    for (int p = 0; p < 12544; p += 4) {
-        for (int n = 0; n < 64; n += 16) {
-            pointwise_f32_tile4x16_portable(x + p * 16, w + n, bias + n, NULL, y + p * 64 + n, 4, 16, 16, 64, 64, 1, 0, ACTIVATION_RELU);
+    for (int n = 0; n < 64; n += 32) {
+        for (int p = 0; p < 12544; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 16, w + n * 16, bias + n, NULL, y + p * 64 + n, 4, 16, 16, 32, 64, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 12544; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 16, w + n * 16 + 16, bias + n + 16, NULL, y + p * 64 + n + 16, 4, 16, 16, 32, 64, 1, 0, ACTIVATION_RELU);
         }
     }
 #endif
@@ -955,7 +972,7 @@ static void depthwise3x3_s2_f32_112x112x64_p1_relu(const float *restrict x, cons
     }
 }
 
-/* 1x1 convolution as a GEMM: y[3136][24] = x[3136][64] * w[64][24], then bias */
+/* 1x1 convolution as a GEMM: y[3136][24] = x[3136][64] * w[64][24] in 32-column panels, then bias */
 static void pointwise_f32_56x56x64_to_24(const float *restrict x, const float *restrict w,
                                          const float *restrict bias, float *restrict y)
 {
@@ -966,52 +983,84 @@ static void pointwise_f32_56x56x64_to_24(const float *restrict x, const float *r
 #elif defined(KERNELS_AVX2)
     for (int p = 0; p < 3136; p += 4) {
         pointwise_f32_tile6x16_avx2(x + p * 64, w, bias, NULL, y + p * 24, 4, 16, 64, 24, 24, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 3136; p += 4) {
         pointwise_f32_tile6x16_avx2(x + p * 64, w + 16, bias + 16, NULL, y + p * 24 + 16, 4, 8, 64, 24, 24, 1, 0, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
     for (int p = 0; p < 3136; p += 4) {
-        for (int n = 0; n < 24; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 64, w + n, bias + n, NULL, y + p * 24 + n, 4, 8, 64, 24, 24, 1, 0, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile6x8_vector(x + p * 64, w, bias, NULL, y + p * 24, 4, 8, 64, 24, 24, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 3136; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 64, w + 8, bias + 8, NULL, y + p * 24 + 8, 4, 8, 64, 24, 24, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 3136; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 64, w + 16, bias + 16, NULL, y + p * 24 + 16, 4, 8, 64, 24, 24, 1, 0, ACTIVATION_IDENTITY);
     }
 #else
     for (int p = 0; p < 3136; p += 4) {
         pointwise_f32_tile4x16_portable(x + p * 64, w, bias, NULL, y + p * 24, 4, 16, 64, 24, 24, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 3136; p += 4) {
         pointwise_f32_tile4x16_portable(x + p * 64, w + 16, bias + 16, NULL, y + p * 24 + 16, 4, 8, 64, 24, 24, 1, 0, ACTIVATION_IDENTITY);
     }
 #endif
 }
 
-/* 1x1 convolution as a GEMM: y[3136][72] = x[3136][24] * w[24][72], then bias, relu */
+/* 1x1 convolution as a GEMM: y[3136][72] = x[3136][24] * w[24][72] in 32-column panels, then bias, relu */
 static void pointwise_f32_56x56x24_to_72_relu(const float *restrict x, const float *restrict w,
                                               const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 3136; p += 8) {
-        for (int n = 0; n < 64; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 24, w + n, bias + n, NULL, y + p * 72 + n, 8, 32, 24, 72, 72, 1, 0, ACTIVATION_RELU);
+    for (int n = 0; n < 64; n += 32) {
+        for (int p = 0; p < 3136; p += 8) {
+            pointwise_f32_tile8x32_avx512(x + p * 24, w + n * 24, bias + n, NULL, y + p * 72 + n, 8, 32, 24, 32, 72, 1, 0, ACTIVATION_RELU);
         }
-        pointwise_f32_tile8x32_avx512(x + p * 24, w + 64, bias + 64, NULL, y + p * 72 + 64, 8, 8, 24, 72, 72, 1, 0, ACTIVATION_RELU);
+    }
+    for (int p = 0; p < 3136; p += 8) {
+        pointwise_f32_tile8x32_avx512(x + p * 24, w + 1536, bias + 64, NULL, y + p * 72 + 64, 8, 8, 24, 8, 72, 1, 0, ACTIVATION_RELU);
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 3136; p += 4) {
-        for (int n = 0; n < 64; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 24, w + n, bias + n, NULL, y + p * 72 + n, 4, 16, 24, 72, 72, 1, 0, ACTIVATION_RELU);
+    for (int n = 0; n < 64; n += 32) {
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 24, w + n * 24, bias + n, NULL, y + p * 72 + n, 4, 16, 24, 32, 72, 1, 0, ACTIVATION_RELU);
         }
-        pointwise_f32_tile6x16_avx2(x + p * 24, w + 64, bias + 64, NULL, y + p * 72 + 64, 4, 8, 24, 72, 72, 1, 0, ACTIVATION_RELU);
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 24, w + n * 24 + 16, bias + n + 16, NULL, y + p * 72 + n + 16, 4, 16, 24, 32, 72, 1, 0, ACTIVATION_RELU);
+        }
+    }
+    for (int p = 0; p < 3136; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 24, w + 1536, bias + 64, NULL, y + p * 72 + 64, 4, 8, 24, 8, 72, 1, 0, ACTIVATION_RELU);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int p = 0; p < 3136; p += 4) {
-        for (int n = 0; n < 72; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 24, w + n, bias + n, NULL, y + p * 72 + n, 4, 8, 24, 72, 72, 1, 0, ACTIVATION_RELU);
+    for (int n = 0; n < 64; n += 32) {
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 24, w + n * 24, bias + n, NULL, y + p * 72 + n, 4, 8, 24, 32, 72, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 24, w + n * 24 + 8, bias + n + 8, NULL, y + p * 72 + n + 8, 4, 8, 24, 32, 72, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 24, w + n * 24 + 16, bias + n + 16, NULL, y + p * 72 + n + 16, 4, 8, 24, 32, 72, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 24, w + n * 24 + 24, bias + n + 24, NULL, y + p * 72 + n + 24, 4, 8, 24, 32, 72, 1, 0, ACTIVATION_RELU);
         }
     }
-#else
     for (int p = 0; p < 3136; p += 4) {
-        for (int n = 0; n < 64; n += 16) {
-            pointwise_f32_tile4x16_portable(x + p * 24, w + n, bias + n, NULL, y + p * 72 + n, 4, 16, 24, 72, 72, 1, 0, ACTIVATION_RELU);
+        pointwise_f32_tile6x8_vector(x + p * 24, w + 1536, bias + 64, NULL, y + p * 72 + 64, 4, 8, 24, 8, 72, 1, 0, ACTIVATION_RELU);
+    }
+#else
+    for (int n = 0; n < 64; n += 32) {
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 24, w + n * 24, bias + n, NULL, y + p * 72 + n, 4, 16, 24, 32, 72, 1, 0, ACTIVATION_RELU);
         }
-        pointwise_f32_tile4x16_portable(x + p * 24, w + 64, bias + 64, NULL, y + p * 72 + 64, 4, 8, 24, 72, 72, 1, 0, ACTIVATION_RELU);
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 24, w + n * 24 + 16, bias + n + 16, NULL, y + p * 72 + n + 16, 4, 16, 24, 32, 72, 1, 0, ACTIVATION_RELU);
+        }
+    }
+    for (int p = 0; p < 3136; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 24, w + 1536, bias + 64, NULL, y + p * 72 + 64, 4, 8, 24, 8, 72, 1, 0, ACTIVATION_RELU);
     }
 #endif
 }
@@ -1039,7 +1088,7 @@ static void depthwise3x3_s1_f32_56x56x72_p1_relu(const float *restrict x, const 
     }
 }
 
-/* 1x1 convolution as a GEMM: y[3136][24] = x[3136][72] * w[72][24], then bias, residual */
+/* 1x1 convolution as a GEMM: y[3136][24] = x[3136][72] * w[72][24] in 32-column panels, then bias, residual */
 static void pointwise_f32_56x56x72_to_24_residual(const float *restrict x, const float *restrict w,
                                                   const float *restrict bias, const float *restrict residual,
                                                   float *restrict y)
@@ -1051,17 +1100,25 @@ static void pointwise_f32_56x56x72_to_24_residual(const float *restrict x, const
 #elif defined(KERNELS_AVX2)
     for (int p = 0; p < 3136; p += 4) {
         pointwise_f32_tile6x16_avx2(x + p * 72, w, bias, residual + p * 24, y + p * 24, 4, 16, 72, 24, 24, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 3136; p += 4) {
         pointwise_f32_tile6x16_avx2(x + p * 72, w + 16, bias + 16, residual + p * 24 + 16, y + p * 24 + 16, 4, 8, 72, 24, 24, 1, 1, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
     for (int p = 0; p < 3136; p += 4) {
-        for (int n = 0; n < 24; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 72, w + n, bias + n, residual + p * 24 + n, y + p * 24 + n, 4, 8, 72, 24, 24, 1, 1, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile6x8_vector(x + p * 72, w, bias, residual + p * 24, y + p * 24, 4, 8, 72, 24, 24, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 3136; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 72, w + 8, bias + 8, residual + p * 24 + 8, y + p * 24 + 8, 4, 8, 72, 24, 24, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 3136; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 72, w + 16, bias + 16, residual + p * 24 + 16, y + p * 24 + 16, 4, 8, 72, 24, 24, 1, 1, ACTIVATION_IDENTITY);
     }
 #else
     for (int p = 0; p < 3136; p += 4) {
         pointwise_f32_tile4x16_portable(x + p * 72, w, bias, residual + p * 24, y + p * 24, 4, 16, 72, 24, 24, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 3136; p += 4) {
         pointwise_f32_tile4x16_portable(x + p * 72, w + 16, bias + 16, residual + p * 24 + 16, y + p * 24 + 16, 4, 8, 72, 24, 24, 1, 1, ACTIVATION_IDENTITY);
     }
 #endif
@@ -1121,68 +1178,122 @@ static void squeeze_excite_f32_28x28x72_s24_relu_hardsigmoid(const float *restri
     }
 }
 
-/* 1x1 convolution as a GEMM: y[784][40] = x[784][72] * w[72][40], then bias */
+/* 1x1 convolution as a GEMM: y[784][40] = x[784][72] * w[72][40] in 32-column panels, then bias */
 static void pointwise_f32_28x28x72_to_40(const float *restrict x, const float *restrict w,
                                          const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int p = 0; p < 784; p += 8) {
-        pointwise_f32_tile8x32_avx512(x + p * 72, w, bias, NULL, y + p * 40, 8, 32, 72, 40, 40, 1, 0, ACTIVATION_IDENTITY);
-        pointwise_f32_tile8x32_avx512(x + p * 72, w + 32, bias + 32, NULL, y + p * 40 + 32, 8, 8, 72, 40, 40, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile8x32_avx512(x + p * 72, w, bias, NULL, y + p * 40, 8, 32, 72, 32, 40, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 8) {
+        pointwise_f32_tile8x32_avx512(x + p * 72, w + 2304, bias + 32, NULL, y + p * 40 + 32, 8, 8, 72, 8, 40, 1, 0, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_AVX2)
     for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 32; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 72, w + n, bias + n, NULL, y + p * 40 + n, 4, 16, 72, 40, 40, 1, 0, ACTIVATION_IDENTITY);
-        }
-        pointwise_f32_tile6x16_avx2(x + p * 72, w + 32, bias + 32, NULL, y + p * 40 + 32, 4, 8, 72, 40, 40, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x16_avx2(x + p * 72, w, bias, NULL, y + p * 40, 4, 16, 72, 32, 40, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 72, w + 16, bias + 16, NULL, y + p * 40 + 16, 4, 16, 72, 32, 40, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 72, w + 2304, bias + 32, NULL, y + p * 40 + 32, 4, 8, 72, 8, 40, 1, 0, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
     for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 40; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 72, w + n, bias + n, NULL, y + p * 40 + n, 4, 8, 72, 40, 40, 1, 0, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile6x8_vector(x + p * 72, w, bias, NULL, y + p * 40, 4, 8, 72, 32, 40, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 72, w + 8, bias + 8, NULL, y + p * 40 + 8, 4, 8, 72, 32, 40, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 72, w + 16, bias + 16, NULL, y + p * 40 + 16, 4, 8, 72, 32, 40, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 72, w + 24, bias + 24, NULL, y + p * 40 + 24, 4, 8, 72, 32, 40, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 72, w + 2304, bias + 32, NULL, y + p * 40 + 32, 4, 8, 72, 8, 40, 1, 0, ACTIVATION_IDENTITY);
     }
 #else
     for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 32; n += 16) {
-            pointwise_f32_tile4x16_portable(x + p * 72, w + n, bias + n, NULL, y + p * 40 + n, 4, 16, 72, 40, 40, 1, 0, ACTIVATION_IDENTITY);
-        }
-        pointwise_f32_tile4x16_portable(x + p * 72, w + 32, bias + 32, NULL, y + p * 40 + 32, 4, 8, 72, 40, 40, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile4x16_portable(x + p * 72, w, bias, NULL, y + p * 40, 4, 16, 72, 32, 40, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 72, w + 16, bias + 16, NULL, y + p * 40 + 16, 4, 16, 72, 32, 40, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 72, w + 2304, bias + 32, NULL, y + p * 40 + 32, 4, 8, 72, 8, 40, 1, 0, ACTIVATION_IDENTITY);
     }
 #endif
 }
 
-/* 1x1 convolution as a GEMM: y[784][120] = x[784][40] * w[40][120], then bias, relu */
+/* 1x1 convolution as a GEMM: y[784][120] = x[784][40] * w[40][120] in 32-column panels, then bias, relu */
 static void pointwise_f32_28x28x40_to_120_relu(const float *restrict x, const float *restrict w,
                                                const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 784; p += 8) {
-        for (int n = 0; n < 96; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 40, w + n, bias + n, NULL, y + p * 120 + n, 8, 32, 40, 120, 120, 1, 0, ACTIVATION_RELU);
+    for (int n = 0; n < 96; n += 32) {
+        for (int p = 0; p < 784; p += 8) {
+            pointwise_f32_tile8x32_avx512(x + p * 40, w + n * 40, bias + n, NULL, y + p * 120 + n, 8, 32, 40, 32, 120, 1, 0, ACTIVATION_RELU);
         }
-        pointwise_f32_tile8x32_avx512(x + p * 40, w + 96, bias + 96, NULL, y + p * 120 + 96, 8, 24, 40, 120, 120, 1, 0, ACTIVATION_RELU);
+    }
+    for (int p = 0; p < 784; p += 8) {
+        pointwise_f32_tile8x32_avx512(x + p * 40, w + 3840, bias + 96, NULL, y + p * 120 + 96, 8, 24, 40, 24, 120, 1, 0, ACTIVATION_RELU);
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 112; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 40, w + n, bias + n, NULL, y + p * 120 + n, 4, 16, 40, 120, 120, 1, 0, ACTIVATION_RELU);
+    for (int n = 0; n < 96; n += 32) {
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 40, w + n * 40, bias + n, NULL, y + p * 120 + n, 4, 16, 40, 32, 120, 1, 0, ACTIVATION_RELU);
         }
-        pointwise_f32_tile6x16_avx2(x + p * 40, w + 112, bias + 112, NULL, y + p * 120 + 112, 4, 8, 40, 120, 120, 1, 0, ACTIVATION_RELU);
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 40, w + n * 40 + 16, bias + n + 16, NULL, y + p * 120 + n + 16, 4, 16, 40, 32, 120, 1, 0, ACTIVATION_RELU);
+        }
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 40, w + 3840, bias + 96, NULL, y + p * 120 + 96, 4, 16, 40, 24, 120, 1, 0, ACTIVATION_RELU);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 40, w + 3856, bias + 112, NULL, y + p * 120 + 112, 4, 8, 40, 24, 120, 1, 0, ACTIVATION_RELU);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 120; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 40, w + n, bias + n, NULL, y + p * 120 + n, 4, 8, 40, 120, 120, 1, 0, ACTIVATION_RELU);
+    for (int n = 0; n < 96; n += 32) {
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 40, w + n * 40, bias + n, NULL, y + p * 120 + n, 4, 8, 40, 32, 120, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 40, w + n * 40 + 8, bias + n + 8, NULL, y + p * 120 + n + 8, 4, 8, 40, 32, 120, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 40, w + n * 40 + 16, bias + n + 16, NULL, y + p * 120 + n + 16, 4, 8, 40, 32, 120, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 40, w + n * 40 + 24, bias + n + 24, NULL, y + p * 120 + n + 24, 4, 8, 40, 32, 120, 1, 0, ACTIVATION_RELU);
         }
     }
-#else
     for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 112; n += 16) {
-            pointwise_f32_tile4x16_portable(x + p * 40, w + n, bias + n, NULL, y + p * 120 + n, 4, 16, 40, 120, 120, 1, 0, ACTIVATION_RELU);
+        pointwise_f32_tile6x8_vector(x + p * 40, w + 3840, bias + 96, NULL, y + p * 120 + 96, 4, 8, 40, 24, 120, 1, 0, ACTIVATION_RELU);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 40, w + 3848, bias + 104, NULL, y + p * 120 + 104, 4, 8, 40, 24, 120, 1, 0, ACTIVATION_RELU);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 40, w + 3856, bias + 112, NULL, y + p * 120 + 112, 4, 8, 40, 24, 120, 1, 0, ACTIVATION_RELU);
+    }
+#else
+    for (int n = 0; n < 96; n += 32) {
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 40, w + n * 40, bias + n, NULL, y + p * 120 + n, 4, 16, 40, 32, 120, 1, 0, ACTIVATION_RELU);
         }
-        pointwise_f32_tile4x16_portable(x + p * 40, w + 112, bias + 112, NULL, y + p * 120 + 112, 4, 8, 40, 120, 120, 1, 0, ACTIVATION_RELU);
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 40, w + n * 40 + 16, bias + n + 16, NULL, y + p * 120 + n + 16, 4, 16, 40, 32, 120, 1, 0, ACTIVATION_RELU);
+        }
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 40, w + 3840, bias + 96, NULL, y + p * 120 + 96, 4, 16, 40, 24, 120, 1, 0, ACTIVATION_RELU);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 40, w + 3856, bias + 112, NULL, y + p * 120 + 112, 4, 8, 40, 24, 120, 1, 0, ACTIVATION_RELU);
     }
 #endif
 }
@@ -1241,69 +1352,114 @@ static void squeeze_excite_f32_28x28x120_s32_relu_hardsigmoid(const float *restr
     }
 }
 
-/* 1x1 convolution as a GEMM: y[784][40] = x[784][120] * w[120][40], then bias, residual */
+/* 1x1 convolution as a GEMM: y[784][40] = x[784][120] * w[120][40] in 32-column panels, then bias, residual */
 static void pointwise_f32_28x28x120_to_40_residual(const float *restrict x, const float *restrict w,
                                                    const float *restrict bias, const float *restrict residual,
                                                    float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int p = 0; p < 784; p += 8) {
-        pointwise_f32_tile8x32_avx512(x + p * 120, w, bias, residual + p * 40, y + p * 40, 8, 32, 120, 40, 40, 1, 1, ACTIVATION_IDENTITY);
-        pointwise_f32_tile8x32_avx512(x + p * 120, w + 32, bias + 32, residual + p * 40 + 32, y + p * 40 + 32, 8, 8, 120, 40, 40, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile8x32_avx512(x + p * 120, w, bias, residual + p * 40, y + p * 40, 8, 32, 120, 32, 40, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 8) {
+        pointwise_f32_tile8x32_avx512(x + p * 120, w + 3840, bias + 32, residual + p * 40 + 32, y + p * 40 + 32, 8, 8, 120, 8, 40, 1, 1, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_AVX2)
     for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 32; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 120, w + n, bias + n, residual + p * 40 + n, y + p * 40 + n, 4, 16, 120, 40, 40, 1, 1, ACTIVATION_IDENTITY);
-        }
-        pointwise_f32_tile6x16_avx2(x + p * 120, w + 32, bias + 32, residual + p * 40 + 32, y + p * 40 + 32, 4, 8, 120, 40, 40, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x16_avx2(x + p * 120, w, bias, residual + p * 40, y + p * 40, 4, 16, 120, 32, 40, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 120, w + 16, bias + 16, residual + p * 40 + 16, y + p * 40 + 16, 4, 16, 120, 32, 40, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 120, w + 3840, bias + 32, residual + p * 40 + 32, y + p * 40 + 32, 4, 8, 120, 8, 40, 1, 1, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
     for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 40; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 120, w + n, bias + n, residual + p * 40 + n, y + p * 40 + n, 4, 8, 120, 40, 40, 1, 1, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile6x8_vector(x + p * 120, w, bias, residual + p * 40, y + p * 40, 4, 8, 120, 32, 40, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 120, w + 8, bias + 8, residual + p * 40 + 8, y + p * 40 + 8, 4, 8, 120, 32, 40, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 120, w + 16, bias + 16, residual + p * 40 + 16, y + p * 40 + 16, 4, 8, 120, 32, 40, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 120, w + 24, bias + 24, residual + p * 40 + 24, y + p * 40 + 24, 4, 8, 120, 32, 40, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 120, w + 3840, bias + 32, residual + p * 40 + 32, y + p * 40 + 32, 4, 8, 120, 8, 40, 1, 1, ACTIVATION_IDENTITY);
     }
 #else
     for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 32; n += 16) {
-            pointwise_f32_tile4x16_portable(x + p * 120, w + n, bias + n, residual + p * 40 + n, y + p * 40 + n, 4, 16, 120, 40, 40, 1, 1, ACTIVATION_IDENTITY);
-        }
-        pointwise_f32_tile4x16_portable(x + p * 120, w + 32, bias + 32, residual + p * 40 + 32, y + p * 40 + 32, 4, 8, 120, 40, 40, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile4x16_portable(x + p * 120, w, bias, residual + p * 40, y + p * 40, 4, 16, 120, 32, 40, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 120, w + 16, bias + 16, residual + p * 40 + 16, y + p * 40 + 16, 4, 16, 120, 32, 40, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 120, w + 3840, bias + 32, residual + p * 40 + 32, y + p * 40 + 32, 4, 8, 120, 8, 40, 1, 1, ACTIVATION_IDENTITY);
     }
 #endif
 }
 
-/* 1x1 convolution as a GEMM: y[784][240] = x[784][40] * w[40][240], then bias, hardswish */
+/* 1x1 convolution as a GEMM: y[784][240] = x[784][40] * w[40][240] in 32-column panels, then bias, hardswish */
 static void pointwise_f32_28x28x40_to_240_hardswish(const float *restrict x, const float *restrict w,
                                                     const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 224; n += 32) {
         for (int p = 0; p < 784; p += 8) {
-            pointwise_f32_tile8x32_avx512(x + p * 40, w + n, bias + n, NULL, y + p * 240 + n, 8, 32, 40, 240, 240, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile8x32_avx512(x + p * 40, w + n * 40, bias + n, NULL, y + p * 240 + n, 8, 32, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
     for (int p = 0; p < 784; p += 8) {
-        pointwise_f32_tile8x32_avx512(x + p * 40, w + 224, bias + 224, NULL, y + p * 240 + 224, 8, 16, 40, 240, 240, 1, 0, ACTIVATION_HARDSWISH);
+        pointwise_f32_tile8x32_avx512(x + p * 40, w + 8960, bias + 224, NULL, y + p * 240 + 224, 8, 16, 40, 16, 240, 1, 0, ACTIVATION_HARDSWISH);
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 240; n += 16) {
+    for (int n = 0; n < 224; n += 32) {
         for (int p = 0; p < 784; p += 4) {
-            pointwise_f32_tile6x16_avx2(x + p * 40, w + n, bias + n, NULL, y + p * 240 + n, 4, 16, 40, 240, 240, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile6x16_avx2(x + p * 40, w + n * 40, bias + n, NULL, y + p * 240 + n, 4, 16, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
         }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 40, w + n * 40 + 16, bias + n + 16, NULL, y + p * 240 + n + 16, 4, 16, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+        }
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 40, w + 8960, bias + 224, NULL, y + p * 240 + 224, 4, 16, 40, 16, 240, 1, 0, ACTIVATION_HARDSWISH);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 240; n += 8) {
+    for (int n = 0; n < 224; n += 32) {
         for (int p = 0; p < 784; p += 4) {
-            pointwise_f32_tile6x8_vector(x + p * 40, w + n, bias + n, NULL, y + p * 240 + n, 4, 8, 40, 240, 240, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile6x8_vector(x + p * 40, w + n * 40, bias + n, NULL, y + p * 240 + n, 4, 8, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 40, w + n * 40 + 8, bias + n + 8, NULL, y + p * 240 + n + 8, 4, 8, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 40, w + n * 40 + 16, bias + n + 16, NULL, y + p * 240 + n + 16, 4, 8, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 40, w + n * 40 + 24, bias + n + 24, NULL, y + p * 240 + n + 24, 4, 8, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 40, w + 8960, bias + 224, NULL, y + p * 240 + 224, 4, 8, 40, 16, 240, 1, 0, ACTIVATION_HARDSWISH);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 40, w + 8968, bias + 232, NULL, y + p * 240 + 232, 4, 8, 40, 16, 240, 1, 0, ACTIVATION_HARDSWISH);
+    }
 #else
-    for (int n = 0; n < 240; n += 16) {
+    for (int n = 0; n < 224; n += 32) {
         for (int p = 0; p < 784; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 40, w + n, bias + n, NULL, y + p * 240 + n, 4, 16, 40, 240, 240, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile4x16_portable(x + p * 40, w + n * 40, bias + n, NULL, y + p * 240 + n, 4, 16, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
         }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 40, w + n * 40 + 16, bias + n + 16, NULL, y + p * 240 + n + 16, 4, 16, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+        }
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 40, w + 8960, bias + 224, NULL, y + p * 240 + 224, 4, 16, 40, 16, 240, 1, 0, ACTIVATION_HARDSWISH);
     }
 #endif
 }
@@ -1331,76 +1487,121 @@ static void depthwise3x3_s2_f32_28x28x240_p1_hardswish(const float *restrict x, 
     }
 }
 
-/* 1x1 convolution as a GEMM: y[196][80] = x[196][240] * w[240][80], then bias */
+/* 1x1 convolution as a GEMM: y[196][80] = x[196][240] * w[240][80] in 32-column panels, then bias */
 static void pointwise_f32_14x14x240_to_80(const float *restrict x, const float *restrict w,
                                           const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 64; n += 32) {
         for (int p = 0; p < 196; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 240, w + n, bias + n, NULL, y + p * 80 + n, 7, 32, 240, 80, 80, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile8x32_avx512(x + p * 240, w + n * 240, bias + n, NULL, y + p * 80 + n, 7, 32, 240, 32, 80, 1, 0, ACTIVATION_IDENTITY);
         }
     }
     for (int p = 0; p < 196; p += 7) {
-        pointwise_f32_tile8x32_avx512(x + p * 240, w + 64, bias + 64, NULL, y + p * 80 + 64, 7, 16, 240, 80, 80, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile8x32_avx512(x + p * 240, w + 15360, bias + 64, NULL, y + p * 80 + 64, 7, 16, 240, 16, 80, 1, 0, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 80; n += 16) {
+    for (int n = 0; n < 64; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x16_avx2(x + p * 240, w + n, bias + n, NULL, y + p * 80 + n, 4, 16, 240, 80, 80, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x16_avx2(x + p * 240, w + n * 240, bias + n, NULL, y + p * 80 + n, 4, 16, 240, 32, 80, 1, 0, ACTIVATION_IDENTITY);
         }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 240, w + n * 240 + 16, bias + n + 16, NULL, y + p * 80 + n + 16, 4, 16, 240, 32, 80, 1, 0, ACTIVATION_IDENTITY);
+        }
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 240, w + 15360, bias + 64, NULL, y + p * 80 + 64, 4, 16, 240, 16, 80, 1, 0, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 80; n += 8) {
+    for (int n = 0; n < 64; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x8_vector(x + p * 240, w + n, bias + n, NULL, y + p * 80 + n, 4, 8, 240, 80, 80, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x8_vector(x + p * 240, w + n * 240, bias + n, NULL, y + p * 80 + n, 4, 8, 240, 32, 80, 1, 0, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 240, w + n * 240 + 8, bias + n + 8, NULL, y + p * 80 + n + 8, 4, 8, 240, 32, 80, 1, 0, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 240, w + n * 240 + 16, bias + n + 16, NULL, y + p * 80 + n + 16, 4, 8, 240, 32, 80, 1, 0, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 240, w + n * 240 + 24, bias + n + 24, NULL, y + p * 80 + n + 24, 4, 8, 240, 32, 80, 1, 0, ACTIVATION_IDENTITY);
         }
     }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 240, w + 15360, bias + 64, NULL, y + p * 80 + 64, 4, 8, 240, 16, 80, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 240, w + 15368, bias + 72, NULL, y + p * 80 + 72, 4, 8, 240, 16, 80, 1, 0, ACTIVATION_IDENTITY);
+    }
 #else
-    for (int n = 0; n < 80; n += 16) {
+    for (int n = 0; n < 64; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 240, w + n, bias + n, NULL, y + p * 80 + n, 4, 16, 240, 80, 80, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile4x16_portable(x + p * 240, w + n * 240, bias + n, NULL, y + p * 80 + n, 4, 16, 240, 32, 80, 1, 0, ACTIVATION_IDENTITY);
         }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 240, w + n * 240 + 16, bias + n + 16, NULL, y + p * 80 + n + 16, 4, 16, 240, 32, 80, 1, 0, ACTIVATION_IDENTITY);
+        }
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 240, w + 15360, bias + 64, NULL, y + p * 80 + 64, 4, 16, 240, 16, 80, 1, 0, ACTIVATION_IDENTITY);
     }
 #endif
 }
 
-/* 1x1 convolution as a GEMM: y[196][200] = x[196][80] * w[80][200], then bias, hardswish */
+/* 1x1 convolution as a GEMM: y[196][200] = x[196][80] * w[80][200] in 32-column panels, then bias, hardswish */
 static void pointwise_f32_14x14x80_to_200_hardswish(const float *restrict x, const float *restrict w,
                                                     const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 192; n += 32) {
         for (int p = 0; p < 196; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 80, w + n, bias + n, NULL, y + p * 200 + n, 7, 32, 80, 200, 200, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile8x32_avx512(x + p * 80, w + n * 80, bias + n, NULL, y + p * 200 + n, 7, 32, 80, 32, 200, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
     for (int p = 0; p < 196; p += 7) {
-        pointwise_f32_tile8x32_avx512(x + p * 80, w + 192, bias + 192, NULL, y + p * 200 + 192, 7, 8, 80, 200, 200, 1, 0, ACTIVATION_HARDSWISH);
+        pointwise_f32_tile8x32_avx512(x + p * 80, w + 15360, bias + 192, NULL, y + p * 200 + 192, 7, 8, 80, 8, 200, 1, 0, ACTIVATION_HARDSWISH);
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 192; n += 16) {
+    for (int n = 0; n < 192; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x16_avx2(x + p * 80, w + n, bias + n, NULL, y + p * 200 + n, 4, 16, 80, 200, 200, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile6x16_avx2(x + p * 80, w + n * 80, bias + n, NULL, y + p * 200 + n, 4, 16, 80, 32, 200, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 80, w + n * 80 + 16, bias + n + 16, NULL, y + p * 200 + n + 16, 4, 16, 80, 32, 200, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile6x16_avx2(x + p * 80, w + 192, bias + 192, NULL, y + p * 200 + 192, 4, 8, 80, 200, 200, 1, 0, ACTIVATION_HARDSWISH);
+        pointwise_f32_tile6x16_avx2(x + p * 80, w + 15360, bias + 192, NULL, y + p * 200 + 192, 4, 8, 80, 8, 200, 1, 0, ACTIVATION_HARDSWISH);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 200; n += 8) {
+    for (int n = 0; n < 192; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x8_vector(x + p * 80, w + n, bias + n, NULL, y + p * 200 + n, 4, 8, 80, 200, 200, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile6x8_vector(x + p * 80, w + n * 80, bias + n, NULL, y + p * 200 + n, 4, 8, 80, 32, 200, 1, 0, ACTIVATION_HARDSWISH);
         }
-    }
-#else
-    for (int n = 0; n < 192; n += 16) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 80, w + n, bias + n, NULL, y + p * 200 + n, 4, 16, 80, 200, 200, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile6x8_vector(x + p * 80, w + n * 80 + 8, bias + n + 8, NULL, y + p * 200 + n + 8, 4, 8, 80, 32, 200, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 80, w + n * 80 + 16, bias + n + 16, NULL, y + p * 200 + n + 16, 4, 8, 80, 32, 200, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 80, w + n * 80 + 24, bias + n + 24, NULL, y + p * 200 + n + 24, 4, 8, 80, 32, 200, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile4x16_portable(x + p * 80, w + 192, bias + 192, NULL, y + p * 200 + 192, 4, 8, 80, 200, 200, 1, 0, ACTIVATION_HARDSWISH);
+        pointwise_f32_tile6x8_vector(x + p * 80, w + 15360, bias + 192, NULL, y + p * 200 + 192, 4, 8, 80, 8, 200, 1, 0, ACTIVATION_HARDSWISH);
+    }
+#else
+    for (int n = 0; n < 192; n += 32) {
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 80, w + n * 80, bias + n, NULL, y + p * 200 + n, 4, 16, 80, 32, 200, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 80, w + n * 80 + 16, bias + n + 16, NULL, y + p * 200 + n + 16, 4, 16, 80, 32, 200, 1, 0, ACTIVATION_HARDSWISH);
+        }
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 80, w + 15360, bias + 192, NULL, y + p * 200 + 192, 4, 8, 80, 8, 200, 1, 0, ACTIVATION_HARDSWISH);
     }
 #endif
 }
@@ -1428,7 +1629,7 @@ static void depthwise3x3_s1_f32_14x14x200_p1_hardswish(const float *restrict x, 
     }
 }
 
-/* 1x1 convolution as a GEMM: y[196][80] = x[196][200] * w[200][80], then bias, residual */
+/* 1x1 convolution as a GEMM: y[196][80] = x[196][200] * w[200][80] in 32-column panels, then bias, residual */
 static void pointwise_f32_14x14x200_to_80_residual(const float *restrict x, const float *restrict w,
                                                    const float *restrict bias, const float *restrict residual,
                                                    float *restrict y)
@@ -1436,69 +1637,126 @@ static void pointwise_f32_14x14x200_to_80_residual(const float *restrict x, cons
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 64; n += 32) {
         for (int p = 0; p < 196; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 200, w + n, bias + n, residual + p * 80 + n, y + p * 80 + n, 7, 32, 200, 80, 80, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile8x32_avx512(x + p * 200, w + n * 200, bias + n, residual + p * 80 + n, y + p * 80 + n, 7, 32, 200, 32, 80, 1, 1, ACTIVATION_IDENTITY);
         }
     }
     for (int p = 0; p < 196; p += 7) {
-        pointwise_f32_tile8x32_avx512(x + p * 200, w + 64, bias + 64, residual + p * 80 + 64, y + p * 80 + 64, 7, 16, 200, 80, 80, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile8x32_avx512(x + p * 200, w + 12800, bias + 64, residual + p * 80 + 64, y + p * 80 + 64, 7, 16, 200, 16, 80, 1, 1, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 80; n += 16) {
+    for (int n = 0; n < 64; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x16_avx2(x + p * 200, w + n, bias + n, residual + p * 80 + n, y + p * 80 + n, 4, 16, 200, 80, 80, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x16_avx2(x + p * 200, w + n * 200, bias + n, residual + p * 80 + n, y + p * 80 + n, 4, 16, 200, 32, 80, 1, 1, ACTIVATION_IDENTITY);
         }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 200, w + n * 200 + 16, bias + n + 16, residual + p * 80 + n + 16, y + p * 80 + n + 16, 4, 16, 200, 32, 80, 1, 1, ACTIVATION_IDENTITY);
+        }
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 200, w + 12800, bias + 64, residual + p * 80 + 64, y + p * 80 + 64, 4, 16, 200, 16, 80, 1, 1, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 80; n += 8) {
+    for (int n = 0; n < 64; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x8_vector(x + p * 200, w + n, bias + n, residual + p * 80 + n, y + p * 80 + n, 4, 8, 200, 80, 80, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x8_vector(x + p * 200, w + n * 200, bias + n, residual + p * 80 + n, y + p * 80 + n, 4, 8, 200, 32, 80, 1, 1, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 200, w + n * 200 + 8, bias + n + 8, residual + p * 80 + n + 8, y + p * 80 + n + 8, 4, 8, 200, 32, 80, 1, 1, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 200, w + n * 200 + 16, bias + n + 16, residual + p * 80 + n + 16, y + p * 80 + n + 16, 4, 8, 200, 32, 80, 1, 1, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 200, w + n * 200 + 24, bias + n + 24, residual + p * 80 + n + 24, y + p * 80 + n + 24, 4, 8, 200, 32, 80, 1, 1, ACTIVATION_IDENTITY);
         }
     }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 200, w + 12800, bias + 64, residual + p * 80 + 64, y + p * 80 + 64, 4, 8, 200, 16, 80, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 200, w + 12808, bias + 72, residual + p * 80 + 72, y + p * 80 + 72, 4, 8, 200, 16, 80, 1, 1, ACTIVATION_IDENTITY);
+    }
 #else
-    for (int n = 0; n < 80; n += 16) {
+    for (int n = 0; n < 64; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 200, w + n, bias + n, residual + p * 80 + n, y + p * 80 + n, 4, 16, 200, 80, 80, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile4x16_portable(x + p * 200, w + n * 200, bias + n, residual + p * 80 + n, y + p * 80 + n, 4, 16, 200, 32, 80, 1, 1, ACTIVATION_IDENTITY);
         }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 200, w + n * 200 + 16, bias + n + 16, residual + p * 80 + n + 16, y + p * 80 + n + 16, 4, 16, 200, 32, 80, 1, 1, ACTIVATION_IDENTITY);
+        }
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 200, w + 12800, bias + 64, residual + p * 80 + 64, y + p * 80 + 64, 4, 16, 200, 16, 80, 1, 1, ACTIVATION_IDENTITY);
     }
 #endif
 }
 
-/* 1x1 convolution as a GEMM: y[196][184] = x[196][80] * w[80][184], then bias, hardswish */
+/* 1x1 convolution as a GEMM: y[196][184] = x[196][80] * w[80][184] in 32-column panels, then bias, hardswish */
 static void pointwise_f32_14x14x80_to_184_hardswish(const float *restrict x, const float *restrict w,
                                                     const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 160; n += 32) {
         for (int p = 0; p < 196; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 80, w + n, bias + n, NULL, y + p * 184 + n, 7, 32, 80, 184, 184, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile8x32_avx512(x + p * 80, w + n * 80, bias + n, NULL, y + p * 184 + n, 7, 32, 80, 32, 184, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
     for (int p = 0; p < 196; p += 7) {
-        pointwise_f32_tile8x32_avx512(x + p * 80, w + 160, bias + 160, NULL, y + p * 184 + 160, 7, 24, 80, 184, 184, 1, 0, ACTIVATION_HARDSWISH);
+        pointwise_f32_tile8x32_avx512(x + p * 80, w + 12800, bias + 160, NULL, y + p * 184 + 160, 7, 24, 80, 24, 184, 1, 0, ACTIVATION_HARDSWISH);
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 176; n += 16) {
+    for (int n = 0; n < 160; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x16_avx2(x + p * 80, w + n, bias + n, NULL, y + p * 184 + n, 4, 16, 80, 184, 184, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile6x16_avx2(x + p * 80, w + n * 80, bias + n, NULL, y + p * 184 + n, 4, 16, 80, 32, 184, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 80, w + n * 80 + 16, bias + n + 16, NULL, y + p * 184 + n + 16, 4, 16, 80, 32, 184, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile6x16_avx2(x + p * 80, w + 176, bias + 176, NULL, y + p * 184 + 176, 4, 8, 80, 184, 184, 1, 0, ACTIVATION_HARDSWISH);
+        pointwise_f32_tile6x16_avx2(x + p * 80, w + 12800, bias + 160, NULL, y + p * 184 + 160, 4, 16, 80, 24, 184, 1, 0, ACTIVATION_HARDSWISH);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 80, w + 12816, bias + 176, NULL, y + p * 184 + 176, 4, 8, 80, 24, 184, 1, 0, ACTIVATION_HARDSWISH);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 184; n += 8) {
+    for (int n = 0; n < 160; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x8_vector(x + p * 80, w + n, bias + n, NULL, y + p * 184 + n, 4, 8, 80, 184, 184, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile6x8_vector(x + p * 80, w + n * 80, bias + n, NULL, y + p * 184 + n, 4, 8, 80, 32, 184, 1, 0, ACTIVATION_HARDSWISH);
         }
-    }
-#else
-    for (int n = 0; n < 176; n += 16) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 80, w + n, bias + n, NULL, y + p * 184 + n, 4, 16, 80, 184, 184, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile6x8_vector(x + p * 80, w + n * 80 + 8, bias + n + 8, NULL, y + p * 184 + n + 8, 4, 8, 80, 32, 184, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 80, w + n * 80 + 16, bias + n + 16, NULL, y + p * 184 + n + 16, 4, 8, 80, 32, 184, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 80, w + n * 80 + 24, bias + n + 24, NULL, y + p * 184 + n + 24, 4, 8, 80, 32, 184, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile4x16_portable(x + p * 80, w + 176, bias + 176, NULL, y + p * 184 + 176, 4, 8, 80, 184, 184, 1, 0, ACTIVATION_HARDSWISH);
+        pointwise_f32_tile6x8_vector(x + p * 80, w + 12800, bias + 160, NULL, y + p * 184 + 160, 4, 8, 80, 24, 184, 1, 0, ACTIVATION_HARDSWISH);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 80, w + 12808, bias + 168, NULL, y + p * 184 + 168, 4, 8, 80, 24, 184, 1, 0, ACTIVATION_HARDSWISH);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 80, w + 12816, bias + 176, NULL, y + p * 184 + 176, 4, 8, 80, 24, 184, 1, 0, ACTIVATION_HARDSWISH);
+    }
+#else
+    for (int n = 0; n < 160; n += 32) {
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 80, w + n * 80, bias + n, NULL, y + p * 184 + n, 4, 16, 80, 32, 184, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 80, w + n * 80 + 16, bias + n + 16, NULL, y + p * 184 + n + 16, 4, 16, 80, 32, 184, 1, 0, ACTIVATION_HARDSWISH);
+        }
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 80, w + 12800, bias + 160, NULL, y + p * 184 + 160, 4, 16, 80, 24, 184, 1, 0, ACTIVATION_HARDSWISH);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 80, w + 12816, bias + 176, NULL, y + p * 184 + 176, 4, 8, 80, 24, 184, 1, 0, ACTIVATION_HARDSWISH);
     }
 #endif
 }
@@ -1526,7 +1784,7 @@ static void depthwise3x3_s1_f32_14x14x184_p1_hardswish(const float *restrict x, 
     }
 }
 
-/* 1x1 convolution as a GEMM: y[196][80] = x[196][184] * w[184][80], then bias, residual */
+/* 1x1 convolution as a GEMM: y[196][80] = x[196][184] * w[184][80] in 32-column panels, then bias, residual */
 static void pointwise_f32_14x14x184_to_80_residual(const float *restrict x, const float *restrict w,
                                                    const float *restrict bias, const float *restrict residual,
                                                    float *restrict y)
@@ -1534,59 +1792,101 @@ static void pointwise_f32_14x14x184_to_80_residual(const float *restrict x, cons
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 64; n += 32) {
         for (int p = 0; p < 196; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 184, w + n, bias + n, residual + p * 80 + n, y + p * 80 + n, 7, 32, 184, 80, 80, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile8x32_avx512(x + p * 184, w + n * 184, bias + n, residual + p * 80 + n, y + p * 80 + n, 7, 32, 184, 32, 80, 1, 1, ACTIVATION_IDENTITY);
         }
     }
     for (int p = 0; p < 196; p += 7) {
-        pointwise_f32_tile8x32_avx512(x + p * 184, w + 64, bias + 64, residual + p * 80 + 64, y + p * 80 + 64, 7, 16, 184, 80, 80, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile8x32_avx512(x + p * 184, w + 11776, bias + 64, residual + p * 80 + 64, y + p * 80 + 64, 7, 16, 184, 16, 80, 1, 1, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 80; n += 16) {
+    for (int n = 0; n < 64; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x16_avx2(x + p * 184, w + n, bias + n, residual + p * 80 + n, y + p * 80 + n, 4, 16, 184, 80, 80, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x16_avx2(x + p * 184, w + n * 184, bias + n, residual + p * 80 + n, y + p * 80 + n, 4, 16, 184, 32, 80, 1, 1, ACTIVATION_IDENTITY);
         }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 184, w + n * 184 + 16, bias + n + 16, residual + p * 80 + n + 16, y + p * 80 + n + 16, 4, 16, 184, 32, 80, 1, 1, ACTIVATION_IDENTITY);
+        }
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 184, w + 11776, bias + 64, residual + p * 80 + 64, y + p * 80 + 64, 4, 16, 184, 16, 80, 1, 1, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 80; n += 8) {
+    for (int n = 0; n < 64; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x8_vector(x + p * 184, w + n, bias + n, residual + p * 80 + n, y + p * 80 + n, 4, 8, 184, 80, 80, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x8_vector(x + p * 184, w + n * 184, bias + n, residual + p * 80 + n, y + p * 80 + n, 4, 8, 184, 32, 80, 1, 1, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 184, w + n * 184 + 8, bias + n + 8, residual + p * 80 + n + 8, y + p * 80 + n + 8, 4, 8, 184, 32, 80, 1, 1, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 184, w + n * 184 + 16, bias + n + 16, residual + p * 80 + n + 16, y + p * 80 + n + 16, 4, 8, 184, 32, 80, 1, 1, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 184, w + n * 184 + 24, bias + n + 24, residual + p * 80 + n + 24, y + p * 80 + n + 24, 4, 8, 184, 32, 80, 1, 1, ACTIVATION_IDENTITY);
         }
     }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 184, w + 11776, bias + 64, residual + p * 80 + 64, y + p * 80 + 64, 4, 8, 184, 16, 80, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 184, w + 11784, bias + 72, residual + p * 80 + 72, y + p * 80 + 72, 4, 8, 184, 16, 80, 1, 1, ACTIVATION_IDENTITY);
+    }
 #else
-    for (int n = 0; n < 80; n += 16) {
+    for (int n = 0; n < 64; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 184, w + n, bias + n, residual + p * 80 + n, y + p * 80 + n, 4, 16, 184, 80, 80, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile4x16_portable(x + p * 184, w + n * 184, bias + n, residual + p * 80 + n, y + p * 80 + n, 4, 16, 184, 32, 80, 1, 1, ACTIVATION_IDENTITY);
         }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 184, w + n * 184 + 16, bias + n + 16, residual + p * 80 + n + 16, y + p * 80 + n + 16, 4, 16, 184, 32, 80, 1, 1, ACTIVATION_IDENTITY);
+        }
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 184, w + 11776, bias + 64, residual + p * 80 + 64, y + p * 80 + 64, 4, 16, 184, 16, 80, 1, 1, ACTIVATION_IDENTITY);
     }
 #endif
 }
 
-/* 1x1 convolution as a GEMM: y[196][480] = x[196][80] * w[80][480], then bias, hardswish */
+/* 1x1 convolution as a GEMM: y[196][480] = x[196][80] * w[80][480] in 32-column panels, then bias, hardswish */
 static void pointwise_f32_14x14x80_to_480_hardswish(const float *restrict x, const float *restrict w,
                                                     const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 480; n += 32) {
         for (int p = 0; p < 196; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 80, w + n, bias + n, NULL, y + p * 480 + n, 7, 32, 80, 480, 480, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile8x32_avx512(x + p * 80, w + n * 80, bias + n, NULL, y + p * 480 + n, 7, 32, 80, 32, 480, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 480; n += 16) {
+    for (int n = 0; n < 480; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x16_avx2(x + p * 80, w + n, bias + n, NULL, y + p * 480 + n, 4, 16, 80, 480, 480, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile6x16_avx2(x + p * 80, w + n * 80, bias + n, NULL, y + p * 480 + n, 4, 16, 80, 32, 480, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 80, w + n * 80 + 16, bias + n + 16, NULL, y + p * 480 + n + 16, 4, 16, 80, 32, 480, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 480; n += 8) {
+    for (int n = 0; n < 480; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x8_vector(x + p * 80, w + n, bias + n, NULL, y + p * 480 + n, 4, 8, 80, 480, 480, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile6x8_vector(x + p * 80, w + n * 80, bias + n, NULL, y + p * 480 + n, 4, 8, 80, 32, 480, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 80, w + n * 80 + 8, bias + n + 8, NULL, y + p * 480 + n + 8, 4, 8, 80, 32, 480, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 80, w + n * 80 + 16, bias + n + 16, NULL, y + p * 480 + n + 16, 4, 8, 80, 32, 480, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 80, w + n * 80 + 24, bias + n + 24, NULL, y + p * 480 + n + 24, 4, 8, 80, 32, 480, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 #else
-    for (int n = 0; n < 480; n += 16) {
+    for (int n = 0; n < 480; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 80, w + n, bias + n, NULL, y + p * 480 + n, 4, 16, 80, 480, 480, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile4x16_portable(x + p * 80, w + n * 80, bias + n, NULL, y + p * 480 + n, 4, 16, 80, 32, 480, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 80, w + n * 80 + 16, bias + n + 16, NULL, y + p * 480 + n + 16, 4, 16, 80, 32, 480, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 #endif
@@ -1646,66 +1946,108 @@ static void squeeze_excite_f32_14x14x480_s120_relu_hardsigmoid(const float *rest
     }
 }
 
-/* 1x1 convolution as a GEMM: y[196][112] = x[196][480] * w[480][112], then bias */
+/* 1x1 convolution as a GEMM: y[196][112] = x[196][480] * w[480][112] in 32-column panels, then bias */
 static void pointwise_f32_14x14x480_to_112(const float *restrict x, const float *restrict w,
                                            const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 196; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 480, w + n, bias + n, NULL, y + p * 112 + n, 7, 32, 480, 112, 112, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile8x32_avx512(x + p * 480, w + n * 480, bias + n, NULL, y + p * 112 + n, 7, 32, 480, 32, 112, 1, 0, ACTIVATION_IDENTITY);
         }
     }
     for (int p = 0; p < 196; p += 7) {
-        pointwise_f32_tile8x32_avx512(x + p * 480, w + 96, bias + 96, NULL, y + p * 112 + 96, 7, 16, 480, 112, 112, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile8x32_avx512(x + p * 480, w + 46080, bias + 96, NULL, y + p * 112 + 96, 7, 16, 480, 16, 112, 1, 0, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 112; n += 16) {
+    for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x16_avx2(x + p * 480, w + n, bias + n, NULL, y + p * 112 + n, 4, 16, 480, 112, 112, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x16_avx2(x + p * 480, w + n * 480, bias + n, NULL, y + p * 112 + n, 4, 16, 480, 32, 112, 1, 0, ACTIVATION_IDENTITY);
         }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 480, w + n * 480 + 16, bias + n + 16, NULL, y + p * 112 + n + 16, 4, 16, 480, 32, 112, 1, 0, ACTIVATION_IDENTITY);
+        }
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 480, w + 46080, bias + 96, NULL, y + p * 112 + 96, 4, 16, 480, 16, 112, 1, 0, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 112; n += 8) {
+    for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x8_vector(x + p * 480, w + n, bias + n, NULL, y + p * 112 + n, 4, 8, 480, 112, 112, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x8_vector(x + p * 480, w + n * 480, bias + n, NULL, y + p * 112 + n, 4, 8, 480, 32, 112, 1, 0, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 480, w + n * 480 + 8, bias + n + 8, NULL, y + p * 112 + n + 8, 4, 8, 480, 32, 112, 1, 0, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 480, w + n * 480 + 16, bias + n + 16, NULL, y + p * 112 + n + 16, 4, 8, 480, 32, 112, 1, 0, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 480, w + n * 480 + 24, bias + n + 24, NULL, y + p * 112 + n + 24, 4, 8, 480, 32, 112, 1, 0, ACTIVATION_IDENTITY);
         }
     }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 480, w + 46080, bias + 96, NULL, y + p * 112 + 96, 4, 8, 480, 16, 112, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 480, w + 46088, bias + 104, NULL, y + p * 112 + 104, 4, 8, 480, 16, 112, 1, 0, ACTIVATION_IDENTITY);
+    }
 #else
-    for (int n = 0; n < 112; n += 16) {
+    for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 480, w + n, bias + n, NULL, y + p * 112 + n, 4, 16, 480, 112, 112, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile4x16_portable(x + p * 480, w + n * 480, bias + n, NULL, y + p * 112 + n, 4, 16, 480, 32, 112, 1, 0, ACTIVATION_IDENTITY);
         }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 480, w + n * 480 + 16, bias + n + 16, NULL, y + p * 112 + n + 16, 4, 16, 480, 32, 112, 1, 0, ACTIVATION_IDENTITY);
+        }
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 480, w + 46080, bias + 96, NULL, y + p * 112 + 96, 4, 16, 480, 16, 112, 1, 0, ACTIVATION_IDENTITY);
     }
 #endif
 }
 
-/* 1x1 convolution as a GEMM: y[196][672] = x[196][112] * w[112][672], then bias, hardswish */
+/* 1x1 convolution as a GEMM: y[196][672] = x[196][112] * w[112][672] in 32-column panels, then bias, hardswish */
 static void pointwise_f32_14x14x112_to_672_hardswish(const float *restrict x, const float *restrict w,
                                                      const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 672; n += 32) {
         for (int p = 0; p < 196; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 112, w + n, bias + n, NULL, y + p * 672 + n, 7, 32, 112, 672, 672, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile8x32_avx512(x + p * 112, w + n * 112, bias + n, NULL, y + p * 672 + n, 7, 32, 112, 32, 672, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 672; n += 16) {
+    for (int n = 0; n < 672; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x16_avx2(x + p * 112, w + n, bias + n, NULL, y + p * 672 + n, 4, 16, 112, 672, 672, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile6x16_avx2(x + p * 112, w + n * 112, bias + n, NULL, y + p * 672 + n, 4, 16, 112, 32, 672, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 112, w + n * 112 + 16, bias + n + 16, NULL, y + p * 672 + n + 16, 4, 16, 112, 32, 672, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 672; n += 8) {
+    for (int n = 0; n < 672; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x8_vector(x + p * 112, w + n, bias + n, NULL, y + p * 672 + n, 4, 8, 112, 672, 672, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile6x8_vector(x + p * 112, w + n * 112, bias + n, NULL, y + p * 672 + n, 4, 8, 112, 32, 672, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 112, w + n * 112 + 8, bias + n + 8, NULL, y + p * 672 + n + 8, 4, 8, 112, 32, 672, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 112, w + n * 112 + 16, bias + n + 16, NULL, y + p * 672 + n + 16, 4, 8, 112, 32, 672, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 112, w + n * 112 + 24, bias + n + 24, NULL, y + p * 672 + n + 24, 4, 8, 112, 32, 672, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 #else
-    for (int n = 0; n < 672; n += 16) {
+    for (int n = 0; n < 672; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 112, w + n, bias + n, NULL, y + p * 672 + n, 4, 16, 112, 672, 672, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile4x16_portable(x + p * 112, w + n * 112, bias + n, NULL, y + p * 672 + n, 4, 16, 112, 32, 672, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 112, w + n * 112 + 16, bias + n + 16, NULL, y + p * 672 + n + 16, 4, 16, 112, 32, 672, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 #endif
@@ -1765,7 +2107,7 @@ static void squeeze_excite_f32_14x14x672_s168_relu_hardsigmoid(const float *rest
     }
 }
 
-/* 1x1 convolution as a GEMM: y[196][112] = x[196][672] * w[672][112], then bias, residual */
+/* 1x1 convolution as a GEMM: y[196][112] = x[196][672] * w[672][112] in 32-column panels, then bias, residual */
 static void pointwise_f32_14x14x672_to_112_residual(const float *restrict x, const float *restrict w,
                                                     const float *restrict bias,
                                                     const float *restrict residual, float *restrict y)
@@ -1773,29 +2115,56 @@ static void pointwise_f32_14x14x672_to_112_residual(const float *restrict x, con
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 196; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 672, w + n, bias + n, residual + p * 112 + n, y + p * 112 + n, 7, 32, 672, 112, 112, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile8x32_avx512(x + p * 672, w + n * 672, bias + n, residual + p * 112 + n, y + p * 112 + n, 7, 32, 672, 32, 112, 1, 1, ACTIVATION_IDENTITY);
         }
     }
     for (int p = 0; p < 196; p += 7) {
-        pointwise_f32_tile8x32_avx512(x + p * 672, w + 96, bias + 96, residual + p * 112 + 96, y + p * 112 + 96, 7, 16, 672, 112, 112, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile8x32_avx512(x + p * 672, w + 64512, bias + 96, residual + p * 112 + 96, y + p * 112 + 96, 7, 16, 672, 16, 112, 1, 1, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 112; n += 16) {
+    for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x16_avx2(x + p * 672, w + n, bias + n, residual + p * 112 + n, y + p * 112 + n, 4, 16, 672, 112, 112, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x16_avx2(x + p * 672, w + n * 672, bias + n, residual + p * 112 + n, y + p * 112 + n, 4, 16, 672, 32, 112, 1, 1, ACTIVATION_IDENTITY);
         }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 672, w + n * 672 + 16, bias + n + 16, residual + p * 112 + n + 16, y + p * 112 + n + 16, 4, 16, 672, 32, 112, 1, 1, ACTIVATION_IDENTITY);
+        }
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 672, w + 64512, bias + 96, residual + p * 112 + 96, y + p * 112 + 96, 4, 16, 672, 16, 112, 1, 1, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 112; n += 8) {
+    for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x8_vector(x + p * 672, w + n, bias + n, residual + p * 112 + n, y + p * 112 + n, 4, 8, 672, 112, 112, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x8_vector(x + p * 672, w + n * 672, bias + n, residual + p * 112 + n, y + p * 112 + n, 4, 8, 672, 32, 112, 1, 1, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 672, w + n * 672 + 8, bias + n + 8, residual + p * 112 + n + 8, y + p * 112 + n + 8, 4, 8, 672, 32, 112, 1, 1, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 672, w + n * 672 + 16, bias + n + 16, residual + p * 112 + n + 16, y + p * 112 + n + 16, 4, 8, 672, 32, 112, 1, 1, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 672, w + n * 672 + 24, bias + n + 24, residual + p * 112 + n + 24, y + p * 112 + n + 24, 4, 8, 672, 32, 112, 1, 1, ACTIVATION_IDENTITY);
         }
     }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 672, w + 64512, bias + 96, residual + p * 112 + 96, y + p * 112 + 96, 4, 8, 672, 16, 112, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 672, w + 64520, bias + 104, residual + p * 112 + 104, y + p * 112 + 104, 4, 8, 672, 16, 112, 1, 1, ACTIVATION_IDENTITY);
+    }
 #else
-    for (int n = 0; n < 112; n += 16) {
+    for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 672, w + n, bias + n, residual + p * 112 + n, y + p * 112 + n, 4, 16, 672, 112, 112, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile4x16_portable(x + p * 672, w + n * 672, bias + n, residual + p * 112 + n, y + p * 112 + n, 4, 16, 672, 32, 112, 1, 1, ACTIVATION_IDENTITY);
         }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 672, w + n * 672 + 16, bias + n + 16, residual + p * 112 + n + 16, y + p * 112 + n + 16, 4, 16, 672, 32, 112, 1, 1, ACTIVATION_IDENTITY);
+        }
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 672, w + 64512, bias + 96, residual + p * 112 + 96, y + p * 112 + 96, 4, 16, 672, 16, 112, 1, 1, ACTIVATION_IDENTITY);
     }
 #endif
 }
@@ -1854,70 +2223,110 @@ static void squeeze_excite_f32_7x7x672_s168_relu_hardsigmoid(const float *restri
     }
 }
 
-/* 1x1 convolution as a GEMM: y[49][160] = x[49][672] * w[672][160], then bias */
+/* 1x1 convolution as a GEMM: y[49][160] = x[49][672] * w[672][160] in 32-column panels, then bias */
 static void pointwise_f32_7x7x672_to_160(const float *restrict x, const float *restrict w,
                                          const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 160; n += 32) {
         for (int p = 0; p < 49; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 672, w + n, bias + n, NULL, y + p * 160 + n, 7, 32, 672, 160, 160, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile8x32_avx512(x + p * 672, w + n * 672, bias + n, NULL, y + p * 160 + n, 7, 32, 672, 32, 160, 1, 0, ACTIVATION_IDENTITY);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 160; n += 16) {
+    for (int n = 0; n < 160; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x16_avx2(x + p * 672, w + n, bias + n, NULL, y + p * 160 + n, 5, 16, 672, 160, 160, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x16_avx2(x + p * 672, w + n * 672, bias + n, NULL, y + p * 160 + n, 5, 16, 672, 32, 160, 1, 0, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile6x16_avx2(x + 30240, w + n, bias + n, NULL, y + n + 7200, 4, 16, 672, 160, 160, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x16_avx2(x + 30240, w + n * 672, bias + n, NULL, y + n + 7200, 4, 16, 672, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x16_avx2(x + p * 672, w + n * 672 + 16, bias + n + 16, NULL, y + p * 160 + n + 16, 5, 16, 672, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x16_avx2(x + 30240, w + n * 672 + 16, bias + n + 16, NULL, y + n + 16 + 7200, 4, 16, 672, 32, 160, 1, 0, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 160; n += 8) {
+    for (int n = 0; n < 160; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x8_vector(x + p * 672, w + n, bias + n, NULL, y + p * 160 + n, 5, 8, 672, 160, 160, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x8_vector(x + p * 672, w + n * 672, bias + n, NULL, y + p * 160 + n, 5, 8, 672, 32, 160, 1, 0, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile6x8_vector(x + 30240, w + n, bias + n, NULL, y + n + 7200, 4, 8, 672, 160, 160, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x8_vector(x + 30240, w + n * 672, bias + n, NULL, y + n + 7200, 4, 8, 672, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 672, w + n * 672 + 8, bias + n + 8, NULL, y + p * 160 + n + 8, 5, 8, 672, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x8_vector(x + 30240, w + n * 672 + 8, bias + n + 8, NULL, y + n + 8 + 7200, 4, 8, 672, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 672, w + n * 672 + 16, bias + n + 16, NULL, y + p * 160 + n + 16, 5, 8, 672, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x8_vector(x + 30240, w + n * 672 + 16, bias + n + 16, NULL, y + n + 16 + 7200, 4, 8, 672, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 672, w + n * 672 + 24, bias + n + 24, NULL, y + p * 160 + n + 24, 5, 8, 672, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x8_vector(x + 30240, w + n * 672 + 24, bias + n + 24, NULL, y + n + 24 + 7200, 4, 8, 672, 32, 160, 1, 0, ACTIVATION_IDENTITY);
     }
 #else
-    for (int n = 0; n < 160; n += 16) {
+    for (int n = 0; n < 160; n += 32) {
         for (int p = 0; p < 48; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 672, w + n, bias + n, NULL, y + p * 160 + n, 4, 16, 672, 160, 160, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile4x16_portable(x + p * 672, w + n * 672, bias + n, NULL, y + p * 160 + n, 4, 16, 672, 32, 160, 1, 0, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile4x16_portable(x + 32256, w + n, bias + n, NULL, y + n + 7680, 1, 16, 672, 160, 160, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile4x16_portable(x + 32256, w + n * 672, bias + n, NULL, y + n + 7680, 1, 16, 672, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 48; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 672, w + n * 672 + 16, bias + n + 16, NULL, y + p * 160 + n + 16, 4, 16, 672, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile4x16_portable(x + 32256, w + n * 672 + 16, bias + n + 16, NULL, y + n + 16 + 7680, 1, 16, 672, 32, 160, 1, 0, ACTIVATION_IDENTITY);
     }
 #endif
 }
 
-/* 1x1 convolution as a GEMM: y[49][960] = x[49][160] * w[160][960], then bias, hardswish */
+/* 1x1 convolution as a GEMM: y[49][960] = x[49][160] * w[160][960] in 32-column panels, then bias, hardswish */
 static void pointwise_f32_7x7x160_to_960_hardswish(const float *restrict x, const float *restrict w,
                                                    const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 960; n += 32) {
         for (int p = 0; p < 49; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 160, w + n, bias + n, NULL, y + p * 960 + n, 7, 32, 160, 960, 960, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile8x32_avx512(x + p * 160, w + n * 160, bias + n, NULL, y + p * 960 + n, 7, 32, 160, 32, 960, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 960; n += 16) {
+    for (int n = 0; n < 960; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x16_avx2(x + p * 160, w + n, bias + n, NULL, y + p * 960 + n, 5, 16, 160, 960, 960, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile6x16_avx2(x + p * 160, w + n * 160, bias + n, NULL, y + p * 960 + n, 5, 16, 160, 32, 960, 1, 0, ACTIVATION_HARDSWISH);
         }
-        pointwise_f32_tile6x16_avx2(x + 7200, w + n, bias + n, NULL, y + n + 43200, 4, 16, 160, 960, 960, 1, 0, ACTIVATION_HARDSWISH);
+        pointwise_f32_tile6x16_avx2(x + 7200, w + n * 160, bias + n, NULL, y + n + 43200, 4, 16, 160, 32, 960, 1, 0, ACTIVATION_HARDSWISH);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x16_avx2(x + p * 160, w + n * 160 + 16, bias + n + 16, NULL, y + p * 960 + n + 16, 5, 16, 160, 32, 960, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        pointwise_f32_tile6x16_avx2(x + 7200, w + n * 160 + 16, bias + n + 16, NULL, y + n + 16 + 43200, 4, 16, 160, 32, 960, 1, 0, ACTIVATION_HARDSWISH);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 960; n += 8) {
+    for (int n = 0; n < 960; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x8_vector(x + p * 160, w + n, bias + n, NULL, y + p * 960 + n, 5, 8, 160, 960, 960, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile6x8_vector(x + p * 160, w + n * 160, bias + n, NULL, y + p * 960 + n, 5, 8, 160, 32, 960, 1, 0, ACTIVATION_HARDSWISH);
         }
-        pointwise_f32_tile6x8_vector(x + 7200, w + n, bias + n, NULL, y + n + 43200, 4, 8, 160, 960, 960, 1, 0, ACTIVATION_HARDSWISH);
+        pointwise_f32_tile6x8_vector(x + 7200, w + n * 160, bias + n, NULL, y + n + 43200, 4, 8, 160, 32, 960, 1, 0, ACTIVATION_HARDSWISH);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 160, w + n * 160 + 8, bias + n + 8, NULL, y + p * 960 + n + 8, 5, 8, 160, 32, 960, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        pointwise_f32_tile6x8_vector(x + 7200, w + n * 160 + 8, bias + n + 8, NULL, y + n + 8 + 43200, 4, 8, 160, 32, 960, 1, 0, ACTIVATION_HARDSWISH);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 160, w + n * 160 + 16, bias + n + 16, NULL, y + p * 960 + n + 16, 5, 8, 160, 32, 960, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        pointwise_f32_tile6x8_vector(x + 7200, w + n * 160 + 16, bias + n + 16, NULL, y + n + 16 + 43200, 4, 8, 160, 32, 960, 1, 0, ACTIVATION_HARDSWISH);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 160, w + n * 160 + 24, bias + n + 24, NULL, y + p * 960 + n + 24, 5, 8, 160, 32, 960, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        pointwise_f32_tile6x8_vector(x + 7200, w + n * 160 + 24, bias + n + 24, NULL, y + n + 24 + 43200, 4, 8, 160, 32, 960, 1, 0, ACTIVATION_HARDSWISH);
     }
 #else
-    for (int n = 0; n < 960; n += 16) {
+    for (int n = 0; n < 960; n += 32) {
         for (int p = 0; p < 48; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 160, w + n, bias + n, NULL, y + p * 960 + n, 4, 16, 160, 960, 960, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile4x16_portable(x + p * 160, w + n * 160, bias + n, NULL, y + p * 960 + n, 4, 16, 160, 32, 960, 1, 0, ACTIVATION_HARDSWISH);
         }
-        pointwise_f32_tile4x16_portable(x + 7680, w + n, bias + n, NULL, y + n + 46080, 1, 16, 160, 960, 960, 1, 0, ACTIVATION_HARDSWISH);
+        pointwise_f32_tile4x16_portable(x + 7680, w + n * 160, bias + n, NULL, y + n + 46080, 1, 16, 160, 32, 960, 1, 0, ACTIVATION_HARDSWISH);
+        for (int p = 0; p < 48; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 160, w + n * 160 + 16, bias + n + 16, NULL, y + p * 960 + n + 16, 4, 16, 160, 32, 960, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        pointwise_f32_tile4x16_portable(x + 7680, w + n * 160 + 16, bias + n + 16, NULL, y + n + 16 + 46080, 1, 16, 160, 32, 960, 1, 0, ACTIVATION_HARDSWISH);
     }
 #endif
 }
@@ -1976,7 +2385,7 @@ static void squeeze_excite_f32_7x7x960_s240_relu_hardsigmoid(const float *restri
     }
 }
 
-/* 1x1 convolution as a GEMM: y[49][160] = x[49][960] * w[960][160], then bias, residual */
+/* 1x1 convolution as a GEMM: y[49][160] = x[49][960] * w[960][160] in 32-column panels, then bias, residual */
 static void pointwise_f32_7x7x960_to_160_residual(const float *restrict x, const float *restrict w,
                                                   const float *restrict bias, const float *restrict residual,
                                                   float *restrict y)
@@ -1984,29 +2393,49 @@ static void pointwise_f32_7x7x960_to_160_residual(const float *restrict x, const
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 160; n += 32) {
         for (int p = 0; p < 49; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 960, w + n, bias + n, residual + p * 160 + n, y + p * 160 + n, 7, 32, 960, 160, 160, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile8x32_avx512(x + p * 960, w + n * 960, bias + n, residual + p * 160 + n, y + p * 160 + n, 7, 32, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 160; n += 16) {
+    for (int n = 0; n < 160; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x16_avx2(x + p * 960, w + n, bias + n, residual + p * 160 + n, y + p * 160 + n, 5, 16, 960, 160, 160, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x16_avx2(x + p * 960, w + n * 960, bias + n, residual + p * 160 + n, y + p * 160 + n, 5, 16, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile6x16_avx2(x + 43200, w + n, bias + n, residual + n + 7200, y + n + 7200, 4, 16, 960, 160, 160, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x16_avx2(x + 43200, w + n * 960, bias + n, residual + n + 7200, y + n + 7200, 4, 16, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x16_avx2(x + p * 960, w + n * 960 + 16, bias + n + 16, residual + p * 160 + n + 16, y + p * 160 + n + 16, 5, 16, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x16_avx2(x + 43200, w + n * 960 + 16, bias + n + 16, residual + n + 16 + 7200, y + n + 16 + 7200, 4, 16, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 160; n += 8) {
+    for (int n = 0; n < 160; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x8_vector(x + p * 960, w + n, bias + n, residual + p * 160 + n, y + p * 160 + n, 5, 8, 960, 160, 160, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x8_vector(x + p * 960, w + n * 960, bias + n, residual + p * 160 + n, y + p * 160 + n, 5, 8, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile6x8_vector(x + 43200, w + n, bias + n, residual + n + 7200, y + n + 7200, 4, 8, 960, 160, 160, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x8_vector(x + 43200, w + n * 960, bias + n, residual + n + 7200, y + n + 7200, 4, 8, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 960, w + n * 960 + 8, bias + n + 8, residual + p * 160 + n + 8, y + p * 160 + n + 8, 5, 8, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x8_vector(x + 43200, w + n * 960 + 8, bias + n + 8, residual + n + 8 + 7200, y + n + 8 + 7200, 4, 8, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 960, w + n * 960 + 16, bias + n + 16, residual + p * 160 + n + 16, y + p * 160 + n + 16, 5, 8, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x8_vector(x + 43200, w + n * 960 + 16, bias + n + 16, residual + n + 16 + 7200, y + n + 16 + 7200, 4, 8, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 960, w + n * 960 + 24, bias + n + 24, residual + p * 160 + n + 24, y + p * 160 + n + 24, 5, 8, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x8_vector(x + 43200, w + n * 960 + 24, bias + n + 24, residual + n + 24 + 7200, y + n + 24 + 7200, 4, 8, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
     }
 #else
-    for (int n = 0; n < 160; n += 16) {
+    for (int n = 0; n < 160; n += 32) {
         for (int p = 0; p < 48; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 960, w + n, bias + n, residual + p * 160 + n, y + p * 160 + n, 4, 16, 960, 160, 160, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile4x16_portable(x + p * 960, w + n * 960, bias + n, residual + p * 160 + n, y + p * 160 + n, 4, 16, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile4x16_portable(x + 46080, w + n, bias + n, residual + n + 7680, y + n + 7680, 1, 16, 960, 160, 160, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile4x16_portable(x + 46080, w + n * 960, bias + n, residual + n + 7680, y + n + 7680, 1, 16, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 48; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 960, w + n * 960 + 16, bias + n + 16, residual + p * 160 + n + 16, y + p * 160 + n + 16, 4, 16, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile4x16_portable(x + 46080, w + n * 960 + 16, bias + n + 16, residual + n + 16 + 7680, y + n + 16 + 7680, 1, 16, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
     }
 #endif
 }

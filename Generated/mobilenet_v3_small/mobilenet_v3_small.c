@@ -115,7 +115,8 @@ KERNEL_INLINE __m256i lane_mask_f32x8(int count)
  * One register tile of a pointwise (1x1) convolution as a GEMM:
  *   y[r][j] = activation(bias[j] + sum over k of x[r][k] * w[k][j]) + residual[r][j]
  * for r < rows pixels and j < cols output channels. x rows are k_count floats apart (NHWC),
- * w rows w_stride floats ([in][out], the `io` layout), y and residual rows y_stride floats.
+ * w rows w_stride floats (one column panel of the `io_panels` layout: [in][panel width]), y
+ * and residual rows y_stride floats.
  * bias and residual are read only when has_bias and has_residual are non-zero.
  */
 #if defined(KERNELS_AVX512)
@@ -906,7 +907,7 @@ static void squeeze_excite_f32_56x56x16_s8_relu_hardsigmoid(const float *restric
     }
 }
 
-/* 1x1 convolution as a GEMM: y[3136][16] = x[3136][16] * w[16][16], then bias */
+/* 1x1 convolution as a GEMM: y[3136][16] = x[3136][16] * w[16][16] in 32-column panels, then bias */
 static void pointwise_f32_56x56x16_to_16(const float *restrict x, const float *restrict w,
                                          const float *restrict bias, float *restrict y)
 {
@@ -920,9 +921,10 @@ static void pointwise_f32_56x56x16_to_16(const float *restrict x, const float *r
     }
 #elif defined(KERNELS_VECTOR)
     for (int p = 0; p < 3136; p += 4) {
-        for (int n = 0; n < 16; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 16, w + n, bias + n, NULL, y + p * 16 + n, 4, 8, 16, 16, 16, 1, 0, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile6x8_vector(x + p * 16, w, bias, NULL, y + p * 16, 4, 8, 16, 16, 16, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 3136; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 16, w + 8, bias + 8, NULL, y + p * 16 + 8, 4, 8, 16, 16, 16, 1, 0, ACTIVATION_IDENTITY);
     }
 #else
     for (int p = 0; p < 3136; p += 4) {
@@ -931,36 +933,60 @@ static void pointwise_f32_56x56x16_to_16(const float *restrict x, const float *r
 #endif
 }
 
-/* 1x1 convolution as a GEMM: y[3136][72] = x[3136][16] * w[16][72], then bias, relu */
+/* 1x1 convolution as a GEMM: y[3136][72] = x[3136][16] * w[16][72] in 32-column panels, then bias, relu */
 static void pointwise_f32_56x56x16_to_72_relu(const float *restrict x, const float *restrict w,
                                               const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 3136; p += 8) {
-        for (int n = 0; n < 64; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 16, w + n, bias + n, NULL, y + p * 72 + n, 8, 32, 16, 72, 72, 1, 0, ACTIVATION_RELU);
+    for (int n = 0; n < 64; n += 32) {
+        for (int p = 0; p < 3136; p += 8) {
+            pointwise_f32_tile8x32_avx512(x + p * 16, w + n * 16, bias + n, NULL, y + p * 72 + n, 8, 32, 16, 32, 72, 1, 0, ACTIVATION_RELU);
         }
-        pointwise_f32_tile8x32_avx512(x + p * 16, w + 64, bias + 64, NULL, y + p * 72 + 64, 8, 8, 16, 72, 72, 1, 0, ACTIVATION_RELU);
+    }
+    for (int p = 0; p < 3136; p += 8) {
+        pointwise_f32_tile8x32_avx512(x + p * 16, w + 1024, bias + 64, NULL, y + p * 72 + 64, 8, 8, 16, 8, 72, 1, 0, ACTIVATION_RELU);
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 3136; p += 4) {
-        for (int n = 0; n < 64; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 16, w + n, bias + n, NULL, y + p * 72 + n, 4, 16, 16, 72, 72, 1, 0, ACTIVATION_RELU);
+    for (int n = 0; n < 64; n += 32) {
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 16, w + n * 16, bias + n, NULL, y + p * 72 + n, 4, 16, 16, 32, 72, 1, 0, ACTIVATION_RELU);
         }
-        pointwise_f32_tile6x16_avx2(x + p * 16, w + 64, bias + 64, NULL, y + p * 72 + 64, 4, 8, 16, 72, 72, 1, 0, ACTIVATION_RELU);
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 16, w + n * 16 + 16, bias + n + 16, NULL, y + p * 72 + n + 16, 4, 16, 16, 32, 72, 1, 0, ACTIVATION_RELU);
+        }
+    }
+    for (int p = 0; p < 3136; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 16, w + 1024, bias + 64, NULL, y + p * 72 + 64, 4, 8, 16, 8, 72, 1, 0, ACTIVATION_RELU);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int p = 0; p < 3136; p += 4) {
-        for (int n = 0; n < 72; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 16, w + n, bias + n, NULL, y + p * 72 + n, 4, 8, 16, 72, 72, 1, 0, ACTIVATION_RELU);
+    for (int n = 0; n < 64; n += 32) {
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 16, w + n * 16, bias + n, NULL, y + p * 72 + n, 4, 8, 16, 32, 72, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 16, w + n * 16 + 8, bias + n + 8, NULL, y + p * 72 + n + 8, 4, 8, 16, 32, 72, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 16, w + n * 16 + 16, bias + n + 16, NULL, y + p * 72 + n + 16, 4, 8, 16, 32, 72, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 16, w + n * 16 + 24, bias + n + 24, NULL, y + p * 72 + n + 24, 4, 8, 16, 32, 72, 1, 0, ACTIVATION_RELU);
         }
     }
-#else
     for (int p = 0; p < 3136; p += 4) {
-        for (int n = 0; n < 64; n += 16) {
-            pointwise_f32_tile4x16_portable(x + p * 16, w + n, bias + n, NULL, y + p * 72 + n, 4, 16, 16, 72, 72, 1, 0, ACTIVATION_RELU);
+        pointwise_f32_tile6x8_vector(x + p * 16, w + 1024, bias + 64, NULL, y + p * 72 + 64, 4, 8, 16, 8, 72, 1, 0, ACTIVATION_RELU);
+    }
+#else
+    for (int n = 0; n < 64; n += 32) {
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 16, w + n * 16, bias + n, NULL, y + p * 72 + n, 4, 16, 16, 32, 72, 1, 0, ACTIVATION_RELU);
         }
-        pointwise_f32_tile4x16_portable(x + p * 16, w + 64, bias + 64, NULL, y + p * 72 + 64, 4, 8, 16, 72, 72, 1, 0, ACTIVATION_RELU);
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 16, w + n * 16 + 16, bias + n + 16, NULL, y + p * 72 + n + 16, 4, 16, 16, 32, 72, 1, 0, ACTIVATION_RELU);
+        }
+    }
+    for (int p = 0; p < 3136; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 16, w + 1024, bias + 64, NULL, y + p * 72 + 64, 4, 8, 16, 8, 72, 1, 0, ACTIVATION_RELU);
     }
 #endif
 }
@@ -988,7 +1014,7 @@ static void depthwise3x3_s2_f32_56x56x72_p1_relu(const float *restrict x, const 
     }
 }
 
-/* 1x1 convolution as a GEMM: y[784][24] = x[784][72] * w[72][24], then bias */
+/* 1x1 convolution as a GEMM: y[784][24] = x[784][72] * w[72][24] in 32-column panels, then bias */
 static void pointwise_f32_28x28x72_to_24(const float *restrict x, const float *restrict w,
                                          const float *restrict bias, float *restrict y)
 {
@@ -999,52 +1025,96 @@ static void pointwise_f32_28x28x72_to_24(const float *restrict x, const float *r
 #elif defined(KERNELS_AVX2)
     for (int p = 0; p < 784; p += 4) {
         pointwise_f32_tile6x16_avx2(x + p * 72, w, bias, NULL, y + p * 24, 4, 16, 72, 24, 24, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
         pointwise_f32_tile6x16_avx2(x + p * 72, w + 16, bias + 16, NULL, y + p * 24 + 16, 4, 8, 72, 24, 24, 1, 0, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
     for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 24; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 72, w + n, bias + n, NULL, y + p * 24 + n, 4, 8, 72, 24, 24, 1, 0, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile6x8_vector(x + p * 72, w, bias, NULL, y + p * 24, 4, 8, 72, 24, 24, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 72, w + 8, bias + 8, NULL, y + p * 24 + 8, 4, 8, 72, 24, 24, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 72, w + 16, bias + 16, NULL, y + p * 24 + 16, 4, 8, 72, 24, 24, 1, 0, ACTIVATION_IDENTITY);
     }
 #else
     for (int p = 0; p < 784; p += 4) {
         pointwise_f32_tile4x16_portable(x + p * 72, w, bias, NULL, y + p * 24, 4, 16, 72, 24, 24, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
         pointwise_f32_tile4x16_portable(x + p * 72, w + 16, bias + 16, NULL, y + p * 24 + 16, 4, 8, 72, 24, 24, 1, 0, ACTIVATION_IDENTITY);
     }
 #endif
 }
 
-/* 1x1 convolution as a GEMM: y[784][88] = x[784][24] * w[24][88], then bias, relu */
+/* 1x1 convolution as a GEMM: y[784][88] = x[784][24] * w[24][88] in 32-column panels, then bias, relu */
 static void pointwise_f32_28x28x24_to_88_relu(const float *restrict x, const float *restrict w,
                                               const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 784; p += 8) {
-        for (int n = 0; n < 64; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 24, w + n, bias + n, NULL, y + p * 88 + n, 8, 32, 24, 88, 88, 1, 0, ACTIVATION_RELU);
+    for (int n = 0; n < 64; n += 32) {
+        for (int p = 0; p < 784; p += 8) {
+            pointwise_f32_tile8x32_avx512(x + p * 24, w + n * 24, bias + n, NULL, y + p * 88 + n, 8, 32, 24, 32, 88, 1, 0, ACTIVATION_RELU);
         }
-        pointwise_f32_tile8x32_avx512(x + p * 24, w + 64, bias + 64, NULL, y + p * 88 + 64, 8, 24, 24, 88, 88, 1, 0, ACTIVATION_RELU);
+    }
+    for (int p = 0; p < 784; p += 8) {
+        pointwise_f32_tile8x32_avx512(x + p * 24, w + 1536, bias + 64, NULL, y + p * 88 + 64, 8, 24, 24, 24, 88, 1, 0, ACTIVATION_RELU);
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 80; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 24, w + n, bias + n, NULL, y + p * 88 + n, 4, 16, 24, 88, 88, 1, 0, ACTIVATION_RELU);
+    for (int n = 0; n < 64; n += 32) {
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 24, w + n * 24, bias + n, NULL, y + p * 88 + n, 4, 16, 24, 32, 88, 1, 0, ACTIVATION_RELU);
         }
-        pointwise_f32_tile6x16_avx2(x + p * 24, w + 80, bias + 80, NULL, y + p * 88 + 80, 4, 8, 24, 88, 88, 1, 0, ACTIVATION_RELU);
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 24, w + n * 24 + 16, bias + n + 16, NULL, y + p * 88 + n + 16, 4, 16, 24, 32, 88, 1, 0, ACTIVATION_RELU);
+        }
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 24, w + 1536, bias + 64, NULL, y + p * 88 + 64, 4, 16, 24, 24, 88, 1, 0, ACTIVATION_RELU);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 24, w + 1552, bias + 80, NULL, y + p * 88 + 80, 4, 8, 24, 24, 88, 1, 0, ACTIVATION_RELU);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 88; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 24, w + n, bias + n, NULL, y + p * 88 + n, 4, 8, 24, 88, 88, 1, 0, ACTIVATION_RELU);
+    for (int n = 0; n < 64; n += 32) {
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 24, w + n * 24, bias + n, NULL, y + p * 88 + n, 4, 8, 24, 32, 88, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 24, w + n * 24 + 8, bias + n + 8, NULL, y + p * 88 + n + 8, 4, 8, 24, 32, 88, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 24, w + n * 24 + 16, bias + n + 16, NULL, y + p * 88 + n + 16, 4, 8, 24, 32, 88, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 24, w + n * 24 + 24, bias + n + 24, NULL, y + p * 88 + n + 24, 4, 8, 24, 32, 88, 1, 0, ACTIVATION_RELU);
         }
     }
-#else
     for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 80; n += 16) {
-            pointwise_f32_tile4x16_portable(x + p * 24, w + n, bias + n, NULL, y + p * 88 + n, 4, 16, 24, 88, 88, 1, 0, ACTIVATION_RELU);
+        pointwise_f32_tile6x8_vector(x + p * 24, w + 1536, bias + 64, NULL, y + p * 88 + 64, 4, 8, 24, 24, 88, 1, 0, ACTIVATION_RELU);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 24, w + 1544, bias + 72, NULL, y + p * 88 + 72, 4, 8, 24, 24, 88, 1, 0, ACTIVATION_RELU);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 24, w + 1552, bias + 80, NULL, y + p * 88 + 80, 4, 8, 24, 24, 88, 1, 0, ACTIVATION_RELU);
+    }
+#else
+    for (int n = 0; n < 64; n += 32) {
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 24, w + n * 24, bias + n, NULL, y + p * 88 + n, 4, 16, 24, 32, 88, 1, 0, ACTIVATION_RELU);
         }
-        pointwise_f32_tile4x16_portable(x + p * 24, w + 80, bias + 80, NULL, y + p * 88 + 80, 4, 8, 24, 88, 88, 1, 0, ACTIVATION_RELU);
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 24, w + n * 24 + 16, bias + n + 16, NULL, y + p * 88 + n + 16, 4, 16, 24, 32, 88, 1, 0, ACTIVATION_RELU);
+        }
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 24, w + 1536, bias + 64, NULL, y + p * 88 + 64, 4, 16, 24, 24, 88, 1, 0, ACTIVATION_RELU);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 24, w + 1552, bias + 80, NULL, y + p * 88 + 80, 4, 8, 24, 24, 88, 1, 0, ACTIVATION_RELU);
     }
 #endif
 }
@@ -1072,7 +1142,7 @@ static void depthwise3x3_s1_f32_28x28x88_p1_relu(const float *restrict x, const 
     }
 }
 
-/* 1x1 convolution as a GEMM: y[784][24] = x[784][88] * w[88][24], then bias, residual */
+/* 1x1 convolution as a GEMM: y[784][24] = x[784][88] * w[88][24] in 32-column panels, then bias, residual */
 static void pointwise_f32_28x28x88_to_24_residual(const float *restrict x, const float *restrict w,
                                                   const float *restrict bias, const float *restrict residual,
                                                   float *restrict y)
@@ -1084,48 +1154,71 @@ static void pointwise_f32_28x28x88_to_24_residual(const float *restrict x, const
 #elif defined(KERNELS_AVX2)
     for (int p = 0; p < 784; p += 4) {
         pointwise_f32_tile6x16_avx2(x + p * 88, w, bias, residual + p * 24, y + p * 24, 4, 16, 88, 24, 24, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
         pointwise_f32_tile6x16_avx2(x + p * 88, w + 16, bias + 16, residual + p * 24 + 16, y + p * 24 + 16, 4, 8, 88, 24, 24, 1, 1, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
     for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 24; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 88, w + n, bias + n, residual + p * 24 + n, y + p * 24 + n, 4, 8, 88, 24, 24, 1, 1, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile6x8_vector(x + p * 88, w, bias, residual + p * 24, y + p * 24, 4, 8, 88, 24, 24, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 88, w + 8, bias + 8, residual + p * 24 + 8, y + p * 24 + 8, 4, 8, 88, 24, 24, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 88, w + 16, bias + 16, residual + p * 24 + 16, y + p * 24 + 16, 4, 8, 88, 24, 24, 1, 1, ACTIVATION_IDENTITY);
     }
 #else
     for (int p = 0; p < 784; p += 4) {
         pointwise_f32_tile4x16_portable(x + p * 88, w, bias, residual + p * 24, y + p * 24, 4, 16, 88, 24, 24, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
         pointwise_f32_tile4x16_portable(x + p * 88, w + 16, bias + 16, residual + p * 24 + 16, y + p * 24 + 16, 4, 8, 88, 24, 24, 1, 1, ACTIVATION_IDENTITY);
     }
 #endif
 }
 
-/* 1x1 convolution as a GEMM: y[784][96] = x[784][24] * w[24][96], then bias, hardswish */
+/* 1x1 convolution as a GEMM: y[784][96] = x[784][24] * w[24][96] in 32-column panels, then bias, hardswish */
 static void pointwise_f32_28x28x24_to_96_hardswish(const float *restrict x, const float *restrict w,
                                                    const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 784; p += 8) {
-        for (int n = 0; n < 96; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 24, w + n, bias + n, NULL, y + p * 96 + n, 8, 32, 24, 96, 96, 1, 0, ACTIVATION_HARDSWISH);
+    for (int n = 0; n < 96; n += 32) {
+        for (int p = 0; p < 784; p += 8) {
+            pointwise_f32_tile8x32_avx512(x + p * 24, w + n * 24, bias + n, NULL, y + p * 96 + n, 8, 32, 24, 32, 96, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 96; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 24, w + n, bias + n, NULL, y + p * 96 + n, 4, 16, 24, 96, 96, 1, 0, ACTIVATION_HARDSWISH);
+    for (int n = 0; n < 96; n += 32) {
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 24, w + n * 24, bias + n, NULL, y + p * 96 + n, 4, 16, 24, 32, 96, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 24, w + n * 24 + 16, bias + n + 16, NULL, y + p * 96 + n + 16, 4, 16, 24, 32, 96, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 #elif defined(KERNELS_VECTOR)
-    for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 96; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 24, w + n, bias + n, NULL, y + p * 96 + n, 4, 8, 24, 96, 96, 1, 0, ACTIVATION_HARDSWISH);
+    for (int n = 0; n < 96; n += 32) {
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 24, w + n * 24, bias + n, NULL, y + p * 96 + n, 4, 8, 24, 32, 96, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 24, w + n * 24 + 8, bias + n + 8, NULL, y + p * 96 + n + 8, 4, 8, 24, 32, 96, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 24, w + n * 24 + 16, bias + n + 16, NULL, y + p * 96 + n + 16, 4, 8, 24, 32, 96, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 24, w + n * 24 + 24, bias + n + 24, NULL, y + p * 96 + n + 24, 4, 8, 24, 32, 96, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 #else
-    for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 96; n += 16) {
-            pointwise_f32_tile4x16_portable(x + p * 24, w + n, bias + n, NULL, y + p * 96 + n, 4, 16, 24, 96, 96, 1, 0, ACTIVATION_HARDSWISH);
+    for (int n = 0; n < 96; n += 32) {
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 24, w + n * 24, bias + n, NULL, y + p * 96 + n, 4, 16, 24, 32, 96, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 24, w + n * 24 + 16, bias + n + 16, NULL, y + p * 96 + n + 16, 4, 16, 24, 32, 96, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 #endif
@@ -1185,68 +1278,113 @@ static void squeeze_excite_f32_14x14x96_s24_relu_hardsigmoid(const float *restri
     }
 }
 
-/* 1x1 convolution as a GEMM: y[196][40] = x[196][96] * w[96][40], then bias */
+/* 1x1 convolution as a GEMM: y[196][40] = x[196][96] * w[96][40] in 32-column panels, then bias */
 static void pointwise_f32_14x14x96_to_40(const float *restrict x, const float *restrict w,
                                          const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int p = 0; p < 196; p += 7) {
-        pointwise_f32_tile8x32_avx512(x + p * 96, w, bias, NULL, y + p * 40, 7, 32, 96, 40, 40, 1, 0, ACTIVATION_IDENTITY);
-        pointwise_f32_tile8x32_avx512(x + p * 96, w + 32, bias + 32, NULL, y + p * 40 + 32, 7, 8, 96, 40, 40, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile8x32_avx512(x + p * 96, w, bias, NULL, y + p * 40, 7, 32, 96, 32, 40, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 7) {
+        pointwise_f32_tile8x32_avx512(x + p * 96, w + 3072, bias + 32, NULL, y + p * 40 + 32, 7, 8, 96, 8, 40, 1, 0, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_AVX2)
     for (int p = 0; p < 196; p += 4) {
-        for (int n = 0; n < 32; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 96, w + n, bias + n, NULL, y + p * 40 + n, 4, 16, 96, 40, 40, 1, 0, ACTIVATION_IDENTITY);
-        }
-        pointwise_f32_tile6x16_avx2(x + p * 96, w + 32, bias + 32, NULL, y + p * 40 + 32, 4, 8, 96, 40, 40, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x16_avx2(x + p * 96, w, bias, NULL, y + p * 40, 4, 16, 96, 32, 40, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 96, w + 16, bias + 16, NULL, y + p * 40 + 16, 4, 16, 96, 32, 40, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 96, w + 3072, bias + 32, NULL, y + p * 40 + 32, 4, 8, 96, 8, 40, 1, 0, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
     for (int p = 0; p < 196; p += 4) {
-        for (int n = 0; n < 40; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 96, w + n, bias + n, NULL, y + p * 40 + n, 4, 8, 96, 40, 40, 1, 0, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile6x8_vector(x + p * 96, w, bias, NULL, y + p * 40, 4, 8, 96, 32, 40, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 96, w + 8, bias + 8, NULL, y + p * 40 + 8, 4, 8, 96, 32, 40, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 96, w + 16, bias + 16, NULL, y + p * 40 + 16, 4, 8, 96, 32, 40, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 96, w + 24, bias + 24, NULL, y + p * 40 + 24, 4, 8, 96, 32, 40, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 96, w + 3072, bias + 32, NULL, y + p * 40 + 32, 4, 8, 96, 8, 40, 1, 0, ACTIVATION_IDENTITY);
     }
 #else
     for (int p = 0; p < 196; p += 4) {
-        for (int n = 0; n < 32; n += 16) {
-            pointwise_f32_tile4x16_portable(x + p * 96, w + n, bias + n, NULL, y + p * 40 + n, 4, 16, 96, 40, 40, 1, 0, ACTIVATION_IDENTITY);
-        }
-        pointwise_f32_tile4x16_portable(x + p * 96, w + 32, bias + 32, NULL, y + p * 40 + 32, 4, 8, 96, 40, 40, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile4x16_portable(x + p * 96, w, bias, NULL, y + p * 40, 4, 16, 96, 32, 40, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 96, w + 16, bias + 16, NULL, y + p * 40 + 16, 4, 16, 96, 32, 40, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 96, w + 3072, bias + 32, NULL, y + p * 40 + 32, 4, 8, 96, 8, 40, 1, 0, ACTIVATION_IDENTITY);
     }
 #endif
 }
 
-/* 1x1 convolution as a GEMM: y[196][240] = x[196][40] * w[40][240], then bias, hardswish */
+/* 1x1 convolution as a GEMM: y[196][240] = x[196][40] * w[40][240] in 32-column panels, then bias, hardswish */
 static void pointwise_f32_14x14x40_to_240_hardswish(const float *restrict x, const float *restrict w,
                                                     const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 224; n += 32) {
         for (int p = 0; p < 196; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 40, w + n, bias + n, NULL, y + p * 240 + n, 7, 32, 40, 240, 240, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile8x32_avx512(x + p * 40, w + n * 40, bias + n, NULL, y + p * 240 + n, 7, 32, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
     for (int p = 0; p < 196; p += 7) {
-        pointwise_f32_tile8x32_avx512(x + p * 40, w + 224, bias + 224, NULL, y + p * 240 + 224, 7, 16, 40, 240, 240, 1, 0, ACTIVATION_HARDSWISH);
+        pointwise_f32_tile8x32_avx512(x + p * 40, w + 8960, bias + 224, NULL, y + p * 240 + 224, 7, 16, 40, 16, 240, 1, 0, ACTIVATION_HARDSWISH);
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 240; n += 16) {
+    for (int n = 0; n < 224; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x16_avx2(x + p * 40, w + n, bias + n, NULL, y + p * 240 + n, 4, 16, 40, 240, 240, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile6x16_avx2(x + p * 40, w + n * 40, bias + n, NULL, y + p * 240 + n, 4, 16, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
         }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 40, w + n * 40 + 16, bias + n + 16, NULL, y + p * 240 + n + 16, 4, 16, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+        }
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 40, w + 8960, bias + 224, NULL, y + p * 240 + 224, 4, 16, 40, 16, 240, 1, 0, ACTIVATION_HARDSWISH);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 240; n += 8) {
+    for (int n = 0; n < 224; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x8_vector(x + p * 40, w + n, bias + n, NULL, y + p * 240 + n, 4, 8, 40, 240, 240, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile6x8_vector(x + p * 40, w + n * 40, bias + n, NULL, y + p * 240 + n, 4, 8, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 40, w + n * 40 + 8, bias + n + 8, NULL, y + p * 240 + n + 8, 4, 8, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 40, w + n * 40 + 16, bias + n + 16, NULL, y + p * 240 + n + 16, 4, 8, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 40, w + n * 40 + 24, bias + n + 24, NULL, y + p * 240 + n + 24, 4, 8, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 40, w + 8960, bias + 224, NULL, y + p * 240 + 224, 4, 8, 40, 16, 240, 1, 0, ACTIVATION_HARDSWISH);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 40, w + 8968, bias + 232, NULL, y + p * 240 + 232, 4, 8, 40, 16, 240, 1, 0, ACTIVATION_HARDSWISH);
+    }
 #else
-    for (int n = 0; n < 240; n += 16) {
+    for (int n = 0; n < 224; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 40, w + n, bias + n, NULL, y + p * 240 + n, 4, 16, 40, 240, 240, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile4x16_portable(x + p * 40, w + n * 40, bias + n, NULL, y + p * 240 + n, 4, 16, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
         }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 40, w + n * 40 + 16, bias + n + 16, NULL, y + p * 240 + n + 16, 4, 16, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+        }
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 40, w + 8960, bias + 224, NULL, y + p * 240 + 224, 4, 16, 40, 16, 240, 1, 0, ACTIVATION_HARDSWISH);
     }
 #endif
 }
@@ -1305,75 +1443,123 @@ static void squeeze_excite_f32_14x14x240_s64_relu_hardsigmoid(const float *restr
     }
 }
 
-/* 1x1 convolution as a GEMM: y[196][40] = x[196][240] * w[240][40], then bias, residual */
+/* 1x1 convolution as a GEMM: y[196][40] = x[196][240] * w[240][40] in 32-column panels, then bias, residual */
 static void pointwise_f32_14x14x240_to_40_residual(const float *restrict x, const float *restrict w,
                                                    const float *restrict bias, const float *restrict residual,
                                                    float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int p = 0; p < 196; p += 7) {
-        pointwise_f32_tile8x32_avx512(x + p * 240, w, bias, residual + p * 40, y + p * 40, 7, 32, 240, 40, 40, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile8x32_avx512(x + p * 240, w, bias, residual + p * 40, y + p * 40, 7, 32, 240, 32, 40, 1, 1, ACTIVATION_IDENTITY);
     }
     for (int p = 0; p < 196; p += 7) {
-        pointwise_f32_tile8x32_avx512(x + p * 240, w + 32, bias + 32, residual + p * 40 + 32, y + p * 40 + 32, 7, 8, 240, 40, 40, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile8x32_avx512(x + p * 240, w + 7680, bias + 32, residual + p * 40 + 32, y + p * 40 + 32, 7, 8, 240, 8, 40, 1, 1, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 32; n += 16) {
-        for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x16_avx2(x + p * 240, w + n, bias + n, residual + p * 40 + n, y + p * 40 + n, 4, 16, 240, 40, 40, 1, 1, ACTIVATION_IDENTITY);
-        }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 240, w, bias, residual + p * 40, y + p * 40, 4, 16, 240, 32, 40, 1, 1, ACTIVATION_IDENTITY);
     }
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile6x16_avx2(x + p * 240, w + 32, bias + 32, residual + p * 40 + 32, y + p * 40 + 32, 4, 8, 240, 40, 40, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x16_avx2(x + p * 240, w + 16, bias + 16, residual + p * 40 + 16, y + p * 40 + 16, 4, 16, 240, 32, 40, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 240, w + 7680, bias + 32, residual + p * 40 + 32, y + p * 40 + 32, 4, 8, 240, 8, 40, 1, 1, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 40; n += 8) {
-        for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x8_vector(x + p * 240, w + n, bias + n, residual + p * 40 + n, y + p * 40 + n, 4, 8, 240, 40, 40, 1, 1, ACTIVATION_IDENTITY);
-        }
-    }
-#else
-    for (int n = 0; n < 32; n += 16) {
-        for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 240, w + n, bias + n, residual + p * 40 + n, y + p * 40 + n, 4, 16, 240, 40, 40, 1, 1, ACTIVATION_IDENTITY);
-        }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 240, w, bias, residual + p * 40, y + p * 40, 4, 8, 240, 32, 40, 1, 1, ACTIVATION_IDENTITY);
     }
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile4x16_portable(x + p * 240, w + 32, bias + 32, residual + p * 40 + 32, y + p * 40 + 32, 4, 8, 240, 40, 40, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x8_vector(x + p * 240, w + 8, bias + 8, residual + p * 40 + 8, y + p * 40 + 8, 4, 8, 240, 32, 40, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 240, w + 16, bias + 16, residual + p * 40 + 16, y + p * 40 + 16, 4, 8, 240, 32, 40, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 240, w + 24, bias + 24, residual + p * 40 + 24, y + p * 40 + 24, 4, 8, 240, 32, 40, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 240, w + 7680, bias + 32, residual + p * 40 + 32, y + p * 40 + 32, 4, 8, 240, 8, 40, 1, 1, ACTIVATION_IDENTITY);
+    }
+#else
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 240, w, bias, residual + p * 40, y + p * 40, 4, 16, 240, 32, 40, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 240, w + 16, bias + 16, residual + p * 40 + 16, y + p * 40 + 16, 4, 16, 240, 32, 40, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 240, w + 7680, bias + 32, residual + p * 40 + 32, y + p * 40 + 32, 4, 8, 240, 8, 40, 1, 1, ACTIVATION_IDENTITY);
     }
 #endif
 }
 
-/* 1x1 convolution as a GEMM: y[196][120] = x[196][40] * w[40][120], then bias, hardswish */
+/* 1x1 convolution as a GEMM: y[196][120] = x[196][40] * w[40][120] in 32-column panels, then bias, hardswish */
 static void pointwise_f32_14x14x40_to_120_hardswish(const float *restrict x, const float *restrict w,
                                                     const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 196; p += 7) {
-        for (int n = 0; n < 96; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 40, w + n, bias + n, NULL, y + p * 120 + n, 7, 32, 40, 120, 120, 1, 0, ACTIVATION_HARDSWISH);
+    for (int n = 0; n < 96; n += 32) {
+        for (int p = 0; p < 196; p += 7) {
+            pointwise_f32_tile8x32_avx512(x + p * 40, w + n * 40, bias + n, NULL, y + p * 120 + n, 7, 32, 40, 32, 120, 1, 0, ACTIVATION_HARDSWISH);
         }
-        pointwise_f32_tile8x32_avx512(x + p * 40, w + 96, bias + 96, NULL, y + p * 120 + 96, 7, 24, 40, 120, 120, 1, 0, ACTIVATION_HARDSWISH);
+    }
+    for (int p = 0; p < 196; p += 7) {
+        pointwise_f32_tile8x32_avx512(x + p * 40, w + 3840, bias + 96, NULL, y + p * 120 + 96, 7, 24, 40, 24, 120, 1, 0, ACTIVATION_HARDSWISH);
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 196; p += 4) {
-        for (int n = 0; n < 112; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 40, w + n, bias + n, NULL, y + p * 120 + n, 4, 16, 40, 120, 120, 1, 0, ACTIVATION_HARDSWISH);
+    for (int n = 0; n < 96; n += 32) {
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 40, w + n * 40, bias + n, NULL, y + p * 120 + n, 4, 16, 40, 32, 120, 1, 0, ACTIVATION_HARDSWISH);
         }
-        pointwise_f32_tile6x16_avx2(x + p * 40, w + 112, bias + 112, NULL, y + p * 120 + 112, 4, 8, 40, 120, 120, 1, 0, ACTIVATION_HARDSWISH);
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 40, w + n * 40 + 16, bias + n + 16, NULL, y + p * 120 + n + 16, 4, 16, 40, 32, 120, 1, 0, ACTIVATION_HARDSWISH);
+        }
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 40, w + 3840, bias + 96, NULL, y + p * 120 + 96, 4, 16, 40, 24, 120, 1, 0, ACTIVATION_HARDSWISH);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 40, w + 3856, bias + 112, NULL, y + p * 120 + 112, 4, 8, 40, 24, 120, 1, 0, ACTIVATION_HARDSWISH);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int p = 0; p < 196; p += 4) {
-        for (int n = 0; n < 120; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 40, w + n, bias + n, NULL, y + p * 120 + n, 4, 8, 40, 120, 120, 1, 0, ACTIVATION_HARDSWISH);
+    for (int n = 0; n < 96; n += 32) {
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 40, w + n * 40, bias + n, NULL, y + p * 120 + n, 4, 8, 40, 32, 120, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 40, w + n * 40 + 8, bias + n + 8, NULL, y + p * 120 + n + 8, 4, 8, 40, 32, 120, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 40, w + n * 40 + 16, bias + n + 16, NULL, y + p * 120 + n + 16, 4, 8, 40, 32, 120, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 40, w + n * 40 + 24, bias + n + 24, NULL, y + p * 120 + n + 24, 4, 8, 40, 32, 120, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
-#else
     for (int p = 0; p < 196; p += 4) {
-        for (int n = 0; n < 112; n += 16) {
-            pointwise_f32_tile4x16_portable(x + p * 40, w + n, bias + n, NULL, y + p * 120 + n, 4, 16, 40, 120, 120, 1, 0, ACTIVATION_HARDSWISH);
+        pointwise_f32_tile6x8_vector(x + p * 40, w + 3840, bias + 96, NULL, y + p * 120 + 96, 4, 8, 40, 24, 120, 1, 0, ACTIVATION_HARDSWISH);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 40, w + 3848, bias + 104, NULL, y + p * 120 + 104, 4, 8, 40, 24, 120, 1, 0, ACTIVATION_HARDSWISH);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 40, w + 3856, bias + 112, NULL, y + p * 120 + 112, 4, 8, 40, 24, 120, 1, 0, ACTIVATION_HARDSWISH);
+    }
+#else
+    for (int n = 0; n < 96; n += 32) {
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 40, w + n * 40, bias + n, NULL, y + p * 120 + n, 4, 16, 40, 32, 120, 1, 0, ACTIVATION_HARDSWISH);
         }
-        pointwise_f32_tile4x16_portable(x + p * 40, w + 112, bias + 112, NULL, y + p * 120 + 112, 4, 8, 40, 120, 120, 1, 0, ACTIVATION_HARDSWISH);
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 40, w + n * 40 + 16, bias + n + 16, NULL, y + p * 120 + n + 16, 4, 16, 40, 32, 120, 1, 0, ACTIVATION_HARDSWISH);
+        }
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 40, w + 3840, bias + 96, NULL, y + p * 120 + 96, 4, 16, 40, 24, 120, 1, 0, ACTIVATION_HARDSWISH);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 40, w + 3856, bias + 112, NULL, y + p * 120 + 112, 4, 8, 40, 24, 120, 1, 0, ACTIVATION_HARDSWISH);
     }
 #endif
 }
@@ -1432,64 +1618,116 @@ static void squeeze_excite_f32_14x14x120_s32_relu_hardsigmoid(const float *restr
     }
 }
 
-/* 1x1 convolution as a GEMM: y[196][48] = x[196][120] * w[120][48], then bias */
+/* 1x1 convolution as a GEMM: y[196][48] = x[196][120] * w[120][48] in 32-column panels, then bias */
 static void pointwise_f32_14x14x120_to_48(const float *restrict x, const float *restrict w,
                                           const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int p = 0; p < 196; p += 7) {
-        pointwise_f32_tile8x32_avx512(x + p * 120, w, bias, NULL, y + p * 48, 7, 32, 120, 48, 48, 1, 0, ACTIVATION_IDENTITY);
-        pointwise_f32_tile8x32_avx512(x + p * 120, w + 32, bias + 32, NULL, y + p * 48 + 32, 7, 16, 120, 48, 48, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile8x32_avx512(x + p * 120, w, bias, NULL, y + p * 48, 7, 32, 120, 32, 48, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 7) {
+        pointwise_f32_tile8x32_avx512(x + p * 120, w + 3840, bias + 32, NULL, y + p * 48 + 32, 7, 16, 120, 16, 48, 1, 0, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_AVX2)
     for (int p = 0; p < 196; p += 4) {
-        for (int n = 0; n < 48; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 120, w + n, bias + n, NULL, y + p * 48 + n, 4, 16, 120, 48, 48, 1, 0, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile6x16_avx2(x + p * 120, w, bias, NULL, y + p * 48, 4, 16, 120, 32, 48, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 120, w + 16, bias + 16, NULL, y + p * 48 + 16, 4, 16, 120, 32, 48, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 120, w + 3840, bias + 32, NULL, y + p * 48 + 32, 4, 16, 120, 16, 48, 1, 0, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
     for (int p = 0; p < 196; p += 4) {
-        for (int n = 0; n < 48; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 120, w + n, bias + n, NULL, y + p * 48 + n, 4, 8, 120, 48, 48, 1, 0, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile6x8_vector(x + p * 120, w, bias, NULL, y + p * 48, 4, 8, 120, 32, 48, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 120, w + 8, bias + 8, NULL, y + p * 48 + 8, 4, 8, 120, 32, 48, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 120, w + 16, bias + 16, NULL, y + p * 48 + 16, 4, 8, 120, 32, 48, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 120, w + 24, bias + 24, NULL, y + p * 48 + 24, 4, 8, 120, 32, 48, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 120, w + 3840, bias + 32, NULL, y + p * 48 + 32, 4, 8, 120, 16, 48, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 120, w + 3848, bias + 40, NULL, y + p * 48 + 40, 4, 8, 120, 16, 48, 1, 0, ACTIVATION_IDENTITY);
     }
 #else
     for (int p = 0; p < 196; p += 4) {
-        for (int n = 0; n < 48; n += 16) {
-            pointwise_f32_tile4x16_portable(x + p * 120, w + n, bias + n, NULL, y + p * 48 + n, 4, 16, 120, 48, 48, 1, 0, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile4x16_portable(x + p * 120, w, bias, NULL, y + p * 48, 4, 16, 120, 32, 48, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 120, w + 16, bias + 16, NULL, y + p * 48 + 16, 4, 16, 120, 32, 48, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 120, w + 3840, bias + 32, NULL, y + p * 48 + 32, 4, 16, 120, 16, 48, 1, 0, ACTIVATION_IDENTITY);
     }
 #endif
 }
 
-/* 1x1 convolution as a GEMM: y[196][144] = x[196][48] * w[48][144], then bias, hardswish */
+/* 1x1 convolution as a GEMM: y[196][144] = x[196][48] * w[48][144] in 32-column panels, then bias, hardswish */
 static void pointwise_f32_14x14x48_to_144_hardswish(const float *restrict x, const float *restrict w,
                                                     const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 196; p += 7) {
-        for (int n = 0; n < 128; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 48, w + n, bias + n, NULL, y + p * 144 + n, 7, 32, 48, 144, 144, 1, 0, ACTIVATION_HARDSWISH);
+    for (int n = 0; n < 128; n += 32) {
+        for (int p = 0; p < 196; p += 7) {
+            pointwise_f32_tile8x32_avx512(x + p * 48, w + n * 48, bias + n, NULL, y + p * 144 + n, 7, 32, 48, 32, 144, 1, 0, ACTIVATION_HARDSWISH);
         }
-        pointwise_f32_tile8x32_avx512(x + p * 48, w + 128, bias + 128, NULL, y + p * 144 + 128, 7, 16, 48, 144, 144, 1, 0, ACTIVATION_HARDSWISH);
+    }
+    for (int p = 0; p < 196; p += 7) {
+        pointwise_f32_tile8x32_avx512(x + p * 48, w + 6144, bias + 128, NULL, y + p * 144 + 128, 7, 16, 48, 16, 144, 1, 0, ACTIVATION_HARDSWISH);
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 196; p += 4) {
-        for (int n = 0; n < 144; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 48, w + n, bias + n, NULL, y + p * 144 + n, 4, 16, 48, 144, 144, 1, 0, ACTIVATION_HARDSWISH);
+    for (int n = 0; n < 128; n += 32) {
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 48, w + n * 48, bias + n, NULL, y + p * 144 + n, 4, 16, 48, 32, 144, 1, 0, ACTIVATION_HARDSWISH);
         }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 48, w + n * 48 + 16, bias + n + 16, NULL, y + p * 144 + n + 16, 4, 16, 48, 32, 144, 1, 0, ACTIVATION_HARDSWISH);
+        }
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 48, w + 6144, bias + 128, NULL, y + p * 144 + 128, 4, 16, 48, 16, 144, 1, 0, ACTIVATION_HARDSWISH);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int p = 0; p < 196; p += 4) {
-        for (int n = 0; n < 144; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 48, w + n, bias + n, NULL, y + p * 144 + n, 4, 8, 48, 144, 144, 1, 0, ACTIVATION_HARDSWISH);
+    for (int n = 0; n < 128; n += 32) {
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 48, w + n * 48, bias + n, NULL, y + p * 144 + n, 4, 8, 48, 32, 144, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 48, w + n * 48 + 8, bias + n + 8, NULL, y + p * 144 + n + 8, 4, 8, 48, 32, 144, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 48, w + n * 48 + 16, bias + n + 16, NULL, y + p * 144 + n + 16, 4, 8, 48, 32, 144, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 48, w + n * 48 + 24, bias + n + 24, NULL, y + p * 144 + n + 24, 4, 8, 48, 32, 144, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
-#else
     for (int p = 0; p < 196; p += 4) {
-        for (int n = 0; n < 144; n += 16) {
-            pointwise_f32_tile4x16_portable(x + p * 48, w + n, bias + n, NULL, y + p * 144 + n, 4, 16, 48, 144, 144, 1, 0, ACTIVATION_HARDSWISH);
+        pointwise_f32_tile6x8_vector(x + p * 48, w + 6144, bias + 128, NULL, y + p * 144 + 128, 4, 8, 48, 16, 144, 1, 0, ACTIVATION_HARDSWISH);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 48, w + 6152, bias + 136, NULL, y + p * 144 + 136, 4, 8, 48, 16, 144, 1, 0, ACTIVATION_HARDSWISH);
+    }
+#else
+    for (int n = 0; n < 128; n += 32) {
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 48, w + n * 48, bias + n, NULL, y + p * 144 + n, 4, 16, 48, 32, 144, 1, 0, ACTIVATION_HARDSWISH);
         }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 48, w + n * 48 + 16, bias + n + 16, NULL, y + p * 144 + n + 16, 4, 16, 48, 32, 144, 1, 0, ACTIVATION_HARDSWISH);
+        }
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 48, w + 6144, bias + 128, NULL, y + p * 144 + 128, 4, 16, 48, 16, 144, 1, 0, ACTIVATION_HARDSWISH);
     }
 #endif
 }
@@ -1548,63 +1786,101 @@ static void squeeze_excite_f32_14x14x144_s40_relu_hardsigmoid(const float *restr
     }
 }
 
-/* 1x1 convolution as a GEMM: y[196][48] = x[196][144] * w[144][48], then bias, residual */
+/* 1x1 convolution as a GEMM: y[196][48] = x[196][144] * w[144][48] in 32-column panels, then bias, residual */
 static void pointwise_f32_14x14x144_to_48_residual(const float *restrict x, const float *restrict w,
                                                    const float *restrict bias, const float *restrict residual,
                                                    float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int p = 0; p < 196; p += 7) {
-        pointwise_f32_tile8x32_avx512(x + p * 144, w, bias, residual + p * 48, y + p * 48, 7, 32, 144, 48, 48, 1, 1, ACTIVATION_IDENTITY);
-        pointwise_f32_tile8x32_avx512(x + p * 144, w + 32, bias + 32, residual + p * 48 + 32, y + p * 48 + 32, 7, 16, 144, 48, 48, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile8x32_avx512(x + p * 144, w, bias, residual + p * 48, y + p * 48, 7, 32, 144, 32, 48, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 7) {
+        pointwise_f32_tile8x32_avx512(x + p * 144, w + 4608, bias + 32, residual + p * 48 + 32, y + p * 48 + 32, 7, 16, 144, 16, 48, 1, 1, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_AVX2)
     for (int p = 0; p < 196; p += 4) {
-        for (int n = 0; n < 48; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 144, w + n, bias + n, residual + p * 48 + n, y + p * 48 + n, 4, 16, 144, 48, 48, 1, 1, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile6x16_avx2(x + p * 144, w, bias, residual + p * 48, y + p * 48, 4, 16, 144, 32, 48, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 144, w + 16, bias + 16, residual + p * 48 + 16, y + p * 48 + 16, 4, 16, 144, 32, 48, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 144, w + 4608, bias + 32, residual + p * 48 + 32, y + p * 48 + 32, 4, 16, 144, 16, 48, 1, 1, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
     for (int p = 0; p < 196; p += 4) {
-        for (int n = 0; n < 48; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 144, w + n, bias + n, residual + p * 48 + n, y + p * 48 + n, 4, 8, 144, 48, 48, 1, 1, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile6x8_vector(x + p * 144, w, bias, residual + p * 48, y + p * 48, 4, 8, 144, 32, 48, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 144, w + 8, bias + 8, residual + p * 48 + 8, y + p * 48 + 8, 4, 8, 144, 32, 48, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 144, w + 16, bias + 16, residual + p * 48 + 16, y + p * 48 + 16, 4, 8, 144, 32, 48, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 144, w + 24, bias + 24, residual + p * 48 + 24, y + p * 48 + 24, 4, 8, 144, 32, 48, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 144, w + 4608, bias + 32, residual + p * 48 + 32, y + p * 48 + 32, 4, 8, 144, 16, 48, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 144, w + 4616, bias + 40, residual + p * 48 + 40, y + p * 48 + 40, 4, 8, 144, 16, 48, 1, 1, ACTIVATION_IDENTITY);
     }
 #else
     for (int p = 0; p < 196; p += 4) {
-        for (int n = 0; n < 48; n += 16) {
-            pointwise_f32_tile4x16_portable(x + p * 144, w + n, bias + n, residual + p * 48 + n, y + p * 48 + n, 4, 16, 144, 48, 48, 1, 1, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile4x16_portable(x + p * 144, w, bias, residual + p * 48, y + p * 48, 4, 16, 144, 32, 48, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 144, w + 16, bias + 16, residual + p * 48 + 16, y + p * 48 + 16, 4, 16, 144, 32, 48, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 144, w + 4608, bias + 32, residual + p * 48 + 32, y + p * 48 + 32, 4, 16, 144, 16, 48, 1, 1, ACTIVATION_IDENTITY);
     }
 #endif
 }
 
-/* 1x1 convolution as a GEMM: y[196][288] = x[196][48] * w[48][288], then bias, hardswish */
+/* 1x1 convolution as a GEMM: y[196][288] = x[196][48] * w[48][288] in 32-column panels, then bias, hardswish */
 static void pointwise_f32_14x14x48_to_288_hardswish(const float *restrict x, const float *restrict w,
                                                     const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 288; n += 32) {
         for (int p = 0; p < 196; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 48, w + n, bias + n, NULL, y + p * 288 + n, 7, 32, 48, 288, 288, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile8x32_avx512(x + p * 48, w + n * 48, bias + n, NULL, y + p * 288 + n, 7, 32, 48, 32, 288, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 288; n += 16) {
+    for (int n = 0; n < 288; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x16_avx2(x + p * 48, w + n, bias + n, NULL, y + p * 288 + n, 4, 16, 48, 288, 288, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile6x16_avx2(x + p * 48, w + n * 48, bias + n, NULL, y + p * 288 + n, 4, 16, 48, 32, 288, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 48, w + n * 48 + 16, bias + n + 16, NULL, y + p * 288 + n + 16, 4, 16, 48, 32, 288, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 288; n += 8) {
+    for (int n = 0; n < 288; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x8_vector(x + p * 48, w + n, bias + n, NULL, y + p * 288 + n, 4, 8, 48, 288, 288, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile6x8_vector(x + p * 48, w + n * 48, bias + n, NULL, y + p * 288 + n, 4, 8, 48, 32, 288, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 48, w + n * 48 + 8, bias + n + 8, NULL, y + p * 288 + n + 8, 4, 8, 48, 32, 288, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 48, w + n * 48 + 16, bias + n + 16, NULL, y + p * 288 + n + 16, 4, 8, 48, 32, 288, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 48, w + n * 48 + 24, bias + n + 24, NULL, y + p * 288 + n + 24, 4, 8, 48, 32, 288, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 #else
-    for (int n = 0; n < 288; n += 16) {
+    for (int n = 0; n < 288; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 48, w + n, bias + n, NULL, y + p * 288 + n, 4, 16, 48, 288, 288, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile4x16_portable(x + p * 48, w + n * 48, bias + n, NULL, y + p * 288 + n, 4, 16, 48, 32, 288, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 48, w + n * 48 + 16, bias + n + 16, NULL, y + p * 288 + n + 16, 4, 16, 48, 32, 288, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 #endif
@@ -1664,70 +1940,110 @@ static void squeeze_excite_f32_7x7x288_s72_relu_hardsigmoid(const float *restric
     }
 }
 
-/* 1x1 convolution as a GEMM: y[49][96] = x[49][288] * w[288][96], then bias */
+/* 1x1 convolution as a GEMM: y[49][96] = x[49][288] * w[288][96] in 32-column panels, then bias */
 static void pointwise_f32_7x7x288_to_96(const float *restrict x, const float *restrict w,
                                         const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 49; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 288, w + n, bias + n, NULL, y + p * 96 + n, 7, 32, 288, 96, 96, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile8x32_avx512(x + p * 288, w + n * 288, bias + n, NULL, y + p * 96 + n, 7, 32, 288, 32, 96, 1, 0, ACTIVATION_IDENTITY);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 96; n += 16) {
+    for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x16_avx2(x + p * 288, w + n, bias + n, NULL, y + p * 96 + n, 5, 16, 288, 96, 96, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x16_avx2(x + p * 288, w + n * 288, bias + n, NULL, y + p * 96 + n, 5, 16, 288, 32, 96, 1, 0, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile6x16_avx2(x + 12960, w + n, bias + n, NULL, y + n + 4320, 4, 16, 288, 96, 96, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x16_avx2(x + 12960, w + n * 288, bias + n, NULL, y + n + 4320, 4, 16, 288, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x16_avx2(x + p * 288, w + n * 288 + 16, bias + n + 16, NULL, y + p * 96 + n + 16, 5, 16, 288, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x16_avx2(x + 12960, w + n * 288 + 16, bias + n + 16, NULL, y + n + 16 + 4320, 4, 16, 288, 32, 96, 1, 0, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 96; n += 8) {
+    for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x8_vector(x + p * 288, w + n, bias + n, NULL, y + p * 96 + n, 5, 8, 288, 96, 96, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x8_vector(x + p * 288, w + n * 288, bias + n, NULL, y + p * 96 + n, 5, 8, 288, 32, 96, 1, 0, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile6x8_vector(x + 12960, w + n, bias + n, NULL, y + n + 4320, 4, 8, 288, 96, 96, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x8_vector(x + 12960, w + n * 288, bias + n, NULL, y + n + 4320, 4, 8, 288, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 288, w + n * 288 + 8, bias + n + 8, NULL, y + p * 96 + n + 8, 5, 8, 288, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x8_vector(x + 12960, w + n * 288 + 8, bias + n + 8, NULL, y + n + 8 + 4320, 4, 8, 288, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 288, w + n * 288 + 16, bias + n + 16, NULL, y + p * 96 + n + 16, 5, 8, 288, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x8_vector(x + 12960, w + n * 288 + 16, bias + n + 16, NULL, y + n + 16 + 4320, 4, 8, 288, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 288, w + n * 288 + 24, bias + n + 24, NULL, y + p * 96 + n + 24, 5, 8, 288, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x8_vector(x + 12960, w + n * 288 + 24, bias + n + 24, NULL, y + n + 24 + 4320, 4, 8, 288, 32, 96, 1, 0, ACTIVATION_IDENTITY);
     }
 #else
-    for (int n = 0; n < 96; n += 16) {
+    for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 48; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 288, w + n, bias + n, NULL, y + p * 96 + n, 4, 16, 288, 96, 96, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile4x16_portable(x + p * 288, w + n * 288, bias + n, NULL, y + p * 96 + n, 4, 16, 288, 32, 96, 1, 0, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile4x16_portable(x + 13824, w + n, bias + n, NULL, y + n + 4608, 1, 16, 288, 96, 96, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile4x16_portable(x + 13824, w + n * 288, bias + n, NULL, y + n + 4608, 1, 16, 288, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 48; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 288, w + n * 288 + 16, bias + n + 16, NULL, y + p * 96 + n + 16, 4, 16, 288, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile4x16_portable(x + 13824, w + n * 288 + 16, bias + n + 16, NULL, y + n + 16 + 4608, 1, 16, 288, 32, 96, 1, 0, ACTIVATION_IDENTITY);
     }
 #endif
 }
 
-/* 1x1 convolution as a GEMM: y[49][576] = x[49][96] * w[96][576], then bias, hardswish */
+/* 1x1 convolution as a GEMM: y[49][576] = x[49][96] * w[96][576] in 32-column panels, then bias, hardswish */
 static void pointwise_f32_7x7x96_to_576_hardswish(const float *restrict x, const float *restrict w,
                                                   const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 576; n += 32) {
         for (int p = 0; p < 49; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 96, w + n, bias + n, NULL, y + p * 576 + n, 7, 32, 96, 576, 576, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile8x32_avx512(x + p * 96, w + n * 96, bias + n, NULL, y + p * 576 + n, 7, 32, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 576; n += 16) {
+    for (int n = 0; n < 576; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x16_avx2(x + p * 96, w + n, bias + n, NULL, y + p * 576 + n, 5, 16, 96, 576, 576, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile6x16_avx2(x + p * 96, w + n * 96, bias + n, NULL, y + p * 576 + n, 5, 16, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
         }
-        pointwise_f32_tile6x16_avx2(x + 4320, w + n, bias + n, NULL, y + n + 25920, 4, 16, 96, 576, 576, 1, 0, ACTIVATION_HARDSWISH);
+        pointwise_f32_tile6x16_avx2(x + 4320, w + n * 96, bias + n, NULL, y + n + 25920, 4, 16, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x16_avx2(x + p * 96, w + n * 96 + 16, bias + n + 16, NULL, y + p * 576 + n + 16, 5, 16, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        pointwise_f32_tile6x16_avx2(x + 4320, w + n * 96 + 16, bias + n + 16, NULL, y + n + 16 + 25920, 4, 16, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 576; n += 8) {
+    for (int n = 0; n < 576; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x8_vector(x + p * 96, w + n, bias + n, NULL, y + p * 576 + n, 5, 8, 96, 576, 576, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile6x8_vector(x + p * 96, w + n * 96, bias + n, NULL, y + p * 576 + n, 5, 8, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
         }
-        pointwise_f32_tile6x8_vector(x + 4320, w + n, bias + n, NULL, y + n + 25920, 4, 8, 96, 576, 576, 1, 0, ACTIVATION_HARDSWISH);
+        pointwise_f32_tile6x8_vector(x + 4320, w + n * 96, bias + n, NULL, y + n + 25920, 4, 8, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 96, w + n * 96 + 8, bias + n + 8, NULL, y + p * 576 + n + 8, 5, 8, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        pointwise_f32_tile6x8_vector(x + 4320, w + n * 96 + 8, bias + n + 8, NULL, y + n + 8 + 25920, 4, 8, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 96, w + n * 96 + 16, bias + n + 16, NULL, y + p * 576 + n + 16, 5, 8, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        pointwise_f32_tile6x8_vector(x + 4320, w + n * 96 + 16, bias + n + 16, NULL, y + n + 16 + 25920, 4, 8, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 96, w + n * 96 + 24, bias + n + 24, NULL, y + p * 576 + n + 24, 5, 8, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        pointwise_f32_tile6x8_vector(x + 4320, w + n * 96 + 24, bias + n + 24, NULL, y + n + 24 + 25920, 4, 8, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
     }
 #else
-    for (int n = 0; n < 576; n += 16) {
+    for (int n = 0; n < 576; n += 32) {
         for (int p = 0; p < 48; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 96, w + n, bias + n, NULL, y + p * 576 + n, 4, 16, 96, 576, 576, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile4x16_portable(x + p * 96, w + n * 96, bias + n, NULL, y + p * 576 + n, 4, 16, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
         }
-        pointwise_f32_tile4x16_portable(x + 4608, w + n, bias + n, NULL, y + n + 27648, 1, 16, 96, 576, 576, 1, 0, ACTIVATION_HARDSWISH);
+        pointwise_f32_tile4x16_portable(x + 4608, w + n * 96, bias + n, NULL, y + n + 27648, 1, 16, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
+        for (int p = 0; p < 48; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 96, w + n * 96 + 16, bias + n + 16, NULL, y + p * 576 + n + 16, 4, 16, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        pointwise_f32_tile4x16_portable(x + 4608, w + n * 96 + 16, bias + n + 16, NULL, y + n + 16 + 27648, 1, 16, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
     }
 #endif
 }
@@ -1786,7 +2102,7 @@ static void squeeze_excite_f32_7x7x576_s144_relu_hardsigmoid(const float *restri
     }
 }
 
-/* 1x1 convolution as a GEMM: y[49][96] = x[49][576] * w[576][96], then bias, residual */
+/* 1x1 convolution as a GEMM: y[49][96] = x[49][576] * w[576][96] in 32-column panels, then bias, residual */
 static void pointwise_f32_7x7x576_to_96_residual(const float *restrict x, const float *restrict w,
                                                  const float *restrict bias, const float *restrict residual,
                                                  float *restrict y)
@@ -1794,29 +2110,49 @@ static void pointwise_f32_7x7x576_to_96_residual(const float *restrict x, const 
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 49; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 576, w + n, bias + n, residual + p * 96 + n, y + p * 96 + n, 7, 32, 576, 96, 96, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile8x32_avx512(x + p * 576, w + n * 576, bias + n, residual + p * 96 + n, y + p * 96 + n, 7, 32, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 96; n += 16) {
+    for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x16_avx2(x + p * 576, w + n, bias + n, residual + p * 96 + n, y + p * 96 + n, 5, 16, 576, 96, 96, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x16_avx2(x + p * 576, w + n * 576, bias + n, residual + p * 96 + n, y + p * 96 + n, 5, 16, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile6x16_avx2(x + 25920, w + n, bias + n, residual + n + 4320, y + n + 4320, 4, 16, 576, 96, 96, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x16_avx2(x + 25920, w + n * 576, bias + n, residual + n + 4320, y + n + 4320, 4, 16, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x16_avx2(x + p * 576, w + n * 576 + 16, bias + n + 16, residual + p * 96 + n + 16, y + p * 96 + n + 16, 5, 16, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x16_avx2(x + 25920, w + n * 576 + 16, bias + n + 16, residual + n + 16 + 4320, y + n + 16 + 4320, 4, 16, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 96; n += 8) {
+    for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x8_vector(x + p * 576, w + n, bias + n, residual + p * 96 + n, y + p * 96 + n, 5, 8, 576, 96, 96, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x8_vector(x + p * 576, w + n * 576, bias + n, residual + p * 96 + n, y + p * 96 + n, 5, 8, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile6x8_vector(x + 25920, w + n, bias + n, residual + n + 4320, y + n + 4320, 4, 8, 576, 96, 96, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x8_vector(x + 25920, w + n * 576, bias + n, residual + n + 4320, y + n + 4320, 4, 8, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 576, w + n * 576 + 8, bias + n + 8, residual + p * 96 + n + 8, y + p * 96 + n + 8, 5, 8, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x8_vector(x + 25920, w + n * 576 + 8, bias + n + 8, residual + n + 8 + 4320, y + n + 8 + 4320, 4, 8, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 576, w + n * 576 + 16, bias + n + 16, residual + p * 96 + n + 16, y + p * 96 + n + 16, 5, 8, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x8_vector(x + 25920, w + n * 576 + 16, bias + n + 16, residual + n + 16 + 4320, y + n + 16 + 4320, 4, 8, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 576, w + n * 576 + 24, bias + n + 24, residual + p * 96 + n + 24, y + p * 96 + n + 24, 5, 8, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x8_vector(x + 25920, w + n * 576 + 24, bias + n + 24, residual + n + 24 + 4320, y + n + 24 + 4320, 4, 8, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
     }
 #else
-    for (int n = 0; n < 96; n += 16) {
+    for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 48; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 576, w + n, bias + n, residual + p * 96 + n, y + p * 96 + n, 4, 16, 576, 96, 96, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile4x16_portable(x + p * 576, w + n * 576, bias + n, residual + p * 96 + n, y + p * 96 + n, 4, 16, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile4x16_portable(x + 27648, w + n, bias + n, residual + n + 4608, y + n + 4608, 1, 16, 576, 96, 96, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile4x16_portable(x + 27648, w + n * 576, bias + n, residual + n + 4608, y + n + 4608, 1, 16, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 48; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 576, w + n * 576 + 16, bias + n + 16, residual + p * 96 + n + 16, y + p * 96 + n + 16, 4, 16, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile4x16_portable(x + 27648, w + n * 576 + 16, bias + n + 16, residual + n + 16 + 4608, y + n + 16 + 4608, 1, 16, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
     }
 #endif
 }

@@ -115,7 +115,8 @@ KERNEL_INLINE __m256i lane_mask_f32x8(int count)
  * One register tile of a pointwise (1x1) convolution as a GEMM:
  *   y[r][j] = activation(bias[j] + sum over k of x[r][k] * w[k][j]) + residual[r][j]
  * for r < rows pixels and j < cols output channels. x rows are k_count floats apart (NHWC),
- * w rows w_stride floats ([in][out], the `io` layout), y and residual rows y_stride floats.
+ * w rows w_stride floats (one column panel of the `io_panels` layout: [in][panel width]), y
+ * and residual rows y_stride floats.
  * bias and residual are read only when has_bias and has_residual are non-zero.
  */
 #if defined(KERNELS_AVX512)
@@ -846,7 +847,7 @@ static void depthwise3x3_s1_f32_112x112x32_p1_relu6(const float *restrict x, con
     }
 }
 
-/* 1x1 convolution as a GEMM: y[12544][16] = x[12544][32] * w[32][16], then bias */
+/* 1x1 convolution as a GEMM: y[12544][16] = x[12544][32] * w[32][16] in 32-column panels, then bias */
 static void pointwise_f32_112x112x32_to_16(const float *restrict x, const float *restrict w,
                                            const float *restrict bias, float *restrict y)
 {
@@ -860,9 +861,10 @@ static void pointwise_f32_112x112x32_to_16(const float *restrict x, const float 
     }
 #elif defined(KERNELS_VECTOR)
     for (int p = 0; p < 12544; p += 4) {
-        for (int n = 0; n < 16; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 32, w + n, bias + n, NULL, y + p * 16 + n, 4, 8, 32, 16, 16, 1, 0, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile6x8_vector(x + p * 32, w, bias, NULL, y + p * 16, 4, 8, 32, 16, 16, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 12544; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 32, w + 8, bias + 8, NULL, y + p * 16 + 8, 4, 8, 32, 16, 16, 1, 0, ACTIVATION_IDENTITY);
     }
 #else
     for (int p = 0; p < 12544; p += 4) {
@@ -871,32 +873,47 @@ static void pointwise_f32_112x112x32_to_16(const float *restrict x, const float 
 #endif
 }
 
-/* 1x1 convolution as a GEMM: y[12544][96] = x[12544][16] * w[16][96], then bias, relu6 */
+/* 1x1 convolution as a GEMM: y[12544][96] = x[12544][16] * w[16][96] in 32-column panels, then bias, relu6 */
 static void pointwise_f32_112x112x16_to_96_relu6(const float *restrict x, const float *restrict w,
                                                  const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 12544; p += 8) {
-        for (int n = 0; n < 96; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 16, w + n, bias + n, NULL, y + p * 96 + n, 8, 32, 16, 96, 96, 1, 0, ACTIVATION_RELU6);
+    for (int n = 0; n < 96; n += 32) {
+        for (int p = 0; p < 12544; p += 8) {
+            pointwise_f32_tile8x32_avx512(x + p * 16, w + n * 16, bias + n, NULL, y + p * 96 + n, 8, 32, 16, 32, 96, 1, 0, ACTIVATION_RELU6);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 12544; p += 4) {
-        for (int n = 0; n < 96; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 16, w + n, bias + n, NULL, y + p * 96 + n, 4, 16, 16, 96, 96, 1, 0, ACTIVATION_RELU6);
+    for (int n = 0; n < 96; n += 32) {
+        for (int p = 0; p < 12544; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 16, w + n * 16, bias + n, NULL, y + p * 96 + n, 4, 16, 16, 32, 96, 1, 0, ACTIVATION_RELU6);
+        }
+        for (int p = 0; p < 12544; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 16, w + n * 16 + 16, bias + n + 16, NULL, y + p * 96 + n + 16, 4, 16, 16, 32, 96, 1, 0, ACTIVATION_RELU6);
         }
     }
 #elif defined(KERNELS_VECTOR)
-    for (int p = 0; p < 12544; p += 4) {
-        for (int n = 0; n < 96; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 16, w + n, bias + n, NULL, y + p * 96 + n, 4, 8, 16, 96, 96, 1, 0, ACTIVATION_RELU6);
+    for (int n = 0; n < 96; n += 32) {
+        for (int p = 0; p < 12544; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 16, w + n * 16, bias + n, NULL, y + p * 96 + n, 4, 8, 16, 32, 96, 1, 0, ACTIVATION_RELU6);
+        }
+        for (int p = 0; p < 12544; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 16, w + n * 16 + 8, bias + n + 8, NULL, y + p * 96 + n + 8, 4, 8, 16, 32, 96, 1, 0, ACTIVATION_RELU6);
+        }
+        for (int p = 0; p < 12544; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 16, w + n * 16 + 16, bias + n + 16, NULL, y + p * 96 + n + 16, 4, 8, 16, 32, 96, 1, 0, ACTIVATION_RELU6);
+        }
+        for (int p = 0; p < 12544; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 16, w + n * 16 + 24, bias + n + 24, NULL, y + p * 96 + n + 24, 4, 8, 16, 32, 96, 1, 0, ACTIVATION_RELU6);
         }
     }
 #else
-    for (int p = 0; p < 12544; p += 4) {
-        for (int n = 0; n < 96; n += 16) {
-            pointwise_f32_tile4x16_portable(x + p * 16, w + n, bias + n, NULL, y + p * 96 + n, 4, 16, 16, 96, 96, 1, 0, ACTIVATION_RELU6);
+    for (int n = 0; n < 96; n += 32) {
+        for (int p = 0; p < 12544; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 16, w + n * 16, bias + n, NULL, y + p * 96 + n, 4, 16, 16, 32, 96, 1, 0, ACTIVATION_RELU6);
+        }
+        for (int p = 0; p < 12544; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 16, w + n * 16 + 16, bias + n + 16, NULL, y + p * 96 + n + 16, 4, 16, 16, 32, 96, 1, 0, ACTIVATION_RELU6);
         }
     }
 #endif
@@ -925,7 +942,7 @@ static void depthwise3x3_s2_f32_112x112x96_p0_0_1_1_relu6(const float *restrict 
     }
 }
 
-/* 1x1 convolution as a GEMM: y[3136][24] = x[3136][96] * w[96][24], then bias */
+/* 1x1 convolution as a GEMM: y[3136][24] = x[3136][96] * w[96][24] in 32-column panels, then bias */
 static void pointwise_f32_56x56x96_to_24(const float *restrict x, const float *restrict w,
                                          const float *restrict bias, float *restrict y)
 {
@@ -936,50 +953,87 @@ static void pointwise_f32_56x56x96_to_24(const float *restrict x, const float *r
 #elif defined(KERNELS_AVX2)
     for (int p = 0; p < 3136; p += 4) {
         pointwise_f32_tile6x16_avx2(x + p * 96, w, bias, NULL, y + p * 24, 4, 16, 96, 24, 24, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 3136; p += 4) {
         pointwise_f32_tile6x16_avx2(x + p * 96, w + 16, bias + 16, NULL, y + p * 24 + 16, 4, 8, 96, 24, 24, 1, 0, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
     for (int p = 0; p < 3136; p += 4) {
-        for (int n = 0; n < 24; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 96, w + n, bias + n, NULL, y + p * 24 + n, 4, 8, 96, 24, 24, 1, 0, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile6x8_vector(x + p * 96, w, bias, NULL, y + p * 24, 4, 8, 96, 24, 24, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 3136; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 96, w + 8, bias + 8, NULL, y + p * 24 + 8, 4, 8, 96, 24, 24, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 3136; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 96, w + 16, bias + 16, NULL, y + p * 24 + 16, 4, 8, 96, 24, 24, 1, 0, ACTIVATION_IDENTITY);
     }
 #else
     for (int p = 0; p < 3136; p += 4) {
         pointwise_f32_tile4x16_portable(x + p * 96, w, bias, NULL, y + p * 24, 4, 16, 96, 24, 24, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 3136; p += 4) {
         pointwise_f32_tile4x16_portable(x + p * 96, w + 16, bias + 16, NULL, y + p * 24 + 16, 4, 8, 96, 24, 24, 1, 0, ACTIVATION_IDENTITY);
     }
 #endif
 }
 
-/* 1x1 convolution as a GEMM: y[3136][144] = x[3136][24] * w[24][144], then bias, relu6 */
+/* 1x1 convolution as a GEMM: y[3136][144] = x[3136][24] * w[24][144] in 32-column panels, then bias, relu6 */
 static void pointwise_f32_56x56x24_to_144_relu6(const float *restrict x, const float *restrict w,
                                                 const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 3136; p += 8) {
-        for (int n = 0; n < 128; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 24, w + n, bias + n, NULL, y + p * 144 + n, 8, 32, 24, 144, 144, 1, 0, ACTIVATION_RELU6);
+    for (int n = 0; n < 128; n += 32) {
+        for (int p = 0; p < 3136; p += 8) {
+            pointwise_f32_tile8x32_avx512(x + p * 24, w + n * 24, bias + n, NULL, y + p * 144 + n, 8, 32, 24, 32, 144, 1, 0, ACTIVATION_RELU6);
         }
-        pointwise_f32_tile8x32_avx512(x + p * 24, w + 128, bias + 128, NULL, y + p * 144 + 128, 8, 16, 24, 144, 144, 1, 0, ACTIVATION_RELU6);
+    }
+    for (int p = 0; p < 3136; p += 8) {
+        pointwise_f32_tile8x32_avx512(x + p * 24, w + 3072, bias + 128, NULL, y + p * 144 + 128, 8, 16, 24, 16, 144, 1, 0, ACTIVATION_RELU6);
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 3136; p += 4) {
-        for (int n = 0; n < 144; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 24, w + n, bias + n, NULL, y + p * 144 + n, 4, 16, 24, 144, 144, 1, 0, ACTIVATION_RELU6);
+    for (int n = 0; n < 128; n += 32) {
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 24, w + n * 24, bias + n, NULL, y + p * 144 + n, 4, 16, 24, 32, 144, 1, 0, ACTIVATION_RELU6);
         }
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 24, w + n * 24 + 16, bias + n + 16, NULL, y + p * 144 + n + 16, 4, 16, 24, 32, 144, 1, 0, ACTIVATION_RELU6);
+        }
+    }
+    for (int p = 0; p < 3136; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 24, w + 3072, bias + 128, NULL, y + p * 144 + 128, 4, 16, 24, 16, 144, 1, 0, ACTIVATION_RELU6);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int p = 0; p < 3136; p += 4) {
-        for (int n = 0; n < 144; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 24, w + n, bias + n, NULL, y + p * 144 + n, 4, 8, 24, 144, 144, 1, 0, ACTIVATION_RELU6);
+    for (int n = 0; n < 128; n += 32) {
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 24, w + n * 24, bias + n, NULL, y + p * 144 + n, 4, 8, 24, 32, 144, 1, 0, ACTIVATION_RELU6);
+        }
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 24, w + n * 24 + 8, bias + n + 8, NULL, y + p * 144 + n + 8, 4, 8, 24, 32, 144, 1, 0, ACTIVATION_RELU6);
+        }
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 24, w + n * 24 + 16, bias + n + 16, NULL, y + p * 144 + n + 16, 4, 8, 24, 32, 144, 1, 0, ACTIVATION_RELU6);
+        }
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 24, w + n * 24 + 24, bias + n + 24, NULL, y + p * 144 + n + 24, 4, 8, 24, 32, 144, 1, 0, ACTIVATION_RELU6);
         }
     }
-#else
     for (int p = 0; p < 3136; p += 4) {
-        for (int n = 0; n < 144; n += 16) {
-            pointwise_f32_tile4x16_portable(x + p * 24, w + n, bias + n, NULL, y + p * 144 + n, 4, 16, 24, 144, 144, 1, 0, ACTIVATION_RELU6);
+        pointwise_f32_tile6x8_vector(x + p * 24, w + 3072, bias + 128, NULL, y + p * 144 + 128, 4, 8, 24, 16, 144, 1, 0, ACTIVATION_RELU6);
+    }
+    for (int p = 0; p < 3136; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 24, w + 3080, bias + 136, NULL, y + p * 144 + 136, 4, 8, 24, 16, 144, 1, 0, ACTIVATION_RELU6);
+    }
+#else
+    for (int n = 0; n < 128; n += 32) {
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 24, w + n * 24, bias + n, NULL, y + p * 144 + n, 4, 16, 24, 32, 144, 1, 0, ACTIVATION_RELU6);
         }
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 24, w + n * 24 + 16, bias + n + 16, NULL, y + p * 144 + n + 16, 4, 16, 24, 32, 144, 1, 0, ACTIVATION_RELU6);
+        }
+    }
+    for (int p = 0; p < 3136; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 24, w + 3072, bias + 128, NULL, y + p * 144 + 128, 4, 16, 24, 16, 144, 1, 0, ACTIVATION_RELU6);
     }
 #endif
 }
@@ -1007,7 +1061,7 @@ static void depthwise3x3_s1_f32_56x56x144_p1_relu6(const float *restrict x, cons
     }
 }
 
-/* 1x1 convolution as a GEMM: y[3136][24] = x[3136][144] * w[144][24], then bias, residual */
+/* 1x1 convolution as a GEMM: y[3136][24] = x[3136][144] * w[144][24] in 32-column panels, then bias, residual */
 static void pointwise_f32_56x56x144_to_24_residual(const float *restrict x, const float *restrict w,
                                                    const float *restrict bias, const float *restrict residual,
                                                    float *restrict y)
@@ -1019,17 +1073,25 @@ static void pointwise_f32_56x56x144_to_24_residual(const float *restrict x, cons
 #elif defined(KERNELS_AVX2)
     for (int p = 0; p < 3136; p += 4) {
         pointwise_f32_tile6x16_avx2(x + p * 144, w, bias, residual + p * 24, y + p * 24, 4, 16, 144, 24, 24, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 3136; p += 4) {
         pointwise_f32_tile6x16_avx2(x + p * 144, w + 16, bias + 16, residual + p * 24 + 16, y + p * 24 + 16, 4, 8, 144, 24, 24, 1, 1, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
     for (int p = 0; p < 3136; p += 4) {
-        for (int n = 0; n < 24; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 144, w + n, bias + n, residual + p * 24 + n, y + p * 24 + n, 4, 8, 144, 24, 24, 1, 1, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile6x8_vector(x + p * 144, w, bias, residual + p * 24, y + p * 24, 4, 8, 144, 24, 24, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 3136; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 144, w + 8, bias + 8, residual + p * 24 + 8, y + p * 24 + 8, 4, 8, 144, 24, 24, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 3136; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 144, w + 16, bias + 16, residual + p * 24 + 16, y + p * 24 + 16, 4, 8, 144, 24, 24, 1, 1, ACTIVATION_IDENTITY);
     }
 #else
     for (int p = 0; p < 3136; p += 4) {
         pointwise_f32_tile4x16_portable(x + p * 144, w, bias, residual + p * 24, y + p * 24, 4, 16, 144, 24, 24, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 3136; p += 4) {
         pointwise_f32_tile4x16_portable(x + p * 144, w + 16, bias + 16, residual + p * 24 + 16, y + p * 24 + 16, 4, 8, 144, 24, 24, 1, 1, ACTIVATION_IDENTITY);
     }
 #endif
@@ -1058,7 +1120,7 @@ static void depthwise3x3_s2_f32_56x56x144_p0_0_1_1_relu6(const float *restrict x
     }
 }
 
-/* 1x1 convolution as a GEMM: y[784][32] = x[784][144] * w[144][32], then bias */
+/* 1x1 convolution as a GEMM: y[784][32] = x[784][144] * w[144][32] in 32-column panels, then bias */
 static void pointwise_f32_28x28x144_to_32(const float *restrict x, const float *restrict w,
                                           const float *restrict bias, float *restrict y)
 {
@@ -1068,51 +1130,75 @@ static void pointwise_f32_28x28x144_to_32(const float *restrict x, const float *
     }
 #elif defined(KERNELS_AVX2)
     for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 32; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 144, w + n, bias + n, NULL, y + p * 32 + n, 4, 16, 144, 32, 32, 1, 0, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile6x16_avx2(x + p * 144, w, bias, NULL, y + p * 32, 4, 16, 144, 32, 32, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 144, w + 16, bias + 16, NULL, y + p * 32 + 16, 4, 16, 144, 32, 32, 1, 0, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
     for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 32; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 144, w + n, bias + n, NULL, y + p * 32 + n, 4, 8, 144, 32, 32, 1, 0, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile6x8_vector(x + p * 144, w, bias, NULL, y + p * 32, 4, 8, 144, 32, 32, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 144, w + 8, bias + 8, NULL, y + p * 32 + 8, 4, 8, 144, 32, 32, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 144, w + 16, bias + 16, NULL, y + p * 32 + 16, 4, 8, 144, 32, 32, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 144, w + 24, bias + 24, NULL, y + p * 32 + 24, 4, 8, 144, 32, 32, 1, 0, ACTIVATION_IDENTITY);
     }
 #else
     for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 32; n += 16) {
-            pointwise_f32_tile4x16_portable(x + p * 144, w + n, bias + n, NULL, y + p * 32 + n, 4, 16, 144, 32, 32, 1, 0, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile4x16_portable(x + p * 144, w, bias, NULL, y + p * 32, 4, 16, 144, 32, 32, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 144, w + 16, bias + 16, NULL, y + p * 32 + 16, 4, 16, 144, 32, 32, 1, 0, ACTIVATION_IDENTITY);
     }
 #endif
 }
 
-/* 1x1 convolution as a GEMM: y[784][192] = x[784][32] * w[32][192], then bias, relu6 */
+/* 1x1 convolution as a GEMM: y[784][192] = x[784][32] * w[32][192] in 32-column panels, then bias, relu6 */
 static void pointwise_f32_28x28x32_to_192_relu6(const float *restrict x, const float *restrict w,
                                                 const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 784; p += 8) {
-        for (int n = 0; n < 192; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 32, w + n, bias + n, NULL, y + p * 192 + n, 8, 32, 32, 192, 192, 1, 0, ACTIVATION_RELU6);
+    for (int n = 0; n < 192; n += 32) {
+        for (int p = 0; p < 784; p += 8) {
+            pointwise_f32_tile8x32_avx512(x + p * 32, w + n * 32, bias + n, NULL, y + p * 192 + n, 8, 32, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 192; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 32, w + n, bias + n, NULL, y + p * 192 + n, 4, 16, 32, 192, 192, 1, 0, ACTIVATION_RELU6);
+    for (int n = 0; n < 192; n += 32) {
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 32, w + n * 32, bias + n, NULL, y + p * 192 + n, 4, 16, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 32, w + n * 32 + 16, bias + n + 16, NULL, y + p * 192 + n + 16, 4, 16, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
         }
     }
 #elif defined(KERNELS_VECTOR)
-    for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 192; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 32, w + n, bias + n, NULL, y + p * 192 + n, 4, 8, 32, 192, 192, 1, 0, ACTIVATION_RELU6);
+    for (int n = 0; n < 192; n += 32) {
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 32, w + n * 32, bias + n, NULL, y + p * 192 + n, 4, 8, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 32, w + n * 32 + 8, bias + n + 8, NULL, y + p * 192 + n + 8, 4, 8, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 32, w + n * 32 + 16, bias + n + 16, NULL, y + p * 192 + n + 16, 4, 8, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 32, w + n * 32 + 24, bias + n + 24, NULL, y + p * 192 + n + 24, 4, 8, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
         }
     }
 #else
-    for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 192; n += 16) {
-            pointwise_f32_tile4x16_portable(x + p * 32, w + n, bias + n, NULL, y + p * 192 + n, 4, 16, 32, 192, 192, 1, 0, ACTIVATION_RELU6);
+    for (int n = 0; n < 192; n += 32) {
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 32, w + n * 32, bias + n, NULL, y + p * 192 + n, 4, 16, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 32, w + n * 32 + 16, bias + n + 16, NULL, y + p * 192 + n + 16, 4, 16, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
         }
     }
 #endif
@@ -1141,7 +1227,7 @@ static void depthwise3x3_s1_f32_28x28x192_p1_relu6(const float *restrict x, cons
     }
 }
 
-/* 1x1 convolution as a GEMM: y[784][32] = x[784][192] * w[192][32], then bias, residual */
+/* 1x1 convolution as a GEMM: y[784][32] = x[784][192] * w[192][32] in 32-column panels, then bias, residual */
 static void pointwise_f32_28x28x192_to_32_residual(const float *restrict x, const float *restrict w,
                                                    const float *restrict bias, const float *restrict residual,
                                                    float *restrict y)
@@ -1152,21 +1238,30 @@ static void pointwise_f32_28x28x192_to_32_residual(const float *restrict x, cons
     }
 #elif defined(KERNELS_AVX2)
     for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 32; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 192, w + n, bias + n, residual + p * 32 + n, y + p * 32 + n, 4, 16, 192, 32, 32, 1, 1, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile6x16_avx2(x + p * 192, w, bias, residual + p * 32, y + p * 32, 4, 16, 192, 32, 32, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 192, w + 16, bias + 16, residual + p * 32 + 16, y + p * 32 + 16, 4, 16, 192, 32, 32, 1, 1, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
     for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 32; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 192, w + n, bias + n, residual + p * 32 + n, y + p * 32 + n, 4, 8, 192, 32, 32, 1, 1, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile6x8_vector(x + p * 192, w, bias, residual + p * 32, y + p * 32, 4, 8, 192, 32, 32, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 192, w + 8, bias + 8, residual + p * 32 + 8, y + p * 32 + 8, 4, 8, 192, 32, 32, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 192, w + 16, bias + 16, residual + p * 32 + 16, y + p * 32 + 16, 4, 8, 192, 32, 32, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 192, w + 24, bias + 24, residual + p * 32 + 24, y + p * 32 + 24, 4, 8, 192, 32, 32, 1, 1, ACTIVATION_IDENTITY);
     }
 #else
     for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 32; n += 16) {
-            pointwise_f32_tile4x16_portable(x + p * 192, w + n, bias + n, residual + p * 32 + n, y + p * 32 + n, 4, 16, 192, 32, 32, 1, 1, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile4x16_portable(x + p * 192, w, bias, residual + p * 32, y + p * 32, 4, 16, 192, 32, 32, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 192, w + 16, bias + 16, residual + p * 32 + 16, y + p * 32 + 16, 4, 16, 192, 32, 32, 1, 1, ACTIVATION_IDENTITY);
     }
 #endif
 }
@@ -1194,63 +1289,93 @@ static void depthwise3x3_s2_f32_28x28x192_p0_0_1_1_relu6(const float *restrict x
     }
 }
 
-/* 1x1 convolution as a GEMM: y[196][64] = x[196][192] * w[192][64], then bias */
+/* 1x1 convolution as a GEMM: y[196][64] = x[196][192] * w[192][64] in 32-column panels, then bias */
 static void pointwise_f32_14x14x192_to_64(const float *restrict x, const float *restrict w,
                                           const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 64; n += 32) {
         for (int p = 0; p < 196; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 192, w + n, bias + n, NULL, y + p * 64 + n, 7, 32, 192, 64, 64, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile8x32_avx512(x + p * 192, w + n * 192, bias + n, NULL, y + p * 64 + n, 7, 32, 192, 32, 64, 1, 0, ACTIVATION_IDENTITY);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 64; n += 16) {
+    for (int n = 0; n < 64; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x16_avx2(x + p * 192, w + n, bias + n, NULL, y + p * 64 + n, 4, 16, 192, 64, 64, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x16_avx2(x + p * 192, w + n * 192, bias + n, NULL, y + p * 64 + n, 4, 16, 192, 32, 64, 1, 0, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 192, w + n * 192 + 16, bias + n + 16, NULL, y + p * 64 + n + 16, 4, 16, 192, 32, 64, 1, 0, ACTIVATION_IDENTITY);
         }
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 64; n += 8) {
+    for (int n = 0; n < 64; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x8_vector(x + p * 192, w + n, bias + n, NULL, y + p * 64 + n, 4, 8, 192, 64, 64, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x8_vector(x + p * 192, w + n * 192, bias + n, NULL, y + p * 64 + n, 4, 8, 192, 32, 64, 1, 0, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 192, w + n * 192 + 8, bias + n + 8, NULL, y + p * 64 + n + 8, 4, 8, 192, 32, 64, 1, 0, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 192, w + n * 192 + 16, bias + n + 16, NULL, y + p * 64 + n + 16, 4, 8, 192, 32, 64, 1, 0, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 192, w + n * 192 + 24, bias + n + 24, NULL, y + p * 64 + n + 24, 4, 8, 192, 32, 64, 1, 0, ACTIVATION_IDENTITY);
         }
     }
 #else
-    for (int n = 0; n < 64; n += 16) {
+    for (int n = 0; n < 64; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 192, w + n, bias + n, NULL, y + p * 64 + n, 4, 16, 192, 64, 64, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile4x16_portable(x + p * 192, w + n * 192, bias + n, NULL, y + p * 64 + n, 4, 16, 192, 32, 64, 1, 0, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 192, w + n * 192 + 16, bias + n + 16, NULL, y + p * 64 + n + 16, 4, 16, 192, 32, 64, 1, 0, ACTIVATION_IDENTITY);
         }
     }
 #endif
 }
 
-/* 1x1 convolution as a GEMM: y[196][384] = x[196][64] * w[64][384], then bias, relu6 */
+/* 1x1 convolution as a GEMM: y[196][384] = x[196][64] * w[64][384] in 32-column panels, then bias, relu6 */
 static void pointwise_f32_14x14x64_to_384_relu6(const float *restrict x, const float *restrict w,
                                                 const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 384; n += 32) {
         for (int p = 0; p < 196; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 64, w + n, bias + n, NULL, y + p * 384 + n, 7, 32, 64, 384, 384, 1, 0, ACTIVATION_RELU6);
+            pointwise_f32_tile8x32_avx512(x + p * 64, w + n * 64, bias + n, NULL, y + p * 384 + n, 7, 32, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 384; n += 16) {
+    for (int n = 0; n < 384; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x16_avx2(x + p * 64, w + n, bias + n, NULL, y + p * 384 + n, 4, 16, 64, 384, 384, 1, 0, ACTIVATION_RELU6);
+            pointwise_f32_tile6x16_avx2(x + p * 64, w + n * 64, bias + n, NULL, y + p * 384 + n, 4, 16, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 64, w + n * 64 + 16, bias + n + 16, NULL, y + p * 384 + n + 16, 4, 16, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
         }
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 384; n += 8) {
+    for (int n = 0; n < 384; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x8_vector(x + p * 64, w + n, bias + n, NULL, y + p * 384 + n, 4, 8, 64, 384, 384, 1, 0, ACTIVATION_RELU6);
+            pointwise_f32_tile6x8_vector(x + p * 64, w + n * 64, bias + n, NULL, y + p * 384 + n, 4, 8, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 64, w + n * 64 + 8, bias + n + 8, NULL, y + p * 384 + n + 8, 4, 8, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 64, w + n * 64 + 16, bias + n + 16, NULL, y + p * 384 + n + 16, 4, 8, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 64, w + n * 64 + 24, bias + n + 24, NULL, y + p * 384 + n + 24, 4, 8, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
         }
     }
 #else
-    for (int n = 0; n < 384; n += 16) {
+    for (int n = 0; n < 384; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 64, w + n, bias + n, NULL, y + p * 384 + n, 4, 16, 64, 384, 384, 1, 0, ACTIVATION_RELU6);
+            pointwise_f32_tile4x16_portable(x + p * 64, w + n * 64, bias + n, NULL, y + p * 384 + n, 4, 16, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 64, w + n * 64 + 16, bias + n + 16, NULL, y + p * 384 + n + 16, 4, 16, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
         }
     }
 #endif
@@ -1279,7 +1404,7 @@ static void depthwise3x3_s1_f32_14x14x384_p1_relu6(const float *restrict x, cons
     }
 }
 
-/* 1x1 convolution as a GEMM: y[196][64] = x[196][384] * w[384][64], then bias, residual */
+/* 1x1 convolution as a GEMM: y[196][64] = x[196][384] * w[384][64] in 32-column panels, then bias, residual */
 static void pointwise_f32_14x14x384_to_64_residual(const float *restrict x, const float *restrict w,
                                                    const float *restrict bias, const float *restrict residual,
                                                    float *restrict y)
@@ -1287,87 +1412,132 @@ static void pointwise_f32_14x14x384_to_64_residual(const float *restrict x, cons
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 64; n += 32) {
         for (int p = 0; p < 196; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 384, w + n, bias + n, residual + p * 64 + n, y + p * 64 + n, 7, 32, 384, 64, 64, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile8x32_avx512(x + p * 384, w + n * 384, bias + n, residual + p * 64 + n, y + p * 64 + n, 7, 32, 384, 32, 64, 1, 1, ACTIVATION_IDENTITY);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 64; n += 16) {
+    for (int n = 0; n < 64; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x16_avx2(x + p * 384, w + n, bias + n, residual + p * 64 + n, y + p * 64 + n, 4, 16, 384, 64, 64, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x16_avx2(x + p * 384, w + n * 384, bias + n, residual + p * 64 + n, y + p * 64 + n, 4, 16, 384, 32, 64, 1, 1, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 384, w + n * 384 + 16, bias + n + 16, residual + p * 64 + n + 16, y + p * 64 + n + 16, 4, 16, 384, 32, 64, 1, 1, ACTIVATION_IDENTITY);
         }
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 64; n += 8) {
+    for (int n = 0; n < 64; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x8_vector(x + p * 384, w + n, bias + n, residual + p * 64 + n, y + p * 64 + n, 4, 8, 384, 64, 64, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x8_vector(x + p * 384, w + n * 384, bias + n, residual + p * 64 + n, y + p * 64 + n, 4, 8, 384, 32, 64, 1, 1, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 384, w + n * 384 + 8, bias + n + 8, residual + p * 64 + n + 8, y + p * 64 + n + 8, 4, 8, 384, 32, 64, 1, 1, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 384, w + n * 384 + 16, bias + n + 16, residual + p * 64 + n + 16, y + p * 64 + n + 16, 4, 8, 384, 32, 64, 1, 1, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 384, w + n * 384 + 24, bias + n + 24, residual + p * 64 + n + 24, y + p * 64 + n + 24, 4, 8, 384, 32, 64, 1, 1, ACTIVATION_IDENTITY);
         }
     }
 #else
-    for (int n = 0; n < 64; n += 16) {
+    for (int n = 0; n < 64; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 384, w + n, bias + n, residual + p * 64 + n, y + p * 64 + n, 4, 16, 384, 64, 64, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile4x16_portable(x + p * 384, w + n * 384, bias + n, residual + p * 64 + n, y + p * 64 + n, 4, 16, 384, 32, 64, 1, 1, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 384, w + n * 384 + 16, bias + n + 16, residual + p * 64 + n + 16, y + p * 64 + n + 16, 4, 16, 384, 32, 64, 1, 1, ACTIVATION_IDENTITY);
         }
     }
 #endif
 }
 
-/* 1x1 convolution as a GEMM: y[196][96] = x[196][384] * w[384][96], then bias */
+/* 1x1 convolution as a GEMM: y[196][96] = x[196][384] * w[384][96] in 32-column panels, then bias */
 static void pointwise_f32_14x14x384_to_96(const float *restrict x, const float *restrict w,
                                           const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 196; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 384, w + n, bias + n, NULL, y + p * 96 + n, 7, 32, 384, 96, 96, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile8x32_avx512(x + p * 384, w + n * 384, bias + n, NULL, y + p * 96 + n, 7, 32, 384, 32, 96, 1, 0, ACTIVATION_IDENTITY);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 96; n += 16) {
+    for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x16_avx2(x + p * 384, w + n, bias + n, NULL, y + p * 96 + n, 4, 16, 384, 96, 96, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x16_avx2(x + p * 384, w + n * 384, bias + n, NULL, y + p * 96 + n, 4, 16, 384, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 384, w + n * 384 + 16, bias + n + 16, NULL, y + p * 96 + n + 16, 4, 16, 384, 32, 96, 1, 0, ACTIVATION_IDENTITY);
         }
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 96; n += 8) {
+    for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x8_vector(x + p * 384, w + n, bias + n, NULL, y + p * 96 + n, 4, 8, 384, 96, 96, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x8_vector(x + p * 384, w + n * 384, bias + n, NULL, y + p * 96 + n, 4, 8, 384, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 384, w + n * 384 + 8, bias + n + 8, NULL, y + p * 96 + n + 8, 4, 8, 384, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 384, w + n * 384 + 16, bias + n + 16, NULL, y + p * 96 + n + 16, 4, 8, 384, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 384, w + n * 384 + 24, bias + n + 24, NULL, y + p * 96 + n + 24, 4, 8, 384, 32, 96, 1, 0, ACTIVATION_IDENTITY);
         }
     }
 #else
-    for (int n = 0; n < 96; n += 16) {
+    for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 384, w + n, bias + n, NULL, y + p * 96 + n, 4, 16, 384, 96, 96, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile4x16_portable(x + p * 384, w + n * 384, bias + n, NULL, y + p * 96 + n, 4, 16, 384, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 384, w + n * 384 + 16, bias + n + 16, NULL, y + p * 96 + n + 16, 4, 16, 384, 32, 96, 1, 0, ACTIVATION_IDENTITY);
         }
     }
 #endif
 }
 
-/* 1x1 convolution as a GEMM: y[196][576] = x[196][96] * w[96][576], then bias, relu6 */
+/* 1x1 convolution as a GEMM: y[196][576] = x[196][96] * w[96][576] in 32-column panels, then bias, relu6 */
 static void pointwise_f32_14x14x96_to_576_relu6(const float *restrict x, const float *restrict w,
                                                 const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 576; n += 32) {
         for (int p = 0; p < 196; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 96, w + n, bias + n, NULL, y + p * 576 + n, 7, 32, 96, 576, 576, 1, 0, ACTIVATION_RELU6);
+            pointwise_f32_tile8x32_avx512(x + p * 96, w + n * 96, bias + n, NULL, y + p * 576 + n, 7, 32, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 576; n += 16) {
+    for (int n = 0; n < 576; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x16_avx2(x + p * 96, w + n, bias + n, NULL, y + p * 576 + n, 4, 16, 96, 576, 576, 1, 0, ACTIVATION_RELU6);
+            pointwise_f32_tile6x16_avx2(x + p * 96, w + n * 96, bias + n, NULL, y + p * 576 + n, 4, 16, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 96, w + n * 96 + 16, bias + n + 16, NULL, y + p * 576 + n + 16, 4, 16, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
         }
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 576; n += 8) {
+    for (int n = 0; n < 576; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x8_vector(x + p * 96, w + n, bias + n, NULL, y + p * 576 + n, 4, 8, 96, 576, 576, 1, 0, ACTIVATION_RELU6);
+            pointwise_f32_tile6x8_vector(x + p * 96, w + n * 96, bias + n, NULL, y + p * 576 + n, 4, 8, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 96, w + n * 96 + 8, bias + n + 8, NULL, y + p * 576 + n + 8, 4, 8, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 96, w + n * 96 + 16, bias + n + 16, NULL, y + p * 576 + n + 16, 4, 8, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 96, w + n * 96 + 24, bias + n + 24, NULL, y + p * 576 + n + 24, 4, 8, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
         }
     }
 #else
-    for (int n = 0; n < 576; n += 16) {
+    for (int n = 0; n < 576; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 96, w + n, bias + n, NULL, y + p * 576 + n, 4, 16, 96, 576, 576, 1, 0, ACTIVATION_RELU6);
+            pointwise_f32_tile4x16_portable(x + p * 96, w + n * 96, bias + n, NULL, y + p * 576 + n, 4, 16, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 96, w + n * 96 + 16, bias + n + 16, NULL, y + p * 576 + n + 16, 4, 16, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
         }
     }
 #endif
@@ -1396,7 +1566,7 @@ static void depthwise3x3_s1_f32_14x14x576_p1_relu6(const float *restrict x, cons
     }
 }
 
-/* 1x1 convolution as a GEMM: y[196][96] = x[196][576] * w[576][96], then bias, residual */
+/* 1x1 convolution as a GEMM: y[196][96] = x[196][576] * w[576][96] in 32-column panels, then bias, residual */
 static void pointwise_f32_14x14x576_to_96_residual(const float *restrict x, const float *restrict w,
                                                    const float *restrict bias, const float *restrict residual,
                                                    float *restrict y)
@@ -1404,25 +1574,40 @@ static void pointwise_f32_14x14x576_to_96_residual(const float *restrict x, cons
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 196; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 576, w + n, bias + n, residual + p * 96 + n, y + p * 96 + n, 7, 32, 576, 96, 96, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile8x32_avx512(x + p * 576, w + n * 576, bias + n, residual + p * 96 + n, y + p * 96 + n, 7, 32, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 96; n += 16) {
+    for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x16_avx2(x + p * 576, w + n, bias + n, residual + p * 96 + n, y + p * 96 + n, 4, 16, 576, 96, 96, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x16_avx2(x + p * 576, w + n * 576, bias + n, residual + p * 96 + n, y + p * 96 + n, 4, 16, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 576, w + n * 576 + 16, bias + n + 16, residual + p * 96 + n + 16, y + p * 96 + n + 16, 4, 16, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
         }
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 96; n += 8) {
+    for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x8_vector(x + p * 576, w + n, bias + n, residual + p * 96 + n, y + p * 96 + n, 4, 8, 576, 96, 96, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x8_vector(x + p * 576, w + n * 576, bias + n, residual + p * 96 + n, y + p * 96 + n, 4, 8, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 576, w + n * 576 + 8, bias + n + 8, residual + p * 96 + n + 8, y + p * 96 + n + 8, 4, 8, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 576, w + n * 576 + 16, bias + n + 16, residual + p * 96 + n + 16, y + p * 96 + n + 16, 4, 8, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 576, w + n * 576 + 24, bias + n + 24, residual + p * 96 + n + 24, y + p * 96 + n + 24, 4, 8, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
         }
     }
 #else
-    for (int n = 0; n < 96; n += 16) {
+    for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 576, w + n, bias + n, residual + p * 96 + n, y + p * 96 + n, 4, 16, 576, 96, 96, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile4x16_portable(x + p * 576, w + n * 576, bias + n, residual + p * 96 + n, y + p * 96 + n, 4, 16, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 576, w + n * 576 + 16, bias + n + 16, residual + p * 96 + n + 16, y + p * 96 + n + 16, 4, 16, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
         }
     }
 #endif
@@ -1451,70 +1636,110 @@ static void depthwise3x3_s2_f32_14x14x576_p0_0_1_1_relu6(const float *restrict x
     }
 }
 
-/* 1x1 convolution as a GEMM: y[49][160] = x[49][576] * w[576][160], then bias */
+/* 1x1 convolution as a GEMM: y[49][160] = x[49][576] * w[576][160] in 32-column panels, then bias */
 static void pointwise_f32_7x7x576_to_160(const float *restrict x, const float *restrict w,
                                          const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 160; n += 32) {
         for (int p = 0; p < 49; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 576, w + n, bias + n, NULL, y + p * 160 + n, 7, 32, 576, 160, 160, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile8x32_avx512(x + p * 576, w + n * 576, bias + n, NULL, y + p * 160 + n, 7, 32, 576, 32, 160, 1, 0, ACTIVATION_IDENTITY);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 160; n += 16) {
+    for (int n = 0; n < 160; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x16_avx2(x + p * 576, w + n, bias + n, NULL, y + p * 160 + n, 5, 16, 576, 160, 160, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x16_avx2(x + p * 576, w + n * 576, bias + n, NULL, y + p * 160 + n, 5, 16, 576, 32, 160, 1, 0, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile6x16_avx2(x + 25920, w + n, bias + n, NULL, y + n + 7200, 4, 16, 576, 160, 160, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x16_avx2(x + 25920, w + n * 576, bias + n, NULL, y + n + 7200, 4, 16, 576, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x16_avx2(x + p * 576, w + n * 576 + 16, bias + n + 16, NULL, y + p * 160 + n + 16, 5, 16, 576, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x16_avx2(x + 25920, w + n * 576 + 16, bias + n + 16, NULL, y + n + 16 + 7200, 4, 16, 576, 32, 160, 1, 0, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 160; n += 8) {
+    for (int n = 0; n < 160; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x8_vector(x + p * 576, w + n, bias + n, NULL, y + p * 160 + n, 5, 8, 576, 160, 160, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x8_vector(x + p * 576, w + n * 576, bias + n, NULL, y + p * 160 + n, 5, 8, 576, 32, 160, 1, 0, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile6x8_vector(x + 25920, w + n, bias + n, NULL, y + n + 7200, 4, 8, 576, 160, 160, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x8_vector(x + 25920, w + n * 576, bias + n, NULL, y + n + 7200, 4, 8, 576, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 576, w + n * 576 + 8, bias + n + 8, NULL, y + p * 160 + n + 8, 5, 8, 576, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x8_vector(x + 25920, w + n * 576 + 8, bias + n + 8, NULL, y + n + 8 + 7200, 4, 8, 576, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 576, w + n * 576 + 16, bias + n + 16, NULL, y + p * 160 + n + 16, 5, 8, 576, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x8_vector(x + 25920, w + n * 576 + 16, bias + n + 16, NULL, y + n + 16 + 7200, 4, 8, 576, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 576, w + n * 576 + 24, bias + n + 24, NULL, y + p * 160 + n + 24, 5, 8, 576, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x8_vector(x + 25920, w + n * 576 + 24, bias + n + 24, NULL, y + n + 24 + 7200, 4, 8, 576, 32, 160, 1, 0, ACTIVATION_IDENTITY);
     }
 #else
-    for (int n = 0; n < 160; n += 16) {
+    for (int n = 0; n < 160; n += 32) {
         for (int p = 0; p < 48; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 576, w + n, bias + n, NULL, y + p * 160 + n, 4, 16, 576, 160, 160, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile4x16_portable(x + p * 576, w + n * 576, bias + n, NULL, y + p * 160 + n, 4, 16, 576, 32, 160, 1, 0, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile4x16_portable(x + 27648, w + n, bias + n, NULL, y + n + 7680, 1, 16, 576, 160, 160, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile4x16_portable(x + 27648, w + n * 576, bias + n, NULL, y + n + 7680, 1, 16, 576, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 48; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 576, w + n * 576 + 16, bias + n + 16, NULL, y + p * 160 + n + 16, 4, 16, 576, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile4x16_portable(x + 27648, w + n * 576 + 16, bias + n + 16, NULL, y + n + 16 + 7680, 1, 16, 576, 32, 160, 1, 0, ACTIVATION_IDENTITY);
     }
 #endif
 }
 
-/* 1x1 convolution as a GEMM: y[49][960] = x[49][160] * w[160][960], then bias, relu6 */
+/* 1x1 convolution as a GEMM: y[49][960] = x[49][160] * w[160][960] in 32-column panels, then bias, relu6 */
 static void pointwise_f32_7x7x160_to_960_relu6(const float *restrict x, const float *restrict w,
                                                const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 960; n += 32) {
         for (int p = 0; p < 49; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 160, w + n, bias + n, NULL, y + p * 960 + n, 7, 32, 160, 960, 960, 1, 0, ACTIVATION_RELU6);
+            pointwise_f32_tile8x32_avx512(x + p * 160, w + n * 160, bias + n, NULL, y + p * 960 + n, 7, 32, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 960; n += 16) {
+    for (int n = 0; n < 960; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x16_avx2(x + p * 160, w + n, bias + n, NULL, y + p * 960 + n, 5, 16, 160, 960, 960, 1, 0, ACTIVATION_RELU6);
+            pointwise_f32_tile6x16_avx2(x + p * 160, w + n * 160, bias + n, NULL, y + p * 960 + n, 5, 16, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
         }
-        pointwise_f32_tile6x16_avx2(x + 7200, w + n, bias + n, NULL, y + n + 43200, 4, 16, 160, 960, 960, 1, 0, ACTIVATION_RELU6);
+        pointwise_f32_tile6x16_avx2(x + 7200, w + n * 160, bias + n, NULL, y + n + 43200, 4, 16, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x16_avx2(x + p * 160, w + n * 160 + 16, bias + n + 16, NULL, y + p * 960 + n + 16, 5, 16, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
+        }
+        pointwise_f32_tile6x16_avx2(x + 7200, w + n * 160 + 16, bias + n + 16, NULL, y + n + 16 + 43200, 4, 16, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 960; n += 8) {
+    for (int n = 0; n < 960; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x8_vector(x + p * 160, w + n, bias + n, NULL, y + p * 960 + n, 5, 8, 160, 960, 960, 1, 0, ACTIVATION_RELU6);
+            pointwise_f32_tile6x8_vector(x + p * 160, w + n * 160, bias + n, NULL, y + p * 960 + n, 5, 8, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
         }
-        pointwise_f32_tile6x8_vector(x + 7200, w + n, bias + n, NULL, y + n + 43200, 4, 8, 160, 960, 960, 1, 0, ACTIVATION_RELU6);
+        pointwise_f32_tile6x8_vector(x + 7200, w + n * 160, bias + n, NULL, y + n + 43200, 4, 8, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 160, w + n * 160 + 8, bias + n + 8, NULL, y + p * 960 + n + 8, 5, 8, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
+        }
+        pointwise_f32_tile6x8_vector(x + 7200, w + n * 160 + 8, bias + n + 8, NULL, y + n + 8 + 43200, 4, 8, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 160, w + n * 160 + 16, bias + n + 16, NULL, y + p * 960 + n + 16, 5, 8, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
+        }
+        pointwise_f32_tile6x8_vector(x + 7200, w + n * 160 + 16, bias + n + 16, NULL, y + n + 16 + 43200, 4, 8, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 160, w + n * 160 + 24, bias + n + 24, NULL, y + p * 960 + n + 24, 5, 8, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
+        }
+        pointwise_f32_tile6x8_vector(x + 7200, w + n * 160 + 24, bias + n + 24, NULL, y + n + 24 + 43200, 4, 8, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
     }
 #else
-    for (int n = 0; n < 960; n += 16) {
+    for (int n = 0; n < 960; n += 32) {
         for (int p = 0; p < 48; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 160, w + n, bias + n, NULL, y + p * 960 + n, 4, 16, 160, 960, 960, 1, 0, ACTIVATION_RELU6);
+            pointwise_f32_tile4x16_portable(x + p * 160, w + n * 160, bias + n, NULL, y + p * 960 + n, 4, 16, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
         }
-        pointwise_f32_tile4x16_portable(x + 7680, w + n, bias + n, NULL, y + n + 46080, 1, 16, 160, 960, 960, 1, 0, ACTIVATION_RELU6);
+        pointwise_f32_tile4x16_portable(x + 7680, w + n * 160, bias + n, NULL, y + n + 46080, 1, 16, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
+        for (int p = 0; p < 48; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 160, w + n * 160 + 16, bias + n + 16, NULL, y + p * 960 + n + 16, 4, 16, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
+        }
+        pointwise_f32_tile4x16_portable(x + 7680, w + n * 160 + 16, bias + n + 16, NULL, y + n + 16 + 46080, 1, 16, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
     }
 #endif
 }
@@ -1542,7 +1767,7 @@ static void depthwise3x3_s1_f32_7x7x960_p1_relu6(const float *restrict x, const 
     }
 }
 
-/* 1x1 convolution as a GEMM: y[49][160] = x[49][960] * w[960][160], then bias, residual */
+/* 1x1 convolution as a GEMM: y[49][160] = x[49][960] * w[960][160] in 32-column panels, then bias, residual */
 static void pointwise_f32_7x7x960_to_160_residual(const float *restrict x, const float *restrict w,
                                                   const float *restrict bias, const float *restrict residual,
                                                   float *restrict y)
@@ -1550,97 +1775,157 @@ static void pointwise_f32_7x7x960_to_160_residual(const float *restrict x, const
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 160; n += 32) {
         for (int p = 0; p < 49; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 960, w + n, bias + n, residual + p * 160 + n, y + p * 160 + n, 7, 32, 960, 160, 160, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile8x32_avx512(x + p * 960, w + n * 960, bias + n, residual + p * 160 + n, y + p * 160 + n, 7, 32, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 160; n += 16) {
+    for (int n = 0; n < 160; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x16_avx2(x + p * 960, w + n, bias + n, residual + p * 160 + n, y + p * 160 + n, 5, 16, 960, 160, 160, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x16_avx2(x + p * 960, w + n * 960, bias + n, residual + p * 160 + n, y + p * 160 + n, 5, 16, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile6x16_avx2(x + 43200, w + n, bias + n, residual + n + 7200, y + n + 7200, 4, 16, 960, 160, 160, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x16_avx2(x + 43200, w + n * 960, bias + n, residual + n + 7200, y + n + 7200, 4, 16, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x16_avx2(x + p * 960, w + n * 960 + 16, bias + n + 16, residual + p * 160 + n + 16, y + p * 160 + n + 16, 5, 16, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x16_avx2(x + 43200, w + n * 960 + 16, bias + n + 16, residual + n + 16 + 7200, y + n + 16 + 7200, 4, 16, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 160; n += 8) {
+    for (int n = 0; n < 160; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x8_vector(x + p * 960, w + n, bias + n, residual + p * 160 + n, y + p * 160 + n, 5, 8, 960, 160, 160, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x8_vector(x + p * 960, w + n * 960, bias + n, residual + p * 160 + n, y + p * 160 + n, 5, 8, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile6x8_vector(x + 43200, w + n, bias + n, residual + n + 7200, y + n + 7200, 4, 8, 960, 160, 160, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x8_vector(x + 43200, w + n * 960, bias + n, residual + n + 7200, y + n + 7200, 4, 8, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 960, w + n * 960 + 8, bias + n + 8, residual + p * 160 + n + 8, y + p * 160 + n + 8, 5, 8, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x8_vector(x + 43200, w + n * 960 + 8, bias + n + 8, residual + n + 8 + 7200, y + n + 8 + 7200, 4, 8, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 960, w + n * 960 + 16, bias + n + 16, residual + p * 160 + n + 16, y + p * 160 + n + 16, 5, 8, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x8_vector(x + 43200, w + n * 960 + 16, bias + n + 16, residual + n + 16 + 7200, y + n + 16 + 7200, 4, 8, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 960, w + n * 960 + 24, bias + n + 24, residual + p * 160 + n + 24, y + p * 160 + n + 24, 5, 8, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x8_vector(x + 43200, w + n * 960 + 24, bias + n + 24, residual + n + 24 + 7200, y + n + 24 + 7200, 4, 8, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
     }
 #else
-    for (int n = 0; n < 160; n += 16) {
+    for (int n = 0; n < 160; n += 32) {
         for (int p = 0; p < 48; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 960, w + n, bias + n, residual + p * 160 + n, y + p * 160 + n, 4, 16, 960, 160, 160, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile4x16_portable(x + p * 960, w + n * 960, bias + n, residual + p * 160 + n, y + p * 160 + n, 4, 16, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile4x16_portable(x + 46080, w + n, bias + n, residual + n + 7680, y + n + 7680, 1, 16, 960, 160, 160, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile4x16_portable(x + 46080, w + n * 960, bias + n, residual + n + 7680, y + n + 7680, 1, 16, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 48; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 960, w + n * 960 + 16, bias + n + 16, residual + p * 160 + n + 16, y + p * 160 + n + 16, 4, 16, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile4x16_portable(x + 46080, w + n * 960 + 16, bias + n + 16, residual + n + 16 + 7680, y + n + 16 + 7680, 1, 16, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
     }
 #endif
 }
 
-/* 1x1 convolution as a GEMM: y[49][320] = x[49][960] * w[960][320], then bias */
+/* 1x1 convolution as a GEMM: y[49][320] = x[49][960] * w[960][320] in 32-column panels, then bias */
 static void pointwise_f32_7x7x960_to_320(const float *restrict x, const float *restrict w,
                                          const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 320; n += 32) {
         for (int p = 0; p < 49; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 960, w + n, bias + n, NULL, y + p * 320 + n, 7, 32, 960, 320, 320, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile8x32_avx512(x + p * 960, w + n * 960, bias + n, NULL, y + p * 320 + n, 7, 32, 960, 32, 320, 1, 0, ACTIVATION_IDENTITY);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 320; n += 16) {
+    for (int n = 0; n < 320; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x16_avx2(x + p * 960, w + n, bias + n, NULL, y + p * 320 + n, 5, 16, 960, 320, 320, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x16_avx2(x + p * 960, w + n * 960, bias + n, NULL, y + p * 320 + n, 5, 16, 960, 32, 320, 1, 0, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile6x16_avx2(x + 43200, w + n, bias + n, NULL, y + n + 14400, 4, 16, 960, 320, 320, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x16_avx2(x + 43200, w + n * 960, bias + n, NULL, y + n + 14400, 4, 16, 960, 32, 320, 1, 0, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x16_avx2(x + p * 960, w + n * 960 + 16, bias + n + 16, NULL, y + p * 320 + n + 16, 5, 16, 960, 32, 320, 1, 0, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x16_avx2(x + 43200, w + n * 960 + 16, bias + n + 16, NULL, y + n + 16 + 14400, 4, 16, 960, 32, 320, 1, 0, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 320; n += 8) {
+    for (int n = 0; n < 320; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x8_vector(x + p * 960, w + n, bias + n, NULL, y + p * 320 + n, 5, 8, 960, 320, 320, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x8_vector(x + p * 960, w + n * 960, bias + n, NULL, y + p * 320 + n, 5, 8, 960, 32, 320, 1, 0, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile6x8_vector(x + 43200, w + n, bias + n, NULL, y + n + 14400, 4, 8, 960, 320, 320, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x8_vector(x + 43200, w + n * 960, bias + n, NULL, y + n + 14400, 4, 8, 960, 32, 320, 1, 0, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 960, w + n * 960 + 8, bias + n + 8, NULL, y + p * 320 + n + 8, 5, 8, 960, 32, 320, 1, 0, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x8_vector(x + 43200, w + n * 960 + 8, bias + n + 8, NULL, y + n + 8 + 14400, 4, 8, 960, 32, 320, 1, 0, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 960, w + n * 960 + 16, bias + n + 16, NULL, y + p * 320 + n + 16, 5, 8, 960, 32, 320, 1, 0, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x8_vector(x + 43200, w + n * 960 + 16, bias + n + 16, NULL, y + n + 16 + 14400, 4, 8, 960, 32, 320, 1, 0, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 960, w + n * 960 + 24, bias + n + 24, NULL, y + p * 320 + n + 24, 5, 8, 960, 32, 320, 1, 0, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x8_vector(x + 43200, w + n * 960 + 24, bias + n + 24, NULL, y + n + 24 + 14400, 4, 8, 960, 32, 320, 1, 0, ACTIVATION_IDENTITY);
     }
 #else
-    for (int n = 0; n < 320; n += 16) {
+    for (int n = 0; n < 320; n += 32) {
         for (int p = 0; p < 48; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 960, w + n, bias + n, NULL, y + p * 320 + n, 4, 16, 960, 320, 320, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile4x16_portable(x + p * 960, w + n * 960, bias + n, NULL, y + p * 320 + n, 4, 16, 960, 32, 320, 1, 0, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile4x16_portable(x + 46080, w + n, bias + n, NULL, y + n + 15360, 1, 16, 960, 320, 320, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile4x16_portable(x + 46080, w + n * 960, bias + n, NULL, y + n + 15360, 1, 16, 960, 32, 320, 1, 0, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 48; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 960, w + n * 960 + 16, bias + n + 16, NULL, y + p * 320 + n + 16, 4, 16, 960, 32, 320, 1, 0, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile4x16_portable(x + 46080, w + n * 960 + 16, bias + n + 16, NULL, y + n + 16 + 15360, 1, 16, 960, 32, 320, 1, 0, ACTIVATION_IDENTITY);
     }
 #endif
 }
 
-/* 1x1 convolution as a GEMM: y[49][1280] = x[49][320] * w[320][1280], then bias, relu6 */
+/* 1x1 convolution as a GEMM: y[49][1280] = x[49][320] * w[320][1280] in 32-column panels, then bias, relu6 */
 static void pointwise_f32_7x7x320_to_1280_relu6(const float *restrict x, const float *restrict w,
                                                 const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 1280; n += 32) {
         for (int p = 0; p < 49; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 320, w + n, bias + n, NULL, y + p * 1280 + n, 7, 32, 320, 1280, 1280, 1, 0, ACTIVATION_RELU6);
+            pointwise_f32_tile8x32_avx512(x + p * 320, w + n * 320, bias + n, NULL, y + p * 1280 + n, 7, 32, 320, 32, 1280, 1, 0, ACTIVATION_RELU6);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 1280; n += 16) {
+    for (int n = 0; n < 1280; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x16_avx2(x + p * 320, w + n, bias + n, NULL, y + p * 1280 + n, 5, 16, 320, 1280, 1280, 1, 0, ACTIVATION_RELU6);
+            pointwise_f32_tile6x16_avx2(x + p * 320, w + n * 320, bias + n, NULL, y + p * 1280 + n, 5, 16, 320, 32, 1280, 1, 0, ACTIVATION_RELU6);
         }
-        pointwise_f32_tile6x16_avx2(x + 14400, w + n, bias + n, NULL, y + n + 57600, 4, 16, 320, 1280, 1280, 1, 0, ACTIVATION_RELU6);
+        pointwise_f32_tile6x16_avx2(x + 14400, w + n * 320, bias + n, NULL, y + n + 57600, 4, 16, 320, 32, 1280, 1, 0, ACTIVATION_RELU6);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x16_avx2(x + p * 320, w + n * 320 + 16, bias + n + 16, NULL, y + p * 1280 + n + 16, 5, 16, 320, 32, 1280, 1, 0, ACTIVATION_RELU6);
+        }
+        pointwise_f32_tile6x16_avx2(x + 14400, w + n * 320 + 16, bias + n + 16, NULL, y + n + 16 + 57600, 4, 16, 320, 32, 1280, 1, 0, ACTIVATION_RELU6);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 1280; n += 8) {
+    for (int n = 0; n < 1280; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x8_vector(x + p * 320, w + n, bias + n, NULL, y + p * 1280 + n, 5, 8, 320, 1280, 1280, 1, 0, ACTIVATION_RELU6);
+            pointwise_f32_tile6x8_vector(x + p * 320, w + n * 320, bias + n, NULL, y + p * 1280 + n, 5, 8, 320, 32, 1280, 1, 0, ACTIVATION_RELU6);
         }
-        pointwise_f32_tile6x8_vector(x + 14400, w + n, bias + n, NULL, y + n + 57600, 4, 8, 320, 1280, 1280, 1, 0, ACTIVATION_RELU6);
+        pointwise_f32_tile6x8_vector(x + 14400, w + n * 320, bias + n, NULL, y + n + 57600, 4, 8, 320, 32, 1280, 1, 0, ACTIVATION_RELU6);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 320, w + n * 320 + 8, bias + n + 8, NULL, y + p * 1280 + n + 8, 5, 8, 320, 32, 1280, 1, 0, ACTIVATION_RELU6);
+        }
+        pointwise_f32_tile6x8_vector(x + 14400, w + n * 320 + 8, bias + n + 8, NULL, y + n + 8 + 57600, 4, 8, 320, 32, 1280, 1, 0, ACTIVATION_RELU6);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 320, w + n * 320 + 16, bias + n + 16, NULL, y + p * 1280 + n + 16, 5, 8, 320, 32, 1280, 1, 0, ACTIVATION_RELU6);
+        }
+        pointwise_f32_tile6x8_vector(x + 14400, w + n * 320 + 16, bias + n + 16, NULL, y + n + 16 + 57600, 4, 8, 320, 32, 1280, 1, 0, ACTIVATION_RELU6);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 320, w + n * 320 + 24, bias + n + 24, NULL, y + p * 1280 + n + 24, 5, 8, 320, 32, 1280, 1, 0, ACTIVATION_RELU6);
+        }
+        pointwise_f32_tile6x8_vector(x + 14400, w + n * 320 + 24, bias + n + 24, NULL, y + n + 24 + 57600, 4, 8, 320, 32, 1280, 1, 0, ACTIVATION_RELU6);
     }
 #else
-    for (int n = 0; n < 1280; n += 16) {
+    for (int n = 0; n < 1280; n += 32) {
         for (int p = 0; p < 48; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 320, w + n, bias + n, NULL, y + p * 1280 + n, 4, 16, 320, 1280, 1280, 1, 0, ACTIVATION_RELU6);
+            pointwise_f32_tile4x16_portable(x + p * 320, w + n * 320, bias + n, NULL, y + p * 1280 + n, 4, 16, 320, 32, 1280, 1, 0, ACTIVATION_RELU6);
         }
-        pointwise_f32_tile4x16_portable(x + 15360, w + n, bias + n, NULL, y + n + 61440, 1, 16, 320, 1280, 1280, 1, 0, ACTIVATION_RELU6);
+        pointwise_f32_tile4x16_portable(x + 15360, w + n * 320, bias + n, NULL, y + n + 61440, 1, 16, 320, 32, 1280, 1, 0, ACTIVATION_RELU6);
+        for (int p = 0; p < 48; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 320, w + n * 320 + 16, bias + n + 16, NULL, y + p * 1280 + n + 16, 4, 16, 320, 32, 1280, 1, 0, ACTIVATION_RELU6);
+        }
+        pointwise_f32_tile4x16_portable(x + 15360, w + n * 320 + 16, bias + n + 16, NULL, y + n + 16 + 61440, 1, 16, 320, 32, 1280, 1, 0, ACTIVATION_RELU6);
     }
 #endif
 }
@@ -1661,30 +1946,36 @@ static void global_avgpool_f32_7x7x1280(const float *restrict x, float *restrict
     }
 }
 
-/* 1x1 convolution as a GEMM: y[1][1001] = x[1][1280] * w[1280][1001], then bias */
+/* 1x1 convolution as a GEMM: y[1][1001] = x[1][1280] * w[1280][1001] in 32-column panels, then bias */
 static void pointwise_f32_1x1x1280_to_1001(const float *restrict x, const float *restrict w,
                                            const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 992; n += 32) {
-        pointwise_f32_tile8x32_avx512(x, w + n, bias + n, NULL, y + n, 1, 32, 1280, 1001, 1001, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile8x32_avx512(x, w + n * 1280, bias + n, NULL, y + n, 1, 32, 1280, 32, 1001, 1, 0, ACTIVATION_IDENTITY);
     }
-    pointwise_f32_tile8x32_avx512(x, w + 992, bias + 992, NULL, y + 992, 1, 9, 1280, 1001, 1001, 1, 0, ACTIVATION_IDENTITY);
+    pointwise_f32_tile8x32_avx512(x, w + 1269760, bias + 992, NULL, y + 992, 1, 9, 1280, 9, 1001, 1, 0, ACTIVATION_IDENTITY);
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 992; n += 16) {
-        pointwise_f32_tile6x16_avx2(x, w + n, bias + n, NULL, y + n, 1, 16, 1280, 1001, 1001, 1, 0, ACTIVATION_IDENTITY);
+    for (int n = 0; n < 992; n += 32) {
+        pointwise_f32_tile6x16_avx2(x, w + n * 1280, bias + n, NULL, y + n, 1, 16, 1280, 32, 1001, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x16_avx2(x, w + n * 1280 + 16, bias + n + 16, NULL, y + n + 16, 1, 16, 1280, 32, 1001, 1, 0, ACTIVATION_IDENTITY);
     }
-    pointwise_f32_tile6x16_avx2(x, w + 992, bias + 992, NULL, y + 992, 1, 9, 1280, 1001, 1001, 1, 0, ACTIVATION_IDENTITY);
+    pointwise_f32_tile6x16_avx2(x, w + 1269760, bias + 992, NULL, y + 992, 1, 9, 1280, 9, 1001, 1, 0, ACTIVATION_IDENTITY);
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 1000; n += 8) {
-        pointwise_f32_tile6x8_vector(x, w + n, bias + n, NULL, y + n, 1, 8, 1280, 1001, 1001, 1, 0, ACTIVATION_IDENTITY);
+    for (int n = 0; n < 992; n += 32) {
+        pointwise_f32_tile6x8_vector(x, w + n * 1280, bias + n, NULL, y + n, 1, 8, 1280, 32, 1001, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x8_vector(x, w + n * 1280 + 8, bias + n + 8, NULL, y + n + 8, 1, 8, 1280, 32, 1001, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x8_vector(x, w + n * 1280 + 16, bias + n + 16, NULL, y + n + 16, 1, 8, 1280, 32, 1001, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x8_vector(x, w + n * 1280 + 24, bias + n + 24, NULL, y + n + 24, 1, 8, 1280, 32, 1001, 1, 0, ACTIVATION_IDENTITY);
     }
-    pointwise_f32_tile6x8_vector(x, w + 1000, bias + 1000, NULL, y + 1000, 1, 1, 1280, 1001, 1001, 1, 0, ACTIVATION_IDENTITY);
+    pointwise_f32_tile6x8_vector(x, w + 1269760, bias + 992, NULL, y + 992, 1, 8, 1280, 9, 1001, 1, 0, ACTIVATION_IDENTITY);
+    pointwise_f32_tile6x8_vector(x, w + 1269768, bias + 1000, NULL, y + 1000, 1, 1, 1280, 9, 1001, 1, 0, ACTIVATION_IDENTITY);
 #else
-    for (int n = 0; n < 992; n += 16) {
-        pointwise_f32_tile4x16_portable(x, w + n, bias + n, NULL, y + n, 1, 16, 1280, 1001, 1001, 1, 0, ACTIVATION_IDENTITY);
+    for (int n = 0; n < 992; n += 32) {
+        pointwise_f32_tile4x16_portable(x, w + n * 1280, bias + n, NULL, y + n, 1, 16, 1280, 32, 1001, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile4x16_portable(x, w + n * 1280 + 16, bias + n + 16, NULL, y + n + 16, 1, 16, 1280, 32, 1001, 1, 0, ACTIVATION_IDENTITY);
     }
-    pointwise_f32_tile4x16_portable(x, w + 992, bias + 992, NULL, y + 992, 1, 9, 1280, 1001, 1001, 1, 0, ACTIVATION_IDENTITY);
+    pointwise_f32_tile4x16_portable(x, w + 1269760, bias + 992, NULL, y + 992, 1, 9, 1280, 9, 1001, 1, 0, ACTIVATION_IDENTITY);
 #endif
 }
 

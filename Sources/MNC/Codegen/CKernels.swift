@@ -149,9 +149,10 @@ private let outputParameter = "float *restrict y"
 private func constParameter(_ name: String) -> String { "const float *restrict \(name)" }
 
 extension CKernelLibrary {
-    /// Defines the kernel of a 1×1, stride-1, unpadded convolution on NHWC input with `io`
-    /// weights: a GEMM `y[P][N] = x[P][K] · w[K][N]` tiled into register blocks, with bias,
-    /// activation and residual in the tile's epilogue. Arguments: x, w, [bias], [residual], y.
+    /// Defines the kernel of a 1×1, stride-1, unpadded convolution on NHWC input with
+    /// `io_panels` weights: a GEMM `y[P][N] = x[P][K] · w[K][N]` tiled into register blocks,
+    /// with bias, activation and residual in the tile's epilogue. Arguments: x, w, [bias],
+    /// [residual], y.
     mutating func pointwiseConvolution(input: CTensor, outputChannels: Int, hasBias: Bool,
                                        activation: Activation, hasResidual: Bool) -> String {
         use(.pointwiseTile)
@@ -165,42 +166,8 @@ extension CKernelLibrary {
             } else {
                 body.directive("#elif \(tile.condition)")
             }
-            let tileRows = tile.rows(forPixels: pixels)
-
-            func callTile(pixel: String, rows: Int, column: String, columns: Int) {
-                let outputOffset = CExpression.sum([CExpression.times(pixel, outputChannels), column])
-                let arguments = [
-                    CExpression.offset("x", CExpression.times(pixel, inputChannels)),
-                    CExpression.offset("w", column),
-                    hasBias ? CExpression.offset("bias", column) : "NULL",
-                    hasResidual ? CExpression.offset("residual", outputOffset) : "NULL",
-                    CExpression.offset("y", outputOffset),
-                    "\(rows)", "\(columns)", "\(inputChannels)", "\(outputChannels)", "\(outputChannels)",
-                    hasBias ? "1" : "0", hasResidual ? "1" : "0", activationConstant(activation),
-                ]
-                body.line("\(tile.function)(\(arguments.joined(separator: ", ")));")
-            }
-
-            // Loop order: a weight matrix that fits in L1 stays there while row tiles stream
-            // past it. Otherwise the order that moves fewer bytes wins: row tiles outside read
-            // the weights once per row tile, column panels outside read the input once per panel.
-            let weightBytes = inputChannels * outputChannels * 4, inputBytes = pixels * inputChannels * 4
-            let rowTiles = (pixels + tileRows - 1) / tileRows
-            let panels = (outputChannels + tile.columns - 1) / tile.columns
-            let panelsOutside = weightBytes > 32 * 1024 && inputBytes * panels + weightBytes < weightBytes * rowTiles + inputBytes
-            let rowSegments = tileSegments(variable: "p", extent: pixels, step: tileRows)
-            let columnSegments = tileSegments(variable: "n", extent: outputChannels, step: tile.columns)
-            let (outer, inner) = panelsOutside ? (columnSegments, rowSegments) : (rowSegments, columnSegments)
-            for outerSegment in outer {
-                if outerSegment.isLoop { body.openFor(outerSegment.variable, to: outerSegment.end, step: outerSegment.count) }
-                for innerSegment in inner {
-                    if innerSegment.isLoop { body.openFor(innerSegment.variable, to: innerSegment.end, step: innerSegment.count) }
-                    let (row, column) = panelsOutside ? (innerSegment, outerSegment) : (outerSegment, innerSegment)
-                    callTile(pixel: row.start, rows: row.count, column: column.start, columns: column.count)
-                    if innerSegment.isLoop { body.close() }
-                }
-                if outerSegment.isLoop { body.close() }
-            }
+            emitPointwiseGEMM(&body, tile: tile, pixels: pixels, inputChannels: inputChannels, outputChannels: outputChannels,
+                              x: "x", y: "y", residual: hasResidual ? "residual" : nil, hasBias: hasBias, activation: activation)
         }
         body.directive("#endif")
 
@@ -211,7 +178,8 @@ extension CKernelLibrary {
         if hasResidual { parameters.append(constParameter("residual")) }
         parameters.append(outputParameter)
         let summary = "1x1 convolution as a GEMM: y[\(pixels)][\(outputChannels)] = x[\(pixels)][\(inputChannels)]"
-            + " * w[\(inputChannels)][\(outputChannels)]" + epilogueDescription(hasBias: hasBias, activation: activation, hasResidual: hasResidual)
+            + " * w[\(inputChannels)][\(outputChannels)] in \(weightPanelWidth)-column panels"
+            + epilogueDescription(hasBias: hasBias, activation: activation, hasResidual: hasResidual)
         return define(name: name, summary: summary, parameters: parameters, body: body)
     }
 
@@ -374,6 +342,12 @@ extension CKernelLibrary {
             // [kh][kw][in / groups][out]; `io` is the 1×1 case and `hwc` the one-input-per-group case.
             let tap = CExpression.sum([CExpression.times("ky", kw), "kx"])
             weightIndex = CExpression.sum([CExpression.times(CExpression.sum([CExpression.times(tap, groupInputs), "i"]), outChannels), outputChannel])
+        case .inputOutputPanels:
+            // A 1×1 kernel with groups 1: column o of row i lies in the panel that starts at
+            // column o - o % 32, whose rows are 32 floats wide, or N % 32 for a last, narrower panel.
+            let panel = weightPanelWidth, last = outChannels - outChannels % panel
+            let width = outChannels % panel == 0 ? "\(panel)" : "(o < \(last) ? \(panel) : \(outChannels - last))"
+            weightIndex = "(o - o % \(panel)) * \(groupInputs) + i * \(width) + o % \(panel)"
         }
         body.openFor("o", to: groupOutputs)
         body.line("yp[\(outputChannel)] += xv * w[\(weightIndex)];")
@@ -551,6 +525,53 @@ extension CKernelLibrary {
         body.line("y[\(output.index(pixel: "p", channel: "c"))] = \(expression(values));")
         body.close()
         body.close()
+    }
+}
+
+/// Writes the loops of a GEMM `y[P][N] = x[P][K] · w[K][N]` over `io_panels` weights for one
+/// instruction-set tier: each weight panel (`weightPanelWidth` columns) is loaded once and stays
+/// in L1 while every row tile of x streams past it, so the weights cross the memory hierarchy
+/// once per call. x rows are K floats apart and y and residual rows N floats apart. `x`, `y` and
+/// `residual` are C pointer expressions; bias is read from `bias` when `hasBias`.
+func emitPointwiseGEMM(_ body: inout CWriter, tile: PointwiseTileShape, pixels: Int, inputChannels: Int, outputChannels: Int,
+                       x: String, y: String, residual: String?, hasBias: Bool, activation: Activation) {
+    let tileRows = tile.rows(forPixels: pixels)
+    let rowSegments = tileSegments(variable: "p", extent: pixels, step: tileRows)
+
+    // One panel starting at column `start` (a literal or the loop variable), `width` columns wide.
+    func emitPanel(start: String, width: Int) {
+        var column = 0
+        while column < width {
+            let columns = min(tile.columns, width - column)
+            let outputColumn = CExpression.sum([start, String(column)])
+            let weights = CExpression.sum([CExpression.times(start, inputChannels), String(column)])
+            for row in rowSegments {
+                if row.isLoop { body.openFor(row.variable, to: row.end, step: row.count) }
+                let outputOffset = CExpression.sum([CExpression.times(row.start, outputChannels), outputColumn])
+                let arguments = [
+                    CExpression.offset(x, CExpression.times(row.start, inputChannels)),
+                    CExpression.offset("w", weights),
+                    hasBias ? CExpression.offset("bias", outputColumn) : "NULL",
+                    residual.map { CExpression.offset($0, outputOffset) } ?? "NULL",
+                    CExpression.offset(y, outputOffset),
+                    "\(row.count)", "\(columns)", "\(inputChannels)", "\(width)", "\(outputChannels)",
+                    hasBias ? "1" : "0", residual != nil ? "1" : "0", activationConstant(activation),
+                ]
+                body.line("\(tile.function)(\(arguments.joined(separator: ", ")));")
+                if row.isLoop { body.close() }
+            }
+            column += columns
+        }
+    }
+
+    for panel in tileSegments(variable: "n", extent: outputChannels, step: weightPanelWidth) {
+        if panel.isLoop {
+            body.openFor(panel.variable, to: panel.end, step: panel.count)
+            emitPanel(start: panel.variable, width: panel.count)
+            body.close()
+        } else {
+            emitPanel(start: panel.start, width: panel.count)
+        }
     }
 }
 
