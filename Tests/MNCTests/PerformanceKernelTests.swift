@@ -92,6 +92,25 @@ final class PerformanceKernelTests: XCTestCase {
             try checkTiers(builder.finish(from: second), label: "\(height)x\(width)x\(inChannels) -> \(outChannels)")
         }
     }
+
+    /// Depthwise kernels 3×3 and 5×5, stride 1 and 2, symmetric and asymmetric padding, on
+    /// maps narrower than one pixel block, with interior block loops, and with channel counts
+    /// that leave partial vectors; one convolution adds a residual.
+    func testDepthwiseEdgeForms() throws {
+        let same = Padding(top: 1, left: 1, bottom: 1, right: 1)
+        for (channels, height, width) in [(24, 17, 9), (7, 5, 12), (40, 1, 3), (16, 33, 41)] {
+            var builder = KernelGraphBuilder(channels: channels, height: height, width: width)
+            let first = builder.convolution(from: 0, outChannels: channels, kernel: 3, stride: 1, padding: same, groups: channels,
+                                            activation: .relu6)
+            let second = builder.convolution(from: first, outChannels: channels, kernel: 3, stride: 1, padding: same, groups: channels,
+                                             activation: .identity, residual: first)
+            let third = builder.convolution(from: second, outChannels: channels, kernel: 5, stride: 2,
+                                            padding: Padding(top: 1, left: 2, bottom: 2, right: 1), groups: channels, activation: .hardswish)
+            let fourth = builder.convolution(from: third, outChannels: channels, kernel: 3, stride: 2,
+                                             padding: Padding(top: 0, left: 1, bottom: 1, right: 0), groups: channels, activation: .relu)
+            try checkTiers(builder.finish(from: fourth), label: "depthwise \(height)x\(width)x\(channels)")
+        }
+    }
 }
 
 /// Builds small test graphs on an NHWC input: convolutions under test, then a depthwise

@@ -80,6 +80,14 @@ struct CKernelLibrary {
         }
     }
 
+    /// Adds the text of a shared inline helper under `name` unless a helper of that name exists.
+    /// The caller defines a helper before the first kernel that calls it.
+    mutating func defineHelper(name: String, text: String) {
+        guard textByName[name] == nil else { return }
+        textByName[name] = text
+        definitions.append(text)
+    }
+
     private func render(name: String, summary: String, parameters: [String], body: CWriter) -> String {
         var lines = ["/* \(summary) */"]
         var signature = "static void \(name)("
@@ -102,7 +110,7 @@ struct CKernelLibrary {
 }
 
 /// A run of equal tiles along one dimension: a loop over whole tiles, or one partial tile.
-private struct TileSegment {
+struct TileSegment {
     var variable: String
     /// The first index: the loop variable, or a literal for the partial tile.
     var start: String
@@ -114,7 +122,7 @@ private struct TileSegment {
 }
 
 /// Splits `0..<extent` into a loop over whole tiles of `step` and a partial tile at the end.
-private func tileSegments(variable: String, extent: Int, step: Int) -> [TileSegment] {
+func tileSegments(variable: String, extent: Int, step: Int) -> [TileSegment] {
     let whole = extent - extent % step
     var segments: [TileSegment] = []
     if whole > step {
@@ -128,25 +136,25 @@ private func tileSegments(variable: String, extent: Int, step: Int) -> [TileSegm
     return segments
 }
 
-private func activationSuffix(_ activation: Activation) -> String {
+func activationSuffix(_ activation: Activation) -> String {
     activation == .identity ? "" : "_\(activation.rawValue)"
 }
 
-private func paddingLabel(_ padding: Padding) -> String {
+func paddingLabel(_ padding: Padding) -> String {
     if padding.top == padding.bottom && padding.left == padding.right && padding.top == padding.left {
         return "p\(padding.top)"
     }
     return "p\(padding.top)_\(padding.left)_\(padding.bottom)_\(padding.right)"
 }
 
-private func strideLabel(_ conv: Conv2D) -> String {
+func strideLabel(_ conv: Conv2D) -> String {
     conv.strideHeight == conv.strideWidth ? "s\(conv.strideHeight)" : "s\(conv.strideHeight)x\(conv.strideWidth)"
 }
 
-private let inputParameter = "const float *restrict x"
-private let outputParameter = "float *restrict y"
+let inputParameter = "const float *restrict x"
+let outputParameter = "float *restrict y"
 
-private func constParameter(_ name: String) -> String { "const float *restrict \(name)" }
+func constParameter(_ name: String) -> String { "const float *restrict \(name)" }
 
 extension CKernelLibrary {
     /// Defines the kernel of a 1×1, stride-1, unpadded convolution on NHWC input with
@@ -180,52 +188,6 @@ extension CKernelLibrary {
         let summary = "1x1 convolution as a GEMM: y[\(pixels)][\(outputChannels)] = x[\(pixels)][\(inputChannels)]"
             + " * w[\(inputChannels)][\(outputChannels)] in \(weightPanelWidth)-column panels"
             + epilogueDescription(hasBias: hasBias, activation: activation, hasResidual: hasResidual)
-        return define(name: name, summary: summary, parameters: parameters, body: body)
-    }
-
-    /// Defines the kernel of a depthwise convolution on NHWC input with `hwc` weights, one
-    /// output pixel at a time, vectorized over channels. Interior pixels call the pixel helper
-    /// with literal tap bounds, so the compiler unrolls their taps. Border pixels clip the taps
-    /// to the input. Arguments: x, w, [bias], [residual], y.
-    mutating func depthwiseConvolution(_ conv: Conv2D, input: CTensor, output: CTensor, hasResidual: Bool) -> String {
-        use(.depthwisePixel)
-        let channels = input.channels, kh = conv.kernelHeight, kw = conv.kernelWidth
-        var body = CWriter()
-        body.openFor("oy", to: output.height)
-        body.line("const int iy0 = \(CExpression.sum([CExpression.times("oy", conv.strideHeight), String(-conv.padding.top)]));")
-        body.line("const int ky0 = iy0 < 0 ? -iy0 : 0;")
-        body.line("const int ky1 = iy0 + \(kh) > \(input.height) ? \(input.height) - iy0 : \(kh);")
-        body.openFor("ox", to: output.width)
-        body.line("const int ix0 = \(CExpression.sum([CExpression.times("ox", conv.strideWidth), String(-conv.padding.left)]));")
-        body.line("const int kx0 = ix0 < 0 ? -ix0 : 0;")
-        body.line("const int kx1 = ix0 + \(kw) > \(input.width) ? \(input.width) - ix0 : \(kw);")
-        body.line("const int x_offset = \(CExpression.times("iy0 * \(input.width) + ix0", channels));")
-        body.line("const int y_offset = \(CExpression.times("oy * \(output.width) + ox", channels));")
-        func call(_ bounds: String) {
-            let arguments = [
-                "x", "w", conv.hasBias ? "bias" : "NULL", hasResidual ? "residual + y_offset" : "NULL", "y + y_offset",
-                "\(channels)", "\(kw)", "\(input.width * channels)", "x_offset", bounds,
-                conv.hasBias ? "1" : "0", hasResidual ? "1" : "0", activationConstant(conv.activation),
-            ]
-            body.line("depthwise_f32_pixel(\(arguments.joined(separator: ", ")));")
-        }
-        body.open("if (ky0 == 0 && ky1 == \(kh) && kx0 == 0 && kx1 == \(kw))")
-        call("0, \(kh), 0, \(kw)")
-        body.openElse()
-        call("ky0, ky1, kx0, kx1")
-        body.close()
-        body.close()
-        body.close()
-
-        let name = "depthwise\(kh)x\(kw)_\(strideLabel(conv))_f32_\(input.label)_\(paddingLabel(conv.padding))"
-            + activationSuffix(conv.activation) + (hasResidual ? "_residual" : "") + (conv.hasBias ? "" : "_nobias")
-        var parameters = [inputParameter, constParameter("w")]
-        if conv.hasBias { parameters.append(constParameter("bias")) }
-        if hasResidual { parameters.append(constParameter("residual")) }
-        parameters.append(outputParameter)
-        let summary = "\(kh)x\(kw) depthwise convolution, stride \(conv.strideHeight)x\(conv.strideWidth), padding \(conv.padding):"
-            + " \(input.label) -> \(output.label), w[\(kh)][\(kw)][\(channels)]"
-            + epilogueDescription(hasBias: conv.hasBias, activation: conv.activation, hasResidual: hasResidual)
         return define(name: name, summary: summary, parameters: parameters, body: body)
     }
 
@@ -575,7 +537,7 @@ func emitPointwiseGEMM(_ body: inout CWriter, tile: PointwiseTileShape, pixels: 
     }
 }
 
-private func epilogueDescription(hasBias: Bool, activation: Activation, hasResidual: Bool) -> String {
+func epilogueDescription(hasBias: Bool, activation: Activation, hasResidual: Bool) -> String {
     var parts: [String] = []
     if hasBias { parts.append("bias") }
     if activation != .identity { parts.append(activation.rawValue) }
