@@ -115,7 +115,8 @@ KERNEL_INLINE __m256i lane_mask_f32x8(int count)
  * One register tile of a pointwise (1x1) convolution as a GEMM:
  *   y[r][j] = activation(bias[j] + sum over k of x[r][k] * w[k][j]) + residual[r][j]
  * for r < rows pixels and j < cols output channels. x rows are k_count floats apart (NHWC),
- * w rows w_stride floats ([in][out], the `io` layout), y and residual rows y_stride floats.
+ * w rows w_stride floats (one column panel of the `io_panels` layout: [in][panel width]), y
+ * and residual rows y_stride floats.
  * bias and residual are read only when has_bias and has_residual are non-zero.
  */
 #if defined(KERNELS_AVX512)
@@ -480,188 +481,65 @@ KERNEL_INLINE void pointwise_f32_tile4x16_portable(const float *restrict x, cons
 
 /*
  * One output pixel of a depthwise convolution, all channels:
- *   y[c] = activation(bias[c] + sum over taps of x[tap][c] * w[tap][c]) + residual[c]
- * over the taps ky in [ky0, ky1), kx in [kx0, kx1) that lie inside the input. Tap (ky, kx)
- * reads x at x_offset + ky * row_stride + kx * channels, where x_offset is the offset of the
- * window's top-left corner (negative when that corner lies in the padding). w is
- * [kernel_height][kernel_width][channels] (the `hwc` layout); y and residual point at the
- * output pixel.
+ *   y[c] = activation(bias[c] + sum over taps of rows[ky][column + kx][c] * w[ky][kx][c]) + residual[c]
+ * over the taps ky in [ky0, ky1), kx in [kx0, kx1) that lie inside the input. rows[ky] points at
+ * pixel 0 of the input row that tap row ky reads; `column` is the input column of tap kx = 0 and
+ * may be negative. w is [kernel_height][kernel_width][channels] (the `hwc` layout); pixels are
+ * `channels` floats apart (NHWC); y and residual point at the output pixel.
  */
 #if defined(KERNELS_AVX512)
-KERNEL_INLINE void depthwise_f32_pixel(const float *restrict x, const float *restrict w,
+KERNEL_INLINE void depthwise_f32_pixel(const float *const *rows, const float *restrict w,
     const float *restrict bias, const float *restrict residual, float *restrict y,
-    int channels, int kernel_width, int row_stride, int x_offset,
-    int ky0, int ky1, int kx0, int kx1, int has_bias, int has_residual, int activation)
+    int channels, int kernel_width, int column, int ky0, int ky1, int kx0, int kx1,
+    int has_bias, int has_residual, int activation)
 {
-    /* 64 channels at a time in four independent accumulator chains, which hide the FMA latency. */
-    int c = 0;
-    for (; c + 64 <= channels; c += 64) {
-        __m512 acc0 = has_bias ? _mm512_loadu_ps(bias + c) : _mm512_setzero_ps();
-        __m512 acc1 = has_bias ? _mm512_loadu_ps(bias + c + 16) : _mm512_setzero_ps();
-        __m512 acc2 = has_bias ? _mm512_loadu_ps(bias + c + 32) : _mm512_setzero_ps();
-        __m512 acc3 = has_bias ? _mm512_loadu_ps(bias + c + 48) : _mm512_setzero_ps();
+    for (int c = 0; c < channels; c += 16) {
+        const __mmask16 mask = (__mmask16)(channels - c >= 16 ? 0xFFFFu : (1u << (channels - c)) - 1u);
+        __m512 acc = has_bias ? _mm512_maskz_loadu_ps(mask, bias + c) : _mm512_setzero_ps();
         for (int ky = ky0; ky < ky1; ++ky) {
             for (int kx = kx0; kx < kx1; ++kx) {
-                const float *xp = x + (x_offset + ky * row_stride + kx * channels + c);
-                const float *wp = w + ((ky * kernel_width + kx) * channels + c);
-                acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(xp), _mm512_loadu_ps(wp), acc0);
-                acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(xp + 16), _mm512_loadu_ps(wp + 16), acc1);
-                acc2 = _mm512_fmadd_ps(_mm512_loadu_ps(xp + 32), _mm512_loadu_ps(wp + 32), acc2);
-                acc3 = _mm512_fmadd_ps(_mm512_loadu_ps(xp + 48), _mm512_loadu_ps(wp + 48), acc3);
+                acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, rows[ky] + ((column + kx) * channels + c)),
+                                      _mm512_maskz_loadu_ps(mask, w + ((ky * kernel_width + kx) * channels + c)), acc);
             }
         }
-        acc0 = activate_f32x16(acc0, activation);
-        acc1 = activate_f32x16(acc1, activation);
-        acc2 = activate_f32x16(acc2, activation);
-        acc3 = activate_f32x16(acc3, activation);
-        if (has_residual) {
-            acc0 = _mm512_add_ps(acc0, _mm512_loadu_ps(residual + c));
-            acc1 = _mm512_add_ps(acc1, _mm512_loadu_ps(residual + c + 16));
-            acc2 = _mm512_add_ps(acc2, _mm512_loadu_ps(residual + c + 32));
-            acc3 = _mm512_add_ps(acc3, _mm512_loadu_ps(residual + c + 48));
-        }
-        _mm512_storeu_ps(y + c, acc0);
-        _mm512_storeu_ps(y + c + 16, acc1);
-        _mm512_storeu_ps(y + c + 32, acc2);
-        _mm512_storeu_ps(y + c + 48, acc3);
-    }
-    /* The last 1 to 63 channels, still in up to four chains, with masked loads and stores. */
-    if (c < channels) {
-        const int left = channels - c;
-        const __mmask16 mask0 = (__mmask16)(left >= 16 ? 0xFFFFu : left > 0 ? (1u << left) - 1u : 0u);
-        const __mmask16 mask1 = (__mmask16)(left >= 32 ? 0xFFFFu : left > 16 ? (1u << (left - 16)) - 1u : 0u);
-        const __mmask16 mask2 = (__mmask16)(left >= 48 ? 0xFFFFu : left > 32 ? (1u << (left - 32)) - 1u : 0u);
-        const __mmask16 mask3 = (__mmask16)(left >= 64 ? 0xFFFFu : left > 48 ? (1u << (left - 48)) - 1u : 0u);
-        __m512 acc0 = has_bias ? _mm512_maskz_loadu_ps(mask0, bias + c) : _mm512_setzero_ps();
-        __m512 acc1 = has_bias && left > 16 ? _mm512_maskz_loadu_ps(mask1, bias + c + 16) : _mm512_setzero_ps();
-        __m512 acc2 = has_bias && left > 32 ? _mm512_maskz_loadu_ps(mask2, bias + c + 32) : _mm512_setzero_ps();
-        __m512 acc3 = has_bias && left > 48 ? _mm512_maskz_loadu_ps(mask3, bias + c + 48) : _mm512_setzero_ps();
-        for (int ky = ky0; ky < ky1; ++ky) {
-            for (int kx = kx0; kx < kx1; ++kx) {
-                const float *xp = x + (x_offset + ky * row_stride + kx * channels + c);
-                const float *wp = w + ((ky * kernel_width + kx) * channels + c);
-                acc0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask0, xp), _mm512_maskz_loadu_ps(mask0, wp), acc0);
-                if (left > 16) acc1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask1, xp + 16), _mm512_maskz_loadu_ps(mask1, wp + 16), acc1);
-                if (left > 32) acc2 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask2, xp + 32), _mm512_maskz_loadu_ps(mask2, wp + 32), acc2);
-                if (left > 48) acc3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask3, xp + 48), _mm512_maskz_loadu_ps(mask3, wp + 48), acc3);
-            }
-        }
-        {
-            __m512 value = activate_f32x16(acc0, activation);
-            if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask0, residual + c));
-            _mm512_mask_storeu_ps(y + c, mask0, value);
-        }
-        if (left > 16) {
-            __m512 value = activate_f32x16(acc1, activation);
-            if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask1, residual + c + 16));
-            _mm512_mask_storeu_ps(y + c + 16, mask1, value);
-        }
-        if (left > 32) {
-            __m512 value = activate_f32x16(acc2, activation);
-            if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask2, residual + c + 32));
-            _mm512_mask_storeu_ps(y + c + 32, mask2, value);
-        }
-        if (left > 48) {
-            __m512 value = activate_f32x16(acc3, activation);
-            if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask3, residual + c + 48));
-            _mm512_mask_storeu_ps(y + c + 48, mask3, value);
-        }
+        acc = activate_f32x16(acc, activation);
+        if (has_residual) acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(mask, residual + c));
+        _mm512_mask_storeu_ps(y + c, mask, acc);
     }
 }
 #elif defined(KERNELS_AVX2)
-KERNEL_INLINE void depthwise_f32_pixel(const float *restrict x, const float *restrict w,
+KERNEL_INLINE void depthwise_f32_pixel(const float *const *rows, const float *restrict w,
     const float *restrict bias, const float *restrict residual, float *restrict y,
-    int channels, int kernel_width, int row_stride, int x_offset,
-    int ky0, int ky1, int kx0, int kx1, int has_bias, int has_residual, int activation)
+    int channels, int kernel_width, int column, int ky0, int ky1, int kx0, int kx1,
+    int has_bias, int has_residual, int activation)
 {
-    /* 32 channels at a time in four independent accumulator chains, which hide the FMA latency. */
-    int c = 0;
-    for (; c + 32 <= channels; c += 32) {
-        __m256 acc0 = has_bias ? _mm256_loadu_ps(bias + c) : _mm256_setzero_ps();
-        __m256 acc1 = has_bias ? _mm256_loadu_ps(bias + c + 8) : _mm256_setzero_ps();
-        __m256 acc2 = has_bias ? _mm256_loadu_ps(bias + c + 16) : _mm256_setzero_ps();
-        __m256 acc3 = has_bias ? _mm256_loadu_ps(bias + c + 24) : _mm256_setzero_ps();
+    for (int c = 0; c < channels; c += 8) {
+        const __m256i mask = lane_mask_f32x8(channels - c);
+        __m256 acc = has_bias ? _mm256_maskload_ps(bias + c, mask) : _mm256_setzero_ps();
         for (int ky = ky0; ky < ky1; ++ky) {
             for (int kx = kx0; kx < kx1; ++kx) {
-                const float *xp = x + (x_offset + ky * row_stride + kx * channels + c);
-                const float *wp = w + ((ky * kernel_width + kx) * channels + c);
-                acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(xp), _mm256_loadu_ps(wp), acc0);
-                acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(xp + 8), _mm256_loadu_ps(wp + 8), acc1);
-                acc2 = _mm256_fmadd_ps(_mm256_loadu_ps(xp + 16), _mm256_loadu_ps(wp + 16), acc2);
-                acc3 = _mm256_fmadd_ps(_mm256_loadu_ps(xp + 24), _mm256_loadu_ps(wp + 24), acc3);
+                acc = _mm256_fmadd_ps(_mm256_maskload_ps(rows[ky] + ((column + kx) * channels + c), mask),
+                                      _mm256_maskload_ps(w + ((ky * kernel_width + kx) * channels + c), mask), acc);
             }
         }
-        acc0 = activate_f32x8(acc0, activation);
-        acc1 = activate_f32x8(acc1, activation);
-        acc2 = activate_f32x8(acc2, activation);
-        acc3 = activate_f32x8(acc3, activation);
-        if (has_residual) {
-            acc0 = _mm256_add_ps(acc0, _mm256_loadu_ps(residual + c));
-            acc1 = _mm256_add_ps(acc1, _mm256_loadu_ps(residual + c + 8));
-            acc2 = _mm256_add_ps(acc2, _mm256_loadu_ps(residual + c + 16));
-            acc3 = _mm256_add_ps(acc3, _mm256_loadu_ps(residual + c + 24));
-        }
-        _mm256_storeu_ps(y + c, acc0);
-        _mm256_storeu_ps(y + c + 8, acc1);
-        _mm256_storeu_ps(y + c + 16, acc2);
-        _mm256_storeu_ps(y + c + 24, acc3);
-    }
-    /* The last 1 to 31 channels, still in up to four chains, with masked loads and stores. */
-    if (c < channels) {
-        const int left = channels - c;
-        const __m256i mask0 = lane_mask_f32x8(left);
-        const __m256i mask1 = lane_mask_f32x8(left - 8);
-        const __m256i mask2 = lane_mask_f32x8(left - 16);
-        const __m256i mask3 = lane_mask_f32x8(left - 24);
-        __m256 acc0 = has_bias ? _mm256_maskload_ps(bias + c, mask0) : _mm256_setzero_ps();
-        __m256 acc1 = has_bias && left > 8 ? _mm256_maskload_ps(bias + c + 8, mask1) : _mm256_setzero_ps();
-        __m256 acc2 = has_bias && left > 16 ? _mm256_maskload_ps(bias + c + 16, mask2) : _mm256_setzero_ps();
-        __m256 acc3 = has_bias && left > 24 ? _mm256_maskload_ps(bias + c + 24, mask3) : _mm256_setzero_ps();
-        for (int ky = ky0; ky < ky1; ++ky) {
-            for (int kx = kx0; kx < kx1; ++kx) {
-                const float *xp = x + (x_offset + ky * row_stride + kx * channels + c);
-                const float *wp = w + ((ky * kernel_width + kx) * channels + c);
-                acc0 = _mm256_fmadd_ps(_mm256_maskload_ps(xp, mask0), _mm256_maskload_ps(wp, mask0), acc0);
-                if (left > 8) acc1 = _mm256_fmadd_ps(_mm256_maskload_ps(xp + 8, mask1), _mm256_maskload_ps(wp + 8, mask1), acc1);
-                if (left > 16) acc2 = _mm256_fmadd_ps(_mm256_maskload_ps(xp + 16, mask2), _mm256_maskload_ps(wp + 16, mask2), acc2);
-                if (left > 24) acc3 = _mm256_fmadd_ps(_mm256_maskload_ps(xp + 24, mask3), _mm256_maskload_ps(wp + 24, mask3), acc3);
-            }
-        }
-        {
-            __m256 value = activate_f32x8(acc0, activation);
-            if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + c, mask0));
-            _mm256_maskstore_ps(y + c, mask0, value);
-        }
-        if (left > 8) {
-            __m256 value = activate_f32x8(acc1, activation);
-            if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + c + 8, mask1));
-            _mm256_maskstore_ps(y + c + 8, mask1, value);
-        }
-        if (left > 16) {
-            __m256 value = activate_f32x8(acc2, activation);
-            if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + c + 16, mask2));
-            _mm256_maskstore_ps(y + c + 16, mask2, value);
-        }
-        if (left > 24) {
-            __m256 value = activate_f32x8(acc3, activation);
-            if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + c + 24, mask3));
-            _mm256_maskstore_ps(y + c + 24, mask3, value);
-        }
+        acc = activate_f32x8(acc, activation);
+        if (has_residual) acc = _mm256_add_ps(acc, _mm256_maskload_ps(residual + c, mask));
+        _mm256_maskstore_ps(y + c, mask, acc);
     }
 }
 #else
 /* Portable: y is the accumulator, and every channel loop is contiguous and vectorizable. */
-KERNEL_INLINE void depthwise_f32_pixel(const float *restrict x, const float *restrict w,
+KERNEL_INLINE void depthwise_f32_pixel(const float *const *rows, const float *restrict w,
     const float *restrict bias, const float *restrict residual, float *restrict y,
-    int channels, int kernel_width, int row_stride, int x_offset,
-    int ky0, int ky1, int kx0, int kx1, int has_bias, int has_residual, int activation)
+    int channels, int kernel_width, int column, int ky0, int ky1, int kx0, int kx1,
+    int has_bias, int has_residual, int activation)
 {
     for (int c = 0; c < channels; ++c) {
         y[c] = has_bias ? bias[c] : 0.0f;
     }
     for (int ky = ky0; ky < ky1; ++ky) {
         for (int kx = kx0; kx < kx1; ++kx) {
-            const float *restrict xp = x + (x_offset + ky * row_stride + kx * channels);
+            const float *restrict xp = rows[ky] + (column + kx) * channels;
             const float *restrict wp = w + (ky * kernel_width + kx) * channels;
             for (int c = 0; c < channels; ++c) {
                 y[c] += xp[c] * wp[c];
@@ -852,6 +730,952 @@ static void conv3x3_s2_f32_nchw3x224x224_to_32_p1_relu(const float *restrict x, 
     }
 }
 
+/*
+ * Up to 8 adjacent output pixels of a 3x3, stride 1 depthwise convolution, all channels:
+ *   y[p][c] = activation(bias[c] + sum over taps of rows[ky][column + p * 1 + kx][c] * w[ky][kx][c]) + residual[p][c]
+ * for p < pixels, over the rows ky in [ky0, ky1). Unless `checked`, every column read lies inside the
+ * input row; when `checked`, columns outside [0, in_width) count as zero padding (fast when `column`
+ * is a literal). x, y and residual pixels are `channels` floats apart (NHWC). Each input column is
+ * loaded once per row and feeds every pixel and tap that reads it.
+ */
+#if defined(KERNELS_AVX512)
+KERNEL_INLINE void depthwise3x3_s1_f32_block(const float *const *rows, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int channels, int in_width, int column, int pixels, int checked, int ky0, int ky1,
+    int has_bias, int has_residual, int activation)
+{
+    int c = 0;
+    for (; c + 16 <= channels; c += 16) {
+        const __m512 start = has_bias ? _mm512_loadu_ps(bias + c) : _mm512_setzero_ps();
+        {
+            __m512 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
+            if (ky0 <= 0 && 0 < ky1) {
+                const float *row = rows[0];
+                const __m512 w0 = _mm512_loadu_ps(w + 0 * channels + c);
+                const __m512 w1 = _mm512_loadu_ps(w + 1 * channels + c);
+                const __m512 w2 = _mm512_loadu_ps(w + 2 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 3) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 4) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 5) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 6) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 7) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 8) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 9) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 1 && 1 < ky1) {
+                const float *row = rows[1];
+                const __m512 w0 = _mm512_loadu_ps(w + 3 * channels + c);
+                const __m512 w1 = _mm512_loadu_ps(w + 4 * channels + c);
+                const __m512 w2 = _mm512_loadu_ps(w + 5 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 3) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 4) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 5) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 6) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 7) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 8) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 9) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 2 && 2 < ky1) {
+                const float *row = rows[2];
+                const __m512 w0 = _mm512_loadu_ps(w + 6 * channels + c);
+                const __m512 w1 = _mm512_loadu_ps(w + 7 * channels + c);
+                const __m512 w2 = _mm512_loadu_ps(w + 8 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 3) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 4) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 5) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 6) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 7) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 8) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 9) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+            }
+            {
+                __m512 value = activate_f32x16(acc0, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 0 * channels + c));
+                _mm512_storeu_ps(y + 0 * channels + c, value);
+            }
+            if (pixels > 1) {
+                __m512 value = activate_f32x16(acc1, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 1 * channels + c));
+                _mm512_storeu_ps(y + 1 * channels + c, value);
+            }
+            if (pixels > 2) {
+                __m512 value = activate_f32x16(acc2, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 2 * channels + c));
+                _mm512_storeu_ps(y + 2 * channels + c, value);
+            }
+            if (pixels > 3) {
+                __m512 value = activate_f32x16(acc3, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 3 * channels + c));
+                _mm512_storeu_ps(y + 3 * channels + c, value);
+            }
+            if (pixels > 4) {
+                __m512 value = activate_f32x16(acc4, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 4 * channels + c));
+                _mm512_storeu_ps(y + 4 * channels + c, value);
+            }
+            if (pixels > 5) {
+                __m512 value = activate_f32x16(acc5, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 5 * channels + c));
+                _mm512_storeu_ps(y + 5 * channels + c, value);
+            }
+            if (pixels > 6) {
+                __m512 value = activate_f32x16(acc6, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 6 * channels + c));
+                _mm512_storeu_ps(y + 6 * channels + c, value);
+            }
+            if (pixels > 7) {
+                __m512 value = activate_f32x16(acc7, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 7 * channels + c));
+                _mm512_storeu_ps(y + 7 * channels + c, value);
+            }
+        }
+    }
+    if (c < channels) {
+        const __mmask16 mask = (__mmask16)((1u << (channels - c)) - 1u);
+        const __m512 start = has_bias ? _mm512_maskz_loadu_ps(mask, bias + c) : _mm512_setzero_ps();
+        {
+            __m512 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
+            if (ky0 <= 0 && 0 < ky1) {
+                const float *row = rows[0];
+                const __m512 w0 = _mm512_maskz_loadu_ps(mask, w + 0 * channels + c);
+                const __m512 w1 = _mm512_maskz_loadu_ps(mask, w + 1 * channels + c);
+                const __m512 w2 = _mm512_maskz_loadu_ps(mask, w + 2 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 3) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 4) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 5) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 6) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 7) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 8) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 9) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 1 && 1 < ky1) {
+                const float *row = rows[1];
+                const __m512 w0 = _mm512_maskz_loadu_ps(mask, w + 3 * channels + c);
+                const __m512 w1 = _mm512_maskz_loadu_ps(mask, w + 4 * channels + c);
+                const __m512 w2 = _mm512_maskz_loadu_ps(mask, w + 5 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 3) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 4) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 5) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 6) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 7) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 8) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 9) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 2 && 2 < ky1) {
+                const float *row = rows[2];
+                const __m512 w0 = _mm512_maskz_loadu_ps(mask, w + 6 * channels + c);
+                const __m512 w1 = _mm512_maskz_loadu_ps(mask, w + 7 * channels + c);
+                const __m512 w2 = _mm512_maskz_loadu_ps(mask, w + 8 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 3) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 4) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 5) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 6) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 7) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 8) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 9) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+            }
+            {
+                __m512 value = activate_f32x16(acc0, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 0 * channels + c));
+                _mm512_mask_storeu_ps(y + 0 * channels + c, mask, value);
+            }
+            if (pixels > 1) {
+                __m512 value = activate_f32x16(acc1, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 1 * channels + c));
+                _mm512_mask_storeu_ps(y + 1 * channels + c, mask, value);
+            }
+            if (pixels > 2) {
+                __m512 value = activate_f32x16(acc2, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 2 * channels + c));
+                _mm512_mask_storeu_ps(y + 2 * channels + c, mask, value);
+            }
+            if (pixels > 3) {
+                __m512 value = activate_f32x16(acc3, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 3 * channels + c));
+                _mm512_mask_storeu_ps(y + 3 * channels + c, mask, value);
+            }
+            if (pixels > 4) {
+                __m512 value = activate_f32x16(acc4, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 4 * channels + c));
+                _mm512_mask_storeu_ps(y + 4 * channels + c, mask, value);
+            }
+            if (pixels > 5) {
+                __m512 value = activate_f32x16(acc5, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 5 * channels + c));
+                _mm512_mask_storeu_ps(y + 5 * channels + c, mask, value);
+            }
+            if (pixels > 6) {
+                __m512 value = activate_f32x16(acc6, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 6 * channels + c));
+                _mm512_mask_storeu_ps(y + 6 * channels + c, mask, value);
+            }
+            if (pixels > 7) {
+                __m512 value = activate_f32x16(acc7, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 7 * channels + c));
+                _mm512_mask_storeu_ps(y + 7 * channels + c, mask, value);
+            }
+        }
+    }
+}
+#elif defined(KERNELS_AVX2)
+KERNEL_INLINE void depthwise3x3_s1_f32_block(const float *const *rows, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int channels, int in_width, int column, int pixels, int checked, int ky0, int ky1,
+    int has_bias, int has_residual, int activation)
+{
+    int c = 0;
+    for (; c + 8 <= channels; c += 8) {
+        const __m256 start = has_bias ? _mm256_loadu_ps(bias + c) : _mm256_setzero_ps();
+        {
+            __m256 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
+            if (ky0 <= 0 && 0 < ky1) {
+                const float *row = rows[0];
+                const __m256 w0 = _mm256_loadu_ps(w + 0 * channels + c);
+                const __m256 w1 = _mm256_loadu_ps(w + 1 * channels + c);
+                const __m256 w2 = _mm256_loadu_ps(w + 2 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 3) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 4) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 5) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 6) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 7) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 8) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 9) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 1 && 1 < ky1) {
+                const float *row = rows[1];
+                const __m256 w0 = _mm256_loadu_ps(w + 3 * channels + c);
+                const __m256 w1 = _mm256_loadu_ps(w + 4 * channels + c);
+                const __m256 w2 = _mm256_loadu_ps(w + 5 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 3) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 4) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 5) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 6) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 7) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 8) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 9) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 2 && 2 < ky1) {
+                const float *row = rows[2];
+                const __m256 w0 = _mm256_loadu_ps(w + 6 * channels + c);
+                const __m256 w1 = _mm256_loadu_ps(w + 7 * channels + c);
+                const __m256 w2 = _mm256_loadu_ps(w + 8 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 3) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 4) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 5) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 6) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 7) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 8) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 9) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+            }
+            {
+                __m256 value = activate_f32x8(acc0, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 0 * channels + c));
+                _mm256_storeu_ps(y + 0 * channels + c, value);
+            }
+            if (pixels > 1) {
+                __m256 value = activate_f32x8(acc1, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 1 * channels + c));
+                _mm256_storeu_ps(y + 1 * channels + c, value);
+            }
+            if (pixels > 2) {
+                __m256 value = activate_f32x8(acc2, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 2 * channels + c));
+                _mm256_storeu_ps(y + 2 * channels + c, value);
+            }
+            if (pixels > 3) {
+                __m256 value = activate_f32x8(acc3, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 3 * channels + c));
+                _mm256_storeu_ps(y + 3 * channels + c, value);
+            }
+            if (pixels > 4) {
+                __m256 value = activate_f32x8(acc4, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 4 * channels + c));
+                _mm256_storeu_ps(y + 4 * channels + c, value);
+            }
+            if (pixels > 5) {
+                __m256 value = activate_f32x8(acc5, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 5 * channels + c));
+                _mm256_storeu_ps(y + 5 * channels + c, value);
+            }
+            if (pixels > 6) {
+                __m256 value = activate_f32x8(acc6, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 6 * channels + c));
+                _mm256_storeu_ps(y + 6 * channels + c, value);
+            }
+            if (pixels > 7) {
+                __m256 value = activate_f32x8(acc7, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 7 * channels + c));
+                _mm256_storeu_ps(y + 7 * channels + c, value);
+            }
+        }
+    }
+    if (c < channels) {
+        const __m256i mask = lane_mask_f32x8(channels - c);
+        const __m256 start = has_bias ? _mm256_maskload_ps(bias + c, mask) : _mm256_setzero_ps();
+        {
+            __m256 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
+            if (ky0 <= 0 && 0 < ky1) {
+                const float *row = rows[0];
+                const __m256 w0 = _mm256_maskload_ps(w + 0 * channels + c, mask);
+                const __m256 w1 = _mm256_maskload_ps(w + 1 * channels + c, mask);
+                const __m256 w2 = _mm256_maskload_ps(w + 2 * channels + c, mask);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 0) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 1) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 2) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 3) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 4) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 5) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 6) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 7) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 8) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 9) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 1 && 1 < ky1) {
+                const float *row = rows[1];
+                const __m256 w0 = _mm256_maskload_ps(w + 3 * channels + c, mask);
+                const __m256 w1 = _mm256_maskload_ps(w + 4 * channels + c, mask);
+                const __m256 w2 = _mm256_maskload_ps(w + 5 * channels + c, mask);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 0) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 1) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 2) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 3) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 4) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 5) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 6) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 7) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 8) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 9) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 2 && 2 < ky1) {
+                const float *row = rows[2];
+                const __m256 w0 = _mm256_maskload_ps(w + 6 * channels + c, mask);
+                const __m256 w1 = _mm256_maskload_ps(w + 7 * channels + c, mask);
+                const __m256 w2 = _mm256_maskload_ps(w + 8 * channels + c, mask);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 0) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 1) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 2) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 3) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 4) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 5) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 6) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 7) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 8) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 9) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+            }
+            {
+                __m256 value = activate_f32x8(acc0, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 0 * channels + c, mask));
+                _mm256_maskstore_ps(y + 0 * channels + c, mask, value);
+            }
+            if (pixels > 1) {
+                __m256 value = activate_f32x8(acc1, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 1 * channels + c, mask));
+                _mm256_maskstore_ps(y + 1 * channels + c, mask, value);
+            }
+            if (pixels > 2) {
+                __m256 value = activate_f32x8(acc2, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 2 * channels + c, mask));
+                _mm256_maskstore_ps(y + 2 * channels + c, mask, value);
+            }
+            if (pixels > 3) {
+                __m256 value = activate_f32x8(acc3, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 3 * channels + c, mask));
+                _mm256_maskstore_ps(y + 3 * channels + c, mask, value);
+            }
+            if (pixels > 4) {
+                __m256 value = activate_f32x8(acc4, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 4 * channels + c, mask));
+                _mm256_maskstore_ps(y + 4 * channels + c, mask, value);
+            }
+            if (pixels > 5) {
+                __m256 value = activate_f32x8(acc5, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 5 * channels + c, mask));
+                _mm256_maskstore_ps(y + 5 * channels + c, mask, value);
+            }
+            if (pixels > 6) {
+                __m256 value = activate_f32x8(acc6, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 6 * channels + c, mask));
+                _mm256_maskstore_ps(y + 6 * channels + c, mask, value);
+            }
+            if (pixels > 7) {
+                __m256 value = activate_f32x8(acc7, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 7 * channels + c, mask));
+                _mm256_maskstore_ps(y + 7 * channels + c, mask, value);
+            }
+        }
+    }
+}
+#else
+KERNEL_INLINE void depthwise3x3_s1_f32_block(const float *const *rows, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int channels, int in_width, int column, int pixels, int checked, int ky0, int ky1,
+    int has_bias, int has_residual, int activation)
+{
+    for (int p = 0; p < pixels; ++p) {
+        const int first = column + p * 1;
+        const int kx0 = checked && first < 0 ? -first : 0;
+        const int kx1 = checked && first + 3 > in_width ? in_width - first : 3;
+        depthwise_f32_pixel(rows, w, bias, has_residual ? residual + p * channels : residual, y + p * channels, channels, 3,
+                            first, ky0, ky1, kx0, kx1, has_bias, has_residual, activation);
+    }
+}
+#endif
+
 /* 3x3 depthwise convolution, stride 1x1, padding 1: 112x112x32 -> 112x112x32, w[3][3][32], then bias, relu */
 static void depthwise3x3_s1_f32_112x112x32_p1_relu(const float *restrict x, const float *restrict w,
                                                    const float *restrict bias, float *restrict y)
@@ -860,51 +1684,1269 @@ static void depthwise3x3_s1_f32_112x112x32_p1_relu(const float *restrict x, cons
         const int iy0 = oy - 1;
         const int ky0 = iy0 < 0 ? -iy0 : 0;
         const int ky1 = iy0 + 3 > 112 ? 112 - iy0 : 3;
-        for (int ox = 0; ox < 112; ++ox) {
-            const int ix0 = ox - 1;
-            const int kx0 = ix0 < 0 ? -ix0 : 0;
-            const int kx1 = ix0 + 3 > 112 ? 112 - ix0 : 3;
-            const int x_offset = (iy0 * 112 + ix0) * 32;
-            const int y_offset = (oy * 112 + ox) * 32;
-            if (ky0 == 0 && ky1 == 3 && kx0 == 0 && kx1 == 3) {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 32, 3, 3584, x_offset, 0, 3, 0, 3, 1, 0, ACTIVATION_RELU);
-            } else {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 32, 3, 3584, x_offset, ky0, ky1, kx0, kx1, 1, 0, ACTIVATION_RELU);
+        const float *rows[3];
+        for (int ky = 0; ky < 3; ++ky) {
+            rows[ky] = ky >= ky0 && ky < ky1 ? x + (iy0 + ky) * 3584 : x;
+        }
+        if (ky0 == 0 && ky1 == 3) {
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 3584, 32, 112, -1, 8, 1, 0, 3, 1, 0, ACTIVATION_RELU);
+            for (int ox = 8; ox < 104; ox += 8) {
+                depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 3584 + ox * 32, 32, 112, ox - 1, 8, 0, 0, 3, 1, 0, ACTIVATION_RELU);
             }
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 3584 + 3328, 32, 112, 103, 8, 1, 0, 3, 1, 0, ACTIVATION_RELU);
+        } else {
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 3584, 32, 112, -1, 8, 1, ky0, ky1, 1, 0, ACTIVATION_RELU);
+            for (int ox = 8; ox < 104; ox += 8) {
+                depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 3584 + ox * 32, 32, 112, ox - 1, 8, 0, ky0, ky1, 1, 0, ACTIVATION_RELU);
+            }
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 3584 + 3328, 32, 112, 103, 8, 1, ky0, ky1, 1, 0, ACTIVATION_RELU);
         }
     }
 }
 
-/* 1x1 convolution as a GEMM: y[12544][64] = x[12544][32] * w[32][64], then bias, relu */
+/* 1x1 convolution as a GEMM: y[12544][64] = x[12544][32] * w[32][64] in 32-column panels, then bias, relu */
 static void pointwise_f32_112x112x32_to_64_relu(const float *restrict x, const float *restrict w,
                                                 const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 12544; p += 8) {
-        for (int n = 0; n < 64; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 32, w + n, bias + n, NULL, y + p * 64 + n, 8, 32, 32, 64, 64, 1, 0, ACTIVATION_RELU);
+    for (int n = 0; n < 64; n += 32) {
+        for (int p = 0; p < 12544; p += 8) {
+            pointwise_f32_tile8x32_avx512(x + p * 32, w + n * 32, bias + n, NULL, y + p * 64 + n, 8, 32, 32, 32, 64, 1, 0, ACTIVATION_RELU);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 12544; p += 4) {
-        for (int n = 0; n < 64; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 32, w + n, bias + n, NULL, y + p * 64 + n, 4, 16, 32, 64, 64, 1, 0, ACTIVATION_RELU);
+    for (int n = 0; n < 64; n += 32) {
+        for (int p = 0; p < 12544; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 32, w + n * 32, bias + n, NULL, y + p * 64 + n, 4, 16, 32, 32, 64, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 12544; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 32, w + n * 32 + 16, bias + n + 16, NULL, y + p * 64 + n + 16, 4, 16, 32, 32, 64, 1, 0, ACTIVATION_RELU);
         }
     }
 #elif defined(KERNELS_VECTOR)
-    for (int p = 0; p < 12544; p += 4) {
-        for (int n = 0; n < 64; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 32, w + n, bias + n, NULL, y + p * 64 + n, 4, 8, 32, 64, 64, 1, 0, ACTIVATION_RELU);
+    for (int n = 0; n < 64; n += 32) {
+        for (int p = 0; p < 12544; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 32, w + n * 32, bias + n, NULL, y + p * 64 + n, 4, 8, 32, 32, 64, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 12544; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 32, w + n * 32 + 8, bias + n + 8, NULL, y + p * 64 + n + 8, 4, 8, 32, 32, 64, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 12544; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 32, w + n * 32 + 16, bias + n + 16, NULL, y + p * 64 + n + 16, 4, 8, 32, 32, 64, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 12544; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 32, w + n * 32 + 24, bias + n + 24, NULL, y + p * 64 + n + 24, 4, 8, 32, 32, 64, 1, 0, ACTIVATION_RELU);
         }
     }
 #else
-    for (int p = 0; p < 12544; p += 4) {
-        for (int n = 0; n < 64; n += 16) {
-            pointwise_f32_tile4x16_portable(x + p * 32, w + n, bias + n, NULL, y + p * 64 + n, 4, 16, 32, 64, 64, 1, 0, ACTIVATION_RELU);
+    for (int n = 0; n < 64; n += 32) {
+        for (int p = 0; p < 12544; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 32, w + n * 32, bias + n, NULL, y + p * 64 + n, 4, 16, 32, 32, 64, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 12544; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 32, w + n * 32 + 16, bias + n + 16, NULL, y + p * 64 + n + 16, 4, 16, 32, 32, 64, 1, 0, ACTIVATION_RELU);
         }
     }
 #endif
 }
+
+/*
+ * Up to 8 adjacent output pixels of a 3x3, stride 2 depthwise convolution, all channels:
+ *   y[p][c] = activation(bias[c] + sum over taps of rows[ky][column + p * 2 + kx][c] * w[ky][kx][c]) + residual[p][c]
+ * for p < pixels, over the rows ky in [ky0, ky1). Unless `checked`, every column read lies inside the
+ * input row; when `checked`, columns outside [0, in_width) count as zero padding (fast when `column`
+ * is a literal). x, y and residual pixels are `channels` floats apart (NHWC). Each input column is
+ * loaded once per row and feeds every pixel and tap that reads it.
+ */
+#if defined(KERNELS_AVX512)
+KERNEL_INLINE void depthwise3x3_s2_f32_block(const float *const *rows, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int channels, int in_width, int column, int pixels, int checked, int ky0, int ky1,
+    int has_bias, int has_residual, int activation)
+{
+    int c = 0;
+    for (; c + 16 <= channels; c += 16) {
+        const __m512 start = has_bias ? _mm512_loadu_ps(bias + c) : _mm512_setzero_ps();
+        {
+            __m512 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
+            if (ky0 <= 0 && 0 < ky1) {
+                const float *row = rows[0];
+                const __m512 w0 = _mm512_loadu_ps(w + 0 * channels + c);
+                const __m512 w1 = _mm512_loadu_ps(w + 1 * channels + c);
+                const __m512 w2 = _mm512_loadu_ps(w + 2 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 3) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 4) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 5) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 6) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 7) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 8) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 9) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 10) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 11) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 12) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 13) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 14) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 15) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 16) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 1 && 1 < ky1) {
+                const float *row = rows[1];
+                const __m512 w0 = _mm512_loadu_ps(w + 3 * channels + c);
+                const __m512 w1 = _mm512_loadu_ps(w + 4 * channels + c);
+                const __m512 w2 = _mm512_loadu_ps(w + 5 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 3) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 4) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 5) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 6) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 7) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 8) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 9) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 10) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 11) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 12) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 13) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 14) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 15) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 16) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 2 && 2 < ky1) {
+                const float *row = rows[2];
+                const __m512 w0 = _mm512_loadu_ps(w + 6 * channels + c);
+                const __m512 w1 = _mm512_loadu_ps(w + 7 * channels + c);
+                const __m512 w2 = _mm512_loadu_ps(w + 8 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 3) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 4) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 5) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 6) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 7) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 8) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 9) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 10) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 11) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 12) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 13) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 14) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 15) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 16) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+            }
+            {
+                __m512 value = activate_f32x16(acc0, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 0 * channels + c));
+                _mm512_storeu_ps(y + 0 * channels + c, value);
+            }
+            if (pixels > 1) {
+                __m512 value = activate_f32x16(acc1, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 1 * channels + c));
+                _mm512_storeu_ps(y + 1 * channels + c, value);
+            }
+            if (pixels > 2) {
+                __m512 value = activate_f32x16(acc2, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 2 * channels + c));
+                _mm512_storeu_ps(y + 2 * channels + c, value);
+            }
+            if (pixels > 3) {
+                __m512 value = activate_f32x16(acc3, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 3 * channels + c));
+                _mm512_storeu_ps(y + 3 * channels + c, value);
+            }
+            if (pixels > 4) {
+                __m512 value = activate_f32x16(acc4, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 4 * channels + c));
+                _mm512_storeu_ps(y + 4 * channels + c, value);
+            }
+            if (pixels > 5) {
+                __m512 value = activate_f32x16(acc5, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 5 * channels + c));
+                _mm512_storeu_ps(y + 5 * channels + c, value);
+            }
+            if (pixels > 6) {
+                __m512 value = activate_f32x16(acc6, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 6 * channels + c));
+                _mm512_storeu_ps(y + 6 * channels + c, value);
+            }
+            if (pixels > 7) {
+                __m512 value = activate_f32x16(acc7, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 7 * channels + c));
+                _mm512_storeu_ps(y + 7 * channels + c, value);
+            }
+        }
+    }
+    if (c < channels) {
+        const __mmask16 mask = (__mmask16)((1u << (channels - c)) - 1u);
+        const __m512 start = has_bias ? _mm512_maskz_loadu_ps(mask, bias + c) : _mm512_setzero_ps();
+        {
+            __m512 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
+            if (ky0 <= 0 && 0 < ky1) {
+                const float *row = rows[0];
+                const __m512 w0 = _mm512_maskz_loadu_ps(mask, w + 0 * channels + c);
+                const __m512 w1 = _mm512_maskz_loadu_ps(mask, w + 1 * channels + c);
+                const __m512 w2 = _mm512_maskz_loadu_ps(mask, w + 2 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 3) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 4) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 5) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 6) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 7) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 8) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 9) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 10) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 11) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 12) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 13) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 14) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 15) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 16) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 1 && 1 < ky1) {
+                const float *row = rows[1];
+                const __m512 w0 = _mm512_maskz_loadu_ps(mask, w + 3 * channels + c);
+                const __m512 w1 = _mm512_maskz_loadu_ps(mask, w + 4 * channels + c);
+                const __m512 w2 = _mm512_maskz_loadu_ps(mask, w + 5 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 3) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 4) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 5) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 6) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 7) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 8) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 9) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 10) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 11) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 12) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 13) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 14) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 15) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 16) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 2 && 2 < ky1) {
+                const float *row = rows[2];
+                const __m512 w0 = _mm512_maskz_loadu_ps(mask, w + 6 * channels + c);
+                const __m512 w1 = _mm512_maskz_loadu_ps(mask, w + 7 * channels + c);
+                const __m512 w2 = _mm512_maskz_loadu_ps(mask, w + 8 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 3) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 4) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 5) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 6) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 7) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 8) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 9) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 10) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 11) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 12) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 13) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 14) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 15) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 16) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+            }
+            {
+                __m512 value = activate_f32x16(acc0, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 0 * channels + c));
+                _mm512_mask_storeu_ps(y + 0 * channels + c, mask, value);
+            }
+            if (pixels > 1) {
+                __m512 value = activate_f32x16(acc1, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 1 * channels + c));
+                _mm512_mask_storeu_ps(y + 1 * channels + c, mask, value);
+            }
+            if (pixels > 2) {
+                __m512 value = activate_f32x16(acc2, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 2 * channels + c));
+                _mm512_mask_storeu_ps(y + 2 * channels + c, mask, value);
+            }
+            if (pixels > 3) {
+                __m512 value = activate_f32x16(acc3, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 3 * channels + c));
+                _mm512_mask_storeu_ps(y + 3 * channels + c, mask, value);
+            }
+            if (pixels > 4) {
+                __m512 value = activate_f32x16(acc4, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 4 * channels + c));
+                _mm512_mask_storeu_ps(y + 4 * channels + c, mask, value);
+            }
+            if (pixels > 5) {
+                __m512 value = activate_f32x16(acc5, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 5 * channels + c));
+                _mm512_mask_storeu_ps(y + 5 * channels + c, mask, value);
+            }
+            if (pixels > 6) {
+                __m512 value = activate_f32x16(acc6, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 6 * channels + c));
+                _mm512_mask_storeu_ps(y + 6 * channels + c, mask, value);
+            }
+            if (pixels > 7) {
+                __m512 value = activate_f32x16(acc7, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 7 * channels + c));
+                _mm512_mask_storeu_ps(y + 7 * channels + c, mask, value);
+            }
+        }
+    }
+}
+#elif defined(KERNELS_AVX2)
+KERNEL_INLINE void depthwise3x3_s2_f32_block(const float *const *rows, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int channels, int in_width, int column, int pixels, int checked, int ky0, int ky1,
+    int has_bias, int has_residual, int activation)
+{
+    int c = 0;
+    for (; c + 8 <= channels; c += 8) {
+        const __m256 start = has_bias ? _mm256_loadu_ps(bias + c) : _mm256_setzero_ps();
+        {
+            __m256 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
+            if (ky0 <= 0 && 0 < ky1) {
+                const float *row = rows[0];
+                const __m256 w0 = _mm256_loadu_ps(w + 0 * channels + c);
+                const __m256 w1 = _mm256_loadu_ps(w + 1 * channels + c);
+                const __m256 w2 = _mm256_loadu_ps(w + 2 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 3) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 4) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 5) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 6) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 7) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 8) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 9) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 10) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 11) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 12) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 13) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 14) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 15) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 16) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 1 && 1 < ky1) {
+                const float *row = rows[1];
+                const __m256 w0 = _mm256_loadu_ps(w + 3 * channels + c);
+                const __m256 w1 = _mm256_loadu_ps(w + 4 * channels + c);
+                const __m256 w2 = _mm256_loadu_ps(w + 5 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 3) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 4) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 5) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 6) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 7) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 8) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 9) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 10) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 11) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 12) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 13) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 14) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 15) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 16) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 2 && 2 < ky1) {
+                const float *row = rows[2];
+                const __m256 w0 = _mm256_loadu_ps(w + 6 * channels + c);
+                const __m256 w1 = _mm256_loadu_ps(w + 7 * channels + c);
+                const __m256 w2 = _mm256_loadu_ps(w + 8 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 3) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 4) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 5) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 6) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 7) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 8) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 9) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 10) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 11) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 12) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 13) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 14) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 15) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 16) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+            }
+            {
+                __m256 value = activate_f32x8(acc0, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 0 * channels + c));
+                _mm256_storeu_ps(y + 0 * channels + c, value);
+            }
+            if (pixels > 1) {
+                __m256 value = activate_f32x8(acc1, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 1 * channels + c));
+                _mm256_storeu_ps(y + 1 * channels + c, value);
+            }
+            if (pixels > 2) {
+                __m256 value = activate_f32x8(acc2, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 2 * channels + c));
+                _mm256_storeu_ps(y + 2 * channels + c, value);
+            }
+            if (pixels > 3) {
+                __m256 value = activate_f32x8(acc3, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 3 * channels + c));
+                _mm256_storeu_ps(y + 3 * channels + c, value);
+            }
+            if (pixels > 4) {
+                __m256 value = activate_f32x8(acc4, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 4 * channels + c));
+                _mm256_storeu_ps(y + 4 * channels + c, value);
+            }
+            if (pixels > 5) {
+                __m256 value = activate_f32x8(acc5, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 5 * channels + c));
+                _mm256_storeu_ps(y + 5 * channels + c, value);
+            }
+            if (pixels > 6) {
+                __m256 value = activate_f32x8(acc6, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 6 * channels + c));
+                _mm256_storeu_ps(y + 6 * channels + c, value);
+            }
+            if (pixels > 7) {
+                __m256 value = activate_f32x8(acc7, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 7 * channels + c));
+                _mm256_storeu_ps(y + 7 * channels + c, value);
+            }
+        }
+    }
+    if (c < channels) {
+        const __m256i mask = lane_mask_f32x8(channels - c);
+        const __m256 start = has_bias ? _mm256_maskload_ps(bias + c, mask) : _mm256_setzero_ps();
+        {
+            __m256 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
+            if (ky0 <= 0 && 0 < ky1) {
+                const float *row = rows[0];
+                const __m256 w0 = _mm256_maskload_ps(w + 0 * channels + c, mask);
+                const __m256 w1 = _mm256_maskload_ps(w + 1 * channels + c, mask);
+                const __m256 w2 = _mm256_maskload_ps(w + 2 * channels + c, mask);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 0) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 1) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 2) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 3) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 4) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 5) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 6) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 7) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 8) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 9) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 10) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 11) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 12) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 13) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 14) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 15) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 16) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 1 && 1 < ky1) {
+                const float *row = rows[1];
+                const __m256 w0 = _mm256_maskload_ps(w + 3 * channels + c, mask);
+                const __m256 w1 = _mm256_maskload_ps(w + 4 * channels + c, mask);
+                const __m256 w2 = _mm256_maskload_ps(w + 5 * channels + c, mask);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 0) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 1) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 2) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 3) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 4) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 5) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 6) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 7) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 8) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 9) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 10) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 11) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 12) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 13) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 14) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 15) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 16) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 2 && 2 < ky1) {
+                const float *row = rows[2];
+                const __m256 w0 = _mm256_maskload_ps(w + 6 * channels + c, mask);
+                const __m256 w1 = _mm256_maskload_ps(w + 7 * channels + c, mask);
+                const __m256 w2 = _mm256_maskload_ps(w + 8 * channels + c, mask);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 0) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 1) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 2) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 3) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 4) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 5) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 6) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 7) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 8) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 9) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 10) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 11) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 12) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 13) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 14) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 15) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 16) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+            }
+            {
+                __m256 value = activate_f32x8(acc0, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 0 * channels + c, mask));
+                _mm256_maskstore_ps(y + 0 * channels + c, mask, value);
+            }
+            if (pixels > 1) {
+                __m256 value = activate_f32x8(acc1, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 1 * channels + c, mask));
+                _mm256_maskstore_ps(y + 1 * channels + c, mask, value);
+            }
+            if (pixels > 2) {
+                __m256 value = activate_f32x8(acc2, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 2 * channels + c, mask));
+                _mm256_maskstore_ps(y + 2 * channels + c, mask, value);
+            }
+            if (pixels > 3) {
+                __m256 value = activate_f32x8(acc3, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 3 * channels + c, mask));
+                _mm256_maskstore_ps(y + 3 * channels + c, mask, value);
+            }
+            if (pixels > 4) {
+                __m256 value = activate_f32x8(acc4, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 4 * channels + c, mask));
+                _mm256_maskstore_ps(y + 4 * channels + c, mask, value);
+            }
+            if (pixels > 5) {
+                __m256 value = activate_f32x8(acc5, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 5 * channels + c, mask));
+                _mm256_maskstore_ps(y + 5 * channels + c, mask, value);
+            }
+            if (pixels > 6) {
+                __m256 value = activate_f32x8(acc6, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 6 * channels + c, mask));
+                _mm256_maskstore_ps(y + 6 * channels + c, mask, value);
+            }
+            if (pixels > 7) {
+                __m256 value = activate_f32x8(acc7, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 7 * channels + c, mask));
+                _mm256_maskstore_ps(y + 7 * channels + c, mask, value);
+            }
+        }
+    }
+}
+#else
+KERNEL_INLINE void depthwise3x3_s2_f32_block(const float *const *rows, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int channels, int in_width, int column, int pixels, int checked, int ky0, int ky1,
+    int has_bias, int has_residual, int activation)
+{
+    for (int p = 0; p < pixels; ++p) {
+        const int first = column + p * 2;
+        const int kx0 = checked && first < 0 ? -first : 0;
+        const int kx1 = checked && first + 3 > in_width ? in_width - first : 3;
+        depthwise_f32_pixel(rows, w, bias, has_residual ? residual + p * channels : residual, y + p * channels, channels, 3,
+                            first, ky0, ky1, kx0, kx1, has_bias, has_residual, activation);
+    }
+}
+#endif
 
 /* 3x3 depthwise convolution, stride 2x2, padding 1: 112x112x64 -> 56x56x64, w[3][3][64], then bias, relu */
 static void depthwise3x3_s2_f32_112x112x64_p1_relu(const float *restrict x, const float *restrict w,
@@ -914,47 +2956,65 @@ static void depthwise3x3_s2_f32_112x112x64_p1_relu(const float *restrict x, cons
         const int iy0 = oy * 2 - 1;
         const int ky0 = iy0 < 0 ? -iy0 : 0;
         const int ky1 = iy0 + 3 > 112 ? 112 - iy0 : 3;
-        for (int ox = 0; ox < 56; ++ox) {
-            const int ix0 = ox * 2 - 1;
-            const int kx0 = ix0 < 0 ? -ix0 : 0;
-            const int kx1 = ix0 + 3 > 112 ? 112 - ix0 : 3;
-            const int x_offset = (iy0 * 112 + ix0) * 64;
-            const int y_offset = (oy * 56 + ox) * 64;
-            if (ky0 == 0 && ky1 == 3 && kx0 == 0 && kx1 == 3) {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 64, 3, 7168, x_offset, 0, 3, 0, 3, 1, 0, ACTIVATION_RELU);
-            } else {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 64, 3, 7168, x_offset, ky0, ky1, kx0, kx1, 1, 0, ACTIVATION_RELU);
+        const float *rows[3];
+        for (int ky = 0; ky < 3; ++ky) {
+            rows[ky] = ky >= ky0 && ky < ky1 ? x + (iy0 + ky) * 7168 : x;
+        }
+        if (ky0 == 0 && ky1 == 3) {
+            depthwise3x3_s2_f32_block(rows, w, bias, NULL, y + oy * 3584, 64, 112, -1, 8, 1, 0, 3, 1, 0, ACTIVATION_RELU);
+            for (int ox = 8; ox < 56; ox += 8) {
+                depthwise3x3_s2_f32_block(rows, w, bias, NULL, y + oy * 3584 + ox * 64, 64, 112, ox * 2 - 1, 8, 0, 0, 3, 1, 0, ACTIVATION_RELU);
+            }
+        } else {
+            depthwise3x3_s2_f32_block(rows, w, bias, NULL, y + oy * 3584, 64, 112, -1, 8, 1, ky0, ky1, 1, 0, ACTIVATION_RELU);
+            for (int ox = 8; ox < 56; ox += 8) {
+                depthwise3x3_s2_f32_block(rows, w, bias, NULL, y + oy * 3584 + ox * 64, 64, 112, ox * 2 - 1, 8, 0, ky0, ky1, 1, 0, ACTIVATION_RELU);
             }
         }
     }
 }
 
-/* 1x1 convolution as a GEMM: y[3136][128] = x[3136][64] * w[64][128], then bias, relu */
+/* 1x1 convolution as a GEMM: y[3136][128] = x[3136][64] * w[64][128] in 32-column panels, then bias, relu */
 static void pointwise_f32_56x56x64_to_128_relu(const float *restrict x, const float *restrict w,
                                                const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 3136; p += 8) {
-        for (int n = 0; n < 128; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 64, w + n, bias + n, NULL, y + p * 128 + n, 8, 32, 64, 128, 128, 1, 0, ACTIVATION_RELU);
+    for (int n = 0; n < 128; n += 32) {
+        for (int p = 0; p < 3136; p += 8) {
+            pointwise_f32_tile8x32_avx512(x + p * 64, w + n * 64, bias + n, NULL, y + p * 128 + n, 8, 32, 64, 32, 128, 1, 0, ACTIVATION_RELU);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 3136; p += 4) {
-        for (int n = 0; n < 128; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 64, w + n, bias + n, NULL, y + p * 128 + n, 4, 16, 64, 128, 128, 1, 0, ACTIVATION_RELU);
+    for (int n = 0; n < 128; n += 32) {
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 64, w + n * 64, bias + n, NULL, y + p * 128 + n, 4, 16, 64, 32, 128, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 64, w + n * 64 + 16, bias + n + 16, NULL, y + p * 128 + n + 16, 4, 16, 64, 32, 128, 1, 0, ACTIVATION_RELU);
         }
     }
 #elif defined(KERNELS_VECTOR)
-    for (int p = 0; p < 3136; p += 4) {
-        for (int n = 0; n < 128; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 64, w + n, bias + n, NULL, y + p * 128 + n, 4, 8, 64, 128, 128, 1, 0, ACTIVATION_RELU);
+    for (int n = 0; n < 128; n += 32) {
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 64, w + n * 64, bias + n, NULL, y + p * 128 + n, 4, 8, 64, 32, 128, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 64, w + n * 64 + 8, bias + n + 8, NULL, y + p * 128 + n + 8, 4, 8, 64, 32, 128, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 64, w + n * 64 + 16, bias + n + 16, NULL, y + p * 128 + n + 16, 4, 8, 64, 32, 128, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 64, w + n * 64 + 24, bias + n + 24, NULL, y + p * 128 + n + 24, 4, 8, 64, 32, 128, 1, 0, ACTIVATION_RELU);
         }
     }
 #else
-    for (int p = 0; p < 3136; p += 4) {
-        for (int n = 0; n < 128; n += 16) {
-            pointwise_f32_tile4x16_portable(x + p * 64, w + n, bias + n, NULL, y + p * 128 + n, 4, 16, 64, 128, 128, 1, 0, ACTIVATION_RELU);
+    for (int n = 0; n < 128; n += 32) {
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 64, w + n * 64, bias + n, NULL, y + p * 128 + n, 4, 16, 64, 32, 128, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 64, w + n * 64 + 16, bias + n + 16, NULL, y + p * 128 + n + 16, 4, 16, 64, 32, 128, 1, 0, ACTIVATION_RELU);
         }
     }
 #endif
@@ -968,47 +3028,67 @@ static void depthwise3x3_s1_f32_56x56x128_p1_relu(const float *restrict x, const
         const int iy0 = oy - 1;
         const int ky0 = iy0 < 0 ? -iy0 : 0;
         const int ky1 = iy0 + 3 > 56 ? 56 - iy0 : 3;
-        for (int ox = 0; ox < 56; ++ox) {
-            const int ix0 = ox - 1;
-            const int kx0 = ix0 < 0 ? -ix0 : 0;
-            const int kx1 = ix0 + 3 > 56 ? 56 - ix0 : 3;
-            const int x_offset = (iy0 * 56 + ix0) * 128;
-            const int y_offset = (oy * 56 + ox) * 128;
-            if (ky0 == 0 && ky1 == 3 && kx0 == 0 && kx1 == 3) {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 128, 3, 7168, x_offset, 0, 3, 0, 3, 1, 0, ACTIVATION_RELU);
-            } else {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 128, 3, 7168, x_offset, ky0, ky1, kx0, kx1, 1, 0, ACTIVATION_RELU);
+        const float *rows[3];
+        for (int ky = 0; ky < 3; ++ky) {
+            rows[ky] = ky >= ky0 && ky < ky1 ? x + (iy0 + ky) * 7168 : x;
+        }
+        if (ky0 == 0 && ky1 == 3) {
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 7168, 128, 56, -1, 8, 1, 0, 3, 1, 0, ACTIVATION_RELU);
+            for (int ox = 8; ox < 48; ox += 8) {
+                depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 7168 + ox * 128, 128, 56, ox - 1, 8, 0, 0, 3, 1, 0, ACTIVATION_RELU);
             }
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 7168 + 6144, 128, 56, 47, 8, 1, 0, 3, 1, 0, ACTIVATION_RELU);
+        } else {
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 7168, 128, 56, -1, 8, 1, ky0, ky1, 1, 0, ACTIVATION_RELU);
+            for (int ox = 8; ox < 48; ox += 8) {
+                depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 7168 + ox * 128, 128, 56, ox - 1, 8, 0, ky0, ky1, 1, 0, ACTIVATION_RELU);
+            }
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 7168 + 6144, 128, 56, 47, 8, 1, ky0, ky1, 1, 0, ACTIVATION_RELU);
         }
     }
 }
 
-/* 1x1 convolution as a GEMM: y[3136][128] = x[3136][128] * w[128][128], then bias, relu */
+/* 1x1 convolution as a GEMM: y[3136][128] = x[3136][128] * w[128][128] in 32-column panels, then bias, relu */
 static void pointwise_f32_56x56x128_to_128_relu(const float *restrict x, const float *restrict w,
                                                 const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 128; n += 32) {
         for (int p = 0; p < 3136; p += 8) {
-            pointwise_f32_tile8x32_avx512(x + p * 128, w + n, bias + n, NULL, y + p * 128 + n, 8, 32, 128, 128, 128, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile8x32_avx512(x + p * 128, w + n * 128, bias + n, NULL, y + p * 128 + n, 8, 32, 128, 32, 128, 1, 0, ACTIVATION_RELU);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 128; n += 16) {
+    for (int n = 0; n < 128; n += 32) {
         for (int p = 0; p < 3136; p += 4) {
-            pointwise_f32_tile6x16_avx2(x + p * 128, w + n, bias + n, NULL, y + p * 128 + n, 4, 16, 128, 128, 128, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile6x16_avx2(x + p * 128, w + n * 128, bias + n, NULL, y + p * 128 + n, 4, 16, 128, 32, 128, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 128, w + n * 128 + 16, bias + n + 16, NULL, y + p * 128 + n + 16, 4, 16, 128, 32, 128, 1, 0, ACTIVATION_RELU);
         }
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 128; n += 8) {
+    for (int n = 0; n < 128; n += 32) {
         for (int p = 0; p < 3136; p += 4) {
-            pointwise_f32_tile6x8_vector(x + p * 128, w + n, bias + n, NULL, y + p * 128 + n, 4, 8, 128, 128, 128, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile6x8_vector(x + p * 128, w + n * 128, bias + n, NULL, y + p * 128 + n, 4, 8, 128, 32, 128, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 128, w + n * 128 + 8, bias + n + 8, NULL, y + p * 128 + n + 8, 4, 8, 128, 32, 128, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 128, w + n * 128 + 16, bias + n + 16, NULL, y + p * 128 + n + 16, 4, 8, 128, 32, 128, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 128, w + n * 128 + 24, bias + n + 24, NULL, y + p * 128 + n + 24, 4, 8, 128, 32, 128, 1, 0, ACTIVATION_RELU);
         }
     }
 #else
-    for (int n = 0; n < 128; n += 16) {
+    for (int n = 0; n < 128; n += 32) {
         for (int p = 0; p < 3136; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 128, w + n, bias + n, NULL, y + p * 128 + n, 4, 16, 128, 128, 128, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile4x16_portable(x + p * 128, w + n * 128, bias + n, NULL, y + p * 128 + n, 4, 16, 128, 32, 128, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 128, w + n * 128 + 16, bias + n + 16, NULL, y + p * 128 + n + 16, 4, 16, 128, 32, 128, 1, 0, ACTIVATION_RELU);
         }
     }
 #endif
@@ -1022,47 +3102,67 @@ static void depthwise3x3_s2_f32_56x56x128_p1_relu(const float *restrict x, const
         const int iy0 = oy * 2 - 1;
         const int ky0 = iy0 < 0 ? -iy0 : 0;
         const int ky1 = iy0 + 3 > 56 ? 56 - iy0 : 3;
-        for (int ox = 0; ox < 28; ++ox) {
-            const int ix0 = ox * 2 - 1;
-            const int kx0 = ix0 < 0 ? -ix0 : 0;
-            const int kx1 = ix0 + 3 > 56 ? 56 - ix0 : 3;
-            const int x_offset = (iy0 * 56 + ix0) * 128;
-            const int y_offset = (oy * 28 + ox) * 128;
-            if (ky0 == 0 && ky1 == 3 && kx0 == 0 && kx1 == 3) {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 128, 3, 7168, x_offset, 0, 3, 0, 3, 1, 0, ACTIVATION_RELU);
-            } else {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 128, 3, 7168, x_offset, ky0, ky1, kx0, kx1, 1, 0, ACTIVATION_RELU);
+        const float *rows[3];
+        for (int ky = 0; ky < 3; ++ky) {
+            rows[ky] = ky >= ky0 && ky < ky1 ? x + (iy0 + ky) * 7168 : x;
+        }
+        if (ky0 == 0 && ky1 == 3) {
+            depthwise3x3_s2_f32_block(rows, w, bias, NULL, y + oy * 3584, 128, 56, -1, 8, 1, 0, 3, 1, 0, ACTIVATION_RELU);
+            for (int ox = 8; ox < 24; ox += 8) {
+                depthwise3x3_s2_f32_block(rows, w, bias, NULL, y + oy * 3584 + ox * 128, 128, 56, ox * 2 - 1, 8, 0, 0, 3, 1, 0, ACTIVATION_RELU);
             }
+            depthwise3x3_s2_f32_block(rows, w, bias, NULL, y + oy * 3584 + 3072, 128, 56, 47, 4, 0, 0, 3, 1, 0, ACTIVATION_RELU);
+        } else {
+            depthwise3x3_s2_f32_block(rows, w, bias, NULL, y + oy * 3584, 128, 56, -1, 8, 1, ky0, ky1, 1, 0, ACTIVATION_RELU);
+            for (int ox = 8; ox < 24; ox += 8) {
+                depthwise3x3_s2_f32_block(rows, w, bias, NULL, y + oy * 3584 + ox * 128, 128, 56, ox * 2 - 1, 8, 0, ky0, ky1, 1, 0, ACTIVATION_RELU);
+            }
+            depthwise3x3_s2_f32_block(rows, w, bias, NULL, y + oy * 3584 + 3072, 128, 56, 47, 4, 0, ky0, ky1, 1, 0, ACTIVATION_RELU);
         }
     }
 }
 
-/* 1x1 convolution as a GEMM: y[784][256] = x[784][128] * w[128][256], then bias, relu */
+/* 1x1 convolution as a GEMM: y[784][256] = x[784][128] * w[128][256] in 32-column panels, then bias, relu */
 static void pointwise_f32_28x28x128_to_256_relu(const float *restrict x, const float *restrict w,
                                                 const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 256; n += 32) {
         for (int p = 0; p < 784; p += 8) {
-            pointwise_f32_tile8x32_avx512(x + p * 128, w + n, bias + n, NULL, y + p * 256 + n, 8, 32, 128, 256, 256, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile8x32_avx512(x + p * 128, w + n * 128, bias + n, NULL, y + p * 256 + n, 8, 32, 128, 32, 256, 1, 0, ACTIVATION_RELU);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 256; n += 16) {
+    for (int n = 0; n < 256; n += 32) {
         for (int p = 0; p < 784; p += 4) {
-            pointwise_f32_tile6x16_avx2(x + p * 128, w + n, bias + n, NULL, y + p * 256 + n, 4, 16, 128, 256, 256, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile6x16_avx2(x + p * 128, w + n * 128, bias + n, NULL, y + p * 256 + n, 4, 16, 128, 32, 256, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 128, w + n * 128 + 16, bias + n + 16, NULL, y + p * 256 + n + 16, 4, 16, 128, 32, 256, 1, 0, ACTIVATION_RELU);
         }
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 256; n += 8) {
+    for (int n = 0; n < 256; n += 32) {
         for (int p = 0; p < 784; p += 4) {
-            pointwise_f32_tile6x8_vector(x + p * 128, w + n, bias + n, NULL, y + p * 256 + n, 4, 8, 128, 256, 256, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile6x8_vector(x + p * 128, w + n * 128, bias + n, NULL, y + p * 256 + n, 4, 8, 128, 32, 256, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 128, w + n * 128 + 8, bias + n + 8, NULL, y + p * 256 + n + 8, 4, 8, 128, 32, 256, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 128, w + n * 128 + 16, bias + n + 16, NULL, y + p * 256 + n + 16, 4, 8, 128, 32, 256, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 128, w + n * 128 + 24, bias + n + 24, NULL, y + p * 256 + n + 24, 4, 8, 128, 32, 256, 1, 0, ACTIVATION_RELU);
         }
     }
 #else
-    for (int n = 0; n < 256; n += 16) {
+    for (int n = 0; n < 256; n += 32) {
         for (int p = 0; p < 784; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 128, w + n, bias + n, NULL, y + p * 256 + n, 4, 16, 128, 256, 256, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile4x16_portable(x + p * 128, w + n * 128, bias + n, NULL, y + p * 256 + n, 4, 16, 128, 32, 256, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 128, w + n * 128 + 16, bias + n + 16, NULL, y + p * 256 + n + 16, 4, 16, 128, 32, 256, 1, 0, ACTIVATION_RELU);
         }
     }
 #endif
@@ -1076,47 +3176,67 @@ static void depthwise3x3_s1_f32_28x28x256_p1_relu(const float *restrict x, const
         const int iy0 = oy - 1;
         const int ky0 = iy0 < 0 ? -iy0 : 0;
         const int ky1 = iy0 + 3 > 28 ? 28 - iy0 : 3;
-        for (int ox = 0; ox < 28; ++ox) {
-            const int ix0 = ox - 1;
-            const int kx0 = ix0 < 0 ? -ix0 : 0;
-            const int kx1 = ix0 + 3 > 28 ? 28 - ix0 : 3;
-            const int x_offset = (iy0 * 28 + ix0) * 256;
-            const int y_offset = (oy * 28 + ox) * 256;
-            if (ky0 == 0 && ky1 == 3 && kx0 == 0 && kx1 == 3) {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 256, 3, 7168, x_offset, 0, 3, 0, 3, 1, 0, ACTIVATION_RELU);
-            } else {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 256, 3, 7168, x_offset, ky0, ky1, kx0, kx1, 1, 0, ACTIVATION_RELU);
+        const float *rows[3];
+        for (int ky = 0; ky < 3; ++ky) {
+            rows[ky] = ky >= ky0 && ky < ky1 ? x + (iy0 + ky) * 7168 : x;
+        }
+        if (ky0 == 0 && ky1 == 3) {
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 7168, 256, 28, -1, 8, 1, 0, 3, 1, 0, ACTIVATION_RELU);
+            for (int ox = 8; ox < 24; ox += 8) {
+                depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 7168 + ox * 256, 256, 28, ox - 1, 8, 0, 0, 3, 1, 0, ACTIVATION_RELU);
             }
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 7168 + 6144, 256, 28, 23, 4, 1, 0, 3, 1, 0, ACTIVATION_RELU);
+        } else {
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 7168, 256, 28, -1, 8, 1, ky0, ky1, 1, 0, ACTIVATION_RELU);
+            for (int ox = 8; ox < 24; ox += 8) {
+                depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 7168 + ox * 256, 256, 28, ox - 1, 8, 0, ky0, ky1, 1, 0, ACTIVATION_RELU);
+            }
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 7168 + 6144, 256, 28, 23, 4, 1, ky0, ky1, 1, 0, ACTIVATION_RELU);
         }
     }
 }
 
-/* 1x1 convolution as a GEMM: y[784][256] = x[784][256] * w[256][256], then bias, relu */
+/* 1x1 convolution as a GEMM: y[784][256] = x[784][256] * w[256][256] in 32-column panels, then bias, relu */
 static void pointwise_f32_28x28x256_to_256_relu(const float *restrict x, const float *restrict w,
                                                 const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 256; n += 32) {
         for (int p = 0; p < 784; p += 8) {
-            pointwise_f32_tile8x32_avx512(x + p * 256, w + n, bias + n, NULL, y + p * 256 + n, 8, 32, 256, 256, 256, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile8x32_avx512(x + p * 256, w + n * 256, bias + n, NULL, y + p * 256 + n, 8, 32, 256, 32, 256, 1, 0, ACTIVATION_RELU);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 256; n += 16) {
+    for (int n = 0; n < 256; n += 32) {
         for (int p = 0; p < 784; p += 4) {
-            pointwise_f32_tile6x16_avx2(x + p * 256, w + n, bias + n, NULL, y + p * 256 + n, 4, 16, 256, 256, 256, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile6x16_avx2(x + p * 256, w + n * 256, bias + n, NULL, y + p * 256 + n, 4, 16, 256, 32, 256, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 256, w + n * 256 + 16, bias + n + 16, NULL, y + p * 256 + n + 16, 4, 16, 256, 32, 256, 1, 0, ACTIVATION_RELU);
         }
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 256; n += 8) {
+    for (int n = 0; n < 256; n += 32) {
         for (int p = 0; p < 784; p += 4) {
-            pointwise_f32_tile6x8_vector(x + p * 256, w + n, bias + n, NULL, y + p * 256 + n, 4, 8, 256, 256, 256, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile6x8_vector(x + p * 256, w + n * 256, bias + n, NULL, y + p * 256 + n, 4, 8, 256, 32, 256, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 256, w + n * 256 + 8, bias + n + 8, NULL, y + p * 256 + n + 8, 4, 8, 256, 32, 256, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 256, w + n * 256 + 16, bias + n + 16, NULL, y + p * 256 + n + 16, 4, 8, 256, 32, 256, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 256, w + n * 256 + 24, bias + n + 24, NULL, y + p * 256 + n + 24, 4, 8, 256, 32, 256, 1, 0, ACTIVATION_RELU);
         }
     }
 #else
-    for (int n = 0; n < 256; n += 16) {
+    for (int n = 0; n < 256; n += 32) {
         for (int p = 0; p < 784; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 256, w + n, bias + n, NULL, y + p * 256 + n, 4, 16, 256, 256, 256, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile4x16_portable(x + p * 256, w + n * 256, bias + n, NULL, y + p * 256 + n, 4, 16, 256, 32, 256, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 256, w + n * 256 + 16, bias + n + 16, NULL, y + p * 256 + n + 16, 4, 16, 256, 32, 256, 1, 0, ACTIVATION_RELU);
         }
     }
 #endif
@@ -1130,47 +3250,61 @@ static void depthwise3x3_s2_f32_28x28x256_p1_relu(const float *restrict x, const
         const int iy0 = oy * 2 - 1;
         const int ky0 = iy0 < 0 ? -iy0 : 0;
         const int ky1 = iy0 + 3 > 28 ? 28 - iy0 : 3;
-        for (int ox = 0; ox < 14; ++ox) {
-            const int ix0 = ox * 2 - 1;
-            const int kx0 = ix0 < 0 ? -ix0 : 0;
-            const int kx1 = ix0 + 3 > 28 ? 28 - ix0 : 3;
-            const int x_offset = (iy0 * 28 + ix0) * 256;
-            const int y_offset = (oy * 14 + ox) * 256;
-            if (ky0 == 0 && ky1 == 3 && kx0 == 0 && kx1 == 3) {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 256, 3, 7168, x_offset, 0, 3, 0, 3, 1, 0, ACTIVATION_RELU);
-            } else {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 256, 3, 7168, x_offset, ky0, ky1, kx0, kx1, 1, 0, ACTIVATION_RELU);
-            }
+        const float *rows[3];
+        for (int ky = 0; ky < 3; ++ky) {
+            rows[ky] = ky >= ky0 && ky < ky1 ? x + (iy0 + ky) * 7168 : x;
+        }
+        if (ky0 == 0 && ky1 == 3) {
+            depthwise3x3_s2_f32_block(rows, w, bias, NULL, y + oy * 3584, 256, 28, -1, 8, 1, 0, 3, 1, 0, ACTIVATION_RELU);
+            depthwise3x3_s2_f32_block(rows, w, bias, NULL, y + oy * 3584 + 2048, 256, 28, 15, 6, 0, 0, 3, 1, 0, ACTIVATION_RELU);
+        } else {
+            depthwise3x3_s2_f32_block(rows, w, bias, NULL, y + oy * 3584, 256, 28, -1, 8, 1, ky0, ky1, 1, 0, ACTIVATION_RELU);
+            depthwise3x3_s2_f32_block(rows, w, bias, NULL, y + oy * 3584 + 2048, 256, 28, 15, 6, 0, ky0, ky1, 1, 0, ACTIVATION_RELU);
         }
     }
 }
 
-/* 1x1 convolution as a GEMM: y[196][512] = x[196][256] * w[256][512], then bias, relu */
+/* 1x1 convolution as a GEMM: y[196][512] = x[196][256] * w[256][512] in 32-column panels, then bias, relu */
 static void pointwise_f32_14x14x256_to_512_relu(const float *restrict x, const float *restrict w,
                                                 const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 512; n += 32) {
         for (int p = 0; p < 196; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 256, w + n, bias + n, NULL, y + p * 512 + n, 7, 32, 256, 512, 512, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile8x32_avx512(x + p * 256, w + n * 256, bias + n, NULL, y + p * 512 + n, 7, 32, 256, 32, 512, 1, 0, ACTIVATION_RELU);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 512; n += 16) {
+    for (int n = 0; n < 512; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x16_avx2(x + p * 256, w + n, bias + n, NULL, y + p * 512 + n, 4, 16, 256, 512, 512, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile6x16_avx2(x + p * 256, w + n * 256, bias + n, NULL, y + p * 512 + n, 4, 16, 256, 32, 512, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 256, w + n * 256 + 16, bias + n + 16, NULL, y + p * 512 + n + 16, 4, 16, 256, 32, 512, 1, 0, ACTIVATION_RELU);
         }
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 512; n += 8) {
+    for (int n = 0; n < 512; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x8_vector(x + p * 256, w + n, bias + n, NULL, y + p * 512 + n, 4, 8, 256, 512, 512, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile6x8_vector(x + p * 256, w + n * 256, bias + n, NULL, y + p * 512 + n, 4, 8, 256, 32, 512, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 256, w + n * 256 + 8, bias + n + 8, NULL, y + p * 512 + n + 8, 4, 8, 256, 32, 512, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 256, w + n * 256 + 16, bias + n + 16, NULL, y + p * 512 + n + 16, 4, 8, 256, 32, 512, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 256, w + n * 256 + 24, bias + n + 24, NULL, y + p * 512 + n + 24, 4, 8, 256, 32, 512, 1, 0, ACTIVATION_RELU);
         }
     }
 #else
-    for (int n = 0; n < 512; n += 16) {
+    for (int n = 0; n < 512; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 256, w + n, bias + n, NULL, y + p * 512 + n, 4, 16, 256, 512, 512, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile4x16_portable(x + p * 256, w + n * 256, bias + n, NULL, y + p * 512 + n, 4, 16, 256, 32, 512, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 256, w + n * 256 + 16, bias + n + 16, NULL, y + p * 512 + n + 16, 4, 16, 256, 32, 512, 1, 0, ACTIVATION_RELU);
         }
     }
 #endif
@@ -1184,47 +3318,61 @@ static void depthwise3x3_s1_f32_14x14x512_p1_relu(const float *restrict x, const
         const int iy0 = oy - 1;
         const int ky0 = iy0 < 0 ? -iy0 : 0;
         const int ky1 = iy0 + 3 > 14 ? 14 - iy0 : 3;
-        for (int ox = 0; ox < 14; ++ox) {
-            const int ix0 = ox - 1;
-            const int kx0 = ix0 < 0 ? -ix0 : 0;
-            const int kx1 = ix0 + 3 > 14 ? 14 - ix0 : 3;
-            const int x_offset = (iy0 * 14 + ix0) * 512;
-            const int y_offset = (oy * 14 + ox) * 512;
-            if (ky0 == 0 && ky1 == 3 && kx0 == 0 && kx1 == 3) {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 512, 3, 7168, x_offset, 0, 3, 0, 3, 1, 0, ACTIVATION_RELU);
-            } else {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 512, 3, 7168, x_offset, ky0, ky1, kx0, kx1, 1, 0, ACTIVATION_RELU);
-            }
+        const float *rows[3];
+        for (int ky = 0; ky < 3; ++ky) {
+            rows[ky] = ky >= ky0 && ky < ky1 ? x + (iy0 + ky) * 7168 : x;
+        }
+        if (ky0 == 0 && ky1 == 3) {
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 7168, 512, 14, -1, 8, 1, 0, 3, 1, 0, ACTIVATION_RELU);
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 7168 + 4096, 512, 14, 7, 6, 1, 0, 3, 1, 0, ACTIVATION_RELU);
+        } else {
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 7168, 512, 14, -1, 8, 1, ky0, ky1, 1, 0, ACTIVATION_RELU);
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 7168 + 4096, 512, 14, 7, 6, 1, ky0, ky1, 1, 0, ACTIVATION_RELU);
         }
     }
 }
 
-/* 1x1 convolution as a GEMM: y[196][512] = x[196][512] * w[512][512], then bias, relu */
+/* 1x1 convolution as a GEMM: y[196][512] = x[196][512] * w[512][512] in 32-column panels, then bias, relu */
 static void pointwise_f32_14x14x512_to_512_relu(const float *restrict x, const float *restrict w,
                                                 const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 512; n += 32) {
         for (int p = 0; p < 196; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 512, w + n, bias + n, NULL, y + p * 512 + n, 7, 32, 512, 512, 512, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile8x32_avx512(x + p * 512, w + n * 512, bias + n, NULL, y + p * 512 + n, 7, 32, 512, 32, 512, 1, 0, ACTIVATION_RELU);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 512; n += 16) {
+    for (int n = 0; n < 512; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x16_avx2(x + p * 512, w + n, bias + n, NULL, y + p * 512 + n, 4, 16, 512, 512, 512, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile6x16_avx2(x + p * 512, w + n * 512, bias + n, NULL, y + p * 512 + n, 4, 16, 512, 32, 512, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 512, w + n * 512 + 16, bias + n + 16, NULL, y + p * 512 + n + 16, 4, 16, 512, 32, 512, 1, 0, ACTIVATION_RELU);
         }
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 512; n += 8) {
+    for (int n = 0; n < 512; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x8_vector(x + p * 512, w + n, bias + n, NULL, y + p * 512 + n, 4, 8, 512, 512, 512, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile6x8_vector(x + p * 512, w + n * 512, bias + n, NULL, y + p * 512 + n, 4, 8, 512, 32, 512, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 512, w + n * 512 + 8, bias + n + 8, NULL, y + p * 512 + n + 8, 4, 8, 512, 32, 512, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 512, w + n * 512 + 16, bias + n + 16, NULL, y + p * 512 + n + 16, 4, 8, 512, 32, 512, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 512, w + n * 512 + 24, bias + n + 24, NULL, y + p * 512 + n + 24, 4, 8, 512, 32, 512, 1, 0, ACTIVATION_RELU);
         }
     }
 #else
-    for (int n = 0; n < 512; n += 16) {
+    for (int n = 0; n < 512; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 512, w + n, bias + n, NULL, y + p * 512 + n, 4, 16, 512, 512, 512, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile4x16_portable(x + p * 512, w + n * 512, bias + n, NULL, y + p * 512 + n, 4, 16, 512, 32, 512, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 512, w + n * 512 + 16, bias + n + 16, NULL, y + p * 512 + n + 16, 4, 16, 512, 32, 512, 1, 0, ACTIVATION_RELU);
         }
     }
 #endif
@@ -1238,51 +3386,68 @@ static void depthwise3x3_s2_f32_14x14x512_p1_relu(const float *restrict x, const
         const int iy0 = oy * 2 - 1;
         const int ky0 = iy0 < 0 ? -iy0 : 0;
         const int ky1 = iy0 + 3 > 14 ? 14 - iy0 : 3;
-        for (int ox = 0; ox < 7; ++ox) {
-            const int ix0 = ox * 2 - 1;
-            const int kx0 = ix0 < 0 ? -ix0 : 0;
-            const int kx1 = ix0 + 3 > 14 ? 14 - ix0 : 3;
-            const int x_offset = (iy0 * 14 + ix0) * 512;
-            const int y_offset = (oy * 7 + ox) * 512;
-            if (ky0 == 0 && ky1 == 3 && kx0 == 0 && kx1 == 3) {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 512, 3, 7168, x_offset, 0, 3, 0, 3, 1, 0, ACTIVATION_RELU);
-            } else {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 512, 3, 7168, x_offset, ky0, ky1, kx0, kx1, 1, 0, ACTIVATION_RELU);
-            }
+        const float *rows[3];
+        for (int ky = 0; ky < 3; ++ky) {
+            rows[ky] = ky >= ky0 && ky < ky1 ? x + (iy0 + ky) * 7168 : x;
+        }
+        if (ky0 == 0 && ky1 == 3) {
+            depthwise3x3_s2_f32_block(rows, w, bias, NULL, y + oy * 3584, 512, 14, -1, 7, 1, 0, 3, 1, 0, ACTIVATION_RELU);
+        } else {
+            depthwise3x3_s2_f32_block(rows, w, bias, NULL, y + oy * 3584, 512, 14, -1, 7, 1, ky0, ky1, 1, 0, ACTIVATION_RELU);
         }
     }
 }
 
-/* 1x1 convolution as a GEMM: y[49][1024] = x[49][512] * w[512][1024], then bias, relu */
+/* 1x1 convolution as a GEMM: y[49][1024] = x[49][512] * w[512][1024] in 32-column panels, then bias, relu */
 static void pointwise_f32_7x7x512_to_1024_relu(const float *restrict x, const float *restrict w,
                                                const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 1024; n += 32) {
         for (int p = 0; p < 49; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 512, w + n, bias + n, NULL, y + p * 1024 + n, 7, 32, 512, 1024, 1024, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile8x32_avx512(x + p * 512, w + n * 512, bias + n, NULL, y + p * 1024 + n, 7, 32, 512, 32, 1024, 1, 0, ACTIVATION_RELU);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 1024; n += 16) {
+    for (int n = 0; n < 1024; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x16_avx2(x + p * 512, w + n, bias + n, NULL, y + p * 1024 + n, 5, 16, 512, 1024, 1024, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile6x16_avx2(x + p * 512, w + n * 512, bias + n, NULL, y + p * 1024 + n, 5, 16, 512, 32, 1024, 1, 0, ACTIVATION_RELU);
         }
-        pointwise_f32_tile6x16_avx2(x + 23040, w + n, bias + n, NULL, y + n + 46080, 4, 16, 512, 1024, 1024, 1, 0, ACTIVATION_RELU);
+        pointwise_f32_tile6x16_avx2(x + 23040, w + n * 512, bias + n, NULL, y + n + 46080, 4, 16, 512, 32, 1024, 1, 0, ACTIVATION_RELU);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x16_avx2(x + p * 512, w + n * 512 + 16, bias + n + 16, NULL, y + p * 1024 + n + 16, 5, 16, 512, 32, 1024, 1, 0, ACTIVATION_RELU);
+        }
+        pointwise_f32_tile6x16_avx2(x + 23040, w + n * 512 + 16, bias + n + 16, NULL, y + n + 16 + 46080, 4, 16, 512, 32, 1024, 1, 0, ACTIVATION_RELU);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 1024; n += 8) {
+    for (int n = 0; n < 1024; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x8_vector(x + p * 512, w + n, bias + n, NULL, y + p * 1024 + n, 5, 8, 512, 1024, 1024, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile6x8_vector(x + p * 512, w + n * 512, bias + n, NULL, y + p * 1024 + n, 5, 8, 512, 32, 1024, 1, 0, ACTIVATION_RELU);
         }
-        pointwise_f32_tile6x8_vector(x + 23040, w + n, bias + n, NULL, y + n + 46080, 4, 8, 512, 1024, 1024, 1, 0, ACTIVATION_RELU);
+        pointwise_f32_tile6x8_vector(x + 23040, w + n * 512, bias + n, NULL, y + n + 46080, 4, 8, 512, 32, 1024, 1, 0, ACTIVATION_RELU);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 512, w + n * 512 + 8, bias + n + 8, NULL, y + p * 1024 + n + 8, 5, 8, 512, 32, 1024, 1, 0, ACTIVATION_RELU);
+        }
+        pointwise_f32_tile6x8_vector(x + 23040, w + n * 512 + 8, bias + n + 8, NULL, y + n + 8 + 46080, 4, 8, 512, 32, 1024, 1, 0, ACTIVATION_RELU);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 512, w + n * 512 + 16, bias + n + 16, NULL, y + p * 1024 + n + 16, 5, 8, 512, 32, 1024, 1, 0, ACTIVATION_RELU);
+        }
+        pointwise_f32_tile6x8_vector(x + 23040, w + n * 512 + 16, bias + n + 16, NULL, y + n + 16 + 46080, 4, 8, 512, 32, 1024, 1, 0, ACTIVATION_RELU);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 512, w + n * 512 + 24, bias + n + 24, NULL, y + p * 1024 + n + 24, 5, 8, 512, 32, 1024, 1, 0, ACTIVATION_RELU);
+        }
+        pointwise_f32_tile6x8_vector(x + 23040, w + n * 512 + 24, bias + n + 24, NULL, y + n + 24 + 46080, 4, 8, 512, 32, 1024, 1, 0, ACTIVATION_RELU);
     }
 #else
-    for (int n = 0; n < 1024; n += 16) {
+    for (int n = 0; n < 1024; n += 32) {
         for (int p = 0; p < 48; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 512, w + n, bias + n, NULL, y + p * 1024 + n, 4, 16, 512, 1024, 1024, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile4x16_portable(x + p * 512, w + n * 512, bias + n, NULL, y + p * 1024 + n, 4, 16, 512, 32, 1024, 1, 0, ACTIVATION_RELU);
         }
-        pointwise_f32_tile4x16_portable(x + 24576, w + n, bias + n, NULL, y + n + 49152, 1, 16, 512, 1024, 1024, 1, 0, ACTIVATION_RELU);
+        pointwise_f32_tile4x16_portable(x + 24576, w + n * 512, bias + n, NULL, y + n + 49152, 1, 16, 512, 32, 1024, 1, 0, ACTIVATION_RELU);
+        for (int p = 0; p < 48; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 512, w + n * 512 + 16, bias + n + 16, NULL, y + p * 1024 + n + 16, 4, 16, 512, 32, 1024, 1, 0, ACTIVATION_RELU);
+        }
+        pointwise_f32_tile4x16_portable(x + 24576, w + n * 512 + 16, bias + n + 16, NULL, y + n + 16 + 49152, 1, 16, 512, 32, 1024, 1, 0, ACTIVATION_RELU);
     }
 #endif
 }
@@ -1295,51 +3460,68 @@ static void depthwise3x3_s1_f32_7x7x1024_p1_relu(const float *restrict x, const 
         const int iy0 = oy - 1;
         const int ky0 = iy0 < 0 ? -iy0 : 0;
         const int ky1 = iy0 + 3 > 7 ? 7 - iy0 : 3;
-        for (int ox = 0; ox < 7; ++ox) {
-            const int ix0 = ox - 1;
-            const int kx0 = ix0 < 0 ? -ix0 : 0;
-            const int kx1 = ix0 + 3 > 7 ? 7 - ix0 : 3;
-            const int x_offset = (iy0 * 7 + ix0) * 1024;
-            const int y_offset = (oy * 7 + ox) * 1024;
-            if (ky0 == 0 && ky1 == 3 && kx0 == 0 && kx1 == 3) {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 1024, 3, 7168, x_offset, 0, 3, 0, 3, 1, 0, ACTIVATION_RELU);
-            } else {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 1024, 3, 7168, x_offset, ky0, ky1, kx0, kx1, 1, 0, ACTIVATION_RELU);
-            }
+        const float *rows[3];
+        for (int ky = 0; ky < 3; ++ky) {
+            rows[ky] = ky >= ky0 && ky < ky1 ? x + (iy0 + ky) * 7168 : x;
+        }
+        if (ky0 == 0 && ky1 == 3) {
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 7168, 1024, 7, -1, 7, 1, 0, 3, 1, 0, ACTIVATION_RELU);
+        } else {
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 7168, 1024, 7, -1, 7, 1, ky0, ky1, 1, 0, ACTIVATION_RELU);
         }
     }
 }
 
-/* 1x1 convolution as a GEMM: y[49][1024] = x[49][1024] * w[1024][1024], then bias, relu */
+/* 1x1 convolution as a GEMM: y[49][1024] = x[49][1024] * w[1024][1024] in 32-column panels, then bias, relu */
 static void pointwise_f32_7x7x1024_to_1024_relu(const float *restrict x, const float *restrict w,
                                                 const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 1024; n += 32) {
         for (int p = 0; p < 49; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 1024, w + n, bias + n, NULL, y + p * 1024 + n, 7, 32, 1024, 1024, 1024, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile8x32_avx512(x + p * 1024, w + n * 1024, bias + n, NULL, y + p * 1024 + n, 7, 32, 1024, 32, 1024, 1, 0, ACTIVATION_RELU);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 1024; n += 16) {
+    for (int n = 0; n < 1024; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x16_avx2(x + p * 1024, w + n, bias + n, NULL, y + p * 1024 + n, 5, 16, 1024, 1024, 1024, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile6x16_avx2(x + p * 1024, w + n * 1024, bias + n, NULL, y + p * 1024 + n, 5, 16, 1024, 32, 1024, 1, 0, ACTIVATION_RELU);
         }
-        pointwise_f32_tile6x16_avx2(x + 46080, w + n, bias + n, NULL, y + n + 46080, 4, 16, 1024, 1024, 1024, 1, 0, ACTIVATION_RELU);
+        pointwise_f32_tile6x16_avx2(x + 46080, w + n * 1024, bias + n, NULL, y + n + 46080, 4, 16, 1024, 32, 1024, 1, 0, ACTIVATION_RELU);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x16_avx2(x + p * 1024, w + n * 1024 + 16, bias + n + 16, NULL, y + p * 1024 + n + 16, 5, 16, 1024, 32, 1024, 1, 0, ACTIVATION_RELU);
+        }
+        pointwise_f32_tile6x16_avx2(x + 46080, w + n * 1024 + 16, bias + n + 16, NULL, y + n + 16 + 46080, 4, 16, 1024, 32, 1024, 1, 0, ACTIVATION_RELU);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 1024; n += 8) {
+    for (int n = 0; n < 1024; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x8_vector(x + p * 1024, w + n, bias + n, NULL, y + p * 1024 + n, 5, 8, 1024, 1024, 1024, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile6x8_vector(x + p * 1024, w + n * 1024, bias + n, NULL, y + p * 1024 + n, 5, 8, 1024, 32, 1024, 1, 0, ACTIVATION_RELU);
         }
-        pointwise_f32_tile6x8_vector(x + 46080, w + n, bias + n, NULL, y + n + 46080, 4, 8, 1024, 1024, 1024, 1, 0, ACTIVATION_RELU);
+        pointwise_f32_tile6x8_vector(x + 46080, w + n * 1024, bias + n, NULL, y + n + 46080, 4, 8, 1024, 32, 1024, 1, 0, ACTIVATION_RELU);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 1024, w + n * 1024 + 8, bias + n + 8, NULL, y + p * 1024 + n + 8, 5, 8, 1024, 32, 1024, 1, 0, ACTIVATION_RELU);
+        }
+        pointwise_f32_tile6x8_vector(x + 46080, w + n * 1024 + 8, bias + n + 8, NULL, y + n + 8 + 46080, 4, 8, 1024, 32, 1024, 1, 0, ACTIVATION_RELU);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 1024, w + n * 1024 + 16, bias + n + 16, NULL, y + p * 1024 + n + 16, 5, 8, 1024, 32, 1024, 1, 0, ACTIVATION_RELU);
+        }
+        pointwise_f32_tile6x8_vector(x + 46080, w + n * 1024 + 16, bias + n + 16, NULL, y + n + 16 + 46080, 4, 8, 1024, 32, 1024, 1, 0, ACTIVATION_RELU);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 1024, w + n * 1024 + 24, bias + n + 24, NULL, y + p * 1024 + n + 24, 5, 8, 1024, 32, 1024, 1, 0, ACTIVATION_RELU);
+        }
+        pointwise_f32_tile6x8_vector(x + 46080, w + n * 1024 + 24, bias + n + 24, NULL, y + n + 24 + 46080, 4, 8, 1024, 32, 1024, 1, 0, ACTIVATION_RELU);
     }
 #else
-    for (int n = 0; n < 1024; n += 16) {
+    for (int n = 0; n < 1024; n += 32) {
         for (int p = 0; p < 48; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 1024, w + n, bias + n, NULL, y + p * 1024 + n, 4, 16, 1024, 1024, 1024, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile4x16_portable(x + p * 1024, w + n * 1024, bias + n, NULL, y + p * 1024 + n, 4, 16, 1024, 32, 1024, 1, 0, ACTIVATION_RELU);
         }
-        pointwise_f32_tile4x16_portable(x + 49152, w + n, bias + n, NULL, y + n + 49152, 1, 16, 1024, 1024, 1024, 1, 0, ACTIVATION_RELU);
+        pointwise_f32_tile4x16_portable(x + 49152, w + n * 1024, bias + n, NULL, y + n + 49152, 1, 16, 1024, 32, 1024, 1, 0, ACTIVATION_RELU);
+        for (int p = 0; p < 48; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 1024, w + n * 1024 + 16, bias + n + 16, NULL, y + p * 1024 + n + 16, 4, 16, 1024, 32, 1024, 1, 0, ACTIVATION_RELU);
+        }
+        pointwise_f32_tile4x16_portable(x + 49152, w + n * 1024 + 16, bias + n + 16, NULL, y + n + 16 + 49152, 1, 16, 1024, 32, 1024, 1, 0, ACTIVATION_RELU);
     }
 #endif
 }

@@ -115,7 +115,8 @@ KERNEL_INLINE __m256i lane_mask_f32x8(int count)
  * One register tile of a pointwise (1x1) convolution as a GEMM:
  *   y[r][j] = activation(bias[j] + sum over k of x[r][k] * w[k][j]) + residual[r][j]
  * for r < rows pixels and j < cols output channels. x rows are k_count floats apart (NHWC),
- * w rows w_stride floats ([in][out], the `io` layout), y and residual rows y_stride floats.
+ * w rows w_stride floats (one column panel of the `io_panels` layout: [in][panel width]), y
+ * and residual rows y_stride floats.
  * bias and residual are read only when has_bias and has_residual are non-zero.
  */
 #if defined(KERNELS_AVX512)
@@ -480,188 +481,65 @@ KERNEL_INLINE void pointwise_f32_tile4x16_portable(const float *restrict x, cons
 
 /*
  * One output pixel of a depthwise convolution, all channels:
- *   y[c] = activation(bias[c] + sum over taps of x[tap][c] * w[tap][c]) + residual[c]
- * over the taps ky in [ky0, ky1), kx in [kx0, kx1) that lie inside the input. Tap (ky, kx)
- * reads x at x_offset + ky * row_stride + kx * channels, where x_offset is the offset of the
- * window's top-left corner (negative when that corner lies in the padding). w is
- * [kernel_height][kernel_width][channels] (the `hwc` layout); y and residual point at the
- * output pixel.
+ *   y[c] = activation(bias[c] + sum over taps of rows[ky][column + kx][c] * w[ky][kx][c]) + residual[c]
+ * over the taps ky in [ky0, ky1), kx in [kx0, kx1) that lie inside the input. rows[ky] points at
+ * pixel 0 of the input row that tap row ky reads; `column` is the input column of tap kx = 0 and
+ * may be negative. w is [kernel_height][kernel_width][channels] (the `hwc` layout); pixels are
+ * `channels` floats apart (NHWC); y and residual point at the output pixel.
  */
 #if defined(KERNELS_AVX512)
-KERNEL_INLINE void depthwise_f32_pixel(const float *restrict x, const float *restrict w,
+KERNEL_INLINE void depthwise_f32_pixel(const float *const *rows, const float *restrict w,
     const float *restrict bias, const float *restrict residual, float *restrict y,
-    int channels, int kernel_width, int row_stride, int x_offset,
-    int ky0, int ky1, int kx0, int kx1, int has_bias, int has_residual, int activation)
+    int channels, int kernel_width, int column, int ky0, int ky1, int kx0, int kx1,
+    int has_bias, int has_residual, int activation)
 {
-    /* 64 channels at a time in four independent accumulator chains, which hide the FMA latency. */
-    int c = 0;
-    for (; c + 64 <= channels; c += 64) {
-        __m512 acc0 = has_bias ? _mm512_loadu_ps(bias + c) : _mm512_setzero_ps();
-        __m512 acc1 = has_bias ? _mm512_loadu_ps(bias + c + 16) : _mm512_setzero_ps();
-        __m512 acc2 = has_bias ? _mm512_loadu_ps(bias + c + 32) : _mm512_setzero_ps();
-        __m512 acc3 = has_bias ? _mm512_loadu_ps(bias + c + 48) : _mm512_setzero_ps();
+    for (int c = 0; c < channels; c += 16) {
+        const __mmask16 mask = (__mmask16)(channels - c >= 16 ? 0xFFFFu : (1u << (channels - c)) - 1u);
+        __m512 acc = has_bias ? _mm512_maskz_loadu_ps(mask, bias + c) : _mm512_setzero_ps();
         for (int ky = ky0; ky < ky1; ++ky) {
             for (int kx = kx0; kx < kx1; ++kx) {
-                const float *xp = x + (x_offset + ky * row_stride + kx * channels + c);
-                const float *wp = w + ((ky * kernel_width + kx) * channels + c);
-                acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(xp), _mm512_loadu_ps(wp), acc0);
-                acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(xp + 16), _mm512_loadu_ps(wp + 16), acc1);
-                acc2 = _mm512_fmadd_ps(_mm512_loadu_ps(xp + 32), _mm512_loadu_ps(wp + 32), acc2);
-                acc3 = _mm512_fmadd_ps(_mm512_loadu_ps(xp + 48), _mm512_loadu_ps(wp + 48), acc3);
+                acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, rows[ky] + ((column + kx) * channels + c)),
+                                      _mm512_maskz_loadu_ps(mask, w + ((ky * kernel_width + kx) * channels + c)), acc);
             }
         }
-        acc0 = activate_f32x16(acc0, activation);
-        acc1 = activate_f32x16(acc1, activation);
-        acc2 = activate_f32x16(acc2, activation);
-        acc3 = activate_f32x16(acc3, activation);
-        if (has_residual) {
-            acc0 = _mm512_add_ps(acc0, _mm512_loadu_ps(residual + c));
-            acc1 = _mm512_add_ps(acc1, _mm512_loadu_ps(residual + c + 16));
-            acc2 = _mm512_add_ps(acc2, _mm512_loadu_ps(residual + c + 32));
-            acc3 = _mm512_add_ps(acc3, _mm512_loadu_ps(residual + c + 48));
-        }
-        _mm512_storeu_ps(y + c, acc0);
-        _mm512_storeu_ps(y + c + 16, acc1);
-        _mm512_storeu_ps(y + c + 32, acc2);
-        _mm512_storeu_ps(y + c + 48, acc3);
-    }
-    /* The last 1 to 63 channels, still in up to four chains, with masked loads and stores. */
-    if (c < channels) {
-        const int left = channels - c;
-        const __mmask16 mask0 = (__mmask16)(left >= 16 ? 0xFFFFu : left > 0 ? (1u << left) - 1u : 0u);
-        const __mmask16 mask1 = (__mmask16)(left >= 32 ? 0xFFFFu : left > 16 ? (1u << (left - 16)) - 1u : 0u);
-        const __mmask16 mask2 = (__mmask16)(left >= 48 ? 0xFFFFu : left > 32 ? (1u << (left - 32)) - 1u : 0u);
-        const __mmask16 mask3 = (__mmask16)(left >= 64 ? 0xFFFFu : left > 48 ? (1u << (left - 48)) - 1u : 0u);
-        __m512 acc0 = has_bias ? _mm512_maskz_loadu_ps(mask0, bias + c) : _mm512_setzero_ps();
-        __m512 acc1 = has_bias && left > 16 ? _mm512_maskz_loadu_ps(mask1, bias + c + 16) : _mm512_setzero_ps();
-        __m512 acc2 = has_bias && left > 32 ? _mm512_maskz_loadu_ps(mask2, bias + c + 32) : _mm512_setzero_ps();
-        __m512 acc3 = has_bias && left > 48 ? _mm512_maskz_loadu_ps(mask3, bias + c + 48) : _mm512_setzero_ps();
-        for (int ky = ky0; ky < ky1; ++ky) {
-            for (int kx = kx0; kx < kx1; ++kx) {
-                const float *xp = x + (x_offset + ky * row_stride + kx * channels + c);
-                const float *wp = w + ((ky * kernel_width + kx) * channels + c);
-                acc0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask0, xp), _mm512_maskz_loadu_ps(mask0, wp), acc0);
-                if (left > 16) acc1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask1, xp + 16), _mm512_maskz_loadu_ps(mask1, wp + 16), acc1);
-                if (left > 32) acc2 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask2, xp + 32), _mm512_maskz_loadu_ps(mask2, wp + 32), acc2);
-                if (left > 48) acc3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask3, xp + 48), _mm512_maskz_loadu_ps(mask3, wp + 48), acc3);
-            }
-        }
-        {
-            __m512 value = activate_f32x16(acc0, activation);
-            if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask0, residual + c));
-            _mm512_mask_storeu_ps(y + c, mask0, value);
-        }
-        if (left > 16) {
-            __m512 value = activate_f32x16(acc1, activation);
-            if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask1, residual + c + 16));
-            _mm512_mask_storeu_ps(y + c + 16, mask1, value);
-        }
-        if (left > 32) {
-            __m512 value = activate_f32x16(acc2, activation);
-            if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask2, residual + c + 32));
-            _mm512_mask_storeu_ps(y + c + 32, mask2, value);
-        }
-        if (left > 48) {
-            __m512 value = activate_f32x16(acc3, activation);
-            if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask3, residual + c + 48));
-            _mm512_mask_storeu_ps(y + c + 48, mask3, value);
-        }
+        acc = activate_f32x16(acc, activation);
+        if (has_residual) acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(mask, residual + c));
+        _mm512_mask_storeu_ps(y + c, mask, acc);
     }
 }
 #elif defined(KERNELS_AVX2)
-KERNEL_INLINE void depthwise_f32_pixel(const float *restrict x, const float *restrict w,
+KERNEL_INLINE void depthwise_f32_pixel(const float *const *rows, const float *restrict w,
     const float *restrict bias, const float *restrict residual, float *restrict y,
-    int channels, int kernel_width, int row_stride, int x_offset,
-    int ky0, int ky1, int kx0, int kx1, int has_bias, int has_residual, int activation)
+    int channels, int kernel_width, int column, int ky0, int ky1, int kx0, int kx1,
+    int has_bias, int has_residual, int activation)
 {
-    /* 32 channels at a time in four independent accumulator chains, which hide the FMA latency. */
-    int c = 0;
-    for (; c + 32 <= channels; c += 32) {
-        __m256 acc0 = has_bias ? _mm256_loadu_ps(bias + c) : _mm256_setzero_ps();
-        __m256 acc1 = has_bias ? _mm256_loadu_ps(bias + c + 8) : _mm256_setzero_ps();
-        __m256 acc2 = has_bias ? _mm256_loadu_ps(bias + c + 16) : _mm256_setzero_ps();
-        __m256 acc3 = has_bias ? _mm256_loadu_ps(bias + c + 24) : _mm256_setzero_ps();
+    for (int c = 0; c < channels; c += 8) {
+        const __m256i mask = lane_mask_f32x8(channels - c);
+        __m256 acc = has_bias ? _mm256_maskload_ps(bias + c, mask) : _mm256_setzero_ps();
         for (int ky = ky0; ky < ky1; ++ky) {
             for (int kx = kx0; kx < kx1; ++kx) {
-                const float *xp = x + (x_offset + ky * row_stride + kx * channels + c);
-                const float *wp = w + ((ky * kernel_width + kx) * channels + c);
-                acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(xp), _mm256_loadu_ps(wp), acc0);
-                acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(xp + 8), _mm256_loadu_ps(wp + 8), acc1);
-                acc2 = _mm256_fmadd_ps(_mm256_loadu_ps(xp + 16), _mm256_loadu_ps(wp + 16), acc2);
-                acc3 = _mm256_fmadd_ps(_mm256_loadu_ps(xp + 24), _mm256_loadu_ps(wp + 24), acc3);
+                acc = _mm256_fmadd_ps(_mm256_maskload_ps(rows[ky] + ((column + kx) * channels + c), mask),
+                                      _mm256_maskload_ps(w + ((ky * kernel_width + kx) * channels + c), mask), acc);
             }
         }
-        acc0 = activate_f32x8(acc0, activation);
-        acc1 = activate_f32x8(acc1, activation);
-        acc2 = activate_f32x8(acc2, activation);
-        acc3 = activate_f32x8(acc3, activation);
-        if (has_residual) {
-            acc0 = _mm256_add_ps(acc0, _mm256_loadu_ps(residual + c));
-            acc1 = _mm256_add_ps(acc1, _mm256_loadu_ps(residual + c + 8));
-            acc2 = _mm256_add_ps(acc2, _mm256_loadu_ps(residual + c + 16));
-            acc3 = _mm256_add_ps(acc3, _mm256_loadu_ps(residual + c + 24));
-        }
-        _mm256_storeu_ps(y + c, acc0);
-        _mm256_storeu_ps(y + c + 8, acc1);
-        _mm256_storeu_ps(y + c + 16, acc2);
-        _mm256_storeu_ps(y + c + 24, acc3);
-    }
-    /* The last 1 to 31 channels, still in up to four chains, with masked loads and stores. */
-    if (c < channels) {
-        const int left = channels - c;
-        const __m256i mask0 = lane_mask_f32x8(left);
-        const __m256i mask1 = lane_mask_f32x8(left - 8);
-        const __m256i mask2 = lane_mask_f32x8(left - 16);
-        const __m256i mask3 = lane_mask_f32x8(left - 24);
-        __m256 acc0 = has_bias ? _mm256_maskload_ps(bias + c, mask0) : _mm256_setzero_ps();
-        __m256 acc1 = has_bias && left > 8 ? _mm256_maskload_ps(bias + c + 8, mask1) : _mm256_setzero_ps();
-        __m256 acc2 = has_bias && left > 16 ? _mm256_maskload_ps(bias + c + 16, mask2) : _mm256_setzero_ps();
-        __m256 acc3 = has_bias && left > 24 ? _mm256_maskload_ps(bias + c + 24, mask3) : _mm256_setzero_ps();
-        for (int ky = ky0; ky < ky1; ++ky) {
-            for (int kx = kx0; kx < kx1; ++kx) {
-                const float *xp = x + (x_offset + ky * row_stride + kx * channels + c);
-                const float *wp = w + ((ky * kernel_width + kx) * channels + c);
-                acc0 = _mm256_fmadd_ps(_mm256_maskload_ps(xp, mask0), _mm256_maskload_ps(wp, mask0), acc0);
-                if (left > 8) acc1 = _mm256_fmadd_ps(_mm256_maskload_ps(xp + 8, mask1), _mm256_maskload_ps(wp + 8, mask1), acc1);
-                if (left > 16) acc2 = _mm256_fmadd_ps(_mm256_maskload_ps(xp + 16, mask2), _mm256_maskload_ps(wp + 16, mask2), acc2);
-                if (left > 24) acc3 = _mm256_fmadd_ps(_mm256_maskload_ps(xp + 24, mask3), _mm256_maskload_ps(wp + 24, mask3), acc3);
-            }
-        }
-        {
-            __m256 value = activate_f32x8(acc0, activation);
-            if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + c, mask0));
-            _mm256_maskstore_ps(y + c, mask0, value);
-        }
-        if (left > 8) {
-            __m256 value = activate_f32x8(acc1, activation);
-            if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + c + 8, mask1));
-            _mm256_maskstore_ps(y + c + 8, mask1, value);
-        }
-        if (left > 16) {
-            __m256 value = activate_f32x8(acc2, activation);
-            if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + c + 16, mask2));
-            _mm256_maskstore_ps(y + c + 16, mask2, value);
-        }
-        if (left > 24) {
-            __m256 value = activate_f32x8(acc3, activation);
-            if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + c + 24, mask3));
-            _mm256_maskstore_ps(y + c + 24, mask3, value);
-        }
+        acc = activate_f32x8(acc, activation);
+        if (has_residual) acc = _mm256_add_ps(acc, _mm256_maskload_ps(residual + c, mask));
+        _mm256_maskstore_ps(y + c, mask, acc);
     }
 }
 #else
 /* Portable: y is the accumulator, and every channel loop is contiguous and vectorizable. */
-KERNEL_INLINE void depthwise_f32_pixel(const float *restrict x, const float *restrict w,
+KERNEL_INLINE void depthwise_f32_pixel(const float *const *rows, const float *restrict w,
     const float *restrict bias, const float *restrict residual, float *restrict y,
-    int channels, int kernel_width, int row_stride, int x_offset,
-    int ky0, int ky1, int kx0, int kx1, int has_bias, int has_residual, int activation)
+    int channels, int kernel_width, int column, int ky0, int ky1, int kx0, int kx1,
+    int has_bias, int has_residual, int activation)
 {
     for (int c = 0; c < channels; ++c) {
         y[c] = has_bias ? bias[c] : 0.0f;
     }
     for (int ky = ky0; ky < ky1; ++ky) {
         for (int kx = kx0; kx < kx1; ++kx) {
-            const float *restrict xp = x + (x_offset + ky * row_stride + kx * channels);
+            const float *restrict xp = rows[ky] + (column + kx) * channels;
             const float *restrict wp = w + (ky * kernel_width + kx) * channels;
             for (int c = 0; c < channels; ++c) {
                 y[c] += xp[c] * wp[c];
@@ -852,6 +730,952 @@ static void conv3x3_s2_f32_nchw3x224x224_to_32_p1_relu6(const float *restrict x,
     }
 }
 
+/*
+ * Up to 8 adjacent output pixels of a 3x3, stride 1 depthwise convolution, all channels:
+ *   y[p][c] = activation(bias[c] + sum over taps of rows[ky][column + p * 1 + kx][c] * w[ky][kx][c]) + residual[p][c]
+ * for p < pixels, over the rows ky in [ky0, ky1). Unless `checked`, every column read lies inside the
+ * input row; when `checked`, columns outside [0, in_width) count as zero padding (fast when `column`
+ * is a literal). x, y and residual pixels are `channels` floats apart (NHWC). Each input column is
+ * loaded once per row and feeds every pixel and tap that reads it.
+ */
+#if defined(KERNELS_AVX512)
+KERNEL_INLINE void depthwise3x3_s1_f32_block(const float *const *rows, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int channels, int in_width, int column, int pixels, int checked, int ky0, int ky1,
+    int has_bias, int has_residual, int activation)
+{
+    int c = 0;
+    for (; c + 16 <= channels; c += 16) {
+        const __m512 start = has_bias ? _mm512_loadu_ps(bias + c) : _mm512_setzero_ps();
+        {
+            __m512 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
+            if (ky0 <= 0 && 0 < ky1) {
+                const float *row = rows[0];
+                const __m512 w0 = _mm512_loadu_ps(w + 0 * channels + c);
+                const __m512 w1 = _mm512_loadu_ps(w + 1 * channels + c);
+                const __m512 w2 = _mm512_loadu_ps(w + 2 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 3) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 4) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 5) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 6) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 7) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 8) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 9) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 1 && 1 < ky1) {
+                const float *row = rows[1];
+                const __m512 w0 = _mm512_loadu_ps(w + 3 * channels + c);
+                const __m512 w1 = _mm512_loadu_ps(w + 4 * channels + c);
+                const __m512 w2 = _mm512_loadu_ps(w + 5 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 3) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 4) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 5) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 6) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 7) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 8) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 9) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 2 && 2 < ky1) {
+                const float *row = rows[2];
+                const __m512 w0 = _mm512_loadu_ps(w + 6 * channels + c);
+                const __m512 w1 = _mm512_loadu_ps(w + 7 * channels + c);
+                const __m512 w2 = _mm512_loadu_ps(w + 8 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 3) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 4) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 5) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 6) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 7) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 8) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 9) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+            }
+            {
+                __m512 value = activate_f32x16(acc0, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 0 * channels + c));
+                _mm512_storeu_ps(y + 0 * channels + c, value);
+            }
+            if (pixels > 1) {
+                __m512 value = activate_f32x16(acc1, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 1 * channels + c));
+                _mm512_storeu_ps(y + 1 * channels + c, value);
+            }
+            if (pixels > 2) {
+                __m512 value = activate_f32x16(acc2, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 2 * channels + c));
+                _mm512_storeu_ps(y + 2 * channels + c, value);
+            }
+            if (pixels > 3) {
+                __m512 value = activate_f32x16(acc3, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 3 * channels + c));
+                _mm512_storeu_ps(y + 3 * channels + c, value);
+            }
+            if (pixels > 4) {
+                __m512 value = activate_f32x16(acc4, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 4 * channels + c));
+                _mm512_storeu_ps(y + 4 * channels + c, value);
+            }
+            if (pixels > 5) {
+                __m512 value = activate_f32x16(acc5, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 5 * channels + c));
+                _mm512_storeu_ps(y + 5 * channels + c, value);
+            }
+            if (pixels > 6) {
+                __m512 value = activate_f32x16(acc6, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 6 * channels + c));
+                _mm512_storeu_ps(y + 6 * channels + c, value);
+            }
+            if (pixels > 7) {
+                __m512 value = activate_f32x16(acc7, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 7 * channels + c));
+                _mm512_storeu_ps(y + 7 * channels + c, value);
+            }
+        }
+    }
+    if (c < channels) {
+        const __mmask16 mask = (__mmask16)((1u << (channels - c)) - 1u);
+        const __m512 start = has_bias ? _mm512_maskz_loadu_ps(mask, bias + c) : _mm512_setzero_ps();
+        {
+            __m512 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
+            if (ky0 <= 0 && 0 < ky1) {
+                const float *row = rows[0];
+                const __m512 w0 = _mm512_maskz_loadu_ps(mask, w + 0 * channels + c);
+                const __m512 w1 = _mm512_maskz_loadu_ps(mask, w + 1 * channels + c);
+                const __m512 w2 = _mm512_maskz_loadu_ps(mask, w + 2 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 3) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 4) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 5) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 6) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 7) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 8) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 9) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 1 && 1 < ky1) {
+                const float *row = rows[1];
+                const __m512 w0 = _mm512_maskz_loadu_ps(mask, w + 3 * channels + c);
+                const __m512 w1 = _mm512_maskz_loadu_ps(mask, w + 4 * channels + c);
+                const __m512 w2 = _mm512_maskz_loadu_ps(mask, w + 5 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 3) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 4) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 5) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 6) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 7) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 8) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 9) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 2 && 2 < ky1) {
+                const float *row = rows[2];
+                const __m512 w0 = _mm512_maskz_loadu_ps(mask, w + 6 * channels + c);
+                const __m512 w1 = _mm512_maskz_loadu_ps(mask, w + 7 * channels + c);
+                const __m512 w2 = _mm512_maskz_loadu_ps(mask, w + 8 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 3) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 4) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 5) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 6) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 7) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 8) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 9) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+            }
+            {
+                __m512 value = activate_f32x16(acc0, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 0 * channels + c));
+                _mm512_mask_storeu_ps(y + 0 * channels + c, mask, value);
+            }
+            if (pixels > 1) {
+                __m512 value = activate_f32x16(acc1, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 1 * channels + c));
+                _mm512_mask_storeu_ps(y + 1 * channels + c, mask, value);
+            }
+            if (pixels > 2) {
+                __m512 value = activate_f32x16(acc2, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 2 * channels + c));
+                _mm512_mask_storeu_ps(y + 2 * channels + c, mask, value);
+            }
+            if (pixels > 3) {
+                __m512 value = activate_f32x16(acc3, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 3 * channels + c));
+                _mm512_mask_storeu_ps(y + 3 * channels + c, mask, value);
+            }
+            if (pixels > 4) {
+                __m512 value = activate_f32x16(acc4, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 4 * channels + c));
+                _mm512_mask_storeu_ps(y + 4 * channels + c, mask, value);
+            }
+            if (pixels > 5) {
+                __m512 value = activate_f32x16(acc5, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 5 * channels + c));
+                _mm512_mask_storeu_ps(y + 5 * channels + c, mask, value);
+            }
+            if (pixels > 6) {
+                __m512 value = activate_f32x16(acc6, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 6 * channels + c));
+                _mm512_mask_storeu_ps(y + 6 * channels + c, mask, value);
+            }
+            if (pixels > 7) {
+                __m512 value = activate_f32x16(acc7, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 7 * channels + c));
+                _mm512_mask_storeu_ps(y + 7 * channels + c, mask, value);
+            }
+        }
+    }
+}
+#elif defined(KERNELS_AVX2)
+KERNEL_INLINE void depthwise3x3_s1_f32_block(const float *const *rows, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int channels, int in_width, int column, int pixels, int checked, int ky0, int ky1,
+    int has_bias, int has_residual, int activation)
+{
+    int c = 0;
+    for (; c + 8 <= channels; c += 8) {
+        const __m256 start = has_bias ? _mm256_loadu_ps(bias + c) : _mm256_setzero_ps();
+        {
+            __m256 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
+            if (ky0 <= 0 && 0 < ky1) {
+                const float *row = rows[0];
+                const __m256 w0 = _mm256_loadu_ps(w + 0 * channels + c);
+                const __m256 w1 = _mm256_loadu_ps(w + 1 * channels + c);
+                const __m256 w2 = _mm256_loadu_ps(w + 2 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 3) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 4) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 5) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 6) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 7) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 8) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 9) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 1 && 1 < ky1) {
+                const float *row = rows[1];
+                const __m256 w0 = _mm256_loadu_ps(w + 3 * channels + c);
+                const __m256 w1 = _mm256_loadu_ps(w + 4 * channels + c);
+                const __m256 w2 = _mm256_loadu_ps(w + 5 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 3) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 4) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 5) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 6) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 7) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 8) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 9) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 2 && 2 < ky1) {
+                const float *row = rows[2];
+                const __m256 w0 = _mm256_loadu_ps(w + 6 * channels + c);
+                const __m256 w1 = _mm256_loadu_ps(w + 7 * channels + c);
+                const __m256 w2 = _mm256_loadu_ps(w + 8 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 3) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 4) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 5) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 6) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 7) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 8) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 9) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+            }
+            {
+                __m256 value = activate_f32x8(acc0, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 0 * channels + c));
+                _mm256_storeu_ps(y + 0 * channels + c, value);
+            }
+            if (pixels > 1) {
+                __m256 value = activate_f32x8(acc1, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 1 * channels + c));
+                _mm256_storeu_ps(y + 1 * channels + c, value);
+            }
+            if (pixels > 2) {
+                __m256 value = activate_f32x8(acc2, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 2 * channels + c));
+                _mm256_storeu_ps(y + 2 * channels + c, value);
+            }
+            if (pixels > 3) {
+                __m256 value = activate_f32x8(acc3, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 3 * channels + c));
+                _mm256_storeu_ps(y + 3 * channels + c, value);
+            }
+            if (pixels > 4) {
+                __m256 value = activate_f32x8(acc4, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 4 * channels + c));
+                _mm256_storeu_ps(y + 4 * channels + c, value);
+            }
+            if (pixels > 5) {
+                __m256 value = activate_f32x8(acc5, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 5 * channels + c));
+                _mm256_storeu_ps(y + 5 * channels + c, value);
+            }
+            if (pixels > 6) {
+                __m256 value = activate_f32x8(acc6, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 6 * channels + c));
+                _mm256_storeu_ps(y + 6 * channels + c, value);
+            }
+            if (pixels > 7) {
+                __m256 value = activate_f32x8(acc7, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 7 * channels + c));
+                _mm256_storeu_ps(y + 7 * channels + c, value);
+            }
+        }
+    }
+    if (c < channels) {
+        const __m256i mask = lane_mask_f32x8(channels - c);
+        const __m256 start = has_bias ? _mm256_maskload_ps(bias + c, mask) : _mm256_setzero_ps();
+        {
+            __m256 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
+            if (ky0 <= 0 && 0 < ky1) {
+                const float *row = rows[0];
+                const __m256 w0 = _mm256_maskload_ps(w + 0 * channels + c, mask);
+                const __m256 w1 = _mm256_maskload_ps(w + 1 * channels + c, mask);
+                const __m256 w2 = _mm256_maskload_ps(w + 2 * channels + c, mask);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 0) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 1) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 2) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 3) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 4) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 5) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 6) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 7) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 8) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 9) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 1 && 1 < ky1) {
+                const float *row = rows[1];
+                const __m256 w0 = _mm256_maskload_ps(w + 3 * channels + c, mask);
+                const __m256 w1 = _mm256_maskload_ps(w + 4 * channels + c, mask);
+                const __m256 w2 = _mm256_maskload_ps(w + 5 * channels + c, mask);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 0) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 1) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 2) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 3) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 4) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 5) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 6) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 7) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 8) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 9) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 2 && 2 < ky1) {
+                const float *row = rows[2];
+                const __m256 w0 = _mm256_maskload_ps(w + 6 * channels + c, mask);
+                const __m256 w1 = _mm256_maskload_ps(w + 7 * channels + c, mask);
+                const __m256 w2 = _mm256_maskload_ps(w + 8 * channels + c, mask);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 0) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 1) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 2) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 3) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 4) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 5) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 6) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 7) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 8) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 9) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+            }
+            {
+                __m256 value = activate_f32x8(acc0, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 0 * channels + c, mask));
+                _mm256_maskstore_ps(y + 0 * channels + c, mask, value);
+            }
+            if (pixels > 1) {
+                __m256 value = activate_f32x8(acc1, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 1 * channels + c, mask));
+                _mm256_maskstore_ps(y + 1 * channels + c, mask, value);
+            }
+            if (pixels > 2) {
+                __m256 value = activate_f32x8(acc2, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 2 * channels + c, mask));
+                _mm256_maskstore_ps(y + 2 * channels + c, mask, value);
+            }
+            if (pixels > 3) {
+                __m256 value = activate_f32x8(acc3, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 3 * channels + c, mask));
+                _mm256_maskstore_ps(y + 3 * channels + c, mask, value);
+            }
+            if (pixels > 4) {
+                __m256 value = activate_f32x8(acc4, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 4 * channels + c, mask));
+                _mm256_maskstore_ps(y + 4 * channels + c, mask, value);
+            }
+            if (pixels > 5) {
+                __m256 value = activate_f32x8(acc5, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 5 * channels + c, mask));
+                _mm256_maskstore_ps(y + 5 * channels + c, mask, value);
+            }
+            if (pixels > 6) {
+                __m256 value = activate_f32x8(acc6, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 6 * channels + c, mask));
+                _mm256_maskstore_ps(y + 6 * channels + c, mask, value);
+            }
+            if (pixels > 7) {
+                __m256 value = activate_f32x8(acc7, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 7 * channels + c, mask));
+                _mm256_maskstore_ps(y + 7 * channels + c, mask, value);
+            }
+        }
+    }
+}
+#else
+KERNEL_INLINE void depthwise3x3_s1_f32_block(const float *const *rows, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int channels, int in_width, int column, int pixels, int checked, int ky0, int ky1,
+    int has_bias, int has_residual, int activation)
+{
+    for (int p = 0; p < pixels; ++p) {
+        const int first = column + p * 1;
+        const int kx0 = checked && first < 0 ? -first : 0;
+        const int kx1 = checked && first + 3 > in_width ? in_width - first : 3;
+        depthwise_f32_pixel(rows, w, bias, has_residual ? residual + p * channels : residual, y + p * channels, channels, 3,
+                            first, ky0, ky1, kx0, kx1, has_bias, has_residual, activation);
+    }
+}
+#endif
+
 /* 3x3 depthwise convolution, stride 1x1, padding 1: 112x112x32 -> 112x112x32, w[3][3][32], then bias, relu6 */
 static void depthwise3x3_s1_f32_112x112x32_p1_relu6(const float *restrict x, const float *restrict w,
                                                     const float *restrict bias, float *restrict y)
@@ -860,22 +1684,27 @@ static void depthwise3x3_s1_f32_112x112x32_p1_relu6(const float *restrict x, con
         const int iy0 = oy - 1;
         const int ky0 = iy0 < 0 ? -iy0 : 0;
         const int ky1 = iy0 + 3 > 112 ? 112 - iy0 : 3;
-        for (int ox = 0; ox < 112; ++ox) {
-            const int ix0 = ox - 1;
-            const int kx0 = ix0 < 0 ? -ix0 : 0;
-            const int kx1 = ix0 + 3 > 112 ? 112 - ix0 : 3;
-            const int x_offset = (iy0 * 112 + ix0) * 32;
-            const int y_offset = (oy * 112 + ox) * 32;
-            if (ky0 == 0 && ky1 == 3 && kx0 == 0 && kx1 == 3) {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 32, 3, 3584, x_offset, 0, 3, 0, 3, 1, 0, ACTIVATION_RELU6);
-            } else {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 32, 3, 3584, x_offset, ky0, ky1, kx0, kx1, 1, 0, ACTIVATION_RELU6);
+        const float *rows[3];
+        for (int ky = 0; ky < 3; ++ky) {
+            rows[ky] = ky >= ky0 && ky < ky1 ? x + (iy0 + ky) * 3584 : x;
+        }
+        if (ky0 == 0 && ky1 == 3) {
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 3584, 32, 112, -1, 8, 1, 0, 3, 1, 0, ACTIVATION_RELU6);
+            for (int ox = 8; ox < 104; ox += 8) {
+                depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 3584 + ox * 32, 32, 112, ox - 1, 8, 0, 0, 3, 1, 0, ACTIVATION_RELU6);
             }
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 3584 + 3328, 32, 112, 103, 8, 1, 0, 3, 1, 0, ACTIVATION_RELU6);
+        } else {
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 3584, 32, 112, -1, 8, 1, ky0, ky1, 1, 0, ACTIVATION_RELU6);
+            for (int ox = 8; ox < 104; ox += 8) {
+                depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 3584 + ox * 32, 32, 112, ox - 1, 8, 0, ky0, ky1, 1, 0, ACTIVATION_RELU6);
+            }
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 3584 + 3328, 32, 112, 103, 8, 1, ky0, ky1, 1, 0, ACTIVATION_RELU6);
         }
     }
 }
 
-/* 1x1 convolution as a GEMM: y[12544][16] = x[12544][32] * w[32][16], then bias */
+/* 1x1 convolution as a GEMM: y[12544][16] = x[12544][32] * w[32][16] in 32-column panels, then bias */
 static void pointwise_f32_112x112x32_to_16(const float *restrict x, const float *restrict w,
                                            const float *restrict bias, float *restrict y)
 {
@@ -889,9 +1718,10 @@ static void pointwise_f32_112x112x32_to_16(const float *restrict x, const float 
     }
 #elif defined(KERNELS_VECTOR)
     for (int p = 0; p < 12544; p += 4) {
-        for (int n = 0; n < 16; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 32, w + n, bias + n, NULL, y + p * 16 + n, 4, 8, 32, 16, 16, 1, 0, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile6x8_vector(x + p * 32, w, bias, NULL, y + p * 16, 4, 8, 32, 16, 16, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 12544; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 32, w + 8, bias + 8, NULL, y + p * 16 + 8, 4, 8, 32, 16, 16, 1, 0, ACTIVATION_IDENTITY);
     }
 #else
     for (int p = 0; p < 12544; p += 4) {
@@ -900,36 +1730,1249 @@ static void pointwise_f32_112x112x32_to_16(const float *restrict x, const float 
 #endif
 }
 
-/* 1x1 convolution as a GEMM: y[12544][96] = x[12544][16] * w[16][96], then bias, relu6 */
+/* 1x1 convolution as a GEMM: y[12544][96] = x[12544][16] * w[16][96] in 32-column panels, then bias, relu6 */
 static void pointwise_f32_112x112x16_to_96_relu6(const float *restrict x, const float *restrict w,
                                                  const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 12544; p += 8) {
-        for (int n = 0; n < 96; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 16, w + n, bias + n, NULL, y + p * 96 + n, 8, 32, 16, 96, 96, 1, 0, ACTIVATION_RELU6);
+    for (int n = 0; n < 96; n += 32) {
+        for (int p = 0; p < 12544; p += 8) {
+            pointwise_f32_tile8x32_avx512(x + p * 16, w + n * 16, bias + n, NULL, y + p * 96 + n, 8, 32, 16, 32, 96, 1, 0, ACTIVATION_RELU6);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 12544; p += 4) {
-        for (int n = 0; n < 96; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 16, w + n, bias + n, NULL, y + p * 96 + n, 4, 16, 16, 96, 96, 1, 0, ACTIVATION_RELU6);
+    for (int n = 0; n < 96; n += 32) {
+        for (int p = 0; p < 12544; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 16, w + n * 16, bias + n, NULL, y + p * 96 + n, 4, 16, 16, 32, 96, 1, 0, ACTIVATION_RELU6);
+        }
+        for (int p = 0; p < 12544; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 16, w + n * 16 + 16, bias + n + 16, NULL, y + p * 96 + n + 16, 4, 16, 16, 32, 96, 1, 0, ACTIVATION_RELU6);
         }
     }
 #elif defined(KERNELS_VECTOR)
-    for (int p = 0; p < 12544; p += 4) {
-        for (int n = 0; n < 96; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 16, w + n, bias + n, NULL, y + p * 96 + n, 4, 8, 16, 96, 96, 1, 0, ACTIVATION_RELU6);
+    for (int n = 0; n < 96; n += 32) {
+        for (int p = 0; p < 12544; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 16, w + n * 16, bias + n, NULL, y + p * 96 + n, 4, 8, 16, 32, 96, 1, 0, ACTIVATION_RELU6);
+        }
+        for (int p = 0; p < 12544; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 16, w + n * 16 + 8, bias + n + 8, NULL, y + p * 96 + n + 8, 4, 8, 16, 32, 96, 1, 0, ACTIVATION_RELU6);
+        }
+        for (int p = 0; p < 12544; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 16, w + n * 16 + 16, bias + n + 16, NULL, y + p * 96 + n + 16, 4, 8, 16, 32, 96, 1, 0, ACTIVATION_RELU6);
+        }
+        for (int p = 0; p < 12544; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 16, w + n * 16 + 24, bias + n + 24, NULL, y + p * 96 + n + 24, 4, 8, 16, 32, 96, 1, 0, ACTIVATION_RELU6);
         }
     }
 #else
-    for (int p = 0; p < 12544; p += 4) {
-        for (int n = 0; n < 96; n += 16) {
-            pointwise_f32_tile4x16_portable(x + p * 16, w + n, bias + n, NULL, y + p * 96 + n, 4, 16, 16, 96, 96, 1, 0, ACTIVATION_RELU6);
+    for (int n = 0; n < 96; n += 32) {
+        for (int p = 0; p < 12544; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 16, w + n * 16, bias + n, NULL, y + p * 96 + n, 4, 16, 16, 32, 96, 1, 0, ACTIVATION_RELU6);
+        }
+        for (int p = 0; p < 12544; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 16, w + n * 16 + 16, bias + n + 16, NULL, y + p * 96 + n + 16, 4, 16, 16, 32, 96, 1, 0, ACTIVATION_RELU6);
         }
     }
 #endif
 }
+
+/*
+ * Up to 8 adjacent output pixels of a 3x3, stride 2 depthwise convolution, all channels:
+ *   y[p][c] = activation(bias[c] + sum over taps of rows[ky][column + p * 2 + kx][c] * w[ky][kx][c]) + residual[p][c]
+ * for p < pixels, over the rows ky in [ky0, ky1). Unless `checked`, every column read lies inside the
+ * input row; when `checked`, columns outside [0, in_width) count as zero padding (fast when `column`
+ * is a literal). x, y and residual pixels are `channels` floats apart (NHWC). Each input column is
+ * loaded once per row and feeds every pixel and tap that reads it.
+ */
+#if defined(KERNELS_AVX512)
+KERNEL_INLINE void depthwise3x3_s2_f32_block(const float *const *rows, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int channels, int in_width, int column, int pixels, int checked, int ky0, int ky1,
+    int has_bias, int has_residual, int activation)
+{
+    int c = 0;
+    for (; c + 16 <= channels; c += 16) {
+        const __m512 start = has_bias ? _mm512_loadu_ps(bias + c) : _mm512_setzero_ps();
+        {
+            __m512 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
+            if (ky0 <= 0 && 0 < ky1) {
+                const float *row = rows[0];
+                const __m512 w0 = _mm512_loadu_ps(w + 0 * channels + c);
+                const __m512 w1 = _mm512_loadu_ps(w + 1 * channels + c);
+                const __m512 w2 = _mm512_loadu_ps(w + 2 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 3) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 4) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 5) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 6) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 7) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 8) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 9) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 10) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 11) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 12) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 13) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 14) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 15) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 16) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 1 && 1 < ky1) {
+                const float *row = rows[1];
+                const __m512 w0 = _mm512_loadu_ps(w + 3 * channels + c);
+                const __m512 w1 = _mm512_loadu_ps(w + 4 * channels + c);
+                const __m512 w2 = _mm512_loadu_ps(w + 5 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 3) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 4) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 5) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 6) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 7) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 8) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 9) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 10) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 11) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 12) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 13) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 14) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 15) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 16) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 2 && 2 < ky1) {
+                const float *row = rows[2];
+                const __m512 w0 = _mm512_loadu_ps(w + 6 * channels + c);
+                const __m512 w1 = _mm512_loadu_ps(w + 7 * channels + c);
+                const __m512 w2 = _mm512_loadu_ps(w + 8 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 3) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 4) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 5) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 6) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 7) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 8) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 9) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 10) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 11) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 12) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 13) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 14) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 15) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 16) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+            }
+            {
+                __m512 value = activate_f32x16(acc0, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 0 * channels + c));
+                _mm512_storeu_ps(y + 0 * channels + c, value);
+            }
+            if (pixels > 1) {
+                __m512 value = activate_f32x16(acc1, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 1 * channels + c));
+                _mm512_storeu_ps(y + 1 * channels + c, value);
+            }
+            if (pixels > 2) {
+                __m512 value = activate_f32x16(acc2, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 2 * channels + c));
+                _mm512_storeu_ps(y + 2 * channels + c, value);
+            }
+            if (pixels > 3) {
+                __m512 value = activate_f32x16(acc3, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 3 * channels + c));
+                _mm512_storeu_ps(y + 3 * channels + c, value);
+            }
+            if (pixels > 4) {
+                __m512 value = activate_f32x16(acc4, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 4 * channels + c));
+                _mm512_storeu_ps(y + 4 * channels + c, value);
+            }
+            if (pixels > 5) {
+                __m512 value = activate_f32x16(acc5, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 5 * channels + c));
+                _mm512_storeu_ps(y + 5 * channels + c, value);
+            }
+            if (pixels > 6) {
+                __m512 value = activate_f32x16(acc6, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 6 * channels + c));
+                _mm512_storeu_ps(y + 6 * channels + c, value);
+            }
+            if (pixels > 7) {
+                __m512 value = activate_f32x16(acc7, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 7 * channels + c));
+                _mm512_storeu_ps(y + 7 * channels + c, value);
+            }
+        }
+    }
+    if (c < channels) {
+        const __mmask16 mask = (__mmask16)((1u << (channels - c)) - 1u);
+        const __m512 start = has_bias ? _mm512_maskz_loadu_ps(mask, bias + c) : _mm512_setzero_ps();
+        {
+            __m512 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
+            if (ky0 <= 0 && 0 < ky1) {
+                const float *row = rows[0];
+                const __m512 w0 = _mm512_maskz_loadu_ps(mask, w + 0 * channels + c);
+                const __m512 w1 = _mm512_maskz_loadu_ps(mask, w + 1 * channels + c);
+                const __m512 w2 = _mm512_maskz_loadu_ps(mask, w + 2 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 3) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 4) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 5) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 6) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 7) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 8) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 9) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 10) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 11) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 12) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 13) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 14) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 15) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 16) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 1 && 1 < ky1) {
+                const float *row = rows[1];
+                const __m512 w0 = _mm512_maskz_loadu_ps(mask, w + 3 * channels + c);
+                const __m512 w1 = _mm512_maskz_loadu_ps(mask, w + 4 * channels + c);
+                const __m512 w2 = _mm512_maskz_loadu_ps(mask, w + 5 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 3) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 4) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 5) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 6) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 7) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 8) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 9) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 10) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 11) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 12) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 13) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 14) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 15) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 16) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 2 && 2 < ky1) {
+                const float *row = rows[2];
+                const __m512 w0 = _mm512_maskz_loadu_ps(mask, w + 6 * channels + c);
+                const __m512 w1 = _mm512_maskz_loadu_ps(mask, w + 7 * channels + c);
+                const __m512 w2 = _mm512_maskz_loadu_ps(mask, w + 8 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 3) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 4) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 5) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 6) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 7) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 8) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 9) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 10) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 11) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 12) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 13) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 14) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 15) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 16) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+            }
+            {
+                __m512 value = activate_f32x16(acc0, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 0 * channels + c));
+                _mm512_mask_storeu_ps(y + 0 * channels + c, mask, value);
+            }
+            if (pixels > 1) {
+                __m512 value = activate_f32x16(acc1, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 1 * channels + c));
+                _mm512_mask_storeu_ps(y + 1 * channels + c, mask, value);
+            }
+            if (pixels > 2) {
+                __m512 value = activate_f32x16(acc2, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 2 * channels + c));
+                _mm512_mask_storeu_ps(y + 2 * channels + c, mask, value);
+            }
+            if (pixels > 3) {
+                __m512 value = activate_f32x16(acc3, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 3 * channels + c));
+                _mm512_mask_storeu_ps(y + 3 * channels + c, mask, value);
+            }
+            if (pixels > 4) {
+                __m512 value = activate_f32x16(acc4, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 4 * channels + c));
+                _mm512_mask_storeu_ps(y + 4 * channels + c, mask, value);
+            }
+            if (pixels > 5) {
+                __m512 value = activate_f32x16(acc5, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 5 * channels + c));
+                _mm512_mask_storeu_ps(y + 5 * channels + c, mask, value);
+            }
+            if (pixels > 6) {
+                __m512 value = activate_f32x16(acc6, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 6 * channels + c));
+                _mm512_mask_storeu_ps(y + 6 * channels + c, mask, value);
+            }
+            if (pixels > 7) {
+                __m512 value = activate_f32x16(acc7, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 7 * channels + c));
+                _mm512_mask_storeu_ps(y + 7 * channels + c, mask, value);
+            }
+        }
+    }
+}
+#elif defined(KERNELS_AVX2)
+KERNEL_INLINE void depthwise3x3_s2_f32_block(const float *const *rows, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int channels, int in_width, int column, int pixels, int checked, int ky0, int ky1,
+    int has_bias, int has_residual, int activation)
+{
+    int c = 0;
+    for (; c + 8 <= channels; c += 8) {
+        const __m256 start = has_bias ? _mm256_loadu_ps(bias + c) : _mm256_setzero_ps();
+        {
+            __m256 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
+            if (ky0 <= 0 && 0 < ky1) {
+                const float *row = rows[0];
+                const __m256 w0 = _mm256_loadu_ps(w + 0 * channels + c);
+                const __m256 w1 = _mm256_loadu_ps(w + 1 * channels + c);
+                const __m256 w2 = _mm256_loadu_ps(w + 2 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 3) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 4) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 5) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 6) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 7) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 8) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 9) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 10) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 11) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 12) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 13) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 14) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 15) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 16) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 1 && 1 < ky1) {
+                const float *row = rows[1];
+                const __m256 w0 = _mm256_loadu_ps(w + 3 * channels + c);
+                const __m256 w1 = _mm256_loadu_ps(w + 4 * channels + c);
+                const __m256 w2 = _mm256_loadu_ps(w + 5 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 3) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 4) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 5) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 6) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 7) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 8) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 9) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 10) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 11) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 12) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 13) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 14) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 15) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 16) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 2 && 2 < ky1) {
+                const float *row = rows[2];
+                const __m256 w0 = _mm256_loadu_ps(w + 6 * channels + c);
+                const __m256 w1 = _mm256_loadu_ps(w + 7 * channels + c);
+                const __m256 w2 = _mm256_loadu_ps(w + 8 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 3) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 4) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 5) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 6) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 7) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 8) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 9) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 10) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 11) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 12) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 13) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 14) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 15) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 16) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+            }
+            {
+                __m256 value = activate_f32x8(acc0, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 0 * channels + c));
+                _mm256_storeu_ps(y + 0 * channels + c, value);
+            }
+            if (pixels > 1) {
+                __m256 value = activate_f32x8(acc1, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 1 * channels + c));
+                _mm256_storeu_ps(y + 1 * channels + c, value);
+            }
+            if (pixels > 2) {
+                __m256 value = activate_f32x8(acc2, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 2 * channels + c));
+                _mm256_storeu_ps(y + 2 * channels + c, value);
+            }
+            if (pixels > 3) {
+                __m256 value = activate_f32x8(acc3, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 3 * channels + c));
+                _mm256_storeu_ps(y + 3 * channels + c, value);
+            }
+            if (pixels > 4) {
+                __m256 value = activate_f32x8(acc4, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 4 * channels + c));
+                _mm256_storeu_ps(y + 4 * channels + c, value);
+            }
+            if (pixels > 5) {
+                __m256 value = activate_f32x8(acc5, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 5 * channels + c));
+                _mm256_storeu_ps(y + 5 * channels + c, value);
+            }
+            if (pixels > 6) {
+                __m256 value = activate_f32x8(acc6, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 6 * channels + c));
+                _mm256_storeu_ps(y + 6 * channels + c, value);
+            }
+            if (pixels > 7) {
+                __m256 value = activate_f32x8(acc7, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 7 * channels + c));
+                _mm256_storeu_ps(y + 7 * channels + c, value);
+            }
+        }
+    }
+    if (c < channels) {
+        const __m256i mask = lane_mask_f32x8(channels - c);
+        const __m256 start = has_bias ? _mm256_maskload_ps(bias + c, mask) : _mm256_setzero_ps();
+        {
+            __m256 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
+            if (ky0 <= 0 && 0 < ky1) {
+                const float *row = rows[0];
+                const __m256 w0 = _mm256_maskload_ps(w + 0 * channels + c, mask);
+                const __m256 w1 = _mm256_maskload_ps(w + 1 * channels + c, mask);
+                const __m256 w2 = _mm256_maskload_ps(w + 2 * channels + c, mask);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 0) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 1) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 2) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 3) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 4) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 5) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 6) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 7) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 8) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 9) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 10) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 11) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 12) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 13) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 14) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 15) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 16) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 1 && 1 < ky1) {
+                const float *row = rows[1];
+                const __m256 w0 = _mm256_maskload_ps(w + 3 * channels + c, mask);
+                const __m256 w1 = _mm256_maskload_ps(w + 4 * channels + c, mask);
+                const __m256 w2 = _mm256_maskload_ps(w + 5 * channels + c, mask);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 0) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 1) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 2) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 3) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 4) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 5) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 6) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 7) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 8) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 9) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 10) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 11) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 12) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 13) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 14) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 15) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 16) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 2 && 2 < ky1) {
+                const float *row = rows[2];
+                const __m256 w0 = _mm256_maskload_ps(w + 6 * channels + c, mask);
+                const __m256 w1 = _mm256_maskload_ps(w + 7 * channels + c, mask);
+                const __m256 w2 = _mm256_maskload_ps(w + 8 * channels + c, mask);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 0) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 1) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 2) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 3) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 4) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 5) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 6) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 7) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 8) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 9) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 10) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 11) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 12) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 13) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 14) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 15) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 16) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+            }
+            {
+                __m256 value = activate_f32x8(acc0, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 0 * channels + c, mask));
+                _mm256_maskstore_ps(y + 0 * channels + c, mask, value);
+            }
+            if (pixels > 1) {
+                __m256 value = activate_f32x8(acc1, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 1 * channels + c, mask));
+                _mm256_maskstore_ps(y + 1 * channels + c, mask, value);
+            }
+            if (pixels > 2) {
+                __m256 value = activate_f32x8(acc2, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 2 * channels + c, mask));
+                _mm256_maskstore_ps(y + 2 * channels + c, mask, value);
+            }
+            if (pixels > 3) {
+                __m256 value = activate_f32x8(acc3, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 3 * channels + c, mask));
+                _mm256_maskstore_ps(y + 3 * channels + c, mask, value);
+            }
+            if (pixels > 4) {
+                __m256 value = activate_f32x8(acc4, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 4 * channels + c, mask));
+                _mm256_maskstore_ps(y + 4 * channels + c, mask, value);
+            }
+            if (pixels > 5) {
+                __m256 value = activate_f32x8(acc5, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 5 * channels + c, mask));
+                _mm256_maskstore_ps(y + 5 * channels + c, mask, value);
+            }
+            if (pixels > 6) {
+                __m256 value = activate_f32x8(acc6, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 6 * channels + c, mask));
+                _mm256_maskstore_ps(y + 6 * channels + c, mask, value);
+            }
+            if (pixels > 7) {
+                __m256 value = activate_f32x8(acc7, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 7 * channels + c, mask));
+                _mm256_maskstore_ps(y + 7 * channels + c, mask, value);
+            }
+        }
+    }
+}
+#else
+KERNEL_INLINE void depthwise3x3_s2_f32_block(const float *const *rows, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int channels, int in_width, int column, int pixels, int checked, int ky0, int ky1,
+    int has_bias, int has_residual, int activation)
+{
+    for (int p = 0; p < pixels; ++p) {
+        const int first = column + p * 2;
+        const int kx0 = checked && first < 0 ? -first : 0;
+        const int kx1 = checked && first + 3 > in_width ? in_width - first : 3;
+        depthwise_f32_pixel(rows, w, bias, has_residual ? residual + p * channels : residual, y + p * channels, channels, 3,
+                            first, ky0, ky1, kx0, kx1, has_bias, has_residual, activation);
+    }
+}
+#endif
 
 /* 3x3 depthwise convolution, stride 2x2, padding 1: 112x112x96 -> 56x56x96, w[3][3][96], then bias, relu6 */
 static void depthwise3x3_s2_f32_112x112x96_p1_relu6(const float *restrict x, const float *restrict w,
@@ -939,22 +2982,25 @@ static void depthwise3x3_s2_f32_112x112x96_p1_relu6(const float *restrict x, con
         const int iy0 = oy * 2 - 1;
         const int ky0 = iy0 < 0 ? -iy0 : 0;
         const int ky1 = iy0 + 3 > 112 ? 112 - iy0 : 3;
-        for (int ox = 0; ox < 56; ++ox) {
-            const int ix0 = ox * 2 - 1;
-            const int kx0 = ix0 < 0 ? -ix0 : 0;
-            const int kx1 = ix0 + 3 > 112 ? 112 - ix0 : 3;
-            const int x_offset = (iy0 * 112 + ix0) * 96;
-            const int y_offset = (oy * 56 + ox) * 96;
-            if (ky0 == 0 && ky1 == 3 && kx0 == 0 && kx1 == 3) {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 96, 3, 10752, x_offset, 0, 3, 0, 3, 1, 0, ACTIVATION_RELU6);
-            } else {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 96, 3, 10752, x_offset, ky0, ky1, kx0, kx1, 1, 0, ACTIVATION_RELU6);
+        const float *rows[3];
+        for (int ky = 0; ky < 3; ++ky) {
+            rows[ky] = ky >= ky0 && ky < ky1 ? x + (iy0 + ky) * 10752 : x;
+        }
+        if (ky0 == 0 && ky1 == 3) {
+            depthwise3x3_s2_f32_block(rows, w, bias, NULL, y + oy * 5376, 96, 112, -1, 8, 1, 0, 3, 1, 0, ACTIVATION_RELU6);
+            for (int ox = 8; ox < 56; ox += 8) {
+                depthwise3x3_s2_f32_block(rows, w, bias, NULL, y + oy * 5376 + ox * 96, 96, 112, ox * 2 - 1, 8, 0, 0, 3, 1, 0, ACTIVATION_RELU6);
+            }
+        } else {
+            depthwise3x3_s2_f32_block(rows, w, bias, NULL, y + oy * 5376, 96, 112, -1, 8, 1, ky0, ky1, 1, 0, ACTIVATION_RELU6);
+            for (int ox = 8; ox < 56; ox += 8) {
+                depthwise3x3_s2_f32_block(rows, w, bias, NULL, y + oy * 5376 + ox * 96, 96, 112, ox * 2 - 1, 8, 0, ky0, ky1, 1, 0, ACTIVATION_RELU6);
             }
         }
     }
 }
 
-/* 1x1 convolution as a GEMM: y[3136][24] = x[3136][96] * w[96][24], then bias */
+/* 1x1 convolution as a GEMM: y[3136][24] = x[3136][96] * w[96][24] in 32-column panels, then bias */
 static void pointwise_f32_56x56x96_to_24(const float *restrict x, const float *restrict w,
                                          const float *restrict bias, float *restrict y)
 {
@@ -965,50 +3011,87 @@ static void pointwise_f32_56x56x96_to_24(const float *restrict x, const float *r
 #elif defined(KERNELS_AVX2)
     for (int p = 0; p < 3136; p += 4) {
         pointwise_f32_tile6x16_avx2(x + p * 96, w, bias, NULL, y + p * 24, 4, 16, 96, 24, 24, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 3136; p += 4) {
         pointwise_f32_tile6x16_avx2(x + p * 96, w + 16, bias + 16, NULL, y + p * 24 + 16, 4, 8, 96, 24, 24, 1, 0, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
     for (int p = 0; p < 3136; p += 4) {
-        for (int n = 0; n < 24; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 96, w + n, bias + n, NULL, y + p * 24 + n, 4, 8, 96, 24, 24, 1, 0, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile6x8_vector(x + p * 96, w, bias, NULL, y + p * 24, 4, 8, 96, 24, 24, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 3136; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 96, w + 8, bias + 8, NULL, y + p * 24 + 8, 4, 8, 96, 24, 24, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 3136; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 96, w + 16, bias + 16, NULL, y + p * 24 + 16, 4, 8, 96, 24, 24, 1, 0, ACTIVATION_IDENTITY);
     }
 #else
     for (int p = 0; p < 3136; p += 4) {
         pointwise_f32_tile4x16_portable(x + p * 96, w, bias, NULL, y + p * 24, 4, 16, 96, 24, 24, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 3136; p += 4) {
         pointwise_f32_tile4x16_portable(x + p * 96, w + 16, bias + 16, NULL, y + p * 24 + 16, 4, 8, 96, 24, 24, 1, 0, ACTIVATION_IDENTITY);
     }
 #endif
 }
 
-/* 1x1 convolution as a GEMM: y[3136][144] = x[3136][24] * w[24][144], then bias, relu6 */
+/* 1x1 convolution as a GEMM: y[3136][144] = x[3136][24] * w[24][144] in 32-column panels, then bias, relu6 */
 static void pointwise_f32_56x56x24_to_144_relu6(const float *restrict x, const float *restrict w,
                                                 const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 3136; p += 8) {
-        for (int n = 0; n < 128; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 24, w + n, bias + n, NULL, y + p * 144 + n, 8, 32, 24, 144, 144, 1, 0, ACTIVATION_RELU6);
+    for (int n = 0; n < 128; n += 32) {
+        for (int p = 0; p < 3136; p += 8) {
+            pointwise_f32_tile8x32_avx512(x + p * 24, w + n * 24, bias + n, NULL, y + p * 144 + n, 8, 32, 24, 32, 144, 1, 0, ACTIVATION_RELU6);
         }
-        pointwise_f32_tile8x32_avx512(x + p * 24, w + 128, bias + 128, NULL, y + p * 144 + 128, 8, 16, 24, 144, 144, 1, 0, ACTIVATION_RELU6);
+    }
+    for (int p = 0; p < 3136; p += 8) {
+        pointwise_f32_tile8x32_avx512(x + p * 24, w + 3072, bias + 128, NULL, y + p * 144 + 128, 8, 16, 24, 16, 144, 1, 0, ACTIVATION_RELU6);
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 3136; p += 4) {
-        for (int n = 0; n < 144; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 24, w + n, bias + n, NULL, y + p * 144 + n, 4, 16, 24, 144, 144, 1, 0, ACTIVATION_RELU6);
+    for (int n = 0; n < 128; n += 32) {
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 24, w + n * 24, bias + n, NULL, y + p * 144 + n, 4, 16, 24, 32, 144, 1, 0, ACTIVATION_RELU6);
         }
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 24, w + n * 24 + 16, bias + n + 16, NULL, y + p * 144 + n + 16, 4, 16, 24, 32, 144, 1, 0, ACTIVATION_RELU6);
+        }
+    }
+    for (int p = 0; p < 3136; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 24, w + 3072, bias + 128, NULL, y + p * 144 + 128, 4, 16, 24, 16, 144, 1, 0, ACTIVATION_RELU6);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int p = 0; p < 3136; p += 4) {
-        for (int n = 0; n < 144; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 24, w + n, bias + n, NULL, y + p * 144 + n, 4, 8, 24, 144, 144, 1, 0, ACTIVATION_RELU6);
+    for (int n = 0; n < 128; n += 32) {
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 24, w + n * 24, bias + n, NULL, y + p * 144 + n, 4, 8, 24, 32, 144, 1, 0, ACTIVATION_RELU6);
+        }
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 24, w + n * 24 + 8, bias + n + 8, NULL, y + p * 144 + n + 8, 4, 8, 24, 32, 144, 1, 0, ACTIVATION_RELU6);
+        }
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 24, w + n * 24 + 16, bias + n + 16, NULL, y + p * 144 + n + 16, 4, 8, 24, 32, 144, 1, 0, ACTIVATION_RELU6);
+        }
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 24, w + n * 24 + 24, bias + n + 24, NULL, y + p * 144 + n + 24, 4, 8, 24, 32, 144, 1, 0, ACTIVATION_RELU6);
         }
     }
-#else
     for (int p = 0; p < 3136; p += 4) {
-        for (int n = 0; n < 144; n += 16) {
-            pointwise_f32_tile4x16_portable(x + p * 24, w + n, bias + n, NULL, y + p * 144 + n, 4, 16, 24, 144, 144, 1, 0, ACTIVATION_RELU6);
+        pointwise_f32_tile6x8_vector(x + p * 24, w + 3072, bias + 128, NULL, y + p * 144 + 128, 4, 8, 24, 16, 144, 1, 0, ACTIVATION_RELU6);
+    }
+    for (int p = 0; p < 3136; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 24, w + 3080, bias + 136, NULL, y + p * 144 + 136, 4, 8, 24, 16, 144, 1, 0, ACTIVATION_RELU6);
+    }
+#else
+    for (int n = 0; n < 128; n += 32) {
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 24, w + n * 24, bias + n, NULL, y + p * 144 + n, 4, 16, 24, 32, 144, 1, 0, ACTIVATION_RELU6);
         }
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 24, w + n * 24 + 16, bias + n + 16, NULL, y + p * 144 + n + 16, 4, 16, 24, 32, 144, 1, 0, ACTIVATION_RELU6);
+        }
+    }
+    for (int p = 0; p < 3136; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 24, w + 3072, bias + 128, NULL, y + p * 144 + 128, 4, 16, 24, 16, 144, 1, 0, ACTIVATION_RELU6);
     }
 #endif
 }
@@ -1021,22 +3104,27 @@ static void depthwise3x3_s1_f32_56x56x144_p1_relu6(const float *restrict x, cons
         const int iy0 = oy - 1;
         const int ky0 = iy0 < 0 ? -iy0 : 0;
         const int ky1 = iy0 + 3 > 56 ? 56 - iy0 : 3;
-        for (int ox = 0; ox < 56; ++ox) {
-            const int ix0 = ox - 1;
-            const int kx0 = ix0 < 0 ? -ix0 : 0;
-            const int kx1 = ix0 + 3 > 56 ? 56 - ix0 : 3;
-            const int x_offset = (iy0 * 56 + ix0) * 144;
-            const int y_offset = (oy * 56 + ox) * 144;
-            if (ky0 == 0 && ky1 == 3 && kx0 == 0 && kx1 == 3) {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 144, 3, 8064, x_offset, 0, 3, 0, 3, 1, 0, ACTIVATION_RELU6);
-            } else {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 144, 3, 8064, x_offset, ky0, ky1, kx0, kx1, 1, 0, ACTIVATION_RELU6);
+        const float *rows[3];
+        for (int ky = 0; ky < 3; ++ky) {
+            rows[ky] = ky >= ky0 && ky < ky1 ? x + (iy0 + ky) * 8064 : x;
+        }
+        if (ky0 == 0 && ky1 == 3) {
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 8064, 144, 56, -1, 8, 1, 0, 3, 1, 0, ACTIVATION_RELU6);
+            for (int ox = 8; ox < 48; ox += 8) {
+                depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 8064 + ox * 144, 144, 56, ox - 1, 8, 0, 0, 3, 1, 0, ACTIVATION_RELU6);
             }
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 8064 + 6912, 144, 56, 47, 8, 1, 0, 3, 1, 0, ACTIVATION_RELU6);
+        } else {
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 8064, 144, 56, -1, 8, 1, ky0, ky1, 1, 0, ACTIVATION_RELU6);
+            for (int ox = 8; ox < 48; ox += 8) {
+                depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 8064 + ox * 144, 144, 56, ox - 1, 8, 0, ky0, ky1, 1, 0, ACTIVATION_RELU6);
+            }
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 8064 + 6912, 144, 56, 47, 8, 1, ky0, ky1, 1, 0, ACTIVATION_RELU6);
         }
     }
 }
 
-/* 1x1 convolution as a GEMM: y[3136][24] = x[3136][144] * w[144][24], then bias, residual */
+/* 1x1 convolution as a GEMM: y[3136][24] = x[3136][144] * w[144][24] in 32-column panels, then bias, residual */
 static void pointwise_f32_56x56x144_to_24_residual(const float *restrict x, const float *restrict w,
                                                    const float *restrict bias, const float *restrict residual,
                                                    float *restrict y)
@@ -1048,17 +3136,25 @@ static void pointwise_f32_56x56x144_to_24_residual(const float *restrict x, cons
 #elif defined(KERNELS_AVX2)
     for (int p = 0; p < 3136; p += 4) {
         pointwise_f32_tile6x16_avx2(x + p * 144, w, bias, residual + p * 24, y + p * 24, 4, 16, 144, 24, 24, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 3136; p += 4) {
         pointwise_f32_tile6x16_avx2(x + p * 144, w + 16, bias + 16, residual + p * 24 + 16, y + p * 24 + 16, 4, 8, 144, 24, 24, 1, 1, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
     for (int p = 0; p < 3136; p += 4) {
-        for (int n = 0; n < 24; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 144, w + n, bias + n, residual + p * 24 + n, y + p * 24 + n, 4, 8, 144, 24, 24, 1, 1, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile6x8_vector(x + p * 144, w, bias, residual + p * 24, y + p * 24, 4, 8, 144, 24, 24, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 3136; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 144, w + 8, bias + 8, residual + p * 24 + 8, y + p * 24 + 8, 4, 8, 144, 24, 24, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 3136; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 144, w + 16, bias + 16, residual + p * 24 + 16, y + p * 24 + 16, 4, 8, 144, 24, 24, 1, 1, ACTIVATION_IDENTITY);
     }
 #else
     for (int p = 0; p < 3136; p += 4) {
         pointwise_f32_tile4x16_portable(x + p * 144, w, bias, residual + p * 24, y + p * 24, 4, 16, 144, 24, 24, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 3136; p += 4) {
         pointwise_f32_tile4x16_portable(x + p * 144, w + 16, bias + 16, residual + p * 24 + 16, y + p * 24 + 16, 4, 8, 144, 24, 24, 1, 1, ACTIVATION_IDENTITY);
     }
 #endif
@@ -1072,22 +3168,27 @@ static void depthwise3x3_s2_f32_56x56x144_p1_relu6(const float *restrict x, cons
         const int iy0 = oy * 2 - 1;
         const int ky0 = iy0 < 0 ? -iy0 : 0;
         const int ky1 = iy0 + 3 > 56 ? 56 - iy0 : 3;
-        for (int ox = 0; ox < 28; ++ox) {
-            const int ix0 = ox * 2 - 1;
-            const int kx0 = ix0 < 0 ? -ix0 : 0;
-            const int kx1 = ix0 + 3 > 56 ? 56 - ix0 : 3;
-            const int x_offset = (iy0 * 56 + ix0) * 144;
-            const int y_offset = (oy * 28 + ox) * 144;
-            if (ky0 == 0 && ky1 == 3 && kx0 == 0 && kx1 == 3) {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 144, 3, 8064, x_offset, 0, 3, 0, 3, 1, 0, ACTIVATION_RELU6);
-            } else {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 144, 3, 8064, x_offset, ky0, ky1, kx0, kx1, 1, 0, ACTIVATION_RELU6);
+        const float *rows[3];
+        for (int ky = 0; ky < 3; ++ky) {
+            rows[ky] = ky >= ky0 && ky < ky1 ? x + (iy0 + ky) * 8064 : x;
+        }
+        if (ky0 == 0 && ky1 == 3) {
+            depthwise3x3_s2_f32_block(rows, w, bias, NULL, y + oy * 4032, 144, 56, -1, 8, 1, 0, 3, 1, 0, ACTIVATION_RELU6);
+            for (int ox = 8; ox < 24; ox += 8) {
+                depthwise3x3_s2_f32_block(rows, w, bias, NULL, y + oy * 4032 + ox * 144, 144, 56, ox * 2 - 1, 8, 0, 0, 3, 1, 0, ACTIVATION_RELU6);
             }
+            depthwise3x3_s2_f32_block(rows, w, bias, NULL, y + oy * 4032 + 3456, 144, 56, 47, 4, 0, 0, 3, 1, 0, ACTIVATION_RELU6);
+        } else {
+            depthwise3x3_s2_f32_block(rows, w, bias, NULL, y + oy * 4032, 144, 56, -1, 8, 1, ky0, ky1, 1, 0, ACTIVATION_RELU6);
+            for (int ox = 8; ox < 24; ox += 8) {
+                depthwise3x3_s2_f32_block(rows, w, bias, NULL, y + oy * 4032 + ox * 144, 144, 56, ox * 2 - 1, 8, 0, ky0, ky1, 1, 0, ACTIVATION_RELU6);
+            }
+            depthwise3x3_s2_f32_block(rows, w, bias, NULL, y + oy * 4032 + 3456, 144, 56, 47, 4, 0, ky0, ky1, 1, 0, ACTIVATION_RELU6);
         }
     }
 }
 
-/* 1x1 convolution as a GEMM: y[784][32] = x[784][144] * w[144][32], then bias */
+/* 1x1 convolution as a GEMM: y[784][32] = x[784][144] * w[144][32] in 32-column panels, then bias */
 static void pointwise_f32_28x28x144_to_32(const float *restrict x, const float *restrict w,
                                           const float *restrict bias, float *restrict y)
 {
@@ -1097,51 +3198,75 @@ static void pointwise_f32_28x28x144_to_32(const float *restrict x, const float *
     }
 #elif defined(KERNELS_AVX2)
     for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 32; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 144, w + n, bias + n, NULL, y + p * 32 + n, 4, 16, 144, 32, 32, 1, 0, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile6x16_avx2(x + p * 144, w, bias, NULL, y + p * 32, 4, 16, 144, 32, 32, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 144, w + 16, bias + 16, NULL, y + p * 32 + 16, 4, 16, 144, 32, 32, 1, 0, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
     for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 32; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 144, w + n, bias + n, NULL, y + p * 32 + n, 4, 8, 144, 32, 32, 1, 0, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile6x8_vector(x + p * 144, w, bias, NULL, y + p * 32, 4, 8, 144, 32, 32, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 144, w + 8, bias + 8, NULL, y + p * 32 + 8, 4, 8, 144, 32, 32, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 144, w + 16, bias + 16, NULL, y + p * 32 + 16, 4, 8, 144, 32, 32, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 144, w + 24, bias + 24, NULL, y + p * 32 + 24, 4, 8, 144, 32, 32, 1, 0, ACTIVATION_IDENTITY);
     }
 #else
     for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 32; n += 16) {
-            pointwise_f32_tile4x16_portable(x + p * 144, w + n, bias + n, NULL, y + p * 32 + n, 4, 16, 144, 32, 32, 1, 0, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile4x16_portable(x + p * 144, w, bias, NULL, y + p * 32, 4, 16, 144, 32, 32, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 144, w + 16, bias + 16, NULL, y + p * 32 + 16, 4, 16, 144, 32, 32, 1, 0, ACTIVATION_IDENTITY);
     }
 #endif
 }
 
-/* 1x1 convolution as a GEMM: y[784][192] = x[784][32] * w[32][192], then bias, relu6 */
+/* 1x1 convolution as a GEMM: y[784][192] = x[784][32] * w[32][192] in 32-column panels, then bias, relu6 */
 static void pointwise_f32_28x28x32_to_192_relu6(const float *restrict x, const float *restrict w,
                                                 const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 784; p += 8) {
-        for (int n = 0; n < 192; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 32, w + n, bias + n, NULL, y + p * 192 + n, 8, 32, 32, 192, 192, 1, 0, ACTIVATION_RELU6);
+    for (int n = 0; n < 192; n += 32) {
+        for (int p = 0; p < 784; p += 8) {
+            pointwise_f32_tile8x32_avx512(x + p * 32, w + n * 32, bias + n, NULL, y + p * 192 + n, 8, 32, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 192; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 32, w + n, bias + n, NULL, y + p * 192 + n, 4, 16, 32, 192, 192, 1, 0, ACTIVATION_RELU6);
+    for (int n = 0; n < 192; n += 32) {
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 32, w + n * 32, bias + n, NULL, y + p * 192 + n, 4, 16, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 32, w + n * 32 + 16, bias + n + 16, NULL, y + p * 192 + n + 16, 4, 16, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
         }
     }
 #elif defined(KERNELS_VECTOR)
-    for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 192; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 32, w + n, bias + n, NULL, y + p * 192 + n, 4, 8, 32, 192, 192, 1, 0, ACTIVATION_RELU6);
+    for (int n = 0; n < 192; n += 32) {
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 32, w + n * 32, bias + n, NULL, y + p * 192 + n, 4, 8, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 32, w + n * 32 + 8, bias + n + 8, NULL, y + p * 192 + n + 8, 4, 8, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 32, w + n * 32 + 16, bias + n + 16, NULL, y + p * 192 + n + 16, 4, 8, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 32, w + n * 32 + 24, bias + n + 24, NULL, y + p * 192 + n + 24, 4, 8, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
         }
     }
 #else
-    for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 192; n += 16) {
-            pointwise_f32_tile4x16_portable(x + p * 32, w + n, bias + n, NULL, y + p * 192 + n, 4, 16, 32, 192, 192, 1, 0, ACTIVATION_RELU6);
+    for (int n = 0; n < 192; n += 32) {
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 32, w + n * 32, bias + n, NULL, y + p * 192 + n, 4, 16, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 32, w + n * 32 + 16, bias + n + 16, NULL, y + p * 192 + n + 16, 4, 16, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
         }
     }
 #endif
@@ -1155,22 +3280,27 @@ static void depthwise3x3_s1_f32_28x28x192_p1_relu6(const float *restrict x, cons
         const int iy0 = oy - 1;
         const int ky0 = iy0 < 0 ? -iy0 : 0;
         const int ky1 = iy0 + 3 > 28 ? 28 - iy0 : 3;
-        for (int ox = 0; ox < 28; ++ox) {
-            const int ix0 = ox - 1;
-            const int kx0 = ix0 < 0 ? -ix0 : 0;
-            const int kx1 = ix0 + 3 > 28 ? 28 - ix0 : 3;
-            const int x_offset = (iy0 * 28 + ix0) * 192;
-            const int y_offset = (oy * 28 + ox) * 192;
-            if (ky0 == 0 && ky1 == 3 && kx0 == 0 && kx1 == 3) {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 192, 3, 5376, x_offset, 0, 3, 0, 3, 1, 0, ACTIVATION_RELU6);
-            } else {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 192, 3, 5376, x_offset, ky0, ky1, kx0, kx1, 1, 0, ACTIVATION_RELU6);
+        const float *rows[3];
+        for (int ky = 0; ky < 3; ++ky) {
+            rows[ky] = ky >= ky0 && ky < ky1 ? x + (iy0 + ky) * 5376 : x;
+        }
+        if (ky0 == 0 && ky1 == 3) {
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 5376, 192, 28, -1, 8, 1, 0, 3, 1, 0, ACTIVATION_RELU6);
+            for (int ox = 8; ox < 24; ox += 8) {
+                depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 5376 + ox * 192, 192, 28, ox - 1, 8, 0, 0, 3, 1, 0, ACTIVATION_RELU6);
             }
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 5376 + 4608, 192, 28, 23, 4, 1, 0, 3, 1, 0, ACTIVATION_RELU6);
+        } else {
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 5376, 192, 28, -1, 8, 1, ky0, ky1, 1, 0, ACTIVATION_RELU6);
+            for (int ox = 8; ox < 24; ox += 8) {
+                depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 5376 + ox * 192, 192, 28, ox - 1, 8, 0, ky0, ky1, 1, 0, ACTIVATION_RELU6);
+            }
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 5376 + 4608, 192, 28, 23, 4, 1, ky0, ky1, 1, 0, ACTIVATION_RELU6);
         }
     }
 }
 
-/* 1x1 convolution as a GEMM: y[784][32] = x[784][192] * w[192][32], then bias, residual */
+/* 1x1 convolution as a GEMM: y[784][32] = x[784][192] * w[192][32] in 32-column panels, then bias, residual */
 static void pointwise_f32_28x28x192_to_32_residual(const float *restrict x, const float *restrict w,
                                                    const float *restrict bias, const float *restrict residual,
                                                    float *restrict y)
@@ -1181,21 +3311,30 @@ static void pointwise_f32_28x28x192_to_32_residual(const float *restrict x, cons
     }
 #elif defined(KERNELS_AVX2)
     for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 32; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 192, w + n, bias + n, residual + p * 32 + n, y + p * 32 + n, 4, 16, 192, 32, 32, 1, 1, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile6x16_avx2(x + p * 192, w, bias, residual + p * 32, y + p * 32, 4, 16, 192, 32, 32, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 192, w + 16, bias + 16, residual + p * 32 + 16, y + p * 32 + 16, 4, 16, 192, 32, 32, 1, 1, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
     for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 32; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 192, w + n, bias + n, residual + p * 32 + n, y + p * 32 + n, 4, 8, 192, 32, 32, 1, 1, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile6x8_vector(x + p * 192, w, bias, residual + p * 32, y + p * 32, 4, 8, 192, 32, 32, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 192, w + 8, bias + 8, residual + p * 32 + 8, y + p * 32 + 8, 4, 8, 192, 32, 32, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 192, w + 16, bias + 16, residual + p * 32 + 16, y + p * 32 + 16, 4, 8, 192, 32, 32, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 192, w + 24, bias + 24, residual + p * 32 + 24, y + p * 32 + 24, 4, 8, 192, 32, 32, 1, 1, ACTIVATION_IDENTITY);
     }
 #else
     for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 32; n += 16) {
-            pointwise_f32_tile4x16_portable(x + p * 192, w + n, bias + n, residual + p * 32 + n, y + p * 32 + n, 4, 16, 192, 32, 32, 1, 1, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile4x16_portable(x + p * 192, w, bias, residual + p * 32, y + p * 32, 4, 16, 192, 32, 32, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 192, w + 16, bias + 16, residual + p * 32 + 16, y + p * 32 + 16, 4, 16, 192, 32, 32, 1, 1, ACTIVATION_IDENTITY);
     }
 #endif
 }
@@ -1208,78 +3347,107 @@ static void depthwise3x3_s2_f32_28x28x192_p1_relu6(const float *restrict x, cons
         const int iy0 = oy * 2 - 1;
         const int ky0 = iy0 < 0 ? -iy0 : 0;
         const int ky1 = iy0 + 3 > 28 ? 28 - iy0 : 3;
-        for (int ox = 0; ox < 14; ++ox) {
-            const int ix0 = ox * 2 - 1;
-            const int kx0 = ix0 < 0 ? -ix0 : 0;
-            const int kx1 = ix0 + 3 > 28 ? 28 - ix0 : 3;
-            const int x_offset = (iy0 * 28 + ix0) * 192;
-            const int y_offset = (oy * 14 + ox) * 192;
-            if (ky0 == 0 && ky1 == 3 && kx0 == 0 && kx1 == 3) {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 192, 3, 5376, x_offset, 0, 3, 0, 3, 1, 0, ACTIVATION_RELU6);
-            } else {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 192, 3, 5376, x_offset, ky0, ky1, kx0, kx1, 1, 0, ACTIVATION_RELU6);
-            }
+        const float *rows[3];
+        for (int ky = 0; ky < 3; ++ky) {
+            rows[ky] = ky >= ky0 && ky < ky1 ? x + (iy0 + ky) * 5376 : x;
+        }
+        if (ky0 == 0 && ky1 == 3) {
+            depthwise3x3_s2_f32_block(rows, w, bias, NULL, y + oy * 2688, 192, 28, -1, 8, 1, 0, 3, 1, 0, ACTIVATION_RELU6);
+            depthwise3x3_s2_f32_block(rows, w, bias, NULL, y + oy * 2688 + 1536, 192, 28, 15, 6, 0, 0, 3, 1, 0, ACTIVATION_RELU6);
+        } else {
+            depthwise3x3_s2_f32_block(rows, w, bias, NULL, y + oy * 2688, 192, 28, -1, 8, 1, ky0, ky1, 1, 0, ACTIVATION_RELU6);
+            depthwise3x3_s2_f32_block(rows, w, bias, NULL, y + oy * 2688 + 1536, 192, 28, 15, 6, 0, ky0, ky1, 1, 0, ACTIVATION_RELU6);
         }
     }
 }
 
-/* 1x1 convolution as a GEMM: y[196][64] = x[196][192] * w[192][64], then bias */
+/* 1x1 convolution as a GEMM: y[196][64] = x[196][192] * w[192][64] in 32-column panels, then bias */
 static void pointwise_f32_14x14x192_to_64(const float *restrict x, const float *restrict w,
                                           const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 64; n += 32) {
         for (int p = 0; p < 196; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 192, w + n, bias + n, NULL, y + p * 64 + n, 7, 32, 192, 64, 64, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile8x32_avx512(x + p * 192, w + n * 192, bias + n, NULL, y + p * 64 + n, 7, 32, 192, 32, 64, 1, 0, ACTIVATION_IDENTITY);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 64; n += 16) {
+    for (int n = 0; n < 64; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x16_avx2(x + p * 192, w + n, bias + n, NULL, y + p * 64 + n, 4, 16, 192, 64, 64, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x16_avx2(x + p * 192, w + n * 192, bias + n, NULL, y + p * 64 + n, 4, 16, 192, 32, 64, 1, 0, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 192, w + n * 192 + 16, bias + n + 16, NULL, y + p * 64 + n + 16, 4, 16, 192, 32, 64, 1, 0, ACTIVATION_IDENTITY);
         }
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 64; n += 8) {
+    for (int n = 0; n < 64; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x8_vector(x + p * 192, w + n, bias + n, NULL, y + p * 64 + n, 4, 8, 192, 64, 64, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x8_vector(x + p * 192, w + n * 192, bias + n, NULL, y + p * 64 + n, 4, 8, 192, 32, 64, 1, 0, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 192, w + n * 192 + 8, bias + n + 8, NULL, y + p * 64 + n + 8, 4, 8, 192, 32, 64, 1, 0, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 192, w + n * 192 + 16, bias + n + 16, NULL, y + p * 64 + n + 16, 4, 8, 192, 32, 64, 1, 0, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 192, w + n * 192 + 24, bias + n + 24, NULL, y + p * 64 + n + 24, 4, 8, 192, 32, 64, 1, 0, ACTIVATION_IDENTITY);
         }
     }
 #else
-    for (int n = 0; n < 64; n += 16) {
+    for (int n = 0; n < 64; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 192, w + n, bias + n, NULL, y + p * 64 + n, 4, 16, 192, 64, 64, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile4x16_portable(x + p * 192, w + n * 192, bias + n, NULL, y + p * 64 + n, 4, 16, 192, 32, 64, 1, 0, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 192, w + n * 192 + 16, bias + n + 16, NULL, y + p * 64 + n + 16, 4, 16, 192, 32, 64, 1, 0, ACTIVATION_IDENTITY);
         }
     }
 #endif
 }
 
-/* 1x1 convolution as a GEMM: y[196][384] = x[196][64] * w[64][384], then bias, relu6 */
+/* 1x1 convolution as a GEMM: y[196][384] = x[196][64] * w[64][384] in 32-column panels, then bias, relu6 */
 static void pointwise_f32_14x14x64_to_384_relu6(const float *restrict x, const float *restrict w,
                                                 const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 384; n += 32) {
         for (int p = 0; p < 196; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 64, w + n, bias + n, NULL, y + p * 384 + n, 7, 32, 64, 384, 384, 1, 0, ACTIVATION_RELU6);
+            pointwise_f32_tile8x32_avx512(x + p * 64, w + n * 64, bias + n, NULL, y + p * 384 + n, 7, 32, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 384; n += 16) {
+    for (int n = 0; n < 384; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x16_avx2(x + p * 64, w + n, bias + n, NULL, y + p * 384 + n, 4, 16, 64, 384, 384, 1, 0, ACTIVATION_RELU6);
+            pointwise_f32_tile6x16_avx2(x + p * 64, w + n * 64, bias + n, NULL, y + p * 384 + n, 4, 16, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 64, w + n * 64 + 16, bias + n + 16, NULL, y + p * 384 + n + 16, 4, 16, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
         }
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 384; n += 8) {
+    for (int n = 0; n < 384; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x8_vector(x + p * 64, w + n, bias + n, NULL, y + p * 384 + n, 4, 8, 64, 384, 384, 1, 0, ACTIVATION_RELU6);
+            pointwise_f32_tile6x8_vector(x + p * 64, w + n * 64, bias + n, NULL, y + p * 384 + n, 4, 8, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 64, w + n * 64 + 8, bias + n + 8, NULL, y + p * 384 + n + 8, 4, 8, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 64, w + n * 64 + 16, bias + n + 16, NULL, y + p * 384 + n + 16, 4, 8, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 64, w + n * 64 + 24, bias + n + 24, NULL, y + p * 384 + n + 24, 4, 8, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
         }
     }
 #else
-    for (int n = 0; n < 384; n += 16) {
+    for (int n = 0; n < 384; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 64, w + n, bias + n, NULL, y + p * 384 + n, 4, 16, 64, 384, 384, 1, 0, ACTIVATION_RELU6);
+            pointwise_f32_tile4x16_portable(x + p * 64, w + n * 64, bias + n, NULL, y + p * 384 + n, 4, 16, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 64, w + n * 64 + 16, bias + n + 16, NULL, y + p * 384 + n + 16, 4, 16, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
         }
     }
 #endif
@@ -1293,22 +3461,21 @@ static void depthwise3x3_s1_f32_14x14x384_p1_relu6(const float *restrict x, cons
         const int iy0 = oy - 1;
         const int ky0 = iy0 < 0 ? -iy0 : 0;
         const int ky1 = iy0 + 3 > 14 ? 14 - iy0 : 3;
-        for (int ox = 0; ox < 14; ++ox) {
-            const int ix0 = ox - 1;
-            const int kx0 = ix0 < 0 ? -ix0 : 0;
-            const int kx1 = ix0 + 3 > 14 ? 14 - ix0 : 3;
-            const int x_offset = (iy0 * 14 + ix0) * 384;
-            const int y_offset = (oy * 14 + ox) * 384;
-            if (ky0 == 0 && ky1 == 3 && kx0 == 0 && kx1 == 3) {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 384, 3, 5376, x_offset, 0, 3, 0, 3, 1, 0, ACTIVATION_RELU6);
-            } else {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 384, 3, 5376, x_offset, ky0, ky1, kx0, kx1, 1, 0, ACTIVATION_RELU6);
-            }
+        const float *rows[3];
+        for (int ky = 0; ky < 3; ++ky) {
+            rows[ky] = ky >= ky0 && ky < ky1 ? x + (iy0 + ky) * 5376 : x;
+        }
+        if (ky0 == 0 && ky1 == 3) {
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 5376, 384, 14, -1, 8, 1, 0, 3, 1, 0, ACTIVATION_RELU6);
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 5376 + 3072, 384, 14, 7, 6, 1, 0, 3, 1, 0, ACTIVATION_RELU6);
+        } else {
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 5376, 384, 14, -1, 8, 1, ky0, ky1, 1, 0, ACTIVATION_RELU6);
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 5376 + 3072, 384, 14, 7, 6, 1, ky0, ky1, 1, 0, ACTIVATION_RELU6);
         }
     }
 }
 
-/* 1x1 convolution as a GEMM: y[196][64] = x[196][384] * w[384][64], then bias, residual */
+/* 1x1 convolution as a GEMM: y[196][64] = x[196][384] * w[384][64] in 32-column panels, then bias, residual */
 static void pointwise_f32_14x14x384_to_64_residual(const float *restrict x, const float *restrict w,
                                                    const float *restrict bias, const float *restrict residual,
                                                    float *restrict y)
@@ -1316,87 +3483,132 @@ static void pointwise_f32_14x14x384_to_64_residual(const float *restrict x, cons
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 64; n += 32) {
         for (int p = 0; p < 196; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 384, w + n, bias + n, residual + p * 64 + n, y + p * 64 + n, 7, 32, 384, 64, 64, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile8x32_avx512(x + p * 384, w + n * 384, bias + n, residual + p * 64 + n, y + p * 64 + n, 7, 32, 384, 32, 64, 1, 1, ACTIVATION_IDENTITY);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 64; n += 16) {
+    for (int n = 0; n < 64; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x16_avx2(x + p * 384, w + n, bias + n, residual + p * 64 + n, y + p * 64 + n, 4, 16, 384, 64, 64, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x16_avx2(x + p * 384, w + n * 384, bias + n, residual + p * 64 + n, y + p * 64 + n, 4, 16, 384, 32, 64, 1, 1, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 384, w + n * 384 + 16, bias + n + 16, residual + p * 64 + n + 16, y + p * 64 + n + 16, 4, 16, 384, 32, 64, 1, 1, ACTIVATION_IDENTITY);
         }
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 64; n += 8) {
+    for (int n = 0; n < 64; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x8_vector(x + p * 384, w + n, bias + n, residual + p * 64 + n, y + p * 64 + n, 4, 8, 384, 64, 64, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x8_vector(x + p * 384, w + n * 384, bias + n, residual + p * 64 + n, y + p * 64 + n, 4, 8, 384, 32, 64, 1, 1, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 384, w + n * 384 + 8, bias + n + 8, residual + p * 64 + n + 8, y + p * 64 + n + 8, 4, 8, 384, 32, 64, 1, 1, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 384, w + n * 384 + 16, bias + n + 16, residual + p * 64 + n + 16, y + p * 64 + n + 16, 4, 8, 384, 32, 64, 1, 1, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 384, w + n * 384 + 24, bias + n + 24, residual + p * 64 + n + 24, y + p * 64 + n + 24, 4, 8, 384, 32, 64, 1, 1, ACTIVATION_IDENTITY);
         }
     }
 #else
-    for (int n = 0; n < 64; n += 16) {
+    for (int n = 0; n < 64; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 384, w + n, bias + n, residual + p * 64 + n, y + p * 64 + n, 4, 16, 384, 64, 64, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile4x16_portable(x + p * 384, w + n * 384, bias + n, residual + p * 64 + n, y + p * 64 + n, 4, 16, 384, 32, 64, 1, 1, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 384, w + n * 384 + 16, bias + n + 16, residual + p * 64 + n + 16, y + p * 64 + n + 16, 4, 16, 384, 32, 64, 1, 1, ACTIVATION_IDENTITY);
         }
     }
 #endif
 }
 
-/* 1x1 convolution as a GEMM: y[196][96] = x[196][384] * w[384][96], then bias */
+/* 1x1 convolution as a GEMM: y[196][96] = x[196][384] * w[384][96] in 32-column panels, then bias */
 static void pointwise_f32_14x14x384_to_96(const float *restrict x, const float *restrict w,
                                           const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 196; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 384, w + n, bias + n, NULL, y + p * 96 + n, 7, 32, 384, 96, 96, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile8x32_avx512(x + p * 384, w + n * 384, bias + n, NULL, y + p * 96 + n, 7, 32, 384, 32, 96, 1, 0, ACTIVATION_IDENTITY);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 96; n += 16) {
+    for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x16_avx2(x + p * 384, w + n, bias + n, NULL, y + p * 96 + n, 4, 16, 384, 96, 96, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x16_avx2(x + p * 384, w + n * 384, bias + n, NULL, y + p * 96 + n, 4, 16, 384, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 384, w + n * 384 + 16, bias + n + 16, NULL, y + p * 96 + n + 16, 4, 16, 384, 32, 96, 1, 0, ACTIVATION_IDENTITY);
         }
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 96; n += 8) {
+    for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x8_vector(x + p * 384, w + n, bias + n, NULL, y + p * 96 + n, 4, 8, 384, 96, 96, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x8_vector(x + p * 384, w + n * 384, bias + n, NULL, y + p * 96 + n, 4, 8, 384, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 384, w + n * 384 + 8, bias + n + 8, NULL, y + p * 96 + n + 8, 4, 8, 384, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 384, w + n * 384 + 16, bias + n + 16, NULL, y + p * 96 + n + 16, 4, 8, 384, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 384, w + n * 384 + 24, bias + n + 24, NULL, y + p * 96 + n + 24, 4, 8, 384, 32, 96, 1, 0, ACTIVATION_IDENTITY);
         }
     }
 #else
-    for (int n = 0; n < 96; n += 16) {
+    for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 384, w + n, bias + n, NULL, y + p * 96 + n, 4, 16, 384, 96, 96, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile4x16_portable(x + p * 384, w + n * 384, bias + n, NULL, y + p * 96 + n, 4, 16, 384, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 384, w + n * 384 + 16, bias + n + 16, NULL, y + p * 96 + n + 16, 4, 16, 384, 32, 96, 1, 0, ACTIVATION_IDENTITY);
         }
     }
 #endif
 }
 
-/* 1x1 convolution as a GEMM: y[196][576] = x[196][96] * w[96][576], then bias, relu6 */
+/* 1x1 convolution as a GEMM: y[196][576] = x[196][96] * w[96][576] in 32-column panels, then bias, relu6 */
 static void pointwise_f32_14x14x96_to_576_relu6(const float *restrict x, const float *restrict w,
                                                 const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 576; n += 32) {
         for (int p = 0; p < 196; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 96, w + n, bias + n, NULL, y + p * 576 + n, 7, 32, 96, 576, 576, 1, 0, ACTIVATION_RELU6);
+            pointwise_f32_tile8x32_avx512(x + p * 96, w + n * 96, bias + n, NULL, y + p * 576 + n, 7, 32, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 576; n += 16) {
+    for (int n = 0; n < 576; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x16_avx2(x + p * 96, w + n, bias + n, NULL, y + p * 576 + n, 4, 16, 96, 576, 576, 1, 0, ACTIVATION_RELU6);
+            pointwise_f32_tile6x16_avx2(x + p * 96, w + n * 96, bias + n, NULL, y + p * 576 + n, 4, 16, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 96, w + n * 96 + 16, bias + n + 16, NULL, y + p * 576 + n + 16, 4, 16, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
         }
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 576; n += 8) {
+    for (int n = 0; n < 576; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x8_vector(x + p * 96, w + n, bias + n, NULL, y + p * 576 + n, 4, 8, 96, 576, 576, 1, 0, ACTIVATION_RELU6);
+            pointwise_f32_tile6x8_vector(x + p * 96, w + n * 96, bias + n, NULL, y + p * 576 + n, 4, 8, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 96, w + n * 96 + 8, bias + n + 8, NULL, y + p * 576 + n + 8, 4, 8, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 96, w + n * 96 + 16, bias + n + 16, NULL, y + p * 576 + n + 16, 4, 8, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 96, w + n * 96 + 24, bias + n + 24, NULL, y + p * 576 + n + 24, 4, 8, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
         }
     }
 #else
-    for (int n = 0; n < 576; n += 16) {
+    for (int n = 0; n < 576; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 96, w + n, bias + n, NULL, y + p * 576 + n, 4, 16, 96, 576, 576, 1, 0, ACTIVATION_RELU6);
+            pointwise_f32_tile4x16_portable(x + p * 96, w + n * 96, bias + n, NULL, y + p * 576 + n, 4, 16, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 96, w + n * 96 + 16, bias + n + 16, NULL, y + p * 576 + n + 16, 4, 16, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
         }
     }
 #endif
@@ -1410,22 +3622,21 @@ static void depthwise3x3_s1_f32_14x14x576_p1_relu6(const float *restrict x, cons
         const int iy0 = oy - 1;
         const int ky0 = iy0 < 0 ? -iy0 : 0;
         const int ky1 = iy0 + 3 > 14 ? 14 - iy0 : 3;
-        for (int ox = 0; ox < 14; ++ox) {
-            const int ix0 = ox - 1;
-            const int kx0 = ix0 < 0 ? -ix0 : 0;
-            const int kx1 = ix0 + 3 > 14 ? 14 - ix0 : 3;
-            const int x_offset = (iy0 * 14 + ix0) * 576;
-            const int y_offset = (oy * 14 + ox) * 576;
-            if (ky0 == 0 && ky1 == 3 && kx0 == 0 && kx1 == 3) {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 576, 3, 8064, x_offset, 0, 3, 0, 3, 1, 0, ACTIVATION_RELU6);
-            } else {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 576, 3, 8064, x_offset, ky0, ky1, kx0, kx1, 1, 0, ACTIVATION_RELU6);
-            }
+        const float *rows[3];
+        for (int ky = 0; ky < 3; ++ky) {
+            rows[ky] = ky >= ky0 && ky < ky1 ? x + (iy0 + ky) * 8064 : x;
+        }
+        if (ky0 == 0 && ky1 == 3) {
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 8064, 576, 14, -1, 8, 1, 0, 3, 1, 0, ACTIVATION_RELU6);
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 8064 + 4608, 576, 14, 7, 6, 1, 0, 3, 1, 0, ACTIVATION_RELU6);
+        } else {
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 8064, 576, 14, -1, 8, 1, ky0, ky1, 1, 0, ACTIVATION_RELU6);
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 8064 + 4608, 576, 14, 7, 6, 1, ky0, ky1, 1, 0, ACTIVATION_RELU6);
         }
     }
 }
 
-/* 1x1 convolution as a GEMM: y[196][96] = x[196][576] * w[576][96], then bias, residual */
+/* 1x1 convolution as a GEMM: y[196][96] = x[196][576] * w[576][96] in 32-column panels, then bias, residual */
 static void pointwise_f32_14x14x576_to_96_residual(const float *restrict x, const float *restrict w,
                                                    const float *restrict bias, const float *restrict residual,
                                                    float *restrict y)
@@ -1433,25 +3644,40 @@ static void pointwise_f32_14x14x576_to_96_residual(const float *restrict x, cons
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 196; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 576, w + n, bias + n, residual + p * 96 + n, y + p * 96 + n, 7, 32, 576, 96, 96, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile8x32_avx512(x + p * 576, w + n * 576, bias + n, residual + p * 96 + n, y + p * 96 + n, 7, 32, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 96; n += 16) {
+    for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x16_avx2(x + p * 576, w + n, bias + n, residual + p * 96 + n, y + p * 96 + n, 4, 16, 576, 96, 96, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x16_avx2(x + p * 576, w + n * 576, bias + n, residual + p * 96 + n, y + p * 96 + n, 4, 16, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 576, w + n * 576 + 16, bias + n + 16, residual + p * 96 + n + 16, y + p * 96 + n + 16, 4, 16, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
         }
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 96; n += 8) {
+    for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x8_vector(x + p * 576, w + n, bias + n, residual + p * 96 + n, y + p * 96 + n, 4, 8, 576, 96, 96, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x8_vector(x + p * 576, w + n * 576, bias + n, residual + p * 96 + n, y + p * 96 + n, 4, 8, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 576, w + n * 576 + 8, bias + n + 8, residual + p * 96 + n + 8, y + p * 96 + n + 8, 4, 8, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 576, w + n * 576 + 16, bias + n + 16, residual + p * 96 + n + 16, y + p * 96 + n + 16, 4, 8, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 576, w + n * 576 + 24, bias + n + 24, residual + p * 96 + n + 24, y + p * 96 + n + 24, 4, 8, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
         }
     }
 #else
-    for (int n = 0; n < 96; n += 16) {
+    for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 576, w + n, bias + n, residual + p * 96 + n, y + p * 96 + n, 4, 16, 576, 96, 96, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile4x16_portable(x + p * 576, w + n * 576, bias + n, residual + p * 96 + n, y + p * 96 + n, 4, 16, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 576, w + n * 576 + 16, bias + n + 16, residual + p * 96 + n + 16, y + p * 96 + n + 16, 4, 16, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
         }
     }
 #endif
@@ -1465,85 +3691,122 @@ static void depthwise3x3_s2_f32_14x14x576_p1_relu6(const float *restrict x, cons
         const int iy0 = oy * 2 - 1;
         const int ky0 = iy0 < 0 ? -iy0 : 0;
         const int ky1 = iy0 + 3 > 14 ? 14 - iy0 : 3;
-        for (int ox = 0; ox < 7; ++ox) {
-            const int ix0 = ox * 2 - 1;
-            const int kx0 = ix0 < 0 ? -ix0 : 0;
-            const int kx1 = ix0 + 3 > 14 ? 14 - ix0 : 3;
-            const int x_offset = (iy0 * 14 + ix0) * 576;
-            const int y_offset = (oy * 7 + ox) * 576;
-            if (ky0 == 0 && ky1 == 3 && kx0 == 0 && kx1 == 3) {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 576, 3, 8064, x_offset, 0, 3, 0, 3, 1, 0, ACTIVATION_RELU6);
-            } else {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 576, 3, 8064, x_offset, ky0, ky1, kx0, kx1, 1, 0, ACTIVATION_RELU6);
-            }
+        const float *rows[3];
+        for (int ky = 0; ky < 3; ++ky) {
+            rows[ky] = ky >= ky0 && ky < ky1 ? x + (iy0 + ky) * 8064 : x;
+        }
+        if (ky0 == 0 && ky1 == 3) {
+            depthwise3x3_s2_f32_block(rows, w, bias, NULL, y + oy * 4032, 576, 14, -1, 7, 1, 0, 3, 1, 0, ACTIVATION_RELU6);
+        } else {
+            depthwise3x3_s2_f32_block(rows, w, bias, NULL, y + oy * 4032, 576, 14, -1, 7, 1, ky0, ky1, 1, 0, ACTIVATION_RELU6);
         }
     }
 }
 
-/* 1x1 convolution as a GEMM: y[49][160] = x[49][576] * w[576][160], then bias */
+/* 1x1 convolution as a GEMM: y[49][160] = x[49][576] * w[576][160] in 32-column panels, then bias */
 static void pointwise_f32_7x7x576_to_160(const float *restrict x, const float *restrict w,
                                          const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 160; n += 32) {
         for (int p = 0; p < 49; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 576, w + n, bias + n, NULL, y + p * 160 + n, 7, 32, 576, 160, 160, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile8x32_avx512(x + p * 576, w + n * 576, bias + n, NULL, y + p * 160 + n, 7, 32, 576, 32, 160, 1, 0, ACTIVATION_IDENTITY);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 160; n += 16) {
+    for (int n = 0; n < 160; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x16_avx2(x + p * 576, w + n, bias + n, NULL, y + p * 160 + n, 5, 16, 576, 160, 160, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x16_avx2(x + p * 576, w + n * 576, bias + n, NULL, y + p * 160 + n, 5, 16, 576, 32, 160, 1, 0, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile6x16_avx2(x + 25920, w + n, bias + n, NULL, y + n + 7200, 4, 16, 576, 160, 160, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x16_avx2(x + 25920, w + n * 576, bias + n, NULL, y + n + 7200, 4, 16, 576, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x16_avx2(x + p * 576, w + n * 576 + 16, bias + n + 16, NULL, y + p * 160 + n + 16, 5, 16, 576, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x16_avx2(x + 25920, w + n * 576 + 16, bias + n + 16, NULL, y + n + 16 + 7200, 4, 16, 576, 32, 160, 1, 0, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 160; n += 8) {
+    for (int n = 0; n < 160; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x8_vector(x + p * 576, w + n, bias + n, NULL, y + p * 160 + n, 5, 8, 576, 160, 160, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x8_vector(x + p * 576, w + n * 576, bias + n, NULL, y + p * 160 + n, 5, 8, 576, 32, 160, 1, 0, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile6x8_vector(x + 25920, w + n, bias + n, NULL, y + n + 7200, 4, 8, 576, 160, 160, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x8_vector(x + 25920, w + n * 576, bias + n, NULL, y + n + 7200, 4, 8, 576, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 576, w + n * 576 + 8, bias + n + 8, NULL, y + p * 160 + n + 8, 5, 8, 576, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x8_vector(x + 25920, w + n * 576 + 8, bias + n + 8, NULL, y + n + 8 + 7200, 4, 8, 576, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 576, w + n * 576 + 16, bias + n + 16, NULL, y + p * 160 + n + 16, 5, 8, 576, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x8_vector(x + 25920, w + n * 576 + 16, bias + n + 16, NULL, y + n + 16 + 7200, 4, 8, 576, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 576, w + n * 576 + 24, bias + n + 24, NULL, y + p * 160 + n + 24, 5, 8, 576, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x8_vector(x + 25920, w + n * 576 + 24, bias + n + 24, NULL, y + n + 24 + 7200, 4, 8, 576, 32, 160, 1, 0, ACTIVATION_IDENTITY);
     }
 #else
-    for (int n = 0; n < 160; n += 16) {
+    for (int n = 0; n < 160; n += 32) {
         for (int p = 0; p < 48; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 576, w + n, bias + n, NULL, y + p * 160 + n, 4, 16, 576, 160, 160, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile4x16_portable(x + p * 576, w + n * 576, bias + n, NULL, y + p * 160 + n, 4, 16, 576, 32, 160, 1, 0, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile4x16_portable(x + 27648, w + n, bias + n, NULL, y + n + 7680, 1, 16, 576, 160, 160, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile4x16_portable(x + 27648, w + n * 576, bias + n, NULL, y + n + 7680, 1, 16, 576, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 48; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 576, w + n * 576 + 16, bias + n + 16, NULL, y + p * 160 + n + 16, 4, 16, 576, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile4x16_portable(x + 27648, w + n * 576 + 16, bias + n + 16, NULL, y + n + 16 + 7680, 1, 16, 576, 32, 160, 1, 0, ACTIVATION_IDENTITY);
     }
 #endif
 }
 
-/* 1x1 convolution as a GEMM: y[49][960] = x[49][160] * w[160][960], then bias, relu6 */
+/* 1x1 convolution as a GEMM: y[49][960] = x[49][160] * w[160][960] in 32-column panels, then bias, relu6 */
 static void pointwise_f32_7x7x160_to_960_relu6(const float *restrict x, const float *restrict w,
                                                const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 960; n += 32) {
         for (int p = 0; p < 49; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 160, w + n, bias + n, NULL, y + p * 960 + n, 7, 32, 160, 960, 960, 1, 0, ACTIVATION_RELU6);
+            pointwise_f32_tile8x32_avx512(x + p * 160, w + n * 160, bias + n, NULL, y + p * 960 + n, 7, 32, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 960; n += 16) {
+    for (int n = 0; n < 960; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x16_avx2(x + p * 160, w + n, bias + n, NULL, y + p * 960 + n, 5, 16, 160, 960, 960, 1, 0, ACTIVATION_RELU6);
+            pointwise_f32_tile6x16_avx2(x + p * 160, w + n * 160, bias + n, NULL, y + p * 960 + n, 5, 16, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
         }
-        pointwise_f32_tile6x16_avx2(x + 7200, w + n, bias + n, NULL, y + n + 43200, 4, 16, 160, 960, 960, 1, 0, ACTIVATION_RELU6);
+        pointwise_f32_tile6x16_avx2(x + 7200, w + n * 160, bias + n, NULL, y + n + 43200, 4, 16, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x16_avx2(x + p * 160, w + n * 160 + 16, bias + n + 16, NULL, y + p * 960 + n + 16, 5, 16, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
+        }
+        pointwise_f32_tile6x16_avx2(x + 7200, w + n * 160 + 16, bias + n + 16, NULL, y + n + 16 + 43200, 4, 16, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 960; n += 8) {
+    for (int n = 0; n < 960; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x8_vector(x + p * 160, w + n, bias + n, NULL, y + p * 960 + n, 5, 8, 160, 960, 960, 1, 0, ACTIVATION_RELU6);
+            pointwise_f32_tile6x8_vector(x + p * 160, w + n * 160, bias + n, NULL, y + p * 960 + n, 5, 8, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
         }
-        pointwise_f32_tile6x8_vector(x + 7200, w + n, bias + n, NULL, y + n + 43200, 4, 8, 160, 960, 960, 1, 0, ACTIVATION_RELU6);
+        pointwise_f32_tile6x8_vector(x + 7200, w + n * 160, bias + n, NULL, y + n + 43200, 4, 8, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 160, w + n * 160 + 8, bias + n + 8, NULL, y + p * 960 + n + 8, 5, 8, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
+        }
+        pointwise_f32_tile6x8_vector(x + 7200, w + n * 160 + 8, bias + n + 8, NULL, y + n + 8 + 43200, 4, 8, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 160, w + n * 160 + 16, bias + n + 16, NULL, y + p * 960 + n + 16, 5, 8, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
+        }
+        pointwise_f32_tile6x8_vector(x + 7200, w + n * 160 + 16, bias + n + 16, NULL, y + n + 16 + 43200, 4, 8, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 160, w + n * 160 + 24, bias + n + 24, NULL, y + p * 960 + n + 24, 5, 8, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
+        }
+        pointwise_f32_tile6x8_vector(x + 7200, w + n * 160 + 24, bias + n + 24, NULL, y + n + 24 + 43200, 4, 8, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
     }
 #else
-    for (int n = 0; n < 960; n += 16) {
+    for (int n = 0; n < 960; n += 32) {
         for (int p = 0; p < 48; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 160, w + n, bias + n, NULL, y + p * 960 + n, 4, 16, 160, 960, 960, 1, 0, ACTIVATION_RELU6);
+            pointwise_f32_tile4x16_portable(x + p * 160, w + n * 160, bias + n, NULL, y + p * 960 + n, 4, 16, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
         }
-        pointwise_f32_tile4x16_portable(x + 7680, w + n, bias + n, NULL, y + n + 46080, 1, 16, 160, 960, 960, 1, 0, ACTIVATION_RELU6);
+        pointwise_f32_tile4x16_portable(x + 7680, w + n * 160, bias + n, NULL, y + n + 46080, 1, 16, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
+        for (int p = 0; p < 48; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 160, w + n * 160 + 16, bias + n + 16, NULL, y + p * 960 + n + 16, 4, 16, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
+        }
+        pointwise_f32_tile4x16_portable(x + 7680, w + n * 160 + 16, bias + n + 16, NULL, y + n + 16 + 46080, 1, 16, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
     }
 #endif
 }
@@ -1556,22 +3819,19 @@ static void depthwise3x3_s1_f32_7x7x960_p1_relu6(const float *restrict x, const 
         const int iy0 = oy - 1;
         const int ky0 = iy0 < 0 ? -iy0 : 0;
         const int ky1 = iy0 + 3 > 7 ? 7 - iy0 : 3;
-        for (int ox = 0; ox < 7; ++ox) {
-            const int ix0 = ox - 1;
-            const int kx0 = ix0 < 0 ? -ix0 : 0;
-            const int kx1 = ix0 + 3 > 7 ? 7 - ix0 : 3;
-            const int x_offset = (iy0 * 7 + ix0) * 960;
-            const int y_offset = (oy * 7 + ox) * 960;
-            if (ky0 == 0 && ky1 == 3 && kx0 == 0 && kx1 == 3) {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 960, 3, 6720, x_offset, 0, 3, 0, 3, 1, 0, ACTIVATION_RELU6);
-            } else {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 960, 3, 6720, x_offset, ky0, ky1, kx0, kx1, 1, 0, ACTIVATION_RELU6);
-            }
+        const float *rows[3];
+        for (int ky = 0; ky < 3; ++ky) {
+            rows[ky] = ky >= ky0 && ky < ky1 ? x + (iy0 + ky) * 6720 : x;
+        }
+        if (ky0 == 0 && ky1 == 3) {
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 6720, 960, 7, -1, 7, 1, 0, 3, 1, 0, ACTIVATION_RELU6);
+        } else {
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 6720, 960, 7, -1, 7, 1, ky0, ky1, 1, 0, ACTIVATION_RELU6);
         }
     }
 }
 
-/* 1x1 convolution as a GEMM: y[49][160] = x[49][960] * w[960][160], then bias, residual */
+/* 1x1 convolution as a GEMM: y[49][160] = x[49][960] * w[960][160] in 32-column panels, then bias, residual */
 static void pointwise_f32_7x7x960_to_160_residual(const float *restrict x, const float *restrict w,
                                                   const float *restrict bias, const float *restrict residual,
                                                   float *restrict y)
@@ -1579,97 +3839,157 @@ static void pointwise_f32_7x7x960_to_160_residual(const float *restrict x, const
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 160; n += 32) {
         for (int p = 0; p < 49; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 960, w + n, bias + n, residual + p * 160 + n, y + p * 160 + n, 7, 32, 960, 160, 160, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile8x32_avx512(x + p * 960, w + n * 960, bias + n, residual + p * 160 + n, y + p * 160 + n, 7, 32, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 160; n += 16) {
+    for (int n = 0; n < 160; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x16_avx2(x + p * 960, w + n, bias + n, residual + p * 160 + n, y + p * 160 + n, 5, 16, 960, 160, 160, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x16_avx2(x + p * 960, w + n * 960, bias + n, residual + p * 160 + n, y + p * 160 + n, 5, 16, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile6x16_avx2(x + 43200, w + n, bias + n, residual + n + 7200, y + n + 7200, 4, 16, 960, 160, 160, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x16_avx2(x + 43200, w + n * 960, bias + n, residual + n + 7200, y + n + 7200, 4, 16, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x16_avx2(x + p * 960, w + n * 960 + 16, bias + n + 16, residual + p * 160 + n + 16, y + p * 160 + n + 16, 5, 16, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x16_avx2(x + 43200, w + n * 960 + 16, bias + n + 16, residual + n + 16 + 7200, y + n + 16 + 7200, 4, 16, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 160; n += 8) {
+    for (int n = 0; n < 160; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x8_vector(x + p * 960, w + n, bias + n, residual + p * 160 + n, y + p * 160 + n, 5, 8, 960, 160, 160, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x8_vector(x + p * 960, w + n * 960, bias + n, residual + p * 160 + n, y + p * 160 + n, 5, 8, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile6x8_vector(x + 43200, w + n, bias + n, residual + n + 7200, y + n + 7200, 4, 8, 960, 160, 160, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x8_vector(x + 43200, w + n * 960, bias + n, residual + n + 7200, y + n + 7200, 4, 8, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 960, w + n * 960 + 8, bias + n + 8, residual + p * 160 + n + 8, y + p * 160 + n + 8, 5, 8, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x8_vector(x + 43200, w + n * 960 + 8, bias + n + 8, residual + n + 8 + 7200, y + n + 8 + 7200, 4, 8, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 960, w + n * 960 + 16, bias + n + 16, residual + p * 160 + n + 16, y + p * 160 + n + 16, 5, 8, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x8_vector(x + 43200, w + n * 960 + 16, bias + n + 16, residual + n + 16 + 7200, y + n + 16 + 7200, 4, 8, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 960, w + n * 960 + 24, bias + n + 24, residual + p * 160 + n + 24, y + p * 160 + n + 24, 5, 8, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x8_vector(x + 43200, w + n * 960 + 24, bias + n + 24, residual + n + 24 + 7200, y + n + 24 + 7200, 4, 8, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
     }
 #else
-    for (int n = 0; n < 160; n += 16) {
+    for (int n = 0; n < 160; n += 32) {
         for (int p = 0; p < 48; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 960, w + n, bias + n, residual + p * 160 + n, y + p * 160 + n, 4, 16, 960, 160, 160, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile4x16_portable(x + p * 960, w + n * 960, bias + n, residual + p * 160 + n, y + p * 160 + n, 4, 16, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile4x16_portable(x + 46080, w + n, bias + n, residual + n + 7680, y + n + 7680, 1, 16, 960, 160, 160, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile4x16_portable(x + 46080, w + n * 960, bias + n, residual + n + 7680, y + n + 7680, 1, 16, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 48; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 960, w + n * 960 + 16, bias + n + 16, residual + p * 160 + n + 16, y + p * 160 + n + 16, 4, 16, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile4x16_portable(x + 46080, w + n * 960 + 16, bias + n + 16, residual + n + 16 + 7680, y + n + 16 + 7680, 1, 16, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
     }
 #endif
 }
 
-/* 1x1 convolution as a GEMM: y[49][320] = x[49][960] * w[960][320], then bias */
+/* 1x1 convolution as a GEMM: y[49][320] = x[49][960] * w[960][320] in 32-column panels, then bias */
 static void pointwise_f32_7x7x960_to_320(const float *restrict x, const float *restrict w,
                                          const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 320; n += 32) {
         for (int p = 0; p < 49; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 960, w + n, bias + n, NULL, y + p * 320 + n, 7, 32, 960, 320, 320, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile8x32_avx512(x + p * 960, w + n * 960, bias + n, NULL, y + p * 320 + n, 7, 32, 960, 32, 320, 1, 0, ACTIVATION_IDENTITY);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 320; n += 16) {
+    for (int n = 0; n < 320; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x16_avx2(x + p * 960, w + n, bias + n, NULL, y + p * 320 + n, 5, 16, 960, 320, 320, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x16_avx2(x + p * 960, w + n * 960, bias + n, NULL, y + p * 320 + n, 5, 16, 960, 32, 320, 1, 0, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile6x16_avx2(x + 43200, w + n, bias + n, NULL, y + n + 14400, 4, 16, 960, 320, 320, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x16_avx2(x + 43200, w + n * 960, bias + n, NULL, y + n + 14400, 4, 16, 960, 32, 320, 1, 0, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x16_avx2(x + p * 960, w + n * 960 + 16, bias + n + 16, NULL, y + p * 320 + n + 16, 5, 16, 960, 32, 320, 1, 0, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x16_avx2(x + 43200, w + n * 960 + 16, bias + n + 16, NULL, y + n + 16 + 14400, 4, 16, 960, 32, 320, 1, 0, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 320; n += 8) {
+    for (int n = 0; n < 320; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x8_vector(x + p * 960, w + n, bias + n, NULL, y + p * 320 + n, 5, 8, 960, 320, 320, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x8_vector(x + p * 960, w + n * 960, bias + n, NULL, y + p * 320 + n, 5, 8, 960, 32, 320, 1, 0, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile6x8_vector(x + 43200, w + n, bias + n, NULL, y + n + 14400, 4, 8, 960, 320, 320, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x8_vector(x + 43200, w + n * 960, bias + n, NULL, y + n + 14400, 4, 8, 960, 32, 320, 1, 0, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 960, w + n * 960 + 8, bias + n + 8, NULL, y + p * 320 + n + 8, 5, 8, 960, 32, 320, 1, 0, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x8_vector(x + 43200, w + n * 960 + 8, bias + n + 8, NULL, y + n + 8 + 14400, 4, 8, 960, 32, 320, 1, 0, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 960, w + n * 960 + 16, bias + n + 16, NULL, y + p * 320 + n + 16, 5, 8, 960, 32, 320, 1, 0, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x8_vector(x + 43200, w + n * 960 + 16, bias + n + 16, NULL, y + n + 16 + 14400, 4, 8, 960, 32, 320, 1, 0, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 960, w + n * 960 + 24, bias + n + 24, NULL, y + p * 320 + n + 24, 5, 8, 960, 32, 320, 1, 0, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x8_vector(x + 43200, w + n * 960 + 24, bias + n + 24, NULL, y + n + 24 + 14400, 4, 8, 960, 32, 320, 1, 0, ACTIVATION_IDENTITY);
     }
 #else
-    for (int n = 0; n < 320; n += 16) {
+    for (int n = 0; n < 320; n += 32) {
         for (int p = 0; p < 48; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 960, w + n, bias + n, NULL, y + p * 320 + n, 4, 16, 960, 320, 320, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile4x16_portable(x + p * 960, w + n * 960, bias + n, NULL, y + p * 320 + n, 4, 16, 960, 32, 320, 1, 0, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile4x16_portable(x + 46080, w + n, bias + n, NULL, y + n + 15360, 1, 16, 960, 320, 320, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile4x16_portable(x + 46080, w + n * 960, bias + n, NULL, y + n + 15360, 1, 16, 960, 32, 320, 1, 0, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 48; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 960, w + n * 960 + 16, bias + n + 16, NULL, y + p * 320 + n + 16, 4, 16, 960, 32, 320, 1, 0, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile4x16_portable(x + 46080, w + n * 960 + 16, bias + n + 16, NULL, y + n + 16 + 15360, 1, 16, 960, 32, 320, 1, 0, ACTIVATION_IDENTITY);
     }
 #endif
 }
 
-/* 1x1 convolution as a GEMM: y[49][1280] = x[49][320] * w[320][1280], then bias, relu6 */
+/* 1x1 convolution as a GEMM: y[49][1280] = x[49][320] * w[320][1280] in 32-column panels, then bias, relu6 */
 static void pointwise_f32_7x7x320_to_1280_relu6(const float *restrict x, const float *restrict w,
                                                 const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 1280; n += 32) {
         for (int p = 0; p < 49; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 320, w + n, bias + n, NULL, y + p * 1280 + n, 7, 32, 320, 1280, 1280, 1, 0, ACTIVATION_RELU6);
+            pointwise_f32_tile8x32_avx512(x + p * 320, w + n * 320, bias + n, NULL, y + p * 1280 + n, 7, 32, 320, 32, 1280, 1, 0, ACTIVATION_RELU6);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 1280; n += 16) {
+    for (int n = 0; n < 1280; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x16_avx2(x + p * 320, w + n, bias + n, NULL, y + p * 1280 + n, 5, 16, 320, 1280, 1280, 1, 0, ACTIVATION_RELU6);
+            pointwise_f32_tile6x16_avx2(x + p * 320, w + n * 320, bias + n, NULL, y + p * 1280 + n, 5, 16, 320, 32, 1280, 1, 0, ACTIVATION_RELU6);
         }
-        pointwise_f32_tile6x16_avx2(x + 14400, w + n, bias + n, NULL, y + n + 57600, 4, 16, 320, 1280, 1280, 1, 0, ACTIVATION_RELU6);
+        pointwise_f32_tile6x16_avx2(x + 14400, w + n * 320, bias + n, NULL, y + n + 57600, 4, 16, 320, 32, 1280, 1, 0, ACTIVATION_RELU6);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x16_avx2(x + p * 320, w + n * 320 + 16, bias + n + 16, NULL, y + p * 1280 + n + 16, 5, 16, 320, 32, 1280, 1, 0, ACTIVATION_RELU6);
+        }
+        pointwise_f32_tile6x16_avx2(x + 14400, w + n * 320 + 16, bias + n + 16, NULL, y + n + 16 + 57600, 4, 16, 320, 32, 1280, 1, 0, ACTIVATION_RELU6);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 1280; n += 8) {
+    for (int n = 0; n < 1280; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x8_vector(x + p * 320, w + n, bias + n, NULL, y + p * 1280 + n, 5, 8, 320, 1280, 1280, 1, 0, ACTIVATION_RELU6);
+            pointwise_f32_tile6x8_vector(x + p * 320, w + n * 320, bias + n, NULL, y + p * 1280 + n, 5, 8, 320, 32, 1280, 1, 0, ACTIVATION_RELU6);
         }
-        pointwise_f32_tile6x8_vector(x + 14400, w + n, bias + n, NULL, y + n + 57600, 4, 8, 320, 1280, 1280, 1, 0, ACTIVATION_RELU6);
+        pointwise_f32_tile6x8_vector(x + 14400, w + n * 320, bias + n, NULL, y + n + 57600, 4, 8, 320, 32, 1280, 1, 0, ACTIVATION_RELU6);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 320, w + n * 320 + 8, bias + n + 8, NULL, y + p * 1280 + n + 8, 5, 8, 320, 32, 1280, 1, 0, ACTIVATION_RELU6);
+        }
+        pointwise_f32_tile6x8_vector(x + 14400, w + n * 320 + 8, bias + n + 8, NULL, y + n + 8 + 57600, 4, 8, 320, 32, 1280, 1, 0, ACTIVATION_RELU6);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 320, w + n * 320 + 16, bias + n + 16, NULL, y + p * 1280 + n + 16, 5, 8, 320, 32, 1280, 1, 0, ACTIVATION_RELU6);
+        }
+        pointwise_f32_tile6x8_vector(x + 14400, w + n * 320 + 16, bias + n + 16, NULL, y + n + 16 + 57600, 4, 8, 320, 32, 1280, 1, 0, ACTIVATION_RELU6);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 320, w + n * 320 + 24, bias + n + 24, NULL, y + p * 1280 + n + 24, 5, 8, 320, 32, 1280, 1, 0, ACTIVATION_RELU6);
+        }
+        pointwise_f32_tile6x8_vector(x + 14400, w + n * 320 + 24, bias + n + 24, NULL, y + n + 24 + 57600, 4, 8, 320, 32, 1280, 1, 0, ACTIVATION_RELU6);
     }
 #else
-    for (int n = 0; n < 1280; n += 16) {
+    for (int n = 0; n < 1280; n += 32) {
         for (int p = 0; p < 48; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 320, w + n, bias + n, NULL, y + p * 1280 + n, 4, 16, 320, 1280, 1280, 1, 0, ACTIVATION_RELU6);
+            pointwise_f32_tile4x16_portable(x + p * 320, w + n * 320, bias + n, NULL, y + p * 1280 + n, 4, 16, 320, 32, 1280, 1, 0, ACTIVATION_RELU6);
         }
-        pointwise_f32_tile4x16_portable(x + 15360, w + n, bias + n, NULL, y + n + 61440, 1, 16, 320, 1280, 1280, 1, 0, ACTIVATION_RELU6);
+        pointwise_f32_tile4x16_portable(x + 15360, w + n * 320, bias + n, NULL, y + n + 61440, 1, 16, 320, 32, 1280, 1, 0, ACTIVATION_RELU6);
+        for (int p = 0; p < 48; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 320, w + n * 320 + 16, bias + n + 16, NULL, y + p * 1280 + n + 16, 4, 16, 320, 32, 1280, 1, 0, ACTIVATION_RELU6);
+        }
+        pointwise_f32_tile4x16_portable(x + 15360, w + n * 320 + 16, bias + n + 16, NULL, y + n + 16 + 61440, 1, 16, 320, 32, 1280, 1, 0, ACTIVATION_RELU6);
     }
 #endif
 }

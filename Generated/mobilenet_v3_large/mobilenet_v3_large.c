@@ -115,7 +115,8 @@ KERNEL_INLINE __m256i lane_mask_f32x8(int count)
  * One register tile of a pointwise (1x1) convolution as a GEMM:
  *   y[r][j] = activation(bias[j] + sum over k of x[r][k] * w[k][j]) + residual[r][j]
  * for r < rows pixels and j < cols output channels. x rows are k_count floats apart (NHWC),
- * w rows w_stride floats ([in][out], the `io` layout), y and residual rows y_stride floats.
+ * w rows w_stride floats (one column panel of the `io_panels` layout: [in][panel width]), y
+ * and residual rows y_stride floats.
  * bias and residual are read only when has_bias and has_residual are non-zero.
  */
 #if defined(KERNELS_AVX512)
@@ -480,188 +481,65 @@ KERNEL_INLINE void pointwise_f32_tile4x16_portable(const float *restrict x, cons
 
 /*
  * One output pixel of a depthwise convolution, all channels:
- *   y[c] = activation(bias[c] + sum over taps of x[tap][c] * w[tap][c]) + residual[c]
- * over the taps ky in [ky0, ky1), kx in [kx0, kx1) that lie inside the input. Tap (ky, kx)
- * reads x at x_offset + ky * row_stride + kx * channels, where x_offset is the offset of the
- * window's top-left corner (negative when that corner lies in the padding). w is
- * [kernel_height][kernel_width][channels] (the `hwc` layout); y and residual point at the
- * output pixel.
+ *   y[c] = activation(bias[c] + sum over taps of rows[ky][column + kx][c] * w[ky][kx][c]) + residual[c]
+ * over the taps ky in [ky0, ky1), kx in [kx0, kx1) that lie inside the input. rows[ky] points at
+ * pixel 0 of the input row that tap row ky reads; `column` is the input column of tap kx = 0 and
+ * may be negative. w is [kernel_height][kernel_width][channels] (the `hwc` layout); pixels are
+ * `channels` floats apart (NHWC); y and residual point at the output pixel.
  */
 #if defined(KERNELS_AVX512)
-KERNEL_INLINE void depthwise_f32_pixel(const float *restrict x, const float *restrict w,
+KERNEL_INLINE void depthwise_f32_pixel(const float *const *rows, const float *restrict w,
     const float *restrict bias, const float *restrict residual, float *restrict y,
-    int channels, int kernel_width, int row_stride, int x_offset,
-    int ky0, int ky1, int kx0, int kx1, int has_bias, int has_residual, int activation)
+    int channels, int kernel_width, int column, int ky0, int ky1, int kx0, int kx1,
+    int has_bias, int has_residual, int activation)
 {
-    /* 64 channels at a time in four independent accumulator chains, which hide the FMA latency. */
-    int c = 0;
-    for (; c + 64 <= channels; c += 64) {
-        __m512 acc0 = has_bias ? _mm512_loadu_ps(bias + c) : _mm512_setzero_ps();
-        __m512 acc1 = has_bias ? _mm512_loadu_ps(bias + c + 16) : _mm512_setzero_ps();
-        __m512 acc2 = has_bias ? _mm512_loadu_ps(bias + c + 32) : _mm512_setzero_ps();
-        __m512 acc3 = has_bias ? _mm512_loadu_ps(bias + c + 48) : _mm512_setzero_ps();
+    for (int c = 0; c < channels; c += 16) {
+        const __mmask16 mask = (__mmask16)(channels - c >= 16 ? 0xFFFFu : (1u << (channels - c)) - 1u);
+        __m512 acc = has_bias ? _mm512_maskz_loadu_ps(mask, bias + c) : _mm512_setzero_ps();
         for (int ky = ky0; ky < ky1; ++ky) {
             for (int kx = kx0; kx < kx1; ++kx) {
-                const float *xp = x + (x_offset + ky * row_stride + kx * channels + c);
-                const float *wp = w + ((ky * kernel_width + kx) * channels + c);
-                acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(xp), _mm512_loadu_ps(wp), acc0);
-                acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(xp + 16), _mm512_loadu_ps(wp + 16), acc1);
-                acc2 = _mm512_fmadd_ps(_mm512_loadu_ps(xp + 32), _mm512_loadu_ps(wp + 32), acc2);
-                acc3 = _mm512_fmadd_ps(_mm512_loadu_ps(xp + 48), _mm512_loadu_ps(wp + 48), acc3);
+                acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, rows[ky] + ((column + kx) * channels + c)),
+                                      _mm512_maskz_loadu_ps(mask, w + ((ky * kernel_width + kx) * channels + c)), acc);
             }
         }
-        acc0 = activate_f32x16(acc0, activation);
-        acc1 = activate_f32x16(acc1, activation);
-        acc2 = activate_f32x16(acc2, activation);
-        acc3 = activate_f32x16(acc3, activation);
-        if (has_residual) {
-            acc0 = _mm512_add_ps(acc0, _mm512_loadu_ps(residual + c));
-            acc1 = _mm512_add_ps(acc1, _mm512_loadu_ps(residual + c + 16));
-            acc2 = _mm512_add_ps(acc2, _mm512_loadu_ps(residual + c + 32));
-            acc3 = _mm512_add_ps(acc3, _mm512_loadu_ps(residual + c + 48));
-        }
-        _mm512_storeu_ps(y + c, acc0);
-        _mm512_storeu_ps(y + c + 16, acc1);
-        _mm512_storeu_ps(y + c + 32, acc2);
-        _mm512_storeu_ps(y + c + 48, acc3);
-    }
-    /* The last 1 to 63 channels, still in up to four chains, with masked loads and stores. */
-    if (c < channels) {
-        const int left = channels - c;
-        const __mmask16 mask0 = (__mmask16)(left >= 16 ? 0xFFFFu : left > 0 ? (1u << left) - 1u : 0u);
-        const __mmask16 mask1 = (__mmask16)(left >= 32 ? 0xFFFFu : left > 16 ? (1u << (left - 16)) - 1u : 0u);
-        const __mmask16 mask2 = (__mmask16)(left >= 48 ? 0xFFFFu : left > 32 ? (1u << (left - 32)) - 1u : 0u);
-        const __mmask16 mask3 = (__mmask16)(left >= 64 ? 0xFFFFu : left > 48 ? (1u << (left - 48)) - 1u : 0u);
-        __m512 acc0 = has_bias ? _mm512_maskz_loadu_ps(mask0, bias + c) : _mm512_setzero_ps();
-        __m512 acc1 = has_bias && left > 16 ? _mm512_maskz_loadu_ps(mask1, bias + c + 16) : _mm512_setzero_ps();
-        __m512 acc2 = has_bias && left > 32 ? _mm512_maskz_loadu_ps(mask2, bias + c + 32) : _mm512_setzero_ps();
-        __m512 acc3 = has_bias && left > 48 ? _mm512_maskz_loadu_ps(mask3, bias + c + 48) : _mm512_setzero_ps();
-        for (int ky = ky0; ky < ky1; ++ky) {
-            for (int kx = kx0; kx < kx1; ++kx) {
-                const float *xp = x + (x_offset + ky * row_stride + kx * channels + c);
-                const float *wp = w + ((ky * kernel_width + kx) * channels + c);
-                acc0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask0, xp), _mm512_maskz_loadu_ps(mask0, wp), acc0);
-                if (left > 16) acc1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask1, xp + 16), _mm512_maskz_loadu_ps(mask1, wp + 16), acc1);
-                if (left > 32) acc2 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask2, xp + 32), _mm512_maskz_loadu_ps(mask2, wp + 32), acc2);
-                if (left > 48) acc3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask3, xp + 48), _mm512_maskz_loadu_ps(mask3, wp + 48), acc3);
-            }
-        }
-        {
-            __m512 value = activate_f32x16(acc0, activation);
-            if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask0, residual + c));
-            _mm512_mask_storeu_ps(y + c, mask0, value);
-        }
-        if (left > 16) {
-            __m512 value = activate_f32x16(acc1, activation);
-            if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask1, residual + c + 16));
-            _mm512_mask_storeu_ps(y + c + 16, mask1, value);
-        }
-        if (left > 32) {
-            __m512 value = activate_f32x16(acc2, activation);
-            if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask2, residual + c + 32));
-            _mm512_mask_storeu_ps(y + c + 32, mask2, value);
-        }
-        if (left > 48) {
-            __m512 value = activate_f32x16(acc3, activation);
-            if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask3, residual + c + 48));
-            _mm512_mask_storeu_ps(y + c + 48, mask3, value);
-        }
+        acc = activate_f32x16(acc, activation);
+        if (has_residual) acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(mask, residual + c));
+        _mm512_mask_storeu_ps(y + c, mask, acc);
     }
 }
 #elif defined(KERNELS_AVX2)
-KERNEL_INLINE void depthwise_f32_pixel(const float *restrict x, const float *restrict w,
+KERNEL_INLINE void depthwise_f32_pixel(const float *const *rows, const float *restrict w,
     const float *restrict bias, const float *restrict residual, float *restrict y,
-    int channels, int kernel_width, int row_stride, int x_offset,
-    int ky0, int ky1, int kx0, int kx1, int has_bias, int has_residual, int activation)
+    int channels, int kernel_width, int column, int ky0, int ky1, int kx0, int kx1,
+    int has_bias, int has_residual, int activation)
 {
-    /* 32 channels at a time in four independent accumulator chains, which hide the FMA latency. */
-    int c = 0;
-    for (; c + 32 <= channels; c += 32) {
-        __m256 acc0 = has_bias ? _mm256_loadu_ps(bias + c) : _mm256_setzero_ps();
-        __m256 acc1 = has_bias ? _mm256_loadu_ps(bias + c + 8) : _mm256_setzero_ps();
-        __m256 acc2 = has_bias ? _mm256_loadu_ps(bias + c + 16) : _mm256_setzero_ps();
-        __m256 acc3 = has_bias ? _mm256_loadu_ps(bias + c + 24) : _mm256_setzero_ps();
+    for (int c = 0; c < channels; c += 8) {
+        const __m256i mask = lane_mask_f32x8(channels - c);
+        __m256 acc = has_bias ? _mm256_maskload_ps(bias + c, mask) : _mm256_setzero_ps();
         for (int ky = ky0; ky < ky1; ++ky) {
             for (int kx = kx0; kx < kx1; ++kx) {
-                const float *xp = x + (x_offset + ky * row_stride + kx * channels + c);
-                const float *wp = w + ((ky * kernel_width + kx) * channels + c);
-                acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(xp), _mm256_loadu_ps(wp), acc0);
-                acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(xp + 8), _mm256_loadu_ps(wp + 8), acc1);
-                acc2 = _mm256_fmadd_ps(_mm256_loadu_ps(xp + 16), _mm256_loadu_ps(wp + 16), acc2);
-                acc3 = _mm256_fmadd_ps(_mm256_loadu_ps(xp + 24), _mm256_loadu_ps(wp + 24), acc3);
+                acc = _mm256_fmadd_ps(_mm256_maskload_ps(rows[ky] + ((column + kx) * channels + c), mask),
+                                      _mm256_maskload_ps(w + ((ky * kernel_width + kx) * channels + c), mask), acc);
             }
         }
-        acc0 = activate_f32x8(acc0, activation);
-        acc1 = activate_f32x8(acc1, activation);
-        acc2 = activate_f32x8(acc2, activation);
-        acc3 = activate_f32x8(acc3, activation);
-        if (has_residual) {
-            acc0 = _mm256_add_ps(acc0, _mm256_loadu_ps(residual + c));
-            acc1 = _mm256_add_ps(acc1, _mm256_loadu_ps(residual + c + 8));
-            acc2 = _mm256_add_ps(acc2, _mm256_loadu_ps(residual + c + 16));
-            acc3 = _mm256_add_ps(acc3, _mm256_loadu_ps(residual + c + 24));
-        }
-        _mm256_storeu_ps(y + c, acc0);
-        _mm256_storeu_ps(y + c + 8, acc1);
-        _mm256_storeu_ps(y + c + 16, acc2);
-        _mm256_storeu_ps(y + c + 24, acc3);
-    }
-    /* The last 1 to 31 channels, still in up to four chains, with masked loads and stores. */
-    if (c < channels) {
-        const int left = channels - c;
-        const __m256i mask0 = lane_mask_f32x8(left);
-        const __m256i mask1 = lane_mask_f32x8(left - 8);
-        const __m256i mask2 = lane_mask_f32x8(left - 16);
-        const __m256i mask3 = lane_mask_f32x8(left - 24);
-        __m256 acc0 = has_bias ? _mm256_maskload_ps(bias + c, mask0) : _mm256_setzero_ps();
-        __m256 acc1 = has_bias && left > 8 ? _mm256_maskload_ps(bias + c + 8, mask1) : _mm256_setzero_ps();
-        __m256 acc2 = has_bias && left > 16 ? _mm256_maskload_ps(bias + c + 16, mask2) : _mm256_setzero_ps();
-        __m256 acc3 = has_bias && left > 24 ? _mm256_maskload_ps(bias + c + 24, mask3) : _mm256_setzero_ps();
-        for (int ky = ky0; ky < ky1; ++ky) {
-            for (int kx = kx0; kx < kx1; ++kx) {
-                const float *xp = x + (x_offset + ky * row_stride + kx * channels + c);
-                const float *wp = w + ((ky * kernel_width + kx) * channels + c);
-                acc0 = _mm256_fmadd_ps(_mm256_maskload_ps(xp, mask0), _mm256_maskload_ps(wp, mask0), acc0);
-                if (left > 8) acc1 = _mm256_fmadd_ps(_mm256_maskload_ps(xp + 8, mask1), _mm256_maskload_ps(wp + 8, mask1), acc1);
-                if (left > 16) acc2 = _mm256_fmadd_ps(_mm256_maskload_ps(xp + 16, mask2), _mm256_maskload_ps(wp + 16, mask2), acc2);
-                if (left > 24) acc3 = _mm256_fmadd_ps(_mm256_maskload_ps(xp + 24, mask3), _mm256_maskload_ps(wp + 24, mask3), acc3);
-            }
-        }
-        {
-            __m256 value = activate_f32x8(acc0, activation);
-            if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + c, mask0));
-            _mm256_maskstore_ps(y + c, mask0, value);
-        }
-        if (left > 8) {
-            __m256 value = activate_f32x8(acc1, activation);
-            if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + c + 8, mask1));
-            _mm256_maskstore_ps(y + c + 8, mask1, value);
-        }
-        if (left > 16) {
-            __m256 value = activate_f32x8(acc2, activation);
-            if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + c + 16, mask2));
-            _mm256_maskstore_ps(y + c + 16, mask2, value);
-        }
-        if (left > 24) {
-            __m256 value = activate_f32x8(acc3, activation);
-            if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + c + 24, mask3));
-            _mm256_maskstore_ps(y + c + 24, mask3, value);
-        }
+        acc = activate_f32x8(acc, activation);
+        if (has_residual) acc = _mm256_add_ps(acc, _mm256_maskload_ps(residual + c, mask));
+        _mm256_maskstore_ps(y + c, mask, acc);
     }
 }
 #else
 /* Portable: y is the accumulator, and every channel loop is contiguous and vectorizable. */
-KERNEL_INLINE void depthwise_f32_pixel(const float *restrict x, const float *restrict w,
+KERNEL_INLINE void depthwise_f32_pixel(const float *const *rows, const float *restrict w,
     const float *restrict bias, const float *restrict residual, float *restrict y,
-    int channels, int kernel_width, int row_stride, int x_offset,
-    int ky0, int ky1, int kx0, int kx1, int has_bias, int has_residual, int activation)
+    int channels, int kernel_width, int column, int ky0, int ky1, int kx0, int kx1,
+    int has_bias, int has_residual, int activation)
 {
     for (int c = 0; c < channels; ++c) {
         y[c] = has_bias ? bias[c] : 0.0f;
     }
     for (int ky = ky0; ky < ky1; ++ky) {
         for (int kx = kx0; kx < kx1; ++kx) {
-            const float *restrict xp = x + (x_offset + ky * row_stride + kx * channels);
+            const float *restrict xp = rows[ky] + (column + kx) * channels;
             const float *restrict wp = w + (ky * kernel_width + kx) * channels;
             for (int c = 0; c < channels; ++c) {
                 y[c] += xp[c] * wp[c];
@@ -852,6 +730,952 @@ static void conv3x3_s2_f32_nchw3x224x224_to_16_p1_hardswish(const float *restric
     }
 }
 
+/*
+ * Up to 8 adjacent output pixels of a 3x3, stride 1 depthwise convolution, all channels:
+ *   y[p][c] = activation(bias[c] + sum over taps of rows[ky][column + p * 1 + kx][c] * w[ky][kx][c]) + residual[p][c]
+ * for p < pixels, over the rows ky in [ky0, ky1). Unless `checked`, every column read lies inside the
+ * input row; when `checked`, columns outside [0, in_width) count as zero padding (fast when `column`
+ * is a literal). x, y and residual pixels are `channels` floats apart (NHWC). Each input column is
+ * loaded once per row and feeds every pixel and tap that reads it.
+ */
+#if defined(KERNELS_AVX512)
+KERNEL_INLINE void depthwise3x3_s1_f32_block(const float *const *rows, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int channels, int in_width, int column, int pixels, int checked, int ky0, int ky1,
+    int has_bias, int has_residual, int activation)
+{
+    int c = 0;
+    for (; c + 16 <= channels; c += 16) {
+        const __m512 start = has_bias ? _mm512_loadu_ps(bias + c) : _mm512_setzero_ps();
+        {
+            __m512 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
+            if (ky0 <= 0 && 0 < ky1) {
+                const float *row = rows[0];
+                const __m512 w0 = _mm512_loadu_ps(w + 0 * channels + c);
+                const __m512 w1 = _mm512_loadu_ps(w + 1 * channels + c);
+                const __m512 w2 = _mm512_loadu_ps(w + 2 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 3) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 4) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 5) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 6) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 7) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 8) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 9) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 1 && 1 < ky1) {
+                const float *row = rows[1];
+                const __m512 w0 = _mm512_loadu_ps(w + 3 * channels + c);
+                const __m512 w1 = _mm512_loadu_ps(w + 4 * channels + c);
+                const __m512 w2 = _mm512_loadu_ps(w + 5 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 3) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 4) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 5) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 6) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 7) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 8) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 9) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 2 && 2 < ky1) {
+                const float *row = rows[2];
+                const __m512 w0 = _mm512_loadu_ps(w + 6 * channels + c);
+                const __m512 w1 = _mm512_loadu_ps(w + 7 * channels + c);
+                const __m512 w2 = _mm512_loadu_ps(w + 8 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 3) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 4) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 5) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 6) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 7) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 8) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 9) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+            }
+            {
+                __m512 value = activate_f32x16(acc0, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 0 * channels + c));
+                _mm512_storeu_ps(y + 0 * channels + c, value);
+            }
+            if (pixels > 1) {
+                __m512 value = activate_f32x16(acc1, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 1 * channels + c));
+                _mm512_storeu_ps(y + 1 * channels + c, value);
+            }
+            if (pixels > 2) {
+                __m512 value = activate_f32x16(acc2, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 2 * channels + c));
+                _mm512_storeu_ps(y + 2 * channels + c, value);
+            }
+            if (pixels > 3) {
+                __m512 value = activate_f32x16(acc3, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 3 * channels + c));
+                _mm512_storeu_ps(y + 3 * channels + c, value);
+            }
+            if (pixels > 4) {
+                __m512 value = activate_f32x16(acc4, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 4 * channels + c));
+                _mm512_storeu_ps(y + 4 * channels + c, value);
+            }
+            if (pixels > 5) {
+                __m512 value = activate_f32x16(acc5, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 5 * channels + c));
+                _mm512_storeu_ps(y + 5 * channels + c, value);
+            }
+            if (pixels > 6) {
+                __m512 value = activate_f32x16(acc6, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 6 * channels + c));
+                _mm512_storeu_ps(y + 6 * channels + c, value);
+            }
+            if (pixels > 7) {
+                __m512 value = activate_f32x16(acc7, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 7 * channels + c));
+                _mm512_storeu_ps(y + 7 * channels + c, value);
+            }
+        }
+    }
+    if (c < channels) {
+        const __mmask16 mask = (__mmask16)((1u << (channels - c)) - 1u);
+        const __m512 start = has_bias ? _mm512_maskz_loadu_ps(mask, bias + c) : _mm512_setzero_ps();
+        {
+            __m512 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
+            if (ky0 <= 0 && 0 < ky1) {
+                const float *row = rows[0];
+                const __m512 w0 = _mm512_maskz_loadu_ps(mask, w + 0 * channels + c);
+                const __m512 w1 = _mm512_maskz_loadu_ps(mask, w + 1 * channels + c);
+                const __m512 w2 = _mm512_maskz_loadu_ps(mask, w + 2 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 3) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 4) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 5) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 6) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 7) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 8) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 9) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 1 && 1 < ky1) {
+                const float *row = rows[1];
+                const __m512 w0 = _mm512_maskz_loadu_ps(mask, w + 3 * channels + c);
+                const __m512 w1 = _mm512_maskz_loadu_ps(mask, w + 4 * channels + c);
+                const __m512 w2 = _mm512_maskz_loadu_ps(mask, w + 5 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 3) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 4) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 5) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 6) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 7) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 8) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 9) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 2 && 2 < ky1) {
+                const float *row = rows[2];
+                const __m512 w0 = _mm512_maskz_loadu_ps(mask, w + 6 * channels + c);
+                const __m512 w1 = _mm512_maskz_loadu_ps(mask, w + 7 * channels + c);
+                const __m512 w2 = _mm512_maskz_loadu_ps(mask, w + 8 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 3) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 4) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 5) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 6) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 7) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 8) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 9) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+            }
+            {
+                __m512 value = activate_f32x16(acc0, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 0 * channels + c));
+                _mm512_mask_storeu_ps(y + 0 * channels + c, mask, value);
+            }
+            if (pixels > 1) {
+                __m512 value = activate_f32x16(acc1, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 1 * channels + c));
+                _mm512_mask_storeu_ps(y + 1 * channels + c, mask, value);
+            }
+            if (pixels > 2) {
+                __m512 value = activate_f32x16(acc2, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 2 * channels + c));
+                _mm512_mask_storeu_ps(y + 2 * channels + c, mask, value);
+            }
+            if (pixels > 3) {
+                __m512 value = activate_f32x16(acc3, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 3 * channels + c));
+                _mm512_mask_storeu_ps(y + 3 * channels + c, mask, value);
+            }
+            if (pixels > 4) {
+                __m512 value = activate_f32x16(acc4, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 4 * channels + c));
+                _mm512_mask_storeu_ps(y + 4 * channels + c, mask, value);
+            }
+            if (pixels > 5) {
+                __m512 value = activate_f32x16(acc5, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 5 * channels + c));
+                _mm512_mask_storeu_ps(y + 5 * channels + c, mask, value);
+            }
+            if (pixels > 6) {
+                __m512 value = activate_f32x16(acc6, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 6 * channels + c));
+                _mm512_mask_storeu_ps(y + 6 * channels + c, mask, value);
+            }
+            if (pixels > 7) {
+                __m512 value = activate_f32x16(acc7, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 7 * channels + c));
+                _mm512_mask_storeu_ps(y + 7 * channels + c, mask, value);
+            }
+        }
+    }
+}
+#elif defined(KERNELS_AVX2)
+KERNEL_INLINE void depthwise3x3_s1_f32_block(const float *const *rows, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int channels, int in_width, int column, int pixels, int checked, int ky0, int ky1,
+    int has_bias, int has_residual, int activation)
+{
+    int c = 0;
+    for (; c + 8 <= channels; c += 8) {
+        const __m256 start = has_bias ? _mm256_loadu_ps(bias + c) : _mm256_setzero_ps();
+        {
+            __m256 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
+            if (ky0 <= 0 && 0 < ky1) {
+                const float *row = rows[0];
+                const __m256 w0 = _mm256_loadu_ps(w + 0 * channels + c);
+                const __m256 w1 = _mm256_loadu_ps(w + 1 * channels + c);
+                const __m256 w2 = _mm256_loadu_ps(w + 2 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 3) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 4) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 5) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 6) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 7) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 8) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 9) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 1 && 1 < ky1) {
+                const float *row = rows[1];
+                const __m256 w0 = _mm256_loadu_ps(w + 3 * channels + c);
+                const __m256 w1 = _mm256_loadu_ps(w + 4 * channels + c);
+                const __m256 w2 = _mm256_loadu_ps(w + 5 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 3) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 4) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 5) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 6) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 7) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 8) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 9) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 2 && 2 < ky1) {
+                const float *row = rows[2];
+                const __m256 w0 = _mm256_loadu_ps(w + 6 * channels + c);
+                const __m256 w1 = _mm256_loadu_ps(w + 7 * channels + c);
+                const __m256 w2 = _mm256_loadu_ps(w + 8 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 3) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 4) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 5) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 6) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 7) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 8) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 9) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+            }
+            {
+                __m256 value = activate_f32x8(acc0, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 0 * channels + c));
+                _mm256_storeu_ps(y + 0 * channels + c, value);
+            }
+            if (pixels > 1) {
+                __m256 value = activate_f32x8(acc1, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 1 * channels + c));
+                _mm256_storeu_ps(y + 1 * channels + c, value);
+            }
+            if (pixels > 2) {
+                __m256 value = activate_f32x8(acc2, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 2 * channels + c));
+                _mm256_storeu_ps(y + 2 * channels + c, value);
+            }
+            if (pixels > 3) {
+                __m256 value = activate_f32x8(acc3, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 3 * channels + c));
+                _mm256_storeu_ps(y + 3 * channels + c, value);
+            }
+            if (pixels > 4) {
+                __m256 value = activate_f32x8(acc4, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 4 * channels + c));
+                _mm256_storeu_ps(y + 4 * channels + c, value);
+            }
+            if (pixels > 5) {
+                __m256 value = activate_f32x8(acc5, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 5 * channels + c));
+                _mm256_storeu_ps(y + 5 * channels + c, value);
+            }
+            if (pixels > 6) {
+                __m256 value = activate_f32x8(acc6, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 6 * channels + c));
+                _mm256_storeu_ps(y + 6 * channels + c, value);
+            }
+            if (pixels > 7) {
+                __m256 value = activate_f32x8(acc7, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 7 * channels + c));
+                _mm256_storeu_ps(y + 7 * channels + c, value);
+            }
+        }
+    }
+    if (c < channels) {
+        const __m256i mask = lane_mask_f32x8(channels - c);
+        const __m256 start = has_bias ? _mm256_maskload_ps(bias + c, mask) : _mm256_setzero_ps();
+        {
+            __m256 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
+            if (ky0 <= 0 && 0 < ky1) {
+                const float *row = rows[0];
+                const __m256 w0 = _mm256_maskload_ps(w + 0 * channels + c, mask);
+                const __m256 w1 = _mm256_maskload_ps(w + 1 * channels + c, mask);
+                const __m256 w2 = _mm256_maskload_ps(w + 2 * channels + c, mask);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 0) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 1) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 2) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 3) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 4) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 5) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 6) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 7) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 8) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 9) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 1 && 1 < ky1) {
+                const float *row = rows[1];
+                const __m256 w0 = _mm256_maskload_ps(w + 3 * channels + c, mask);
+                const __m256 w1 = _mm256_maskload_ps(w + 4 * channels + c, mask);
+                const __m256 w2 = _mm256_maskload_ps(w + 5 * channels + c, mask);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 0) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 1) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 2) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 3) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 4) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 5) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 6) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 7) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 8) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 9) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 2 && 2 < ky1) {
+                const float *row = rows[2];
+                const __m256 w0 = _mm256_maskload_ps(w + 6 * channels + c, mask);
+                const __m256 w1 = _mm256_maskload_ps(w + 7 * channels + c, mask);
+                const __m256 w2 = _mm256_maskload_ps(w + 8 * channels + c, mask);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 0) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 1) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 2) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 3) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 4) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 5) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 6) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 7) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 8) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 9) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+            }
+            {
+                __m256 value = activate_f32x8(acc0, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 0 * channels + c, mask));
+                _mm256_maskstore_ps(y + 0 * channels + c, mask, value);
+            }
+            if (pixels > 1) {
+                __m256 value = activate_f32x8(acc1, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 1 * channels + c, mask));
+                _mm256_maskstore_ps(y + 1 * channels + c, mask, value);
+            }
+            if (pixels > 2) {
+                __m256 value = activate_f32x8(acc2, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 2 * channels + c, mask));
+                _mm256_maskstore_ps(y + 2 * channels + c, mask, value);
+            }
+            if (pixels > 3) {
+                __m256 value = activate_f32x8(acc3, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 3 * channels + c, mask));
+                _mm256_maskstore_ps(y + 3 * channels + c, mask, value);
+            }
+            if (pixels > 4) {
+                __m256 value = activate_f32x8(acc4, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 4 * channels + c, mask));
+                _mm256_maskstore_ps(y + 4 * channels + c, mask, value);
+            }
+            if (pixels > 5) {
+                __m256 value = activate_f32x8(acc5, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 5 * channels + c, mask));
+                _mm256_maskstore_ps(y + 5 * channels + c, mask, value);
+            }
+            if (pixels > 6) {
+                __m256 value = activate_f32x8(acc6, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 6 * channels + c, mask));
+                _mm256_maskstore_ps(y + 6 * channels + c, mask, value);
+            }
+            if (pixels > 7) {
+                __m256 value = activate_f32x8(acc7, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 7 * channels + c, mask));
+                _mm256_maskstore_ps(y + 7 * channels + c, mask, value);
+            }
+        }
+    }
+}
+#else
+KERNEL_INLINE void depthwise3x3_s1_f32_block(const float *const *rows, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int channels, int in_width, int column, int pixels, int checked, int ky0, int ky1,
+    int has_bias, int has_residual, int activation)
+{
+    for (int p = 0; p < pixels; ++p) {
+        const int first = column + p * 1;
+        const int kx0 = checked && first < 0 ? -first : 0;
+        const int kx1 = checked && first + 3 > in_width ? in_width - first : 3;
+        depthwise_f32_pixel(rows, w, bias, has_residual ? residual + p * channels : residual, y + p * channels, channels, 3,
+                            first, ky0, ky1, kx0, kx1, has_bias, has_residual, activation);
+    }
+}
+#endif
+
 /* 3x3 depthwise convolution, stride 1x1, padding 1: 112x112x16 -> 112x112x16, w[3][3][16], then bias, relu */
 static void depthwise3x3_s1_f32_112x112x16_p1_relu(const float *restrict x, const float *restrict w,
                                                    const float *restrict bias, float *restrict y)
@@ -860,22 +1684,27 @@ static void depthwise3x3_s1_f32_112x112x16_p1_relu(const float *restrict x, cons
         const int iy0 = oy - 1;
         const int ky0 = iy0 < 0 ? -iy0 : 0;
         const int ky1 = iy0 + 3 > 112 ? 112 - iy0 : 3;
-        for (int ox = 0; ox < 112; ++ox) {
-            const int ix0 = ox - 1;
-            const int kx0 = ix0 < 0 ? -ix0 : 0;
-            const int kx1 = ix0 + 3 > 112 ? 112 - ix0 : 3;
-            const int x_offset = (iy0 * 112 + ix0) * 16;
-            const int y_offset = (oy * 112 + ox) * 16;
-            if (ky0 == 0 && ky1 == 3 && kx0 == 0 && kx1 == 3) {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 16, 3, 1792, x_offset, 0, 3, 0, 3, 1, 0, ACTIVATION_RELU);
-            } else {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 16, 3, 1792, x_offset, ky0, ky1, kx0, kx1, 1, 0, ACTIVATION_RELU);
+        const float *rows[3];
+        for (int ky = 0; ky < 3; ++ky) {
+            rows[ky] = ky >= ky0 && ky < ky1 ? x + (iy0 + ky) * 1792 : x;
+        }
+        if (ky0 == 0 && ky1 == 3) {
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 1792, 16, 112, -1, 8, 1, 0, 3, 1, 0, ACTIVATION_RELU);
+            for (int ox = 8; ox < 104; ox += 8) {
+                depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 1792 + ox * 16, 16, 112, ox - 1, 8, 0, 0, 3, 1, 0, ACTIVATION_RELU);
             }
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 1792 + 1664, 16, 112, 103, 8, 1, 0, 3, 1, 0, ACTIVATION_RELU);
+        } else {
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 1792, 16, 112, -1, 8, 1, ky0, ky1, 1, 0, ACTIVATION_RELU);
+            for (int ox = 8; ox < 104; ox += 8) {
+                depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 1792 + ox * 16, 16, 112, ox - 1, 8, 0, ky0, ky1, 1, 0, ACTIVATION_RELU);
+            }
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 1792 + 1664, 16, 112, 103, 8, 1, ky0, ky1, 1, 0, ACTIVATION_RELU);
         }
     }
 }
 
-/* 1x1 convolution as a GEMM: y[12544][16] = x[12544][16] * w[16][16], then bias, residual */
+/* 1x1 convolution as a GEMM: y[12544][16] = x[12544][16] * w[16][16] in 32-column panels, then bias, residual */
 static void pointwise_f32_112x112x16_to_16_residual(const float *restrict x, const float *restrict w,
                                                     const float *restrict bias,
                                                     const float *restrict residual, float *restrict y)
@@ -890,9 +1719,10 @@ static void pointwise_f32_112x112x16_to_16_residual(const float *restrict x, con
     }
 #elif defined(KERNELS_VECTOR)
     for (int p = 0; p < 12544; p += 4) {
-        for (int n = 0; n < 16; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 16, w + n, bias + n, residual + p * 16 + n, y + p * 16 + n, 4, 8, 16, 16, 16, 1, 1, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile6x8_vector(x + p * 16, w, bias, residual + p * 16, y + p * 16, 4, 8, 16, 16, 16, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 12544; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 16, w + 8, bias + 8, residual + p * 16 + 8, y + p * 16 + 8, 4, 8, 16, 16, 16, 1, 1, ACTIVATION_IDENTITY);
     }
 #else
     for (int p = 0; p < 12544; p += 4) {
@@ -901,36 +1731,1249 @@ static void pointwise_f32_112x112x16_to_16_residual(const float *restrict x, con
 #endif
 }
 
-/* 1x1 convolution as a GEMM: y[12544][64] = x[12544][16] * w[16][64], then bias, relu */
+/* 1x1 convolution as a GEMM: y[12544][64] = x[12544][16] * w[16][64] in 32-column panels, then bias, relu */
 static void pointwise_f32_112x112x16_to_64_relu(const float *restrict x, const float *restrict w,
                                                 const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 12544; p += 8) {
-        for (int n = 0; n < 64; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 16, w + n, bias + n, NULL, y + p * 64 + n, 8, 32, 16, 64, 64, 1, 0, ACTIVATION_RELU);
+    for (int n = 0; n < 64; n += 32) {
+        for (int p = 0; p < 12544; p += 8) {
+            pointwise_f32_tile8x32_avx512(x + p * 16, w + n * 16, bias + n, NULL, y + p * 64 + n, 8, 32, 16, 32, 64, 1, 0, ACTIVATION_RELU);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 12544; p += 4) {
-        for (int n = 0; n < 64; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 16, w + n, bias + n, NULL, y + p * 64 + n, 4, 16, 16, 64, 64, 1, 0, ACTIVATION_RELU);
+    for (int n = 0; n < 64; n += 32) {
+        for (int p = 0; p < 12544; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 16, w + n * 16, bias + n, NULL, y + p * 64 + n, 4, 16, 16, 32, 64, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 12544; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 16, w + n * 16 + 16, bias + n + 16, NULL, y + p * 64 + n + 16, 4, 16, 16, 32, 64, 1, 0, ACTIVATION_RELU);
         }
     }
 #elif defined(KERNELS_VECTOR)
-    for (int p = 0; p < 12544; p += 4) {
-        for (int n = 0; n < 64; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 16, w + n, bias + n, NULL, y + p * 64 + n, 4, 8, 16, 64, 64, 1, 0, ACTIVATION_RELU);
+    for (int n = 0; n < 64; n += 32) {
+        for (int p = 0; p < 12544; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 16, w + n * 16, bias + n, NULL, y + p * 64 + n, 4, 8, 16, 32, 64, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 12544; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 16, w + n * 16 + 8, bias + n + 8, NULL, y + p * 64 + n + 8, 4, 8, 16, 32, 64, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 12544; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 16, w + n * 16 + 16, bias + n + 16, NULL, y + p * 64 + n + 16, 4, 8, 16, 32, 64, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 12544; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 16, w + n * 16 + 24, bias + n + 24, NULL, y + p * 64 + n + 24, 4, 8, 16, 32, 64, 1, 0, ACTIVATION_RELU);
         }
     }
 #else
-    for (int p = 0; p < 12544; p += 4) {
-        for (int n = 0; n < 64; n += 16) {
-            pointwise_f32_tile4x16_portable(x + p * 16, w + n, bias + n, NULL, y + p * 64 + n, 4, 16, 16, 64, 64, 1, 0, ACTIVATION_RELU);
+    for (int n = 0; n < 64; n += 32) {
+        for (int p = 0; p < 12544; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 16, w + n * 16, bias + n, NULL, y + p * 64 + n, 4, 16, 16, 32, 64, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 12544; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 16, w + n * 16 + 16, bias + n + 16, NULL, y + p * 64 + n + 16, 4, 16, 16, 32, 64, 1, 0, ACTIVATION_RELU);
         }
     }
 #endif
 }
+
+/*
+ * Up to 8 adjacent output pixels of a 3x3, stride 2 depthwise convolution, all channels:
+ *   y[p][c] = activation(bias[c] + sum over taps of rows[ky][column + p * 2 + kx][c] * w[ky][kx][c]) + residual[p][c]
+ * for p < pixels, over the rows ky in [ky0, ky1). Unless `checked`, every column read lies inside the
+ * input row; when `checked`, columns outside [0, in_width) count as zero padding (fast when `column`
+ * is a literal). x, y and residual pixels are `channels` floats apart (NHWC). Each input column is
+ * loaded once per row and feeds every pixel and tap that reads it.
+ */
+#if defined(KERNELS_AVX512)
+KERNEL_INLINE void depthwise3x3_s2_f32_block(const float *const *rows, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int channels, int in_width, int column, int pixels, int checked, int ky0, int ky1,
+    int has_bias, int has_residual, int activation)
+{
+    int c = 0;
+    for (; c + 16 <= channels; c += 16) {
+        const __m512 start = has_bias ? _mm512_loadu_ps(bias + c) : _mm512_setzero_ps();
+        {
+            __m512 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
+            if (ky0 <= 0 && 0 < ky1) {
+                const float *row = rows[0];
+                const __m512 w0 = _mm512_loadu_ps(w + 0 * channels + c);
+                const __m512 w1 = _mm512_loadu_ps(w + 1 * channels + c);
+                const __m512 w2 = _mm512_loadu_ps(w + 2 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 3) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 4) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 5) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 6) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 7) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 8) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 9) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 10) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 11) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 12) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 13) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 14) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 15) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 16) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 1 && 1 < ky1) {
+                const float *row = rows[1];
+                const __m512 w0 = _mm512_loadu_ps(w + 3 * channels + c);
+                const __m512 w1 = _mm512_loadu_ps(w + 4 * channels + c);
+                const __m512 w2 = _mm512_loadu_ps(w + 5 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 3) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 4) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 5) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 6) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 7) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 8) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 9) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 10) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 11) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 12) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 13) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 14) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 15) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 16) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 2 && 2 < ky1) {
+                const float *row = rows[2];
+                const __m512 w0 = _mm512_loadu_ps(w + 6 * channels + c);
+                const __m512 w1 = _mm512_loadu_ps(w + 7 * channels + c);
+                const __m512 w2 = _mm512_loadu_ps(w + 8 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 3) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 4) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 5) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 6) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 7) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 8) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 9) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 10) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 11) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 12) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 13) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 14) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 15) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 16) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+            }
+            {
+                __m512 value = activate_f32x16(acc0, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 0 * channels + c));
+                _mm512_storeu_ps(y + 0 * channels + c, value);
+            }
+            if (pixels > 1) {
+                __m512 value = activate_f32x16(acc1, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 1 * channels + c));
+                _mm512_storeu_ps(y + 1 * channels + c, value);
+            }
+            if (pixels > 2) {
+                __m512 value = activate_f32x16(acc2, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 2 * channels + c));
+                _mm512_storeu_ps(y + 2 * channels + c, value);
+            }
+            if (pixels > 3) {
+                __m512 value = activate_f32x16(acc3, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 3 * channels + c));
+                _mm512_storeu_ps(y + 3 * channels + c, value);
+            }
+            if (pixels > 4) {
+                __m512 value = activate_f32x16(acc4, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 4 * channels + c));
+                _mm512_storeu_ps(y + 4 * channels + c, value);
+            }
+            if (pixels > 5) {
+                __m512 value = activate_f32x16(acc5, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 5 * channels + c));
+                _mm512_storeu_ps(y + 5 * channels + c, value);
+            }
+            if (pixels > 6) {
+                __m512 value = activate_f32x16(acc6, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 6 * channels + c));
+                _mm512_storeu_ps(y + 6 * channels + c, value);
+            }
+            if (pixels > 7) {
+                __m512 value = activate_f32x16(acc7, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 7 * channels + c));
+                _mm512_storeu_ps(y + 7 * channels + c, value);
+            }
+        }
+    }
+    if (c < channels) {
+        const __mmask16 mask = (__mmask16)((1u << (channels - c)) - 1u);
+        const __m512 start = has_bias ? _mm512_maskz_loadu_ps(mask, bias + c) : _mm512_setzero_ps();
+        {
+            __m512 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
+            if (ky0 <= 0 && 0 < ky1) {
+                const float *row = rows[0];
+                const __m512 w0 = _mm512_maskz_loadu_ps(mask, w + 0 * channels + c);
+                const __m512 w1 = _mm512_maskz_loadu_ps(mask, w + 1 * channels + c);
+                const __m512 w2 = _mm512_maskz_loadu_ps(mask, w + 2 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 3) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 4) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 5) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 6) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 7) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 8) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 9) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 10) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 11) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 12) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 13) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 14) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 15) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 16) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 1 && 1 < ky1) {
+                const float *row = rows[1];
+                const __m512 w0 = _mm512_maskz_loadu_ps(mask, w + 3 * channels + c);
+                const __m512 w1 = _mm512_maskz_loadu_ps(mask, w + 4 * channels + c);
+                const __m512 w2 = _mm512_maskz_loadu_ps(mask, w + 5 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 3) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 4) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 5) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 6) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 7) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 8) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 9) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 10) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 11) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 12) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 13) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 14) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 15) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 16) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 2 && 2 < ky1) {
+                const float *row = rows[2];
+                const __m512 w0 = _mm512_maskz_loadu_ps(mask, w + 6 * channels + c);
+                const __m512 w1 = _mm512_maskz_loadu_ps(mask, w + 7 * channels + c);
+                const __m512 w2 = _mm512_maskz_loadu_ps(mask, w + 8 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 3) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 4) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 5) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 6) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 7) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 8) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 9) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 10) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 11) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 12) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 13) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 14) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 15) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 16) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+            }
+            {
+                __m512 value = activate_f32x16(acc0, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 0 * channels + c));
+                _mm512_mask_storeu_ps(y + 0 * channels + c, mask, value);
+            }
+            if (pixels > 1) {
+                __m512 value = activate_f32x16(acc1, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 1 * channels + c));
+                _mm512_mask_storeu_ps(y + 1 * channels + c, mask, value);
+            }
+            if (pixels > 2) {
+                __m512 value = activate_f32x16(acc2, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 2 * channels + c));
+                _mm512_mask_storeu_ps(y + 2 * channels + c, mask, value);
+            }
+            if (pixels > 3) {
+                __m512 value = activate_f32x16(acc3, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 3 * channels + c));
+                _mm512_mask_storeu_ps(y + 3 * channels + c, mask, value);
+            }
+            if (pixels > 4) {
+                __m512 value = activate_f32x16(acc4, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 4 * channels + c));
+                _mm512_mask_storeu_ps(y + 4 * channels + c, mask, value);
+            }
+            if (pixels > 5) {
+                __m512 value = activate_f32x16(acc5, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 5 * channels + c));
+                _mm512_mask_storeu_ps(y + 5 * channels + c, mask, value);
+            }
+            if (pixels > 6) {
+                __m512 value = activate_f32x16(acc6, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 6 * channels + c));
+                _mm512_mask_storeu_ps(y + 6 * channels + c, mask, value);
+            }
+            if (pixels > 7) {
+                __m512 value = activate_f32x16(acc7, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 7 * channels + c));
+                _mm512_mask_storeu_ps(y + 7 * channels + c, mask, value);
+            }
+        }
+    }
+}
+#elif defined(KERNELS_AVX2)
+KERNEL_INLINE void depthwise3x3_s2_f32_block(const float *const *rows, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int channels, int in_width, int column, int pixels, int checked, int ky0, int ky1,
+    int has_bias, int has_residual, int activation)
+{
+    int c = 0;
+    for (; c + 8 <= channels; c += 8) {
+        const __m256 start = has_bias ? _mm256_loadu_ps(bias + c) : _mm256_setzero_ps();
+        {
+            __m256 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
+            if (ky0 <= 0 && 0 < ky1) {
+                const float *row = rows[0];
+                const __m256 w0 = _mm256_loadu_ps(w + 0 * channels + c);
+                const __m256 w1 = _mm256_loadu_ps(w + 1 * channels + c);
+                const __m256 w2 = _mm256_loadu_ps(w + 2 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 3) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 4) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 5) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 6) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 7) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 8) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 9) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 10) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 11) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 12) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 13) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 14) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 15) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 16) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 1 && 1 < ky1) {
+                const float *row = rows[1];
+                const __m256 w0 = _mm256_loadu_ps(w + 3 * channels + c);
+                const __m256 w1 = _mm256_loadu_ps(w + 4 * channels + c);
+                const __m256 w2 = _mm256_loadu_ps(w + 5 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 3) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 4) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 5) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 6) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 7) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 8) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 9) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 10) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 11) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 12) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 13) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 14) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 15) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 16) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 2 && 2 < ky1) {
+                const float *row = rows[2];
+                const __m256 w0 = _mm256_loadu_ps(w + 6 * channels + c);
+                const __m256 w1 = _mm256_loadu_ps(w + 7 * channels + c);
+                const __m256 w2 = _mm256_loadu_ps(w + 8 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 3) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 4) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 5) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 6) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 7) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 8) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 9) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 10) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 11) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 12) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 13) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 14) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 15) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 16) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+            }
+            {
+                __m256 value = activate_f32x8(acc0, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 0 * channels + c));
+                _mm256_storeu_ps(y + 0 * channels + c, value);
+            }
+            if (pixels > 1) {
+                __m256 value = activate_f32x8(acc1, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 1 * channels + c));
+                _mm256_storeu_ps(y + 1 * channels + c, value);
+            }
+            if (pixels > 2) {
+                __m256 value = activate_f32x8(acc2, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 2 * channels + c));
+                _mm256_storeu_ps(y + 2 * channels + c, value);
+            }
+            if (pixels > 3) {
+                __m256 value = activate_f32x8(acc3, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 3 * channels + c));
+                _mm256_storeu_ps(y + 3 * channels + c, value);
+            }
+            if (pixels > 4) {
+                __m256 value = activate_f32x8(acc4, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 4 * channels + c));
+                _mm256_storeu_ps(y + 4 * channels + c, value);
+            }
+            if (pixels > 5) {
+                __m256 value = activate_f32x8(acc5, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 5 * channels + c));
+                _mm256_storeu_ps(y + 5 * channels + c, value);
+            }
+            if (pixels > 6) {
+                __m256 value = activate_f32x8(acc6, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 6 * channels + c));
+                _mm256_storeu_ps(y + 6 * channels + c, value);
+            }
+            if (pixels > 7) {
+                __m256 value = activate_f32x8(acc7, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 7 * channels + c));
+                _mm256_storeu_ps(y + 7 * channels + c, value);
+            }
+        }
+    }
+    if (c < channels) {
+        const __m256i mask = lane_mask_f32x8(channels - c);
+        const __m256 start = has_bias ? _mm256_maskload_ps(bias + c, mask) : _mm256_setzero_ps();
+        {
+            __m256 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
+            if (ky0 <= 0 && 0 < ky1) {
+                const float *row = rows[0];
+                const __m256 w0 = _mm256_maskload_ps(w + 0 * channels + c, mask);
+                const __m256 w1 = _mm256_maskload_ps(w + 1 * channels + c, mask);
+                const __m256 w2 = _mm256_maskload_ps(w + 2 * channels + c, mask);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 0) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 1) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 2) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 3) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 4) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 5) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 6) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 7) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 8) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 9) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 10) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 11) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 12) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 13) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 14) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 15) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 16) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 1 && 1 < ky1) {
+                const float *row = rows[1];
+                const __m256 w0 = _mm256_maskload_ps(w + 3 * channels + c, mask);
+                const __m256 w1 = _mm256_maskload_ps(w + 4 * channels + c, mask);
+                const __m256 w2 = _mm256_maskload_ps(w + 5 * channels + c, mask);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 0) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 1) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 2) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 3) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 4) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 5) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 6) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 7) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 8) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 9) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 10) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 11) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 12) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 13) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 14) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 15) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 16) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 2 && 2 < ky1) {
+                const float *row = rows[2];
+                const __m256 w0 = _mm256_maskload_ps(w + 6 * channels + c, mask);
+                const __m256 w1 = _mm256_maskload_ps(w + 7 * channels + c, mask);
+                const __m256 w2 = _mm256_maskload_ps(w + 8 * channels + c, mask);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 0) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 1) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 2) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 3) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 4) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 5) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 6) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 7) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 8) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 9) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 10) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 11) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 12) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 13) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 14) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 15) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 16) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+            }
+            {
+                __m256 value = activate_f32x8(acc0, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 0 * channels + c, mask));
+                _mm256_maskstore_ps(y + 0 * channels + c, mask, value);
+            }
+            if (pixels > 1) {
+                __m256 value = activate_f32x8(acc1, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 1 * channels + c, mask));
+                _mm256_maskstore_ps(y + 1 * channels + c, mask, value);
+            }
+            if (pixels > 2) {
+                __m256 value = activate_f32x8(acc2, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 2 * channels + c, mask));
+                _mm256_maskstore_ps(y + 2 * channels + c, mask, value);
+            }
+            if (pixels > 3) {
+                __m256 value = activate_f32x8(acc3, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 3 * channels + c, mask));
+                _mm256_maskstore_ps(y + 3 * channels + c, mask, value);
+            }
+            if (pixels > 4) {
+                __m256 value = activate_f32x8(acc4, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 4 * channels + c, mask));
+                _mm256_maskstore_ps(y + 4 * channels + c, mask, value);
+            }
+            if (pixels > 5) {
+                __m256 value = activate_f32x8(acc5, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 5 * channels + c, mask));
+                _mm256_maskstore_ps(y + 5 * channels + c, mask, value);
+            }
+            if (pixels > 6) {
+                __m256 value = activate_f32x8(acc6, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 6 * channels + c, mask));
+                _mm256_maskstore_ps(y + 6 * channels + c, mask, value);
+            }
+            if (pixels > 7) {
+                __m256 value = activate_f32x8(acc7, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 7 * channels + c, mask));
+                _mm256_maskstore_ps(y + 7 * channels + c, mask, value);
+            }
+        }
+    }
+}
+#else
+KERNEL_INLINE void depthwise3x3_s2_f32_block(const float *const *rows, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int channels, int in_width, int column, int pixels, int checked, int ky0, int ky1,
+    int has_bias, int has_residual, int activation)
+{
+    for (int p = 0; p < pixels; ++p) {
+        const int first = column + p * 2;
+        const int kx0 = checked && first < 0 ? -first : 0;
+        const int kx1 = checked && first + 3 > in_width ? in_width - first : 3;
+        depthwise_f32_pixel(rows, w, bias, has_residual ? residual + p * channels : residual, y + p * channels, channels, 3,
+                            first, ky0, ky1, kx0, kx1, has_bias, has_residual, activation);
+    }
+}
+#endif
 
 /* 3x3 depthwise convolution, stride 2x2, padding 1: 112x112x64 -> 56x56x64, w[3][3][64], then bias, relu */
 static void depthwise3x3_s2_f32_112x112x64_p1_relu(const float *restrict x, const float *restrict w,
@@ -940,22 +2983,25 @@ static void depthwise3x3_s2_f32_112x112x64_p1_relu(const float *restrict x, cons
         const int iy0 = oy * 2 - 1;
         const int ky0 = iy0 < 0 ? -iy0 : 0;
         const int ky1 = iy0 + 3 > 112 ? 112 - iy0 : 3;
-        for (int ox = 0; ox < 56; ++ox) {
-            const int ix0 = ox * 2 - 1;
-            const int kx0 = ix0 < 0 ? -ix0 : 0;
-            const int kx1 = ix0 + 3 > 112 ? 112 - ix0 : 3;
-            const int x_offset = (iy0 * 112 + ix0) * 64;
-            const int y_offset = (oy * 56 + ox) * 64;
-            if (ky0 == 0 && ky1 == 3 && kx0 == 0 && kx1 == 3) {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 64, 3, 7168, x_offset, 0, 3, 0, 3, 1, 0, ACTIVATION_RELU);
-            } else {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 64, 3, 7168, x_offset, ky0, ky1, kx0, kx1, 1, 0, ACTIVATION_RELU);
+        const float *rows[3];
+        for (int ky = 0; ky < 3; ++ky) {
+            rows[ky] = ky >= ky0 && ky < ky1 ? x + (iy0 + ky) * 7168 : x;
+        }
+        if (ky0 == 0 && ky1 == 3) {
+            depthwise3x3_s2_f32_block(rows, w, bias, NULL, y + oy * 3584, 64, 112, -1, 8, 1, 0, 3, 1, 0, ACTIVATION_RELU);
+            for (int ox = 8; ox < 56; ox += 8) {
+                depthwise3x3_s2_f32_block(rows, w, bias, NULL, y + oy * 3584 + ox * 64, 64, 112, ox * 2 - 1, 8, 0, 0, 3, 1, 0, ACTIVATION_RELU);
+            }
+        } else {
+            depthwise3x3_s2_f32_block(rows, w, bias, NULL, y + oy * 3584, 64, 112, -1, 8, 1, ky0, ky1, 1, 0, ACTIVATION_RELU);
+            for (int ox = 8; ox < 56; ox += 8) {
+                depthwise3x3_s2_f32_block(rows, w, bias, NULL, y + oy * 3584 + ox * 64, 64, 112, ox * 2 - 1, 8, 0, ky0, ky1, 1, 0, ACTIVATION_RELU);
             }
         }
     }
 }
 
-/* 1x1 convolution as a GEMM: y[3136][24] = x[3136][64] * w[64][24], then bias */
+/* 1x1 convolution as a GEMM: y[3136][24] = x[3136][64] * w[64][24] in 32-column panels, then bias */
 static void pointwise_f32_56x56x64_to_24(const float *restrict x, const float *restrict w,
                                          const float *restrict bias, float *restrict y)
 {
@@ -966,52 +3012,84 @@ static void pointwise_f32_56x56x64_to_24(const float *restrict x, const float *r
 #elif defined(KERNELS_AVX2)
     for (int p = 0; p < 3136; p += 4) {
         pointwise_f32_tile6x16_avx2(x + p * 64, w, bias, NULL, y + p * 24, 4, 16, 64, 24, 24, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 3136; p += 4) {
         pointwise_f32_tile6x16_avx2(x + p * 64, w + 16, bias + 16, NULL, y + p * 24 + 16, 4, 8, 64, 24, 24, 1, 0, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
     for (int p = 0; p < 3136; p += 4) {
-        for (int n = 0; n < 24; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 64, w + n, bias + n, NULL, y + p * 24 + n, 4, 8, 64, 24, 24, 1, 0, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile6x8_vector(x + p * 64, w, bias, NULL, y + p * 24, 4, 8, 64, 24, 24, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 3136; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 64, w + 8, bias + 8, NULL, y + p * 24 + 8, 4, 8, 64, 24, 24, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 3136; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 64, w + 16, bias + 16, NULL, y + p * 24 + 16, 4, 8, 64, 24, 24, 1, 0, ACTIVATION_IDENTITY);
     }
 #else
     for (int p = 0; p < 3136; p += 4) {
         pointwise_f32_tile4x16_portable(x + p * 64, w, bias, NULL, y + p * 24, 4, 16, 64, 24, 24, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 3136; p += 4) {
         pointwise_f32_tile4x16_portable(x + p * 64, w + 16, bias + 16, NULL, y + p * 24 + 16, 4, 8, 64, 24, 24, 1, 0, ACTIVATION_IDENTITY);
     }
 #endif
 }
 
-/* 1x1 convolution as a GEMM: y[3136][72] = x[3136][24] * w[24][72], then bias, relu */
+/* 1x1 convolution as a GEMM: y[3136][72] = x[3136][24] * w[24][72] in 32-column panels, then bias, relu */
 static void pointwise_f32_56x56x24_to_72_relu(const float *restrict x, const float *restrict w,
                                               const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 3136; p += 8) {
-        for (int n = 0; n < 64; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 24, w + n, bias + n, NULL, y + p * 72 + n, 8, 32, 24, 72, 72, 1, 0, ACTIVATION_RELU);
+    for (int n = 0; n < 64; n += 32) {
+        for (int p = 0; p < 3136; p += 8) {
+            pointwise_f32_tile8x32_avx512(x + p * 24, w + n * 24, bias + n, NULL, y + p * 72 + n, 8, 32, 24, 32, 72, 1, 0, ACTIVATION_RELU);
         }
-        pointwise_f32_tile8x32_avx512(x + p * 24, w + 64, bias + 64, NULL, y + p * 72 + 64, 8, 8, 24, 72, 72, 1, 0, ACTIVATION_RELU);
+    }
+    for (int p = 0; p < 3136; p += 8) {
+        pointwise_f32_tile8x32_avx512(x + p * 24, w + 1536, bias + 64, NULL, y + p * 72 + 64, 8, 8, 24, 8, 72, 1, 0, ACTIVATION_RELU);
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 3136; p += 4) {
-        for (int n = 0; n < 64; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 24, w + n, bias + n, NULL, y + p * 72 + n, 4, 16, 24, 72, 72, 1, 0, ACTIVATION_RELU);
+    for (int n = 0; n < 64; n += 32) {
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 24, w + n * 24, bias + n, NULL, y + p * 72 + n, 4, 16, 24, 32, 72, 1, 0, ACTIVATION_RELU);
         }
-        pointwise_f32_tile6x16_avx2(x + p * 24, w + 64, bias + 64, NULL, y + p * 72 + 64, 4, 8, 24, 72, 72, 1, 0, ACTIVATION_RELU);
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 24, w + n * 24 + 16, bias + n + 16, NULL, y + p * 72 + n + 16, 4, 16, 24, 32, 72, 1, 0, ACTIVATION_RELU);
+        }
+    }
+    for (int p = 0; p < 3136; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 24, w + 1536, bias + 64, NULL, y + p * 72 + 64, 4, 8, 24, 8, 72, 1, 0, ACTIVATION_RELU);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int p = 0; p < 3136; p += 4) {
-        for (int n = 0; n < 72; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 24, w + n, bias + n, NULL, y + p * 72 + n, 4, 8, 24, 72, 72, 1, 0, ACTIVATION_RELU);
+    for (int n = 0; n < 64; n += 32) {
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 24, w + n * 24, bias + n, NULL, y + p * 72 + n, 4, 8, 24, 32, 72, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 24, w + n * 24 + 8, bias + n + 8, NULL, y + p * 72 + n + 8, 4, 8, 24, 32, 72, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 24, w + n * 24 + 16, bias + n + 16, NULL, y + p * 72 + n + 16, 4, 8, 24, 32, 72, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 24, w + n * 24 + 24, bias + n + 24, NULL, y + p * 72 + n + 24, 4, 8, 24, 32, 72, 1, 0, ACTIVATION_RELU);
         }
     }
-#else
     for (int p = 0; p < 3136; p += 4) {
-        for (int n = 0; n < 64; n += 16) {
-            pointwise_f32_tile4x16_portable(x + p * 24, w + n, bias + n, NULL, y + p * 72 + n, 4, 16, 24, 72, 72, 1, 0, ACTIVATION_RELU);
+        pointwise_f32_tile6x8_vector(x + p * 24, w + 1536, bias + 64, NULL, y + p * 72 + 64, 4, 8, 24, 8, 72, 1, 0, ACTIVATION_RELU);
+    }
+#else
+    for (int n = 0; n < 64; n += 32) {
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 24, w + n * 24, bias + n, NULL, y + p * 72 + n, 4, 16, 24, 32, 72, 1, 0, ACTIVATION_RELU);
         }
-        pointwise_f32_tile4x16_portable(x + p * 24, w + 64, bias + 64, NULL, y + p * 72 + 64, 4, 8, 24, 72, 72, 1, 0, ACTIVATION_RELU);
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 24, w + n * 24 + 16, bias + n + 16, NULL, y + p * 72 + n + 16, 4, 16, 24, 32, 72, 1, 0, ACTIVATION_RELU);
+        }
+    }
+    for (int p = 0; p < 3136; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 24, w + 1536, bias + 64, NULL, y + p * 72 + 64, 4, 8, 24, 8, 72, 1, 0, ACTIVATION_RELU);
     }
 #endif
 }
@@ -1024,22 +3102,27 @@ static void depthwise3x3_s1_f32_56x56x72_p1_relu(const float *restrict x, const 
         const int iy0 = oy - 1;
         const int ky0 = iy0 < 0 ? -iy0 : 0;
         const int ky1 = iy0 + 3 > 56 ? 56 - iy0 : 3;
-        for (int ox = 0; ox < 56; ++ox) {
-            const int ix0 = ox - 1;
-            const int kx0 = ix0 < 0 ? -ix0 : 0;
-            const int kx1 = ix0 + 3 > 56 ? 56 - ix0 : 3;
-            const int x_offset = (iy0 * 56 + ix0) * 72;
-            const int y_offset = (oy * 56 + ox) * 72;
-            if (ky0 == 0 && ky1 == 3 && kx0 == 0 && kx1 == 3) {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 72, 3, 4032, x_offset, 0, 3, 0, 3, 1, 0, ACTIVATION_RELU);
-            } else {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 72, 3, 4032, x_offset, ky0, ky1, kx0, kx1, 1, 0, ACTIVATION_RELU);
+        const float *rows[3];
+        for (int ky = 0; ky < 3; ++ky) {
+            rows[ky] = ky >= ky0 && ky < ky1 ? x + (iy0 + ky) * 4032 : x;
+        }
+        if (ky0 == 0 && ky1 == 3) {
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 4032, 72, 56, -1, 8, 1, 0, 3, 1, 0, ACTIVATION_RELU);
+            for (int ox = 8; ox < 48; ox += 8) {
+                depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 4032 + ox * 72, 72, 56, ox - 1, 8, 0, 0, 3, 1, 0, ACTIVATION_RELU);
             }
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 4032 + 3456, 72, 56, 47, 8, 1, 0, 3, 1, 0, ACTIVATION_RELU);
+        } else {
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 4032, 72, 56, -1, 8, 1, ky0, ky1, 1, 0, ACTIVATION_RELU);
+            for (int ox = 8; ox < 48; ox += 8) {
+                depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 4032 + ox * 72, 72, 56, ox - 1, 8, 0, ky0, ky1, 1, 0, ACTIVATION_RELU);
+            }
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 4032 + 3456, 72, 56, 47, 8, 1, ky0, ky1, 1, 0, ACTIVATION_RELU);
         }
     }
 }
 
-/* 1x1 convolution as a GEMM: y[3136][24] = x[3136][72] * w[72][24], then bias, residual */
+/* 1x1 convolution as a GEMM: y[3136][24] = x[3136][72] * w[72][24] in 32-column panels, then bias, residual */
 static void pointwise_f32_56x56x72_to_24_residual(const float *restrict x, const float *restrict w,
                                                   const float *restrict bias, const float *restrict residual,
                                                   float *restrict y)
@@ -1051,21 +3134,2355 @@ static void pointwise_f32_56x56x72_to_24_residual(const float *restrict x, const
 #elif defined(KERNELS_AVX2)
     for (int p = 0; p < 3136; p += 4) {
         pointwise_f32_tile6x16_avx2(x + p * 72, w, bias, residual + p * 24, y + p * 24, 4, 16, 72, 24, 24, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 3136; p += 4) {
         pointwise_f32_tile6x16_avx2(x + p * 72, w + 16, bias + 16, residual + p * 24 + 16, y + p * 24 + 16, 4, 8, 72, 24, 24, 1, 1, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
     for (int p = 0; p < 3136; p += 4) {
-        for (int n = 0; n < 24; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 72, w + n, bias + n, residual + p * 24 + n, y + p * 24 + n, 4, 8, 72, 24, 24, 1, 1, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile6x8_vector(x + p * 72, w, bias, residual + p * 24, y + p * 24, 4, 8, 72, 24, 24, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 3136; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 72, w + 8, bias + 8, residual + p * 24 + 8, y + p * 24 + 8, 4, 8, 72, 24, 24, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 3136; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 72, w + 16, bias + 16, residual + p * 24 + 16, y + p * 24 + 16, 4, 8, 72, 24, 24, 1, 1, ACTIVATION_IDENTITY);
     }
 #else
     for (int p = 0; p < 3136; p += 4) {
         pointwise_f32_tile4x16_portable(x + p * 72, w, bias, residual + p * 24, y + p * 24, 4, 16, 72, 24, 24, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 3136; p += 4) {
         pointwise_f32_tile4x16_portable(x + p * 72, w + 16, bias + 16, residual + p * 24 + 16, y + p * 24 + 16, 4, 8, 72, 24, 24, 1, 1, ACTIVATION_IDENTITY);
     }
 #endif
 }
+
+/*
+ * Up to 8 adjacent output pixels of a 5x5, stride 2 depthwise convolution, all channels:
+ *   y[p][c] = activation(bias[c] + sum over taps of rows[ky][column + p * 2 + kx][c] * w[ky][kx][c]) + residual[p][c]
+ * for p < pixels, over the rows ky in [ky0, ky1). Unless `checked`, every column read lies inside the
+ * input row; when `checked`, columns outside [0, in_width) count as zero padding (fast when `column`
+ * is a literal). x, y and residual pixels are `channels` floats apart (NHWC). Each input column is
+ * loaded once per row and feeds every pixel and tap that reads it.
+ */
+#if defined(KERNELS_AVX512)
+KERNEL_INLINE void depthwise5x5_s2_f32_block(const float *const *rows, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int channels, int in_width, int column, int pixels, int checked, int ky0, int ky1,
+    int has_bias, int has_residual, int activation)
+{
+    int c = 0;
+    for (; c + 16 <= channels; c += 16) {
+        const __m512 start = has_bias ? _mm512_loadu_ps(bias + c) : _mm512_setzero_ps();
+        {
+            __m512 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
+            if (ky0 <= 0 && 0 < ky1) {
+                const float *row = rows[0];
+                const __m512 w0 = _mm512_loadu_ps(w + 0 * channels + c);
+                const __m512 w1 = _mm512_loadu_ps(w + 1 * channels + c);
+                const __m512 w2 = _mm512_loadu_ps(w + 2 * channels + c);
+                const __m512 w3 = _mm512_loadu_ps(w + 3 * channels + c);
+                const __m512 w4 = _mm512_loadu_ps(w + 4 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 3) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 4) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 5) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 6) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 7) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 8) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 9) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 10) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 11) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 12) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 13) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 14) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 15) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 16) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 17 >= 0 && column + 17 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 17) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 18 >= 0 && column + 18 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 18) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 1 && 1 < ky1) {
+                const float *row = rows[1];
+                const __m512 w0 = _mm512_loadu_ps(w + 5 * channels + c);
+                const __m512 w1 = _mm512_loadu_ps(w + 6 * channels + c);
+                const __m512 w2 = _mm512_loadu_ps(w + 7 * channels + c);
+                const __m512 w3 = _mm512_loadu_ps(w + 8 * channels + c);
+                const __m512 w4 = _mm512_loadu_ps(w + 9 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 3) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 4) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 5) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 6) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 7) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 8) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 9) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 10) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 11) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 12) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 13) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 14) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 15) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 16) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 17 >= 0 && column + 17 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 17) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 18 >= 0 && column + 18 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 18) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 2 && 2 < ky1) {
+                const float *row = rows[2];
+                const __m512 w0 = _mm512_loadu_ps(w + 10 * channels + c);
+                const __m512 w1 = _mm512_loadu_ps(w + 11 * channels + c);
+                const __m512 w2 = _mm512_loadu_ps(w + 12 * channels + c);
+                const __m512 w3 = _mm512_loadu_ps(w + 13 * channels + c);
+                const __m512 w4 = _mm512_loadu_ps(w + 14 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 3) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 4) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 5) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 6) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 7) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 8) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 9) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 10) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 11) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 12) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 13) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 14) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 15) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 16) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 17 >= 0 && column + 17 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 17) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 18 >= 0 && column + 18 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 18) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 3 && 3 < ky1) {
+                const float *row = rows[3];
+                const __m512 w0 = _mm512_loadu_ps(w + 15 * channels + c);
+                const __m512 w1 = _mm512_loadu_ps(w + 16 * channels + c);
+                const __m512 w2 = _mm512_loadu_ps(w + 17 * channels + c);
+                const __m512 w3 = _mm512_loadu_ps(w + 18 * channels + c);
+                const __m512 w4 = _mm512_loadu_ps(w + 19 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 3) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 4) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 5) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 6) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 7) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 8) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 9) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 10) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 11) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 12) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 13) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 14) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 15) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 16) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 17 >= 0 && column + 17 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 17) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 18 >= 0 && column + 18 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 18) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 4 && 4 < ky1) {
+                const float *row = rows[4];
+                const __m512 w0 = _mm512_loadu_ps(w + 20 * channels + c);
+                const __m512 w1 = _mm512_loadu_ps(w + 21 * channels + c);
+                const __m512 w2 = _mm512_loadu_ps(w + 22 * channels + c);
+                const __m512 w3 = _mm512_loadu_ps(w + 23 * channels + c);
+                const __m512 w4 = _mm512_loadu_ps(w + 24 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 3) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 4) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 5) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 6) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 7) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 8) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 9) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 10) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 11) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 12) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 13) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 14) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 15) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 16) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 17 >= 0 && column + 17 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 17) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 18 >= 0 && column + 18 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 18) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w4, acc7);
+                }
+            }
+            {
+                __m512 value = activate_f32x16(acc0, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 0 * channels + c));
+                _mm512_storeu_ps(y + 0 * channels + c, value);
+            }
+            if (pixels > 1) {
+                __m512 value = activate_f32x16(acc1, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 1 * channels + c));
+                _mm512_storeu_ps(y + 1 * channels + c, value);
+            }
+            if (pixels > 2) {
+                __m512 value = activate_f32x16(acc2, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 2 * channels + c));
+                _mm512_storeu_ps(y + 2 * channels + c, value);
+            }
+            if (pixels > 3) {
+                __m512 value = activate_f32x16(acc3, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 3 * channels + c));
+                _mm512_storeu_ps(y + 3 * channels + c, value);
+            }
+            if (pixels > 4) {
+                __m512 value = activate_f32x16(acc4, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 4 * channels + c));
+                _mm512_storeu_ps(y + 4 * channels + c, value);
+            }
+            if (pixels > 5) {
+                __m512 value = activate_f32x16(acc5, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 5 * channels + c));
+                _mm512_storeu_ps(y + 5 * channels + c, value);
+            }
+            if (pixels > 6) {
+                __m512 value = activate_f32x16(acc6, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 6 * channels + c));
+                _mm512_storeu_ps(y + 6 * channels + c, value);
+            }
+            if (pixels > 7) {
+                __m512 value = activate_f32x16(acc7, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 7 * channels + c));
+                _mm512_storeu_ps(y + 7 * channels + c, value);
+            }
+        }
+    }
+    if (c < channels) {
+        const __mmask16 mask = (__mmask16)((1u << (channels - c)) - 1u);
+        const __m512 start = has_bias ? _mm512_maskz_loadu_ps(mask, bias + c) : _mm512_setzero_ps();
+        {
+            __m512 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
+            if (ky0 <= 0 && 0 < ky1) {
+                const float *row = rows[0];
+                const __m512 w0 = _mm512_maskz_loadu_ps(mask, w + 0 * channels + c);
+                const __m512 w1 = _mm512_maskz_loadu_ps(mask, w + 1 * channels + c);
+                const __m512 w2 = _mm512_maskz_loadu_ps(mask, w + 2 * channels + c);
+                const __m512 w3 = _mm512_maskz_loadu_ps(mask, w + 3 * channels + c);
+                const __m512 w4 = _mm512_maskz_loadu_ps(mask, w + 4 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 3) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 4) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 5) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 6) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 7) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 8) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 9) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 10) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 11) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 12) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 13) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 14) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 15) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 16) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 17 >= 0 && column + 17 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 17) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 18 >= 0 && column + 18 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 18) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 1 && 1 < ky1) {
+                const float *row = rows[1];
+                const __m512 w0 = _mm512_maskz_loadu_ps(mask, w + 5 * channels + c);
+                const __m512 w1 = _mm512_maskz_loadu_ps(mask, w + 6 * channels + c);
+                const __m512 w2 = _mm512_maskz_loadu_ps(mask, w + 7 * channels + c);
+                const __m512 w3 = _mm512_maskz_loadu_ps(mask, w + 8 * channels + c);
+                const __m512 w4 = _mm512_maskz_loadu_ps(mask, w + 9 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 3) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 4) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 5) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 6) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 7) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 8) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 9) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 10) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 11) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 12) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 13) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 14) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 15) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 16) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 17 >= 0 && column + 17 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 17) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 18 >= 0 && column + 18 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 18) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 2 && 2 < ky1) {
+                const float *row = rows[2];
+                const __m512 w0 = _mm512_maskz_loadu_ps(mask, w + 10 * channels + c);
+                const __m512 w1 = _mm512_maskz_loadu_ps(mask, w + 11 * channels + c);
+                const __m512 w2 = _mm512_maskz_loadu_ps(mask, w + 12 * channels + c);
+                const __m512 w3 = _mm512_maskz_loadu_ps(mask, w + 13 * channels + c);
+                const __m512 w4 = _mm512_maskz_loadu_ps(mask, w + 14 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 3) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 4) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 5) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 6) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 7) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 8) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 9) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 10) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 11) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 12) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 13) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 14) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 15) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 16) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 17 >= 0 && column + 17 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 17) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 18 >= 0 && column + 18 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 18) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 3 && 3 < ky1) {
+                const float *row = rows[3];
+                const __m512 w0 = _mm512_maskz_loadu_ps(mask, w + 15 * channels + c);
+                const __m512 w1 = _mm512_maskz_loadu_ps(mask, w + 16 * channels + c);
+                const __m512 w2 = _mm512_maskz_loadu_ps(mask, w + 17 * channels + c);
+                const __m512 w3 = _mm512_maskz_loadu_ps(mask, w + 18 * channels + c);
+                const __m512 w4 = _mm512_maskz_loadu_ps(mask, w + 19 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 3) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 4) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 5) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 6) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 7) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 8) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 9) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 10) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 11) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 12) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 13) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 14) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 15) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 16) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 17 >= 0 && column + 17 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 17) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 18 >= 0 && column + 18 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 18) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 4 && 4 < ky1) {
+                const float *row = rows[4];
+                const __m512 w0 = _mm512_maskz_loadu_ps(mask, w + 20 * channels + c);
+                const __m512 w1 = _mm512_maskz_loadu_ps(mask, w + 21 * channels + c);
+                const __m512 w2 = _mm512_maskz_loadu_ps(mask, w + 22 * channels + c);
+                const __m512 w3 = _mm512_maskz_loadu_ps(mask, w + 23 * channels + c);
+                const __m512 w4 = _mm512_maskz_loadu_ps(mask, w + 24 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 3) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 4) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 5) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 6) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 7) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 8) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 9) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 10) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 11) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 12) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 13) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 14) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 15) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 16) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 17 >= 0 && column + 17 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 17) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 18 >= 0 && column + 18 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 18) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w4, acc7);
+                }
+            }
+            {
+                __m512 value = activate_f32x16(acc0, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 0 * channels + c));
+                _mm512_mask_storeu_ps(y + 0 * channels + c, mask, value);
+            }
+            if (pixels > 1) {
+                __m512 value = activate_f32x16(acc1, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 1 * channels + c));
+                _mm512_mask_storeu_ps(y + 1 * channels + c, mask, value);
+            }
+            if (pixels > 2) {
+                __m512 value = activate_f32x16(acc2, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 2 * channels + c));
+                _mm512_mask_storeu_ps(y + 2 * channels + c, mask, value);
+            }
+            if (pixels > 3) {
+                __m512 value = activate_f32x16(acc3, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 3 * channels + c));
+                _mm512_mask_storeu_ps(y + 3 * channels + c, mask, value);
+            }
+            if (pixels > 4) {
+                __m512 value = activate_f32x16(acc4, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 4 * channels + c));
+                _mm512_mask_storeu_ps(y + 4 * channels + c, mask, value);
+            }
+            if (pixels > 5) {
+                __m512 value = activate_f32x16(acc5, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 5 * channels + c));
+                _mm512_mask_storeu_ps(y + 5 * channels + c, mask, value);
+            }
+            if (pixels > 6) {
+                __m512 value = activate_f32x16(acc6, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 6 * channels + c));
+                _mm512_mask_storeu_ps(y + 6 * channels + c, mask, value);
+            }
+            if (pixels > 7) {
+                __m512 value = activate_f32x16(acc7, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 7 * channels + c));
+                _mm512_mask_storeu_ps(y + 7 * channels + c, mask, value);
+            }
+        }
+    }
+}
+#elif defined(KERNELS_AVX2)
+KERNEL_INLINE void depthwise5x5_s2_f32_block(const float *const *rows, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int channels, int in_width, int column, int pixels, int checked, int ky0, int ky1,
+    int has_bias, int has_residual, int activation)
+{
+    int c = 0;
+    for (; c + 8 <= channels; c += 8) {
+        const __m256 start = has_bias ? _mm256_loadu_ps(bias + c) : _mm256_setzero_ps();
+        {
+            __m256 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
+            if (ky0 <= 0 && 0 < ky1) {
+                const float *row = rows[0];
+                const __m256 w0 = _mm256_loadu_ps(w + 0 * channels + c);
+                const __m256 w1 = _mm256_loadu_ps(w + 1 * channels + c);
+                const __m256 w2 = _mm256_loadu_ps(w + 2 * channels + c);
+                const __m256 w3 = _mm256_loadu_ps(w + 3 * channels + c);
+                const __m256 w4 = _mm256_loadu_ps(w + 4 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 3) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 4) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 5) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 6) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 7) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 8) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 9) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 10) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 11) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 12) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 13) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 14) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 15) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 16) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 17 >= 0 && column + 17 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 17) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 18 >= 0 && column + 18 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 18) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 1 && 1 < ky1) {
+                const float *row = rows[1];
+                const __m256 w0 = _mm256_loadu_ps(w + 5 * channels + c);
+                const __m256 w1 = _mm256_loadu_ps(w + 6 * channels + c);
+                const __m256 w2 = _mm256_loadu_ps(w + 7 * channels + c);
+                const __m256 w3 = _mm256_loadu_ps(w + 8 * channels + c);
+                const __m256 w4 = _mm256_loadu_ps(w + 9 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 3) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 4) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 5) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 6) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 7) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 8) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 9) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 10) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 11) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 12) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 13) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 14) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 15) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 16) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 17 >= 0 && column + 17 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 17) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 18 >= 0 && column + 18 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 18) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 2 && 2 < ky1) {
+                const float *row = rows[2];
+                const __m256 w0 = _mm256_loadu_ps(w + 10 * channels + c);
+                const __m256 w1 = _mm256_loadu_ps(w + 11 * channels + c);
+                const __m256 w2 = _mm256_loadu_ps(w + 12 * channels + c);
+                const __m256 w3 = _mm256_loadu_ps(w + 13 * channels + c);
+                const __m256 w4 = _mm256_loadu_ps(w + 14 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 3) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 4) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 5) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 6) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 7) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 8) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 9) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 10) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 11) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 12) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 13) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 14) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 15) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 16) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 17 >= 0 && column + 17 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 17) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 18 >= 0 && column + 18 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 18) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 3 && 3 < ky1) {
+                const float *row = rows[3];
+                const __m256 w0 = _mm256_loadu_ps(w + 15 * channels + c);
+                const __m256 w1 = _mm256_loadu_ps(w + 16 * channels + c);
+                const __m256 w2 = _mm256_loadu_ps(w + 17 * channels + c);
+                const __m256 w3 = _mm256_loadu_ps(w + 18 * channels + c);
+                const __m256 w4 = _mm256_loadu_ps(w + 19 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 3) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 4) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 5) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 6) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 7) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 8) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 9) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 10) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 11) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 12) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 13) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 14) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 15) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 16) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 17 >= 0 && column + 17 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 17) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 18 >= 0 && column + 18 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 18) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 4 && 4 < ky1) {
+                const float *row = rows[4];
+                const __m256 w0 = _mm256_loadu_ps(w + 20 * channels + c);
+                const __m256 w1 = _mm256_loadu_ps(w + 21 * channels + c);
+                const __m256 w2 = _mm256_loadu_ps(w + 22 * channels + c);
+                const __m256 w3 = _mm256_loadu_ps(w + 23 * channels + c);
+                const __m256 w4 = _mm256_loadu_ps(w + 24 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 3) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 4) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 5) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 6) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 7) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 8) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 9) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 10) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 11) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 12) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 13) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 14) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 15) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 16) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 17 >= 0 && column + 17 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 17) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 18 >= 0 && column + 18 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 18) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w4, acc7);
+                }
+            }
+            {
+                __m256 value = activate_f32x8(acc0, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 0 * channels + c));
+                _mm256_storeu_ps(y + 0 * channels + c, value);
+            }
+            if (pixels > 1) {
+                __m256 value = activate_f32x8(acc1, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 1 * channels + c));
+                _mm256_storeu_ps(y + 1 * channels + c, value);
+            }
+            if (pixels > 2) {
+                __m256 value = activate_f32x8(acc2, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 2 * channels + c));
+                _mm256_storeu_ps(y + 2 * channels + c, value);
+            }
+            if (pixels > 3) {
+                __m256 value = activate_f32x8(acc3, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 3 * channels + c));
+                _mm256_storeu_ps(y + 3 * channels + c, value);
+            }
+            if (pixels > 4) {
+                __m256 value = activate_f32x8(acc4, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 4 * channels + c));
+                _mm256_storeu_ps(y + 4 * channels + c, value);
+            }
+            if (pixels > 5) {
+                __m256 value = activate_f32x8(acc5, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 5 * channels + c));
+                _mm256_storeu_ps(y + 5 * channels + c, value);
+            }
+            if (pixels > 6) {
+                __m256 value = activate_f32x8(acc6, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 6 * channels + c));
+                _mm256_storeu_ps(y + 6 * channels + c, value);
+            }
+            if (pixels > 7) {
+                __m256 value = activate_f32x8(acc7, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 7 * channels + c));
+                _mm256_storeu_ps(y + 7 * channels + c, value);
+            }
+        }
+    }
+    if (c < channels) {
+        const __m256i mask = lane_mask_f32x8(channels - c);
+        const __m256 start = has_bias ? _mm256_maskload_ps(bias + c, mask) : _mm256_setzero_ps();
+        {
+            __m256 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
+            if (ky0 <= 0 && 0 < ky1) {
+                const float *row = rows[0];
+                const __m256 w0 = _mm256_maskload_ps(w + 0 * channels + c, mask);
+                const __m256 w1 = _mm256_maskload_ps(w + 1 * channels + c, mask);
+                const __m256 w2 = _mm256_maskload_ps(w + 2 * channels + c, mask);
+                const __m256 w3 = _mm256_maskload_ps(w + 3 * channels + c, mask);
+                const __m256 w4 = _mm256_maskload_ps(w + 4 * channels + c, mask);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 0) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 1) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 2) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 3) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 4) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 5) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 6) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 7) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 8) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 9) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 10) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 11) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 12) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 13) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 14) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 15) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 16) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 17 >= 0 && column + 17 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 17) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 18 >= 0 && column + 18 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 18) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 1 && 1 < ky1) {
+                const float *row = rows[1];
+                const __m256 w0 = _mm256_maskload_ps(w + 5 * channels + c, mask);
+                const __m256 w1 = _mm256_maskload_ps(w + 6 * channels + c, mask);
+                const __m256 w2 = _mm256_maskload_ps(w + 7 * channels + c, mask);
+                const __m256 w3 = _mm256_maskload_ps(w + 8 * channels + c, mask);
+                const __m256 w4 = _mm256_maskload_ps(w + 9 * channels + c, mask);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 0) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 1) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 2) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 3) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 4) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 5) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 6) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 7) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 8) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 9) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 10) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 11) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 12) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 13) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 14) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 15) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 16) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 17 >= 0 && column + 17 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 17) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 18 >= 0 && column + 18 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 18) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 2 && 2 < ky1) {
+                const float *row = rows[2];
+                const __m256 w0 = _mm256_maskload_ps(w + 10 * channels + c, mask);
+                const __m256 w1 = _mm256_maskload_ps(w + 11 * channels + c, mask);
+                const __m256 w2 = _mm256_maskload_ps(w + 12 * channels + c, mask);
+                const __m256 w3 = _mm256_maskload_ps(w + 13 * channels + c, mask);
+                const __m256 w4 = _mm256_maskload_ps(w + 14 * channels + c, mask);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 0) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 1) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 2) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 3) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 4) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 5) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 6) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 7) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 8) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 9) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 10) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 11) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 12) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 13) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 14) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 15) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 16) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 17 >= 0 && column + 17 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 17) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 18 >= 0 && column + 18 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 18) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 3 && 3 < ky1) {
+                const float *row = rows[3];
+                const __m256 w0 = _mm256_maskload_ps(w + 15 * channels + c, mask);
+                const __m256 w1 = _mm256_maskload_ps(w + 16 * channels + c, mask);
+                const __m256 w2 = _mm256_maskload_ps(w + 17 * channels + c, mask);
+                const __m256 w3 = _mm256_maskload_ps(w + 18 * channels + c, mask);
+                const __m256 w4 = _mm256_maskload_ps(w + 19 * channels + c, mask);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 0) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 1) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 2) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 3) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 4) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 5) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 6) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 7) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 8) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 9) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 10) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 11) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 12) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 13) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 14) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 15) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 16) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 17 >= 0 && column + 17 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 17) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 18 >= 0 && column + 18 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 18) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 4 && 4 < ky1) {
+                const float *row = rows[4];
+                const __m256 w0 = _mm256_maskload_ps(w + 20 * channels + c, mask);
+                const __m256 w1 = _mm256_maskload_ps(w + 21 * channels + c, mask);
+                const __m256 w2 = _mm256_maskload_ps(w + 22 * channels + c, mask);
+                const __m256 w3 = _mm256_maskload_ps(w + 23 * channels + c, mask);
+                const __m256 w4 = _mm256_maskload_ps(w + 24 * channels + c, mask);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 0) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 1) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 2) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 3) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 4) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 5) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 6) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 7) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 8) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 9) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 10) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 11) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 12) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 13) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 14) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 15) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 16) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 17 >= 0 && column + 17 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 17) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 18 >= 0 && column + 18 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 18) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w4, acc7);
+                }
+            }
+            {
+                __m256 value = activate_f32x8(acc0, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 0 * channels + c, mask));
+                _mm256_maskstore_ps(y + 0 * channels + c, mask, value);
+            }
+            if (pixels > 1) {
+                __m256 value = activate_f32x8(acc1, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 1 * channels + c, mask));
+                _mm256_maskstore_ps(y + 1 * channels + c, mask, value);
+            }
+            if (pixels > 2) {
+                __m256 value = activate_f32x8(acc2, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 2 * channels + c, mask));
+                _mm256_maskstore_ps(y + 2 * channels + c, mask, value);
+            }
+            if (pixels > 3) {
+                __m256 value = activate_f32x8(acc3, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 3 * channels + c, mask));
+                _mm256_maskstore_ps(y + 3 * channels + c, mask, value);
+            }
+            if (pixels > 4) {
+                __m256 value = activate_f32x8(acc4, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 4 * channels + c, mask));
+                _mm256_maskstore_ps(y + 4 * channels + c, mask, value);
+            }
+            if (pixels > 5) {
+                __m256 value = activate_f32x8(acc5, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 5 * channels + c, mask));
+                _mm256_maskstore_ps(y + 5 * channels + c, mask, value);
+            }
+            if (pixels > 6) {
+                __m256 value = activate_f32x8(acc6, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 6 * channels + c, mask));
+                _mm256_maskstore_ps(y + 6 * channels + c, mask, value);
+            }
+            if (pixels > 7) {
+                __m256 value = activate_f32x8(acc7, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 7 * channels + c, mask));
+                _mm256_maskstore_ps(y + 7 * channels + c, mask, value);
+            }
+        }
+    }
+}
+#else
+KERNEL_INLINE void depthwise5x5_s2_f32_block(const float *const *rows, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int channels, int in_width, int column, int pixels, int checked, int ky0, int ky1,
+    int has_bias, int has_residual, int activation)
+{
+    for (int p = 0; p < pixels; ++p) {
+        const int first = column + p * 2;
+        const int kx0 = checked && first < 0 ? -first : 0;
+        const int kx1 = checked && first + 5 > in_width ? in_width - first : 5;
+        depthwise_f32_pixel(rows, w, bias, has_residual ? residual + p * channels : residual, y + p * channels, channels, 5,
+                            first, ky0, ky1, kx0, kx1, has_bias, has_residual, activation);
+    }
+}
+#endif
 
 /* 5x5 depthwise convolution, stride 2x2, padding 2: 56x56x72 -> 28x28x72, w[5][5][72], then bias, relu */
 static void depthwise5x5_s2_f32_56x56x72_p2_relu(const float *restrict x, const float *restrict w,
@@ -1075,17 +5492,22 @@ static void depthwise5x5_s2_f32_56x56x72_p2_relu(const float *restrict x, const 
         const int iy0 = oy * 2 - 2;
         const int ky0 = iy0 < 0 ? -iy0 : 0;
         const int ky1 = iy0 + 5 > 56 ? 56 - iy0 : 5;
-        for (int ox = 0; ox < 28; ++ox) {
-            const int ix0 = ox * 2 - 2;
-            const int kx0 = ix0 < 0 ? -ix0 : 0;
-            const int kx1 = ix0 + 5 > 56 ? 56 - ix0 : 5;
-            const int x_offset = (iy0 * 56 + ix0) * 72;
-            const int y_offset = (oy * 28 + ox) * 72;
-            if (ky0 == 0 && ky1 == 5 && kx0 == 0 && kx1 == 5) {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 72, 5, 4032, x_offset, 0, 5, 0, 5, 1, 0, ACTIVATION_RELU);
-            } else {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 72, 5, 4032, x_offset, ky0, ky1, kx0, kx1, 1, 0, ACTIVATION_RELU);
+        const float *rows[5];
+        for (int ky = 0; ky < 5; ++ky) {
+            rows[ky] = ky >= ky0 && ky < ky1 ? x + (iy0 + ky) * 4032 : x;
+        }
+        if (ky0 == 0 && ky1 == 5) {
+            depthwise5x5_s2_f32_block(rows, w, bias, NULL, y + oy * 2016, 72, 56, -2, 8, 1, 0, 5, 1, 0, ACTIVATION_RELU);
+            for (int ox = 8; ox < 24; ox += 8) {
+                depthwise5x5_s2_f32_block(rows, w, bias, NULL, y + oy * 2016 + ox * 72, 72, 56, ox * 2 - 2, 8, 0, 0, 5, 1, 0, ACTIVATION_RELU);
             }
+            depthwise5x5_s2_f32_block(rows, w, bias, NULL, y + oy * 2016 + 1728, 72, 56, 46, 4, 1, 0, 5, 1, 0, ACTIVATION_RELU);
+        } else {
+            depthwise5x5_s2_f32_block(rows, w, bias, NULL, y + oy * 2016, 72, 56, -2, 8, 1, ky0, ky1, 1, 0, ACTIVATION_RELU);
+            for (int ox = 8; ox < 24; ox += 8) {
+                depthwise5x5_s2_f32_block(rows, w, bias, NULL, y + oy * 2016 + ox * 72, 72, 56, ox * 2 - 2, 8, 0, ky0, ky1, 1, 0, ACTIVATION_RELU);
+            }
+            depthwise5x5_s2_f32_block(rows, w, bias, NULL, y + oy * 2016 + 1728, 72, 56, 46, 4, 1, ky0, ky1, 1, 0, ACTIVATION_RELU);
         }
     }
 }
@@ -1121,71 +5543,2031 @@ static void squeeze_excite_f32_28x28x72_s24_relu_hardsigmoid(const float *restri
     }
 }
 
-/* 1x1 convolution as a GEMM: y[784][40] = x[784][72] * w[72][40], then bias */
+/* 1x1 convolution as a GEMM: y[784][40] = x[784][72] * w[72][40] in 32-column panels, then bias */
 static void pointwise_f32_28x28x72_to_40(const float *restrict x, const float *restrict w,
                                          const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int p = 0; p < 784; p += 8) {
-        pointwise_f32_tile8x32_avx512(x + p * 72, w, bias, NULL, y + p * 40, 8, 32, 72, 40, 40, 1, 0, ACTIVATION_IDENTITY);
-        pointwise_f32_tile8x32_avx512(x + p * 72, w + 32, bias + 32, NULL, y + p * 40 + 32, 8, 8, 72, 40, 40, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile8x32_avx512(x + p * 72, w, bias, NULL, y + p * 40, 8, 32, 72, 32, 40, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 8) {
+        pointwise_f32_tile8x32_avx512(x + p * 72, w + 2304, bias + 32, NULL, y + p * 40 + 32, 8, 8, 72, 8, 40, 1, 0, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_AVX2)
     for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 32; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 72, w + n, bias + n, NULL, y + p * 40 + n, 4, 16, 72, 40, 40, 1, 0, ACTIVATION_IDENTITY);
-        }
-        pointwise_f32_tile6x16_avx2(x + p * 72, w + 32, bias + 32, NULL, y + p * 40 + 32, 4, 8, 72, 40, 40, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x16_avx2(x + p * 72, w, bias, NULL, y + p * 40, 4, 16, 72, 32, 40, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 72, w + 16, bias + 16, NULL, y + p * 40 + 16, 4, 16, 72, 32, 40, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 72, w + 2304, bias + 32, NULL, y + p * 40 + 32, 4, 8, 72, 8, 40, 1, 0, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
     for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 40; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 72, w + n, bias + n, NULL, y + p * 40 + n, 4, 8, 72, 40, 40, 1, 0, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile6x8_vector(x + p * 72, w, bias, NULL, y + p * 40, 4, 8, 72, 32, 40, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 72, w + 8, bias + 8, NULL, y + p * 40 + 8, 4, 8, 72, 32, 40, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 72, w + 16, bias + 16, NULL, y + p * 40 + 16, 4, 8, 72, 32, 40, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 72, w + 24, bias + 24, NULL, y + p * 40 + 24, 4, 8, 72, 32, 40, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 72, w + 2304, bias + 32, NULL, y + p * 40 + 32, 4, 8, 72, 8, 40, 1, 0, ACTIVATION_IDENTITY);
     }
 #else
     for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 32; n += 16) {
-            pointwise_f32_tile4x16_portable(x + p * 72, w + n, bias + n, NULL, y + p * 40 + n, 4, 16, 72, 40, 40, 1, 0, ACTIVATION_IDENTITY);
-        }
-        pointwise_f32_tile4x16_portable(x + p * 72, w + 32, bias + 32, NULL, y + p * 40 + 32, 4, 8, 72, 40, 40, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile4x16_portable(x + p * 72, w, bias, NULL, y + p * 40, 4, 16, 72, 32, 40, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 72, w + 16, bias + 16, NULL, y + p * 40 + 16, 4, 16, 72, 32, 40, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 72, w + 2304, bias + 32, NULL, y + p * 40 + 32, 4, 8, 72, 8, 40, 1, 0, ACTIVATION_IDENTITY);
     }
 #endif
 }
 
-/* 1x1 convolution as a GEMM: y[784][120] = x[784][40] * w[40][120], then bias, relu */
+/* 1x1 convolution as a GEMM: y[784][120] = x[784][40] * w[40][120] in 32-column panels, then bias, relu */
 static void pointwise_f32_28x28x40_to_120_relu(const float *restrict x, const float *restrict w,
                                                const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 784; p += 8) {
-        for (int n = 0; n < 96; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 40, w + n, bias + n, NULL, y + p * 120 + n, 8, 32, 40, 120, 120, 1, 0, ACTIVATION_RELU);
+    for (int n = 0; n < 96; n += 32) {
+        for (int p = 0; p < 784; p += 8) {
+            pointwise_f32_tile8x32_avx512(x + p * 40, w + n * 40, bias + n, NULL, y + p * 120 + n, 8, 32, 40, 32, 120, 1, 0, ACTIVATION_RELU);
         }
-        pointwise_f32_tile8x32_avx512(x + p * 40, w + 96, bias + 96, NULL, y + p * 120 + 96, 8, 24, 40, 120, 120, 1, 0, ACTIVATION_RELU);
+    }
+    for (int p = 0; p < 784; p += 8) {
+        pointwise_f32_tile8x32_avx512(x + p * 40, w + 3840, bias + 96, NULL, y + p * 120 + 96, 8, 24, 40, 24, 120, 1, 0, ACTIVATION_RELU);
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 112; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 40, w + n, bias + n, NULL, y + p * 120 + n, 4, 16, 40, 120, 120, 1, 0, ACTIVATION_RELU);
+    for (int n = 0; n < 96; n += 32) {
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 40, w + n * 40, bias + n, NULL, y + p * 120 + n, 4, 16, 40, 32, 120, 1, 0, ACTIVATION_RELU);
         }
-        pointwise_f32_tile6x16_avx2(x + p * 40, w + 112, bias + 112, NULL, y + p * 120 + 112, 4, 8, 40, 120, 120, 1, 0, ACTIVATION_RELU);
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 40, w + n * 40 + 16, bias + n + 16, NULL, y + p * 120 + n + 16, 4, 16, 40, 32, 120, 1, 0, ACTIVATION_RELU);
+        }
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 40, w + 3840, bias + 96, NULL, y + p * 120 + 96, 4, 16, 40, 24, 120, 1, 0, ACTIVATION_RELU);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 40, w + 3856, bias + 112, NULL, y + p * 120 + 112, 4, 8, 40, 24, 120, 1, 0, ACTIVATION_RELU);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 120; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 40, w + n, bias + n, NULL, y + p * 120 + n, 4, 8, 40, 120, 120, 1, 0, ACTIVATION_RELU);
+    for (int n = 0; n < 96; n += 32) {
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 40, w + n * 40, bias + n, NULL, y + p * 120 + n, 4, 8, 40, 32, 120, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 40, w + n * 40 + 8, bias + n + 8, NULL, y + p * 120 + n + 8, 4, 8, 40, 32, 120, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 40, w + n * 40 + 16, bias + n + 16, NULL, y + p * 120 + n + 16, 4, 8, 40, 32, 120, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 40, w + n * 40 + 24, bias + n + 24, NULL, y + p * 120 + n + 24, 4, 8, 40, 32, 120, 1, 0, ACTIVATION_RELU);
         }
     }
-#else
     for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 112; n += 16) {
-            pointwise_f32_tile4x16_portable(x + p * 40, w + n, bias + n, NULL, y + p * 120 + n, 4, 16, 40, 120, 120, 1, 0, ACTIVATION_RELU);
+        pointwise_f32_tile6x8_vector(x + p * 40, w + 3840, bias + 96, NULL, y + p * 120 + 96, 4, 8, 40, 24, 120, 1, 0, ACTIVATION_RELU);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 40, w + 3848, bias + 104, NULL, y + p * 120 + 104, 4, 8, 40, 24, 120, 1, 0, ACTIVATION_RELU);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 40, w + 3856, bias + 112, NULL, y + p * 120 + 112, 4, 8, 40, 24, 120, 1, 0, ACTIVATION_RELU);
+    }
+#else
+    for (int n = 0; n < 96; n += 32) {
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 40, w + n * 40, bias + n, NULL, y + p * 120 + n, 4, 16, 40, 32, 120, 1, 0, ACTIVATION_RELU);
         }
-        pointwise_f32_tile4x16_portable(x + p * 40, w + 112, bias + 112, NULL, y + p * 120 + 112, 4, 8, 40, 120, 120, 1, 0, ACTIVATION_RELU);
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 40, w + n * 40 + 16, bias + n + 16, NULL, y + p * 120 + n + 16, 4, 16, 40, 32, 120, 1, 0, ACTIVATION_RELU);
+        }
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 40, w + 3840, bias + 96, NULL, y + p * 120 + 96, 4, 16, 40, 24, 120, 1, 0, ACTIVATION_RELU);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 40, w + 3856, bias + 112, NULL, y + p * 120 + 112, 4, 8, 40, 24, 120, 1, 0, ACTIVATION_RELU);
     }
 #endif
 }
+
+/*
+ * Up to 8 adjacent output pixels of a 5x5, stride 1 depthwise convolution, all channels:
+ *   y[p][c] = activation(bias[c] + sum over taps of rows[ky][column + p * 1 + kx][c] * w[ky][kx][c]) + residual[p][c]
+ * for p < pixels, over the rows ky in [ky0, ky1). Unless `checked`, every column read lies inside the
+ * input row; when `checked`, columns outside [0, in_width) count as zero padding (fast when `column`
+ * is a literal). x, y and residual pixels are `channels` floats apart (NHWC). Each input column is
+ * loaded once per row and feeds every pixel and tap that reads it.
+ */
+#if defined(KERNELS_AVX512)
+KERNEL_INLINE void depthwise5x5_s1_f32_block(const float *const *rows, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int channels, int in_width, int column, int pixels, int checked, int ky0, int ky1,
+    int has_bias, int has_residual, int activation)
+{
+    int c = 0;
+    for (; c + 16 <= channels; c += 16) {
+        const __m512 start = has_bias ? _mm512_loadu_ps(bias + c) : _mm512_setzero_ps();
+        {
+            __m512 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
+            if (ky0 <= 0 && 0 < ky1) {
+                const float *row = rows[0];
+                const __m512 w0 = _mm512_loadu_ps(w + 0 * channels + c);
+                const __m512 w1 = _mm512_loadu_ps(w + 1 * channels + c);
+                const __m512 w2 = _mm512_loadu_ps(w + 2 * channels + c);
+                const __m512 w3 = _mm512_loadu_ps(w + 3 * channels + c);
+                const __m512 w4 = _mm512_loadu_ps(w + 4 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 3) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 4) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 5) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 6) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 7) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 4 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 8) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 5 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 9) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 10) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 11) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 1 && 1 < ky1) {
+                const float *row = rows[1];
+                const __m512 w0 = _mm512_loadu_ps(w + 5 * channels + c);
+                const __m512 w1 = _mm512_loadu_ps(w + 6 * channels + c);
+                const __m512 w2 = _mm512_loadu_ps(w + 7 * channels + c);
+                const __m512 w3 = _mm512_loadu_ps(w + 8 * channels + c);
+                const __m512 w4 = _mm512_loadu_ps(w + 9 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 3) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 4) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 5) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 6) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 7) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 4 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 8) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 5 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 9) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 10) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 11) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 2 && 2 < ky1) {
+                const float *row = rows[2];
+                const __m512 w0 = _mm512_loadu_ps(w + 10 * channels + c);
+                const __m512 w1 = _mm512_loadu_ps(w + 11 * channels + c);
+                const __m512 w2 = _mm512_loadu_ps(w + 12 * channels + c);
+                const __m512 w3 = _mm512_loadu_ps(w + 13 * channels + c);
+                const __m512 w4 = _mm512_loadu_ps(w + 14 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 3) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 4) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 5) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 6) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 7) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 4 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 8) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 5 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 9) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 10) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 11) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 3 && 3 < ky1) {
+                const float *row = rows[3];
+                const __m512 w0 = _mm512_loadu_ps(w + 15 * channels + c);
+                const __m512 w1 = _mm512_loadu_ps(w + 16 * channels + c);
+                const __m512 w2 = _mm512_loadu_ps(w + 17 * channels + c);
+                const __m512 w3 = _mm512_loadu_ps(w + 18 * channels + c);
+                const __m512 w4 = _mm512_loadu_ps(w + 19 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 3) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 4) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 5) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 6) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 7) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 4 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 8) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 5 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 9) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 10) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 11) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 4 && 4 < ky1) {
+                const float *row = rows[4];
+                const __m512 w0 = _mm512_loadu_ps(w + 20 * channels + c);
+                const __m512 w1 = _mm512_loadu_ps(w + 21 * channels + c);
+                const __m512 w2 = _mm512_loadu_ps(w + 22 * channels + c);
+                const __m512 w3 = _mm512_loadu_ps(w + 23 * channels + c);
+                const __m512 w4 = _mm512_loadu_ps(w + 24 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 3) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 4) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 5) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 6) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 7) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 4 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 8) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 5 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 9) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 10) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 11) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w4, acc7);
+                }
+            }
+            {
+                __m512 value = activate_f32x16(acc0, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 0 * channels + c));
+                _mm512_storeu_ps(y + 0 * channels + c, value);
+            }
+            if (pixels > 1) {
+                __m512 value = activate_f32x16(acc1, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 1 * channels + c));
+                _mm512_storeu_ps(y + 1 * channels + c, value);
+            }
+            if (pixels > 2) {
+                __m512 value = activate_f32x16(acc2, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 2 * channels + c));
+                _mm512_storeu_ps(y + 2 * channels + c, value);
+            }
+            if (pixels > 3) {
+                __m512 value = activate_f32x16(acc3, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 3 * channels + c));
+                _mm512_storeu_ps(y + 3 * channels + c, value);
+            }
+            if (pixels > 4) {
+                __m512 value = activate_f32x16(acc4, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 4 * channels + c));
+                _mm512_storeu_ps(y + 4 * channels + c, value);
+            }
+            if (pixels > 5) {
+                __m512 value = activate_f32x16(acc5, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 5 * channels + c));
+                _mm512_storeu_ps(y + 5 * channels + c, value);
+            }
+            if (pixels > 6) {
+                __m512 value = activate_f32x16(acc6, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 6 * channels + c));
+                _mm512_storeu_ps(y + 6 * channels + c, value);
+            }
+            if (pixels > 7) {
+                __m512 value = activate_f32x16(acc7, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 7 * channels + c));
+                _mm512_storeu_ps(y + 7 * channels + c, value);
+            }
+        }
+    }
+    if (c < channels) {
+        const __mmask16 mask = (__mmask16)((1u << (channels - c)) - 1u);
+        const __m512 start = has_bias ? _mm512_maskz_loadu_ps(mask, bias + c) : _mm512_setzero_ps();
+        {
+            __m512 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
+            if (ky0 <= 0 && 0 < ky1) {
+                const float *row = rows[0];
+                const __m512 w0 = _mm512_maskz_loadu_ps(mask, w + 0 * channels + c);
+                const __m512 w1 = _mm512_maskz_loadu_ps(mask, w + 1 * channels + c);
+                const __m512 w2 = _mm512_maskz_loadu_ps(mask, w + 2 * channels + c);
+                const __m512 w3 = _mm512_maskz_loadu_ps(mask, w + 3 * channels + c);
+                const __m512 w4 = _mm512_maskz_loadu_ps(mask, w + 4 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 3) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 4) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 5) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 6) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 7) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 4 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 8) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 5 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 9) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 10) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 11) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 1 && 1 < ky1) {
+                const float *row = rows[1];
+                const __m512 w0 = _mm512_maskz_loadu_ps(mask, w + 5 * channels + c);
+                const __m512 w1 = _mm512_maskz_loadu_ps(mask, w + 6 * channels + c);
+                const __m512 w2 = _mm512_maskz_loadu_ps(mask, w + 7 * channels + c);
+                const __m512 w3 = _mm512_maskz_loadu_ps(mask, w + 8 * channels + c);
+                const __m512 w4 = _mm512_maskz_loadu_ps(mask, w + 9 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 3) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 4) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 5) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 6) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 7) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 4 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 8) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 5 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 9) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 10) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 11) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 2 && 2 < ky1) {
+                const float *row = rows[2];
+                const __m512 w0 = _mm512_maskz_loadu_ps(mask, w + 10 * channels + c);
+                const __m512 w1 = _mm512_maskz_loadu_ps(mask, w + 11 * channels + c);
+                const __m512 w2 = _mm512_maskz_loadu_ps(mask, w + 12 * channels + c);
+                const __m512 w3 = _mm512_maskz_loadu_ps(mask, w + 13 * channels + c);
+                const __m512 w4 = _mm512_maskz_loadu_ps(mask, w + 14 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 3) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 4) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 5) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 6) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 7) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 4 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 8) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 5 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 9) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 10) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 11) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 3 && 3 < ky1) {
+                const float *row = rows[3];
+                const __m512 w0 = _mm512_maskz_loadu_ps(mask, w + 15 * channels + c);
+                const __m512 w1 = _mm512_maskz_loadu_ps(mask, w + 16 * channels + c);
+                const __m512 w2 = _mm512_maskz_loadu_ps(mask, w + 17 * channels + c);
+                const __m512 w3 = _mm512_maskz_loadu_ps(mask, w + 18 * channels + c);
+                const __m512 w4 = _mm512_maskz_loadu_ps(mask, w + 19 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 3) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 4) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 5) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 6) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 7) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 4 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 8) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 5 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 9) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 10) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 11) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 4 && 4 < ky1) {
+                const float *row = rows[4];
+                const __m512 w0 = _mm512_maskz_loadu_ps(mask, w + 20 * channels + c);
+                const __m512 w1 = _mm512_maskz_loadu_ps(mask, w + 21 * channels + c);
+                const __m512 w2 = _mm512_maskz_loadu_ps(mask, w + 22 * channels + c);
+                const __m512 w3 = _mm512_maskz_loadu_ps(mask, w + 23 * channels + c);
+                const __m512 w4 = _mm512_maskz_loadu_ps(mask, w + 24 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 3) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 4) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 5) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 6) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 7) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 4 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 8) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 5 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 9) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 10) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 11) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w4, acc7);
+                }
+            }
+            {
+                __m512 value = activate_f32x16(acc0, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 0 * channels + c));
+                _mm512_mask_storeu_ps(y + 0 * channels + c, mask, value);
+            }
+            if (pixels > 1) {
+                __m512 value = activate_f32x16(acc1, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 1 * channels + c));
+                _mm512_mask_storeu_ps(y + 1 * channels + c, mask, value);
+            }
+            if (pixels > 2) {
+                __m512 value = activate_f32x16(acc2, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 2 * channels + c));
+                _mm512_mask_storeu_ps(y + 2 * channels + c, mask, value);
+            }
+            if (pixels > 3) {
+                __m512 value = activate_f32x16(acc3, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 3 * channels + c));
+                _mm512_mask_storeu_ps(y + 3 * channels + c, mask, value);
+            }
+            if (pixels > 4) {
+                __m512 value = activate_f32x16(acc4, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 4 * channels + c));
+                _mm512_mask_storeu_ps(y + 4 * channels + c, mask, value);
+            }
+            if (pixels > 5) {
+                __m512 value = activate_f32x16(acc5, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 5 * channels + c));
+                _mm512_mask_storeu_ps(y + 5 * channels + c, mask, value);
+            }
+            if (pixels > 6) {
+                __m512 value = activate_f32x16(acc6, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 6 * channels + c));
+                _mm512_mask_storeu_ps(y + 6 * channels + c, mask, value);
+            }
+            if (pixels > 7) {
+                __m512 value = activate_f32x16(acc7, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 7 * channels + c));
+                _mm512_mask_storeu_ps(y + 7 * channels + c, mask, value);
+            }
+        }
+    }
+}
+#elif defined(KERNELS_AVX2)
+KERNEL_INLINE void depthwise5x5_s1_f32_block(const float *const *rows, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int channels, int in_width, int column, int pixels, int checked, int ky0, int ky1,
+    int has_bias, int has_residual, int activation)
+{
+    int c = 0;
+    for (; c + 8 <= channels; c += 8) {
+        const __m256 start = has_bias ? _mm256_loadu_ps(bias + c) : _mm256_setzero_ps();
+        {
+            __m256 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
+            if (ky0 <= 0 && 0 < ky1) {
+                const float *row = rows[0];
+                const __m256 w0 = _mm256_loadu_ps(w + 0 * channels + c);
+                const __m256 w1 = _mm256_loadu_ps(w + 1 * channels + c);
+                const __m256 w2 = _mm256_loadu_ps(w + 2 * channels + c);
+                const __m256 w3 = _mm256_loadu_ps(w + 3 * channels + c);
+                const __m256 w4 = _mm256_loadu_ps(w + 4 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 3) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 4) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 5) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 6) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 7) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 4 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 8) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 5 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 9) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 10) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 11) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 1 && 1 < ky1) {
+                const float *row = rows[1];
+                const __m256 w0 = _mm256_loadu_ps(w + 5 * channels + c);
+                const __m256 w1 = _mm256_loadu_ps(w + 6 * channels + c);
+                const __m256 w2 = _mm256_loadu_ps(w + 7 * channels + c);
+                const __m256 w3 = _mm256_loadu_ps(w + 8 * channels + c);
+                const __m256 w4 = _mm256_loadu_ps(w + 9 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 3) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 4) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 5) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 6) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 7) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 4 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 8) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 5 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 9) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 10) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 11) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 2 && 2 < ky1) {
+                const float *row = rows[2];
+                const __m256 w0 = _mm256_loadu_ps(w + 10 * channels + c);
+                const __m256 w1 = _mm256_loadu_ps(w + 11 * channels + c);
+                const __m256 w2 = _mm256_loadu_ps(w + 12 * channels + c);
+                const __m256 w3 = _mm256_loadu_ps(w + 13 * channels + c);
+                const __m256 w4 = _mm256_loadu_ps(w + 14 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 3) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 4) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 5) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 6) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 7) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 4 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 8) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 5 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 9) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 10) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 11) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 3 && 3 < ky1) {
+                const float *row = rows[3];
+                const __m256 w0 = _mm256_loadu_ps(w + 15 * channels + c);
+                const __m256 w1 = _mm256_loadu_ps(w + 16 * channels + c);
+                const __m256 w2 = _mm256_loadu_ps(w + 17 * channels + c);
+                const __m256 w3 = _mm256_loadu_ps(w + 18 * channels + c);
+                const __m256 w4 = _mm256_loadu_ps(w + 19 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 3) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 4) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 5) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 6) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 7) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 4 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 8) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 5 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 9) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 10) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 11) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 4 && 4 < ky1) {
+                const float *row = rows[4];
+                const __m256 w0 = _mm256_loadu_ps(w + 20 * channels + c);
+                const __m256 w1 = _mm256_loadu_ps(w + 21 * channels + c);
+                const __m256 w2 = _mm256_loadu_ps(w + 22 * channels + c);
+                const __m256 w3 = _mm256_loadu_ps(w + 23 * channels + c);
+                const __m256 w4 = _mm256_loadu_ps(w + 24 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 3) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 4) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 5) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 6) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 7) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 4 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 8) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 5 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 9) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 10) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 11) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w4, acc7);
+                }
+            }
+            {
+                __m256 value = activate_f32x8(acc0, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 0 * channels + c));
+                _mm256_storeu_ps(y + 0 * channels + c, value);
+            }
+            if (pixels > 1) {
+                __m256 value = activate_f32x8(acc1, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 1 * channels + c));
+                _mm256_storeu_ps(y + 1 * channels + c, value);
+            }
+            if (pixels > 2) {
+                __m256 value = activate_f32x8(acc2, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 2 * channels + c));
+                _mm256_storeu_ps(y + 2 * channels + c, value);
+            }
+            if (pixels > 3) {
+                __m256 value = activate_f32x8(acc3, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 3 * channels + c));
+                _mm256_storeu_ps(y + 3 * channels + c, value);
+            }
+            if (pixels > 4) {
+                __m256 value = activate_f32x8(acc4, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 4 * channels + c));
+                _mm256_storeu_ps(y + 4 * channels + c, value);
+            }
+            if (pixels > 5) {
+                __m256 value = activate_f32x8(acc5, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 5 * channels + c));
+                _mm256_storeu_ps(y + 5 * channels + c, value);
+            }
+            if (pixels > 6) {
+                __m256 value = activate_f32x8(acc6, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 6 * channels + c));
+                _mm256_storeu_ps(y + 6 * channels + c, value);
+            }
+            if (pixels > 7) {
+                __m256 value = activate_f32x8(acc7, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 7 * channels + c));
+                _mm256_storeu_ps(y + 7 * channels + c, value);
+            }
+        }
+    }
+    if (c < channels) {
+        const __m256i mask = lane_mask_f32x8(channels - c);
+        const __m256 start = has_bias ? _mm256_maskload_ps(bias + c, mask) : _mm256_setzero_ps();
+        {
+            __m256 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
+            if (ky0 <= 0 && 0 < ky1) {
+                const float *row = rows[0];
+                const __m256 w0 = _mm256_maskload_ps(w + 0 * channels + c, mask);
+                const __m256 w1 = _mm256_maskload_ps(w + 1 * channels + c, mask);
+                const __m256 w2 = _mm256_maskload_ps(w + 2 * channels + c, mask);
+                const __m256 w3 = _mm256_maskload_ps(w + 3 * channels + c, mask);
+                const __m256 w4 = _mm256_maskload_ps(w + 4 * channels + c, mask);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 0) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 1) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 2) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 3) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 4) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 5) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 6) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 7) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 4 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 8) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 5 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 9) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 10) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 11) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 1 && 1 < ky1) {
+                const float *row = rows[1];
+                const __m256 w0 = _mm256_maskload_ps(w + 5 * channels + c, mask);
+                const __m256 w1 = _mm256_maskload_ps(w + 6 * channels + c, mask);
+                const __m256 w2 = _mm256_maskload_ps(w + 7 * channels + c, mask);
+                const __m256 w3 = _mm256_maskload_ps(w + 8 * channels + c, mask);
+                const __m256 w4 = _mm256_maskload_ps(w + 9 * channels + c, mask);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 0) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 1) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 2) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 3) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 4) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 5) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 6) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 7) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 4 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 8) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 5 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 9) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 10) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 11) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 2 && 2 < ky1) {
+                const float *row = rows[2];
+                const __m256 w0 = _mm256_maskload_ps(w + 10 * channels + c, mask);
+                const __m256 w1 = _mm256_maskload_ps(w + 11 * channels + c, mask);
+                const __m256 w2 = _mm256_maskload_ps(w + 12 * channels + c, mask);
+                const __m256 w3 = _mm256_maskload_ps(w + 13 * channels + c, mask);
+                const __m256 w4 = _mm256_maskload_ps(w + 14 * channels + c, mask);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 0) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 1) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 2) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 3) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 4) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 5) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 6) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 7) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 4 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 8) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 5 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 9) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 10) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 11) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 3 && 3 < ky1) {
+                const float *row = rows[3];
+                const __m256 w0 = _mm256_maskload_ps(w + 15 * channels + c, mask);
+                const __m256 w1 = _mm256_maskload_ps(w + 16 * channels + c, mask);
+                const __m256 w2 = _mm256_maskload_ps(w + 17 * channels + c, mask);
+                const __m256 w3 = _mm256_maskload_ps(w + 18 * channels + c, mask);
+                const __m256 w4 = _mm256_maskload_ps(w + 19 * channels + c, mask);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 0) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 1) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 2) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 3) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 4) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 5) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 6) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 7) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 4 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 8) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 5 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 9) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 10) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 11) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 4 && 4 < ky1) {
+                const float *row = rows[4];
+                const __m256 w0 = _mm256_maskload_ps(w + 20 * channels + c, mask);
+                const __m256 w1 = _mm256_maskload_ps(w + 21 * channels + c, mask);
+                const __m256 w2 = _mm256_maskload_ps(w + 22 * channels + c, mask);
+                const __m256 w3 = _mm256_maskload_ps(w + 23 * channels + c, mask);
+                const __m256 w4 = _mm256_maskload_ps(w + 24 * channels + c, mask);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 0) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 1) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 2) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 3) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 4) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 5) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 6) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 7) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 4 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 8) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 5 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 9) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 10) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 11) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w4, acc7);
+                }
+            }
+            {
+                __m256 value = activate_f32x8(acc0, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 0 * channels + c, mask));
+                _mm256_maskstore_ps(y + 0 * channels + c, mask, value);
+            }
+            if (pixels > 1) {
+                __m256 value = activate_f32x8(acc1, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 1 * channels + c, mask));
+                _mm256_maskstore_ps(y + 1 * channels + c, mask, value);
+            }
+            if (pixels > 2) {
+                __m256 value = activate_f32x8(acc2, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 2 * channels + c, mask));
+                _mm256_maskstore_ps(y + 2 * channels + c, mask, value);
+            }
+            if (pixels > 3) {
+                __m256 value = activate_f32x8(acc3, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 3 * channels + c, mask));
+                _mm256_maskstore_ps(y + 3 * channels + c, mask, value);
+            }
+            if (pixels > 4) {
+                __m256 value = activate_f32x8(acc4, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 4 * channels + c, mask));
+                _mm256_maskstore_ps(y + 4 * channels + c, mask, value);
+            }
+            if (pixels > 5) {
+                __m256 value = activate_f32x8(acc5, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 5 * channels + c, mask));
+                _mm256_maskstore_ps(y + 5 * channels + c, mask, value);
+            }
+            if (pixels > 6) {
+                __m256 value = activate_f32x8(acc6, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 6 * channels + c, mask));
+                _mm256_maskstore_ps(y + 6 * channels + c, mask, value);
+            }
+            if (pixels > 7) {
+                __m256 value = activate_f32x8(acc7, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 7 * channels + c, mask));
+                _mm256_maskstore_ps(y + 7 * channels + c, mask, value);
+            }
+        }
+    }
+}
+#else
+KERNEL_INLINE void depthwise5x5_s1_f32_block(const float *const *rows, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int channels, int in_width, int column, int pixels, int checked, int ky0, int ky1,
+    int has_bias, int has_residual, int activation)
+{
+    for (int p = 0; p < pixels; ++p) {
+        const int first = column + p * 1;
+        const int kx0 = checked && first < 0 ? -first : 0;
+        const int kx1 = checked && first + 5 > in_width ? in_width - first : 5;
+        depthwise_f32_pixel(rows, w, bias, has_residual ? residual + p * channels : residual, y + p * channels, channels, 5,
+                            first, ky0, ky1, kx0, kx1, has_bias, has_residual, activation);
+    }
+}
+#endif
 
 /* 5x5 depthwise convolution, stride 1x1, padding 2: 28x28x120 -> 28x28x120, w[5][5][120], then bias, relu */
 static void depthwise5x5_s1_f32_28x28x120_p2_relu(const float *restrict x, const float *restrict w,
@@ -1195,17 +7577,22 @@ static void depthwise5x5_s1_f32_28x28x120_p2_relu(const float *restrict x, const
         const int iy0 = oy - 2;
         const int ky0 = iy0 < 0 ? -iy0 : 0;
         const int ky1 = iy0 + 5 > 28 ? 28 - iy0 : 5;
-        for (int ox = 0; ox < 28; ++ox) {
-            const int ix0 = ox - 2;
-            const int kx0 = ix0 < 0 ? -ix0 : 0;
-            const int kx1 = ix0 + 5 > 28 ? 28 - ix0 : 5;
-            const int x_offset = (iy0 * 28 + ix0) * 120;
-            const int y_offset = (oy * 28 + ox) * 120;
-            if (ky0 == 0 && ky1 == 5 && kx0 == 0 && kx1 == 5) {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 120, 5, 3360, x_offset, 0, 5, 0, 5, 1, 0, ACTIVATION_RELU);
-            } else {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 120, 5, 3360, x_offset, ky0, ky1, kx0, kx1, 1, 0, ACTIVATION_RELU);
+        const float *rows[5];
+        for (int ky = 0; ky < 5; ++ky) {
+            rows[ky] = ky >= ky0 && ky < ky1 ? x + (iy0 + ky) * 3360 : x;
+        }
+        if (ky0 == 0 && ky1 == 5) {
+            depthwise5x5_s1_f32_block(rows, w, bias, NULL, y + oy * 3360, 120, 28, -2, 8, 1, 0, 5, 1, 0, ACTIVATION_RELU);
+            for (int ox = 8; ox < 24; ox += 8) {
+                depthwise5x5_s1_f32_block(rows, w, bias, NULL, y + oy * 3360 + ox * 120, 120, 28, ox - 2, 8, 0, 0, 5, 1, 0, ACTIVATION_RELU);
             }
+            depthwise5x5_s1_f32_block(rows, w, bias, NULL, y + oy * 3360 + 2880, 120, 28, 22, 4, 1, 0, 5, 1, 0, ACTIVATION_RELU);
+        } else {
+            depthwise5x5_s1_f32_block(rows, w, bias, NULL, y + oy * 3360, 120, 28, -2, 8, 1, ky0, ky1, 1, 0, ACTIVATION_RELU);
+            for (int ox = 8; ox < 24; ox += 8) {
+                depthwise5x5_s1_f32_block(rows, w, bias, NULL, y + oy * 3360 + ox * 120, 120, 28, ox - 2, 8, 0, ky0, ky1, 1, 0, ACTIVATION_RELU);
+            }
+            depthwise5x5_s1_f32_block(rows, w, bias, NULL, y + oy * 3360 + 2880, 120, 28, 22, 4, 1, ky0, ky1, 1, 0, ACTIVATION_RELU);
         }
     }
 }
@@ -1241,69 +7628,114 @@ static void squeeze_excite_f32_28x28x120_s32_relu_hardsigmoid(const float *restr
     }
 }
 
-/* 1x1 convolution as a GEMM: y[784][40] = x[784][120] * w[120][40], then bias, residual */
+/* 1x1 convolution as a GEMM: y[784][40] = x[784][120] * w[120][40] in 32-column panels, then bias, residual */
 static void pointwise_f32_28x28x120_to_40_residual(const float *restrict x, const float *restrict w,
                                                    const float *restrict bias, const float *restrict residual,
                                                    float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int p = 0; p < 784; p += 8) {
-        pointwise_f32_tile8x32_avx512(x + p * 120, w, bias, residual + p * 40, y + p * 40, 8, 32, 120, 40, 40, 1, 1, ACTIVATION_IDENTITY);
-        pointwise_f32_tile8x32_avx512(x + p * 120, w + 32, bias + 32, residual + p * 40 + 32, y + p * 40 + 32, 8, 8, 120, 40, 40, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile8x32_avx512(x + p * 120, w, bias, residual + p * 40, y + p * 40, 8, 32, 120, 32, 40, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 8) {
+        pointwise_f32_tile8x32_avx512(x + p * 120, w + 3840, bias + 32, residual + p * 40 + 32, y + p * 40 + 32, 8, 8, 120, 8, 40, 1, 1, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_AVX2)
     for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 32; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 120, w + n, bias + n, residual + p * 40 + n, y + p * 40 + n, 4, 16, 120, 40, 40, 1, 1, ACTIVATION_IDENTITY);
-        }
-        pointwise_f32_tile6x16_avx2(x + p * 120, w + 32, bias + 32, residual + p * 40 + 32, y + p * 40 + 32, 4, 8, 120, 40, 40, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x16_avx2(x + p * 120, w, bias, residual + p * 40, y + p * 40, 4, 16, 120, 32, 40, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 120, w + 16, bias + 16, residual + p * 40 + 16, y + p * 40 + 16, 4, 16, 120, 32, 40, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 120, w + 3840, bias + 32, residual + p * 40 + 32, y + p * 40 + 32, 4, 8, 120, 8, 40, 1, 1, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
     for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 40; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 120, w + n, bias + n, residual + p * 40 + n, y + p * 40 + n, 4, 8, 120, 40, 40, 1, 1, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile6x8_vector(x + p * 120, w, bias, residual + p * 40, y + p * 40, 4, 8, 120, 32, 40, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 120, w + 8, bias + 8, residual + p * 40 + 8, y + p * 40 + 8, 4, 8, 120, 32, 40, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 120, w + 16, bias + 16, residual + p * 40 + 16, y + p * 40 + 16, 4, 8, 120, 32, 40, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 120, w + 24, bias + 24, residual + p * 40 + 24, y + p * 40 + 24, 4, 8, 120, 32, 40, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 120, w + 3840, bias + 32, residual + p * 40 + 32, y + p * 40 + 32, 4, 8, 120, 8, 40, 1, 1, ACTIVATION_IDENTITY);
     }
 #else
     for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 32; n += 16) {
-            pointwise_f32_tile4x16_portable(x + p * 120, w + n, bias + n, residual + p * 40 + n, y + p * 40 + n, 4, 16, 120, 40, 40, 1, 1, ACTIVATION_IDENTITY);
-        }
-        pointwise_f32_tile4x16_portable(x + p * 120, w + 32, bias + 32, residual + p * 40 + 32, y + p * 40 + 32, 4, 8, 120, 40, 40, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile4x16_portable(x + p * 120, w, bias, residual + p * 40, y + p * 40, 4, 16, 120, 32, 40, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 120, w + 16, bias + 16, residual + p * 40 + 16, y + p * 40 + 16, 4, 16, 120, 32, 40, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 120, w + 3840, bias + 32, residual + p * 40 + 32, y + p * 40 + 32, 4, 8, 120, 8, 40, 1, 1, ACTIVATION_IDENTITY);
     }
 #endif
 }
 
-/* 1x1 convolution as a GEMM: y[784][240] = x[784][40] * w[40][240], then bias, hardswish */
+/* 1x1 convolution as a GEMM: y[784][240] = x[784][40] * w[40][240] in 32-column panels, then bias, hardswish */
 static void pointwise_f32_28x28x40_to_240_hardswish(const float *restrict x, const float *restrict w,
                                                     const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 224; n += 32) {
         for (int p = 0; p < 784; p += 8) {
-            pointwise_f32_tile8x32_avx512(x + p * 40, w + n, bias + n, NULL, y + p * 240 + n, 8, 32, 40, 240, 240, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile8x32_avx512(x + p * 40, w + n * 40, bias + n, NULL, y + p * 240 + n, 8, 32, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
     for (int p = 0; p < 784; p += 8) {
-        pointwise_f32_tile8x32_avx512(x + p * 40, w + 224, bias + 224, NULL, y + p * 240 + 224, 8, 16, 40, 240, 240, 1, 0, ACTIVATION_HARDSWISH);
+        pointwise_f32_tile8x32_avx512(x + p * 40, w + 8960, bias + 224, NULL, y + p * 240 + 224, 8, 16, 40, 16, 240, 1, 0, ACTIVATION_HARDSWISH);
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 240; n += 16) {
+    for (int n = 0; n < 224; n += 32) {
         for (int p = 0; p < 784; p += 4) {
-            pointwise_f32_tile6x16_avx2(x + p * 40, w + n, bias + n, NULL, y + p * 240 + n, 4, 16, 40, 240, 240, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile6x16_avx2(x + p * 40, w + n * 40, bias + n, NULL, y + p * 240 + n, 4, 16, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
         }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 40, w + n * 40 + 16, bias + n + 16, NULL, y + p * 240 + n + 16, 4, 16, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+        }
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 40, w + 8960, bias + 224, NULL, y + p * 240 + 224, 4, 16, 40, 16, 240, 1, 0, ACTIVATION_HARDSWISH);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 240; n += 8) {
+    for (int n = 0; n < 224; n += 32) {
         for (int p = 0; p < 784; p += 4) {
-            pointwise_f32_tile6x8_vector(x + p * 40, w + n, bias + n, NULL, y + p * 240 + n, 4, 8, 40, 240, 240, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile6x8_vector(x + p * 40, w + n * 40, bias + n, NULL, y + p * 240 + n, 4, 8, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 40, w + n * 40 + 8, bias + n + 8, NULL, y + p * 240 + n + 8, 4, 8, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 40, w + n * 40 + 16, bias + n + 16, NULL, y + p * 240 + n + 16, 4, 8, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 40, w + n * 40 + 24, bias + n + 24, NULL, y + p * 240 + n + 24, 4, 8, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 40, w + 8960, bias + 224, NULL, y + p * 240 + 224, 4, 8, 40, 16, 240, 1, 0, ACTIVATION_HARDSWISH);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 40, w + 8968, bias + 232, NULL, y + p * 240 + 232, 4, 8, 40, 16, 240, 1, 0, ACTIVATION_HARDSWISH);
+    }
 #else
-    for (int n = 0; n < 240; n += 16) {
+    for (int n = 0; n < 224; n += 32) {
         for (int p = 0; p < 784; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 40, w + n, bias + n, NULL, y + p * 240 + n, 4, 16, 40, 240, 240, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile4x16_portable(x + p * 40, w + n * 40, bias + n, NULL, y + p * 240 + n, 4, 16, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
         }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 40, w + n * 40 + 16, bias + n + 16, NULL, y + p * 240 + n + 16, 4, 16, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+        }
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 40, w + 8960, bias + 224, NULL, y + p * 240 + 224, 4, 16, 40, 16, 240, 1, 0, ACTIVATION_HARDSWISH);
     }
 #endif
 }
@@ -1316,91 +7748,135 @@ static void depthwise3x3_s2_f32_28x28x240_p1_hardswish(const float *restrict x, 
         const int iy0 = oy * 2 - 1;
         const int ky0 = iy0 < 0 ? -iy0 : 0;
         const int ky1 = iy0 + 3 > 28 ? 28 - iy0 : 3;
-        for (int ox = 0; ox < 14; ++ox) {
-            const int ix0 = ox * 2 - 1;
-            const int kx0 = ix0 < 0 ? -ix0 : 0;
-            const int kx1 = ix0 + 3 > 28 ? 28 - ix0 : 3;
-            const int x_offset = (iy0 * 28 + ix0) * 240;
-            const int y_offset = (oy * 14 + ox) * 240;
-            if (ky0 == 0 && ky1 == 3 && kx0 == 0 && kx1 == 3) {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 240, 3, 6720, x_offset, 0, 3, 0, 3, 1, 0, ACTIVATION_HARDSWISH);
-            } else {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 240, 3, 6720, x_offset, ky0, ky1, kx0, kx1, 1, 0, ACTIVATION_HARDSWISH);
-            }
+        const float *rows[3];
+        for (int ky = 0; ky < 3; ++ky) {
+            rows[ky] = ky >= ky0 && ky < ky1 ? x + (iy0 + ky) * 6720 : x;
+        }
+        if (ky0 == 0 && ky1 == 3) {
+            depthwise3x3_s2_f32_block(rows, w, bias, NULL, y + oy * 3360, 240, 28, -1, 8, 1, 0, 3, 1, 0, ACTIVATION_HARDSWISH);
+            depthwise3x3_s2_f32_block(rows, w, bias, NULL, y + oy * 3360 + 1920, 240, 28, 15, 6, 0, 0, 3, 1, 0, ACTIVATION_HARDSWISH);
+        } else {
+            depthwise3x3_s2_f32_block(rows, w, bias, NULL, y + oy * 3360, 240, 28, -1, 8, 1, ky0, ky1, 1, 0, ACTIVATION_HARDSWISH);
+            depthwise3x3_s2_f32_block(rows, w, bias, NULL, y + oy * 3360 + 1920, 240, 28, 15, 6, 0, ky0, ky1, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 }
 
-/* 1x1 convolution as a GEMM: y[196][80] = x[196][240] * w[240][80], then bias */
+/* 1x1 convolution as a GEMM: y[196][80] = x[196][240] * w[240][80] in 32-column panels, then bias */
 static void pointwise_f32_14x14x240_to_80(const float *restrict x, const float *restrict w,
                                           const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 64; n += 32) {
         for (int p = 0; p < 196; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 240, w + n, bias + n, NULL, y + p * 80 + n, 7, 32, 240, 80, 80, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile8x32_avx512(x + p * 240, w + n * 240, bias + n, NULL, y + p * 80 + n, 7, 32, 240, 32, 80, 1, 0, ACTIVATION_IDENTITY);
         }
     }
     for (int p = 0; p < 196; p += 7) {
-        pointwise_f32_tile8x32_avx512(x + p * 240, w + 64, bias + 64, NULL, y + p * 80 + 64, 7, 16, 240, 80, 80, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile8x32_avx512(x + p * 240, w + 15360, bias + 64, NULL, y + p * 80 + 64, 7, 16, 240, 16, 80, 1, 0, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 80; n += 16) {
+    for (int n = 0; n < 64; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x16_avx2(x + p * 240, w + n, bias + n, NULL, y + p * 80 + n, 4, 16, 240, 80, 80, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x16_avx2(x + p * 240, w + n * 240, bias + n, NULL, y + p * 80 + n, 4, 16, 240, 32, 80, 1, 0, ACTIVATION_IDENTITY);
         }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 240, w + n * 240 + 16, bias + n + 16, NULL, y + p * 80 + n + 16, 4, 16, 240, 32, 80, 1, 0, ACTIVATION_IDENTITY);
+        }
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 240, w + 15360, bias + 64, NULL, y + p * 80 + 64, 4, 16, 240, 16, 80, 1, 0, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 80; n += 8) {
+    for (int n = 0; n < 64; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x8_vector(x + p * 240, w + n, bias + n, NULL, y + p * 80 + n, 4, 8, 240, 80, 80, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x8_vector(x + p * 240, w + n * 240, bias + n, NULL, y + p * 80 + n, 4, 8, 240, 32, 80, 1, 0, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 240, w + n * 240 + 8, bias + n + 8, NULL, y + p * 80 + n + 8, 4, 8, 240, 32, 80, 1, 0, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 240, w + n * 240 + 16, bias + n + 16, NULL, y + p * 80 + n + 16, 4, 8, 240, 32, 80, 1, 0, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 240, w + n * 240 + 24, bias + n + 24, NULL, y + p * 80 + n + 24, 4, 8, 240, 32, 80, 1, 0, ACTIVATION_IDENTITY);
         }
     }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 240, w + 15360, bias + 64, NULL, y + p * 80 + 64, 4, 8, 240, 16, 80, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 240, w + 15368, bias + 72, NULL, y + p * 80 + 72, 4, 8, 240, 16, 80, 1, 0, ACTIVATION_IDENTITY);
+    }
 #else
-    for (int n = 0; n < 80; n += 16) {
+    for (int n = 0; n < 64; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 240, w + n, bias + n, NULL, y + p * 80 + n, 4, 16, 240, 80, 80, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile4x16_portable(x + p * 240, w + n * 240, bias + n, NULL, y + p * 80 + n, 4, 16, 240, 32, 80, 1, 0, ACTIVATION_IDENTITY);
         }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 240, w + n * 240 + 16, bias + n + 16, NULL, y + p * 80 + n + 16, 4, 16, 240, 32, 80, 1, 0, ACTIVATION_IDENTITY);
+        }
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 240, w + 15360, bias + 64, NULL, y + p * 80 + 64, 4, 16, 240, 16, 80, 1, 0, ACTIVATION_IDENTITY);
     }
 #endif
 }
 
-/* 1x1 convolution as a GEMM: y[196][200] = x[196][80] * w[80][200], then bias, hardswish */
+/* 1x1 convolution as a GEMM: y[196][200] = x[196][80] * w[80][200] in 32-column panels, then bias, hardswish */
 static void pointwise_f32_14x14x80_to_200_hardswish(const float *restrict x, const float *restrict w,
                                                     const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 192; n += 32) {
         for (int p = 0; p < 196; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 80, w + n, bias + n, NULL, y + p * 200 + n, 7, 32, 80, 200, 200, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile8x32_avx512(x + p * 80, w + n * 80, bias + n, NULL, y + p * 200 + n, 7, 32, 80, 32, 200, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
     for (int p = 0; p < 196; p += 7) {
-        pointwise_f32_tile8x32_avx512(x + p * 80, w + 192, bias + 192, NULL, y + p * 200 + 192, 7, 8, 80, 200, 200, 1, 0, ACTIVATION_HARDSWISH);
+        pointwise_f32_tile8x32_avx512(x + p * 80, w + 15360, bias + 192, NULL, y + p * 200 + 192, 7, 8, 80, 8, 200, 1, 0, ACTIVATION_HARDSWISH);
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 192; n += 16) {
+    for (int n = 0; n < 192; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x16_avx2(x + p * 80, w + n, bias + n, NULL, y + p * 200 + n, 4, 16, 80, 200, 200, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile6x16_avx2(x + p * 80, w + n * 80, bias + n, NULL, y + p * 200 + n, 4, 16, 80, 32, 200, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 80, w + n * 80 + 16, bias + n + 16, NULL, y + p * 200 + n + 16, 4, 16, 80, 32, 200, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile6x16_avx2(x + p * 80, w + 192, bias + 192, NULL, y + p * 200 + 192, 4, 8, 80, 200, 200, 1, 0, ACTIVATION_HARDSWISH);
+        pointwise_f32_tile6x16_avx2(x + p * 80, w + 15360, bias + 192, NULL, y + p * 200 + 192, 4, 8, 80, 8, 200, 1, 0, ACTIVATION_HARDSWISH);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 200; n += 8) {
+    for (int n = 0; n < 192; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x8_vector(x + p * 80, w + n, bias + n, NULL, y + p * 200 + n, 4, 8, 80, 200, 200, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile6x8_vector(x + p * 80, w + n * 80, bias + n, NULL, y + p * 200 + n, 4, 8, 80, 32, 200, 1, 0, ACTIVATION_HARDSWISH);
         }
-    }
-#else
-    for (int n = 0; n < 192; n += 16) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 80, w + n, bias + n, NULL, y + p * 200 + n, 4, 16, 80, 200, 200, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile6x8_vector(x + p * 80, w + n * 80 + 8, bias + n + 8, NULL, y + p * 200 + n + 8, 4, 8, 80, 32, 200, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 80, w + n * 80 + 16, bias + n + 16, NULL, y + p * 200 + n + 16, 4, 8, 80, 32, 200, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 80, w + n * 80 + 24, bias + n + 24, NULL, y + p * 200 + n + 24, 4, 8, 80, 32, 200, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile4x16_portable(x + p * 80, w + 192, bias + 192, NULL, y + p * 200 + 192, 4, 8, 80, 200, 200, 1, 0, ACTIVATION_HARDSWISH);
+        pointwise_f32_tile6x8_vector(x + p * 80, w + 15360, bias + 192, NULL, y + p * 200 + 192, 4, 8, 80, 8, 200, 1, 0, ACTIVATION_HARDSWISH);
+    }
+#else
+    for (int n = 0; n < 192; n += 32) {
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 80, w + n * 80, bias + n, NULL, y + p * 200 + n, 4, 16, 80, 32, 200, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 80, w + n * 80 + 16, bias + n + 16, NULL, y + p * 200 + n + 16, 4, 16, 80, 32, 200, 1, 0, ACTIVATION_HARDSWISH);
+        }
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 80, w + 15360, bias + 192, NULL, y + p * 200 + 192, 4, 8, 80, 8, 200, 1, 0, ACTIVATION_HARDSWISH);
     }
 #endif
 }
@@ -1413,22 +7889,21 @@ static void depthwise3x3_s1_f32_14x14x200_p1_hardswish(const float *restrict x, 
         const int iy0 = oy - 1;
         const int ky0 = iy0 < 0 ? -iy0 : 0;
         const int ky1 = iy0 + 3 > 14 ? 14 - iy0 : 3;
-        for (int ox = 0; ox < 14; ++ox) {
-            const int ix0 = ox - 1;
-            const int kx0 = ix0 < 0 ? -ix0 : 0;
-            const int kx1 = ix0 + 3 > 14 ? 14 - ix0 : 3;
-            const int x_offset = (iy0 * 14 + ix0) * 200;
-            const int y_offset = (oy * 14 + ox) * 200;
-            if (ky0 == 0 && ky1 == 3 && kx0 == 0 && kx1 == 3) {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 200, 3, 2800, x_offset, 0, 3, 0, 3, 1, 0, ACTIVATION_HARDSWISH);
-            } else {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 200, 3, 2800, x_offset, ky0, ky1, kx0, kx1, 1, 0, ACTIVATION_HARDSWISH);
-            }
+        const float *rows[3];
+        for (int ky = 0; ky < 3; ++ky) {
+            rows[ky] = ky >= ky0 && ky < ky1 ? x + (iy0 + ky) * 2800 : x;
+        }
+        if (ky0 == 0 && ky1 == 3) {
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 2800, 200, 14, -1, 8, 1, 0, 3, 1, 0, ACTIVATION_HARDSWISH);
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 2800 + 1600, 200, 14, 7, 6, 1, 0, 3, 1, 0, ACTIVATION_HARDSWISH);
+        } else {
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 2800, 200, 14, -1, 8, 1, ky0, ky1, 1, 0, ACTIVATION_HARDSWISH);
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 2800 + 1600, 200, 14, 7, 6, 1, ky0, ky1, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 }
 
-/* 1x1 convolution as a GEMM: y[196][80] = x[196][200] * w[200][80], then bias, residual */
+/* 1x1 convolution as a GEMM: y[196][80] = x[196][200] * w[200][80] in 32-column panels, then bias, residual */
 static void pointwise_f32_14x14x200_to_80_residual(const float *restrict x, const float *restrict w,
                                                    const float *restrict bias, const float *restrict residual,
                                                    float *restrict y)
@@ -1436,69 +7911,126 @@ static void pointwise_f32_14x14x200_to_80_residual(const float *restrict x, cons
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 64; n += 32) {
         for (int p = 0; p < 196; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 200, w + n, bias + n, residual + p * 80 + n, y + p * 80 + n, 7, 32, 200, 80, 80, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile8x32_avx512(x + p * 200, w + n * 200, bias + n, residual + p * 80 + n, y + p * 80 + n, 7, 32, 200, 32, 80, 1, 1, ACTIVATION_IDENTITY);
         }
     }
     for (int p = 0; p < 196; p += 7) {
-        pointwise_f32_tile8x32_avx512(x + p * 200, w + 64, bias + 64, residual + p * 80 + 64, y + p * 80 + 64, 7, 16, 200, 80, 80, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile8x32_avx512(x + p * 200, w + 12800, bias + 64, residual + p * 80 + 64, y + p * 80 + 64, 7, 16, 200, 16, 80, 1, 1, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 80; n += 16) {
+    for (int n = 0; n < 64; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x16_avx2(x + p * 200, w + n, bias + n, residual + p * 80 + n, y + p * 80 + n, 4, 16, 200, 80, 80, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x16_avx2(x + p * 200, w + n * 200, bias + n, residual + p * 80 + n, y + p * 80 + n, 4, 16, 200, 32, 80, 1, 1, ACTIVATION_IDENTITY);
         }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 200, w + n * 200 + 16, bias + n + 16, residual + p * 80 + n + 16, y + p * 80 + n + 16, 4, 16, 200, 32, 80, 1, 1, ACTIVATION_IDENTITY);
+        }
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 200, w + 12800, bias + 64, residual + p * 80 + 64, y + p * 80 + 64, 4, 16, 200, 16, 80, 1, 1, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 80; n += 8) {
+    for (int n = 0; n < 64; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x8_vector(x + p * 200, w + n, bias + n, residual + p * 80 + n, y + p * 80 + n, 4, 8, 200, 80, 80, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x8_vector(x + p * 200, w + n * 200, bias + n, residual + p * 80 + n, y + p * 80 + n, 4, 8, 200, 32, 80, 1, 1, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 200, w + n * 200 + 8, bias + n + 8, residual + p * 80 + n + 8, y + p * 80 + n + 8, 4, 8, 200, 32, 80, 1, 1, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 200, w + n * 200 + 16, bias + n + 16, residual + p * 80 + n + 16, y + p * 80 + n + 16, 4, 8, 200, 32, 80, 1, 1, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 200, w + n * 200 + 24, bias + n + 24, residual + p * 80 + n + 24, y + p * 80 + n + 24, 4, 8, 200, 32, 80, 1, 1, ACTIVATION_IDENTITY);
         }
     }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 200, w + 12800, bias + 64, residual + p * 80 + 64, y + p * 80 + 64, 4, 8, 200, 16, 80, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 200, w + 12808, bias + 72, residual + p * 80 + 72, y + p * 80 + 72, 4, 8, 200, 16, 80, 1, 1, ACTIVATION_IDENTITY);
+    }
 #else
-    for (int n = 0; n < 80; n += 16) {
+    for (int n = 0; n < 64; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 200, w + n, bias + n, residual + p * 80 + n, y + p * 80 + n, 4, 16, 200, 80, 80, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile4x16_portable(x + p * 200, w + n * 200, bias + n, residual + p * 80 + n, y + p * 80 + n, 4, 16, 200, 32, 80, 1, 1, ACTIVATION_IDENTITY);
         }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 200, w + n * 200 + 16, bias + n + 16, residual + p * 80 + n + 16, y + p * 80 + n + 16, 4, 16, 200, 32, 80, 1, 1, ACTIVATION_IDENTITY);
+        }
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 200, w + 12800, bias + 64, residual + p * 80 + 64, y + p * 80 + 64, 4, 16, 200, 16, 80, 1, 1, ACTIVATION_IDENTITY);
     }
 #endif
 }
 
-/* 1x1 convolution as a GEMM: y[196][184] = x[196][80] * w[80][184], then bias, hardswish */
+/* 1x1 convolution as a GEMM: y[196][184] = x[196][80] * w[80][184] in 32-column panels, then bias, hardswish */
 static void pointwise_f32_14x14x80_to_184_hardswish(const float *restrict x, const float *restrict w,
                                                     const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 160; n += 32) {
         for (int p = 0; p < 196; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 80, w + n, bias + n, NULL, y + p * 184 + n, 7, 32, 80, 184, 184, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile8x32_avx512(x + p * 80, w + n * 80, bias + n, NULL, y + p * 184 + n, 7, 32, 80, 32, 184, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
     for (int p = 0; p < 196; p += 7) {
-        pointwise_f32_tile8x32_avx512(x + p * 80, w + 160, bias + 160, NULL, y + p * 184 + 160, 7, 24, 80, 184, 184, 1, 0, ACTIVATION_HARDSWISH);
+        pointwise_f32_tile8x32_avx512(x + p * 80, w + 12800, bias + 160, NULL, y + p * 184 + 160, 7, 24, 80, 24, 184, 1, 0, ACTIVATION_HARDSWISH);
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 176; n += 16) {
+    for (int n = 0; n < 160; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x16_avx2(x + p * 80, w + n, bias + n, NULL, y + p * 184 + n, 4, 16, 80, 184, 184, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile6x16_avx2(x + p * 80, w + n * 80, bias + n, NULL, y + p * 184 + n, 4, 16, 80, 32, 184, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 80, w + n * 80 + 16, bias + n + 16, NULL, y + p * 184 + n + 16, 4, 16, 80, 32, 184, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile6x16_avx2(x + p * 80, w + 176, bias + 176, NULL, y + p * 184 + 176, 4, 8, 80, 184, 184, 1, 0, ACTIVATION_HARDSWISH);
+        pointwise_f32_tile6x16_avx2(x + p * 80, w + 12800, bias + 160, NULL, y + p * 184 + 160, 4, 16, 80, 24, 184, 1, 0, ACTIVATION_HARDSWISH);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 80, w + 12816, bias + 176, NULL, y + p * 184 + 176, 4, 8, 80, 24, 184, 1, 0, ACTIVATION_HARDSWISH);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 184; n += 8) {
+    for (int n = 0; n < 160; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x8_vector(x + p * 80, w + n, bias + n, NULL, y + p * 184 + n, 4, 8, 80, 184, 184, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile6x8_vector(x + p * 80, w + n * 80, bias + n, NULL, y + p * 184 + n, 4, 8, 80, 32, 184, 1, 0, ACTIVATION_HARDSWISH);
         }
-    }
-#else
-    for (int n = 0; n < 176; n += 16) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 80, w + n, bias + n, NULL, y + p * 184 + n, 4, 16, 80, 184, 184, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile6x8_vector(x + p * 80, w + n * 80 + 8, bias + n + 8, NULL, y + p * 184 + n + 8, 4, 8, 80, 32, 184, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 80, w + n * 80 + 16, bias + n + 16, NULL, y + p * 184 + n + 16, 4, 8, 80, 32, 184, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 80, w + n * 80 + 24, bias + n + 24, NULL, y + p * 184 + n + 24, 4, 8, 80, 32, 184, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile4x16_portable(x + p * 80, w + 176, bias + 176, NULL, y + p * 184 + 176, 4, 8, 80, 184, 184, 1, 0, ACTIVATION_HARDSWISH);
+        pointwise_f32_tile6x8_vector(x + p * 80, w + 12800, bias + 160, NULL, y + p * 184 + 160, 4, 8, 80, 24, 184, 1, 0, ACTIVATION_HARDSWISH);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 80, w + 12808, bias + 168, NULL, y + p * 184 + 168, 4, 8, 80, 24, 184, 1, 0, ACTIVATION_HARDSWISH);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 80, w + 12816, bias + 176, NULL, y + p * 184 + 176, 4, 8, 80, 24, 184, 1, 0, ACTIVATION_HARDSWISH);
+    }
+#else
+    for (int n = 0; n < 160; n += 32) {
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 80, w + n * 80, bias + n, NULL, y + p * 184 + n, 4, 16, 80, 32, 184, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 80, w + n * 80 + 16, bias + n + 16, NULL, y + p * 184 + n + 16, 4, 16, 80, 32, 184, 1, 0, ACTIVATION_HARDSWISH);
+        }
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 80, w + 12800, bias + 160, NULL, y + p * 184 + 160, 4, 16, 80, 24, 184, 1, 0, ACTIVATION_HARDSWISH);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 80, w + 12816, bias + 176, NULL, y + p * 184 + 176, 4, 8, 80, 24, 184, 1, 0, ACTIVATION_HARDSWISH);
     }
 #endif
 }
@@ -1511,22 +8043,21 @@ static void depthwise3x3_s1_f32_14x14x184_p1_hardswish(const float *restrict x, 
         const int iy0 = oy - 1;
         const int ky0 = iy0 < 0 ? -iy0 : 0;
         const int ky1 = iy0 + 3 > 14 ? 14 - iy0 : 3;
-        for (int ox = 0; ox < 14; ++ox) {
-            const int ix0 = ox - 1;
-            const int kx0 = ix0 < 0 ? -ix0 : 0;
-            const int kx1 = ix0 + 3 > 14 ? 14 - ix0 : 3;
-            const int x_offset = (iy0 * 14 + ix0) * 184;
-            const int y_offset = (oy * 14 + ox) * 184;
-            if (ky0 == 0 && ky1 == 3 && kx0 == 0 && kx1 == 3) {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 184, 3, 2576, x_offset, 0, 3, 0, 3, 1, 0, ACTIVATION_HARDSWISH);
-            } else {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 184, 3, 2576, x_offset, ky0, ky1, kx0, kx1, 1, 0, ACTIVATION_HARDSWISH);
-            }
+        const float *rows[3];
+        for (int ky = 0; ky < 3; ++ky) {
+            rows[ky] = ky >= ky0 && ky < ky1 ? x + (iy0 + ky) * 2576 : x;
+        }
+        if (ky0 == 0 && ky1 == 3) {
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 2576, 184, 14, -1, 8, 1, 0, 3, 1, 0, ACTIVATION_HARDSWISH);
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 2576 + 1472, 184, 14, 7, 6, 1, 0, 3, 1, 0, ACTIVATION_HARDSWISH);
+        } else {
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 2576, 184, 14, -1, 8, 1, ky0, ky1, 1, 0, ACTIVATION_HARDSWISH);
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 2576 + 1472, 184, 14, 7, 6, 1, ky0, ky1, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 }
 
-/* 1x1 convolution as a GEMM: y[196][80] = x[196][184] * w[184][80], then bias, residual */
+/* 1x1 convolution as a GEMM: y[196][80] = x[196][184] * w[184][80] in 32-column panels, then bias, residual */
 static void pointwise_f32_14x14x184_to_80_residual(const float *restrict x, const float *restrict w,
                                                    const float *restrict bias, const float *restrict residual,
                                                    float *restrict y)
@@ -1534,59 +8065,101 @@ static void pointwise_f32_14x14x184_to_80_residual(const float *restrict x, cons
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 64; n += 32) {
         for (int p = 0; p < 196; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 184, w + n, bias + n, residual + p * 80 + n, y + p * 80 + n, 7, 32, 184, 80, 80, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile8x32_avx512(x + p * 184, w + n * 184, bias + n, residual + p * 80 + n, y + p * 80 + n, 7, 32, 184, 32, 80, 1, 1, ACTIVATION_IDENTITY);
         }
     }
     for (int p = 0; p < 196; p += 7) {
-        pointwise_f32_tile8x32_avx512(x + p * 184, w + 64, bias + 64, residual + p * 80 + 64, y + p * 80 + 64, 7, 16, 184, 80, 80, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile8x32_avx512(x + p * 184, w + 11776, bias + 64, residual + p * 80 + 64, y + p * 80 + 64, 7, 16, 184, 16, 80, 1, 1, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 80; n += 16) {
+    for (int n = 0; n < 64; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x16_avx2(x + p * 184, w + n, bias + n, residual + p * 80 + n, y + p * 80 + n, 4, 16, 184, 80, 80, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x16_avx2(x + p * 184, w + n * 184, bias + n, residual + p * 80 + n, y + p * 80 + n, 4, 16, 184, 32, 80, 1, 1, ACTIVATION_IDENTITY);
         }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 184, w + n * 184 + 16, bias + n + 16, residual + p * 80 + n + 16, y + p * 80 + n + 16, 4, 16, 184, 32, 80, 1, 1, ACTIVATION_IDENTITY);
+        }
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 184, w + 11776, bias + 64, residual + p * 80 + 64, y + p * 80 + 64, 4, 16, 184, 16, 80, 1, 1, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 80; n += 8) {
+    for (int n = 0; n < 64; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x8_vector(x + p * 184, w + n, bias + n, residual + p * 80 + n, y + p * 80 + n, 4, 8, 184, 80, 80, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x8_vector(x + p * 184, w + n * 184, bias + n, residual + p * 80 + n, y + p * 80 + n, 4, 8, 184, 32, 80, 1, 1, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 184, w + n * 184 + 8, bias + n + 8, residual + p * 80 + n + 8, y + p * 80 + n + 8, 4, 8, 184, 32, 80, 1, 1, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 184, w + n * 184 + 16, bias + n + 16, residual + p * 80 + n + 16, y + p * 80 + n + 16, 4, 8, 184, 32, 80, 1, 1, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 184, w + n * 184 + 24, bias + n + 24, residual + p * 80 + n + 24, y + p * 80 + n + 24, 4, 8, 184, 32, 80, 1, 1, ACTIVATION_IDENTITY);
         }
     }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 184, w + 11776, bias + 64, residual + p * 80 + 64, y + p * 80 + 64, 4, 8, 184, 16, 80, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 184, w + 11784, bias + 72, residual + p * 80 + 72, y + p * 80 + 72, 4, 8, 184, 16, 80, 1, 1, ACTIVATION_IDENTITY);
+    }
 #else
-    for (int n = 0; n < 80; n += 16) {
+    for (int n = 0; n < 64; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 184, w + n, bias + n, residual + p * 80 + n, y + p * 80 + n, 4, 16, 184, 80, 80, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile4x16_portable(x + p * 184, w + n * 184, bias + n, residual + p * 80 + n, y + p * 80 + n, 4, 16, 184, 32, 80, 1, 1, ACTIVATION_IDENTITY);
         }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 184, w + n * 184 + 16, bias + n + 16, residual + p * 80 + n + 16, y + p * 80 + n + 16, 4, 16, 184, 32, 80, 1, 1, ACTIVATION_IDENTITY);
+        }
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 184, w + 11776, bias + 64, residual + p * 80 + 64, y + p * 80 + 64, 4, 16, 184, 16, 80, 1, 1, ACTIVATION_IDENTITY);
     }
 #endif
 }
 
-/* 1x1 convolution as a GEMM: y[196][480] = x[196][80] * w[80][480], then bias, hardswish */
+/* 1x1 convolution as a GEMM: y[196][480] = x[196][80] * w[80][480] in 32-column panels, then bias, hardswish */
 static void pointwise_f32_14x14x80_to_480_hardswish(const float *restrict x, const float *restrict w,
                                                     const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 480; n += 32) {
         for (int p = 0; p < 196; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 80, w + n, bias + n, NULL, y + p * 480 + n, 7, 32, 80, 480, 480, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile8x32_avx512(x + p * 80, w + n * 80, bias + n, NULL, y + p * 480 + n, 7, 32, 80, 32, 480, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 480; n += 16) {
+    for (int n = 0; n < 480; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x16_avx2(x + p * 80, w + n, bias + n, NULL, y + p * 480 + n, 4, 16, 80, 480, 480, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile6x16_avx2(x + p * 80, w + n * 80, bias + n, NULL, y + p * 480 + n, 4, 16, 80, 32, 480, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 80, w + n * 80 + 16, bias + n + 16, NULL, y + p * 480 + n + 16, 4, 16, 80, 32, 480, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 480; n += 8) {
+    for (int n = 0; n < 480; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x8_vector(x + p * 80, w + n, bias + n, NULL, y + p * 480 + n, 4, 8, 80, 480, 480, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile6x8_vector(x + p * 80, w + n * 80, bias + n, NULL, y + p * 480 + n, 4, 8, 80, 32, 480, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 80, w + n * 80 + 8, bias + n + 8, NULL, y + p * 480 + n + 8, 4, 8, 80, 32, 480, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 80, w + n * 80 + 16, bias + n + 16, NULL, y + p * 480 + n + 16, 4, 8, 80, 32, 480, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 80, w + n * 80 + 24, bias + n + 24, NULL, y + p * 480 + n + 24, 4, 8, 80, 32, 480, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 #else
-    for (int n = 0; n < 480; n += 16) {
+    for (int n = 0; n < 480; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 80, w + n, bias + n, NULL, y + p * 480 + n, 4, 16, 80, 480, 480, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile4x16_portable(x + p * 80, w + n * 80, bias + n, NULL, y + p * 480 + n, 4, 16, 80, 32, 480, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 80, w + n * 80 + 16, bias + n + 16, NULL, y + p * 480 + n + 16, 4, 16, 80, 32, 480, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 #endif
@@ -1600,17 +8173,16 @@ static void depthwise3x3_s1_f32_14x14x480_p1_hardswish(const float *restrict x, 
         const int iy0 = oy - 1;
         const int ky0 = iy0 < 0 ? -iy0 : 0;
         const int ky1 = iy0 + 3 > 14 ? 14 - iy0 : 3;
-        for (int ox = 0; ox < 14; ++ox) {
-            const int ix0 = ox - 1;
-            const int kx0 = ix0 < 0 ? -ix0 : 0;
-            const int kx1 = ix0 + 3 > 14 ? 14 - ix0 : 3;
-            const int x_offset = (iy0 * 14 + ix0) * 480;
-            const int y_offset = (oy * 14 + ox) * 480;
-            if (ky0 == 0 && ky1 == 3 && kx0 == 0 && kx1 == 3) {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 480, 3, 6720, x_offset, 0, 3, 0, 3, 1, 0, ACTIVATION_HARDSWISH);
-            } else {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 480, 3, 6720, x_offset, ky0, ky1, kx0, kx1, 1, 0, ACTIVATION_HARDSWISH);
-            }
+        const float *rows[3];
+        for (int ky = 0; ky < 3; ++ky) {
+            rows[ky] = ky >= ky0 && ky < ky1 ? x + (iy0 + ky) * 6720 : x;
+        }
+        if (ky0 == 0 && ky1 == 3) {
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 6720, 480, 14, -1, 8, 1, 0, 3, 1, 0, ACTIVATION_HARDSWISH);
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 6720 + 3840, 480, 14, 7, 6, 1, 0, 3, 1, 0, ACTIVATION_HARDSWISH);
+        } else {
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 6720, 480, 14, -1, 8, 1, ky0, ky1, 1, 0, ACTIVATION_HARDSWISH);
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 6720 + 3840, 480, 14, 7, 6, 1, ky0, ky1, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 }
@@ -1646,66 +8218,108 @@ static void squeeze_excite_f32_14x14x480_s120_relu_hardsigmoid(const float *rest
     }
 }
 
-/* 1x1 convolution as a GEMM: y[196][112] = x[196][480] * w[480][112], then bias */
+/* 1x1 convolution as a GEMM: y[196][112] = x[196][480] * w[480][112] in 32-column panels, then bias */
 static void pointwise_f32_14x14x480_to_112(const float *restrict x, const float *restrict w,
                                            const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 196; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 480, w + n, bias + n, NULL, y + p * 112 + n, 7, 32, 480, 112, 112, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile8x32_avx512(x + p * 480, w + n * 480, bias + n, NULL, y + p * 112 + n, 7, 32, 480, 32, 112, 1, 0, ACTIVATION_IDENTITY);
         }
     }
     for (int p = 0; p < 196; p += 7) {
-        pointwise_f32_tile8x32_avx512(x + p * 480, w + 96, bias + 96, NULL, y + p * 112 + 96, 7, 16, 480, 112, 112, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile8x32_avx512(x + p * 480, w + 46080, bias + 96, NULL, y + p * 112 + 96, 7, 16, 480, 16, 112, 1, 0, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 112; n += 16) {
+    for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x16_avx2(x + p * 480, w + n, bias + n, NULL, y + p * 112 + n, 4, 16, 480, 112, 112, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x16_avx2(x + p * 480, w + n * 480, bias + n, NULL, y + p * 112 + n, 4, 16, 480, 32, 112, 1, 0, ACTIVATION_IDENTITY);
         }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 480, w + n * 480 + 16, bias + n + 16, NULL, y + p * 112 + n + 16, 4, 16, 480, 32, 112, 1, 0, ACTIVATION_IDENTITY);
+        }
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 480, w + 46080, bias + 96, NULL, y + p * 112 + 96, 4, 16, 480, 16, 112, 1, 0, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 112; n += 8) {
+    for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x8_vector(x + p * 480, w + n, bias + n, NULL, y + p * 112 + n, 4, 8, 480, 112, 112, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x8_vector(x + p * 480, w + n * 480, bias + n, NULL, y + p * 112 + n, 4, 8, 480, 32, 112, 1, 0, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 480, w + n * 480 + 8, bias + n + 8, NULL, y + p * 112 + n + 8, 4, 8, 480, 32, 112, 1, 0, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 480, w + n * 480 + 16, bias + n + 16, NULL, y + p * 112 + n + 16, 4, 8, 480, 32, 112, 1, 0, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 480, w + n * 480 + 24, bias + n + 24, NULL, y + p * 112 + n + 24, 4, 8, 480, 32, 112, 1, 0, ACTIVATION_IDENTITY);
         }
     }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 480, w + 46080, bias + 96, NULL, y + p * 112 + 96, 4, 8, 480, 16, 112, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 480, w + 46088, bias + 104, NULL, y + p * 112 + 104, 4, 8, 480, 16, 112, 1, 0, ACTIVATION_IDENTITY);
+    }
 #else
-    for (int n = 0; n < 112; n += 16) {
+    for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 480, w + n, bias + n, NULL, y + p * 112 + n, 4, 16, 480, 112, 112, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile4x16_portable(x + p * 480, w + n * 480, bias + n, NULL, y + p * 112 + n, 4, 16, 480, 32, 112, 1, 0, ACTIVATION_IDENTITY);
         }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 480, w + n * 480 + 16, bias + n + 16, NULL, y + p * 112 + n + 16, 4, 16, 480, 32, 112, 1, 0, ACTIVATION_IDENTITY);
+        }
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 480, w + 46080, bias + 96, NULL, y + p * 112 + 96, 4, 16, 480, 16, 112, 1, 0, ACTIVATION_IDENTITY);
     }
 #endif
 }
 
-/* 1x1 convolution as a GEMM: y[196][672] = x[196][112] * w[112][672], then bias, hardswish */
+/* 1x1 convolution as a GEMM: y[196][672] = x[196][112] * w[112][672] in 32-column panels, then bias, hardswish */
 static void pointwise_f32_14x14x112_to_672_hardswish(const float *restrict x, const float *restrict w,
                                                      const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 672; n += 32) {
         for (int p = 0; p < 196; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 112, w + n, bias + n, NULL, y + p * 672 + n, 7, 32, 112, 672, 672, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile8x32_avx512(x + p * 112, w + n * 112, bias + n, NULL, y + p * 672 + n, 7, 32, 112, 32, 672, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 672; n += 16) {
+    for (int n = 0; n < 672; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x16_avx2(x + p * 112, w + n, bias + n, NULL, y + p * 672 + n, 4, 16, 112, 672, 672, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile6x16_avx2(x + p * 112, w + n * 112, bias + n, NULL, y + p * 672 + n, 4, 16, 112, 32, 672, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 112, w + n * 112 + 16, bias + n + 16, NULL, y + p * 672 + n + 16, 4, 16, 112, 32, 672, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 672; n += 8) {
+    for (int n = 0; n < 672; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x8_vector(x + p * 112, w + n, bias + n, NULL, y + p * 672 + n, 4, 8, 112, 672, 672, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile6x8_vector(x + p * 112, w + n * 112, bias + n, NULL, y + p * 672 + n, 4, 8, 112, 32, 672, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 112, w + n * 112 + 8, bias + n + 8, NULL, y + p * 672 + n + 8, 4, 8, 112, 32, 672, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 112, w + n * 112 + 16, bias + n + 16, NULL, y + p * 672 + n + 16, 4, 8, 112, 32, 672, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 112, w + n * 112 + 24, bias + n + 24, NULL, y + p * 672 + n + 24, 4, 8, 112, 32, 672, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 #else
-    for (int n = 0; n < 672; n += 16) {
+    for (int n = 0; n < 672; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 112, w + n, bias + n, NULL, y + p * 672 + n, 4, 16, 112, 672, 672, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile4x16_portable(x + p * 112, w + n * 112, bias + n, NULL, y + p * 672 + n, 4, 16, 112, 32, 672, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 112, w + n * 112 + 16, bias + n + 16, NULL, y + p * 672 + n + 16, 4, 16, 112, 32, 672, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 #endif
@@ -1719,17 +8333,16 @@ static void depthwise3x3_s1_f32_14x14x672_p1_hardswish(const float *restrict x, 
         const int iy0 = oy - 1;
         const int ky0 = iy0 < 0 ? -iy0 : 0;
         const int ky1 = iy0 + 3 > 14 ? 14 - iy0 : 3;
-        for (int ox = 0; ox < 14; ++ox) {
-            const int ix0 = ox - 1;
-            const int kx0 = ix0 < 0 ? -ix0 : 0;
-            const int kx1 = ix0 + 3 > 14 ? 14 - ix0 : 3;
-            const int x_offset = (iy0 * 14 + ix0) * 672;
-            const int y_offset = (oy * 14 + ox) * 672;
-            if (ky0 == 0 && ky1 == 3 && kx0 == 0 && kx1 == 3) {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 672, 3, 9408, x_offset, 0, 3, 0, 3, 1, 0, ACTIVATION_HARDSWISH);
-            } else {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 672, 3, 9408, x_offset, ky0, ky1, kx0, kx1, 1, 0, ACTIVATION_HARDSWISH);
-            }
+        const float *rows[3];
+        for (int ky = 0; ky < 3; ++ky) {
+            rows[ky] = ky >= ky0 && ky < ky1 ? x + (iy0 + ky) * 9408 : x;
+        }
+        if (ky0 == 0 && ky1 == 3) {
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 9408, 672, 14, -1, 8, 1, 0, 3, 1, 0, ACTIVATION_HARDSWISH);
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 9408 + 5376, 672, 14, 7, 6, 1, 0, 3, 1, 0, ACTIVATION_HARDSWISH);
+        } else {
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 9408, 672, 14, -1, 8, 1, ky0, ky1, 1, 0, ACTIVATION_HARDSWISH);
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 9408 + 5376, 672, 14, 7, 6, 1, ky0, ky1, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 }
@@ -1765,7 +8378,7 @@ static void squeeze_excite_f32_14x14x672_s168_relu_hardsigmoid(const float *rest
     }
 }
 
-/* 1x1 convolution as a GEMM: y[196][112] = x[196][672] * w[672][112], then bias, residual */
+/* 1x1 convolution as a GEMM: y[196][112] = x[196][672] * w[672][112] in 32-column panels, then bias, residual */
 static void pointwise_f32_14x14x672_to_112_residual(const float *restrict x, const float *restrict w,
                                                     const float *restrict bias,
                                                     const float *restrict residual, float *restrict y)
@@ -1773,29 +8386,56 @@ static void pointwise_f32_14x14x672_to_112_residual(const float *restrict x, con
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 196; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 672, w + n, bias + n, residual + p * 112 + n, y + p * 112 + n, 7, 32, 672, 112, 112, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile8x32_avx512(x + p * 672, w + n * 672, bias + n, residual + p * 112 + n, y + p * 112 + n, 7, 32, 672, 32, 112, 1, 1, ACTIVATION_IDENTITY);
         }
     }
     for (int p = 0; p < 196; p += 7) {
-        pointwise_f32_tile8x32_avx512(x + p * 672, w + 96, bias + 96, residual + p * 112 + 96, y + p * 112 + 96, 7, 16, 672, 112, 112, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile8x32_avx512(x + p * 672, w + 64512, bias + 96, residual + p * 112 + 96, y + p * 112 + 96, 7, 16, 672, 16, 112, 1, 1, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 112; n += 16) {
+    for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x16_avx2(x + p * 672, w + n, bias + n, residual + p * 112 + n, y + p * 112 + n, 4, 16, 672, 112, 112, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x16_avx2(x + p * 672, w + n * 672, bias + n, residual + p * 112 + n, y + p * 112 + n, 4, 16, 672, 32, 112, 1, 1, ACTIVATION_IDENTITY);
         }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 672, w + n * 672 + 16, bias + n + 16, residual + p * 112 + n + 16, y + p * 112 + n + 16, 4, 16, 672, 32, 112, 1, 1, ACTIVATION_IDENTITY);
+        }
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 672, w + 64512, bias + 96, residual + p * 112 + 96, y + p * 112 + 96, 4, 16, 672, 16, 112, 1, 1, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 112; n += 8) {
+    for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x8_vector(x + p * 672, w + n, bias + n, residual + p * 112 + n, y + p * 112 + n, 4, 8, 672, 112, 112, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x8_vector(x + p * 672, w + n * 672, bias + n, residual + p * 112 + n, y + p * 112 + n, 4, 8, 672, 32, 112, 1, 1, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 672, w + n * 672 + 8, bias + n + 8, residual + p * 112 + n + 8, y + p * 112 + n + 8, 4, 8, 672, 32, 112, 1, 1, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 672, w + n * 672 + 16, bias + n + 16, residual + p * 112 + n + 16, y + p * 112 + n + 16, 4, 8, 672, 32, 112, 1, 1, ACTIVATION_IDENTITY);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 672, w + n * 672 + 24, bias + n + 24, residual + p * 112 + n + 24, y + p * 112 + n + 24, 4, 8, 672, 32, 112, 1, 1, ACTIVATION_IDENTITY);
         }
     }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 672, w + 64512, bias + 96, residual + p * 112 + 96, y + p * 112 + 96, 4, 8, 672, 16, 112, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 672, w + 64520, bias + 104, residual + p * 112 + 104, y + p * 112 + 104, 4, 8, 672, 16, 112, 1, 1, ACTIVATION_IDENTITY);
+    }
 #else
-    for (int n = 0; n < 112; n += 16) {
+    for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 672, w + n, bias + n, residual + p * 112 + n, y + p * 112 + n, 4, 16, 672, 112, 112, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile4x16_portable(x + p * 672, w + n * 672, bias + n, residual + p * 112 + n, y + p * 112 + n, 4, 16, 672, 32, 112, 1, 1, ACTIVATION_IDENTITY);
         }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 672, w + n * 672 + 16, bias + n + 16, residual + p * 112 + n + 16, y + p * 112 + n + 16, 4, 16, 672, 32, 112, 1, 1, ACTIVATION_IDENTITY);
+        }
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 672, w + 64512, bias + 96, residual + p * 112 + 96, y + p * 112 + 96, 4, 16, 672, 16, 112, 1, 1, ACTIVATION_IDENTITY);
     }
 #endif
 }
@@ -1808,17 +8448,14 @@ static void depthwise5x5_s2_f32_14x14x672_p2_hardswish(const float *restrict x, 
         const int iy0 = oy * 2 - 2;
         const int ky0 = iy0 < 0 ? -iy0 : 0;
         const int ky1 = iy0 + 5 > 14 ? 14 - iy0 : 5;
-        for (int ox = 0; ox < 7; ++ox) {
-            const int ix0 = ox * 2 - 2;
-            const int kx0 = ix0 < 0 ? -ix0 : 0;
-            const int kx1 = ix0 + 5 > 14 ? 14 - ix0 : 5;
-            const int x_offset = (iy0 * 14 + ix0) * 672;
-            const int y_offset = (oy * 7 + ox) * 672;
-            if (ky0 == 0 && ky1 == 5 && kx0 == 0 && kx1 == 5) {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 672, 5, 9408, x_offset, 0, 5, 0, 5, 1, 0, ACTIVATION_HARDSWISH);
-            } else {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 672, 5, 9408, x_offset, ky0, ky1, kx0, kx1, 1, 0, ACTIVATION_HARDSWISH);
-            }
+        const float *rows[5];
+        for (int ky = 0; ky < 5; ++ky) {
+            rows[ky] = ky >= ky0 && ky < ky1 ? x + (iy0 + ky) * 9408 : x;
+        }
+        if (ky0 == 0 && ky1 == 5) {
+            depthwise5x5_s2_f32_block(rows, w, bias, NULL, y + oy * 4704, 672, 14, -2, 7, 1, 0, 5, 1, 0, ACTIVATION_HARDSWISH);
+        } else {
+            depthwise5x5_s2_f32_block(rows, w, bias, NULL, y + oy * 4704, 672, 14, -2, 7, 1, ky0, ky1, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 }
@@ -1854,70 +8491,110 @@ static void squeeze_excite_f32_7x7x672_s168_relu_hardsigmoid(const float *restri
     }
 }
 
-/* 1x1 convolution as a GEMM: y[49][160] = x[49][672] * w[672][160], then bias */
+/* 1x1 convolution as a GEMM: y[49][160] = x[49][672] * w[672][160] in 32-column panels, then bias */
 static void pointwise_f32_7x7x672_to_160(const float *restrict x, const float *restrict w,
                                          const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 160; n += 32) {
         for (int p = 0; p < 49; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 672, w + n, bias + n, NULL, y + p * 160 + n, 7, 32, 672, 160, 160, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile8x32_avx512(x + p * 672, w + n * 672, bias + n, NULL, y + p * 160 + n, 7, 32, 672, 32, 160, 1, 0, ACTIVATION_IDENTITY);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 160; n += 16) {
+    for (int n = 0; n < 160; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x16_avx2(x + p * 672, w + n, bias + n, NULL, y + p * 160 + n, 5, 16, 672, 160, 160, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x16_avx2(x + p * 672, w + n * 672, bias + n, NULL, y + p * 160 + n, 5, 16, 672, 32, 160, 1, 0, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile6x16_avx2(x + 30240, w + n, bias + n, NULL, y + n + 7200, 4, 16, 672, 160, 160, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x16_avx2(x + 30240, w + n * 672, bias + n, NULL, y + n + 7200, 4, 16, 672, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x16_avx2(x + p * 672, w + n * 672 + 16, bias + n + 16, NULL, y + p * 160 + n + 16, 5, 16, 672, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x16_avx2(x + 30240, w + n * 672 + 16, bias + n + 16, NULL, y + n + 16 + 7200, 4, 16, 672, 32, 160, 1, 0, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 160; n += 8) {
+    for (int n = 0; n < 160; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x8_vector(x + p * 672, w + n, bias + n, NULL, y + p * 160 + n, 5, 8, 672, 160, 160, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x8_vector(x + p * 672, w + n * 672, bias + n, NULL, y + p * 160 + n, 5, 8, 672, 32, 160, 1, 0, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile6x8_vector(x + 30240, w + n, bias + n, NULL, y + n + 7200, 4, 8, 672, 160, 160, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x8_vector(x + 30240, w + n * 672, bias + n, NULL, y + n + 7200, 4, 8, 672, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 672, w + n * 672 + 8, bias + n + 8, NULL, y + p * 160 + n + 8, 5, 8, 672, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x8_vector(x + 30240, w + n * 672 + 8, bias + n + 8, NULL, y + n + 8 + 7200, 4, 8, 672, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 672, w + n * 672 + 16, bias + n + 16, NULL, y + p * 160 + n + 16, 5, 8, 672, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x8_vector(x + 30240, w + n * 672 + 16, bias + n + 16, NULL, y + n + 16 + 7200, 4, 8, 672, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 672, w + n * 672 + 24, bias + n + 24, NULL, y + p * 160 + n + 24, 5, 8, 672, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x8_vector(x + 30240, w + n * 672 + 24, bias + n + 24, NULL, y + n + 24 + 7200, 4, 8, 672, 32, 160, 1, 0, ACTIVATION_IDENTITY);
     }
 #else
-    for (int n = 0; n < 160; n += 16) {
+    for (int n = 0; n < 160; n += 32) {
         for (int p = 0; p < 48; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 672, w + n, bias + n, NULL, y + p * 160 + n, 4, 16, 672, 160, 160, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile4x16_portable(x + p * 672, w + n * 672, bias + n, NULL, y + p * 160 + n, 4, 16, 672, 32, 160, 1, 0, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile4x16_portable(x + 32256, w + n, bias + n, NULL, y + n + 7680, 1, 16, 672, 160, 160, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile4x16_portable(x + 32256, w + n * 672, bias + n, NULL, y + n + 7680, 1, 16, 672, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 48; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 672, w + n * 672 + 16, bias + n + 16, NULL, y + p * 160 + n + 16, 4, 16, 672, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile4x16_portable(x + 32256, w + n * 672 + 16, bias + n + 16, NULL, y + n + 16 + 7680, 1, 16, 672, 32, 160, 1, 0, ACTIVATION_IDENTITY);
     }
 #endif
 }
 
-/* 1x1 convolution as a GEMM: y[49][960] = x[49][160] * w[160][960], then bias, hardswish */
+/* 1x1 convolution as a GEMM: y[49][960] = x[49][160] * w[160][960] in 32-column panels, then bias, hardswish */
 static void pointwise_f32_7x7x160_to_960_hardswish(const float *restrict x, const float *restrict w,
                                                    const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 960; n += 32) {
         for (int p = 0; p < 49; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 160, w + n, bias + n, NULL, y + p * 960 + n, 7, 32, 160, 960, 960, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile8x32_avx512(x + p * 160, w + n * 160, bias + n, NULL, y + p * 960 + n, 7, 32, 160, 32, 960, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 960; n += 16) {
+    for (int n = 0; n < 960; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x16_avx2(x + p * 160, w + n, bias + n, NULL, y + p * 960 + n, 5, 16, 160, 960, 960, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile6x16_avx2(x + p * 160, w + n * 160, bias + n, NULL, y + p * 960 + n, 5, 16, 160, 32, 960, 1, 0, ACTIVATION_HARDSWISH);
         }
-        pointwise_f32_tile6x16_avx2(x + 7200, w + n, bias + n, NULL, y + n + 43200, 4, 16, 160, 960, 960, 1, 0, ACTIVATION_HARDSWISH);
+        pointwise_f32_tile6x16_avx2(x + 7200, w + n * 160, bias + n, NULL, y + n + 43200, 4, 16, 160, 32, 960, 1, 0, ACTIVATION_HARDSWISH);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x16_avx2(x + p * 160, w + n * 160 + 16, bias + n + 16, NULL, y + p * 960 + n + 16, 5, 16, 160, 32, 960, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        pointwise_f32_tile6x16_avx2(x + 7200, w + n * 160 + 16, bias + n + 16, NULL, y + n + 16 + 43200, 4, 16, 160, 32, 960, 1, 0, ACTIVATION_HARDSWISH);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 960; n += 8) {
+    for (int n = 0; n < 960; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x8_vector(x + p * 160, w + n, bias + n, NULL, y + p * 960 + n, 5, 8, 160, 960, 960, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile6x8_vector(x + p * 160, w + n * 160, bias + n, NULL, y + p * 960 + n, 5, 8, 160, 32, 960, 1, 0, ACTIVATION_HARDSWISH);
         }
-        pointwise_f32_tile6x8_vector(x + 7200, w + n, bias + n, NULL, y + n + 43200, 4, 8, 160, 960, 960, 1, 0, ACTIVATION_HARDSWISH);
+        pointwise_f32_tile6x8_vector(x + 7200, w + n * 160, bias + n, NULL, y + n + 43200, 4, 8, 160, 32, 960, 1, 0, ACTIVATION_HARDSWISH);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 160, w + n * 160 + 8, bias + n + 8, NULL, y + p * 960 + n + 8, 5, 8, 160, 32, 960, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        pointwise_f32_tile6x8_vector(x + 7200, w + n * 160 + 8, bias + n + 8, NULL, y + n + 8 + 43200, 4, 8, 160, 32, 960, 1, 0, ACTIVATION_HARDSWISH);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 160, w + n * 160 + 16, bias + n + 16, NULL, y + p * 960 + n + 16, 5, 8, 160, 32, 960, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        pointwise_f32_tile6x8_vector(x + 7200, w + n * 160 + 16, bias + n + 16, NULL, y + n + 16 + 43200, 4, 8, 160, 32, 960, 1, 0, ACTIVATION_HARDSWISH);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 160, w + n * 160 + 24, bias + n + 24, NULL, y + p * 960 + n + 24, 5, 8, 160, 32, 960, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        pointwise_f32_tile6x8_vector(x + 7200, w + n * 160 + 24, bias + n + 24, NULL, y + n + 24 + 43200, 4, 8, 160, 32, 960, 1, 0, ACTIVATION_HARDSWISH);
     }
 #else
-    for (int n = 0; n < 960; n += 16) {
+    for (int n = 0; n < 960; n += 32) {
         for (int p = 0; p < 48; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 160, w + n, bias + n, NULL, y + p * 960 + n, 4, 16, 160, 960, 960, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile4x16_portable(x + p * 160, w + n * 160, bias + n, NULL, y + p * 960 + n, 4, 16, 160, 32, 960, 1, 0, ACTIVATION_HARDSWISH);
         }
-        pointwise_f32_tile4x16_portable(x + 7680, w + n, bias + n, NULL, y + n + 46080, 1, 16, 160, 960, 960, 1, 0, ACTIVATION_HARDSWISH);
+        pointwise_f32_tile4x16_portable(x + 7680, w + n * 160, bias + n, NULL, y + n + 46080, 1, 16, 160, 32, 960, 1, 0, ACTIVATION_HARDSWISH);
+        for (int p = 0; p < 48; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 160, w + n * 160 + 16, bias + n + 16, NULL, y + p * 960 + n + 16, 4, 16, 160, 32, 960, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        pointwise_f32_tile4x16_portable(x + 7680, w + n * 160 + 16, bias + n + 16, NULL, y + n + 16 + 46080, 1, 16, 160, 32, 960, 1, 0, ACTIVATION_HARDSWISH);
     }
 #endif
 }
@@ -1930,17 +8607,14 @@ static void depthwise5x5_s1_f32_7x7x960_p2_hardswish(const float *restrict x, co
         const int iy0 = oy - 2;
         const int ky0 = iy0 < 0 ? -iy0 : 0;
         const int ky1 = iy0 + 5 > 7 ? 7 - iy0 : 5;
-        for (int ox = 0; ox < 7; ++ox) {
-            const int ix0 = ox - 2;
-            const int kx0 = ix0 < 0 ? -ix0 : 0;
-            const int kx1 = ix0 + 5 > 7 ? 7 - ix0 : 5;
-            const int x_offset = (iy0 * 7 + ix0) * 960;
-            const int y_offset = (oy * 7 + ox) * 960;
-            if (ky0 == 0 && ky1 == 5 && kx0 == 0 && kx1 == 5) {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 960, 5, 6720, x_offset, 0, 5, 0, 5, 1, 0, ACTIVATION_HARDSWISH);
-            } else {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 960, 5, 6720, x_offset, ky0, ky1, kx0, kx1, 1, 0, ACTIVATION_HARDSWISH);
-            }
+        const float *rows[5];
+        for (int ky = 0; ky < 5; ++ky) {
+            rows[ky] = ky >= ky0 && ky < ky1 ? x + (iy0 + ky) * 6720 : x;
+        }
+        if (ky0 == 0 && ky1 == 5) {
+            depthwise5x5_s1_f32_block(rows, w, bias, NULL, y + oy * 6720, 960, 7, -2, 7, 1, 0, 5, 1, 0, ACTIVATION_HARDSWISH);
+        } else {
+            depthwise5x5_s1_f32_block(rows, w, bias, NULL, y + oy * 6720, 960, 7, -2, 7, 1, ky0, ky1, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 }
@@ -1976,7 +8650,7 @@ static void squeeze_excite_f32_7x7x960_s240_relu_hardsigmoid(const float *restri
     }
 }
 
-/* 1x1 convolution as a GEMM: y[49][160] = x[49][960] * w[960][160], then bias, residual */
+/* 1x1 convolution as a GEMM: y[49][160] = x[49][960] * w[960][160] in 32-column panels, then bias, residual */
 static void pointwise_f32_7x7x960_to_160_residual(const float *restrict x, const float *restrict w,
                                                   const float *restrict bias, const float *restrict residual,
                                                   float *restrict y)
@@ -1984,29 +8658,49 @@ static void pointwise_f32_7x7x960_to_160_residual(const float *restrict x, const
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 160; n += 32) {
         for (int p = 0; p < 49; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 960, w + n, bias + n, residual + p * 160 + n, y + p * 160 + n, 7, 32, 960, 160, 160, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile8x32_avx512(x + p * 960, w + n * 960, bias + n, residual + p * 160 + n, y + p * 160 + n, 7, 32, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 160; n += 16) {
+    for (int n = 0; n < 160; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x16_avx2(x + p * 960, w + n, bias + n, residual + p * 160 + n, y + p * 160 + n, 5, 16, 960, 160, 160, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x16_avx2(x + p * 960, w + n * 960, bias + n, residual + p * 160 + n, y + p * 160 + n, 5, 16, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile6x16_avx2(x + 43200, w + n, bias + n, residual + n + 7200, y + n + 7200, 4, 16, 960, 160, 160, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x16_avx2(x + 43200, w + n * 960, bias + n, residual + n + 7200, y + n + 7200, 4, 16, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x16_avx2(x + p * 960, w + n * 960 + 16, bias + n + 16, residual + p * 160 + n + 16, y + p * 160 + n + 16, 5, 16, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x16_avx2(x + 43200, w + n * 960 + 16, bias + n + 16, residual + n + 16 + 7200, y + n + 16 + 7200, 4, 16, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 160; n += 8) {
+    for (int n = 0; n < 160; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x8_vector(x + p * 960, w + n, bias + n, residual + p * 160 + n, y + p * 160 + n, 5, 8, 960, 160, 160, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x8_vector(x + p * 960, w + n * 960, bias + n, residual + p * 160 + n, y + p * 160 + n, 5, 8, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile6x8_vector(x + 43200, w + n, bias + n, residual + n + 7200, y + n + 7200, 4, 8, 960, 160, 160, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x8_vector(x + 43200, w + n * 960, bias + n, residual + n + 7200, y + n + 7200, 4, 8, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 960, w + n * 960 + 8, bias + n + 8, residual + p * 160 + n + 8, y + p * 160 + n + 8, 5, 8, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x8_vector(x + 43200, w + n * 960 + 8, bias + n + 8, residual + n + 8 + 7200, y + n + 8 + 7200, 4, 8, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 960, w + n * 960 + 16, bias + n + 16, residual + p * 160 + n + 16, y + p * 160 + n + 16, 5, 8, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x8_vector(x + 43200, w + n * 960 + 16, bias + n + 16, residual + n + 16 + 7200, y + n + 16 + 7200, 4, 8, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 960, w + n * 960 + 24, bias + n + 24, residual + p * 160 + n + 24, y + p * 160 + n + 24, 5, 8, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x8_vector(x + 43200, w + n * 960 + 24, bias + n + 24, residual + n + 24 + 7200, y + n + 24 + 7200, 4, 8, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
     }
 #else
-    for (int n = 0; n < 160; n += 16) {
+    for (int n = 0; n < 160; n += 32) {
         for (int p = 0; p < 48; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 960, w + n, bias + n, residual + p * 160 + n, y + p * 160 + n, 4, 16, 960, 160, 160, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile4x16_portable(x + p * 960, w + n * 960, bias + n, residual + p * 160 + n, y + p * 160 + n, 4, 16, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile4x16_portable(x + 46080, w + n, bias + n, residual + n + 7680, y + n + 7680, 1, 16, 960, 160, 160, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile4x16_portable(x + 46080, w + n * 960, bias + n, residual + n + 7680, y + n + 7680, 1, 16, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 48; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 960, w + n * 960 + 16, bias + n + 16, residual + p * 160 + n + 16, y + p * 160 + n + 16, 4, 16, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile4x16_portable(x + 46080, w + n * 960 + 16, bias + n + 16, residual + n + 16 + 7680, y + n + 16 + 7680, 1, 16, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
     }
 #endif
 }

@@ -115,7 +115,8 @@ KERNEL_INLINE __m256i lane_mask_f32x8(int count)
  * One register tile of a pointwise (1x1) convolution as a GEMM:
  *   y[r][j] = activation(bias[j] + sum over k of x[r][k] * w[k][j]) + residual[r][j]
  * for r < rows pixels and j < cols output channels. x rows are k_count floats apart (NHWC),
- * w rows w_stride floats ([in][out], the `io` layout), y and residual rows y_stride floats.
+ * w rows w_stride floats (one column panel of the `io_panels` layout: [in][panel width]), y
+ * and residual rows y_stride floats.
  * bias and residual are read only when has_bias and has_residual are non-zero.
  */
 #if defined(KERNELS_AVX512)
@@ -480,188 +481,65 @@ KERNEL_INLINE void pointwise_f32_tile4x16_portable(const float *restrict x, cons
 
 /*
  * One output pixel of a depthwise convolution, all channels:
- *   y[c] = activation(bias[c] + sum over taps of x[tap][c] * w[tap][c]) + residual[c]
- * over the taps ky in [ky0, ky1), kx in [kx0, kx1) that lie inside the input. Tap (ky, kx)
- * reads x at x_offset + ky * row_stride + kx * channels, where x_offset is the offset of the
- * window's top-left corner (negative when that corner lies in the padding). w is
- * [kernel_height][kernel_width][channels] (the `hwc` layout); y and residual point at the
- * output pixel.
+ *   y[c] = activation(bias[c] + sum over taps of rows[ky][column + kx][c] * w[ky][kx][c]) + residual[c]
+ * over the taps ky in [ky0, ky1), kx in [kx0, kx1) that lie inside the input. rows[ky] points at
+ * pixel 0 of the input row that tap row ky reads; `column` is the input column of tap kx = 0 and
+ * may be negative. w is [kernel_height][kernel_width][channels] (the `hwc` layout); pixels are
+ * `channels` floats apart (NHWC); y and residual point at the output pixel.
  */
 #if defined(KERNELS_AVX512)
-KERNEL_INLINE void depthwise_f32_pixel(const float *restrict x, const float *restrict w,
+KERNEL_INLINE void depthwise_f32_pixel(const float *const *rows, const float *restrict w,
     const float *restrict bias, const float *restrict residual, float *restrict y,
-    int channels, int kernel_width, int row_stride, int x_offset,
-    int ky0, int ky1, int kx0, int kx1, int has_bias, int has_residual, int activation)
+    int channels, int kernel_width, int column, int ky0, int ky1, int kx0, int kx1,
+    int has_bias, int has_residual, int activation)
 {
-    /* 64 channels at a time in four independent accumulator chains, which hide the FMA latency. */
-    int c = 0;
-    for (; c + 64 <= channels; c += 64) {
-        __m512 acc0 = has_bias ? _mm512_loadu_ps(bias + c) : _mm512_setzero_ps();
-        __m512 acc1 = has_bias ? _mm512_loadu_ps(bias + c + 16) : _mm512_setzero_ps();
-        __m512 acc2 = has_bias ? _mm512_loadu_ps(bias + c + 32) : _mm512_setzero_ps();
-        __m512 acc3 = has_bias ? _mm512_loadu_ps(bias + c + 48) : _mm512_setzero_ps();
+    for (int c = 0; c < channels; c += 16) {
+        const __mmask16 mask = (__mmask16)(channels - c >= 16 ? 0xFFFFu : (1u << (channels - c)) - 1u);
+        __m512 acc = has_bias ? _mm512_maskz_loadu_ps(mask, bias + c) : _mm512_setzero_ps();
         for (int ky = ky0; ky < ky1; ++ky) {
             for (int kx = kx0; kx < kx1; ++kx) {
-                const float *xp = x + (x_offset + ky * row_stride + kx * channels + c);
-                const float *wp = w + ((ky * kernel_width + kx) * channels + c);
-                acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(xp), _mm512_loadu_ps(wp), acc0);
-                acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(xp + 16), _mm512_loadu_ps(wp + 16), acc1);
-                acc2 = _mm512_fmadd_ps(_mm512_loadu_ps(xp + 32), _mm512_loadu_ps(wp + 32), acc2);
-                acc3 = _mm512_fmadd_ps(_mm512_loadu_ps(xp + 48), _mm512_loadu_ps(wp + 48), acc3);
+                acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, rows[ky] + ((column + kx) * channels + c)),
+                                      _mm512_maskz_loadu_ps(mask, w + ((ky * kernel_width + kx) * channels + c)), acc);
             }
         }
-        acc0 = activate_f32x16(acc0, activation);
-        acc1 = activate_f32x16(acc1, activation);
-        acc2 = activate_f32x16(acc2, activation);
-        acc3 = activate_f32x16(acc3, activation);
-        if (has_residual) {
-            acc0 = _mm512_add_ps(acc0, _mm512_loadu_ps(residual + c));
-            acc1 = _mm512_add_ps(acc1, _mm512_loadu_ps(residual + c + 16));
-            acc2 = _mm512_add_ps(acc2, _mm512_loadu_ps(residual + c + 32));
-            acc3 = _mm512_add_ps(acc3, _mm512_loadu_ps(residual + c + 48));
-        }
-        _mm512_storeu_ps(y + c, acc0);
-        _mm512_storeu_ps(y + c + 16, acc1);
-        _mm512_storeu_ps(y + c + 32, acc2);
-        _mm512_storeu_ps(y + c + 48, acc3);
-    }
-    /* The last 1 to 63 channels, still in up to four chains, with masked loads and stores. */
-    if (c < channels) {
-        const int left = channels - c;
-        const __mmask16 mask0 = (__mmask16)(left >= 16 ? 0xFFFFu : left > 0 ? (1u << left) - 1u : 0u);
-        const __mmask16 mask1 = (__mmask16)(left >= 32 ? 0xFFFFu : left > 16 ? (1u << (left - 16)) - 1u : 0u);
-        const __mmask16 mask2 = (__mmask16)(left >= 48 ? 0xFFFFu : left > 32 ? (1u << (left - 32)) - 1u : 0u);
-        const __mmask16 mask3 = (__mmask16)(left >= 64 ? 0xFFFFu : left > 48 ? (1u << (left - 48)) - 1u : 0u);
-        __m512 acc0 = has_bias ? _mm512_maskz_loadu_ps(mask0, bias + c) : _mm512_setzero_ps();
-        __m512 acc1 = has_bias && left > 16 ? _mm512_maskz_loadu_ps(mask1, bias + c + 16) : _mm512_setzero_ps();
-        __m512 acc2 = has_bias && left > 32 ? _mm512_maskz_loadu_ps(mask2, bias + c + 32) : _mm512_setzero_ps();
-        __m512 acc3 = has_bias && left > 48 ? _mm512_maskz_loadu_ps(mask3, bias + c + 48) : _mm512_setzero_ps();
-        for (int ky = ky0; ky < ky1; ++ky) {
-            for (int kx = kx0; kx < kx1; ++kx) {
-                const float *xp = x + (x_offset + ky * row_stride + kx * channels + c);
-                const float *wp = w + ((ky * kernel_width + kx) * channels + c);
-                acc0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask0, xp), _mm512_maskz_loadu_ps(mask0, wp), acc0);
-                if (left > 16) acc1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask1, xp + 16), _mm512_maskz_loadu_ps(mask1, wp + 16), acc1);
-                if (left > 32) acc2 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask2, xp + 32), _mm512_maskz_loadu_ps(mask2, wp + 32), acc2);
-                if (left > 48) acc3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask3, xp + 48), _mm512_maskz_loadu_ps(mask3, wp + 48), acc3);
-            }
-        }
-        {
-            __m512 value = activate_f32x16(acc0, activation);
-            if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask0, residual + c));
-            _mm512_mask_storeu_ps(y + c, mask0, value);
-        }
-        if (left > 16) {
-            __m512 value = activate_f32x16(acc1, activation);
-            if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask1, residual + c + 16));
-            _mm512_mask_storeu_ps(y + c + 16, mask1, value);
-        }
-        if (left > 32) {
-            __m512 value = activate_f32x16(acc2, activation);
-            if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask2, residual + c + 32));
-            _mm512_mask_storeu_ps(y + c + 32, mask2, value);
-        }
-        if (left > 48) {
-            __m512 value = activate_f32x16(acc3, activation);
-            if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask3, residual + c + 48));
-            _mm512_mask_storeu_ps(y + c + 48, mask3, value);
-        }
+        acc = activate_f32x16(acc, activation);
+        if (has_residual) acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(mask, residual + c));
+        _mm512_mask_storeu_ps(y + c, mask, acc);
     }
 }
 #elif defined(KERNELS_AVX2)
-KERNEL_INLINE void depthwise_f32_pixel(const float *restrict x, const float *restrict w,
+KERNEL_INLINE void depthwise_f32_pixel(const float *const *rows, const float *restrict w,
     const float *restrict bias, const float *restrict residual, float *restrict y,
-    int channels, int kernel_width, int row_stride, int x_offset,
-    int ky0, int ky1, int kx0, int kx1, int has_bias, int has_residual, int activation)
+    int channels, int kernel_width, int column, int ky0, int ky1, int kx0, int kx1,
+    int has_bias, int has_residual, int activation)
 {
-    /* 32 channels at a time in four independent accumulator chains, which hide the FMA latency. */
-    int c = 0;
-    for (; c + 32 <= channels; c += 32) {
-        __m256 acc0 = has_bias ? _mm256_loadu_ps(bias + c) : _mm256_setzero_ps();
-        __m256 acc1 = has_bias ? _mm256_loadu_ps(bias + c + 8) : _mm256_setzero_ps();
-        __m256 acc2 = has_bias ? _mm256_loadu_ps(bias + c + 16) : _mm256_setzero_ps();
-        __m256 acc3 = has_bias ? _mm256_loadu_ps(bias + c + 24) : _mm256_setzero_ps();
+    for (int c = 0; c < channels; c += 8) {
+        const __m256i mask = lane_mask_f32x8(channels - c);
+        __m256 acc = has_bias ? _mm256_maskload_ps(bias + c, mask) : _mm256_setzero_ps();
         for (int ky = ky0; ky < ky1; ++ky) {
             for (int kx = kx0; kx < kx1; ++kx) {
-                const float *xp = x + (x_offset + ky * row_stride + kx * channels + c);
-                const float *wp = w + ((ky * kernel_width + kx) * channels + c);
-                acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(xp), _mm256_loadu_ps(wp), acc0);
-                acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(xp + 8), _mm256_loadu_ps(wp + 8), acc1);
-                acc2 = _mm256_fmadd_ps(_mm256_loadu_ps(xp + 16), _mm256_loadu_ps(wp + 16), acc2);
-                acc3 = _mm256_fmadd_ps(_mm256_loadu_ps(xp + 24), _mm256_loadu_ps(wp + 24), acc3);
+                acc = _mm256_fmadd_ps(_mm256_maskload_ps(rows[ky] + ((column + kx) * channels + c), mask),
+                                      _mm256_maskload_ps(w + ((ky * kernel_width + kx) * channels + c), mask), acc);
             }
         }
-        acc0 = activate_f32x8(acc0, activation);
-        acc1 = activate_f32x8(acc1, activation);
-        acc2 = activate_f32x8(acc2, activation);
-        acc3 = activate_f32x8(acc3, activation);
-        if (has_residual) {
-            acc0 = _mm256_add_ps(acc0, _mm256_loadu_ps(residual + c));
-            acc1 = _mm256_add_ps(acc1, _mm256_loadu_ps(residual + c + 8));
-            acc2 = _mm256_add_ps(acc2, _mm256_loadu_ps(residual + c + 16));
-            acc3 = _mm256_add_ps(acc3, _mm256_loadu_ps(residual + c + 24));
-        }
-        _mm256_storeu_ps(y + c, acc0);
-        _mm256_storeu_ps(y + c + 8, acc1);
-        _mm256_storeu_ps(y + c + 16, acc2);
-        _mm256_storeu_ps(y + c + 24, acc3);
-    }
-    /* The last 1 to 31 channels, still in up to four chains, with masked loads and stores. */
-    if (c < channels) {
-        const int left = channels - c;
-        const __m256i mask0 = lane_mask_f32x8(left);
-        const __m256i mask1 = lane_mask_f32x8(left - 8);
-        const __m256i mask2 = lane_mask_f32x8(left - 16);
-        const __m256i mask3 = lane_mask_f32x8(left - 24);
-        __m256 acc0 = has_bias ? _mm256_maskload_ps(bias + c, mask0) : _mm256_setzero_ps();
-        __m256 acc1 = has_bias && left > 8 ? _mm256_maskload_ps(bias + c + 8, mask1) : _mm256_setzero_ps();
-        __m256 acc2 = has_bias && left > 16 ? _mm256_maskload_ps(bias + c + 16, mask2) : _mm256_setzero_ps();
-        __m256 acc3 = has_bias && left > 24 ? _mm256_maskload_ps(bias + c + 24, mask3) : _mm256_setzero_ps();
-        for (int ky = ky0; ky < ky1; ++ky) {
-            for (int kx = kx0; kx < kx1; ++kx) {
-                const float *xp = x + (x_offset + ky * row_stride + kx * channels + c);
-                const float *wp = w + ((ky * kernel_width + kx) * channels + c);
-                acc0 = _mm256_fmadd_ps(_mm256_maskload_ps(xp, mask0), _mm256_maskload_ps(wp, mask0), acc0);
-                if (left > 8) acc1 = _mm256_fmadd_ps(_mm256_maskload_ps(xp + 8, mask1), _mm256_maskload_ps(wp + 8, mask1), acc1);
-                if (left > 16) acc2 = _mm256_fmadd_ps(_mm256_maskload_ps(xp + 16, mask2), _mm256_maskload_ps(wp + 16, mask2), acc2);
-                if (left > 24) acc3 = _mm256_fmadd_ps(_mm256_maskload_ps(xp + 24, mask3), _mm256_maskload_ps(wp + 24, mask3), acc3);
-            }
-        }
-        {
-            __m256 value = activate_f32x8(acc0, activation);
-            if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + c, mask0));
-            _mm256_maskstore_ps(y + c, mask0, value);
-        }
-        if (left > 8) {
-            __m256 value = activate_f32x8(acc1, activation);
-            if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + c + 8, mask1));
-            _mm256_maskstore_ps(y + c + 8, mask1, value);
-        }
-        if (left > 16) {
-            __m256 value = activate_f32x8(acc2, activation);
-            if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + c + 16, mask2));
-            _mm256_maskstore_ps(y + c + 16, mask2, value);
-        }
-        if (left > 24) {
-            __m256 value = activate_f32x8(acc3, activation);
-            if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + c + 24, mask3));
-            _mm256_maskstore_ps(y + c + 24, mask3, value);
-        }
+        acc = activate_f32x8(acc, activation);
+        if (has_residual) acc = _mm256_add_ps(acc, _mm256_maskload_ps(residual + c, mask));
+        _mm256_maskstore_ps(y + c, mask, acc);
     }
 }
 #else
 /* Portable: y is the accumulator, and every channel loop is contiguous and vectorizable. */
-KERNEL_INLINE void depthwise_f32_pixel(const float *restrict x, const float *restrict w,
+KERNEL_INLINE void depthwise_f32_pixel(const float *const *rows, const float *restrict w,
     const float *restrict bias, const float *restrict residual, float *restrict y,
-    int channels, int kernel_width, int row_stride, int x_offset,
-    int ky0, int ky1, int kx0, int kx1, int has_bias, int has_residual, int activation)
+    int channels, int kernel_width, int column, int ky0, int ky1, int kx0, int kx1,
+    int has_bias, int has_residual, int activation)
 {
     for (int c = 0; c < channels; ++c) {
         y[c] = has_bias ? bias[c] : 0.0f;
     }
     for (int ky = ky0; ky < ky1; ++ky) {
         for (int kx = kx0; kx < kx1; ++kx) {
-            const float *restrict xp = x + (x_offset + ky * row_stride + kx * channels);
+            const float *restrict xp = rows[ky] + (column + kx) * channels;
             const float *restrict wp = w + (ky * kernel_width + kx) * channels;
             for (int c = 0; c < channels; ++c) {
                 y[c] += xp[c] * wp[c];
@@ -852,6 +730,1204 @@ static void conv3x3_s2_f32_nchw3x224x224_to_16_p1_hardswish(const float *restric
     }
 }
 
+/*
+ * Up to 8 adjacent output pixels of a 3x3, stride 2 depthwise convolution, all channels:
+ *   y[p][c] = activation(bias[c] + sum over taps of rows[ky][column + p * 2 + kx][c] * w[ky][kx][c]) + residual[p][c]
+ * for p < pixels, over the rows ky in [ky0, ky1). Unless `checked`, every column read lies inside the
+ * input row; when `checked`, columns outside [0, in_width) count as zero padding (fast when `column`
+ * is a literal). x, y and residual pixels are `channels` floats apart (NHWC). Each input column is
+ * loaded once per row and feeds every pixel and tap that reads it.
+ */
+#if defined(KERNELS_AVX512)
+KERNEL_INLINE void depthwise3x3_s2_f32_block(const float *const *rows, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int channels, int in_width, int column, int pixels, int checked, int ky0, int ky1,
+    int has_bias, int has_residual, int activation)
+{
+    int c = 0;
+    for (; c + 16 <= channels; c += 16) {
+        const __m512 start = has_bias ? _mm512_loadu_ps(bias + c) : _mm512_setzero_ps();
+        {
+            __m512 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
+            if (ky0 <= 0 && 0 < ky1) {
+                const float *row = rows[0];
+                const __m512 w0 = _mm512_loadu_ps(w + 0 * channels + c);
+                const __m512 w1 = _mm512_loadu_ps(w + 1 * channels + c);
+                const __m512 w2 = _mm512_loadu_ps(w + 2 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 3) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 4) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 5) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 6) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 7) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 8) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 9) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 10) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 11) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 12) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 13) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 14) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 15) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 16) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 1 && 1 < ky1) {
+                const float *row = rows[1];
+                const __m512 w0 = _mm512_loadu_ps(w + 3 * channels + c);
+                const __m512 w1 = _mm512_loadu_ps(w + 4 * channels + c);
+                const __m512 w2 = _mm512_loadu_ps(w + 5 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 3) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 4) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 5) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 6) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 7) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 8) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 9) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 10) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 11) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 12) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 13) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 14) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 15) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 16) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 2 && 2 < ky1) {
+                const float *row = rows[2];
+                const __m512 w0 = _mm512_loadu_ps(w + 6 * channels + c);
+                const __m512 w1 = _mm512_loadu_ps(w + 7 * channels + c);
+                const __m512 w2 = _mm512_loadu_ps(w + 8 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 3) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 4) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 5) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 6) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 7) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 8) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 9) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 10) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 11) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 12) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 13) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 14) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 15) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 16) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+            }
+            {
+                __m512 value = activate_f32x16(acc0, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 0 * channels + c));
+                _mm512_storeu_ps(y + 0 * channels + c, value);
+            }
+            if (pixels > 1) {
+                __m512 value = activate_f32x16(acc1, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 1 * channels + c));
+                _mm512_storeu_ps(y + 1 * channels + c, value);
+            }
+            if (pixels > 2) {
+                __m512 value = activate_f32x16(acc2, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 2 * channels + c));
+                _mm512_storeu_ps(y + 2 * channels + c, value);
+            }
+            if (pixels > 3) {
+                __m512 value = activate_f32x16(acc3, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 3 * channels + c));
+                _mm512_storeu_ps(y + 3 * channels + c, value);
+            }
+            if (pixels > 4) {
+                __m512 value = activate_f32x16(acc4, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 4 * channels + c));
+                _mm512_storeu_ps(y + 4 * channels + c, value);
+            }
+            if (pixels > 5) {
+                __m512 value = activate_f32x16(acc5, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 5 * channels + c));
+                _mm512_storeu_ps(y + 5 * channels + c, value);
+            }
+            if (pixels > 6) {
+                __m512 value = activate_f32x16(acc6, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 6 * channels + c));
+                _mm512_storeu_ps(y + 6 * channels + c, value);
+            }
+            if (pixels > 7) {
+                __m512 value = activate_f32x16(acc7, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 7 * channels + c));
+                _mm512_storeu_ps(y + 7 * channels + c, value);
+            }
+        }
+    }
+    if (c < channels) {
+        const __mmask16 mask = (__mmask16)((1u << (channels - c)) - 1u);
+        const __m512 start = has_bias ? _mm512_maskz_loadu_ps(mask, bias + c) : _mm512_setzero_ps();
+        {
+            __m512 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
+            if (ky0 <= 0 && 0 < ky1) {
+                const float *row = rows[0];
+                const __m512 w0 = _mm512_maskz_loadu_ps(mask, w + 0 * channels + c);
+                const __m512 w1 = _mm512_maskz_loadu_ps(mask, w + 1 * channels + c);
+                const __m512 w2 = _mm512_maskz_loadu_ps(mask, w + 2 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 3) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 4) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 5) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 6) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 7) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 8) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 9) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 10) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 11) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 12) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 13) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 14) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 15) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 16) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 1 && 1 < ky1) {
+                const float *row = rows[1];
+                const __m512 w0 = _mm512_maskz_loadu_ps(mask, w + 3 * channels + c);
+                const __m512 w1 = _mm512_maskz_loadu_ps(mask, w + 4 * channels + c);
+                const __m512 w2 = _mm512_maskz_loadu_ps(mask, w + 5 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 3) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 4) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 5) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 6) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 7) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 8) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 9) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 10) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 11) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 12) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 13) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 14) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 15) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 16) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 2 && 2 < ky1) {
+                const float *row = rows[2];
+                const __m512 w0 = _mm512_maskz_loadu_ps(mask, w + 6 * channels + c);
+                const __m512 w1 = _mm512_maskz_loadu_ps(mask, w + 7 * channels + c);
+                const __m512 w2 = _mm512_maskz_loadu_ps(mask, w + 8 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 3) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 4) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 5) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 6) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 7) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 8) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 9) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 10) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 11) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 12) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 13) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 14) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 15) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 16) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+            }
+            {
+                __m512 value = activate_f32x16(acc0, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 0 * channels + c));
+                _mm512_mask_storeu_ps(y + 0 * channels + c, mask, value);
+            }
+            if (pixels > 1) {
+                __m512 value = activate_f32x16(acc1, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 1 * channels + c));
+                _mm512_mask_storeu_ps(y + 1 * channels + c, mask, value);
+            }
+            if (pixels > 2) {
+                __m512 value = activate_f32x16(acc2, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 2 * channels + c));
+                _mm512_mask_storeu_ps(y + 2 * channels + c, mask, value);
+            }
+            if (pixels > 3) {
+                __m512 value = activate_f32x16(acc3, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 3 * channels + c));
+                _mm512_mask_storeu_ps(y + 3 * channels + c, mask, value);
+            }
+            if (pixels > 4) {
+                __m512 value = activate_f32x16(acc4, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 4 * channels + c));
+                _mm512_mask_storeu_ps(y + 4 * channels + c, mask, value);
+            }
+            if (pixels > 5) {
+                __m512 value = activate_f32x16(acc5, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 5 * channels + c));
+                _mm512_mask_storeu_ps(y + 5 * channels + c, mask, value);
+            }
+            if (pixels > 6) {
+                __m512 value = activate_f32x16(acc6, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 6 * channels + c));
+                _mm512_mask_storeu_ps(y + 6 * channels + c, mask, value);
+            }
+            if (pixels > 7) {
+                __m512 value = activate_f32x16(acc7, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 7 * channels + c));
+                _mm512_mask_storeu_ps(y + 7 * channels + c, mask, value);
+            }
+        }
+    }
+}
+#elif defined(KERNELS_AVX2)
+KERNEL_INLINE void depthwise3x3_s2_f32_block(const float *const *rows, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int channels, int in_width, int column, int pixels, int checked, int ky0, int ky1,
+    int has_bias, int has_residual, int activation)
+{
+    int c = 0;
+    for (; c + 8 <= channels; c += 8) {
+        const __m256 start = has_bias ? _mm256_loadu_ps(bias + c) : _mm256_setzero_ps();
+        {
+            __m256 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
+            if (ky0 <= 0 && 0 < ky1) {
+                const float *row = rows[0];
+                const __m256 w0 = _mm256_loadu_ps(w + 0 * channels + c);
+                const __m256 w1 = _mm256_loadu_ps(w + 1 * channels + c);
+                const __m256 w2 = _mm256_loadu_ps(w + 2 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 3) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 4) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 5) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 6) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 7) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 8) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 9) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 10) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 11) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 12) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 13) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 14) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 15) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 16) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 1 && 1 < ky1) {
+                const float *row = rows[1];
+                const __m256 w0 = _mm256_loadu_ps(w + 3 * channels + c);
+                const __m256 w1 = _mm256_loadu_ps(w + 4 * channels + c);
+                const __m256 w2 = _mm256_loadu_ps(w + 5 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 3) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 4) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 5) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 6) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 7) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 8) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 9) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 10) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 11) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 12) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 13) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 14) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 15) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 16) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 2 && 2 < ky1) {
+                const float *row = rows[2];
+                const __m256 w0 = _mm256_loadu_ps(w + 6 * channels + c);
+                const __m256 w1 = _mm256_loadu_ps(w + 7 * channels + c);
+                const __m256 w2 = _mm256_loadu_ps(w + 8 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 3) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 4) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 5) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 6) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 7) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 8) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 9) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 10) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 11) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 12) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 13) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 14) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 15) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 16) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+            }
+            {
+                __m256 value = activate_f32x8(acc0, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 0 * channels + c));
+                _mm256_storeu_ps(y + 0 * channels + c, value);
+            }
+            if (pixels > 1) {
+                __m256 value = activate_f32x8(acc1, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 1 * channels + c));
+                _mm256_storeu_ps(y + 1 * channels + c, value);
+            }
+            if (pixels > 2) {
+                __m256 value = activate_f32x8(acc2, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 2 * channels + c));
+                _mm256_storeu_ps(y + 2 * channels + c, value);
+            }
+            if (pixels > 3) {
+                __m256 value = activate_f32x8(acc3, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 3 * channels + c));
+                _mm256_storeu_ps(y + 3 * channels + c, value);
+            }
+            if (pixels > 4) {
+                __m256 value = activate_f32x8(acc4, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 4 * channels + c));
+                _mm256_storeu_ps(y + 4 * channels + c, value);
+            }
+            if (pixels > 5) {
+                __m256 value = activate_f32x8(acc5, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 5 * channels + c));
+                _mm256_storeu_ps(y + 5 * channels + c, value);
+            }
+            if (pixels > 6) {
+                __m256 value = activate_f32x8(acc6, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 6 * channels + c));
+                _mm256_storeu_ps(y + 6 * channels + c, value);
+            }
+            if (pixels > 7) {
+                __m256 value = activate_f32x8(acc7, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 7 * channels + c));
+                _mm256_storeu_ps(y + 7 * channels + c, value);
+            }
+        }
+    }
+    if (c < channels) {
+        const __m256i mask = lane_mask_f32x8(channels - c);
+        const __m256 start = has_bias ? _mm256_maskload_ps(bias + c, mask) : _mm256_setzero_ps();
+        {
+            __m256 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
+            if (ky0 <= 0 && 0 < ky1) {
+                const float *row = rows[0];
+                const __m256 w0 = _mm256_maskload_ps(w + 0 * channels + c, mask);
+                const __m256 w1 = _mm256_maskload_ps(w + 1 * channels + c, mask);
+                const __m256 w2 = _mm256_maskload_ps(w + 2 * channels + c, mask);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 0) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 1) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 2) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 3) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 4) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 5) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 6) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 7) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 8) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 9) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 10) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 11) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 12) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 13) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 14) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 15) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 16) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 1 && 1 < ky1) {
+                const float *row = rows[1];
+                const __m256 w0 = _mm256_maskload_ps(w + 3 * channels + c, mask);
+                const __m256 w1 = _mm256_maskload_ps(w + 4 * channels + c, mask);
+                const __m256 w2 = _mm256_maskload_ps(w + 5 * channels + c, mask);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 0) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 1) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 2) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 3) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 4) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 5) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 6) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 7) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 8) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 9) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 10) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 11) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 12) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 13) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 14) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 15) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 16) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 2 && 2 < ky1) {
+                const float *row = rows[2];
+                const __m256 w0 = _mm256_maskload_ps(w + 6 * channels + c, mask);
+                const __m256 w1 = _mm256_maskload_ps(w + 7 * channels + c, mask);
+                const __m256 w2 = _mm256_maskload_ps(w + 8 * channels + c, mask);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 0) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 1) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 2) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 3) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                }
+                if (pixels > 1 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 4) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 5) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 6) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 7) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 3 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 8) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 9) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 4 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 10) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 11) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 5 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 12) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 13) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 6 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 14) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 15) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 16) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+            }
+            {
+                __m256 value = activate_f32x8(acc0, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 0 * channels + c, mask));
+                _mm256_maskstore_ps(y + 0 * channels + c, mask, value);
+            }
+            if (pixels > 1) {
+                __m256 value = activate_f32x8(acc1, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 1 * channels + c, mask));
+                _mm256_maskstore_ps(y + 1 * channels + c, mask, value);
+            }
+            if (pixels > 2) {
+                __m256 value = activate_f32x8(acc2, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 2 * channels + c, mask));
+                _mm256_maskstore_ps(y + 2 * channels + c, mask, value);
+            }
+            if (pixels > 3) {
+                __m256 value = activate_f32x8(acc3, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 3 * channels + c, mask));
+                _mm256_maskstore_ps(y + 3 * channels + c, mask, value);
+            }
+            if (pixels > 4) {
+                __m256 value = activate_f32x8(acc4, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 4 * channels + c, mask));
+                _mm256_maskstore_ps(y + 4 * channels + c, mask, value);
+            }
+            if (pixels > 5) {
+                __m256 value = activate_f32x8(acc5, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 5 * channels + c, mask));
+                _mm256_maskstore_ps(y + 5 * channels + c, mask, value);
+            }
+            if (pixels > 6) {
+                __m256 value = activate_f32x8(acc6, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 6 * channels + c, mask));
+                _mm256_maskstore_ps(y + 6 * channels + c, mask, value);
+            }
+            if (pixels > 7) {
+                __m256 value = activate_f32x8(acc7, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 7 * channels + c, mask));
+                _mm256_maskstore_ps(y + 7 * channels + c, mask, value);
+            }
+        }
+    }
+}
+#else
+KERNEL_INLINE void depthwise3x3_s2_f32_block(const float *const *rows, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int channels, int in_width, int column, int pixels, int checked, int ky0, int ky1,
+    int has_bias, int has_residual, int activation)
+{
+    for (int p = 0; p < pixels; ++p) {
+        const int first = column + p * 2;
+        const int kx0 = checked && first < 0 ? -first : 0;
+        const int kx1 = checked && first + 3 > in_width ? in_width - first : 3;
+        depthwise_f32_pixel(rows, w, bias, has_residual ? residual + p * channels : residual, y + p * channels, channels, 3,
+                            first, ky0, ky1, kx0, kx1, has_bias, has_residual, activation);
+    }
+}
+#endif
+
 /* 3x3 depthwise convolution, stride 2x2, padding 1: 112x112x16 -> 56x56x16, w[3][3][16], then bias, relu */
 static void depthwise3x3_s2_f32_112x112x16_p1_relu(const float *restrict x, const float *restrict w,
                                                    const float *restrict bias, float *restrict y)
@@ -860,16 +1936,19 @@ static void depthwise3x3_s2_f32_112x112x16_p1_relu(const float *restrict x, cons
         const int iy0 = oy * 2 - 1;
         const int ky0 = iy0 < 0 ? -iy0 : 0;
         const int ky1 = iy0 + 3 > 112 ? 112 - iy0 : 3;
-        for (int ox = 0; ox < 56; ++ox) {
-            const int ix0 = ox * 2 - 1;
-            const int kx0 = ix0 < 0 ? -ix0 : 0;
-            const int kx1 = ix0 + 3 > 112 ? 112 - ix0 : 3;
-            const int x_offset = (iy0 * 112 + ix0) * 16;
-            const int y_offset = (oy * 56 + ox) * 16;
-            if (ky0 == 0 && ky1 == 3 && kx0 == 0 && kx1 == 3) {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 16, 3, 1792, x_offset, 0, 3, 0, 3, 1, 0, ACTIVATION_RELU);
-            } else {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 16, 3, 1792, x_offset, ky0, ky1, kx0, kx1, 1, 0, ACTIVATION_RELU);
+        const float *rows[3];
+        for (int ky = 0; ky < 3; ++ky) {
+            rows[ky] = ky >= ky0 && ky < ky1 ? x + (iy0 + ky) * 1792 : x;
+        }
+        if (ky0 == 0 && ky1 == 3) {
+            depthwise3x3_s2_f32_block(rows, w, bias, NULL, y + oy * 896, 16, 112, -1, 8, 1, 0, 3, 1, 0, ACTIVATION_RELU);
+            for (int ox = 8; ox < 56; ox += 8) {
+                depthwise3x3_s2_f32_block(rows, w, bias, NULL, y + oy * 896 + ox * 16, 16, 112, ox * 2 - 1, 8, 0, 0, 3, 1, 0, ACTIVATION_RELU);
+            }
+        } else {
+            depthwise3x3_s2_f32_block(rows, w, bias, NULL, y + oy * 896, 16, 112, -1, 8, 1, ky0, ky1, 1, 0, ACTIVATION_RELU);
+            for (int ox = 8; ox < 56; ox += 8) {
+                depthwise3x3_s2_f32_block(rows, w, bias, NULL, y + oy * 896 + ox * 16, 16, 112, ox * 2 - 1, 8, 0, ky0, ky1, 1, 0, ACTIVATION_RELU);
             }
         }
     }
@@ -906,7 +1985,7 @@ static void squeeze_excite_f32_56x56x16_s8_relu_hardsigmoid(const float *restric
     }
 }
 
-/* 1x1 convolution as a GEMM: y[3136][16] = x[3136][16] * w[16][16], then bias */
+/* 1x1 convolution as a GEMM: y[3136][16] = x[3136][16] * w[16][16] in 32-column panels, then bias */
 static void pointwise_f32_56x56x16_to_16(const float *restrict x, const float *restrict w,
                                          const float *restrict bias, float *restrict y)
 {
@@ -920,9 +1999,10 @@ static void pointwise_f32_56x56x16_to_16(const float *restrict x, const float *r
     }
 #elif defined(KERNELS_VECTOR)
     for (int p = 0; p < 3136; p += 4) {
-        for (int n = 0; n < 16; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 16, w + n, bias + n, NULL, y + p * 16 + n, 4, 8, 16, 16, 16, 1, 0, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile6x8_vector(x + p * 16, w, bias, NULL, y + p * 16, 4, 8, 16, 16, 16, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 3136; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 16, w + 8, bias + 8, NULL, y + p * 16 + 8, 4, 8, 16, 16, 16, 1, 0, ACTIVATION_IDENTITY);
     }
 #else
     for (int p = 0; p < 3136; p += 4) {
@@ -931,36 +2011,60 @@ static void pointwise_f32_56x56x16_to_16(const float *restrict x, const float *r
 #endif
 }
 
-/* 1x1 convolution as a GEMM: y[3136][72] = x[3136][16] * w[16][72], then bias, relu */
+/* 1x1 convolution as a GEMM: y[3136][72] = x[3136][16] * w[16][72] in 32-column panels, then bias, relu */
 static void pointwise_f32_56x56x16_to_72_relu(const float *restrict x, const float *restrict w,
                                               const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 3136; p += 8) {
-        for (int n = 0; n < 64; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 16, w + n, bias + n, NULL, y + p * 72 + n, 8, 32, 16, 72, 72, 1, 0, ACTIVATION_RELU);
+    for (int n = 0; n < 64; n += 32) {
+        for (int p = 0; p < 3136; p += 8) {
+            pointwise_f32_tile8x32_avx512(x + p * 16, w + n * 16, bias + n, NULL, y + p * 72 + n, 8, 32, 16, 32, 72, 1, 0, ACTIVATION_RELU);
         }
-        pointwise_f32_tile8x32_avx512(x + p * 16, w + 64, bias + 64, NULL, y + p * 72 + 64, 8, 8, 16, 72, 72, 1, 0, ACTIVATION_RELU);
+    }
+    for (int p = 0; p < 3136; p += 8) {
+        pointwise_f32_tile8x32_avx512(x + p * 16, w + 1024, bias + 64, NULL, y + p * 72 + 64, 8, 8, 16, 8, 72, 1, 0, ACTIVATION_RELU);
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 3136; p += 4) {
-        for (int n = 0; n < 64; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 16, w + n, bias + n, NULL, y + p * 72 + n, 4, 16, 16, 72, 72, 1, 0, ACTIVATION_RELU);
+    for (int n = 0; n < 64; n += 32) {
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 16, w + n * 16, bias + n, NULL, y + p * 72 + n, 4, 16, 16, 32, 72, 1, 0, ACTIVATION_RELU);
         }
-        pointwise_f32_tile6x16_avx2(x + p * 16, w + 64, bias + 64, NULL, y + p * 72 + 64, 4, 8, 16, 72, 72, 1, 0, ACTIVATION_RELU);
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 16, w + n * 16 + 16, bias + n + 16, NULL, y + p * 72 + n + 16, 4, 16, 16, 32, 72, 1, 0, ACTIVATION_RELU);
+        }
+    }
+    for (int p = 0; p < 3136; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 16, w + 1024, bias + 64, NULL, y + p * 72 + 64, 4, 8, 16, 8, 72, 1, 0, ACTIVATION_RELU);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int p = 0; p < 3136; p += 4) {
-        for (int n = 0; n < 72; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 16, w + n, bias + n, NULL, y + p * 72 + n, 4, 8, 16, 72, 72, 1, 0, ACTIVATION_RELU);
+    for (int n = 0; n < 64; n += 32) {
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 16, w + n * 16, bias + n, NULL, y + p * 72 + n, 4, 8, 16, 32, 72, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 16, w + n * 16 + 8, bias + n + 8, NULL, y + p * 72 + n + 8, 4, 8, 16, 32, 72, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 16, w + n * 16 + 16, bias + n + 16, NULL, y + p * 72 + n + 16, 4, 8, 16, 32, 72, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 16, w + n * 16 + 24, bias + n + 24, NULL, y + p * 72 + n + 24, 4, 8, 16, 32, 72, 1, 0, ACTIVATION_RELU);
         }
     }
-#else
     for (int p = 0; p < 3136; p += 4) {
-        for (int n = 0; n < 64; n += 16) {
-            pointwise_f32_tile4x16_portable(x + p * 16, w + n, bias + n, NULL, y + p * 72 + n, 4, 16, 16, 72, 72, 1, 0, ACTIVATION_RELU);
+        pointwise_f32_tile6x8_vector(x + p * 16, w + 1024, bias + 64, NULL, y + p * 72 + 64, 4, 8, 16, 8, 72, 1, 0, ACTIVATION_RELU);
+    }
+#else
+    for (int n = 0; n < 64; n += 32) {
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 16, w + n * 16, bias + n, NULL, y + p * 72 + n, 4, 16, 16, 32, 72, 1, 0, ACTIVATION_RELU);
         }
-        pointwise_f32_tile4x16_portable(x + p * 16, w + 64, bias + 64, NULL, y + p * 72 + 64, 4, 8, 16, 72, 72, 1, 0, ACTIVATION_RELU);
+        for (int p = 0; p < 3136; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 16, w + n * 16 + 16, bias + n + 16, NULL, y + p * 72 + n + 16, 4, 16, 16, 32, 72, 1, 0, ACTIVATION_RELU);
+        }
+    }
+    for (int p = 0; p < 3136; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 16, w + 1024, bias + 64, NULL, y + p * 72 + 64, 4, 8, 16, 8, 72, 1, 0, ACTIVATION_RELU);
     }
 #endif
 }
@@ -973,22 +2077,27 @@ static void depthwise3x3_s2_f32_56x56x72_p1_relu(const float *restrict x, const 
         const int iy0 = oy * 2 - 1;
         const int ky0 = iy0 < 0 ? -iy0 : 0;
         const int ky1 = iy0 + 3 > 56 ? 56 - iy0 : 3;
-        for (int ox = 0; ox < 28; ++ox) {
-            const int ix0 = ox * 2 - 1;
-            const int kx0 = ix0 < 0 ? -ix0 : 0;
-            const int kx1 = ix0 + 3 > 56 ? 56 - ix0 : 3;
-            const int x_offset = (iy0 * 56 + ix0) * 72;
-            const int y_offset = (oy * 28 + ox) * 72;
-            if (ky0 == 0 && ky1 == 3 && kx0 == 0 && kx1 == 3) {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 72, 3, 4032, x_offset, 0, 3, 0, 3, 1, 0, ACTIVATION_RELU);
-            } else {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 72, 3, 4032, x_offset, ky0, ky1, kx0, kx1, 1, 0, ACTIVATION_RELU);
+        const float *rows[3];
+        for (int ky = 0; ky < 3; ++ky) {
+            rows[ky] = ky >= ky0 && ky < ky1 ? x + (iy0 + ky) * 4032 : x;
+        }
+        if (ky0 == 0 && ky1 == 3) {
+            depthwise3x3_s2_f32_block(rows, w, bias, NULL, y + oy * 2016, 72, 56, -1, 8, 1, 0, 3, 1, 0, ACTIVATION_RELU);
+            for (int ox = 8; ox < 24; ox += 8) {
+                depthwise3x3_s2_f32_block(rows, w, bias, NULL, y + oy * 2016 + ox * 72, 72, 56, ox * 2 - 1, 8, 0, 0, 3, 1, 0, ACTIVATION_RELU);
             }
+            depthwise3x3_s2_f32_block(rows, w, bias, NULL, y + oy * 2016 + 1728, 72, 56, 47, 4, 0, 0, 3, 1, 0, ACTIVATION_RELU);
+        } else {
+            depthwise3x3_s2_f32_block(rows, w, bias, NULL, y + oy * 2016, 72, 56, -1, 8, 1, ky0, ky1, 1, 0, ACTIVATION_RELU);
+            for (int ox = 8; ox < 24; ox += 8) {
+                depthwise3x3_s2_f32_block(rows, w, bias, NULL, y + oy * 2016 + ox * 72, 72, 56, ox * 2 - 1, 8, 0, ky0, ky1, 1, 0, ACTIVATION_RELU);
+            }
+            depthwise3x3_s2_f32_block(rows, w, bias, NULL, y + oy * 2016 + 1728, 72, 56, 47, 4, 0, ky0, ky1, 1, 0, ACTIVATION_RELU);
         }
     }
 }
 
-/* 1x1 convolution as a GEMM: y[784][24] = x[784][72] * w[72][24], then bias */
+/* 1x1 convolution as a GEMM: y[784][24] = x[784][72] * w[72][24] in 32-column panels, then bias */
 static void pointwise_f32_28x28x72_to_24(const float *restrict x, const float *restrict w,
                                          const float *restrict bias, float *restrict y)
 {
@@ -999,55 +2108,1045 @@ static void pointwise_f32_28x28x72_to_24(const float *restrict x, const float *r
 #elif defined(KERNELS_AVX2)
     for (int p = 0; p < 784; p += 4) {
         pointwise_f32_tile6x16_avx2(x + p * 72, w, bias, NULL, y + p * 24, 4, 16, 72, 24, 24, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
         pointwise_f32_tile6x16_avx2(x + p * 72, w + 16, bias + 16, NULL, y + p * 24 + 16, 4, 8, 72, 24, 24, 1, 0, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
     for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 24; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 72, w + n, bias + n, NULL, y + p * 24 + n, 4, 8, 72, 24, 24, 1, 0, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile6x8_vector(x + p * 72, w, bias, NULL, y + p * 24, 4, 8, 72, 24, 24, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 72, w + 8, bias + 8, NULL, y + p * 24 + 8, 4, 8, 72, 24, 24, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 72, w + 16, bias + 16, NULL, y + p * 24 + 16, 4, 8, 72, 24, 24, 1, 0, ACTIVATION_IDENTITY);
     }
 #else
     for (int p = 0; p < 784; p += 4) {
         pointwise_f32_tile4x16_portable(x + p * 72, w, bias, NULL, y + p * 24, 4, 16, 72, 24, 24, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
         pointwise_f32_tile4x16_portable(x + p * 72, w + 16, bias + 16, NULL, y + p * 24 + 16, 4, 8, 72, 24, 24, 1, 0, ACTIVATION_IDENTITY);
     }
 #endif
 }
 
-/* 1x1 convolution as a GEMM: y[784][88] = x[784][24] * w[24][88], then bias, relu */
+/* 1x1 convolution as a GEMM: y[784][88] = x[784][24] * w[24][88] in 32-column panels, then bias, relu */
 static void pointwise_f32_28x28x24_to_88_relu(const float *restrict x, const float *restrict w,
                                               const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 784; p += 8) {
-        for (int n = 0; n < 64; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 24, w + n, bias + n, NULL, y + p * 88 + n, 8, 32, 24, 88, 88, 1, 0, ACTIVATION_RELU);
+    for (int n = 0; n < 64; n += 32) {
+        for (int p = 0; p < 784; p += 8) {
+            pointwise_f32_tile8x32_avx512(x + p * 24, w + n * 24, bias + n, NULL, y + p * 88 + n, 8, 32, 24, 32, 88, 1, 0, ACTIVATION_RELU);
         }
-        pointwise_f32_tile8x32_avx512(x + p * 24, w + 64, bias + 64, NULL, y + p * 88 + 64, 8, 24, 24, 88, 88, 1, 0, ACTIVATION_RELU);
+    }
+    for (int p = 0; p < 784; p += 8) {
+        pointwise_f32_tile8x32_avx512(x + p * 24, w + 1536, bias + 64, NULL, y + p * 88 + 64, 8, 24, 24, 24, 88, 1, 0, ACTIVATION_RELU);
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 80; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 24, w + n, bias + n, NULL, y + p * 88 + n, 4, 16, 24, 88, 88, 1, 0, ACTIVATION_RELU);
+    for (int n = 0; n < 64; n += 32) {
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 24, w + n * 24, bias + n, NULL, y + p * 88 + n, 4, 16, 24, 32, 88, 1, 0, ACTIVATION_RELU);
         }
-        pointwise_f32_tile6x16_avx2(x + p * 24, w + 80, bias + 80, NULL, y + p * 88 + 80, 4, 8, 24, 88, 88, 1, 0, ACTIVATION_RELU);
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 24, w + n * 24 + 16, bias + n + 16, NULL, y + p * 88 + n + 16, 4, 16, 24, 32, 88, 1, 0, ACTIVATION_RELU);
+        }
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 24, w + 1536, bias + 64, NULL, y + p * 88 + 64, 4, 16, 24, 24, 88, 1, 0, ACTIVATION_RELU);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 24, w + 1552, bias + 80, NULL, y + p * 88 + 80, 4, 8, 24, 24, 88, 1, 0, ACTIVATION_RELU);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 88; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 24, w + n, bias + n, NULL, y + p * 88 + n, 4, 8, 24, 88, 88, 1, 0, ACTIVATION_RELU);
+    for (int n = 0; n < 64; n += 32) {
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 24, w + n * 24, bias + n, NULL, y + p * 88 + n, 4, 8, 24, 32, 88, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 24, w + n * 24 + 8, bias + n + 8, NULL, y + p * 88 + n + 8, 4, 8, 24, 32, 88, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 24, w + n * 24 + 16, bias + n + 16, NULL, y + p * 88 + n + 16, 4, 8, 24, 32, 88, 1, 0, ACTIVATION_RELU);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 24, w + n * 24 + 24, bias + n + 24, NULL, y + p * 88 + n + 24, 4, 8, 24, 32, 88, 1, 0, ACTIVATION_RELU);
         }
     }
-#else
     for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 80; n += 16) {
-            pointwise_f32_tile4x16_portable(x + p * 24, w + n, bias + n, NULL, y + p * 88 + n, 4, 16, 24, 88, 88, 1, 0, ACTIVATION_RELU);
+        pointwise_f32_tile6x8_vector(x + p * 24, w + 1536, bias + 64, NULL, y + p * 88 + 64, 4, 8, 24, 24, 88, 1, 0, ACTIVATION_RELU);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 24, w + 1544, bias + 72, NULL, y + p * 88 + 72, 4, 8, 24, 24, 88, 1, 0, ACTIVATION_RELU);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 24, w + 1552, bias + 80, NULL, y + p * 88 + 80, 4, 8, 24, 24, 88, 1, 0, ACTIVATION_RELU);
+    }
+#else
+    for (int n = 0; n < 64; n += 32) {
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 24, w + n * 24, bias + n, NULL, y + p * 88 + n, 4, 16, 24, 32, 88, 1, 0, ACTIVATION_RELU);
         }
-        pointwise_f32_tile4x16_portable(x + p * 24, w + 80, bias + 80, NULL, y + p * 88 + 80, 4, 8, 24, 88, 88, 1, 0, ACTIVATION_RELU);
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 24, w + n * 24 + 16, bias + n + 16, NULL, y + p * 88 + n + 16, 4, 16, 24, 32, 88, 1, 0, ACTIVATION_RELU);
+        }
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 24, w + 1536, bias + 64, NULL, y + p * 88 + 64, 4, 16, 24, 24, 88, 1, 0, ACTIVATION_RELU);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 24, w + 1552, bias + 80, NULL, y + p * 88 + 80, 4, 8, 24, 24, 88, 1, 0, ACTIVATION_RELU);
     }
 #endif
 }
+
+/*
+ * Up to 8 adjacent output pixels of a 3x3, stride 1 depthwise convolution, all channels:
+ *   y[p][c] = activation(bias[c] + sum over taps of rows[ky][column + p * 1 + kx][c] * w[ky][kx][c]) + residual[p][c]
+ * for p < pixels, over the rows ky in [ky0, ky1). Unless `checked`, every column read lies inside the
+ * input row; when `checked`, columns outside [0, in_width) count as zero padding (fast when `column`
+ * is a literal). x, y and residual pixels are `channels` floats apart (NHWC). Each input column is
+ * loaded once per row and feeds every pixel and tap that reads it.
+ */
+#if defined(KERNELS_AVX512)
+KERNEL_INLINE void depthwise3x3_s1_f32_block(const float *const *rows, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int channels, int in_width, int column, int pixels, int checked, int ky0, int ky1,
+    int has_bias, int has_residual, int activation)
+{
+    int c = 0;
+    for (; c + 16 <= channels; c += 16) {
+        const __m512 start = has_bias ? _mm512_loadu_ps(bias + c) : _mm512_setzero_ps();
+        {
+            __m512 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
+            if (ky0 <= 0 && 0 < ky1) {
+                const float *row = rows[0];
+                const __m512 w0 = _mm512_loadu_ps(w + 0 * channels + c);
+                const __m512 w1 = _mm512_loadu_ps(w + 1 * channels + c);
+                const __m512 w2 = _mm512_loadu_ps(w + 2 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 3) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 4) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 5) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 6) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 7) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 8) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 9) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 1 && 1 < ky1) {
+                const float *row = rows[1];
+                const __m512 w0 = _mm512_loadu_ps(w + 3 * channels + c);
+                const __m512 w1 = _mm512_loadu_ps(w + 4 * channels + c);
+                const __m512 w2 = _mm512_loadu_ps(w + 5 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 3) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 4) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 5) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 6) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 7) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 8) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 9) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 2 && 2 < ky1) {
+                const float *row = rows[2];
+                const __m512 w0 = _mm512_loadu_ps(w + 6 * channels + c);
+                const __m512 w1 = _mm512_loadu_ps(w + 7 * channels + c);
+                const __m512 w2 = _mm512_loadu_ps(w + 8 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 3) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 4) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 5) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 6) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 7) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 8) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 9) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+            }
+            {
+                __m512 value = activate_f32x16(acc0, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 0 * channels + c));
+                _mm512_storeu_ps(y + 0 * channels + c, value);
+            }
+            if (pixels > 1) {
+                __m512 value = activate_f32x16(acc1, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 1 * channels + c));
+                _mm512_storeu_ps(y + 1 * channels + c, value);
+            }
+            if (pixels > 2) {
+                __m512 value = activate_f32x16(acc2, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 2 * channels + c));
+                _mm512_storeu_ps(y + 2 * channels + c, value);
+            }
+            if (pixels > 3) {
+                __m512 value = activate_f32x16(acc3, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 3 * channels + c));
+                _mm512_storeu_ps(y + 3 * channels + c, value);
+            }
+            if (pixels > 4) {
+                __m512 value = activate_f32x16(acc4, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 4 * channels + c));
+                _mm512_storeu_ps(y + 4 * channels + c, value);
+            }
+            if (pixels > 5) {
+                __m512 value = activate_f32x16(acc5, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 5 * channels + c));
+                _mm512_storeu_ps(y + 5 * channels + c, value);
+            }
+            if (pixels > 6) {
+                __m512 value = activate_f32x16(acc6, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 6 * channels + c));
+                _mm512_storeu_ps(y + 6 * channels + c, value);
+            }
+            if (pixels > 7) {
+                __m512 value = activate_f32x16(acc7, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 7 * channels + c));
+                _mm512_storeu_ps(y + 7 * channels + c, value);
+            }
+        }
+    }
+    if (c < channels) {
+        const __mmask16 mask = (__mmask16)((1u << (channels - c)) - 1u);
+        const __m512 start = has_bias ? _mm512_maskz_loadu_ps(mask, bias + c) : _mm512_setzero_ps();
+        {
+            __m512 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
+            if (ky0 <= 0 && 0 < ky1) {
+                const float *row = rows[0];
+                const __m512 w0 = _mm512_maskz_loadu_ps(mask, w + 0 * channels + c);
+                const __m512 w1 = _mm512_maskz_loadu_ps(mask, w + 1 * channels + c);
+                const __m512 w2 = _mm512_maskz_loadu_ps(mask, w + 2 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 3) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 4) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 5) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 6) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 7) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 8) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 9) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 1 && 1 < ky1) {
+                const float *row = rows[1];
+                const __m512 w0 = _mm512_maskz_loadu_ps(mask, w + 3 * channels + c);
+                const __m512 w1 = _mm512_maskz_loadu_ps(mask, w + 4 * channels + c);
+                const __m512 w2 = _mm512_maskz_loadu_ps(mask, w + 5 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 3) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 4) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 5) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 6) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 7) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 8) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 9) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 2 && 2 < ky1) {
+                const float *row = rows[2];
+                const __m512 w0 = _mm512_maskz_loadu_ps(mask, w + 6 * channels + c);
+                const __m512 w1 = _mm512_maskz_loadu_ps(mask, w + 7 * channels + c);
+                const __m512 w2 = _mm512_maskz_loadu_ps(mask, w + 8 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 3) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 4) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 5) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 6) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 7) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 8) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 9) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+            }
+            {
+                __m512 value = activate_f32x16(acc0, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 0 * channels + c));
+                _mm512_mask_storeu_ps(y + 0 * channels + c, mask, value);
+            }
+            if (pixels > 1) {
+                __m512 value = activate_f32x16(acc1, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 1 * channels + c));
+                _mm512_mask_storeu_ps(y + 1 * channels + c, mask, value);
+            }
+            if (pixels > 2) {
+                __m512 value = activate_f32x16(acc2, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 2 * channels + c));
+                _mm512_mask_storeu_ps(y + 2 * channels + c, mask, value);
+            }
+            if (pixels > 3) {
+                __m512 value = activate_f32x16(acc3, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 3 * channels + c));
+                _mm512_mask_storeu_ps(y + 3 * channels + c, mask, value);
+            }
+            if (pixels > 4) {
+                __m512 value = activate_f32x16(acc4, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 4 * channels + c));
+                _mm512_mask_storeu_ps(y + 4 * channels + c, mask, value);
+            }
+            if (pixels > 5) {
+                __m512 value = activate_f32x16(acc5, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 5 * channels + c));
+                _mm512_mask_storeu_ps(y + 5 * channels + c, mask, value);
+            }
+            if (pixels > 6) {
+                __m512 value = activate_f32x16(acc6, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 6 * channels + c));
+                _mm512_mask_storeu_ps(y + 6 * channels + c, mask, value);
+            }
+            if (pixels > 7) {
+                __m512 value = activate_f32x16(acc7, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 7 * channels + c));
+                _mm512_mask_storeu_ps(y + 7 * channels + c, mask, value);
+            }
+        }
+    }
+}
+#elif defined(KERNELS_AVX2)
+KERNEL_INLINE void depthwise3x3_s1_f32_block(const float *const *rows, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int channels, int in_width, int column, int pixels, int checked, int ky0, int ky1,
+    int has_bias, int has_residual, int activation)
+{
+    int c = 0;
+    for (; c + 8 <= channels; c += 8) {
+        const __m256 start = has_bias ? _mm256_loadu_ps(bias + c) : _mm256_setzero_ps();
+        {
+            __m256 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
+            if (ky0 <= 0 && 0 < ky1) {
+                const float *row = rows[0];
+                const __m256 w0 = _mm256_loadu_ps(w + 0 * channels + c);
+                const __m256 w1 = _mm256_loadu_ps(w + 1 * channels + c);
+                const __m256 w2 = _mm256_loadu_ps(w + 2 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 3) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 4) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 5) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 6) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 7) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 8) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 9) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 1 && 1 < ky1) {
+                const float *row = rows[1];
+                const __m256 w0 = _mm256_loadu_ps(w + 3 * channels + c);
+                const __m256 w1 = _mm256_loadu_ps(w + 4 * channels + c);
+                const __m256 w2 = _mm256_loadu_ps(w + 5 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 3) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 4) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 5) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 6) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 7) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 8) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 9) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 2 && 2 < ky1) {
+                const float *row = rows[2];
+                const __m256 w0 = _mm256_loadu_ps(w + 6 * channels + c);
+                const __m256 w1 = _mm256_loadu_ps(w + 7 * channels + c);
+                const __m256 w2 = _mm256_loadu_ps(w + 8 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 3) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 4) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 5) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 6) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 7) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 8) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 9) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+            }
+            {
+                __m256 value = activate_f32x8(acc0, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 0 * channels + c));
+                _mm256_storeu_ps(y + 0 * channels + c, value);
+            }
+            if (pixels > 1) {
+                __m256 value = activate_f32x8(acc1, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 1 * channels + c));
+                _mm256_storeu_ps(y + 1 * channels + c, value);
+            }
+            if (pixels > 2) {
+                __m256 value = activate_f32x8(acc2, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 2 * channels + c));
+                _mm256_storeu_ps(y + 2 * channels + c, value);
+            }
+            if (pixels > 3) {
+                __m256 value = activate_f32x8(acc3, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 3 * channels + c));
+                _mm256_storeu_ps(y + 3 * channels + c, value);
+            }
+            if (pixels > 4) {
+                __m256 value = activate_f32x8(acc4, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 4 * channels + c));
+                _mm256_storeu_ps(y + 4 * channels + c, value);
+            }
+            if (pixels > 5) {
+                __m256 value = activate_f32x8(acc5, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 5 * channels + c));
+                _mm256_storeu_ps(y + 5 * channels + c, value);
+            }
+            if (pixels > 6) {
+                __m256 value = activate_f32x8(acc6, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 6 * channels + c));
+                _mm256_storeu_ps(y + 6 * channels + c, value);
+            }
+            if (pixels > 7) {
+                __m256 value = activate_f32x8(acc7, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 7 * channels + c));
+                _mm256_storeu_ps(y + 7 * channels + c, value);
+            }
+        }
+    }
+    if (c < channels) {
+        const __m256i mask = lane_mask_f32x8(channels - c);
+        const __m256 start = has_bias ? _mm256_maskload_ps(bias + c, mask) : _mm256_setzero_ps();
+        {
+            __m256 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
+            if (ky0 <= 0 && 0 < ky1) {
+                const float *row = rows[0];
+                const __m256 w0 = _mm256_maskload_ps(w + 0 * channels + c, mask);
+                const __m256 w1 = _mm256_maskload_ps(w + 1 * channels + c, mask);
+                const __m256 w2 = _mm256_maskload_ps(w + 2 * channels + c, mask);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 0) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 1) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 2) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 3) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 4) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 5) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 6) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 7) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 8) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 9) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 1 && 1 < ky1) {
+                const float *row = rows[1];
+                const __m256 w0 = _mm256_maskload_ps(w + 3 * channels + c, mask);
+                const __m256 w1 = _mm256_maskload_ps(w + 4 * channels + c, mask);
+                const __m256 w2 = _mm256_maskload_ps(w + 5 * channels + c, mask);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 0) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 1) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 2) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 3) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 4) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 5) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 6) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 7) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 8) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 9) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+            }
+            if (ky0 <= 2 && 2 < ky1) {
+                const float *row = rows[2];
+                const __m256 w0 = _mm256_maskload_ps(w + 6 * channels + c, mask);
+                const __m256 w1 = _mm256_maskload_ps(w + 7 * channels + c, mask);
+                const __m256 w2 = _mm256_maskload_ps(w + 8 * channels + c, mask);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 0) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 1) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 2) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 3) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 4) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 5) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 6) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 7) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 8) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 9) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+            }
+            {
+                __m256 value = activate_f32x8(acc0, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 0 * channels + c, mask));
+                _mm256_maskstore_ps(y + 0 * channels + c, mask, value);
+            }
+            if (pixels > 1) {
+                __m256 value = activate_f32x8(acc1, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 1 * channels + c, mask));
+                _mm256_maskstore_ps(y + 1 * channels + c, mask, value);
+            }
+            if (pixels > 2) {
+                __m256 value = activate_f32x8(acc2, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 2 * channels + c, mask));
+                _mm256_maskstore_ps(y + 2 * channels + c, mask, value);
+            }
+            if (pixels > 3) {
+                __m256 value = activate_f32x8(acc3, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 3 * channels + c, mask));
+                _mm256_maskstore_ps(y + 3 * channels + c, mask, value);
+            }
+            if (pixels > 4) {
+                __m256 value = activate_f32x8(acc4, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 4 * channels + c, mask));
+                _mm256_maskstore_ps(y + 4 * channels + c, mask, value);
+            }
+            if (pixels > 5) {
+                __m256 value = activate_f32x8(acc5, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 5 * channels + c, mask));
+                _mm256_maskstore_ps(y + 5 * channels + c, mask, value);
+            }
+            if (pixels > 6) {
+                __m256 value = activate_f32x8(acc6, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 6 * channels + c, mask));
+                _mm256_maskstore_ps(y + 6 * channels + c, mask, value);
+            }
+            if (pixels > 7) {
+                __m256 value = activate_f32x8(acc7, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 7 * channels + c, mask));
+                _mm256_maskstore_ps(y + 7 * channels + c, mask, value);
+            }
+        }
+    }
+}
+#else
+KERNEL_INLINE void depthwise3x3_s1_f32_block(const float *const *rows, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int channels, int in_width, int column, int pixels, int checked, int ky0, int ky1,
+    int has_bias, int has_residual, int activation)
+{
+    for (int p = 0; p < pixels; ++p) {
+        const int first = column + p * 1;
+        const int kx0 = checked && first < 0 ? -first : 0;
+        const int kx1 = checked && first + 3 > in_width ? in_width - first : 3;
+        depthwise_f32_pixel(rows, w, bias, has_residual ? residual + p * channels : residual, y + p * channels, channels, 3,
+                            first, ky0, ky1, kx0, kx1, has_bias, has_residual, activation);
+    }
+}
+#endif
 
 /* 3x3 depthwise convolution, stride 1x1, padding 1: 28x28x88 -> 28x28x88, w[3][3][88], then bias, relu */
 static void depthwise3x3_s1_f32_28x28x88_p1_relu(const float *restrict x, const float *restrict w,
@@ -1057,22 +3156,27 @@ static void depthwise3x3_s1_f32_28x28x88_p1_relu(const float *restrict x, const 
         const int iy0 = oy - 1;
         const int ky0 = iy0 < 0 ? -iy0 : 0;
         const int ky1 = iy0 + 3 > 28 ? 28 - iy0 : 3;
-        for (int ox = 0; ox < 28; ++ox) {
-            const int ix0 = ox - 1;
-            const int kx0 = ix0 < 0 ? -ix0 : 0;
-            const int kx1 = ix0 + 3 > 28 ? 28 - ix0 : 3;
-            const int x_offset = (iy0 * 28 + ix0) * 88;
-            const int y_offset = (oy * 28 + ox) * 88;
-            if (ky0 == 0 && ky1 == 3 && kx0 == 0 && kx1 == 3) {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 88, 3, 2464, x_offset, 0, 3, 0, 3, 1, 0, ACTIVATION_RELU);
-            } else {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 88, 3, 2464, x_offset, ky0, ky1, kx0, kx1, 1, 0, ACTIVATION_RELU);
+        const float *rows[3];
+        for (int ky = 0; ky < 3; ++ky) {
+            rows[ky] = ky >= ky0 && ky < ky1 ? x + (iy0 + ky) * 2464 : x;
+        }
+        if (ky0 == 0 && ky1 == 3) {
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 2464, 88, 28, -1, 8, 1, 0, 3, 1, 0, ACTIVATION_RELU);
+            for (int ox = 8; ox < 24; ox += 8) {
+                depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 2464 + ox * 88, 88, 28, ox - 1, 8, 0, 0, 3, 1, 0, ACTIVATION_RELU);
             }
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 2464 + 2112, 88, 28, 23, 4, 1, 0, 3, 1, 0, ACTIVATION_RELU);
+        } else {
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 2464, 88, 28, -1, 8, 1, ky0, ky1, 1, 0, ACTIVATION_RELU);
+            for (int ox = 8; ox < 24; ox += 8) {
+                depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 2464 + ox * 88, 88, 28, ox - 1, 8, 0, ky0, ky1, 1, 0, ACTIVATION_RELU);
+            }
+            depthwise3x3_s1_f32_block(rows, w, bias, NULL, y + oy * 2464 + 2112, 88, 28, 23, 4, 1, ky0, ky1, 1, 0, ACTIVATION_RELU);
         }
     }
 }
 
-/* 1x1 convolution as a GEMM: y[784][24] = x[784][88] * w[88][24], then bias, residual */
+/* 1x1 convolution as a GEMM: y[784][24] = x[784][88] * w[88][24] in 32-column panels, then bias, residual */
 static void pointwise_f32_28x28x88_to_24_residual(const float *restrict x, const float *restrict w,
                                                   const float *restrict bias, const float *restrict residual,
                                                   float *restrict y)
@@ -1084,52 +3188,2401 @@ static void pointwise_f32_28x28x88_to_24_residual(const float *restrict x, const
 #elif defined(KERNELS_AVX2)
     for (int p = 0; p < 784; p += 4) {
         pointwise_f32_tile6x16_avx2(x + p * 88, w, bias, residual + p * 24, y + p * 24, 4, 16, 88, 24, 24, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
         pointwise_f32_tile6x16_avx2(x + p * 88, w + 16, bias + 16, residual + p * 24 + 16, y + p * 24 + 16, 4, 8, 88, 24, 24, 1, 1, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
     for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 24; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 88, w + n, bias + n, residual + p * 24 + n, y + p * 24 + n, 4, 8, 88, 24, 24, 1, 1, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile6x8_vector(x + p * 88, w, bias, residual + p * 24, y + p * 24, 4, 8, 88, 24, 24, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 88, w + 8, bias + 8, residual + p * 24 + 8, y + p * 24 + 8, 4, 8, 88, 24, 24, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 88, w + 16, bias + 16, residual + p * 24 + 16, y + p * 24 + 16, 4, 8, 88, 24, 24, 1, 1, ACTIVATION_IDENTITY);
     }
 #else
     for (int p = 0; p < 784; p += 4) {
         pointwise_f32_tile4x16_portable(x + p * 88, w, bias, residual + p * 24, y + p * 24, 4, 16, 88, 24, 24, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 784; p += 4) {
         pointwise_f32_tile4x16_portable(x + p * 88, w + 16, bias + 16, residual + p * 24 + 16, y + p * 24 + 16, 4, 8, 88, 24, 24, 1, 1, ACTIVATION_IDENTITY);
     }
 #endif
 }
 
-/* 1x1 convolution as a GEMM: y[784][96] = x[784][24] * w[24][96], then bias, hardswish */
+/* 1x1 convolution as a GEMM: y[784][96] = x[784][24] * w[24][96] in 32-column panels, then bias, hardswish */
 static void pointwise_f32_28x28x24_to_96_hardswish(const float *restrict x, const float *restrict w,
                                                    const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 784; p += 8) {
-        for (int n = 0; n < 96; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 24, w + n, bias + n, NULL, y + p * 96 + n, 8, 32, 24, 96, 96, 1, 0, ACTIVATION_HARDSWISH);
+    for (int n = 0; n < 96; n += 32) {
+        for (int p = 0; p < 784; p += 8) {
+            pointwise_f32_tile8x32_avx512(x + p * 24, w + n * 24, bias + n, NULL, y + p * 96 + n, 8, 32, 24, 32, 96, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 96; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 24, w + n, bias + n, NULL, y + p * 96 + n, 4, 16, 24, 96, 96, 1, 0, ACTIVATION_HARDSWISH);
+    for (int n = 0; n < 96; n += 32) {
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 24, w + n * 24, bias + n, NULL, y + p * 96 + n, 4, 16, 24, 32, 96, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 24, w + n * 24 + 16, bias + n + 16, NULL, y + p * 96 + n + 16, 4, 16, 24, 32, 96, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 #elif defined(KERNELS_VECTOR)
-    for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 96; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 24, w + n, bias + n, NULL, y + p * 96 + n, 4, 8, 24, 96, 96, 1, 0, ACTIVATION_HARDSWISH);
+    for (int n = 0; n < 96; n += 32) {
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 24, w + n * 24, bias + n, NULL, y + p * 96 + n, 4, 8, 24, 32, 96, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 24, w + n * 24 + 8, bias + n + 8, NULL, y + p * 96 + n + 8, 4, 8, 24, 32, 96, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 24, w + n * 24 + 16, bias + n + 16, NULL, y + p * 96 + n + 16, 4, 8, 24, 32, 96, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 24, w + n * 24 + 24, bias + n + 24, NULL, y + p * 96 + n + 24, 4, 8, 24, 32, 96, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 #else
-    for (int p = 0; p < 784; p += 4) {
-        for (int n = 0; n < 96; n += 16) {
-            pointwise_f32_tile4x16_portable(x + p * 24, w + n, bias + n, NULL, y + p * 96 + n, 4, 16, 24, 96, 96, 1, 0, ACTIVATION_HARDSWISH);
+    for (int n = 0; n < 96; n += 32) {
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 24, w + n * 24, bias + n, NULL, y + p * 96 + n, 4, 16, 24, 32, 96, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 784; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 24, w + n * 24 + 16, bias + n + 16, NULL, y + p * 96 + n + 16, 4, 16, 24, 32, 96, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 #endif
 }
+
+/*
+ * Up to 8 adjacent output pixels of a 5x5, stride 2 depthwise convolution, all channels:
+ *   y[p][c] = activation(bias[c] + sum over taps of rows[ky][column + p * 2 + kx][c] * w[ky][kx][c]) + residual[p][c]
+ * for p < pixels, over the rows ky in [ky0, ky1). Unless `checked`, every column read lies inside the
+ * input row; when `checked`, columns outside [0, in_width) count as zero padding (fast when `column`
+ * is a literal). x, y and residual pixels are `channels` floats apart (NHWC). Each input column is
+ * loaded once per row and feeds every pixel and tap that reads it.
+ */
+#if defined(KERNELS_AVX512)
+KERNEL_INLINE void depthwise5x5_s2_f32_block(const float *const *rows, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int channels, int in_width, int column, int pixels, int checked, int ky0, int ky1,
+    int has_bias, int has_residual, int activation)
+{
+    int c = 0;
+    for (; c + 16 <= channels; c += 16) {
+        const __m512 start = has_bias ? _mm512_loadu_ps(bias + c) : _mm512_setzero_ps();
+        {
+            __m512 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
+            if (ky0 <= 0 && 0 < ky1) {
+                const float *row = rows[0];
+                const __m512 w0 = _mm512_loadu_ps(w + 0 * channels + c);
+                const __m512 w1 = _mm512_loadu_ps(w + 1 * channels + c);
+                const __m512 w2 = _mm512_loadu_ps(w + 2 * channels + c);
+                const __m512 w3 = _mm512_loadu_ps(w + 3 * channels + c);
+                const __m512 w4 = _mm512_loadu_ps(w + 4 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 3) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 4) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 5) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 6) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 7) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 8) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 9) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 10) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 11) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 12) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 13) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 14) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 15) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 16) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 17 >= 0 && column + 17 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 17) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 18 >= 0 && column + 18 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 18) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 1 && 1 < ky1) {
+                const float *row = rows[1];
+                const __m512 w0 = _mm512_loadu_ps(w + 5 * channels + c);
+                const __m512 w1 = _mm512_loadu_ps(w + 6 * channels + c);
+                const __m512 w2 = _mm512_loadu_ps(w + 7 * channels + c);
+                const __m512 w3 = _mm512_loadu_ps(w + 8 * channels + c);
+                const __m512 w4 = _mm512_loadu_ps(w + 9 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 3) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 4) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 5) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 6) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 7) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 8) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 9) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 10) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 11) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 12) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 13) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 14) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 15) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 16) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 17 >= 0 && column + 17 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 17) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 18 >= 0 && column + 18 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 18) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 2 && 2 < ky1) {
+                const float *row = rows[2];
+                const __m512 w0 = _mm512_loadu_ps(w + 10 * channels + c);
+                const __m512 w1 = _mm512_loadu_ps(w + 11 * channels + c);
+                const __m512 w2 = _mm512_loadu_ps(w + 12 * channels + c);
+                const __m512 w3 = _mm512_loadu_ps(w + 13 * channels + c);
+                const __m512 w4 = _mm512_loadu_ps(w + 14 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 3) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 4) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 5) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 6) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 7) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 8) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 9) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 10) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 11) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 12) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 13) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 14) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 15) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 16) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 17 >= 0 && column + 17 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 17) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 18 >= 0 && column + 18 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 18) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 3 && 3 < ky1) {
+                const float *row = rows[3];
+                const __m512 w0 = _mm512_loadu_ps(w + 15 * channels + c);
+                const __m512 w1 = _mm512_loadu_ps(w + 16 * channels + c);
+                const __m512 w2 = _mm512_loadu_ps(w + 17 * channels + c);
+                const __m512 w3 = _mm512_loadu_ps(w + 18 * channels + c);
+                const __m512 w4 = _mm512_loadu_ps(w + 19 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 3) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 4) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 5) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 6) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 7) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 8) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 9) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 10) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 11) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 12) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 13) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 14) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 15) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 16) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 17 >= 0 && column + 17 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 17) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 18 >= 0 && column + 18 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 18) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 4 && 4 < ky1) {
+                const float *row = rows[4];
+                const __m512 w0 = _mm512_loadu_ps(w + 20 * channels + c);
+                const __m512 w1 = _mm512_loadu_ps(w + 21 * channels + c);
+                const __m512 w2 = _mm512_loadu_ps(w + 22 * channels + c);
+                const __m512 w3 = _mm512_loadu_ps(w + 23 * channels + c);
+                const __m512 w4 = _mm512_loadu_ps(w + 24 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 3) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 4) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 5) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 6) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 7) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 8) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 9) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 10) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 11) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 12) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 13) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 14) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 15) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 16) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 17 >= 0 && column + 17 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 17) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 18 >= 0 && column + 18 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 18) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w4, acc7);
+                }
+            }
+            {
+                __m512 value = activate_f32x16(acc0, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 0 * channels + c));
+                _mm512_storeu_ps(y + 0 * channels + c, value);
+            }
+            if (pixels > 1) {
+                __m512 value = activate_f32x16(acc1, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 1 * channels + c));
+                _mm512_storeu_ps(y + 1 * channels + c, value);
+            }
+            if (pixels > 2) {
+                __m512 value = activate_f32x16(acc2, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 2 * channels + c));
+                _mm512_storeu_ps(y + 2 * channels + c, value);
+            }
+            if (pixels > 3) {
+                __m512 value = activate_f32x16(acc3, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 3 * channels + c));
+                _mm512_storeu_ps(y + 3 * channels + c, value);
+            }
+            if (pixels > 4) {
+                __m512 value = activate_f32x16(acc4, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 4 * channels + c));
+                _mm512_storeu_ps(y + 4 * channels + c, value);
+            }
+            if (pixels > 5) {
+                __m512 value = activate_f32x16(acc5, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 5 * channels + c));
+                _mm512_storeu_ps(y + 5 * channels + c, value);
+            }
+            if (pixels > 6) {
+                __m512 value = activate_f32x16(acc6, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 6 * channels + c));
+                _mm512_storeu_ps(y + 6 * channels + c, value);
+            }
+            if (pixels > 7) {
+                __m512 value = activate_f32x16(acc7, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 7 * channels + c));
+                _mm512_storeu_ps(y + 7 * channels + c, value);
+            }
+        }
+    }
+    if (c < channels) {
+        const __mmask16 mask = (__mmask16)((1u << (channels - c)) - 1u);
+        const __m512 start = has_bias ? _mm512_maskz_loadu_ps(mask, bias + c) : _mm512_setzero_ps();
+        {
+            __m512 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
+            if (ky0 <= 0 && 0 < ky1) {
+                const float *row = rows[0];
+                const __m512 w0 = _mm512_maskz_loadu_ps(mask, w + 0 * channels + c);
+                const __m512 w1 = _mm512_maskz_loadu_ps(mask, w + 1 * channels + c);
+                const __m512 w2 = _mm512_maskz_loadu_ps(mask, w + 2 * channels + c);
+                const __m512 w3 = _mm512_maskz_loadu_ps(mask, w + 3 * channels + c);
+                const __m512 w4 = _mm512_maskz_loadu_ps(mask, w + 4 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 3) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 4) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 5) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 6) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 7) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 8) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 9) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 10) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 11) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 12) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 13) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 14) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 15) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 16) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 17 >= 0 && column + 17 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 17) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 18 >= 0 && column + 18 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 18) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 1 && 1 < ky1) {
+                const float *row = rows[1];
+                const __m512 w0 = _mm512_maskz_loadu_ps(mask, w + 5 * channels + c);
+                const __m512 w1 = _mm512_maskz_loadu_ps(mask, w + 6 * channels + c);
+                const __m512 w2 = _mm512_maskz_loadu_ps(mask, w + 7 * channels + c);
+                const __m512 w3 = _mm512_maskz_loadu_ps(mask, w + 8 * channels + c);
+                const __m512 w4 = _mm512_maskz_loadu_ps(mask, w + 9 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 3) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 4) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 5) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 6) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 7) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 8) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 9) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 10) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 11) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 12) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 13) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 14) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 15) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 16) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 17 >= 0 && column + 17 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 17) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 18 >= 0 && column + 18 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 18) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 2 && 2 < ky1) {
+                const float *row = rows[2];
+                const __m512 w0 = _mm512_maskz_loadu_ps(mask, w + 10 * channels + c);
+                const __m512 w1 = _mm512_maskz_loadu_ps(mask, w + 11 * channels + c);
+                const __m512 w2 = _mm512_maskz_loadu_ps(mask, w + 12 * channels + c);
+                const __m512 w3 = _mm512_maskz_loadu_ps(mask, w + 13 * channels + c);
+                const __m512 w4 = _mm512_maskz_loadu_ps(mask, w + 14 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 3) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 4) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 5) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 6) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 7) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 8) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 9) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 10) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 11) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 12) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 13) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 14) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 15) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 16) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 17 >= 0 && column + 17 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 17) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 18 >= 0 && column + 18 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 18) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 3 && 3 < ky1) {
+                const float *row = rows[3];
+                const __m512 w0 = _mm512_maskz_loadu_ps(mask, w + 15 * channels + c);
+                const __m512 w1 = _mm512_maskz_loadu_ps(mask, w + 16 * channels + c);
+                const __m512 w2 = _mm512_maskz_loadu_ps(mask, w + 17 * channels + c);
+                const __m512 w3 = _mm512_maskz_loadu_ps(mask, w + 18 * channels + c);
+                const __m512 w4 = _mm512_maskz_loadu_ps(mask, w + 19 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 3) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 4) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 5) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 6) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 7) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 8) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 9) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 10) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 11) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 12) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 13) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 14) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 15) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 16) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 17 >= 0 && column + 17 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 17) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 18 >= 0 && column + 18 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 18) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 4 && 4 < ky1) {
+                const float *row = rows[4];
+                const __m512 w0 = _mm512_maskz_loadu_ps(mask, w + 20 * channels + c);
+                const __m512 w1 = _mm512_maskz_loadu_ps(mask, w + 21 * channels + c);
+                const __m512 w2 = _mm512_maskz_loadu_ps(mask, w + 22 * channels + c);
+                const __m512 w3 = _mm512_maskz_loadu_ps(mask, w + 23 * channels + c);
+                const __m512 w4 = _mm512_maskz_loadu_ps(mask, w + 24 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 3) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 4) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 5) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 6) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 7) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 8) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 9) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 10) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 11) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 12) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 13) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 14) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 15) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 16) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 17 >= 0 && column + 17 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 17) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 18 >= 0 && column + 18 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 18) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w4, acc7);
+                }
+            }
+            {
+                __m512 value = activate_f32x16(acc0, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 0 * channels + c));
+                _mm512_mask_storeu_ps(y + 0 * channels + c, mask, value);
+            }
+            if (pixels > 1) {
+                __m512 value = activate_f32x16(acc1, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 1 * channels + c));
+                _mm512_mask_storeu_ps(y + 1 * channels + c, mask, value);
+            }
+            if (pixels > 2) {
+                __m512 value = activate_f32x16(acc2, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 2 * channels + c));
+                _mm512_mask_storeu_ps(y + 2 * channels + c, mask, value);
+            }
+            if (pixels > 3) {
+                __m512 value = activate_f32x16(acc3, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 3 * channels + c));
+                _mm512_mask_storeu_ps(y + 3 * channels + c, mask, value);
+            }
+            if (pixels > 4) {
+                __m512 value = activate_f32x16(acc4, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 4 * channels + c));
+                _mm512_mask_storeu_ps(y + 4 * channels + c, mask, value);
+            }
+            if (pixels > 5) {
+                __m512 value = activate_f32x16(acc5, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 5 * channels + c));
+                _mm512_mask_storeu_ps(y + 5 * channels + c, mask, value);
+            }
+            if (pixels > 6) {
+                __m512 value = activate_f32x16(acc6, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 6 * channels + c));
+                _mm512_mask_storeu_ps(y + 6 * channels + c, mask, value);
+            }
+            if (pixels > 7) {
+                __m512 value = activate_f32x16(acc7, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 7 * channels + c));
+                _mm512_mask_storeu_ps(y + 7 * channels + c, mask, value);
+            }
+        }
+    }
+}
+#elif defined(KERNELS_AVX2)
+KERNEL_INLINE void depthwise5x5_s2_f32_block(const float *const *rows, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int channels, int in_width, int column, int pixels, int checked, int ky0, int ky1,
+    int has_bias, int has_residual, int activation)
+{
+    int c = 0;
+    for (; c + 8 <= channels; c += 8) {
+        const __m256 start = has_bias ? _mm256_loadu_ps(bias + c) : _mm256_setzero_ps();
+        {
+            __m256 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
+            if (ky0 <= 0 && 0 < ky1) {
+                const float *row = rows[0];
+                const __m256 w0 = _mm256_loadu_ps(w + 0 * channels + c);
+                const __m256 w1 = _mm256_loadu_ps(w + 1 * channels + c);
+                const __m256 w2 = _mm256_loadu_ps(w + 2 * channels + c);
+                const __m256 w3 = _mm256_loadu_ps(w + 3 * channels + c);
+                const __m256 w4 = _mm256_loadu_ps(w + 4 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 3) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 4) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 5) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 6) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 7) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 8) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 9) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 10) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 11) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 12) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 13) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 14) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 15) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 16) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 17 >= 0 && column + 17 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 17) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 18 >= 0 && column + 18 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 18) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 1 && 1 < ky1) {
+                const float *row = rows[1];
+                const __m256 w0 = _mm256_loadu_ps(w + 5 * channels + c);
+                const __m256 w1 = _mm256_loadu_ps(w + 6 * channels + c);
+                const __m256 w2 = _mm256_loadu_ps(w + 7 * channels + c);
+                const __m256 w3 = _mm256_loadu_ps(w + 8 * channels + c);
+                const __m256 w4 = _mm256_loadu_ps(w + 9 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 3) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 4) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 5) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 6) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 7) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 8) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 9) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 10) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 11) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 12) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 13) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 14) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 15) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 16) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 17 >= 0 && column + 17 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 17) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 18 >= 0 && column + 18 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 18) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 2 && 2 < ky1) {
+                const float *row = rows[2];
+                const __m256 w0 = _mm256_loadu_ps(w + 10 * channels + c);
+                const __m256 w1 = _mm256_loadu_ps(w + 11 * channels + c);
+                const __m256 w2 = _mm256_loadu_ps(w + 12 * channels + c);
+                const __m256 w3 = _mm256_loadu_ps(w + 13 * channels + c);
+                const __m256 w4 = _mm256_loadu_ps(w + 14 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 3) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 4) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 5) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 6) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 7) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 8) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 9) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 10) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 11) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 12) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 13) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 14) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 15) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 16) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 17 >= 0 && column + 17 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 17) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 18 >= 0 && column + 18 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 18) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 3 && 3 < ky1) {
+                const float *row = rows[3];
+                const __m256 w0 = _mm256_loadu_ps(w + 15 * channels + c);
+                const __m256 w1 = _mm256_loadu_ps(w + 16 * channels + c);
+                const __m256 w2 = _mm256_loadu_ps(w + 17 * channels + c);
+                const __m256 w3 = _mm256_loadu_ps(w + 18 * channels + c);
+                const __m256 w4 = _mm256_loadu_ps(w + 19 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 3) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 4) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 5) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 6) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 7) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 8) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 9) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 10) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 11) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 12) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 13) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 14) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 15) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 16) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 17 >= 0 && column + 17 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 17) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 18 >= 0 && column + 18 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 18) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 4 && 4 < ky1) {
+                const float *row = rows[4];
+                const __m256 w0 = _mm256_loadu_ps(w + 20 * channels + c);
+                const __m256 w1 = _mm256_loadu_ps(w + 21 * channels + c);
+                const __m256 w2 = _mm256_loadu_ps(w + 22 * channels + c);
+                const __m256 w3 = _mm256_loadu_ps(w + 23 * channels + c);
+                const __m256 w4 = _mm256_loadu_ps(w + 24 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 3) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 4) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 5) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 6) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 7) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 8) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 9) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 10) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 11) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 12) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 13) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 14) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 15) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 16) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 17 >= 0 && column + 17 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 17) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 18 >= 0 && column + 18 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 18) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w4, acc7);
+                }
+            }
+            {
+                __m256 value = activate_f32x8(acc0, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 0 * channels + c));
+                _mm256_storeu_ps(y + 0 * channels + c, value);
+            }
+            if (pixels > 1) {
+                __m256 value = activate_f32x8(acc1, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 1 * channels + c));
+                _mm256_storeu_ps(y + 1 * channels + c, value);
+            }
+            if (pixels > 2) {
+                __m256 value = activate_f32x8(acc2, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 2 * channels + c));
+                _mm256_storeu_ps(y + 2 * channels + c, value);
+            }
+            if (pixels > 3) {
+                __m256 value = activate_f32x8(acc3, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 3 * channels + c));
+                _mm256_storeu_ps(y + 3 * channels + c, value);
+            }
+            if (pixels > 4) {
+                __m256 value = activate_f32x8(acc4, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 4 * channels + c));
+                _mm256_storeu_ps(y + 4 * channels + c, value);
+            }
+            if (pixels > 5) {
+                __m256 value = activate_f32x8(acc5, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 5 * channels + c));
+                _mm256_storeu_ps(y + 5 * channels + c, value);
+            }
+            if (pixels > 6) {
+                __m256 value = activate_f32x8(acc6, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 6 * channels + c));
+                _mm256_storeu_ps(y + 6 * channels + c, value);
+            }
+            if (pixels > 7) {
+                __m256 value = activate_f32x8(acc7, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 7 * channels + c));
+                _mm256_storeu_ps(y + 7 * channels + c, value);
+            }
+        }
+    }
+    if (c < channels) {
+        const __m256i mask = lane_mask_f32x8(channels - c);
+        const __m256 start = has_bias ? _mm256_maskload_ps(bias + c, mask) : _mm256_setzero_ps();
+        {
+            __m256 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
+            if (ky0 <= 0 && 0 < ky1) {
+                const float *row = rows[0];
+                const __m256 w0 = _mm256_maskload_ps(w + 0 * channels + c, mask);
+                const __m256 w1 = _mm256_maskload_ps(w + 1 * channels + c, mask);
+                const __m256 w2 = _mm256_maskload_ps(w + 2 * channels + c, mask);
+                const __m256 w3 = _mm256_maskload_ps(w + 3 * channels + c, mask);
+                const __m256 w4 = _mm256_maskload_ps(w + 4 * channels + c, mask);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 0) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 1) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 2) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 3) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 4) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 5) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 6) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 7) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 8) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 9) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 10) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 11) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 12) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 13) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 14) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 15) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 16) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 17 >= 0 && column + 17 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 17) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 18 >= 0 && column + 18 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 18) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 1 && 1 < ky1) {
+                const float *row = rows[1];
+                const __m256 w0 = _mm256_maskload_ps(w + 5 * channels + c, mask);
+                const __m256 w1 = _mm256_maskload_ps(w + 6 * channels + c, mask);
+                const __m256 w2 = _mm256_maskload_ps(w + 7 * channels + c, mask);
+                const __m256 w3 = _mm256_maskload_ps(w + 8 * channels + c, mask);
+                const __m256 w4 = _mm256_maskload_ps(w + 9 * channels + c, mask);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 0) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 1) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 2) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 3) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 4) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 5) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 6) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 7) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 8) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 9) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 10) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 11) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 12) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 13) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 14) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 15) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 16) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 17 >= 0 && column + 17 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 17) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 18 >= 0 && column + 18 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 18) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 2 && 2 < ky1) {
+                const float *row = rows[2];
+                const __m256 w0 = _mm256_maskload_ps(w + 10 * channels + c, mask);
+                const __m256 w1 = _mm256_maskload_ps(w + 11 * channels + c, mask);
+                const __m256 w2 = _mm256_maskload_ps(w + 12 * channels + c, mask);
+                const __m256 w3 = _mm256_maskload_ps(w + 13 * channels + c, mask);
+                const __m256 w4 = _mm256_maskload_ps(w + 14 * channels + c, mask);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 0) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 1) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 2) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 3) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 4) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 5) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 6) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 7) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 8) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 9) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 10) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 11) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 12) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 13) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 14) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 15) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 16) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 17 >= 0 && column + 17 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 17) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 18 >= 0 && column + 18 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 18) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 3 && 3 < ky1) {
+                const float *row = rows[3];
+                const __m256 w0 = _mm256_maskload_ps(w + 15 * channels + c, mask);
+                const __m256 w1 = _mm256_maskload_ps(w + 16 * channels + c, mask);
+                const __m256 w2 = _mm256_maskload_ps(w + 17 * channels + c, mask);
+                const __m256 w3 = _mm256_maskload_ps(w + 18 * channels + c, mask);
+                const __m256 w4 = _mm256_maskload_ps(w + 19 * channels + c, mask);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 0) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 1) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 2) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 3) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 4) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 5) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 6) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 7) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 8) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 9) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 10) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 11) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 12) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 13) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 14) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 15) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 16) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 17 >= 0 && column + 17 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 17) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 18 >= 0 && column + 18 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 18) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 4 && 4 < ky1) {
+                const float *row = rows[4];
+                const __m256 w0 = _mm256_maskload_ps(w + 20 * channels + c, mask);
+                const __m256 w1 = _mm256_maskload_ps(w + 21 * channels + c, mask);
+                const __m256 w2 = _mm256_maskload_ps(w + 22 * channels + c, mask);
+                const __m256 w3 = _mm256_maskload_ps(w + 23 * channels + c, mask);
+                const __m256 w4 = _mm256_maskload_ps(w + 24 * channels + c, mask);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 0) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 1) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 2) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 3) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 4) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 5) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                }
+                if (pixels > 1 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 6) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 7) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                }
+                if (pixels > 2 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 8) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 9) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                }
+                if (pixels > 3 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 10) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 11) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                }
+                if (pixels > 4 && (!checked || (column + 12 >= 0 && column + 12 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 12) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 13 >= 0 && column + 13 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 13) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                }
+                if (pixels > 5 && (!checked || (column + 14 >= 0 && column + 14 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 14) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 15 >= 0 && column + 15 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 15) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 16 >= 0 && column + 16 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 16) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 17 >= 0 && column + 17 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 17) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 18 >= 0 && column + 18 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 18) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w4, acc7);
+                }
+            }
+            {
+                __m256 value = activate_f32x8(acc0, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 0 * channels + c, mask));
+                _mm256_maskstore_ps(y + 0 * channels + c, mask, value);
+            }
+            if (pixels > 1) {
+                __m256 value = activate_f32x8(acc1, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 1 * channels + c, mask));
+                _mm256_maskstore_ps(y + 1 * channels + c, mask, value);
+            }
+            if (pixels > 2) {
+                __m256 value = activate_f32x8(acc2, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 2 * channels + c, mask));
+                _mm256_maskstore_ps(y + 2 * channels + c, mask, value);
+            }
+            if (pixels > 3) {
+                __m256 value = activate_f32x8(acc3, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 3 * channels + c, mask));
+                _mm256_maskstore_ps(y + 3 * channels + c, mask, value);
+            }
+            if (pixels > 4) {
+                __m256 value = activate_f32x8(acc4, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 4 * channels + c, mask));
+                _mm256_maskstore_ps(y + 4 * channels + c, mask, value);
+            }
+            if (pixels > 5) {
+                __m256 value = activate_f32x8(acc5, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 5 * channels + c, mask));
+                _mm256_maskstore_ps(y + 5 * channels + c, mask, value);
+            }
+            if (pixels > 6) {
+                __m256 value = activate_f32x8(acc6, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 6 * channels + c, mask));
+                _mm256_maskstore_ps(y + 6 * channels + c, mask, value);
+            }
+            if (pixels > 7) {
+                __m256 value = activate_f32x8(acc7, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 7 * channels + c, mask));
+                _mm256_maskstore_ps(y + 7 * channels + c, mask, value);
+            }
+        }
+    }
+}
+#else
+KERNEL_INLINE void depthwise5x5_s2_f32_block(const float *const *rows, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int channels, int in_width, int column, int pixels, int checked, int ky0, int ky1,
+    int has_bias, int has_residual, int activation)
+{
+    for (int p = 0; p < pixels; ++p) {
+        const int first = column + p * 2;
+        const int kx0 = checked && first < 0 ? -first : 0;
+        const int kx1 = checked && first + 5 > in_width ? in_width - first : 5;
+        depthwise_f32_pixel(rows, w, bias, has_residual ? residual + p * channels : residual, y + p * channels, channels, 5,
+                            first, ky0, ky1, kx0, kx1, has_bias, has_residual, activation);
+    }
+}
+#endif
 
 /* 5x5 depthwise convolution, stride 2x2, padding 2: 28x28x96 -> 14x14x96, w[5][5][96], then bias, hardswish */
 static void depthwise5x5_s2_f32_28x28x96_p2_hardswish(const float *restrict x, const float *restrict w,
@@ -1139,17 +5592,16 @@ static void depthwise5x5_s2_f32_28x28x96_p2_hardswish(const float *restrict x, c
         const int iy0 = oy * 2 - 2;
         const int ky0 = iy0 < 0 ? -iy0 : 0;
         const int ky1 = iy0 + 5 > 28 ? 28 - iy0 : 5;
-        for (int ox = 0; ox < 14; ++ox) {
-            const int ix0 = ox * 2 - 2;
-            const int kx0 = ix0 < 0 ? -ix0 : 0;
-            const int kx1 = ix0 + 5 > 28 ? 28 - ix0 : 5;
-            const int x_offset = (iy0 * 28 + ix0) * 96;
-            const int y_offset = (oy * 14 + ox) * 96;
-            if (ky0 == 0 && ky1 == 5 && kx0 == 0 && kx1 == 5) {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 96, 5, 2688, x_offset, 0, 5, 0, 5, 1, 0, ACTIVATION_HARDSWISH);
-            } else {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 96, 5, 2688, x_offset, ky0, ky1, kx0, kx1, 1, 0, ACTIVATION_HARDSWISH);
-            }
+        const float *rows[5];
+        for (int ky = 0; ky < 5; ++ky) {
+            rows[ky] = ky >= ky0 && ky < ky1 ? x + (iy0 + ky) * 2688 : x;
+        }
+        if (ky0 == 0 && ky1 == 5) {
+            depthwise5x5_s2_f32_block(rows, w, bias, NULL, y + oy * 1344, 96, 28, -2, 8, 1, 0, 5, 1, 0, ACTIVATION_HARDSWISH);
+            depthwise5x5_s2_f32_block(rows, w, bias, NULL, y + oy * 1344 + 768, 96, 28, 14, 6, 1, 0, 5, 1, 0, ACTIVATION_HARDSWISH);
+        } else {
+            depthwise5x5_s2_f32_block(rows, w, bias, NULL, y + oy * 1344, 96, 28, -2, 8, 1, ky0, ky1, 1, 0, ACTIVATION_HARDSWISH);
+            depthwise5x5_s2_f32_block(rows, w, bias, NULL, y + oy * 1344 + 768, 96, 28, 14, 6, 1, ky0, ky1, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 }
@@ -1185,71 +5637,2022 @@ static void squeeze_excite_f32_14x14x96_s24_relu_hardsigmoid(const float *restri
     }
 }
 
-/* 1x1 convolution as a GEMM: y[196][40] = x[196][96] * w[96][40], then bias */
+/* 1x1 convolution as a GEMM: y[196][40] = x[196][96] * w[96][40] in 32-column panels, then bias */
 static void pointwise_f32_14x14x96_to_40(const float *restrict x, const float *restrict w,
                                          const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int p = 0; p < 196; p += 7) {
-        pointwise_f32_tile8x32_avx512(x + p * 96, w, bias, NULL, y + p * 40, 7, 32, 96, 40, 40, 1, 0, ACTIVATION_IDENTITY);
-        pointwise_f32_tile8x32_avx512(x + p * 96, w + 32, bias + 32, NULL, y + p * 40 + 32, 7, 8, 96, 40, 40, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile8x32_avx512(x + p * 96, w, bias, NULL, y + p * 40, 7, 32, 96, 32, 40, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 7) {
+        pointwise_f32_tile8x32_avx512(x + p * 96, w + 3072, bias + 32, NULL, y + p * 40 + 32, 7, 8, 96, 8, 40, 1, 0, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_AVX2)
     for (int p = 0; p < 196; p += 4) {
-        for (int n = 0; n < 32; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 96, w + n, bias + n, NULL, y + p * 40 + n, 4, 16, 96, 40, 40, 1, 0, ACTIVATION_IDENTITY);
-        }
-        pointwise_f32_tile6x16_avx2(x + p * 96, w + 32, bias + 32, NULL, y + p * 40 + 32, 4, 8, 96, 40, 40, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x16_avx2(x + p * 96, w, bias, NULL, y + p * 40, 4, 16, 96, 32, 40, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 96, w + 16, bias + 16, NULL, y + p * 40 + 16, 4, 16, 96, 32, 40, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 96, w + 3072, bias + 32, NULL, y + p * 40 + 32, 4, 8, 96, 8, 40, 1, 0, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
     for (int p = 0; p < 196; p += 4) {
-        for (int n = 0; n < 40; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 96, w + n, bias + n, NULL, y + p * 40 + n, 4, 8, 96, 40, 40, 1, 0, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile6x8_vector(x + p * 96, w, bias, NULL, y + p * 40, 4, 8, 96, 32, 40, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 96, w + 8, bias + 8, NULL, y + p * 40 + 8, 4, 8, 96, 32, 40, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 96, w + 16, bias + 16, NULL, y + p * 40 + 16, 4, 8, 96, 32, 40, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 96, w + 24, bias + 24, NULL, y + p * 40 + 24, 4, 8, 96, 32, 40, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 96, w + 3072, bias + 32, NULL, y + p * 40 + 32, 4, 8, 96, 8, 40, 1, 0, ACTIVATION_IDENTITY);
     }
 #else
     for (int p = 0; p < 196; p += 4) {
-        for (int n = 0; n < 32; n += 16) {
-            pointwise_f32_tile4x16_portable(x + p * 96, w + n, bias + n, NULL, y + p * 40 + n, 4, 16, 96, 40, 40, 1, 0, ACTIVATION_IDENTITY);
-        }
-        pointwise_f32_tile4x16_portable(x + p * 96, w + 32, bias + 32, NULL, y + p * 40 + 32, 4, 8, 96, 40, 40, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile4x16_portable(x + p * 96, w, bias, NULL, y + p * 40, 4, 16, 96, 32, 40, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 96, w + 16, bias + 16, NULL, y + p * 40 + 16, 4, 16, 96, 32, 40, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 96, w + 3072, bias + 32, NULL, y + p * 40 + 32, 4, 8, 96, 8, 40, 1, 0, ACTIVATION_IDENTITY);
     }
 #endif
 }
 
-/* 1x1 convolution as a GEMM: y[196][240] = x[196][40] * w[40][240], then bias, hardswish */
+/* 1x1 convolution as a GEMM: y[196][240] = x[196][40] * w[40][240] in 32-column panels, then bias, hardswish */
 static void pointwise_f32_14x14x40_to_240_hardswish(const float *restrict x, const float *restrict w,
                                                     const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 224; n += 32) {
         for (int p = 0; p < 196; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 40, w + n, bias + n, NULL, y + p * 240 + n, 7, 32, 40, 240, 240, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile8x32_avx512(x + p * 40, w + n * 40, bias + n, NULL, y + p * 240 + n, 7, 32, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
     for (int p = 0; p < 196; p += 7) {
-        pointwise_f32_tile8x32_avx512(x + p * 40, w + 224, bias + 224, NULL, y + p * 240 + 224, 7, 16, 40, 240, 240, 1, 0, ACTIVATION_HARDSWISH);
+        pointwise_f32_tile8x32_avx512(x + p * 40, w + 8960, bias + 224, NULL, y + p * 240 + 224, 7, 16, 40, 16, 240, 1, 0, ACTIVATION_HARDSWISH);
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 240; n += 16) {
+    for (int n = 0; n < 224; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x16_avx2(x + p * 40, w + n, bias + n, NULL, y + p * 240 + n, 4, 16, 40, 240, 240, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile6x16_avx2(x + p * 40, w + n * 40, bias + n, NULL, y + p * 240 + n, 4, 16, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
         }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 40, w + n * 40 + 16, bias + n + 16, NULL, y + p * 240 + n + 16, 4, 16, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+        }
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 40, w + 8960, bias + 224, NULL, y + p * 240 + 224, 4, 16, 40, 16, 240, 1, 0, ACTIVATION_HARDSWISH);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 240; n += 8) {
+    for (int n = 0; n < 224; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x8_vector(x + p * 40, w + n, bias + n, NULL, y + p * 240 + n, 4, 8, 40, 240, 240, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile6x8_vector(x + p * 40, w + n * 40, bias + n, NULL, y + p * 240 + n, 4, 8, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 40, w + n * 40 + 8, bias + n + 8, NULL, y + p * 240 + n + 8, 4, 8, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 40, w + n * 40 + 16, bias + n + 16, NULL, y + p * 240 + n + 16, 4, 8, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 40, w + n * 40 + 24, bias + n + 24, NULL, y + p * 240 + n + 24, 4, 8, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 40, w + 8960, bias + 224, NULL, y + p * 240 + 224, 4, 8, 40, 16, 240, 1, 0, ACTIVATION_HARDSWISH);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 40, w + 8968, bias + 232, NULL, y + p * 240 + 232, 4, 8, 40, 16, 240, 1, 0, ACTIVATION_HARDSWISH);
+    }
 #else
-    for (int n = 0; n < 240; n += 16) {
+    for (int n = 0; n < 224; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 40, w + n, bias + n, NULL, y + p * 240 + n, 4, 16, 40, 240, 240, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile4x16_portable(x + p * 40, w + n * 40, bias + n, NULL, y + p * 240 + n, 4, 16, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
         }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 40, w + n * 40 + 16, bias + n + 16, NULL, y + p * 240 + n + 16, 4, 16, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+        }
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 40, w + 8960, bias + 224, NULL, y + p * 240 + 224, 4, 16, 40, 16, 240, 1, 0, ACTIVATION_HARDSWISH);
     }
 #endif
 }
+
+/*
+ * Up to 8 adjacent output pixels of a 5x5, stride 1 depthwise convolution, all channels:
+ *   y[p][c] = activation(bias[c] + sum over taps of rows[ky][column + p * 1 + kx][c] * w[ky][kx][c]) + residual[p][c]
+ * for p < pixels, over the rows ky in [ky0, ky1). Unless `checked`, every column read lies inside the
+ * input row; when `checked`, columns outside [0, in_width) count as zero padding (fast when `column`
+ * is a literal). x, y and residual pixels are `channels` floats apart (NHWC). Each input column is
+ * loaded once per row and feeds every pixel and tap that reads it.
+ */
+#if defined(KERNELS_AVX512)
+KERNEL_INLINE void depthwise5x5_s1_f32_block(const float *const *rows, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int channels, int in_width, int column, int pixels, int checked, int ky0, int ky1,
+    int has_bias, int has_residual, int activation)
+{
+    int c = 0;
+    for (; c + 16 <= channels; c += 16) {
+        const __m512 start = has_bias ? _mm512_loadu_ps(bias + c) : _mm512_setzero_ps();
+        {
+            __m512 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
+            if (ky0 <= 0 && 0 < ky1) {
+                const float *row = rows[0];
+                const __m512 w0 = _mm512_loadu_ps(w + 0 * channels + c);
+                const __m512 w1 = _mm512_loadu_ps(w + 1 * channels + c);
+                const __m512 w2 = _mm512_loadu_ps(w + 2 * channels + c);
+                const __m512 w3 = _mm512_loadu_ps(w + 3 * channels + c);
+                const __m512 w4 = _mm512_loadu_ps(w + 4 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 3) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 4) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 5) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 6) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 7) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 4 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 8) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 5 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 9) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 10) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 11) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 1 && 1 < ky1) {
+                const float *row = rows[1];
+                const __m512 w0 = _mm512_loadu_ps(w + 5 * channels + c);
+                const __m512 w1 = _mm512_loadu_ps(w + 6 * channels + c);
+                const __m512 w2 = _mm512_loadu_ps(w + 7 * channels + c);
+                const __m512 w3 = _mm512_loadu_ps(w + 8 * channels + c);
+                const __m512 w4 = _mm512_loadu_ps(w + 9 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 3) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 4) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 5) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 6) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 7) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 4 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 8) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 5 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 9) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 10) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 11) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 2 && 2 < ky1) {
+                const float *row = rows[2];
+                const __m512 w0 = _mm512_loadu_ps(w + 10 * channels + c);
+                const __m512 w1 = _mm512_loadu_ps(w + 11 * channels + c);
+                const __m512 w2 = _mm512_loadu_ps(w + 12 * channels + c);
+                const __m512 w3 = _mm512_loadu_ps(w + 13 * channels + c);
+                const __m512 w4 = _mm512_loadu_ps(w + 14 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 3) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 4) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 5) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 6) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 7) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 4 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 8) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 5 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 9) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 10) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 11) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 3 && 3 < ky1) {
+                const float *row = rows[3];
+                const __m512 w0 = _mm512_loadu_ps(w + 15 * channels + c);
+                const __m512 w1 = _mm512_loadu_ps(w + 16 * channels + c);
+                const __m512 w2 = _mm512_loadu_ps(w + 17 * channels + c);
+                const __m512 w3 = _mm512_loadu_ps(w + 18 * channels + c);
+                const __m512 w4 = _mm512_loadu_ps(w + 19 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 3) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 4) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 5) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 6) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 7) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 4 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 8) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 5 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 9) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 10) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 11) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 4 && 4 < ky1) {
+                const float *row = rows[4];
+                const __m512 w0 = _mm512_loadu_ps(w + 20 * channels + c);
+                const __m512 w1 = _mm512_loadu_ps(w + 21 * channels + c);
+                const __m512 w2 = _mm512_loadu_ps(w + 22 * channels + c);
+                const __m512 w3 = _mm512_loadu_ps(w + 23 * channels + c);
+                const __m512 w4 = _mm512_loadu_ps(w + 24 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 3) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 4) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 5) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 6) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 7) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 4 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 8) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 5 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 9) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 10) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_loadu_ps(row + ((column + 11) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w4, acc7);
+                }
+            }
+            {
+                __m512 value = activate_f32x16(acc0, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 0 * channels + c));
+                _mm512_storeu_ps(y + 0 * channels + c, value);
+            }
+            if (pixels > 1) {
+                __m512 value = activate_f32x16(acc1, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 1 * channels + c));
+                _mm512_storeu_ps(y + 1 * channels + c, value);
+            }
+            if (pixels > 2) {
+                __m512 value = activate_f32x16(acc2, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 2 * channels + c));
+                _mm512_storeu_ps(y + 2 * channels + c, value);
+            }
+            if (pixels > 3) {
+                __m512 value = activate_f32x16(acc3, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 3 * channels + c));
+                _mm512_storeu_ps(y + 3 * channels + c, value);
+            }
+            if (pixels > 4) {
+                __m512 value = activate_f32x16(acc4, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 4 * channels + c));
+                _mm512_storeu_ps(y + 4 * channels + c, value);
+            }
+            if (pixels > 5) {
+                __m512 value = activate_f32x16(acc5, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 5 * channels + c));
+                _mm512_storeu_ps(y + 5 * channels + c, value);
+            }
+            if (pixels > 6) {
+                __m512 value = activate_f32x16(acc6, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 6 * channels + c));
+                _mm512_storeu_ps(y + 6 * channels + c, value);
+            }
+            if (pixels > 7) {
+                __m512 value = activate_f32x16(acc7, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_loadu_ps(residual + 7 * channels + c));
+                _mm512_storeu_ps(y + 7 * channels + c, value);
+            }
+        }
+    }
+    if (c < channels) {
+        const __mmask16 mask = (__mmask16)((1u << (channels - c)) - 1u);
+        const __m512 start = has_bias ? _mm512_maskz_loadu_ps(mask, bias + c) : _mm512_setzero_ps();
+        {
+            __m512 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
+            if (ky0 <= 0 && 0 < ky1) {
+                const float *row = rows[0];
+                const __m512 w0 = _mm512_maskz_loadu_ps(mask, w + 0 * channels + c);
+                const __m512 w1 = _mm512_maskz_loadu_ps(mask, w + 1 * channels + c);
+                const __m512 w2 = _mm512_maskz_loadu_ps(mask, w + 2 * channels + c);
+                const __m512 w3 = _mm512_maskz_loadu_ps(mask, w + 3 * channels + c);
+                const __m512 w4 = _mm512_maskz_loadu_ps(mask, w + 4 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 3) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 4) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 5) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 6) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 7) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 4 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 8) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 5 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 9) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 10) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 11) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 1 && 1 < ky1) {
+                const float *row = rows[1];
+                const __m512 w0 = _mm512_maskz_loadu_ps(mask, w + 5 * channels + c);
+                const __m512 w1 = _mm512_maskz_loadu_ps(mask, w + 6 * channels + c);
+                const __m512 w2 = _mm512_maskz_loadu_ps(mask, w + 7 * channels + c);
+                const __m512 w3 = _mm512_maskz_loadu_ps(mask, w + 8 * channels + c);
+                const __m512 w4 = _mm512_maskz_loadu_ps(mask, w + 9 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 3) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 4) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 5) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 6) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 7) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 4 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 8) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 5 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 9) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 10) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 11) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 2 && 2 < ky1) {
+                const float *row = rows[2];
+                const __m512 w0 = _mm512_maskz_loadu_ps(mask, w + 10 * channels + c);
+                const __m512 w1 = _mm512_maskz_loadu_ps(mask, w + 11 * channels + c);
+                const __m512 w2 = _mm512_maskz_loadu_ps(mask, w + 12 * channels + c);
+                const __m512 w3 = _mm512_maskz_loadu_ps(mask, w + 13 * channels + c);
+                const __m512 w4 = _mm512_maskz_loadu_ps(mask, w + 14 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 3) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 4) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 5) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 6) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 7) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 4 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 8) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 5 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 9) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 10) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 11) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 3 && 3 < ky1) {
+                const float *row = rows[3];
+                const __m512 w0 = _mm512_maskz_loadu_ps(mask, w + 15 * channels + c);
+                const __m512 w1 = _mm512_maskz_loadu_ps(mask, w + 16 * channels + c);
+                const __m512 w2 = _mm512_maskz_loadu_ps(mask, w + 17 * channels + c);
+                const __m512 w3 = _mm512_maskz_loadu_ps(mask, w + 18 * channels + c);
+                const __m512 w4 = _mm512_maskz_loadu_ps(mask, w + 19 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 3) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 4) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 5) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 6) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 7) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 4 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 8) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 5 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 9) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 10) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 11) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 4 && 4 < ky1) {
+                const float *row = rows[4];
+                const __m512 w0 = _mm512_maskz_loadu_ps(mask, w + 20 * channels + c);
+                const __m512 w1 = _mm512_maskz_loadu_ps(mask, w + 21 * channels + c);
+                const __m512 w2 = _mm512_maskz_loadu_ps(mask, w + 22 * channels + c);
+                const __m512 w3 = _mm512_maskz_loadu_ps(mask, w + 23 * channels + c);
+                const __m512 w4 = _mm512_maskz_loadu_ps(mask, w + 24 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 0) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 1) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 2) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w0, acc2);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 3) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w0, acc3);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 4) * channels + c));
+                    acc0 = _mm512_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm512_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 5) * channels + c));
+                    acc1 = _mm512_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm512_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 6) * channels + c));
+                    acc2 = _mm512_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm512_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 7) * channels + c));
+                    acc3 = _mm512_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 4 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 8) * channels + c));
+                    acc4 = _mm512_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 5 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 9) * channels + c));
+                    acc5 = _mm512_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 10) * channels + c));
+                    acc6 = _mm512_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m512 v = _mm512_maskz_loadu_ps(mask, row + ((column + 11) * channels + c));
+                    acc7 = _mm512_fmadd_ps(v, w4, acc7);
+                }
+            }
+            {
+                __m512 value = activate_f32x16(acc0, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 0 * channels + c));
+                _mm512_mask_storeu_ps(y + 0 * channels + c, mask, value);
+            }
+            if (pixels > 1) {
+                __m512 value = activate_f32x16(acc1, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 1 * channels + c));
+                _mm512_mask_storeu_ps(y + 1 * channels + c, mask, value);
+            }
+            if (pixels > 2) {
+                __m512 value = activate_f32x16(acc2, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 2 * channels + c));
+                _mm512_mask_storeu_ps(y + 2 * channels + c, mask, value);
+            }
+            if (pixels > 3) {
+                __m512 value = activate_f32x16(acc3, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 3 * channels + c));
+                _mm512_mask_storeu_ps(y + 3 * channels + c, mask, value);
+            }
+            if (pixels > 4) {
+                __m512 value = activate_f32x16(acc4, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 4 * channels + c));
+                _mm512_mask_storeu_ps(y + 4 * channels + c, mask, value);
+            }
+            if (pixels > 5) {
+                __m512 value = activate_f32x16(acc5, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 5 * channels + c));
+                _mm512_mask_storeu_ps(y + 5 * channels + c, mask, value);
+            }
+            if (pixels > 6) {
+                __m512 value = activate_f32x16(acc6, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 6 * channels + c));
+                _mm512_mask_storeu_ps(y + 6 * channels + c, mask, value);
+            }
+            if (pixels > 7) {
+                __m512 value = activate_f32x16(acc7, activation);
+                if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + 7 * channels + c));
+                _mm512_mask_storeu_ps(y + 7 * channels + c, mask, value);
+            }
+        }
+    }
+}
+#elif defined(KERNELS_AVX2)
+KERNEL_INLINE void depthwise5x5_s1_f32_block(const float *const *rows, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int channels, int in_width, int column, int pixels, int checked, int ky0, int ky1,
+    int has_bias, int has_residual, int activation)
+{
+    int c = 0;
+    for (; c + 8 <= channels; c += 8) {
+        const __m256 start = has_bias ? _mm256_loadu_ps(bias + c) : _mm256_setzero_ps();
+        {
+            __m256 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
+            if (ky0 <= 0 && 0 < ky1) {
+                const float *row = rows[0];
+                const __m256 w0 = _mm256_loadu_ps(w + 0 * channels + c);
+                const __m256 w1 = _mm256_loadu_ps(w + 1 * channels + c);
+                const __m256 w2 = _mm256_loadu_ps(w + 2 * channels + c);
+                const __m256 w3 = _mm256_loadu_ps(w + 3 * channels + c);
+                const __m256 w4 = _mm256_loadu_ps(w + 4 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 3) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 4) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 5) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 6) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 7) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 4 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 8) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 5 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 9) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 10) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 11) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 1 && 1 < ky1) {
+                const float *row = rows[1];
+                const __m256 w0 = _mm256_loadu_ps(w + 5 * channels + c);
+                const __m256 w1 = _mm256_loadu_ps(w + 6 * channels + c);
+                const __m256 w2 = _mm256_loadu_ps(w + 7 * channels + c);
+                const __m256 w3 = _mm256_loadu_ps(w + 8 * channels + c);
+                const __m256 w4 = _mm256_loadu_ps(w + 9 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 3) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 4) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 5) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 6) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 7) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 4 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 8) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 5 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 9) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 10) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 11) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 2 && 2 < ky1) {
+                const float *row = rows[2];
+                const __m256 w0 = _mm256_loadu_ps(w + 10 * channels + c);
+                const __m256 w1 = _mm256_loadu_ps(w + 11 * channels + c);
+                const __m256 w2 = _mm256_loadu_ps(w + 12 * channels + c);
+                const __m256 w3 = _mm256_loadu_ps(w + 13 * channels + c);
+                const __m256 w4 = _mm256_loadu_ps(w + 14 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 3) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 4) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 5) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 6) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 7) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 4 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 8) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 5 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 9) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 10) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 11) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 3 && 3 < ky1) {
+                const float *row = rows[3];
+                const __m256 w0 = _mm256_loadu_ps(w + 15 * channels + c);
+                const __m256 w1 = _mm256_loadu_ps(w + 16 * channels + c);
+                const __m256 w2 = _mm256_loadu_ps(w + 17 * channels + c);
+                const __m256 w3 = _mm256_loadu_ps(w + 18 * channels + c);
+                const __m256 w4 = _mm256_loadu_ps(w + 19 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 3) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 4) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 5) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 6) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 7) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 4 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 8) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 5 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 9) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 10) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 11) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 4 && 4 < ky1) {
+                const float *row = rows[4];
+                const __m256 w0 = _mm256_loadu_ps(w + 20 * channels + c);
+                const __m256 w1 = _mm256_loadu_ps(w + 21 * channels + c);
+                const __m256 w2 = _mm256_loadu_ps(w + 22 * channels + c);
+                const __m256 w3 = _mm256_loadu_ps(w + 23 * channels + c);
+                const __m256 w4 = _mm256_loadu_ps(w + 24 * channels + c);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 0) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 1) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 2) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 3) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 4) * channels + c));
+                    acc0 = _mm256_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 5) * channels + c));
+                    acc1 = _mm256_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 6) * channels + c));
+                    acc2 = _mm256_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 7) * channels + c));
+                    acc3 = _mm256_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 4 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 8) * channels + c));
+                    acc4 = _mm256_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 5 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 9) * channels + c));
+                    acc5 = _mm256_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 10) * channels + c));
+                    acc6 = _mm256_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_loadu_ps(row + ((column + 11) * channels + c));
+                    acc7 = _mm256_fmadd_ps(v, w4, acc7);
+                }
+            }
+            {
+                __m256 value = activate_f32x8(acc0, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 0 * channels + c));
+                _mm256_storeu_ps(y + 0 * channels + c, value);
+            }
+            if (pixels > 1) {
+                __m256 value = activate_f32x8(acc1, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 1 * channels + c));
+                _mm256_storeu_ps(y + 1 * channels + c, value);
+            }
+            if (pixels > 2) {
+                __m256 value = activate_f32x8(acc2, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 2 * channels + c));
+                _mm256_storeu_ps(y + 2 * channels + c, value);
+            }
+            if (pixels > 3) {
+                __m256 value = activate_f32x8(acc3, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 3 * channels + c));
+                _mm256_storeu_ps(y + 3 * channels + c, value);
+            }
+            if (pixels > 4) {
+                __m256 value = activate_f32x8(acc4, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 4 * channels + c));
+                _mm256_storeu_ps(y + 4 * channels + c, value);
+            }
+            if (pixels > 5) {
+                __m256 value = activate_f32x8(acc5, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 5 * channels + c));
+                _mm256_storeu_ps(y + 5 * channels + c, value);
+            }
+            if (pixels > 6) {
+                __m256 value = activate_f32x8(acc6, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 6 * channels + c));
+                _mm256_storeu_ps(y + 6 * channels + c, value);
+            }
+            if (pixels > 7) {
+                __m256 value = activate_f32x8(acc7, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_loadu_ps(residual + 7 * channels + c));
+                _mm256_storeu_ps(y + 7 * channels + c, value);
+            }
+        }
+    }
+    if (c < channels) {
+        const __m256i mask = lane_mask_f32x8(channels - c);
+        const __m256 start = has_bias ? _mm256_maskload_ps(bias + c, mask) : _mm256_setzero_ps();
+        {
+            __m256 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
+            if (ky0 <= 0 && 0 < ky1) {
+                const float *row = rows[0];
+                const __m256 w0 = _mm256_maskload_ps(w + 0 * channels + c, mask);
+                const __m256 w1 = _mm256_maskload_ps(w + 1 * channels + c, mask);
+                const __m256 w2 = _mm256_maskload_ps(w + 2 * channels + c, mask);
+                const __m256 w3 = _mm256_maskload_ps(w + 3 * channels + c, mask);
+                const __m256 w4 = _mm256_maskload_ps(w + 4 * channels + c, mask);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 0) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 1) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 2) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 3) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 4) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 5) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 6) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 7) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 4 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 8) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 5 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 9) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 10) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 11) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 1 && 1 < ky1) {
+                const float *row = rows[1];
+                const __m256 w0 = _mm256_maskload_ps(w + 5 * channels + c, mask);
+                const __m256 w1 = _mm256_maskload_ps(w + 6 * channels + c, mask);
+                const __m256 w2 = _mm256_maskload_ps(w + 7 * channels + c, mask);
+                const __m256 w3 = _mm256_maskload_ps(w + 8 * channels + c, mask);
+                const __m256 w4 = _mm256_maskload_ps(w + 9 * channels + c, mask);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 0) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 1) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 2) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 3) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 4) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 5) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 6) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 7) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 4 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 8) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 5 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 9) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 10) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 11) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 2 && 2 < ky1) {
+                const float *row = rows[2];
+                const __m256 w0 = _mm256_maskload_ps(w + 10 * channels + c, mask);
+                const __m256 w1 = _mm256_maskload_ps(w + 11 * channels + c, mask);
+                const __m256 w2 = _mm256_maskload_ps(w + 12 * channels + c, mask);
+                const __m256 w3 = _mm256_maskload_ps(w + 13 * channels + c, mask);
+                const __m256 w4 = _mm256_maskload_ps(w + 14 * channels + c, mask);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 0) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 1) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 2) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 3) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 4) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 5) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 6) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 7) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 4 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 8) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 5 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 9) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 10) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 11) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 3 && 3 < ky1) {
+                const float *row = rows[3];
+                const __m256 w0 = _mm256_maskload_ps(w + 15 * channels + c, mask);
+                const __m256 w1 = _mm256_maskload_ps(w + 16 * channels + c, mask);
+                const __m256 w2 = _mm256_maskload_ps(w + 17 * channels + c, mask);
+                const __m256 w3 = _mm256_maskload_ps(w + 18 * channels + c, mask);
+                const __m256 w4 = _mm256_maskload_ps(w + 19 * channels + c, mask);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 0) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 1) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 2) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 3) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 4) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 5) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 6) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 7) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 4 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 8) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 5 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 9) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 10) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 11) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w4, acc7);
+                }
+            }
+            if (ky0 <= 4 && 4 < ky1) {
+                const float *row = rows[4];
+                const __m256 w0 = _mm256_maskload_ps(w + 20 * channels + c, mask);
+                const __m256 w1 = _mm256_maskload_ps(w + 21 * channels + c, mask);
+                const __m256 w2 = _mm256_maskload_ps(w + 22 * channels + c, mask);
+                const __m256 w3 = _mm256_maskload_ps(w + 23 * channels + c, mask);
+                const __m256 w4 = _mm256_maskload_ps(w + 24 * channels + c, mask);
+                if ((!checked || (column + 0 >= 0 && column + 0 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 0) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w0, acc0);
+                }
+                if ((!checked || (column + 1 >= 0 && column + 1 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 1) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w1, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w0, acc1);
+                }
+                if ((!checked || (column + 2 >= 0 && column + 2 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 2) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w2, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w1, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w0, acc2);
+                }
+                if ((!checked || (column + 3 >= 0 && column + 3 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 3) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w3, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w2, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w1, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w0, acc3);
+                }
+                if ((!checked || (column + 4 >= 0 && column + 4 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 4) * channels + c), mask);
+                    acc0 = _mm256_fmadd_ps(v, w4, acc0);
+                    if (pixels > 1) acc1 = _mm256_fmadd_ps(v, w3, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w2, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w1, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w0, acc4);
+                }
+                if (pixels > 1 && (!checked || (column + 5 >= 0 && column + 5 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 5) * channels + c), mask);
+                    acc1 = _mm256_fmadd_ps(v, w4, acc1);
+                    if (pixels > 2) acc2 = _mm256_fmadd_ps(v, w3, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w2, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w1, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w0, acc5);
+                }
+                if (pixels > 2 && (!checked || (column + 6 >= 0 && column + 6 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 6) * channels + c), mask);
+                    acc2 = _mm256_fmadd_ps(v, w4, acc2);
+                    if (pixels > 3) acc3 = _mm256_fmadd_ps(v, w3, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w2, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w1, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w0, acc6);
+                }
+                if (pixels > 3 && (!checked || (column + 7 >= 0 && column + 7 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 7) * channels + c), mask);
+                    acc3 = _mm256_fmadd_ps(v, w4, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(v, w3, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w2, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w1, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w0, acc7);
+                }
+                if (pixels > 4 && (!checked || (column + 8 >= 0 && column + 8 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 8) * channels + c), mask);
+                    acc4 = _mm256_fmadd_ps(v, w4, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(v, w3, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w2, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w1, acc7);
+                }
+                if (pixels > 5 && (!checked || (column + 9 >= 0 && column + 9 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 9) * channels + c), mask);
+                    acc5 = _mm256_fmadd_ps(v, w4, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(v, w3, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w2, acc7);
+                }
+                if (pixels > 6 && (!checked || (column + 10 >= 0 && column + 10 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 10) * channels + c), mask);
+                    acc6 = _mm256_fmadd_ps(v, w4, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(v, w3, acc7);
+                }
+                if (pixels > 7 && (!checked || (column + 11 >= 0 && column + 11 < in_width))) {
+                    const __m256 v = _mm256_maskload_ps(row + ((column + 11) * channels + c), mask);
+                    acc7 = _mm256_fmadd_ps(v, w4, acc7);
+                }
+            }
+            {
+                __m256 value = activate_f32x8(acc0, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 0 * channels + c, mask));
+                _mm256_maskstore_ps(y + 0 * channels + c, mask, value);
+            }
+            if (pixels > 1) {
+                __m256 value = activate_f32x8(acc1, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 1 * channels + c, mask));
+                _mm256_maskstore_ps(y + 1 * channels + c, mask, value);
+            }
+            if (pixels > 2) {
+                __m256 value = activate_f32x8(acc2, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 2 * channels + c, mask));
+                _mm256_maskstore_ps(y + 2 * channels + c, mask, value);
+            }
+            if (pixels > 3) {
+                __m256 value = activate_f32x8(acc3, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 3 * channels + c, mask));
+                _mm256_maskstore_ps(y + 3 * channels + c, mask, value);
+            }
+            if (pixels > 4) {
+                __m256 value = activate_f32x8(acc4, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 4 * channels + c, mask));
+                _mm256_maskstore_ps(y + 4 * channels + c, mask, value);
+            }
+            if (pixels > 5) {
+                __m256 value = activate_f32x8(acc5, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 5 * channels + c, mask));
+                _mm256_maskstore_ps(y + 5 * channels + c, mask, value);
+            }
+            if (pixels > 6) {
+                __m256 value = activate_f32x8(acc6, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 6 * channels + c, mask));
+                _mm256_maskstore_ps(y + 6 * channels + c, mask, value);
+            }
+            if (pixels > 7) {
+                __m256 value = activate_f32x8(acc7, activation);
+                if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + 7 * channels + c, mask));
+                _mm256_maskstore_ps(y + 7 * channels + c, mask, value);
+            }
+        }
+    }
+}
+#else
+KERNEL_INLINE void depthwise5x5_s1_f32_block(const float *const *rows, const float *restrict w,
+    const float *restrict bias, const float *restrict residual, float *restrict y,
+    int channels, int in_width, int column, int pixels, int checked, int ky0, int ky1,
+    int has_bias, int has_residual, int activation)
+{
+    for (int p = 0; p < pixels; ++p) {
+        const int first = column + p * 1;
+        const int kx0 = checked && first < 0 ? -first : 0;
+        const int kx1 = checked && first + 5 > in_width ? in_width - first : 5;
+        depthwise_f32_pixel(rows, w, bias, has_residual ? residual + p * channels : residual, y + p * channels, channels, 5,
+                            first, ky0, ky1, kx0, kx1, has_bias, has_residual, activation);
+    }
+}
+#endif
 
 /* 5x5 depthwise convolution, stride 1x1, padding 2: 14x14x240 -> 14x14x240, w[5][5][240], then bias, hardswish */
 static void depthwise5x5_s1_f32_14x14x240_p2_hardswish(const float *restrict x, const float *restrict w,
@@ -1259,17 +7662,16 @@ static void depthwise5x5_s1_f32_14x14x240_p2_hardswish(const float *restrict x, 
         const int iy0 = oy - 2;
         const int ky0 = iy0 < 0 ? -iy0 : 0;
         const int ky1 = iy0 + 5 > 14 ? 14 - iy0 : 5;
-        for (int ox = 0; ox < 14; ++ox) {
-            const int ix0 = ox - 2;
-            const int kx0 = ix0 < 0 ? -ix0 : 0;
-            const int kx1 = ix0 + 5 > 14 ? 14 - ix0 : 5;
-            const int x_offset = (iy0 * 14 + ix0) * 240;
-            const int y_offset = (oy * 14 + ox) * 240;
-            if (ky0 == 0 && ky1 == 5 && kx0 == 0 && kx1 == 5) {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 240, 5, 3360, x_offset, 0, 5, 0, 5, 1, 0, ACTIVATION_HARDSWISH);
-            } else {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 240, 5, 3360, x_offset, ky0, ky1, kx0, kx1, 1, 0, ACTIVATION_HARDSWISH);
-            }
+        const float *rows[5];
+        for (int ky = 0; ky < 5; ++ky) {
+            rows[ky] = ky >= ky0 && ky < ky1 ? x + (iy0 + ky) * 3360 : x;
+        }
+        if (ky0 == 0 && ky1 == 5) {
+            depthwise5x5_s1_f32_block(rows, w, bias, NULL, y + oy * 3360, 240, 14, -2, 8, 1, 0, 5, 1, 0, ACTIVATION_HARDSWISH);
+            depthwise5x5_s1_f32_block(rows, w, bias, NULL, y + oy * 3360 + 1920, 240, 14, 6, 6, 1, 0, 5, 1, 0, ACTIVATION_HARDSWISH);
+        } else {
+            depthwise5x5_s1_f32_block(rows, w, bias, NULL, y + oy * 3360, 240, 14, -2, 8, 1, ky0, ky1, 1, 0, ACTIVATION_HARDSWISH);
+            depthwise5x5_s1_f32_block(rows, w, bias, NULL, y + oy * 3360 + 1920, 240, 14, 6, 6, 1, ky0, ky1, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 }
@@ -1305,75 +7707,123 @@ static void squeeze_excite_f32_14x14x240_s64_relu_hardsigmoid(const float *restr
     }
 }
 
-/* 1x1 convolution as a GEMM: y[196][40] = x[196][240] * w[240][40], then bias, residual */
+/* 1x1 convolution as a GEMM: y[196][40] = x[196][240] * w[240][40] in 32-column panels, then bias, residual */
 static void pointwise_f32_14x14x240_to_40_residual(const float *restrict x, const float *restrict w,
                                                    const float *restrict bias, const float *restrict residual,
                                                    float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int p = 0; p < 196; p += 7) {
-        pointwise_f32_tile8x32_avx512(x + p * 240, w, bias, residual + p * 40, y + p * 40, 7, 32, 240, 40, 40, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile8x32_avx512(x + p * 240, w, bias, residual + p * 40, y + p * 40, 7, 32, 240, 32, 40, 1, 1, ACTIVATION_IDENTITY);
     }
     for (int p = 0; p < 196; p += 7) {
-        pointwise_f32_tile8x32_avx512(x + p * 240, w + 32, bias + 32, residual + p * 40 + 32, y + p * 40 + 32, 7, 8, 240, 40, 40, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile8x32_avx512(x + p * 240, w + 7680, bias + 32, residual + p * 40 + 32, y + p * 40 + 32, 7, 8, 240, 8, 40, 1, 1, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 32; n += 16) {
-        for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x16_avx2(x + p * 240, w + n, bias + n, residual + p * 40 + n, y + p * 40 + n, 4, 16, 240, 40, 40, 1, 1, ACTIVATION_IDENTITY);
-        }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 240, w, bias, residual + p * 40, y + p * 40, 4, 16, 240, 32, 40, 1, 1, ACTIVATION_IDENTITY);
     }
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile6x16_avx2(x + p * 240, w + 32, bias + 32, residual + p * 40 + 32, y + p * 40 + 32, 4, 8, 240, 40, 40, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x16_avx2(x + p * 240, w + 16, bias + 16, residual + p * 40 + 16, y + p * 40 + 16, 4, 16, 240, 32, 40, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 240, w + 7680, bias + 32, residual + p * 40 + 32, y + p * 40 + 32, 4, 8, 240, 8, 40, 1, 1, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 40; n += 8) {
-        for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x8_vector(x + p * 240, w + n, bias + n, residual + p * 40 + n, y + p * 40 + n, 4, 8, 240, 40, 40, 1, 1, ACTIVATION_IDENTITY);
-        }
-    }
-#else
-    for (int n = 0; n < 32; n += 16) {
-        for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 240, w + n, bias + n, residual + p * 40 + n, y + p * 40 + n, 4, 16, 240, 40, 40, 1, 1, ACTIVATION_IDENTITY);
-        }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 240, w, bias, residual + p * 40, y + p * 40, 4, 8, 240, 32, 40, 1, 1, ACTIVATION_IDENTITY);
     }
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile4x16_portable(x + p * 240, w + 32, bias + 32, residual + p * 40 + 32, y + p * 40 + 32, 4, 8, 240, 40, 40, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x8_vector(x + p * 240, w + 8, bias + 8, residual + p * 40 + 8, y + p * 40 + 8, 4, 8, 240, 32, 40, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 240, w + 16, bias + 16, residual + p * 40 + 16, y + p * 40 + 16, 4, 8, 240, 32, 40, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 240, w + 24, bias + 24, residual + p * 40 + 24, y + p * 40 + 24, 4, 8, 240, 32, 40, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 240, w + 7680, bias + 32, residual + p * 40 + 32, y + p * 40 + 32, 4, 8, 240, 8, 40, 1, 1, ACTIVATION_IDENTITY);
+    }
+#else
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 240, w, bias, residual + p * 40, y + p * 40, 4, 16, 240, 32, 40, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 240, w + 16, bias + 16, residual + p * 40 + 16, y + p * 40 + 16, 4, 16, 240, 32, 40, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 240, w + 7680, bias + 32, residual + p * 40 + 32, y + p * 40 + 32, 4, 8, 240, 8, 40, 1, 1, ACTIVATION_IDENTITY);
     }
 #endif
 }
 
-/* 1x1 convolution as a GEMM: y[196][120] = x[196][40] * w[40][120], then bias, hardswish */
+/* 1x1 convolution as a GEMM: y[196][120] = x[196][40] * w[40][120] in 32-column panels, then bias, hardswish */
 static void pointwise_f32_14x14x40_to_120_hardswish(const float *restrict x, const float *restrict w,
                                                     const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 196; p += 7) {
-        for (int n = 0; n < 96; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 40, w + n, bias + n, NULL, y + p * 120 + n, 7, 32, 40, 120, 120, 1, 0, ACTIVATION_HARDSWISH);
+    for (int n = 0; n < 96; n += 32) {
+        for (int p = 0; p < 196; p += 7) {
+            pointwise_f32_tile8x32_avx512(x + p * 40, w + n * 40, bias + n, NULL, y + p * 120 + n, 7, 32, 40, 32, 120, 1, 0, ACTIVATION_HARDSWISH);
         }
-        pointwise_f32_tile8x32_avx512(x + p * 40, w + 96, bias + 96, NULL, y + p * 120 + 96, 7, 24, 40, 120, 120, 1, 0, ACTIVATION_HARDSWISH);
+    }
+    for (int p = 0; p < 196; p += 7) {
+        pointwise_f32_tile8x32_avx512(x + p * 40, w + 3840, bias + 96, NULL, y + p * 120 + 96, 7, 24, 40, 24, 120, 1, 0, ACTIVATION_HARDSWISH);
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 196; p += 4) {
-        for (int n = 0; n < 112; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 40, w + n, bias + n, NULL, y + p * 120 + n, 4, 16, 40, 120, 120, 1, 0, ACTIVATION_HARDSWISH);
+    for (int n = 0; n < 96; n += 32) {
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 40, w + n * 40, bias + n, NULL, y + p * 120 + n, 4, 16, 40, 32, 120, 1, 0, ACTIVATION_HARDSWISH);
         }
-        pointwise_f32_tile6x16_avx2(x + p * 40, w + 112, bias + 112, NULL, y + p * 120 + 112, 4, 8, 40, 120, 120, 1, 0, ACTIVATION_HARDSWISH);
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 40, w + n * 40 + 16, bias + n + 16, NULL, y + p * 120 + n + 16, 4, 16, 40, 32, 120, 1, 0, ACTIVATION_HARDSWISH);
+        }
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 40, w + 3840, bias + 96, NULL, y + p * 120 + 96, 4, 16, 40, 24, 120, 1, 0, ACTIVATION_HARDSWISH);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 40, w + 3856, bias + 112, NULL, y + p * 120 + 112, 4, 8, 40, 24, 120, 1, 0, ACTIVATION_HARDSWISH);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int p = 0; p < 196; p += 4) {
-        for (int n = 0; n < 120; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 40, w + n, bias + n, NULL, y + p * 120 + n, 4, 8, 40, 120, 120, 1, 0, ACTIVATION_HARDSWISH);
+    for (int n = 0; n < 96; n += 32) {
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 40, w + n * 40, bias + n, NULL, y + p * 120 + n, 4, 8, 40, 32, 120, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 40, w + n * 40 + 8, bias + n + 8, NULL, y + p * 120 + n + 8, 4, 8, 40, 32, 120, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 40, w + n * 40 + 16, bias + n + 16, NULL, y + p * 120 + n + 16, 4, 8, 40, 32, 120, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 40, w + n * 40 + 24, bias + n + 24, NULL, y + p * 120 + n + 24, 4, 8, 40, 32, 120, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
-#else
     for (int p = 0; p < 196; p += 4) {
-        for (int n = 0; n < 112; n += 16) {
-            pointwise_f32_tile4x16_portable(x + p * 40, w + n, bias + n, NULL, y + p * 120 + n, 4, 16, 40, 120, 120, 1, 0, ACTIVATION_HARDSWISH);
+        pointwise_f32_tile6x8_vector(x + p * 40, w + 3840, bias + 96, NULL, y + p * 120 + 96, 4, 8, 40, 24, 120, 1, 0, ACTIVATION_HARDSWISH);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 40, w + 3848, bias + 104, NULL, y + p * 120 + 104, 4, 8, 40, 24, 120, 1, 0, ACTIVATION_HARDSWISH);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 40, w + 3856, bias + 112, NULL, y + p * 120 + 112, 4, 8, 40, 24, 120, 1, 0, ACTIVATION_HARDSWISH);
+    }
+#else
+    for (int n = 0; n < 96; n += 32) {
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 40, w + n * 40, bias + n, NULL, y + p * 120 + n, 4, 16, 40, 32, 120, 1, 0, ACTIVATION_HARDSWISH);
         }
-        pointwise_f32_tile4x16_portable(x + p * 40, w + 112, bias + 112, NULL, y + p * 120 + 112, 4, 8, 40, 120, 120, 1, 0, ACTIVATION_HARDSWISH);
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 40, w + n * 40 + 16, bias + n + 16, NULL, y + p * 120 + n + 16, 4, 16, 40, 32, 120, 1, 0, ACTIVATION_HARDSWISH);
+        }
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 40, w + 3840, bias + 96, NULL, y + p * 120 + 96, 4, 16, 40, 24, 120, 1, 0, ACTIVATION_HARDSWISH);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 40, w + 3856, bias + 112, NULL, y + p * 120 + 112, 4, 8, 40, 24, 120, 1, 0, ACTIVATION_HARDSWISH);
     }
 #endif
 }
@@ -1386,17 +7836,16 @@ static void depthwise5x5_s1_f32_14x14x120_p2_hardswish(const float *restrict x, 
         const int iy0 = oy - 2;
         const int ky0 = iy0 < 0 ? -iy0 : 0;
         const int ky1 = iy0 + 5 > 14 ? 14 - iy0 : 5;
-        for (int ox = 0; ox < 14; ++ox) {
-            const int ix0 = ox - 2;
-            const int kx0 = ix0 < 0 ? -ix0 : 0;
-            const int kx1 = ix0 + 5 > 14 ? 14 - ix0 : 5;
-            const int x_offset = (iy0 * 14 + ix0) * 120;
-            const int y_offset = (oy * 14 + ox) * 120;
-            if (ky0 == 0 && ky1 == 5 && kx0 == 0 && kx1 == 5) {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 120, 5, 1680, x_offset, 0, 5, 0, 5, 1, 0, ACTIVATION_HARDSWISH);
-            } else {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 120, 5, 1680, x_offset, ky0, ky1, kx0, kx1, 1, 0, ACTIVATION_HARDSWISH);
-            }
+        const float *rows[5];
+        for (int ky = 0; ky < 5; ++ky) {
+            rows[ky] = ky >= ky0 && ky < ky1 ? x + (iy0 + ky) * 1680 : x;
+        }
+        if (ky0 == 0 && ky1 == 5) {
+            depthwise5x5_s1_f32_block(rows, w, bias, NULL, y + oy * 1680, 120, 14, -2, 8, 1, 0, 5, 1, 0, ACTIVATION_HARDSWISH);
+            depthwise5x5_s1_f32_block(rows, w, bias, NULL, y + oy * 1680 + 960, 120, 14, 6, 6, 1, 0, 5, 1, 0, ACTIVATION_HARDSWISH);
+        } else {
+            depthwise5x5_s1_f32_block(rows, w, bias, NULL, y + oy * 1680, 120, 14, -2, 8, 1, ky0, ky1, 1, 0, ACTIVATION_HARDSWISH);
+            depthwise5x5_s1_f32_block(rows, w, bias, NULL, y + oy * 1680 + 960, 120, 14, 6, 6, 1, ky0, ky1, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 }
@@ -1432,64 +7881,116 @@ static void squeeze_excite_f32_14x14x120_s32_relu_hardsigmoid(const float *restr
     }
 }
 
-/* 1x1 convolution as a GEMM: y[196][48] = x[196][120] * w[120][48], then bias */
+/* 1x1 convolution as a GEMM: y[196][48] = x[196][120] * w[120][48] in 32-column panels, then bias */
 static void pointwise_f32_14x14x120_to_48(const float *restrict x, const float *restrict w,
                                           const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int p = 0; p < 196; p += 7) {
-        pointwise_f32_tile8x32_avx512(x + p * 120, w, bias, NULL, y + p * 48, 7, 32, 120, 48, 48, 1, 0, ACTIVATION_IDENTITY);
-        pointwise_f32_tile8x32_avx512(x + p * 120, w + 32, bias + 32, NULL, y + p * 48 + 32, 7, 16, 120, 48, 48, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile8x32_avx512(x + p * 120, w, bias, NULL, y + p * 48, 7, 32, 120, 32, 48, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 7) {
+        pointwise_f32_tile8x32_avx512(x + p * 120, w + 3840, bias + 32, NULL, y + p * 48 + 32, 7, 16, 120, 16, 48, 1, 0, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_AVX2)
     for (int p = 0; p < 196; p += 4) {
-        for (int n = 0; n < 48; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 120, w + n, bias + n, NULL, y + p * 48 + n, 4, 16, 120, 48, 48, 1, 0, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile6x16_avx2(x + p * 120, w, bias, NULL, y + p * 48, 4, 16, 120, 32, 48, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 120, w + 16, bias + 16, NULL, y + p * 48 + 16, 4, 16, 120, 32, 48, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 120, w + 3840, bias + 32, NULL, y + p * 48 + 32, 4, 16, 120, 16, 48, 1, 0, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
     for (int p = 0; p < 196; p += 4) {
-        for (int n = 0; n < 48; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 120, w + n, bias + n, NULL, y + p * 48 + n, 4, 8, 120, 48, 48, 1, 0, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile6x8_vector(x + p * 120, w, bias, NULL, y + p * 48, 4, 8, 120, 32, 48, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 120, w + 8, bias + 8, NULL, y + p * 48 + 8, 4, 8, 120, 32, 48, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 120, w + 16, bias + 16, NULL, y + p * 48 + 16, 4, 8, 120, 32, 48, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 120, w + 24, bias + 24, NULL, y + p * 48 + 24, 4, 8, 120, 32, 48, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 120, w + 3840, bias + 32, NULL, y + p * 48 + 32, 4, 8, 120, 16, 48, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 120, w + 3848, bias + 40, NULL, y + p * 48 + 40, 4, 8, 120, 16, 48, 1, 0, ACTIVATION_IDENTITY);
     }
 #else
     for (int p = 0; p < 196; p += 4) {
-        for (int n = 0; n < 48; n += 16) {
-            pointwise_f32_tile4x16_portable(x + p * 120, w + n, bias + n, NULL, y + p * 48 + n, 4, 16, 120, 48, 48, 1, 0, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile4x16_portable(x + p * 120, w, bias, NULL, y + p * 48, 4, 16, 120, 32, 48, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 120, w + 16, bias + 16, NULL, y + p * 48 + 16, 4, 16, 120, 32, 48, 1, 0, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 120, w + 3840, bias + 32, NULL, y + p * 48 + 32, 4, 16, 120, 16, 48, 1, 0, ACTIVATION_IDENTITY);
     }
 #endif
 }
 
-/* 1x1 convolution as a GEMM: y[196][144] = x[196][48] * w[48][144], then bias, hardswish */
+/* 1x1 convolution as a GEMM: y[196][144] = x[196][48] * w[48][144] in 32-column panels, then bias, hardswish */
 static void pointwise_f32_14x14x48_to_144_hardswish(const float *restrict x, const float *restrict w,
                                                     const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
-    for (int p = 0; p < 196; p += 7) {
-        for (int n = 0; n < 128; n += 32) {
-            pointwise_f32_tile8x32_avx512(x + p * 48, w + n, bias + n, NULL, y + p * 144 + n, 7, 32, 48, 144, 144, 1, 0, ACTIVATION_HARDSWISH);
+    for (int n = 0; n < 128; n += 32) {
+        for (int p = 0; p < 196; p += 7) {
+            pointwise_f32_tile8x32_avx512(x + p * 48, w + n * 48, bias + n, NULL, y + p * 144 + n, 7, 32, 48, 32, 144, 1, 0, ACTIVATION_HARDSWISH);
         }
-        pointwise_f32_tile8x32_avx512(x + p * 48, w + 128, bias + 128, NULL, y + p * 144 + 128, 7, 16, 48, 144, 144, 1, 0, ACTIVATION_HARDSWISH);
+    }
+    for (int p = 0; p < 196; p += 7) {
+        pointwise_f32_tile8x32_avx512(x + p * 48, w + 6144, bias + 128, NULL, y + p * 144 + 128, 7, 16, 48, 16, 144, 1, 0, ACTIVATION_HARDSWISH);
     }
 #elif defined(KERNELS_AVX2)
-    for (int p = 0; p < 196; p += 4) {
-        for (int n = 0; n < 144; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 48, w + n, bias + n, NULL, y + p * 144 + n, 4, 16, 48, 144, 144, 1, 0, ACTIVATION_HARDSWISH);
+    for (int n = 0; n < 128; n += 32) {
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 48, w + n * 48, bias + n, NULL, y + p * 144 + n, 4, 16, 48, 32, 144, 1, 0, ACTIVATION_HARDSWISH);
         }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 48, w + n * 48 + 16, bias + n + 16, NULL, y + p * 144 + n + 16, 4, 16, 48, 32, 144, 1, 0, ACTIVATION_HARDSWISH);
+        }
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 48, w + 6144, bias + 128, NULL, y + p * 144 + 128, 4, 16, 48, 16, 144, 1, 0, ACTIVATION_HARDSWISH);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int p = 0; p < 196; p += 4) {
-        for (int n = 0; n < 144; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 48, w + n, bias + n, NULL, y + p * 144 + n, 4, 8, 48, 144, 144, 1, 0, ACTIVATION_HARDSWISH);
+    for (int n = 0; n < 128; n += 32) {
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 48, w + n * 48, bias + n, NULL, y + p * 144 + n, 4, 8, 48, 32, 144, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 48, w + n * 48 + 8, bias + n + 8, NULL, y + p * 144 + n + 8, 4, 8, 48, 32, 144, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 48, w + n * 48 + 16, bias + n + 16, NULL, y + p * 144 + n + 16, 4, 8, 48, 32, 144, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 48, w + n * 48 + 24, bias + n + 24, NULL, y + p * 144 + n + 24, 4, 8, 48, 32, 144, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
-#else
     for (int p = 0; p < 196; p += 4) {
-        for (int n = 0; n < 144; n += 16) {
-            pointwise_f32_tile4x16_portable(x + p * 48, w + n, bias + n, NULL, y + p * 144 + n, 4, 16, 48, 144, 144, 1, 0, ACTIVATION_HARDSWISH);
+        pointwise_f32_tile6x8_vector(x + p * 48, w + 6144, bias + 128, NULL, y + p * 144 + 128, 4, 8, 48, 16, 144, 1, 0, ACTIVATION_HARDSWISH);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 48, w + 6152, bias + 136, NULL, y + p * 144 + 136, 4, 8, 48, 16, 144, 1, 0, ACTIVATION_HARDSWISH);
+    }
+#else
+    for (int n = 0; n < 128; n += 32) {
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 48, w + n * 48, bias + n, NULL, y + p * 144 + n, 4, 16, 48, 32, 144, 1, 0, ACTIVATION_HARDSWISH);
         }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 48, w + n * 48 + 16, bias + n + 16, NULL, y + p * 144 + n + 16, 4, 16, 48, 32, 144, 1, 0, ACTIVATION_HARDSWISH);
+        }
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 48, w + 6144, bias + 128, NULL, y + p * 144 + 128, 4, 16, 48, 16, 144, 1, 0, ACTIVATION_HARDSWISH);
     }
 #endif
 }
@@ -1502,17 +8003,16 @@ static void depthwise5x5_s1_f32_14x14x144_p2_hardswish(const float *restrict x, 
         const int iy0 = oy - 2;
         const int ky0 = iy0 < 0 ? -iy0 : 0;
         const int ky1 = iy0 + 5 > 14 ? 14 - iy0 : 5;
-        for (int ox = 0; ox < 14; ++ox) {
-            const int ix0 = ox - 2;
-            const int kx0 = ix0 < 0 ? -ix0 : 0;
-            const int kx1 = ix0 + 5 > 14 ? 14 - ix0 : 5;
-            const int x_offset = (iy0 * 14 + ix0) * 144;
-            const int y_offset = (oy * 14 + ox) * 144;
-            if (ky0 == 0 && ky1 == 5 && kx0 == 0 && kx1 == 5) {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 144, 5, 2016, x_offset, 0, 5, 0, 5, 1, 0, ACTIVATION_HARDSWISH);
-            } else {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 144, 5, 2016, x_offset, ky0, ky1, kx0, kx1, 1, 0, ACTIVATION_HARDSWISH);
-            }
+        const float *rows[5];
+        for (int ky = 0; ky < 5; ++ky) {
+            rows[ky] = ky >= ky0 && ky < ky1 ? x + (iy0 + ky) * 2016 : x;
+        }
+        if (ky0 == 0 && ky1 == 5) {
+            depthwise5x5_s1_f32_block(rows, w, bias, NULL, y + oy * 2016, 144, 14, -2, 8, 1, 0, 5, 1, 0, ACTIVATION_HARDSWISH);
+            depthwise5x5_s1_f32_block(rows, w, bias, NULL, y + oy * 2016 + 1152, 144, 14, 6, 6, 1, 0, 5, 1, 0, ACTIVATION_HARDSWISH);
+        } else {
+            depthwise5x5_s1_f32_block(rows, w, bias, NULL, y + oy * 2016, 144, 14, -2, 8, 1, ky0, ky1, 1, 0, ACTIVATION_HARDSWISH);
+            depthwise5x5_s1_f32_block(rows, w, bias, NULL, y + oy * 2016 + 1152, 144, 14, 6, 6, 1, ky0, ky1, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 }
@@ -1548,63 +8048,101 @@ static void squeeze_excite_f32_14x14x144_s40_relu_hardsigmoid(const float *restr
     }
 }
 
-/* 1x1 convolution as a GEMM: y[196][48] = x[196][144] * w[144][48], then bias, residual */
+/* 1x1 convolution as a GEMM: y[196][48] = x[196][144] * w[144][48] in 32-column panels, then bias, residual */
 static void pointwise_f32_14x14x144_to_48_residual(const float *restrict x, const float *restrict w,
                                                    const float *restrict bias, const float *restrict residual,
                                                    float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int p = 0; p < 196; p += 7) {
-        pointwise_f32_tile8x32_avx512(x + p * 144, w, bias, residual + p * 48, y + p * 48, 7, 32, 144, 48, 48, 1, 1, ACTIVATION_IDENTITY);
-        pointwise_f32_tile8x32_avx512(x + p * 144, w + 32, bias + 32, residual + p * 48 + 32, y + p * 48 + 32, 7, 16, 144, 48, 48, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile8x32_avx512(x + p * 144, w, bias, residual + p * 48, y + p * 48, 7, 32, 144, 32, 48, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 7) {
+        pointwise_f32_tile8x32_avx512(x + p * 144, w + 4608, bias + 32, residual + p * 48 + 32, y + p * 48 + 32, 7, 16, 144, 16, 48, 1, 1, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_AVX2)
     for (int p = 0; p < 196; p += 4) {
-        for (int n = 0; n < 48; n += 16) {
-            pointwise_f32_tile6x16_avx2(x + p * 144, w + n, bias + n, residual + p * 48 + n, y + p * 48 + n, 4, 16, 144, 48, 48, 1, 1, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile6x16_avx2(x + p * 144, w, bias, residual + p * 48, y + p * 48, 4, 16, 144, 32, 48, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 144, w + 16, bias + 16, residual + p * 48 + 16, y + p * 48 + 16, 4, 16, 144, 32, 48, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x16_avx2(x + p * 144, w + 4608, bias + 32, residual + p * 48 + 32, y + p * 48 + 32, 4, 16, 144, 16, 48, 1, 1, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
     for (int p = 0; p < 196; p += 4) {
-        for (int n = 0; n < 48; n += 8) {
-            pointwise_f32_tile6x8_vector(x + p * 144, w + n, bias + n, residual + p * 48 + n, y + p * 48 + n, 4, 8, 144, 48, 48, 1, 1, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile6x8_vector(x + p * 144, w, bias, residual + p * 48, y + p * 48, 4, 8, 144, 32, 48, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 144, w + 8, bias + 8, residual + p * 48 + 8, y + p * 48 + 8, 4, 8, 144, 32, 48, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 144, w + 16, bias + 16, residual + p * 48 + 16, y + p * 48 + 16, 4, 8, 144, 32, 48, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 144, w + 24, bias + 24, residual + p * 48 + 24, y + p * 48 + 24, 4, 8, 144, 32, 48, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 144, w + 4608, bias + 32, residual + p * 48 + 32, y + p * 48 + 32, 4, 8, 144, 16, 48, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile6x8_vector(x + p * 144, w + 4616, bias + 40, residual + p * 48 + 40, y + p * 48 + 40, 4, 8, 144, 16, 48, 1, 1, ACTIVATION_IDENTITY);
     }
 #else
     for (int p = 0; p < 196; p += 4) {
-        for (int n = 0; n < 48; n += 16) {
-            pointwise_f32_tile4x16_portable(x + p * 144, w + n, bias + n, residual + p * 48 + n, y + p * 48 + n, 4, 16, 144, 48, 48, 1, 1, ACTIVATION_IDENTITY);
-        }
+        pointwise_f32_tile4x16_portable(x + p * 144, w, bias, residual + p * 48, y + p * 48, 4, 16, 144, 32, 48, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 144, w + 16, bias + 16, residual + p * 48 + 16, y + p * 48 + 16, 4, 16, 144, 32, 48, 1, 1, ACTIVATION_IDENTITY);
+    }
+    for (int p = 0; p < 196; p += 4) {
+        pointwise_f32_tile4x16_portable(x + p * 144, w + 4608, bias + 32, residual + p * 48 + 32, y + p * 48 + 32, 4, 16, 144, 16, 48, 1, 1, ACTIVATION_IDENTITY);
     }
 #endif
 }
 
-/* 1x1 convolution as a GEMM: y[196][288] = x[196][48] * w[48][288], then bias, hardswish */
+/* 1x1 convolution as a GEMM: y[196][288] = x[196][48] * w[48][288] in 32-column panels, then bias, hardswish */
 static void pointwise_f32_14x14x48_to_288_hardswish(const float *restrict x, const float *restrict w,
                                                     const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 288; n += 32) {
         for (int p = 0; p < 196; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 48, w + n, bias + n, NULL, y + p * 288 + n, 7, 32, 48, 288, 288, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile8x32_avx512(x + p * 48, w + n * 48, bias + n, NULL, y + p * 288 + n, 7, 32, 48, 32, 288, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 288; n += 16) {
+    for (int n = 0; n < 288; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x16_avx2(x + p * 48, w + n, bias + n, NULL, y + p * 288 + n, 4, 16, 48, 288, 288, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile6x16_avx2(x + p * 48, w + n * 48, bias + n, NULL, y + p * 288 + n, 4, 16, 48, 32, 288, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x16_avx2(x + p * 48, w + n * 48 + 16, bias + n + 16, NULL, y + p * 288 + n + 16, 4, 16, 48, 32, 288, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 288; n += 8) {
+    for (int n = 0; n < 288; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile6x8_vector(x + p * 48, w + n, bias + n, NULL, y + p * 288 + n, 4, 8, 48, 288, 288, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile6x8_vector(x + p * 48, w + n * 48, bias + n, NULL, y + p * 288 + n, 4, 8, 48, 32, 288, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 48, w + n * 48 + 8, bias + n + 8, NULL, y + p * 288 + n + 8, 4, 8, 48, 32, 288, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 48, w + n * 48 + 16, bias + n + 16, NULL, y + p * 288 + n + 16, 4, 8, 48, 32, 288, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile6x8_vector(x + p * 48, w + n * 48 + 24, bias + n + 24, NULL, y + p * 288 + n + 24, 4, 8, 48, 32, 288, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 #else
-    for (int n = 0; n < 288; n += 16) {
+    for (int n = 0; n < 288; n += 32) {
         for (int p = 0; p < 196; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 48, w + n, bias + n, NULL, y + p * 288 + n, 4, 16, 48, 288, 288, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile4x16_portable(x + p * 48, w + n * 48, bias + n, NULL, y + p * 288 + n, 4, 16, 48, 32, 288, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        for (int p = 0; p < 196; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 48, w + n * 48 + 16, bias + n + 16, NULL, y + p * 288 + n + 16, 4, 16, 48, 32, 288, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 #endif
@@ -1618,17 +8156,14 @@ static void depthwise5x5_s2_f32_14x14x288_p2_hardswish(const float *restrict x, 
         const int iy0 = oy * 2 - 2;
         const int ky0 = iy0 < 0 ? -iy0 : 0;
         const int ky1 = iy0 + 5 > 14 ? 14 - iy0 : 5;
-        for (int ox = 0; ox < 7; ++ox) {
-            const int ix0 = ox * 2 - 2;
-            const int kx0 = ix0 < 0 ? -ix0 : 0;
-            const int kx1 = ix0 + 5 > 14 ? 14 - ix0 : 5;
-            const int x_offset = (iy0 * 14 + ix0) * 288;
-            const int y_offset = (oy * 7 + ox) * 288;
-            if (ky0 == 0 && ky1 == 5 && kx0 == 0 && kx1 == 5) {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 288, 5, 4032, x_offset, 0, 5, 0, 5, 1, 0, ACTIVATION_HARDSWISH);
-            } else {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 288, 5, 4032, x_offset, ky0, ky1, kx0, kx1, 1, 0, ACTIVATION_HARDSWISH);
-            }
+        const float *rows[5];
+        for (int ky = 0; ky < 5; ++ky) {
+            rows[ky] = ky >= ky0 && ky < ky1 ? x + (iy0 + ky) * 4032 : x;
+        }
+        if (ky0 == 0 && ky1 == 5) {
+            depthwise5x5_s2_f32_block(rows, w, bias, NULL, y + oy * 2016, 288, 14, -2, 7, 1, 0, 5, 1, 0, ACTIVATION_HARDSWISH);
+        } else {
+            depthwise5x5_s2_f32_block(rows, w, bias, NULL, y + oy * 2016, 288, 14, -2, 7, 1, ky0, ky1, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 }
@@ -1664,70 +8199,110 @@ static void squeeze_excite_f32_7x7x288_s72_relu_hardsigmoid(const float *restric
     }
 }
 
-/* 1x1 convolution as a GEMM: y[49][96] = x[49][288] * w[288][96], then bias */
+/* 1x1 convolution as a GEMM: y[49][96] = x[49][288] * w[288][96] in 32-column panels, then bias */
 static void pointwise_f32_7x7x288_to_96(const float *restrict x, const float *restrict w,
                                         const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 49; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 288, w + n, bias + n, NULL, y + p * 96 + n, 7, 32, 288, 96, 96, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile8x32_avx512(x + p * 288, w + n * 288, bias + n, NULL, y + p * 96 + n, 7, 32, 288, 32, 96, 1, 0, ACTIVATION_IDENTITY);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 96; n += 16) {
+    for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x16_avx2(x + p * 288, w + n, bias + n, NULL, y + p * 96 + n, 5, 16, 288, 96, 96, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x16_avx2(x + p * 288, w + n * 288, bias + n, NULL, y + p * 96 + n, 5, 16, 288, 32, 96, 1, 0, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile6x16_avx2(x + 12960, w + n, bias + n, NULL, y + n + 4320, 4, 16, 288, 96, 96, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x16_avx2(x + 12960, w + n * 288, bias + n, NULL, y + n + 4320, 4, 16, 288, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x16_avx2(x + p * 288, w + n * 288 + 16, bias + n + 16, NULL, y + p * 96 + n + 16, 5, 16, 288, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x16_avx2(x + 12960, w + n * 288 + 16, bias + n + 16, NULL, y + n + 16 + 4320, 4, 16, 288, 32, 96, 1, 0, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 96; n += 8) {
+    for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x8_vector(x + p * 288, w + n, bias + n, NULL, y + p * 96 + n, 5, 8, 288, 96, 96, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x8_vector(x + p * 288, w + n * 288, bias + n, NULL, y + p * 96 + n, 5, 8, 288, 32, 96, 1, 0, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile6x8_vector(x + 12960, w + n, bias + n, NULL, y + n + 4320, 4, 8, 288, 96, 96, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x8_vector(x + 12960, w + n * 288, bias + n, NULL, y + n + 4320, 4, 8, 288, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 288, w + n * 288 + 8, bias + n + 8, NULL, y + p * 96 + n + 8, 5, 8, 288, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x8_vector(x + 12960, w + n * 288 + 8, bias + n + 8, NULL, y + n + 8 + 4320, 4, 8, 288, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 288, w + n * 288 + 16, bias + n + 16, NULL, y + p * 96 + n + 16, 5, 8, 288, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x8_vector(x + 12960, w + n * 288 + 16, bias + n + 16, NULL, y + n + 16 + 4320, 4, 8, 288, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 288, w + n * 288 + 24, bias + n + 24, NULL, y + p * 96 + n + 24, 5, 8, 288, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x8_vector(x + 12960, w + n * 288 + 24, bias + n + 24, NULL, y + n + 24 + 4320, 4, 8, 288, 32, 96, 1, 0, ACTIVATION_IDENTITY);
     }
 #else
-    for (int n = 0; n < 96; n += 16) {
+    for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 48; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 288, w + n, bias + n, NULL, y + p * 96 + n, 4, 16, 288, 96, 96, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile4x16_portable(x + p * 288, w + n * 288, bias + n, NULL, y + p * 96 + n, 4, 16, 288, 32, 96, 1, 0, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile4x16_portable(x + 13824, w + n, bias + n, NULL, y + n + 4608, 1, 16, 288, 96, 96, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile4x16_portable(x + 13824, w + n * 288, bias + n, NULL, y + n + 4608, 1, 16, 288, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 48; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 288, w + n * 288 + 16, bias + n + 16, NULL, y + p * 96 + n + 16, 4, 16, 288, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile4x16_portable(x + 13824, w + n * 288 + 16, bias + n + 16, NULL, y + n + 16 + 4608, 1, 16, 288, 32, 96, 1, 0, ACTIVATION_IDENTITY);
     }
 #endif
 }
 
-/* 1x1 convolution as a GEMM: y[49][576] = x[49][96] * w[96][576], then bias, hardswish */
+/* 1x1 convolution as a GEMM: y[49][576] = x[49][96] * w[96][576] in 32-column panels, then bias, hardswish */
 static void pointwise_f32_7x7x96_to_576_hardswish(const float *restrict x, const float *restrict w,
                                                   const float *restrict bias, float *restrict y)
 {
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 576; n += 32) {
         for (int p = 0; p < 49; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 96, w + n, bias + n, NULL, y + p * 576 + n, 7, 32, 96, 576, 576, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile8x32_avx512(x + p * 96, w + n * 96, bias + n, NULL, y + p * 576 + n, 7, 32, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 576; n += 16) {
+    for (int n = 0; n < 576; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x16_avx2(x + p * 96, w + n, bias + n, NULL, y + p * 576 + n, 5, 16, 96, 576, 576, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile6x16_avx2(x + p * 96, w + n * 96, bias + n, NULL, y + p * 576 + n, 5, 16, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
         }
-        pointwise_f32_tile6x16_avx2(x + 4320, w + n, bias + n, NULL, y + n + 25920, 4, 16, 96, 576, 576, 1, 0, ACTIVATION_HARDSWISH);
+        pointwise_f32_tile6x16_avx2(x + 4320, w + n * 96, bias + n, NULL, y + n + 25920, 4, 16, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x16_avx2(x + p * 96, w + n * 96 + 16, bias + n + 16, NULL, y + p * 576 + n + 16, 5, 16, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        pointwise_f32_tile6x16_avx2(x + 4320, w + n * 96 + 16, bias + n + 16, NULL, y + n + 16 + 25920, 4, 16, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 576; n += 8) {
+    for (int n = 0; n < 576; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x8_vector(x + p * 96, w + n, bias + n, NULL, y + p * 576 + n, 5, 8, 96, 576, 576, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile6x8_vector(x + p * 96, w + n * 96, bias + n, NULL, y + p * 576 + n, 5, 8, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
         }
-        pointwise_f32_tile6x8_vector(x + 4320, w + n, bias + n, NULL, y + n + 25920, 4, 8, 96, 576, 576, 1, 0, ACTIVATION_HARDSWISH);
+        pointwise_f32_tile6x8_vector(x + 4320, w + n * 96, bias + n, NULL, y + n + 25920, 4, 8, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 96, w + n * 96 + 8, bias + n + 8, NULL, y + p * 576 + n + 8, 5, 8, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        pointwise_f32_tile6x8_vector(x + 4320, w + n * 96 + 8, bias + n + 8, NULL, y + n + 8 + 25920, 4, 8, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 96, w + n * 96 + 16, bias + n + 16, NULL, y + p * 576 + n + 16, 5, 8, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        pointwise_f32_tile6x8_vector(x + 4320, w + n * 96 + 16, bias + n + 16, NULL, y + n + 16 + 25920, 4, 8, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 96, w + n * 96 + 24, bias + n + 24, NULL, y + p * 576 + n + 24, 5, 8, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        pointwise_f32_tile6x8_vector(x + 4320, w + n * 96 + 24, bias + n + 24, NULL, y + n + 24 + 25920, 4, 8, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
     }
 #else
-    for (int n = 0; n < 576; n += 16) {
+    for (int n = 0; n < 576; n += 32) {
         for (int p = 0; p < 48; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 96, w + n, bias + n, NULL, y + p * 576 + n, 4, 16, 96, 576, 576, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile4x16_portable(x + p * 96, w + n * 96, bias + n, NULL, y + p * 576 + n, 4, 16, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
         }
-        pointwise_f32_tile4x16_portable(x + 4608, w + n, bias + n, NULL, y + n + 27648, 1, 16, 96, 576, 576, 1, 0, ACTIVATION_HARDSWISH);
+        pointwise_f32_tile4x16_portable(x + 4608, w + n * 96, bias + n, NULL, y + n + 27648, 1, 16, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
+        for (int p = 0; p < 48; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 96, w + n * 96 + 16, bias + n + 16, NULL, y + p * 576 + n + 16, 4, 16, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
+        }
+        pointwise_f32_tile4x16_portable(x + 4608, w + n * 96 + 16, bias + n + 16, NULL, y + n + 16 + 27648, 1, 16, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
     }
 #endif
 }
@@ -1740,17 +8315,14 @@ static void depthwise5x5_s1_f32_7x7x576_p2_hardswish(const float *restrict x, co
         const int iy0 = oy - 2;
         const int ky0 = iy0 < 0 ? -iy0 : 0;
         const int ky1 = iy0 + 5 > 7 ? 7 - iy0 : 5;
-        for (int ox = 0; ox < 7; ++ox) {
-            const int ix0 = ox - 2;
-            const int kx0 = ix0 < 0 ? -ix0 : 0;
-            const int kx1 = ix0 + 5 > 7 ? 7 - ix0 : 5;
-            const int x_offset = (iy0 * 7 + ix0) * 576;
-            const int y_offset = (oy * 7 + ox) * 576;
-            if (ky0 == 0 && ky1 == 5 && kx0 == 0 && kx1 == 5) {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 576, 5, 4032, x_offset, 0, 5, 0, 5, 1, 0, ACTIVATION_HARDSWISH);
-            } else {
-                depthwise_f32_pixel(x, w, bias, NULL, y + y_offset, 576, 5, 4032, x_offset, ky0, ky1, kx0, kx1, 1, 0, ACTIVATION_HARDSWISH);
-            }
+        const float *rows[5];
+        for (int ky = 0; ky < 5; ++ky) {
+            rows[ky] = ky >= ky0 && ky < ky1 ? x + (iy0 + ky) * 4032 : x;
+        }
+        if (ky0 == 0 && ky1 == 5) {
+            depthwise5x5_s1_f32_block(rows, w, bias, NULL, y + oy * 4032, 576, 7, -2, 7, 1, 0, 5, 1, 0, ACTIVATION_HARDSWISH);
+        } else {
+            depthwise5x5_s1_f32_block(rows, w, bias, NULL, y + oy * 4032, 576, 7, -2, 7, 1, ky0, ky1, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 }
@@ -1786,7 +8358,7 @@ static void squeeze_excite_f32_7x7x576_s144_relu_hardsigmoid(const float *restri
     }
 }
 
-/* 1x1 convolution as a GEMM: y[49][96] = x[49][576] * w[576][96], then bias, residual */
+/* 1x1 convolution as a GEMM: y[49][96] = x[49][576] * w[576][96] in 32-column panels, then bias, residual */
 static void pointwise_f32_7x7x576_to_96_residual(const float *restrict x, const float *restrict w,
                                                  const float *restrict bias, const float *restrict residual,
                                                  float *restrict y)
@@ -1794,29 +8366,49 @@ static void pointwise_f32_7x7x576_to_96_residual(const float *restrict x, const 
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 49; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 576, w + n, bias + n, residual + p * 96 + n, y + p * 96 + n, 7, 32, 576, 96, 96, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile8x32_avx512(x + p * 576, w + n * 576, bias + n, residual + p * 96 + n, y + p * 96 + n, 7, 32, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
         }
     }
 #elif defined(KERNELS_AVX2)
-    for (int n = 0; n < 96; n += 16) {
+    for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x16_avx2(x + p * 576, w + n, bias + n, residual + p * 96 + n, y + p * 96 + n, 5, 16, 576, 96, 96, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x16_avx2(x + p * 576, w + n * 576, bias + n, residual + p * 96 + n, y + p * 96 + n, 5, 16, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile6x16_avx2(x + 25920, w + n, bias + n, residual + n + 4320, y + n + 4320, 4, 16, 576, 96, 96, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x16_avx2(x + 25920, w + n * 576, bias + n, residual + n + 4320, y + n + 4320, 4, 16, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x16_avx2(x + p * 576, w + n * 576 + 16, bias + n + 16, residual + p * 96 + n + 16, y + p * 96 + n + 16, 5, 16, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x16_avx2(x + 25920, w + n * 576 + 16, bias + n + 16, residual + n + 16 + 4320, y + n + 16 + 4320, 4, 16, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
-    for (int n = 0; n < 96; n += 8) {
+    for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x8_vector(x + p * 576, w + n, bias + n, residual + p * 96 + n, y + p * 96 + n, 5, 8, 576, 96, 96, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x8_vector(x + p * 576, w + n * 576, bias + n, residual + p * 96 + n, y + p * 96 + n, 5, 8, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile6x8_vector(x + 25920, w + n, bias + n, residual + n + 4320, y + n + 4320, 4, 8, 576, 96, 96, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x8_vector(x + 25920, w + n * 576, bias + n, residual + n + 4320, y + n + 4320, 4, 8, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 576, w + n * 576 + 8, bias + n + 8, residual + p * 96 + n + 8, y + p * 96 + n + 8, 5, 8, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x8_vector(x + 25920, w + n * 576 + 8, bias + n + 8, residual + n + 8 + 4320, y + n + 8 + 4320, 4, 8, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 576, w + n * 576 + 16, bias + n + 16, residual + p * 96 + n + 16, y + p * 96 + n + 16, 5, 8, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x8_vector(x + 25920, w + n * 576 + 16, bias + n + 16, residual + n + 16 + 4320, y + n + 16 + 4320, 4, 8, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 45; p += 5) {
+            pointwise_f32_tile6x8_vector(x + p * 576, w + n * 576 + 24, bias + n + 24, residual + p * 96 + n + 24, y + p * 96 + n + 24, 5, 8, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile6x8_vector(x + 25920, w + n * 576 + 24, bias + n + 24, residual + n + 24 + 4320, y + n + 24 + 4320, 4, 8, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
     }
 #else
-    for (int n = 0; n < 96; n += 16) {
+    for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 48; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 576, w + n, bias + n, residual + p * 96 + n, y + p * 96 + n, 4, 16, 576, 96, 96, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile4x16_portable(x + p * 576, w + n * 576, bias + n, residual + p * 96 + n, y + p * 96 + n, 4, 16, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile4x16_portable(x + 27648, w + n, bias + n, residual + n + 4608, y + n + 4608, 1, 16, 576, 96, 96, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile4x16_portable(x + 27648, w + n * 576, bias + n, residual + n + 4608, y + n + 4608, 1, 16, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+        for (int p = 0; p < 48; p += 4) {
+            pointwise_f32_tile4x16_portable(x + p * 576, w + n * 576 + 16, bias + n + 16, residual + p * 96 + n + 16, y + p * 96 + n + 16, 4, 16, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+        }
+        pointwise_f32_tile4x16_portable(x + 27648, w + n * 576 + 16, bias + n + 16, residual + n + 16 + 4608, y + n + 16 + 4608, 1, 16, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
     }
 #endif
 }

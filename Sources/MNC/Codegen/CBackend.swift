@@ -239,7 +239,7 @@ struct CNodeEmitter {
         let unpadded = conv.padding == Padding(top: 0, left: 0, bottom: 0, right: 0)
 
         let kernel: String
-        if conv.isPointwise && conv.strideHeight == 1 && conv.strideWidth == 1 && unpadded && layout == .inputOutput && channelsLast {
+        if conv.isPointwise && conv.strideHeight == 1 && conv.strideWidth == 1 && unpadded && layout == .inputOutputPanels && channelsLast {
             kernel = library.pointwiseConvolution(input: input, outputChannels: conv.outChannels, hasBias: conv.hasBias,
                                                   activation: conv.activation, hasResidual: conv.hasResidual)
         } else if conv.isDepthwise && layout == .depthwiseHWC && channelsLast {

@@ -188,7 +188,8 @@ private let pointwiseTileComment = """
  * One register tile of a pointwise (1x1) convolution as a GEMM:
  *   y[r][j] = activation(bias[j] + sum over k of x[r][k] * w[k][j]) + residual[r][j]
  * for r < rows pixels and j < cols output channels. x rows are k_count floats apart (NHWC),
- * w rows w_stride floats ([in][out], the `io` layout), y and residual rows y_stride floats.
+ * w rows w_stride floats (one column panel of the `io_panels` layout: [in][panel width]), y
+ * and residual rows y_stride floats.
  * bias and residual are read only when has_bias and has_residual are non-zero.
  */
 """
@@ -368,188 +369,65 @@ private var pointwiseTileSource: String {
 private let depthwisePixelSource = #"""
 /*
  * One output pixel of a depthwise convolution, all channels:
- *   y[c] = activation(bias[c] + sum over taps of x[tap][c] * w[tap][c]) + residual[c]
- * over the taps ky in [ky0, ky1), kx in [kx0, kx1) that lie inside the input. Tap (ky, kx)
- * reads x at x_offset + ky * row_stride + kx * channels, where x_offset is the offset of the
- * window's top-left corner (negative when that corner lies in the padding). w is
- * [kernel_height][kernel_width][channels] (the `hwc` layout); y and residual point at the
- * output pixel.
+ *   y[c] = activation(bias[c] + sum over taps of rows[ky][column + kx][c] * w[ky][kx][c]) + residual[c]
+ * over the taps ky in [ky0, ky1), kx in [kx0, kx1) that lie inside the input. rows[ky] points at
+ * pixel 0 of the input row that tap row ky reads; `column` is the input column of tap kx = 0 and
+ * may be negative. w is [kernel_height][kernel_width][channels] (the `hwc` layout); pixels are
+ * `channels` floats apart (NHWC); y and residual point at the output pixel.
  */
 #if defined(KERNELS_AVX512)
-KERNEL_INLINE void depthwise_f32_pixel(const float *restrict x, const float *restrict w,
+KERNEL_INLINE void depthwise_f32_pixel(const float *const *rows, const float *restrict w,
     const float *restrict bias, const float *restrict residual, float *restrict y,
-    int channels, int kernel_width, int row_stride, int x_offset,
-    int ky0, int ky1, int kx0, int kx1, int has_bias, int has_residual, int activation)
+    int channels, int kernel_width, int column, int ky0, int ky1, int kx0, int kx1,
+    int has_bias, int has_residual, int activation)
 {
-    /* 64 channels at a time in four independent accumulator chains, which hide the FMA latency. */
-    int c = 0;
-    for (; c + 64 <= channels; c += 64) {
-        __m512 acc0 = has_bias ? _mm512_loadu_ps(bias + c) : _mm512_setzero_ps();
-        __m512 acc1 = has_bias ? _mm512_loadu_ps(bias + c + 16) : _mm512_setzero_ps();
-        __m512 acc2 = has_bias ? _mm512_loadu_ps(bias + c + 32) : _mm512_setzero_ps();
-        __m512 acc3 = has_bias ? _mm512_loadu_ps(bias + c + 48) : _mm512_setzero_ps();
+    for (int c = 0; c < channels; c += 16) {
+        const __mmask16 mask = (__mmask16)(channels - c >= 16 ? 0xFFFFu : (1u << (channels - c)) - 1u);
+        __m512 acc = has_bias ? _mm512_maskz_loadu_ps(mask, bias + c) : _mm512_setzero_ps();
         for (int ky = ky0; ky < ky1; ++ky) {
             for (int kx = kx0; kx < kx1; ++kx) {
-                const float *xp = x + (x_offset + ky * row_stride + kx * channels + c);
-                const float *wp = w + ((ky * kernel_width + kx) * channels + c);
-                acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(xp), _mm512_loadu_ps(wp), acc0);
-                acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(xp + 16), _mm512_loadu_ps(wp + 16), acc1);
-                acc2 = _mm512_fmadd_ps(_mm512_loadu_ps(xp + 32), _mm512_loadu_ps(wp + 32), acc2);
-                acc3 = _mm512_fmadd_ps(_mm512_loadu_ps(xp + 48), _mm512_loadu_ps(wp + 48), acc3);
+                acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, rows[ky] + ((column + kx) * channels + c)),
+                                      _mm512_maskz_loadu_ps(mask, w + ((ky * kernel_width + kx) * channels + c)), acc);
             }
         }
-        acc0 = activate_f32x16(acc0, activation);
-        acc1 = activate_f32x16(acc1, activation);
-        acc2 = activate_f32x16(acc2, activation);
-        acc3 = activate_f32x16(acc3, activation);
-        if (has_residual) {
-            acc0 = _mm512_add_ps(acc0, _mm512_loadu_ps(residual + c));
-            acc1 = _mm512_add_ps(acc1, _mm512_loadu_ps(residual + c + 16));
-            acc2 = _mm512_add_ps(acc2, _mm512_loadu_ps(residual + c + 32));
-            acc3 = _mm512_add_ps(acc3, _mm512_loadu_ps(residual + c + 48));
-        }
-        _mm512_storeu_ps(y + c, acc0);
-        _mm512_storeu_ps(y + c + 16, acc1);
-        _mm512_storeu_ps(y + c + 32, acc2);
-        _mm512_storeu_ps(y + c + 48, acc3);
-    }
-    /* The last 1 to 63 channels, still in up to four chains, with masked loads and stores. */
-    if (c < channels) {
-        const int left = channels - c;
-        const __mmask16 mask0 = (__mmask16)(left >= 16 ? 0xFFFFu : left > 0 ? (1u << left) - 1u : 0u);
-        const __mmask16 mask1 = (__mmask16)(left >= 32 ? 0xFFFFu : left > 16 ? (1u << (left - 16)) - 1u : 0u);
-        const __mmask16 mask2 = (__mmask16)(left >= 48 ? 0xFFFFu : left > 32 ? (1u << (left - 32)) - 1u : 0u);
-        const __mmask16 mask3 = (__mmask16)(left >= 64 ? 0xFFFFu : left > 48 ? (1u << (left - 48)) - 1u : 0u);
-        __m512 acc0 = has_bias ? _mm512_maskz_loadu_ps(mask0, bias + c) : _mm512_setzero_ps();
-        __m512 acc1 = has_bias && left > 16 ? _mm512_maskz_loadu_ps(mask1, bias + c + 16) : _mm512_setzero_ps();
-        __m512 acc2 = has_bias && left > 32 ? _mm512_maskz_loadu_ps(mask2, bias + c + 32) : _mm512_setzero_ps();
-        __m512 acc3 = has_bias && left > 48 ? _mm512_maskz_loadu_ps(mask3, bias + c + 48) : _mm512_setzero_ps();
-        for (int ky = ky0; ky < ky1; ++ky) {
-            for (int kx = kx0; kx < kx1; ++kx) {
-                const float *xp = x + (x_offset + ky * row_stride + kx * channels + c);
-                const float *wp = w + ((ky * kernel_width + kx) * channels + c);
-                acc0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask0, xp), _mm512_maskz_loadu_ps(mask0, wp), acc0);
-                if (left > 16) acc1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask1, xp + 16), _mm512_maskz_loadu_ps(mask1, wp + 16), acc1);
-                if (left > 32) acc2 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask2, xp + 32), _mm512_maskz_loadu_ps(mask2, wp + 32), acc2);
-                if (left > 48) acc3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask3, xp + 48), _mm512_maskz_loadu_ps(mask3, wp + 48), acc3);
-            }
-        }
-        {
-            __m512 value = activate_f32x16(acc0, activation);
-            if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask0, residual + c));
-            _mm512_mask_storeu_ps(y + c, mask0, value);
-        }
-        if (left > 16) {
-            __m512 value = activate_f32x16(acc1, activation);
-            if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask1, residual + c + 16));
-            _mm512_mask_storeu_ps(y + c + 16, mask1, value);
-        }
-        if (left > 32) {
-            __m512 value = activate_f32x16(acc2, activation);
-            if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask2, residual + c + 32));
-            _mm512_mask_storeu_ps(y + c + 32, mask2, value);
-        }
-        if (left > 48) {
-            __m512 value = activate_f32x16(acc3, activation);
-            if (has_residual) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask3, residual + c + 48));
-            _mm512_mask_storeu_ps(y + c + 48, mask3, value);
-        }
+        acc = activate_f32x16(acc, activation);
+        if (has_residual) acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(mask, residual + c));
+        _mm512_mask_storeu_ps(y + c, mask, acc);
     }
 }
 #elif defined(KERNELS_AVX2)
-KERNEL_INLINE void depthwise_f32_pixel(const float *restrict x, const float *restrict w,
+KERNEL_INLINE void depthwise_f32_pixel(const float *const *rows, const float *restrict w,
     const float *restrict bias, const float *restrict residual, float *restrict y,
-    int channels, int kernel_width, int row_stride, int x_offset,
-    int ky0, int ky1, int kx0, int kx1, int has_bias, int has_residual, int activation)
+    int channels, int kernel_width, int column, int ky0, int ky1, int kx0, int kx1,
+    int has_bias, int has_residual, int activation)
 {
-    /* 32 channels at a time in four independent accumulator chains, which hide the FMA latency. */
-    int c = 0;
-    for (; c + 32 <= channels; c += 32) {
-        __m256 acc0 = has_bias ? _mm256_loadu_ps(bias + c) : _mm256_setzero_ps();
-        __m256 acc1 = has_bias ? _mm256_loadu_ps(bias + c + 8) : _mm256_setzero_ps();
-        __m256 acc2 = has_bias ? _mm256_loadu_ps(bias + c + 16) : _mm256_setzero_ps();
-        __m256 acc3 = has_bias ? _mm256_loadu_ps(bias + c + 24) : _mm256_setzero_ps();
+    for (int c = 0; c < channels; c += 8) {
+        const __m256i mask = lane_mask_f32x8(channels - c);
+        __m256 acc = has_bias ? _mm256_maskload_ps(bias + c, mask) : _mm256_setzero_ps();
         for (int ky = ky0; ky < ky1; ++ky) {
             for (int kx = kx0; kx < kx1; ++kx) {
-                const float *xp = x + (x_offset + ky * row_stride + kx * channels + c);
-                const float *wp = w + ((ky * kernel_width + kx) * channels + c);
-                acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(xp), _mm256_loadu_ps(wp), acc0);
-                acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(xp + 8), _mm256_loadu_ps(wp + 8), acc1);
-                acc2 = _mm256_fmadd_ps(_mm256_loadu_ps(xp + 16), _mm256_loadu_ps(wp + 16), acc2);
-                acc3 = _mm256_fmadd_ps(_mm256_loadu_ps(xp + 24), _mm256_loadu_ps(wp + 24), acc3);
+                acc = _mm256_fmadd_ps(_mm256_maskload_ps(rows[ky] + ((column + kx) * channels + c), mask),
+                                      _mm256_maskload_ps(w + ((ky * kernel_width + kx) * channels + c), mask), acc);
             }
         }
-        acc0 = activate_f32x8(acc0, activation);
-        acc1 = activate_f32x8(acc1, activation);
-        acc2 = activate_f32x8(acc2, activation);
-        acc3 = activate_f32x8(acc3, activation);
-        if (has_residual) {
-            acc0 = _mm256_add_ps(acc0, _mm256_loadu_ps(residual + c));
-            acc1 = _mm256_add_ps(acc1, _mm256_loadu_ps(residual + c + 8));
-            acc2 = _mm256_add_ps(acc2, _mm256_loadu_ps(residual + c + 16));
-            acc3 = _mm256_add_ps(acc3, _mm256_loadu_ps(residual + c + 24));
-        }
-        _mm256_storeu_ps(y + c, acc0);
-        _mm256_storeu_ps(y + c + 8, acc1);
-        _mm256_storeu_ps(y + c + 16, acc2);
-        _mm256_storeu_ps(y + c + 24, acc3);
-    }
-    /* The last 1 to 31 channels, still in up to four chains, with masked loads and stores. */
-    if (c < channels) {
-        const int left = channels - c;
-        const __m256i mask0 = lane_mask_f32x8(left);
-        const __m256i mask1 = lane_mask_f32x8(left - 8);
-        const __m256i mask2 = lane_mask_f32x8(left - 16);
-        const __m256i mask3 = lane_mask_f32x8(left - 24);
-        __m256 acc0 = has_bias ? _mm256_maskload_ps(bias + c, mask0) : _mm256_setzero_ps();
-        __m256 acc1 = has_bias && left > 8 ? _mm256_maskload_ps(bias + c + 8, mask1) : _mm256_setzero_ps();
-        __m256 acc2 = has_bias && left > 16 ? _mm256_maskload_ps(bias + c + 16, mask2) : _mm256_setzero_ps();
-        __m256 acc3 = has_bias && left > 24 ? _mm256_maskload_ps(bias + c + 24, mask3) : _mm256_setzero_ps();
-        for (int ky = ky0; ky < ky1; ++ky) {
-            for (int kx = kx0; kx < kx1; ++kx) {
-                const float *xp = x + (x_offset + ky * row_stride + kx * channels + c);
-                const float *wp = w + ((ky * kernel_width + kx) * channels + c);
-                acc0 = _mm256_fmadd_ps(_mm256_maskload_ps(xp, mask0), _mm256_maskload_ps(wp, mask0), acc0);
-                if (left > 8) acc1 = _mm256_fmadd_ps(_mm256_maskload_ps(xp + 8, mask1), _mm256_maskload_ps(wp + 8, mask1), acc1);
-                if (left > 16) acc2 = _mm256_fmadd_ps(_mm256_maskload_ps(xp + 16, mask2), _mm256_maskload_ps(wp + 16, mask2), acc2);
-                if (left > 24) acc3 = _mm256_fmadd_ps(_mm256_maskload_ps(xp + 24, mask3), _mm256_maskload_ps(wp + 24, mask3), acc3);
-            }
-        }
-        {
-            __m256 value = activate_f32x8(acc0, activation);
-            if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + c, mask0));
-            _mm256_maskstore_ps(y + c, mask0, value);
-        }
-        if (left > 8) {
-            __m256 value = activate_f32x8(acc1, activation);
-            if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + c + 8, mask1));
-            _mm256_maskstore_ps(y + c + 8, mask1, value);
-        }
-        if (left > 16) {
-            __m256 value = activate_f32x8(acc2, activation);
-            if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + c + 16, mask2));
-            _mm256_maskstore_ps(y + c + 16, mask2, value);
-        }
-        if (left > 24) {
-            __m256 value = activate_f32x8(acc3, activation);
-            if (has_residual) value = _mm256_add_ps(value, _mm256_maskload_ps(residual + c + 24, mask3));
-            _mm256_maskstore_ps(y + c + 24, mask3, value);
-        }
+        acc = activate_f32x8(acc, activation);
+        if (has_residual) acc = _mm256_add_ps(acc, _mm256_maskload_ps(residual + c, mask));
+        _mm256_maskstore_ps(y + c, mask, acc);
     }
 }
 #else
 /* Portable: y is the accumulator, and every channel loop is contiguous and vectorizable. */
-KERNEL_INLINE void depthwise_f32_pixel(const float *restrict x, const float *restrict w,
+KERNEL_INLINE void depthwise_f32_pixel(const float *const *rows, const float *restrict w,
     const float *restrict bias, const float *restrict residual, float *restrict y,
-    int channels, int kernel_width, int row_stride, int x_offset,
-    int ky0, int ky1, int kx0, int kx1, int has_bias, int has_residual, int activation)
+    int channels, int kernel_width, int column, int ky0, int ky1, int kx0, int kx1,
+    int has_bias, int has_residual, int activation)
 {
     for (int c = 0; c < channels; ++c) {
         y[c] = has_bias ? bias[c] : 0.0f;
     }
     for (int ky = ky0; ky < ky1; ++ky) {
         for (int kx = kx0; kx < kx1; ++kx) {
-            const float *restrict xp = x + (x_offset + ky * row_stride + kx * channels);
+            const float *restrict xp = rows[ky] + (column + kx) * channels;
             const float *restrict wp = w + (ky * kernel_width + kx) * channels;
             for (int c = 0; c < channels; ++c) {
                 y[c] += xp[c] * wp[c];

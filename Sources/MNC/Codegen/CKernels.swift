@@ -80,6 +80,14 @@ struct CKernelLibrary {
         }
     }
 
+    /// Adds the text of a shared inline helper under `name` unless a helper of that name exists.
+    /// The caller defines a helper before the first kernel that calls it.
+    mutating func defineHelper(name: String, text: String) {
+        guard textByName[name] == nil else { return }
+        textByName[name] = text
+        definitions.append(text)
+    }
+
     private func render(name: String, summary: String, parameters: [String], body: CWriter) -> String {
         var lines = ["/* \(summary) */"]
         var signature = "static void \(name)("
@@ -102,7 +110,7 @@ struct CKernelLibrary {
 }
 
 /// A run of equal tiles along one dimension: a loop over whole tiles, or one partial tile.
-private struct TileSegment {
+struct TileSegment {
     var variable: String
     /// The first index: the loop variable, or a literal for the partial tile.
     var start: String
@@ -114,7 +122,7 @@ private struct TileSegment {
 }
 
 /// Splits `0..<extent` into a loop over whole tiles of `step` and a partial tile at the end.
-private func tileSegments(variable: String, extent: Int, step: Int) -> [TileSegment] {
+func tileSegments(variable: String, extent: Int, step: Int) -> [TileSegment] {
     let whole = extent - extent % step
     var segments: [TileSegment] = []
     if whole > step {
@@ -128,30 +136,31 @@ private func tileSegments(variable: String, extent: Int, step: Int) -> [TileSegm
     return segments
 }
 
-private func activationSuffix(_ activation: Activation) -> String {
+func activationSuffix(_ activation: Activation) -> String {
     activation == .identity ? "" : "_\(activation.rawValue)"
 }
 
-private func paddingLabel(_ padding: Padding) -> String {
+func paddingLabel(_ padding: Padding) -> String {
     if padding.top == padding.bottom && padding.left == padding.right && padding.top == padding.left {
         return "p\(padding.top)"
     }
     return "p\(padding.top)_\(padding.left)_\(padding.bottom)_\(padding.right)"
 }
 
-private func strideLabel(_ conv: Conv2D) -> String {
+func strideLabel(_ conv: Conv2D) -> String {
     conv.strideHeight == conv.strideWidth ? "s\(conv.strideHeight)" : "s\(conv.strideHeight)x\(conv.strideWidth)"
 }
 
-private let inputParameter = "const float *restrict x"
-private let outputParameter = "float *restrict y"
+let inputParameter = "const float *restrict x"
+let outputParameter = "float *restrict y"
 
-private func constParameter(_ name: String) -> String { "const float *restrict \(name)" }
+func constParameter(_ name: String) -> String { "const float *restrict \(name)" }
 
 extension CKernelLibrary {
-    /// Defines the kernel of a 1×1, stride-1, unpadded convolution on NHWC input with `io`
-    /// weights: a GEMM `y[P][N] = x[P][K] · w[K][N]` tiled into register blocks, with bias,
-    /// activation and residual in the tile's epilogue. Arguments: x, w, [bias], [residual], y.
+    /// Defines the kernel of a 1×1, stride-1, unpadded convolution on NHWC input with
+    /// `io_panels` weights: a GEMM `y[P][N] = x[P][K] · w[K][N]` tiled into register blocks,
+    /// with bias, activation and residual in the tile's epilogue. Arguments: x, w, [bias],
+    /// [residual], y.
     mutating func pointwiseConvolution(input: CTensor, outputChannels: Int, hasBias: Bool,
                                        activation: Activation, hasResidual: Bool) -> String {
         use(.pointwiseTile)
@@ -165,42 +174,8 @@ extension CKernelLibrary {
             } else {
                 body.directive("#elif \(tile.condition)")
             }
-            let tileRows = tile.rows(forPixels: pixels)
-
-            func callTile(pixel: String, rows: Int, column: String, columns: Int) {
-                let outputOffset = CExpression.sum([CExpression.times(pixel, outputChannels), column])
-                let arguments = [
-                    CExpression.offset("x", CExpression.times(pixel, inputChannels)),
-                    CExpression.offset("w", column),
-                    hasBias ? CExpression.offset("bias", column) : "NULL",
-                    hasResidual ? CExpression.offset("residual", outputOffset) : "NULL",
-                    CExpression.offset("y", outputOffset),
-                    "\(rows)", "\(columns)", "\(inputChannels)", "\(outputChannels)", "\(outputChannels)",
-                    hasBias ? "1" : "0", hasResidual ? "1" : "0", activationConstant(activation),
-                ]
-                body.line("\(tile.function)(\(arguments.joined(separator: ", ")));")
-            }
-
-            // Loop order: a weight matrix that fits in L1 stays there while row tiles stream
-            // past it. Otherwise the order that moves fewer bytes wins: row tiles outside read
-            // the weights once per row tile, column panels outside read the input once per panel.
-            let weightBytes = inputChannels * outputChannels * 4, inputBytes = pixels * inputChannels * 4
-            let rowTiles = (pixels + tileRows - 1) / tileRows
-            let panels = (outputChannels + tile.columns - 1) / tile.columns
-            let panelsOutside = weightBytes > 32 * 1024 && inputBytes * panels + weightBytes < weightBytes * rowTiles + inputBytes
-            let rowSegments = tileSegments(variable: "p", extent: pixels, step: tileRows)
-            let columnSegments = tileSegments(variable: "n", extent: outputChannels, step: tile.columns)
-            let (outer, inner) = panelsOutside ? (columnSegments, rowSegments) : (rowSegments, columnSegments)
-            for outerSegment in outer {
-                if outerSegment.isLoop { body.openFor(outerSegment.variable, to: outerSegment.end, step: outerSegment.count) }
-                for innerSegment in inner {
-                    if innerSegment.isLoop { body.openFor(innerSegment.variable, to: innerSegment.end, step: innerSegment.count) }
-                    let (row, column) = panelsOutside ? (innerSegment, outerSegment) : (outerSegment, innerSegment)
-                    callTile(pixel: row.start, rows: row.count, column: column.start, columns: column.count)
-                    if innerSegment.isLoop { body.close() }
-                }
-                if outerSegment.isLoop { body.close() }
-            }
+            emitPointwiseGEMM(&body, tile: tile, pixels: pixels, inputChannels: inputChannels, outputChannels: outputChannels,
+                              x: "x", y: "y", residual: hasResidual ? "residual" : nil, hasBias: hasBias, activation: activation)
         }
         body.directive("#endif")
 
@@ -211,53 +186,8 @@ extension CKernelLibrary {
         if hasResidual { parameters.append(constParameter("residual")) }
         parameters.append(outputParameter)
         let summary = "1x1 convolution as a GEMM: y[\(pixels)][\(outputChannels)] = x[\(pixels)][\(inputChannels)]"
-            + " * w[\(inputChannels)][\(outputChannels)]" + epilogueDescription(hasBias: hasBias, activation: activation, hasResidual: hasResidual)
-        return define(name: name, summary: summary, parameters: parameters, body: body)
-    }
-
-    /// Defines the kernel of a depthwise convolution on NHWC input with `hwc` weights, one
-    /// output pixel at a time, vectorized over channels. Interior pixels call the pixel helper
-    /// with literal tap bounds, so the compiler unrolls their taps. Border pixels clip the taps
-    /// to the input. Arguments: x, w, [bias], [residual], y.
-    mutating func depthwiseConvolution(_ conv: Conv2D, input: CTensor, output: CTensor, hasResidual: Bool) -> String {
-        use(.depthwisePixel)
-        let channels = input.channels, kh = conv.kernelHeight, kw = conv.kernelWidth
-        var body = CWriter()
-        body.openFor("oy", to: output.height)
-        body.line("const int iy0 = \(CExpression.sum([CExpression.times("oy", conv.strideHeight), String(-conv.padding.top)]));")
-        body.line("const int ky0 = iy0 < 0 ? -iy0 : 0;")
-        body.line("const int ky1 = iy0 + \(kh) > \(input.height) ? \(input.height) - iy0 : \(kh);")
-        body.openFor("ox", to: output.width)
-        body.line("const int ix0 = \(CExpression.sum([CExpression.times("ox", conv.strideWidth), String(-conv.padding.left)]));")
-        body.line("const int kx0 = ix0 < 0 ? -ix0 : 0;")
-        body.line("const int kx1 = ix0 + \(kw) > \(input.width) ? \(input.width) - ix0 : \(kw);")
-        body.line("const int x_offset = \(CExpression.times("iy0 * \(input.width) + ix0", channels));")
-        body.line("const int y_offset = \(CExpression.times("oy * \(output.width) + ox", channels));")
-        func call(_ bounds: String) {
-            let arguments = [
-                "x", "w", conv.hasBias ? "bias" : "NULL", hasResidual ? "residual + y_offset" : "NULL", "y + y_offset",
-                "\(channels)", "\(kw)", "\(input.width * channels)", "x_offset", bounds,
-                conv.hasBias ? "1" : "0", hasResidual ? "1" : "0", activationConstant(conv.activation),
-            ]
-            body.line("depthwise_f32_pixel(\(arguments.joined(separator: ", ")));")
-        }
-        body.open("if (ky0 == 0 && ky1 == \(kh) && kx0 == 0 && kx1 == \(kw))")
-        call("0, \(kh), 0, \(kw)")
-        body.openElse()
-        call("ky0, ky1, kx0, kx1")
-        body.close()
-        body.close()
-        body.close()
-
-        let name = "depthwise\(kh)x\(kw)_\(strideLabel(conv))_f32_\(input.label)_\(paddingLabel(conv.padding))"
-            + activationSuffix(conv.activation) + (hasResidual ? "_residual" : "") + (conv.hasBias ? "" : "_nobias")
-        var parameters = [inputParameter, constParameter("w")]
-        if conv.hasBias { parameters.append(constParameter("bias")) }
-        if hasResidual { parameters.append(constParameter("residual")) }
-        parameters.append(outputParameter)
-        let summary = "\(kh)x\(kw) depthwise convolution, stride \(conv.strideHeight)x\(conv.strideWidth), padding \(conv.padding):"
-            + " \(input.label) -> \(output.label), w[\(kh)][\(kw)][\(channels)]"
-            + epilogueDescription(hasBias: conv.hasBias, activation: conv.activation, hasResidual: hasResidual)
+            + " * w[\(inputChannels)][\(outputChannels)] in \(weightPanelWidth)-column panels"
+            + epilogueDescription(hasBias: hasBias, activation: activation, hasResidual: hasResidual)
         return define(name: name, summary: summary, parameters: parameters, body: body)
     }
 
@@ -374,6 +304,12 @@ extension CKernelLibrary {
             // [kh][kw][in / groups][out]; `io` is the 1×1 case and `hwc` the one-input-per-group case.
             let tap = CExpression.sum([CExpression.times("ky", kw), "kx"])
             weightIndex = CExpression.sum([CExpression.times(CExpression.sum([CExpression.times(tap, groupInputs), "i"]), outChannels), outputChannel])
+        case .inputOutputPanels:
+            // A 1×1 kernel with groups 1: column o of row i lies in the panel that starts at
+            // column o - o % 32, whose rows are 32 floats wide, or N % 32 for a last, narrower panel.
+            let panel = weightPanelWidth, last = outChannels - outChannels % panel
+            let width = outChannels % panel == 0 ? "\(panel)" : "(o < \(last) ? \(panel) : \(outChannels - last))"
+            weightIndex = "(o - o % \(panel)) * \(groupInputs) + i * \(width) + o % \(panel)"
         }
         body.openFor("o", to: groupOutputs)
         body.line("yp[\(outputChannel)] += xv * w[\(weightIndex)];")
@@ -554,7 +490,54 @@ extension CKernelLibrary {
     }
 }
 
-private func epilogueDescription(hasBias: Bool, activation: Activation, hasResidual: Bool) -> String {
+/// Writes the loops of a GEMM `y[P][N] = x[P][K] · w[K][N]` over `io_panels` weights for one
+/// instruction-set tier: each weight panel (`weightPanelWidth` columns) is loaded once and stays
+/// in L1 while every row tile of x streams past it, so the weights cross the memory hierarchy
+/// once per call. x rows are K floats apart and y and residual rows N floats apart. `x`, `y` and
+/// `residual` are C pointer expressions; bias is read from `bias` when `hasBias`.
+func emitPointwiseGEMM(_ body: inout CWriter, tile: PointwiseTileShape, pixels: Int, inputChannels: Int, outputChannels: Int,
+                       x: String, y: String, residual: String?, hasBias: Bool, activation: Activation) {
+    let tileRows = tile.rows(forPixels: pixels)
+    let rowSegments = tileSegments(variable: "p", extent: pixels, step: tileRows)
+
+    // One panel starting at column `start` (a literal or the loop variable), `width` columns wide.
+    func emitPanel(start: String, width: Int) {
+        var column = 0
+        while column < width {
+            let columns = min(tile.columns, width - column)
+            let outputColumn = CExpression.sum([start, String(column)])
+            let weights = CExpression.sum([CExpression.times(start, inputChannels), String(column)])
+            for row in rowSegments {
+                if row.isLoop { body.openFor(row.variable, to: row.end, step: row.count) }
+                let outputOffset = CExpression.sum([CExpression.times(row.start, outputChannels), outputColumn])
+                let arguments = [
+                    CExpression.offset(x, CExpression.times(row.start, inputChannels)),
+                    CExpression.offset("w", weights),
+                    hasBias ? CExpression.offset("bias", outputColumn) : "NULL",
+                    residual.map { CExpression.offset($0, outputOffset) } ?? "NULL",
+                    CExpression.offset(y, outputOffset),
+                    "\(row.count)", "\(columns)", "\(inputChannels)", "\(width)", "\(outputChannels)",
+                    hasBias ? "1" : "0", residual != nil ? "1" : "0", activationConstant(activation),
+                ]
+                body.line("\(tile.function)(\(arguments.joined(separator: ", ")));")
+                if row.isLoop { body.close() }
+            }
+            column += columns
+        }
+    }
+
+    for panel in tileSegments(variable: "n", extent: outputChannels, step: weightPanelWidth) {
+        if panel.isLoop {
+            body.openFor(panel.variable, to: panel.end, step: panel.count)
+            emitPanel(start: panel.variable, width: panel.count)
+            body.close()
+        } else {
+            emitPanel(start: panel.start, width: panel.count)
+        }
+    }
+}
+
+func epilogueDescription(hasBias: Bool, activation: Activation, hasResidual: Bool) -> String {
     var parts: [String] = []
     if hasBias { parts.append("bias") }
     if activation != .identity { parts.append(activation.rawValue) }

@@ -190,6 +190,10 @@ public enum WeightLayout: String, Equatable {
     case pytorch
     /// Pointwise (1×1, groups 1) convolution weights as `[in, out]`: a GEMM's B matrix for NHWC.
     case inputOutput = "io"
+    /// Pointwise weights as column panels of the `io` matrix, `[out / 32][in][32]`, then, when 32
+    /// does not divide `out`, a last panel `[in][out % 32]`. A GEMM micro-kernel reads one
+    /// panel's rows as one contiguous stream. No padding: the values fill `in · out` floats.
+    case inputOutputPanels = "io_panels"
     /// Depthwise weights as `[kh, kw, channels]`: channels innermost for NHWC.
     case depthwiseHWC = "hwc"
     /// Other convolution weights as `[kh, kw, in / groups, out]`.
