@@ -103,6 +103,7 @@ public final class LLVMNetwork {
 /// graph's name. Throws an `MNCError` for a graph the backend cannot compile, an invalid
 /// target, or a failure inside LLVM.
 public func generateLLVM(_ graph: Graph, name: String? = nil, target options: LLVMTargetOptions) throws -> LLVMNetwork {
+    let graph = repackingPanels(graph)
     // The C backend checks the graph, plans the arena and the blob, and writes the header.
     let generatedC = try generateC(graph, name: name)
     let plan = planArena(graph, alignment: cArenaAlignment, scratchBytes: cScratchBytes)
@@ -366,4 +367,22 @@ private struct LLVMNodeEmitter {
         if conv.hasResidual { arguments.append(value(node.inputs[1])) }
         return (arguments, makeKernel)
     }
+}
+
+/// Returns `graph` with `io_panels` pointwise weights (the C backend's GEMM layout) rewritten as
+/// plain `io`, the layout the LLVM kernels read; the blob keeps its size and offsets.
+func repackingPanels(_ graph: Graph) -> Graph {
+    var result = graph
+    for index in result.nodes.indices {
+        guard case .conv2d(let conv) = result.nodes[index].op,
+              let position = result.nodes[index].parameters.firstIndex(where: { $0.role == "weight" }),
+              result.nodes[index].parameters[position].layout == .inputOutputPanels else { continue }
+        let key = result.nodes[index].parameters[position].key
+        if let tensor = result.constants[key] {
+            let unpacked = packConvolutionWeight(tensor.data, conv: conv, layout: .inputOutputPanels, unpack: true)
+            result.constants[key] = Tensor(shape: tensor.shape, data: packConvolutionWeight(unpacked, conv: conv, layout: .inputOutput))
+        }
+        result.nodes[index].parameters[position].layout = .inputOutput
+    }
+    return result
 }

@@ -423,9 +423,10 @@ final class LLVMKernelLibrary {
                                                     // [out][in / groups][kh][kw]
                                                     let row = code.add(code.mul(outputChannel, groupInputs), i)
                                                     weightIndex = code.add(code.mul(code.add(code.mul(row, kh), ky), kw), kx)
-                                                case .hwio, .inputOutput, .depthwiseHWC:
+                                                case .hwio, .inputOutput, .inputOutputPanels, .depthwiseHWC:
                                                     // [kh][kw][in / groups][out]; `io` is the 1×1 case and
-                                                    // `hwc` the one-input-per-group case.
+                                                    // `hwc` the one-input-per-group case. generateLLVM
+                                                    // rewrites `io_panels` as `io` before any kernel is built.
                                                     let tap = code.add(code.mul(ky, kw), kx)
                                                     weightIndex = code.add(code.mul(code.add(code.mul(tap, groupInputs), i), outChannels), outputChannel)
                                                 }
