@@ -408,7 +408,7 @@ final class LLVMBackendTests: XCTestCase {
     func testToolPrefixes() {
         XCTAssertEqual(gnuToolPrefix(triple: "aarch64-unknown-linux-gnu"), "aarch64-linux-gnu")
         XCTAssertEqual(gnuToolPrefix(triple: "armv7-unknown-linux-gnueabihf"), "arm-linux-gnueabihf")
-        XCTAssertEqual(gnuToolPrefix(triple: "thumbv7em-none-unknown-eabi"), "arm-none-unknown-eabi")
+        XCTAssertEqual(gnuToolPrefix(triple: "thumbv7em-none-unknown-eabi"), "arm-none-eabi")
     }
 
     // MARK: - Errors

@@ -38,9 +38,4 @@ final class LLVMTargetTests: XCTestCase {
         XCTAssertEqual(err, "error: invalid CPU name '': expected an LLVM CPU name such as x86-64, cortex-a53 or native\n")
     }
 
-    func testBareMetalToolPrefix() {
-        XCTAssertEqual(gnuToolPrefix(triple: "thumbv7em-none-unknown-eabi"), "arm-none-eabi")
-        XCTAssertEqual(gnuToolPrefix(triple: "aarch64-unknown-linux-gnu"), "aarch64-linux-gnu")
-        XCTAssertEqual(gnuToolPrefix(triple: "armv7-unknown-linux-gnueabihf"), "arm-linux-gnueabihf")
-    }
 }

@@ -119,12 +119,12 @@ final class PassUnitTests: XCTestCase {
         let packed = try apply(packWeightsPass, to: graph)
         XCTAssertEqual(packed.nodes[1].parameter("weight")?.layout, .hwio)
         let pointwise = try XCTUnwrap(packed.nodes.first { $0.name == "b.3" })
-        XCTAssertEqual(pointwise.parameter("weight")?.layout, .inputOutput)
+        XCTAssertEqual(pointwise.parameter("weight")?.layout, .inputOutputPanels)
         guard case .conv2d(let conv) = pointwise.op else { return XCTFail("b.3 is not a conv") }
-        // [out 4, in 8] becomes [in 8, out 4]: element (o, i) moves to i * 4 + o.
+        // [out 4, in 8] becomes one 4-column panel [in 8][out 4]: element (o, i) moves to i * 4 + o.
         let original = try XCTUnwrap(graph.constants["b.3.weight"]).data
         let result = try XCTUnwrap(packed.constants["b.3.weight"]).data
         XCTAssertEqual(result[2 * 4 + 1], original[1 * 8 + 2])
-        XCTAssertEqual(packConvolutionWeight(result, conv: conv, layout: .inputOutput, unpack: true), original)
+        XCTAssertEqual(packConvolutionWeight(result, conv: conv, layout: .inputOutputPanels, unpack: true), original)
     }
 }
