@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # Time the MobileNets that mnc compiles against ONNX Runtime and OpenVINO on this machine, in
-# one run, and write the figures to BENCHMARKS.md. Run from anywhere as `make bench`.
+# one run, and write the figures to BENCHMARKS.md. Run as `make bench`, or as
+# `bash Scripts/bench/bench.sh` from any directory.
 #
 # The script builds the release mnc and measures the single-thread FMA peak (fma_peak.c).
 # For each network it compiles a classifier executable with BENCH_CFLAGS, times its
 # `--bench N` median, and records the arena size, the MACs and the .text size of the
 # network's object file. Then peers.py times the peers on the ONNX export of the same network,
 # in the virtual environment build/bench-venv, which this script creates and fills from PyPI.
-# Every latency is the lowest of REPEATS medians. A peer that fails to install or run is
-# reported in the table, and the benchmark goes on.
+# Every latency is the lowest of REPEATS medians, and the page also lists the fastest single
+# run. A peer that fails to install or run is reported in the table, and the benchmark goes on.
 #
-# Needs: swift, cc (gcc), size (binutils), python3 with venv and pip for the peers. Takes
-# about 3 minutes on a 2-core machine once the peers are installed.
+# Needs: swift, cc (gcc), size (binutils), python3 with venv and pip for the peers. Took 4.5
+# minutes on 2 cores shared with other builds, 7 minutes when it also installed the peers.
 
 set -u -o pipefail
 cd "$(dirname "$0")/../.." || exit 1
@@ -31,7 +32,6 @@ NETWORKS=(mobilenet_v2 mobilenet_v3_large mobilenet_v3_small)
 
 declare -A TITLE=([mobilenet_v2]="MobileNetV2" [mobilenet_v3_large]="MobileNetV3-Large"
                   [mobilenet_v3_small]="MobileNetV3-Small")
-declare -A PEER_TITLE=([onnxruntime]="ONNX Runtime" [openvino]="OpenVINO")
 # The reference-data case, ONNX file stem and run count per network. Smaller networks get
 # more runs, so each process run takes about 1.5 s at ~1 ms to ~7 ms per inference.
 declare -A CASE=([mobilenet_v2]=mobilenet_v2_1.0_224 [mobilenet_v3_large]=mobilenet_v3_large_1.0_224
@@ -39,8 +39,9 @@ declare -A CASE=([mobilenet_v2]=mobilenet_v2_1.0_224 [mobilenet_v3_large]=mobile
 declare -A RUNS=([mobilenet_v2]=200 [mobilenet_v3_large]=400 [mobilenet_v3_small]=1000)
 
 # Results, keyed by "network" or "peer network threads". A latency is a number of
-# milliseconds or a "failed: ..." / "skipped: ..." text.
-declare -A OURS ARENA MACS TEXT WEIGHTS PEER VERSION
+# milliseconds or a "failed: ..." / "skipped: ..." text. OURS and PEER hold the lowest median,
+# OURS_MIN and PEER_MIN the fastest single run.
+declare -A OURS OURS_MIN ARENA MACS TEXT WEIGHTS PEER PEER_MIN VERSION
 
 log() { printf '== %s\n' "$*" >&2; }
 
@@ -137,27 +138,38 @@ for network in "${NETWORKS[@]}"; do
     if CFLAGS=$BENCH_CFLAGS "$MNC" compile "$spec" "${weight_arguments[@]}" --emit executable \
         -o "$directory/executable" > "$directory/compile.log" 2>&1; then
         best=""
+        fastest=""
         for ((round = 1; round <= REPEATS; round++)); do
-            median=$(timeout 300 "$directory/executable/$network" "$OUT/gray.ppm" --top 1 --bench "$runs" --threads 1 \
-                2>> "$directory/bench.log" | tee -a "$directory/bench.log" | sed -n 's/^median \([0-9.]*\) ms.*/\1/p')
-            if ! is_number "$median"; then
+            # The executable prints "median X ms over N runs (min Y ms, max Z ms, T thread)".
+            line=$(timeout 300 "$directory/executable/$network" "$OUT/gray.ppm" --top 1 --bench "$runs" --threads 1 \
+                2>> "$directory/bench.log" | tee -a "$directory/bench.log" | grep '^median ')
+            median=$(sed -n 's/^median \([0-9.]*\) ms.*/\1/p' <<< "$line")
+            minimum=$(sed -n 's/.*(min \([0-9.]*\) ms.*/\1/p' <<< "$line")
+            if ! is_number "$median" || ! is_number "$minimum"; then
                 best="failed: $(last_line "$directory/bench.log")"
+                fastest=$best
                 break
             fi
             if [ -z "$best" ] || awk -v a="$median" -v b="$best" 'BEGIN { exit !(a < b) }'; then
                 best=$median
             fi
+            if [ -z "$fastest" ] || awk -v a="$minimum" -v b="$fastest" 'BEGIN { exit !(a < b) }'; then
+                fastest=$minimum
+            fi
         done
         OURS[$network]=$best
+        OURS_MIN[$network]=$fastest
     else
         OURS[$network]="failed: mnc compile: $(last_line "$directory/compile.log")"
+        OURS_MIN[$network]=${OURS[$network]}
     fi
-    log "$network: mnc ${OURS[$network]} ms (lowest of $REPEATS medians over $runs runs)"
+    log "$network: mnc ${OURS[$network]} ms (lowest of $REPEATS medians over $runs runs), fastest run ${OURS_MIN[$network]} ms"
 
     # The peers: one process per network times both peers at every thread count.
     for peer in "${PEERS[@]}"; do
         for threads in "${THREAD_COUNTS[@]}"; do
             PEER[$peer $network $threads]=${peers_skipped:-"failed: no result from peers.py"}
+            PEER_MIN[$peer $network $threads]=${PEER[$peer $network $threads]}
         done
     done
     model=$SHARED/onnx/$case_name.onnx
@@ -165,6 +177,7 @@ for network in "${NETWORKS[@]}"; do
         for peer in "${PEERS[@]}"; do
             for threads in "${THREAD_COUNTS[@]}"; do
                 PEER[$peer $network $threads]="skipped: $model not found"
+                PEER_MIN[$peer $network $threads]="skipped: $model not found"
             done
         done
     elif [ -z "$peers_skipped" ]; then
@@ -178,8 +191,15 @@ for network in "${NETWORKS[@]}"; do
         while read -r kind first second third rest; do
             case $kind in
                 version) VERSION[$first]="$second${third:+ $third}${rest:+ $rest}"; versions_read=yes ;;
-                result) PEER[$first $second $third]=$rest ;;
-                failed) PEER[$first $second $third]="failed: $rest" ;;
+                result)
+                    read -r median minimum <<< "$rest"
+                    PEER[$first $second $third]=$median
+                    PEER_MIN[$first $second $third]=$minimum
+                    ;;
+                failed)
+                    PEER[$first $second $third]="failed: $rest"
+                    PEER_MIN[$first $second $third]="failed: $rest"
+                    ;;
             esac
         done < "$directory/peers.txt"
         if [ "$status" -ne 0 ]; then
@@ -188,8 +208,10 @@ for network in "${NETWORKS[@]}"; do
             log "$network: $reason"
             for peer in "${PEERS[@]}"; do
                 for threads in "${THREAD_COUNTS[@]}"; do
-                    [[ ${PEER[$peer $network $threads]} == "failed: no result from peers.py" ]] &&
+                    if [[ ${PEER[$peer $network $threads]} == "failed: no result from peers.py" ]]; then
                         PEER[$peer $network $threads]="failed: $reason"
+                        PEER_MIN[$peer $network $threads]="failed: $reason"
+                    fi
                 done
             done
         fi
@@ -219,6 +241,40 @@ ratio() {
     fi
 }
 
+# Print the latency table of one statistic: OURS PEER (lowest median) or OURS_MIN PEER_MIN
+# (fastest run), given as the names of the arrays.
+latency_table() {
+    local -n our_figures=$1 peer_figures=$2
+    local network threads ours ort ov
+    echo "| network | threads | mnc (ms) | ONNX Runtime (ms) | OpenVINO (ms) | mnc / ONNX Runtime | mnc / OpenVINO |"
+    echo "| --- | --- | --- | --- | --- | --- | --- |"
+    for network in "${NETWORKS[@]}"; do
+        for threads in "${THREAD_COUNTS[@]}"; do
+            ours=$(cell "${our_figures[$network]}")
+            if [ "$threads" -ne 1 ] && is_number "${our_figures[$network]}"; then
+                ours="$ours ¹"
+            fi
+            ort=${peer_figures[onnxruntime $network $threads]}
+            ov=${peer_figures[openvino $network $threads]}
+            echo "| ${TITLE[$network]} | $threads | $ours | $(cell "$ort") | $(cell "$ov") |" \
+                "$(ratio "${our_figures[$network]}" "$ort") | $(ratio "${our_figures[$network]}" "$ov") |"
+        done
+    done
+}
+
+# Print two table cells for MACS multiply-accumulates in LATENCY ms: the GFLOP/s reached
+# (2 FLOP per MAC) and its fraction of the FMA peak, or "—" where a figure is missing.
+throughput() {
+    if ! is_number "$1" || ! is_number "$2"; then
+        printf '— | —'
+    elif ! is_number "$peak_gflops"; then
+        awk -v m="$1" -v t="$2" 'BEGIN { printf "%.1f | —", 2 * m / t * 1e-6 }'
+    else
+        awk -v m="$1" -v t="$2" -v p="$peak_gflops" \
+            'BEGIN { g = 2 * m / t * 1e-6; printf "%.1f | %.1f %%", g, 100 * g / p }'
+    fi
+}
+
 commit=$(git rev-parse --short HEAD 2> /dev/null || echo unknown)
 git diff --quiet HEAD -- Sources Package.swift 2> /dev/null || commit="$commit (with uncommitted changes in Sources)"
 model_name=$(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -n 1)
@@ -235,40 +291,27 @@ python_version=${VERSION[python]:-"$(python3 --version 2>&1 | cut -d' ' -f2) (sy
     echo "Median latency of one 224×224 float32 inference, batch 1, measured by \`make bench\` on"
     echo "$(date -u '+%Y-%m-%d %H:%M UTC') in $elapsed s. Lower is better; a ratio below 1 means mnc is faster."
     echo
-    echo "| network | threads | mnc (ms) | ONNX Runtime (ms) | OpenVINO (ms) | mnc / ONNX Runtime | mnc / OpenVINO |"
-    echo "| --- | --- | --- | --- | --- | --- | --- |"
-    for network in "${NETWORKS[@]}"; do
-        for threads in "${THREAD_COUNTS[@]}"; do
-            ours=$(cell "${OURS[$network]}")
-            [ "$threads" -ne 1 ] && is_number "${OURS[$network]}" && ours="$ours ¹"
-            ort=${PEER[onnxruntime $network $threads]}
-            ov=${PEER[openvino $network $threads]}
-            echo "| ${TITLE[$network]} | $threads | $ours | $(cell "$ort") | $(cell "$ov") |" \
-                "$(ratio "${OURS[$network]}" "$ort") | $(ratio "${OURS[$network]}" "$ov") |"
-        done
-    done
+    latency_table OURS PEER
     echo
     echo "¹ The generated code runs on one thread; it accepts \`--threads T\` but ignores it, so the"
     echo "2-thread row repeats the 1-thread figure. The peers' 2-thread rows use both cores."
     echo
-    echo "| network | MACs | FLOP/s reached | fraction of FMA peak | arena (bytes) | code .text (bytes) | weights |"
-    echo "| --- | --- | --- | --- | --- | --- | --- |"
+    echo "The fastest single inference of all runs, the same runs as above. On a loaded machine it"
+    echo "shows an inference that no other process interrupted, so it varies less with the load"
+    echo "than the median:"
+    echo
+    latency_table OURS_MIN PEER_MIN
+    echo
+    echo "| network | MACs | GFLOP/s, median | FMA peak, median | GFLOP/s, fastest | FMA peak, fastest | arena (bytes) | code .text (bytes) | weights |"
+    echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     for network in "${NETWORKS[@]}"; do
-        ours=${OURS[$network]}
         macs=${MACS[$network]:-}
-        reached="—"
-        fraction="—"
-        if is_number "$ours" && is_number "$macs"; then
-            reached=$(awk -v m="$macs" -v t="$ours" 'BEGIN { printf "%.1f GFLOP/s", 2 * m / (t * 1e-3) * 1e-9 }')
-            if is_number "$peak_gflops"; then
-                fraction=$(awk -v m="$macs" -v t="$ours" -v p="$peak_gflops" \
-                    'BEGIN { printf "%.1f %%", 100 * 2 * m / (t * 1e-3) / (p * 1e9) }')
-            fi
-        fi
         arena=${ARENA[$network]:-}
         text=${TEXT[$network]:-}
-        echo "| ${TITLE[$network]} | $(group "${macs:-—}") | $reached | $fraction | $(group "${arena:-—}") |" \
-            "$(group "${text:-—}") | ${WEIGHTS[$network]} |"
+        echo "| ${TITLE[$network]} | $(group "${macs:-—}") |" \
+            "$(throughput "$macs" "${OURS[$network]}") |" \
+            "$(throughput "$macs" "${OURS_MIN[$network]}") |" \
+            "$(group "${arena:-—}") | $(group "${text:-—}") | ${WEIGHTS[$network]} |"
     done
     echo
     echo "## How it was measured"
@@ -284,10 +327,10 @@ python_version=${VERSION[python]:-"$(python3 --version 2>&1 | cut -d' ' -f2) (sy
     fi
     if is_number "$peak_gflops"; then
         echo "- FMA peak: $peak_gflops GFLOP/s float32 on one thread, measured by \`Scripts/bench/fma_peak.c\`"
-        echo "  (12 independent FMA chains, best of 5 rounds:" \
+        echo "  (12 independent FMA chains, best of 200 rounds of 2 to 4 ms:" \
             "$(awk '{ printf "%s%s %s GFLOP/s", (NR > 1 ? ", " : ""), ($1 == "avx512" ? "AVX-512" : "AVX2"), $3 }' "$OUT/fma_peak.txt");" \
             "the peak is the faster)."
-        echo "  The fraction of peak is MACs × 2 FLOP / latency / peak."
+        echo "  The fraction of peak is MACs × 2 FLOP / latency / peak, at mnc's median and fastest run."
     else
         echo "- FMA peak: not measured ($(last_line "$OUT/fma_peak.log"))."
     fi
@@ -295,7 +338,8 @@ python_version=${VERSION[python]:-"$(python3 --version 2>&1 | cut -d' ' -f2) (sy
     echo "  \`mnc compile SPEC --emit executable\`, CC=$CC, CFLAGS=\"$BENCH_CFLAGS\". Each figure is the"
     echo "  lowest of $REPEATS process runs of the executable's \`--bench N\` median (N = ${RUNS[mobilenet_v2]},"
     echo "  ${RUNS[mobilenet_v3_large]} and ${RUNS[mobilenet_v3_small]} for V2, V3-Large and V3-Small), timed inside the"
-    echo "  executable around the network's run function after 10 warm-up runs."
+    echo "  executable around the network's run function after 10 warm-up runs. The fastest run is"
+    echo "  the executable's \`min\` over all $REPEATS process runs."
     echo "  Code size: the \`.text\` sections of \`NAME.o\` from \`--emit object\` (no weights), same flags."
     echo "  Arena: \`arena_bytes\` of \`mnc check SPEC --json\`; MACs: its \`macs\`."
     echo "- Peers: the ONNX export of the same torchvision networks (BatchNorm folded into the"
@@ -305,7 +349,8 @@ python_version=${VERSION[python]:-"$(python3 --version 2>&1 | cut -d' ' -f2) (sy
     echo "  OpenVINO: CPU plugin, \`INFERENCE_NUM_THREADS\` = threads, \`PERFORMANCE_HINT\` = LATENCY,"
     echo "  \`INFERENCE_PRECISION_HINT\` = f32. Each figure is the lowest of $REPEATS medians over the same N"
     echo "  as mnc, each round after 20 warm-up runs, with the rounds alternating between the peers"
-    echo "  and thread counts. A time is one Python call, so it includes the bindings' call overhead."
+    echo "  and thread counts; the fastest run is the minimum over all rounds. A time is one Python"
+    echo "  call, so it includes the bindings' call overhead."
     echo "- Versions: mnc $commit; $("$CC" --version | head -n 1); $("$SWIFT" --version 2>&1 | grep -m1 -o 'Swift version [^ ]*');"
     echo "  Python $python_version; onnxruntime ${VERSION[onnxruntime]:-not run};" \
         "openvino ${VERSION[openvino]:-not run}; numpy ${VERSION[numpy]:-not run}."

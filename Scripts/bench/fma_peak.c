@@ -11,8 +11,9 @@
  * Build with -O2 -march=native. Prints one line per instruction set the compiler enabled:
  *   avx512 GFLOPS X.X
  *   avx2 GFLOPS X.X
- * Each figure is the best of ROUNDS timed rounds of ITERATIONS steps (0.1 to 0.2 s each on a
- * 3.5 GHz core with 2 FMA ports). Exits with status 1 when
+ * Each figure is the best of ROUNDS timed rounds of ITERATIONS steps, 2 to 4 ms each on a
+ * 3.5 GHz core with 2 FMA ports. The rounds are short so that on a loaded machine some of
+ * them run without being preempted. Exits with status 1 when
  * neither AVX-512F nor AVX2 with FMA is enabled.
  */
 #define _POSIX_C_SOURCE 199309L
@@ -21,8 +22,8 @@
 #include <time.h>
 
 #define ACCUMULATORS 12 /* the number of chains that FMA_ROW writes out */
-#define ROUNDS 5
-#define ITERATIONS 50000000L
+#define ROUNDS 200
+#define ITERATIONS 1000000L
 
 static volatile float sink;
 
@@ -88,7 +89,7 @@ static double time_avx2(long iterations) {
 /* Returns the best GFLOP/s over ROUNDS rounds; one FMA on `lanes` floats is 2 × lanes FLOP. */
 static double best_gflops(double (*kernel)(long), int lanes) {
     double best = 0;
-    kernel(ITERATIONS / 10); /* warm-up: lets the core reach its vector clock */
+    kernel(50 * ITERATIONS); /* warm-up: lets the core reach its vector clock */
     for (int round = 0; round < ROUNDS; round++) {
         double seconds = kernel(ITERATIONS);
         double gflops = 2.0 * lanes * ACCUMULATORS * (double)ITERATIONS / seconds * 1e-9;

@@ -7,15 +7,16 @@ Run with the benchmark's virtual environment (build/bench-venv):
 Prints one line per fact, space-separated, for Scripts/bench/bench.sh to read:
 
     version PACKAGE VERSION
-    result PEER NET THREADS MEDIAN_MS
+    result PEER NET THREADS MEDIAN_MS MIN_MS
     failed PEER NET THREADS REASON...
 
 A result is the lowest of `repeats` medians, each over `runs` timed inferences after
-`warmup` untimed ones. The rounds alternate between the peers and thread counts, so a burst
-of load from other processes hits every configuration alike. Each time is one call from
-Python (perf_counter_ns around it), so it includes the binding's call overhead. A peer that
-cannot be imported, loaded or run gets a `failed` line and the others still run. The exit
-status is 0 unless the arguments are invalid.
+`warmup` untimed ones, and the fastest single inference of all rounds. The rounds alternate
+between the peers and thread counts, so a burst of load from other processes hits every
+configuration alike. Each time is one call from Python (perf_counter_ns around it), so it
+includes the binding's call overhead. A peer that cannot be imported, loaded or run gets a
+`failed` line and the others still run. The exit status is 0 unless the arguments are
+invalid.
 """
 
 import argparse
@@ -69,8 +70,8 @@ def openvino_runner(model, threads):
     import openvino as ov
 
     core = ov.Core()
-    # The precision hint pins float32: OpenVINO may otherwise pick bf16 on CPUs with
-    # avx512_bf16, and every other figure in the benchmark is float32.
+    # The precision hint pins float32, because the CPU plugin may default to bf16 on CPUs with
+    # native bf16 support (avx512_bf16, AMX) and every other figure here is float32.
     compiled = core.compile_model(model, "CPU", {
         "INFERENCE_NUM_THREADS": threads,
         "PERFORMANCE_HINT": "LATENCY",
@@ -87,14 +88,14 @@ def openvino_runner(model, threads):
 RUNNERS = {"onnxruntime": onnxruntime_runner, "openvino": openvino_runner}
 
 
-def median_ms(run, runs):
-    """Return the median of `runs` timed calls of `run`, in milliseconds."""
+def time_ms(run, runs):
+    """Return the median and the minimum of `runs` timed calls of `run`, in milliseconds."""
     times = []
     for _ in range(runs):
         start = time.perf_counter_ns()
         run()
         times.append((time.perf_counter_ns() - start) / 1e6)
-    return statistics.median(times)
+    return statistics.median(times), min(times)
 
 
 def print_versions():
@@ -133,7 +134,7 @@ def main():
             except Exception as error:  # any failure of a peer is reported, not raised
                 failures[(peer, threads)] = one_line(error)
 
-    medians = {key: [] for key in runners}
+    rounds = {key: [] for key in runners}  # (median, minimum) of each round
     for _ in range(args.repeats):
         for key, run in runners.items():
             if key in failures:
@@ -141,7 +142,7 @@ def main():
             try:
                 for _ in range(args.warmup):
                     run()
-                medians[key].append(median_ms(run, args.runs))
+                rounds[key].append(time_ms(run, args.runs))
             except Exception as error:
                 failures[key] = one_line(error)
 
@@ -151,7 +152,9 @@ def main():
             if key in failures:
                 print(f"failed {peer} {args.name} {threads} {failures[key]}")
             else:
-                print(f"result {peer} {args.name} {threads} {min(medians[key]):.3f}")
+                lowest_median = min(median for median, _ in rounds[key])
+                fastest = min(minimum for _, minimum in rounds[key])
+                print(f"result {peer} {args.name} {threads} {lowest_median:.3f} {fastest:.3f}")
 
 
 if __name__ == "__main__":
