@@ -5,6 +5,8 @@
 #                 library and a classifier executable, and classify a photograph
 #   make test     install the packages, then run the test suite (release build)
 #   make generate rewrite Generated/ (C and LLVM IR) for every spec in Graphs/
+#   make bench    time the compiled MobileNets against ONNX Runtime and OpenVINO (installed
+#                 into build/bench-venv from PyPI) and write BENCHMARKS.md
 
 SWIFT ?= swift
 MNC = .build/release/mnc
@@ -12,7 +14,7 @@ SPECS = $(wildcard Graphs/*.mnet)
 SHARED = ../shared/data
 DEMO = build/demo
 
-.PHONY: build deps test demo generate clean
+.PHONY: build deps test demo generate bench clean
 
 build:
 	$(SWIFT) build -c release
@@ -63,6 +65,10 @@ generate: build
 			-o Generated/$$name > /dev/null || exit 1; \
 		echo "Generated/$$name"; \
 	done
+
+# The figures depend on the machine and its load: see BENCHMARKS.md for how they were taken.
+bench:
+	@SWIFT="$(SWIFT)" SHARED="$(SHARED)" bash Scripts/bench/bench.sh
 
 clean:
 	rm -rf .build build
