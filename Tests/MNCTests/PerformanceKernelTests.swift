@@ -61,17 +61,17 @@ final class PerformanceKernelTests: XCTestCase {
 
     /// Runs `graph` (optimized at -O2) through the generated C on every tier and compares the
     /// logits with the interpreter's on the unoptimized graph: max |Δ| ≤ 1e-4 · max |logit|.
-    func checkTiers(_ graph: Graph, label: String, file: StaticString = #filePath, line: UInt = #line) throws {
+    func checkTiers(_ graph: Graph, label: String, disabled: Set<String> = [], file: StaticString = #filePath, line: UInt = #line) throws {
         let bound = varianceKeepingWeights(graph)
         let input = randomInput(count: bound.nodes[0].elementCount)
         let expected = try Interpreter(graph: bound).run(input: input)
-        let optimized = try optimize(bound)
+        let optimized = try optimize(bound, disabled: disabled)
         let tiers = tierFlags()
         let results = concurrentMap(tiers) { flags in
             try runGeneratedC(graph: optimized, input: input, inputLayout: .nchw, compiler: self.compiler, extraFlags: flags)
         }
         for (flags, result) in zip(tiers, results) {
-            let name = "\(label) [\(flags.joined(separator: " "))]"
+            let name = "\(label) \(disabled.sorted()) [\(flags.joined(separator: " "))]"
             switch result {
             case .failure(let error):
                 XCTFail("\(name): \(error)", file: file, line: line)
@@ -111,15 +111,146 @@ final class PerformanceKernelTests: XCTestCase {
             try checkTiers(builder.finish(from: fourth), label: "depthwise \(height)x\(width)x\(channels)")
         }
     }
+
+    // MARK: - Fused blocks
+
+    /// Appends an inverted-residual block: 1×1 expansion with ReLU6, depthwise convolution
+    /// with hardswish, 1×1 projection, and the residual when the shapes allow it.
+    static func appendBlock(_ builder: inout KernelGraphBuilder, from x: Int, expansion: Int, kernel: Int, stride: Int, padding: Padding,
+                     outChannels: Int) -> Int {
+        let channels = builder.shape(x)[1] * expansion
+        let expanded = builder.pointwise(from: x, outChannels: channels, activation: .relu6)
+        let filtered = builder.convolution(from: expanded, outChannels: channels, kernel: kernel, stride: stride, padding: padding,
+                                           groups: channels, activation: .hardswish)
+        let sameShape = builder.shape(filtered)[2] == builder.shape(x)[2] && builder.shape(filtered)[3] == builder.shape(x)[3]
+        let residual = sameShape && outChannels == builder.shape(x)[1] ? x : nil
+        return builder.pointwise(from: filtered, outChannels: outChannels, activation: .identity, residual: residual)
+    }
+
+    /// Graphs whose fused blocks cover the kernel's cases: the first 3×3 convolution as the
+    /// expansion on a planar input, no expansion, stride 2 with asymmetric (SAME) padding, 5×5
+    /// kernels, residuals, several bands with a partial last band, a ring of several chunks with
+    /// a partial last chunk, and odd channel counts.
+    static func fusedBlockGraphs() -> [(String, Graph)] {
+        let one = Padding(top: 1, left: 1, bottom: 1, right: 1), two = Padding(top: 2, left: 2, bottom: 2, right: 2)
+        var graphs: [(String, Graph)] = []
+
+        var stem = KernelGraphBuilder(channels: 3, height: 17, width: 23, layout: .nchw)
+        var x = stem.convolution(from: 0, outChannels: 12, kernel: 3, stride: 2, padding: one, groups: 1, activation: .relu6)
+        let filtered = stem.convolution(from: x, outChannels: 12, kernel: 3, stride: 1, padding: one, groups: 12, activation: .relu6)
+        x = stem.pointwise(from: filtered, outChannels: 8, activation: .identity)
+        x = appendBlock(&stem, from: x, expansion: 6, kernel: 3, stride: 2, padding: Padding(top: 0, left: 0, bottom: 1, right: 1), outChannels: 12)
+        x = appendBlock(&stem, from: x, expansion: 3, kernel: 5, stride: 1, padding: two, outChannels: 12)
+        x = appendBlock(&stem, from: x, expansion: 4, kernel: 5, stride: 2, padding: Padding(top: 1, left: 2, bottom: 2, right: 1), outChannels: 20)
+        graphs.append(("stem 17x23", stem.finish(from: x)))
+
+        // A tall map: bands of 10 rows over 37, a ring of 3 chunks of 10 rows, a last chunk of 7.
+        var tall = KernelGraphBuilder(channels: 5, height: 37, width: 5)
+        x = tall.pointwise(from: 0, outChannels: 7, activation: .relu)
+        let separable = tall.convolution(from: x, outChannels: 7, kernel: 3, stride: 1, padding: one, groups: 7, activation: .relu6)
+        x = tall.pointwise(from: separable, outChannels: 7, activation: .relu6, residual: x)
+        x = appendBlock(&tall, from: x, expansion: 6, kernel: 3, stride: 1, padding: one, outChannels: 7)
+        graphs.append(("tall 37x5", tall.finish(from: x)))
+
+        // Stride 2 on 45x20: bands of 5 output rows, chunks of 10 expanded rows, a last chunk of 5.
+        var strided = KernelGraphBuilder(channels: 9, height: 45, width: 20)
+        x = strided.pointwise(from: 0, outChannels: 9, activation: .relu)
+        x = appendBlock(&strided, from: x, expansion: 2, kernel: 3, stride: 2, padding: one, outChannels: 17)
+        x = appendBlock(&strided, from: x, expansion: 5, kernel: 5, stride: 1, padding: two, outChannels: 17)
+        graphs.append(("strided 45x20", strided.finish(from: x)))
+        return graphs
+    }
+
+    func testFusedBlockPassFusesTestGraphs() throws {
+        for (label, graph) in PerformanceKernelTests.fusedBlockGraphs() {
+            let fused = try optimize(graph).nodes.filter { if case .fusedBlock = $0.op { return true } else { return false } }
+            XCTAssertEqual(fused.count, label.hasPrefix("stem") ? 4 : label.hasPrefix("tall") ? 2 : 2, label)
+        }
+    }
+
+    func testFusedBlockParity() throws {
+        for (label, graph) in PerformanceKernelTests.fusedBlockGraphs() {
+            try checkTiers(graph, label: label)
+        }
+    }
+
+    /// Without weight packing, a fused block runs its convolutions one after another.
+    func testFusedBlockWithoutPacking() throws {
+        for (label, graph) in PerformanceKernelTests.fusedBlockGraphs() {
+            try checkTiers(graph, label: label, disabled: ["pack-weights"])
+        }
+    }
+
+    func testFusedBlockSchedules() throws {
+        let graphs = Dictionary(uniqueKeysWithValues: PerformanceKernelTests.fusedBlockGraphs())
+        let tall = try XCTUnwrap(graphs["tall 37x5"])
+        let schedules = try optimize(tall).nodes.compactMap { node -> FusedBlockSchedule? in
+            guard case .fusedBlock(let block) = node.op else { return nil }
+            return fusedBlockSchedule(node, block)
+        }
+        XCTAssertEqual(schedules.count, 2)
+        let expanded = try XCTUnwrap(schedules.last)
+        XCTAssertTrue(expanded.streams)
+        XCTAssertEqual(expanded.bandRows, 10)
+        XCTAssertEqual(expanded.chunkRows, 10)
+        XCTAssertEqual(expanded.ringChunks, 3)
+        // 3 chunks of 10 rows of 5 pixels of 42 channels (6300 floats), and 10 rows of the band
+        // buffer (2100 floats), each rounded up to 64 bytes.
+        XCTAssertEqual(expanded.ringFloats, 6304)
+        XCTAssertEqual(expanded.bandFloats, 2112)
+    }
+
+    func testVerifierRejectsInconsistentFusedBlocks() throws {
+        let graph = try optimize(try loadSpec("mobilenet_v2", SpecOverrides(widthMultiplier: 0.35, inputHeight: 64, inputWidth: 64, classes: 10)))
+        let index = try XCTUnwrap(graph.nodes.firstIndex { $0.op.mnemonic == "fused_block" && $0.inputs.count == 2 })
+        guard case .fusedBlock(let block) = graph.nodes[index].op else { return XCTFail("node \(index) is not a fused block") }
+
+        var cases: [(String, (inout Node) -> Void)] = []
+        cases.append(("expanded size", { node in
+            var changed = block
+            changed.expandedHeight += 1
+            node.op = .fusedBlock(changed)
+        }))
+        cases.append(("the depthwise stage", { node in
+            var changed = block
+            changed.depthwise.groups = 1
+            node.op = .fusedBlock(changed)
+        }))
+        cases.append(("the projection", { node in
+            var changed = block
+            changed.project.strideHeight = 2
+            node.op = .fusedBlock(changed)
+        }))
+        cases.append(("expected 2 inputs", { node in node.inputs = [node.inputs[0]] }))
+        cases.append(("missing parameter 'depthwise.bias'", { node in node.parameters.removeAll { $0.role == "depthwise.bias" } }))
+        for (message, mutate) in cases {
+            var broken = graph
+            mutate(&broken.nodes[index])
+            XCTAssertThrowsError(try verify(broken), message) { error in
+                XCTAssertTrue("\(error)".contains(message), "\(error)")
+            }
+        }
+    }
+
+    /// MobileNetV2 at 224: every block fused, and an arena of at most 1.5 MB (1,500,000 bytes).
+    func testMobileNetV2ArenaSize() throws {
+        let graph = try optimize(try loadSpec("mobilenet_v2"))
+        XCTAssertEqual(graph.nodes.filter { $0.op.mnemonic == "fused_block" }.count, 17)
+        let generated = try generateC(graph)
+        XCTAssertLessThanOrEqual(generated.arenaSize, 1_500_000)
+    }
 }
 
-/// Builds small test graphs on an NHWC input: convolutions under test, then a depthwise
+/// Builds small test graphs: convolutions under test, then a depthwise
 /// convolution whose window covers the whole feature map, so every output pixel of the ops
 /// under test reaches the logits with its own random weight.
 struct KernelGraphBuilder {
     var nodes: [Node] = []
 
-    init(channels: Int, height: Int, width: Int) {
+    var layout: TensorLayout
+
+    init(channels: Int, height: Int, width: Int, layout: TensorLayout = .nhwc) {
+        self.layout = layout
         nodes.append(Node(op: .input, inputs: [], shape: [1, channels, height, width], name: "input", layer: "input"))
     }
 
@@ -164,7 +295,7 @@ struct KernelGraphBuilder {
         builder.nodes.append(readout)
         builder.nodes.append(Node(op: .flatten, inputs: [builder.nodes.count - 1], shape: [1, x[1]], name: "flatten", layer: "flatten"))
         var preprocessing = Preprocessing()
-        preprocessing.layout = .nhwc
+        preprocessing.layout = layout
         return Graph(name: "kernel_test", nodes: builder.nodes, output: builder.nodes.count - 1, preprocessing: preprocessing)
     }
 }

@@ -57,6 +57,13 @@ extension Node {
             return "p \(probability)"
         case .squeezeExcite(let se):
             return "squeeze \(se.squeezeChannels), \(se.activation.rawValue), gate \(se.gate.rawValue)"
+        case .fusedBlock(let block):
+            return block.stages.map { prefix, conv in
+                var parts = ["\(prefix) \(conv.kernelHeight)x\(conv.kernelWidth) stride \(conv.strideHeight) pad \(conv.padding)"]
+                if conv.activation != .identity { parts.append(conv.activation.rawValue) }
+                if conv.hasResidual { parts.append("residual") }
+                return parts.joined(separator: " ")
+            }.joined(separator: "; ")
         default:
             return ""
         }
