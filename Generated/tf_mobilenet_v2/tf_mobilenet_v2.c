@@ -125,125 +125,223 @@ KERNEL_INLINE void pointwise_f32_tile8x32_avx512(const float *restrict x, const 
     int rows, int cols, int k_count, int w_stride, int y_stride,
     int has_bias, int has_residual, int activation)
 {
+#if defined(__FMA__)
+    const int half1 = cols == 24;
+#else
+    const int half1 = 0;
+#endif
+    const int full1 = cols > 16 && !half1;
     const __mmask16 mask0 = (__mmask16)(cols >= 16 ? 0xFFFFu : (1u << cols) - 1u);
     const __mmask16 mask1 = (__mmask16)(cols >= 32 ? 0xFFFFu : cols > 16 ? (1u << (cols - 16)) - 1u : 0u);
     const __m512 bias0 = has_bias ? _mm512_maskz_loadu_ps(mask0, bias) : _mm512_setzero_ps();
-    const __m512 bias1 = has_bias && cols > 16 ? _mm512_maskz_loadu_ps(mask1, bias + 16) : _mm512_setzero_ps();
+    const __m512 bias1 = has_bias && full1 ? _mm512_maskz_loadu_ps(mask1, bias + 16) : _mm512_setzero_ps();
+    const __m256 bias_half = has_bias && half1 ? _mm256_loadu_ps(bias + 16) : _mm256_setzero_ps();
     __m512 acc00 = bias0, acc01 = bias1;
+    __m256 acc0h = bias_half;
     __m512 acc10 = bias0, acc11 = bias1;
+    __m256 acc1h = bias_half;
     __m512 acc20 = bias0, acc21 = bias1;
+    __m256 acc2h = bias_half;
     __m512 acc30 = bias0, acc31 = bias1;
+    __m256 acc3h = bias_half;
     __m512 acc40 = bias0, acc41 = bias1;
+    __m256 acc4h = bias_half;
     __m512 acc50 = bias0, acc51 = bias1;
+    __m256 acc5h = bias_half;
     __m512 acc60 = bias0, acc61 = bias1;
+    __m256 acc6h = bias_half;
     __m512 acc70 = bias0, acc71 = bias1;
+    __m256 acc7h = bias_half;
     for (int k = 0; k < k_count; ++k) {
         const __m512 w0 = cols >= 16 ? _mm512_loadu_ps(w + k * w_stride) : _mm512_maskz_loadu_ps(mask0, w + k * w_stride);
-        const __m512 w1 = cols > 16 ? _mm512_maskz_loadu_ps(mask1, w + k * w_stride + 16) : _mm512_setzero_ps();
+        const __m512 w1 = full1 ? _mm512_maskz_loadu_ps(mask1, w + k * w_stride + 16) : _mm512_setzero_ps();
+#if defined(__FMA__)
+        const __m256 w_half = half1 ? _mm256_loadu_ps(w + k * w_stride + 16) : _mm256_setzero_ps();
+#endif
         {
             const __m512 xr = _mm512_set1_ps(x[k]);
             acc00 = _mm512_fmadd_ps(xr, w0, acc00);
-            if (cols > 16) acc01 = _mm512_fmadd_ps(xr, w1, acc01);
+            if (full1) acc01 = _mm512_fmadd_ps(xr, w1, acc01);
+#if defined(__FMA__)
+            if (half1) acc0h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc0h);
+#endif
         }
         if (rows > 1) {
             const __m512 xr = _mm512_set1_ps(x[1 * k_count + k]);
             acc10 = _mm512_fmadd_ps(xr, w0, acc10);
-            if (cols > 16) acc11 = _mm512_fmadd_ps(xr, w1, acc11);
+            if (full1) acc11 = _mm512_fmadd_ps(xr, w1, acc11);
+#if defined(__FMA__)
+            if (half1) acc1h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc1h);
+#endif
         }
         if (rows > 2) {
             const __m512 xr = _mm512_set1_ps(x[2 * k_count + k]);
             acc20 = _mm512_fmadd_ps(xr, w0, acc20);
-            if (cols > 16) acc21 = _mm512_fmadd_ps(xr, w1, acc21);
+            if (full1) acc21 = _mm512_fmadd_ps(xr, w1, acc21);
+#if defined(__FMA__)
+            if (half1) acc2h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc2h);
+#endif
         }
         if (rows > 3) {
             const __m512 xr = _mm512_set1_ps(x[3 * k_count + k]);
             acc30 = _mm512_fmadd_ps(xr, w0, acc30);
-            if (cols > 16) acc31 = _mm512_fmadd_ps(xr, w1, acc31);
+            if (full1) acc31 = _mm512_fmadd_ps(xr, w1, acc31);
+#if defined(__FMA__)
+            if (half1) acc3h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc3h);
+#endif
         }
         if (rows > 4) {
             const __m512 xr = _mm512_set1_ps(x[4 * k_count + k]);
             acc40 = _mm512_fmadd_ps(xr, w0, acc40);
-            if (cols > 16) acc41 = _mm512_fmadd_ps(xr, w1, acc41);
+            if (full1) acc41 = _mm512_fmadd_ps(xr, w1, acc41);
+#if defined(__FMA__)
+            if (half1) acc4h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc4h);
+#endif
         }
         if (rows > 5) {
             const __m512 xr = _mm512_set1_ps(x[5 * k_count + k]);
             acc50 = _mm512_fmadd_ps(xr, w0, acc50);
-            if (cols > 16) acc51 = _mm512_fmadd_ps(xr, w1, acc51);
+            if (full1) acc51 = _mm512_fmadd_ps(xr, w1, acc51);
+#if defined(__FMA__)
+            if (half1) acc5h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc5h);
+#endif
         }
         if (rows > 6) {
             const __m512 xr = _mm512_set1_ps(x[6 * k_count + k]);
             acc60 = _mm512_fmadd_ps(xr, w0, acc60);
-            if (cols > 16) acc61 = _mm512_fmadd_ps(xr, w1, acc61);
+            if (full1) acc61 = _mm512_fmadd_ps(xr, w1, acc61);
+#if defined(__FMA__)
+            if (half1) acc6h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc6h);
+#endif
         }
         if (rows > 7) {
             const __m512 xr = _mm512_set1_ps(x[7 * k_count + k]);
             acc70 = _mm512_fmadd_ps(xr, w0, acc70);
-            if (cols > 16) acc71 = _mm512_fmadd_ps(xr, w1, acc71);
+            if (full1) acc71 = _mm512_fmadd_ps(xr, w1, acc71);
+#if defined(__FMA__)
+            if (half1) acc7h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc7h);
+#endif
         }
     }
     {
         __m512 v0 = activate_f32x16(acc00, activation);
-        __m512 v1 = activate_f32x16(acc01, activation);
         if (has_residual) v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(mask0, residual));
-        if (has_residual && cols > 16) v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(mask1, residual + 16));
         _mm512_mask_storeu_ps(y, mask0, v0);
-        if (cols > 16) _mm512_mask_storeu_ps(y + 16, mask1, v1);
+        if (full1) {
+            __m512 v1 = activate_f32x16(acc01, activation);
+            if (has_residual) v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(mask1, residual + 16));
+            _mm512_mask_storeu_ps(y + 16, mask1, v1);
+        }
+        if (half1) {
+            __m256 v1 = _mm512_castps512_ps256(activate_f32x16(_mm512_castps256_ps512(acc0h), activation));
+            if (has_residual) v1 = _mm256_add_ps(v1, _mm256_loadu_ps(residual + 16));
+            _mm256_storeu_ps(y + 16, v1);
+        }
     }
     if (rows > 1) {
         __m512 v0 = activate_f32x16(acc10, activation);
-        __m512 v1 = activate_f32x16(acc11, activation);
         if (has_residual) v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(mask0, residual + 1 * y_stride));
-        if (has_residual && cols > 16) v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(mask1, residual + 1 * y_stride + 16));
         _mm512_mask_storeu_ps(y + 1 * y_stride, mask0, v0);
-        if (cols > 16) _mm512_mask_storeu_ps(y + 1 * y_stride + 16, mask1, v1);
+        if (full1) {
+            __m512 v1 = activate_f32x16(acc11, activation);
+            if (has_residual) v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(mask1, residual + 1 * y_stride + 16));
+            _mm512_mask_storeu_ps(y + 1 * y_stride + 16, mask1, v1);
+        }
+        if (half1) {
+            __m256 v1 = _mm512_castps512_ps256(activate_f32x16(_mm512_castps256_ps512(acc1h), activation));
+            if (has_residual) v1 = _mm256_add_ps(v1, _mm256_loadu_ps(residual + 1 * y_stride + 16));
+            _mm256_storeu_ps(y + 1 * y_stride + 16, v1);
+        }
     }
     if (rows > 2) {
         __m512 v0 = activate_f32x16(acc20, activation);
-        __m512 v1 = activate_f32x16(acc21, activation);
         if (has_residual) v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(mask0, residual + 2 * y_stride));
-        if (has_residual && cols > 16) v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(mask1, residual + 2 * y_stride + 16));
         _mm512_mask_storeu_ps(y + 2 * y_stride, mask0, v0);
-        if (cols > 16) _mm512_mask_storeu_ps(y + 2 * y_stride + 16, mask1, v1);
+        if (full1) {
+            __m512 v1 = activate_f32x16(acc21, activation);
+            if (has_residual) v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(mask1, residual + 2 * y_stride + 16));
+            _mm512_mask_storeu_ps(y + 2 * y_stride + 16, mask1, v1);
+        }
+        if (half1) {
+            __m256 v1 = _mm512_castps512_ps256(activate_f32x16(_mm512_castps256_ps512(acc2h), activation));
+            if (has_residual) v1 = _mm256_add_ps(v1, _mm256_loadu_ps(residual + 2 * y_stride + 16));
+            _mm256_storeu_ps(y + 2 * y_stride + 16, v1);
+        }
     }
     if (rows > 3) {
         __m512 v0 = activate_f32x16(acc30, activation);
-        __m512 v1 = activate_f32x16(acc31, activation);
         if (has_residual) v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(mask0, residual + 3 * y_stride));
-        if (has_residual && cols > 16) v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(mask1, residual + 3 * y_stride + 16));
         _mm512_mask_storeu_ps(y + 3 * y_stride, mask0, v0);
-        if (cols > 16) _mm512_mask_storeu_ps(y + 3 * y_stride + 16, mask1, v1);
+        if (full1) {
+            __m512 v1 = activate_f32x16(acc31, activation);
+            if (has_residual) v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(mask1, residual + 3 * y_stride + 16));
+            _mm512_mask_storeu_ps(y + 3 * y_stride + 16, mask1, v1);
+        }
+        if (half1) {
+            __m256 v1 = _mm512_castps512_ps256(activate_f32x16(_mm512_castps256_ps512(acc3h), activation));
+            if (has_residual) v1 = _mm256_add_ps(v1, _mm256_loadu_ps(residual + 3 * y_stride + 16));
+            _mm256_storeu_ps(y + 3 * y_stride + 16, v1);
+        }
     }
     if (rows > 4) {
         __m512 v0 = activate_f32x16(acc40, activation);
-        __m512 v1 = activate_f32x16(acc41, activation);
         if (has_residual) v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(mask0, residual + 4 * y_stride));
-        if (has_residual && cols > 16) v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(mask1, residual + 4 * y_stride + 16));
         _mm512_mask_storeu_ps(y + 4 * y_stride, mask0, v0);
-        if (cols > 16) _mm512_mask_storeu_ps(y + 4 * y_stride + 16, mask1, v1);
+        if (full1) {
+            __m512 v1 = activate_f32x16(acc41, activation);
+            if (has_residual) v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(mask1, residual + 4 * y_stride + 16));
+            _mm512_mask_storeu_ps(y + 4 * y_stride + 16, mask1, v1);
+        }
+        if (half1) {
+            __m256 v1 = _mm512_castps512_ps256(activate_f32x16(_mm512_castps256_ps512(acc4h), activation));
+            if (has_residual) v1 = _mm256_add_ps(v1, _mm256_loadu_ps(residual + 4 * y_stride + 16));
+            _mm256_storeu_ps(y + 4 * y_stride + 16, v1);
+        }
     }
     if (rows > 5) {
         __m512 v0 = activate_f32x16(acc50, activation);
-        __m512 v1 = activate_f32x16(acc51, activation);
         if (has_residual) v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(mask0, residual + 5 * y_stride));
-        if (has_residual && cols > 16) v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(mask1, residual + 5 * y_stride + 16));
         _mm512_mask_storeu_ps(y + 5 * y_stride, mask0, v0);
-        if (cols > 16) _mm512_mask_storeu_ps(y + 5 * y_stride + 16, mask1, v1);
+        if (full1) {
+            __m512 v1 = activate_f32x16(acc51, activation);
+            if (has_residual) v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(mask1, residual + 5 * y_stride + 16));
+            _mm512_mask_storeu_ps(y + 5 * y_stride + 16, mask1, v1);
+        }
+        if (half1) {
+            __m256 v1 = _mm512_castps512_ps256(activate_f32x16(_mm512_castps256_ps512(acc5h), activation));
+            if (has_residual) v1 = _mm256_add_ps(v1, _mm256_loadu_ps(residual + 5 * y_stride + 16));
+            _mm256_storeu_ps(y + 5 * y_stride + 16, v1);
+        }
     }
     if (rows > 6) {
         __m512 v0 = activate_f32x16(acc60, activation);
-        __m512 v1 = activate_f32x16(acc61, activation);
         if (has_residual) v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(mask0, residual + 6 * y_stride));
-        if (has_residual && cols > 16) v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(mask1, residual + 6 * y_stride + 16));
         _mm512_mask_storeu_ps(y + 6 * y_stride, mask0, v0);
-        if (cols > 16) _mm512_mask_storeu_ps(y + 6 * y_stride + 16, mask1, v1);
+        if (full1) {
+            __m512 v1 = activate_f32x16(acc61, activation);
+            if (has_residual) v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(mask1, residual + 6 * y_stride + 16));
+            _mm512_mask_storeu_ps(y + 6 * y_stride + 16, mask1, v1);
+        }
+        if (half1) {
+            __m256 v1 = _mm512_castps512_ps256(activate_f32x16(_mm512_castps256_ps512(acc6h), activation));
+            if (has_residual) v1 = _mm256_add_ps(v1, _mm256_loadu_ps(residual + 6 * y_stride + 16));
+            _mm256_storeu_ps(y + 6 * y_stride + 16, v1);
+        }
     }
     if (rows > 7) {
         __m512 v0 = activate_f32x16(acc70, activation);
-        __m512 v1 = activate_f32x16(acc71, activation);
         if (has_residual) v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(mask0, residual + 7 * y_stride));
-        if (has_residual && cols > 16) v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(mask1, residual + 7 * y_stride + 16));
         _mm512_mask_storeu_ps(y + 7 * y_stride, mask0, v0);
-        if (cols > 16) _mm512_mask_storeu_ps(y + 7 * y_stride + 16, mask1, v1);
+        if (full1) {
+            __m512 v1 = activate_f32x16(acc71, activation);
+            if (has_residual) v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(mask1, residual + 7 * y_stride + 16));
+            _mm512_mask_storeu_ps(y + 7 * y_stride + 16, mask1, v1);
+        }
+        if (half1) {
+            __m256 v1 = _mm512_castps512_ps256(activate_f32x16(_mm512_castps256_ps512(acc7h), activation));
+            if (has_residual) v1 = _mm256_add_ps(v1, _mm256_loadu_ps(residual + 7 * y_stride + 16));
+            _mm256_storeu_ps(y + 7 * y_stride + 16, v1);
+        }
     }
 }
 #elif defined(KERNELS_AVX2)
@@ -1638,7 +1736,7 @@ static void block_f32_224x224x3_to_112x112x16(const float *restrict x, const flo
         {
             int last_row = oy0 + 1;
             if (last_row > 111) last_row = 111;
-            for (; next <= last_row / 1; ++next) {
+            for (; next <= last_row; ++next) {
                 float *restrict chunk = ring + next % 3 * 3584;
                 for (int r = 0; r < 1; ++r) {
                     {
@@ -1668,7 +1766,7 @@ static void block_f32_224x224x3_to_112x112x16(const float *restrict x, const flo
                 const int ky1 = iy0 + 3 > 112 ? 112 - iy0 : 3;
                 const float *rows[3];
                 for (int ky = 0; ky < 3; ++ky) {
-                    rows[ky] = ky >= ky0 && ky < ky1 ? ring + (iy0 + ky) / 1 % 3 * 3584 : ring;
+                    rows[ky] = ky >= ky0 && ky < ky1 ? ring + (iy0 + ky) % 3 * 3584 : ring;
                 }
                 if (ky0 == 0 && ky1 == 3) {
                     depthwise3x3_s1_f32_block(rows, depthwise_w, depthwise_bias, NULL, band + r * 3584, 32, 112, -1, 8, 1, 0, 3, 1, 0, ACTIVATION_RELU6);
@@ -3035,7 +3133,7 @@ static void block_f32_56x56x24_to_56x56x24_residual(const float *restrict x, con
         {
             int last_row = oy0 + 1;
             if (last_row > 55) last_row = 55;
-            for (; next <= last_row / 1; ++next) {
+            for (; next <= last_row; ++next) {
                 float *restrict chunk = ring + next % 3 * 8064;
 #if defined(KERNELS_AVX512)
                 for (int n = 0; n < 128; n += 32) {
@@ -3099,7 +3197,7 @@ static void block_f32_56x56x24_to_56x56x24_residual(const float *restrict x, con
                 const int ky1 = iy0 + 3 > 56 ? 56 - iy0 : 3;
                 const float *rows[3];
                 for (int ky = 0; ky < 3; ++ky) {
-                    rows[ky] = ky >= ky0 && ky < ky1 ? ring + (iy0 + ky) / 1 % 3 * 8064 : ring;
+                    rows[ky] = ky >= ky0 && ky < ky1 ? ring + (iy0 + ky) % 3 * 8064 : ring;
                 }
                 if (ky0 == 0 && ky1 == 3) {
                     depthwise3x3_s1_f32_block(rows, depthwise_w, depthwise_bias, NULL, band + r * 8064, 144, 56, -1, 8, 1, 0, 3, 1, 0, ACTIVATION_RELU6);

@@ -144,7 +144,7 @@ extension CKernelLibrary {
                 let reach = (rowCount - 1) * strideHeight - padTop + kh - 1
                 body.line("int last_row = \(CExpression.sum([CExpression.times(start, strideHeight), String(reach)]));")
                 body.line("if (last_row > \(expandedHeight - 1)) last_row = \(expandedHeight - 1);")
-                body.open("for (; next <= last_row / \(chunkRows); ++next)")
+                body.open("for (; next <= \(chunkRows == 1 ? "last_row" : "last_row / \(chunkRows)"); ++next)")
                 let slot = ringChunks == 1 ? "ring" : "ring + next % \(ringChunks) * \(chunkRows * expandedRowFloats)"
                 body.line("float *restrict chunk = \(slot);")
                 let fullChunks = expandedHeight / chunkRows, lastRows = expandedHeight % chunkRows
@@ -170,7 +170,8 @@ extension CKernelLibrary {
             if block.expand != nil {
                 var address = "ring"
                 if ringChunks > 1 {
-                    address += " + (iy0 + ky) / \(chunkRows) % \(ringChunks) * \(chunkRows * expandedRowFloats)"
+                    let chunk = chunkRows == 1 ? "(iy0 + ky)" : "(iy0 + ky) / \(chunkRows)"
+                    address += " + \(chunk) % \(ringChunks) * \(chunkRows * expandedRowFloats)"
                 }
                 if chunkRows > 1 {
                     address += " + (iy0 + ky) % \(chunkRows) * \(expandedRowFloats)"
