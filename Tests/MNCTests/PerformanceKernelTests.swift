@@ -232,6 +232,35 @@ final class PerformanceKernelTests: XCTestCase {
         }
     }
 
+    /// Whole networks at sizes and widths that the other parity tests do not use: bands and rings
+    /// with partial last rows on non-square maps, and SAME padding on odd and even sizes.
+    func testNetworksAtOddSizes() throws {
+        let cases: [(String, SpecOverrides)] = [
+            ("mobilenet_v2", SpecOverrides(widthMultiplier: 0.75, inputHeight: 161, inputWidth: 129, classes: 10)),
+            ("tf_mobilenet_v2", SpecOverrides(widthMultiplier: 0.5, inputHeight: 97, inputWidth: 76, classes: 10)),
+            ("mobilenet_v3_large", SpecOverrides(widthMultiplier: 0.75, inputHeight: 90, inputWidth: 131, classes: 10)),
+            ("mobilenet_v1", SpecOverrides(widthMultiplier: 0.5, inputHeight: 75, inputWidth: 75, classes: 10)),
+        ]
+        let prepared = try cases.map { name, overrides -> (String, Graph, [Float], [Float]) in
+            let graph = varianceKeepingWeights(try loadSpec(name, overrides))
+            let input = randomInput(count: graph.nodes[0].elementCount)
+            return (name, graph, input, try Interpreter(graph: graph).run(input: input))
+        }
+        let results = concurrentMap(prepared) { _, graph, input, _ in
+            try runGeneratedC(graph: try optimize(graph), input: input, inputLayout: .nchw, compiler: self.compiler,
+                              extraFlags: ["-O2", "-march=native"])
+        }
+        for ((name, _, _, expected), result) in zip(prepared, results) {
+            switch result {
+            case .failure(let error):
+                XCTFail("\(name): \(error)")
+            case .success(let actual):
+                XCTAssertEqual(actual.count, expected.count, name)
+                XCTAssertLessThanOrEqual(maxAbsDifference(actual, expected), 1e-4 * maxAbs(expected), name)
+            }
+        }
+    }
+
     /// MobileNetV2 at 224: every block fused, and an arena of at most 1.5 MB (1,500,000 bytes).
     func testMobileNetV2ArenaSize() throws {
         let graph = try optimize(try loadSpec("mobilenet_v2"))
