@@ -117,11 +117,14 @@ final class PerformanceKernelTests: XCTestCase {
     /// Appends an inverted-residual block: 1×1 expansion with ReLU6, depthwise convolution
     /// with hardswish, 1×1 projection, and the residual when the shapes allow it.
     static func appendBlock(_ builder: inout KernelGraphBuilder, from x: Int, expansion: Int, kernel: Int, stride: Int, padding: Padding,
-                     outChannels: Int) -> Int {
+                            outChannels: Int, squeeze: Int? = nil) -> Int {
         let channels = builder.shape(x)[1] * expansion
         let expanded = builder.pointwise(from: x, outChannels: channels, activation: .relu6)
-        let filtered = builder.convolution(from: expanded, outChannels: channels, kernel: kernel, stride: stride, padding: padding,
+        var filtered = builder.convolution(from: expanded, outChannels: channels, kernel: kernel, stride: stride, padding: padding,
                                            groups: channels, activation: .hardswish)
+        if let squeeze {
+            filtered = builder.squeezeExcite(from: filtered, squeezeChannels: squeeze)
+        }
         let sameShape = builder.shape(filtered)[2] == builder.shape(x)[2] && builder.shape(filtered)[3] == builder.shape(x)[3]
         let residual = sameShape && outChannels == builder.shape(x)[1] ? x : nil
         return builder.pointwise(from: filtered, outChannels: outChannels, activation: .identity, residual: residual)
@@ -129,8 +132,8 @@ final class PerformanceKernelTests: XCTestCase {
 
     /// Graphs whose fused blocks cover the kernel's cases: the first 3×3 convolution as the
     /// expansion on a planar input, no expansion, stride 2 with asymmetric (SAME) padding, 5×5
-    /// kernels, residuals, several bands with a partial last band, a ring of several chunks with
-    /// a partial last chunk, and odd channel counts.
+    /// kernels, residuals, squeeze-excitations, several bands with a partial last band, a ring of
+    /// several chunks with a partial last chunk, and odd channel counts.
     static func fusedBlockGraphs() -> [(String, Graph)] {
         let one = Padding(top: 1, left: 1, bottom: 1, right: 1), two = Padding(top: 2, left: 2, bottom: 2, right: 2)
         var graphs: [(String, Graph)] = []
@@ -140,8 +143,11 @@ final class PerformanceKernelTests: XCTestCase {
         let filtered = stem.convolution(from: x, outChannels: 12, kernel: 3, stride: 1, padding: one, groups: 12, activation: .relu6)
         x = stem.pointwise(from: filtered, outChannels: 8, activation: .identity)
         x = appendBlock(&stem, from: x, expansion: 6, kernel: 3, stride: 2, padding: Padding(top: 0, left: 0, bottom: 1, right: 1), outChannels: 12)
-        x = appendBlock(&stem, from: x, expansion: 3, kernel: 5, stride: 1, padding: two, outChannels: 12)
-        x = appendBlock(&stem, from: x, expansion: 4, kernel: 5, stride: 2, padding: Padding(top: 1, left: 2, bottom: 2, right: 1), outChannels: 20)
+        // With squeeze-excitations: 12 outputs on 24 pixels scale the weights, 20 outputs on 6
+        // pixels scale the depthwise output.
+        x = appendBlock(&stem, from: x, expansion: 3, kernel: 5, stride: 1, padding: two, outChannels: 12, squeeze: 8)
+        x = appendBlock(&stem, from: x, expansion: 4, kernel: 5, stride: 2, padding: Padding(top: 1, left: 2, bottom: 2, right: 1),
+                        outChannels: 20, squeeze: 12)
         graphs.append(("stem 17x23", stem.finish(from: x)))
 
         // A tall map: bands of 10 rows over 37, a ring of 3 chunks of 10 rows, a last chunk of 7.
@@ -179,6 +185,20 @@ final class PerformanceKernelTests: XCTestCase {
         for (label, graph) in PerformanceKernelTests.fusedBlockGraphs() {
             try checkTiers(graph, label: label, disabled: ["pack-weights"])
         }
+    }
+
+    func testFusedBlockSchedulesWithExcitation() throws {
+        let graphs = Dictionary(uniqueKeysWithValues: PerformanceKernelTests.fusedBlockGraphs())
+        let stem = try XCTUnwrap(graphs["stem 17x23"])
+        let schedules = try optimize(stem).nodes.compactMap { node -> FusedBlockSchedule? in
+            guard case .fusedBlock(let block) = node.op, block.squeezeExcite != nil else { return nil }
+            return fusedBlockSchedule(node, block)
+        }
+        XCTAssertEqual(schedules.map(\.scalesWeights), [true, false])
+        // 4x6 pixels of 36 channels and 2x3 pixels of 48 channels: the whole depthwise output.
+        XCTAssertEqual(schedules.map(\.bandFloats), [864, 288])
+        // 36 x 12 scaled weights (432 floats, rounded up to 64 bytes); none when the output is scaled.
+        XCTAssertEqual(schedules.map(\.gatedFloats), [432, 0])
     }
 
     func testFusedBlockSchedules() throws {
@@ -302,6 +322,21 @@ struct KernelGraphBuilder {
                         name: name, layer: name)
         node.fusedOps = ["conv\(kernel)x\(kernel)"] + (activation == .identity ? [] : [activation.rawValue]) + (residual == nil ? [] : ["add"])
         nodes.append(node)
+        return nodes.count - 1
+    }
+
+    /// Appends a fused squeeze-excitation (ReLU, hardsigmoid gate) and returns its node index.
+    mutating func squeezeExcite(from input: Int, squeezeChannels: Int) -> Int {
+        let channels = shape(input)[1]
+        let se = SqueezeExcite(channels: channels, squeezeChannels: squeezeChannels, activation: .relu, gate: .hardsigmoid)
+        let name = "n\(nodes.count)"
+        let parameters = [
+            Parameter(role: "fc1.weight", key: "\(name).fc1.weight", shape: [squeezeChannels, channels, 1, 1]),
+            Parameter(role: "fc1.bias", key: "\(name).fc1.bias", shape: [squeezeChannels]),
+            Parameter(role: "fc2.weight", key: "\(name).fc2.weight", shape: [channels, squeezeChannels, 1, 1]),
+            Parameter(role: "fc2.bias", key: "\(name).fc2.bias", shape: [channels]),
+        ]
+        nodes.append(Node(op: .squeezeExcite(se), inputs: [input], shape: shape(input), parameters: parameters, name: name, layer: name))
         return nodes.count - 1
     }
 

@@ -221,9 +221,8 @@ struct CNodeEmitter {
             kernel = try library.fusedBlock(node, block, input: tensor(node.inputs[0]), output: output,
                                             residual: block.project.hasResidual ? tensor(node.inputs[1]) : nil)
             arguments = [value(node.inputs[0])]
-            for (prefix, conv) in block.stages {
-                arguments.append(try weight(node, "\(prefix).weight"))
-                if conv.hasBias { arguments.append(try weight(node, "\(prefix).bias")) }
+            for role in block.cParameterRoles {
+                arguments.append(try weight(node, role))
             }
             if block.project.hasResidual { arguments.append(value(node.inputs[1])) }
             arguments.append(try scratch(index))

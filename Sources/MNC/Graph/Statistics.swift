@@ -21,6 +21,9 @@ extension Node {
             let pixels = shape[2] * shape[3], depthwise = block.depthwise
             var total = pixels * depthwise.outChannels * depthwise.kernelHeight * depthwise.kernelWidth
                 + pixels * block.project.inChannels * block.project.outChannels
+            if let se = block.squeezeExcite {
+                total += 2 * se.channels * se.squeezeChannels
+            }
             if let expand = block.expand {
                 total += block.expandedHeight * block.expandedWidth * expand.outChannels
                     * expand.inChannels * expand.kernelHeight * expand.kernelWidth

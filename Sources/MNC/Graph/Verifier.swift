@@ -141,6 +141,15 @@ public func verify(_ graph: Graph, after pass: String? = nil) throws {
                 try expectParameter("\(prefix).weight", conv.weightShape)
                 if conv.hasBias { try expectParameter("\(prefix).bias", [conv.outChannels]) }
             }
+            if let se = block.squeezeExcite {
+                guard se.channels == depthwise.outChannels else {
+                    throw fail(index, "the squeeze-excitation has \(se.channels) channels, the depthwise output \(depthwise.outChannels)")
+                }
+                try expectParameter("se.fc1.weight", [se.squeezeChannels, se.channels, 1, 1])
+                try expectParameter("se.fc1.bias", [se.squeezeChannels])
+                try expectParameter("se.fc2.weight", [se.channels, se.squeezeChannels, 1, 1])
+                try expectParameter("se.fc2.bias", [se.channels])
+            }
             if project.hasResidual, inputs[1] != node.shape {
                 throw fail(index, "residual shape \(inputs[1]) differs from the output shape \(node.shape)")
             }

@@ -71,6 +71,9 @@ public struct Interpreter {
             // The stages one after another, each with its whole output, as the unfused ops would run.
             var value = inputs[0], shape = graph.nodes[node.inputs[0]].shape
             for (prefix, conv) in block.stages {
+                if prefix == "project", let se = block.squeezeExcite {
+                    value = squeezeExcite(value, shape: shape, se: se, node: node, prefix: "se.")
+                }
                 let height = (shape[2] + conv.padding.top + conv.padding.bottom - conv.kernelHeight) / conv.strideHeight + 1
                 let width = (shape[3] + conv.padding.left + conv.padding.right - conv.kernelWidth) / conv.strideWidth + 1
                 let outputShape = [1, conv.outChannels, height, width]
@@ -120,27 +123,32 @@ public struct Interpreter {
             for i in output.indices { output[i] *= inputs[1][i / plane] }
             return output
         case .squeezeExcite(let se):
-            let shape = graph.nodes[node.inputs[0]].shape
-            let pooled = averagePool(inputs[0], shape: shape)
-            let fc1Weight = constant(node, "fc1.weight") ?? [], fc1Bias = constant(node, "fc1.bias") ?? []
-            let fc2Weight = constant(node, "fc2.weight") ?? [], fc2Bias = constant(node, "fc2.bias") ?? []
-            var squeezed = [Float](repeating: 0, count: se.squeezeChannels)
-            for s in 0..<se.squeezeChannels {
-                var sum = Double(fc1Bias[s])
-                for c in 0..<se.channels { sum += Double(fc1Weight[s * se.channels + c]) * Double(pooled[c]) }
-                squeezed[s] = se.activation.apply(Float(sum))
-            }
-            var gate = [Float](repeating: 0, count: se.channels)
-            for c in 0..<se.channels {
-                var sum = Double(fc2Bias[c])
-                for s in 0..<se.squeezeChannels { sum += Double(fc2Weight[c * se.squeezeChannels + s]) * Double(squeezed[s]) }
-                gate[c] = se.gate.apply(Float(sum))
-            }
-            let plane = shape[2] * shape[3]
-            var output = inputs[0]
-            for i in output.indices { output[i] *= gate[i / plane] }
-            return output
+            return squeezeExcite(inputs[0], shape: graph.nodes[node.inputs[0]].shape, se: se, node: node, prefix: "")
         }
+    }
+
+    /// Returns `x * gate(fc2(activation(fc1(mean_hw(x)))))` with the node's parameters
+    /// `PREFIXfc1.weight`, `PREFIXfc1.bias`, `PREFIXfc2.weight` and `PREFIXfc2.bias`.
+    private func squeezeExcite(_ x: [Float], shape: [Int], se: SqueezeExcite, node: Node, prefix: String) -> [Float] {
+        let pooled = averagePool(x, shape: shape)
+        let fc1Weight = constant(node, prefix + "fc1.weight") ?? [], fc1Bias = constant(node, prefix + "fc1.bias") ?? []
+        let fc2Weight = constant(node, prefix + "fc2.weight") ?? [], fc2Bias = constant(node, prefix + "fc2.bias") ?? []
+        var squeezed = [Float](repeating: 0, count: se.squeezeChannels)
+        for s in 0..<se.squeezeChannels {
+            var sum = Double(fc1Bias[s])
+            for c in 0..<se.channels { sum += Double(fc1Weight[s * se.channels + c]) * Double(pooled[c]) }
+            squeezed[s] = se.activation.apply(Float(sum))
+        }
+        var gate = [Float](repeating: 0, count: se.channels)
+        for c in 0..<se.channels {
+            var sum = Double(fc2Bias[c])
+            for s in 0..<se.squeezeChannels { sum += Double(fc2Weight[c * se.squeezeChannels + s]) * Double(squeezed[s]) }
+            gate[c] = se.gate.apply(Float(sum))
+        }
+        let plane = shape[2] * shape[3]
+        var output = x
+        for i in output.indices { output[i] *= gate[i / plane] }
+        return output
     }
 
     private func averagePool(_ input: [Float], shape: [Int]) -> [Float] {
