@@ -653,7 +653,7 @@ KERNEL_INLINE void depthwise_f32_pixel(const float *const *rows, const float *re
 #endif
 
 /*
- * Up to 4 horizontally adjacent output pixels of a convolution with groups 1, all output
+ * Up to 8 horizontally adjacent output pixels of a convolution with groups 1, all output
  * channels:
  *   y[p][o] = activation(bias[o] + sum over taps and i of x[p][tap][i] * w[tap][i][o]) + residual[p][o]
  * over the taps ky in [ky0, ky1), kx in [kx0, kx1), which must lie inside the input for every
@@ -675,7 +675,7 @@ KERNEL_INLINE void convolution_f32_pixels(const float *restrict x, const float *
     for (int o = 0; o < out_channels; o += 16) {
         const __mmask16 mask = (__mmask16)(out_channels - o >= 16 ? 0xFFFFu : (1u << (out_channels - o)) - 1u);
         const __m512 start = has_bias ? _mm512_maskz_loadu_ps(mask, bias + o) : _mm512_setzero_ps();
-        __m512 acc0 = start, acc1 = start, acc2 = start, acc3 = start;
+        __m512 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
         for (int ky = ky0; ky < ky1; ++ky) {
             for (int kx = kx0; kx < kx1; ++kx) {
                 const float *xp = x + (x_offset + ky * row_stride + kx * column_stride);
@@ -687,14 +687,22 @@ KERNEL_INLINE void convolution_f32_pixels(const float *restrict x, const float *
                     if (pixels > 1) acc1 = _mm512_fmadd_ps(_mm512_set1_ps(xi[pixel_stride]), wv, acc1);
                     if (pixels > 2) acc2 = _mm512_fmadd_ps(_mm512_set1_ps(xi[2 * pixel_stride]), wv, acc2);
                     if (pixels > 3) acc3 = _mm512_fmadd_ps(_mm512_set1_ps(xi[3 * pixel_stride]), wv, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(_mm512_set1_ps(xi[4 * pixel_stride]), wv, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(_mm512_set1_ps(xi[5 * pixel_stride]), wv, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(_mm512_set1_ps(xi[6 * pixel_stride]), wv, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(_mm512_set1_ps(xi[7 * pixel_stride]), wv, acc7);
                 }
             }
         }
-        __m512 acc[4];
+        __m512 acc[8];
         acc[0] = acc0;
         acc[1] = acc1;
         acc[2] = acc2;
         acc[3] = acc3;
+        acc[4] = acc4;
+        acc[5] = acc5;
+        acc[6] = acc6;
+        acc[7] = acc7;
         for (int p = 0; p < pixels; ++p) {
             __m512 v = activate_f32x16(acc[p], activation);
             if (has_residual) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, residual + p * out_channels + o));
@@ -709,11 +717,12 @@ KERNEL_INLINE void convolution_f32_pixels(const float *restrict x, const float *
     int row_stride, int column_stride, int channel_stride, int x_offset,
     int ky0, int ky1, int kx0, int kx1, int has_bias, int has_residual, int activation)
 {
-    /* 8 output channels at a time, one accumulator per pixel. */
+    /* 8 output channels at a time, one accumulator per pixel: each weight vector feeds
+       `pixels` independent FMA chains. */
     for (int o = 0; o < out_channels; o += 8) {
         const __m256i mask = lane_mask_f32x8(out_channels - o);
         const __m256 start = has_bias ? _mm256_maskload_ps(bias + o, mask) : _mm256_setzero_ps();
-        __m256 acc0 = start, acc1 = start, acc2 = start, acc3 = start;
+        __m256 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
         for (int ky = ky0; ky < ky1; ++ky) {
             for (int kx = kx0; kx < kx1; ++kx) {
                 const float *xp = x + (x_offset + ky * row_stride + kx * column_stride);
@@ -725,14 +734,22 @@ KERNEL_INLINE void convolution_f32_pixels(const float *restrict x, const float *
                     if (pixels > 1) acc1 = _mm256_fmadd_ps(_mm256_set1_ps(xi[pixel_stride]), wv, acc1);
                     if (pixels > 2) acc2 = _mm256_fmadd_ps(_mm256_set1_ps(xi[2 * pixel_stride]), wv, acc2);
                     if (pixels > 3) acc3 = _mm256_fmadd_ps(_mm256_set1_ps(xi[3 * pixel_stride]), wv, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(_mm256_set1_ps(xi[4 * pixel_stride]), wv, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(_mm256_set1_ps(xi[5 * pixel_stride]), wv, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(_mm256_set1_ps(xi[6 * pixel_stride]), wv, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(_mm256_set1_ps(xi[7 * pixel_stride]), wv, acc7);
                 }
             }
         }
-        __m256 acc[4];
+        __m256 acc[8];
         acc[0] = acc0;
         acc[1] = acc1;
         acc[2] = acc2;
         acc[3] = acc3;
+        acc[4] = acc4;
+        acc[5] = acc5;
+        acc[6] = acc6;
+        acc[7] = acc7;
         for (int p = 0; p < pixels; ++p) {
             __m256 v = activate_f32x8(acc[p], activation);
             if (has_residual) v = _mm256_add_ps(v, _mm256_maskload_ps(residual + p * out_channels + o, mask));
@@ -1743,18 +1760,27 @@ static void block_f32_224x224x3_to_112x112x16(const float *restrict x, const flo
                         const int iy0 = (next * 1 + r) * 2;
                         const int ky0 = iy0 < 0 ? -iy0 : 0;
                         const int ky1 = iy0 + 3 > 224 ? 224 - iy0 : 3;
-                        for (int ox = 0; ox < 112;) {
-                            const int ix0 = ox * 2;
-                            const int x_offset = iy0 * 672 + ix0 * 3;
-                            const int y_offset = ox * 32;
-                            if (ox >= 0 && ox + 4 <= 111) {
-                                convolution_f32_pixels(x, expand_w, expand_bias, NULL, chunk + r * 3584 + y_offset, 4, 6, 3, 32, 3, 672, 3, 1, x_offset, ky0, ky1, 0, 3, 1, 0, ACTIVATION_RELU6);
-                                ox += 4;
-                            } else {
+                        if (ky0 == 0 && ky1 == 3) {
+                            for (int ox = 0; ox < 104; ox += 8) {
+                                convolution_f32_pixels(x, expand_w, expand_bias, NULL, chunk + r * 3584 + ox * 32, 8, 6, 3, 32, 3, 672, 3, 1, iy0 * 672 + ((ox * 2)) * 3, 0, 3, 0, 3, 1, 0, ACTIVATION_RELU6);
+                            }
+                            convolution_f32_pixels(x, expand_w, expand_bias, NULL, chunk + r * 3584 + 3328, 7, 6, 3, 32, 3, 672, 3, 1, iy0 * 672 + 624, 0, 3, 0, 3, 1, 0, ACTIVATION_RELU6);
+                            for (int ox = 111; ox < 112; ++ox) {
+                                const int ix0 = ox * 2;
                                 const int kx0 = ix0 < 0 ? -ix0 : 0;
                                 const int kx1 = ix0 + 3 > 224 ? 224 - ix0 : 3;
-                                convolution_f32_pixels(x, expand_w, expand_bias, NULL, chunk + r * 3584 + y_offset, 1, 6, 3, 32, 3, 672, 3, 1, x_offset, ky0, ky1, kx0, kx1, 1, 0, ACTIVATION_RELU6);
-                                ox += 1;
+                                convolution_f32_pixels(x, expand_w, expand_bias, NULL, chunk + r * 3584 + ox * 32, 1, 6, 3, 32, 3, 672, 3, 1, iy0 * 672 + ((ox * 2)) * 3, 0, 3, kx0, kx1, 1, 0, ACTIVATION_RELU6);
+                            }
+                        } else {
+                            for (int ox = 0; ox < 104; ox += 8) {
+                                convolution_f32_pixels(x, expand_w, expand_bias, NULL, chunk + r * 3584 + ox * 32, 8, 6, 3, 32, 3, 672, 3, 1, iy0 * 672 + ((ox * 2)) * 3, ky0, ky1, 0, 3, 1, 0, ACTIVATION_RELU6);
+                            }
+                            convolution_f32_pixels(x, expand_w, expand_bias, NULL, chunk + r * 3584 + 3328, 7, 6, 3, 32, 3, 672, 3, 1, iy0 * 672 + 624, ky0, ky1, 0, 3, 1, 0, ACTIVATION_RELU6);
+                            for (int ox = 111; ox < 112; ++ox) {
+                                const int ix0 = ox * 2;
+                                const int kx0 = ix0 < 0 ? -ix0 : 0;
+                                const int kx1 = ix0 + 3 > 224 ? 224 - ix0 : 3;
+                                convolution_f32_pixels(x, expand_w, expand_bias, NULL, chunk + r * 3584 + ox * 32, 1, 6, 3, 32, 3, 672, 3, 1, iy0 * 672 + ((ox * 2)) * 3, ky0, ky1, kx0, kx1, 1, 0, ACTIVATION_RELU6);
                             }
                         }
                     }

@@ -228,9 +228,10 @@ extension CKernelLibrary {
     }
 
     /// Writes one output row `row` (a C expression) of a convolution with groups 1 and `hwio`
-    /// (or `io`) weights reading `x`: pixels in blocks of 4 where the whole window lies inside the
-    /// input horizontally and one at a time at the borders, vectorized over output channels.
-    /// `output` and `residual` point at the row's first pixel (NHWC).
+    /// (or `io`) weights reading `x`: pixels in blocks of 8 where the whole window lies inside the
+    /// input horizontally and one at a time at the borders, vectorized over output channels. Rows
+    /// whose window lies inside the input vertically pass literal tap bounds, so the compiler
+    /// unrolls their taps. `output` and `residual` point at the row's first pixel (NHWC).
     mutating func emitConvolutionRow(_ body: inout CWriter, _ conv: Conv2D, input: CTensor, outputWidth: Int, row: String,
                                      weights: String, bias: String?, residual: String?, output: String) {
         use(.convolutionPixels)
@@ -240,41 +241,55 @@ extension CKernelLibrary {
             ? (input.width * input.channels, input.channels, 1)
             : (input.width, 1, input.pixels)
         // Output columns [first, end) read only columns inside the input.
-        let first = (conv.padding.left + sw - 1) / sw
+        let first = min((conv.padding.left + sw - 1) / sw, outputWidth)
         let reach = input.width + conv.padding.left - kw
-        let end = reach < 0 ? 0 : min(reach / sw + 1, outputWidth)
-        let block = 4
+        let end = reach < 0 ? first : max(first, min(reach / sw + 1, outputWidth))
+        let block = 8
+
+        func call(_ ox: String, pixels: Int, taps: String, columns: String) {
+            let column = CExpression.sum([CExpression.times(ox, sw), String(-conv.padding.left)])
+            let offset = CExpression.sum([CExpression.times("iy0", rowStride), CExpression.times(CExpression.parenthesized(column), columnStride)])
+            let outputOffset = CExpression.times(ox, outChannels)
+            let arguments = [
+                "x", weights, bias ?? "NULL", residual.map { CExpression.offset($0, outputOffset) } ?? "NULL",
+                CExpression.offset(output, outputOffset),
+                "\(pixels)", "\(sw * columnStride)", "\(conv.inChannels)", "\(outChannels)", "\(kw)",
+                "\(rowStride)", "\(columnStride)", "\(channelStride)", offset, taps, columns,
+                bias != nil ? "1" : "0", residual != nil ? "1" : "0", activationConstant(conv.activation),
+            ]
+            body.line("convolution_f32_pixels(\(arguments.joined(separator: ", ")));")
+        }
+        func border(from start: Int, to stop: Int, taps: String) {
+            guard stop > start else { return }
+            body.openFor("ox", from: start, to: stop)
+            body.line("const int ix0 = \(CExpression.sum([CExpression.times("ox", sw), String(-conv.padding.left)]));")
+            body.line("const int kx0 = ix0 < 0 ? -ix0 : 0;")
+            body.line("const int kx1 = ix0 + \(kw) > \(input.width) ? \(input.width) - ix0 : \(kw);")
+            call("ox", pixels: 1, taps: taps, columns: "kx0, kx1")
+            body.close()
+        }
+        func pixels(taps: String) {
+            border(from: 0, to: first, taps: taps)
+            let blocksEnd = first + (end - first) / block * block
+            if blocksEnd > first {
+                body.openFor("ox", from: first, to: blocksEnd, step: block)
+                call("ox", pixels: block, taps: taps, columns: "0, \(kw)")
+                body.close()
+            }
+            if end > blocksEnd {
+                call(String(blocksEnd), pixels: end - blocksEnd, taps: taps, columns: "0, \(kw)")
+            }
+            border(from: end, to: outputWidth, taps: taps)
+        }
 
         body.open("")
         body.line("const int iy0 = \(CExpression.sum([CExpression.times(row, conv.strideHeight), String(-conv.padding.top)]));")
         body.line("const int ky0 = iy0 < 0 ? -iy0 : 0;")
         body.line("const int ky1 = iy0 + \(kh) > \(input.height) ? \(input.height) - iy0 : \(kh);")
-        body.open("for (int ox = 0; ox < \(outputWidth);)")
-        body.line("const int ix0 = \(CExpression.sum([CExpression.times("ox", sw), String(-conv.padding.left)]));")
-        body.line("const int x_offset = \(CExpression.sum([CExpression.times("iy0", rowStride), CExpression.times("ix0", columnStride)]));")
-        body.line("const int y_offset = \(CExpression.times("ox", outChannels));")
-        func call(pixels: Int, columns: String) {
-            let arguments = [
-                "x", weights, bias ?? "NULL", residual.map { "\($0) + y_offset" } ?? "NULL", "\(output) + y_offset",
-                "\(pixels)", "\(sw * columnStride)", "\(conv.inChannels)", "\(outChannels)", "\(kw)",
-                "\(rowStride)", "\(columnStride)", "\(channelStride)", "x_offset", "ky0, ky1", columns,
-                bias != nil ? "1" : "0", residual != nil ? "1" : "0", activationConstant(conv.activation),
-            ]
-            body.line("convolution_f32_pixels(\(arguments.joined(separator: ", ")));")
-        }
-        if end - first >= block {
-            body.open("if (ox >= \(first) && ox + \(block) <= \(end))")
-            call(pixels: block, columns: "0, \(kw)")
-            body.line("ox += \(block);")
-            body.openElse()
-        } else {
-            body.open("")
-        }
-        body.line("const int kx0 = ix0 < 0 ? -ix0 : 0;")
-        body.line("const int kx1 = ix0 + \(kw) > \(input.width) ? \(input.width) - ix0 : \(kw);")
-        call(pixels: 1, columns: "kx0, kx1")
-        body.line("ox += 1;")
-        body.close()
+        body.open("if (ky0 == 0 && ky1 == \(kh))")
+        pixels(taps: "0, \(kh)")
+        body.openElse()
+        pixels(taps: "ky0, ky1")
         body.close()
         body.close()
     }
