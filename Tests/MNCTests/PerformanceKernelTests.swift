@@ -49,8 +49,8 @@ final class PerformanceKernelTests: XCTestCase {
 
     // MARK: - Generated C against the interpreter
 
-    /// The instruction-set tiers: the default flags (vector extensions on x86-64), AVX2,
-    /// AVX-512 where the CPU has it, and plain C under the sanitizers.
+    /// Returns the compiler flags of the instruction-set tiers: the default flags (vector
+    /// extensions on x86-64), AVX2, AVX-512 where the CPU has it, and plain C under the sanitizers.
     func tierFlags() -> [[String]] {
         var tiers: [[String]] = [[], ["-DKERNELS_SCALAR"] + CBackendTests.sanitizerFlags]
         let flags = cpuFlags()
@@ -93,9 +93,9 @@ final class PerformanceKernelTests: XCTestCase {
         }
     }
 
-    /// Depthwise kernels 3×3 and 5×5, stride 1 and 2, symmetric and asymmetric padding, on
-    /// maps narrower than one pixel block, with interior block loops, and with channel counts
-    /// that leave partial vectors; one convolution adds a residual.
+    /// Depthwise kernels 3×3 and 5×5, stride 1 and 2, with symmetric and asymmetric padding.
+    /// The maps are narrower than one pixel block or wide enough for interior block loops, the
+    /// channel counts leave partial vectors, and one convolution adds a residual.
     func testDepthwiseEdgeForms() throws {
         let same = Padding(top: 1, left: 1, bottom: 1, right: 1)
         for (channels, height, width) in [(24, 17, 9), (7, 5, 12), (40, 1, 3), (16, 33, 41)] {
@@ -130,10 +130,11 @@ final class PerformanceKernelTests: XCTestCase {
         return builder.pointwise(from: filtered, outChannels: outChannels, activation: .identity, residual: residual)
     }
 
-    /// Graphs whose fused blocks cover the kernel's cases: the first 3×3 convolution as the
-    /// expansion on a planar input, no expansion, stride 2 with asymmetric (SAME) padding, 5×5
-    /// kernels, residuals, squeeze-excitations, several bands with a partial last band, a ring of
-    /// several chunks with a partial last chunk, and odd channel counts.
+    /// Returns graphs whose fused blocks cover the kernel's cases. They have the first 3×3
+    /// convolution as the expansion on a planar input, no expansion, stride 2 with asymmetric
+    /// (SAME) padding, 5×5 kernels, residuals and squeeze-excitations. Their sizes give several
+    /// bands with a partial last band, a ring of several chunks with a partial last chunk, and
+    /// odd channel counts.
     static func fusedBlockGraphs() -> [(String, Graph)] {
         let one = Padding(top: 1, left: 1, bottom: 1, right: 1), two = Padding(top: 2, left: 2, bottom: 2, right: 2)
         var graphs: [(String, Graph)] = []

@@ -5,9 +5,9 @@
 /// Schedule, for bands of `bandRows` output rows from the top:
 /// 1. The expansion writes rows of the expanded tensor E into a ring of `ringChunks` chunks of
 ///    `chunkRows` rows each, one chunk per step, until E's rows up to the last one that the band's
-///    depthwise windows read are there. Chunk j holds E rows `[j·chunkRows, (j+1)·chunkRows)` in
-///    slot `j mod ringChunks`; the ring is large enough that no chunk a band reads is overwritten
-///    before the band is done.
+///    depthwise windows read are there. Chunk j contains E rows `[j·chunkRows, (j+1)·chunkRows)`
+///    and lives in slot `j mod ringChunks`. The ring is large enough that no chunk a band reads is
+///    overwritten before the band is done.
 /// 2. The depthwise convolution reads E's rows from the ring (or the block's input when there is
 ///    no expansion) and writes the band's rows into a band buffer.
 /// 3. The projection (with the residual) reads the band buffer as a GEMM and writes the output rows.
@@ -230,7 +230,7 @@ extension CKernelLibrary {
                 body.line("rows[ky] = ky >= ky0 && ky < ky1 ? x + (iy0 + ky) * \(expandedRowFloats) : x;")
             }
             body.close()
-            // With a squeeze-excitation the band buffer holds every output row.
+            // With a squeeze-excitation the band buffer contains every output row.
             let bandRow = excitation == nil ? "r" : CExpression.sum([start, "r"])
             let rowOutput = "band + \(CExpression.times(bandRow, output.width * channels))"
             let row = DepthwiseRow(conv: depthwise, inputWidth: expandedWidth, outputWidth: output.width, channels: channels,
@@ -298,7 +298,7 @@ extension CKernelLibrary {
 
         let weights: String
         if schedule.scalesWeights {
-            // Row k of every weight panel holds input channel k: scale it by gate[k].
+            // Row k of every weight panel multiplies input channel k, so it is scaled by gate[k].
             body.line("float *restrict scaled = scratch + \(base + scratch.total);")
             for panel in tileSegments(variable: "n", extent: project.outChannels, step: weightPanelWidth) {
                 if panel.isLoop { body.openFor(panel.variable, to: panel.end, step: panel.count) }

@@ -157,9 +157,9 @@ let outputParameter = "float *restrict y"
 func constParameter(_ name: String) -> String { "const float *restrict \(name)" }
 
 extension CKernelLibrary {
-    /// Defines the kernel of a convolution and returns its name: the pointwise GEMM and the
-    /// depthwise kernel for the packed forms on NHWC data, the pixel-blocked kernel for other
-    /// packed forms with groups 1 (the first layer), and direct loops for everything else.
+    /// Defines the kernel of a convolution and returns its name. The packed forms on NHWC data
+    /// take the pointwise GEMM and the depthwise kernel, other packed forms with groups 1 (the
+    /// first layer) the pixel-blocked kernel, and everything else direct loops.
     /// Arguments: x, w, [bias], [residual], y.
     mutating func convolution(_ conv: Conv2D, weightLayout layout: WeightLayout, input: CTensor, output: CTensor,
                               residual: CTensor?) -> String {
@@ -228,10 +228,10 @@ extension CKernelLibrary {
     }
 
     /// Writes one output row `row` (a C expression) of a convolution with groups 1 and `hwio`
-    /// (or `io`) weights reading `x`: pixels in blocks of 8 where the whole window lies inside the
-    /// input horizontally and one at a time at the borders, vectorized over output channels. Rows
-    /// whose window lies inside the input vertically pass literal tap bounds, so the compiler
-    /// unrolls their taps. `output` and `residual` point at the row's first pixel (NHWC).
+    /// (or `io`) weights reading `x`, vectorized over output channels. Pixels go in blocks of 8
+    /// where the whole window lies inside the input horizontally, and one at a time at the
+    /// borders. Rows whose window lies inside the input vertically pass literal tap bounds, so
+    /// the compiler unrolls their taps. `output` and `residual` point at the row's first pixel (NHWC).
     mutating func emitConvolutionRow(_ body: inout CWriter, _ conv: Conv2D, input: CTensor, outputWidth: Int, row: String,
                                      weights: String, bias: String?, residual: String?, output: String) {
         use(.convolutionPixels)
@@ -549,7 +549,7 @@ func emitPointwiseGEMM(_ body: inout CWriter, pixels: Int, inputChannels: Int, o
     body.directive("#endif")
 }
 
-/// Writes the loops of a GEMM for one instruction-set tier: each weight panel
+/// Writes the loops of a GEMM for one instruction-set tier. Each weight panel
 /// (`weightPanelWidth` columns) is loaded once and stays in L1 while every row tile of x streams
 /// past it, so the weights cross the memory hierarchy once per call.
 private func emitPointwiseGEMM(_ body: inout CWriter, tile: PointwiseTileShape, pixels: Int, inputChannels: Int, outputChannels: Int,
