@@ -46,7 +46,7 @@ extern "C" {
 #define MOBILENET_V2_OUTPUT_SIZE 1000 /* floats: one logit per class */
 
 /* Memory the caller provides. */
-#define MOBILENET_V2_ARENA_SIZE 6021120 /* bytes */
+#define MOBILENET_V2_ARENA_SIZE 1297408 /* bytes */
 #define MOBILENET_V2_ARENA_ALIGNMENT 64 /* bytes */
 #define MOBILENET_V2_WEIGHTS_SIZE 13951360 /* bytes */
 #define MOBILENET_V2_WEIGHTS_ALIGNMENT 64 /* bytes */

@@ -46,7 +46,7 @@ extern "C" {
 #define MOBILENET_V3_LARGE_OUTPUT_SIZE 1000 /* floats: one logit per class */
 
 /* Memory the caller provides. */
-#define MOBILENET_V3_LARGE_ARENA_SIZE 4014080 /* bytes */
+#define MOBILENET_V3_LARGE_ARENA_SIZE 1612800 /* bytes */
 #define MOBILENET_V3_LARGE_ARENA_ALIGNMENT 64 /* bytes */
 #define MOBILENET_V3_LARGE_WEIGHTS_SIZE 21884416 /* bytes */
 #define MOBILENET_V3_LARGE_WEIGHTS_ALIGNMENT 64 /* bytes */

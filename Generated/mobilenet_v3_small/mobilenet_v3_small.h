@@ -46,7 +46,7 @@ extern "C" {
 #define MOBILENET_V3_SMALL_OUTPUT_SIZE 1000 /* floats: one logit per class */
 
 /* Memory the caller provides. */
-#define MOBILENET_V3_SMALL_ARENA_SIZE 1128960 /* bytes */
+#define MOBILENET_V3_SMALL_ARENA_SIZE 456192 /* bytes */
 #define MOBILENET_V3_SMALL_ARENA_ALIGNMENT 64 /* bytes */
 #define MOBILENET_V3_SMALL_WEIGHTS_SIZE 10147840 /* bytes */
 #define MOBILENET_V3_SMALL_WEIGHTS_ALIGNMENT 64 /* bytes */

@@ -46,7 +46,7 @@ extern "C" {
 #define TF_MOBILENET_V1_OUTPUT_SIZE 1001 /* floats: one logit per class */
 
 /* Memory the caller provides. */
-#define TF_MOBILENET_V1_ARENA_SIZE 4816896 /* bytes */
+#define TF_MOBILENET_V1_ARENA_SIZE 4831232 /* bytes */
 #define TF_MOBILENET_V1_ARENA_ALIGNMENT 64 /* bytes */
 #define TF_MOBILENET_V1_WEIGHTS_SIZE 16888256 /* bytes */
 #define TF_MOBILENET_V1_WEIGHTS_ALIGNMENT 64 /* bytes */

@@ -46,7 +46,7 @@ extern "C" {
 #define TF_MOBILENET_V2_OUTPUT_SIZE 1001 /* floats: one logit per class */
 
 /* Memory the caller provides. */
-#define TF_MOBILENET_V2_ARENA_SIZE 6021120 /* bytes */
+#define TF_MOBILENET_V2_ARENA_SIZE 1297408 /* bytes */
 #define TF_MOBILENET_V2_ARENA_ALIGNMENT 64 /* bytes */
 #define TF_MOBILENET_V2_WEIGHTS_SIZE 13956480 /* bytes */
 #define TF_MOBILENET_V2_WEIGHTS_ALIGNMENT 64 /* bytes */

@@ -45,12 +45,19 @@ final class ArenaPlannerTests: XCTestCase {
     func testResidualKeepsBlockInputAlive() throws {
         let graph = try optimize(try loadSpec("mobilenet_v2"))
         let plan = planArena(graph)
+        var residualReaders = 0
         for (index, node) in graph.nodes.enumerated() {
-            guard case .conv2d(let conv) = node.op, conv.hasResidual else { continue }
+            switch node.op {
+            case .conv2d(let conv) where conv.hasResidual: break
+            case .fusedBlock(let block) where block.project.hasResidual: break
+            default: continue
+            }
+            residualReaders += 1
             let residual = node.inputs[1]
             let buffer = try XCTUnwrap(plan.buffers.first { $0.node == residual && !$0.isScratch })
             XCTAssertGreaterThanOrEqual(buffer.lastStep, index)
         }
+        XCTAssertEqual(residualReaders, 10, "MobileNetV2 has 10 residual blocks")
     }
 
     func testVerifierDetectsOverlap() throws {

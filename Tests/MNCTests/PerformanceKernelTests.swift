@@ -49,8 +49,8 @@ final class PerformanceKernelTests: XCTestCase {
 
     // MARK: - Generated C against the interpreter
 
-    /// The instruction-set tiers: the default flags (vector extensions on x86-64), AVX2,
-    /// AVX-512 where the CPU has it, and plain C under the sanitizers.
+    /// Returns the compiler flags of the instruction-set tiers: the default flags (vector
+    /// extensions on x86-64), AVX2, AVX-512 where the CPU has it, and plain C under the sanitizers.
     func tierFlags() -> [[String]] {
         var tiers: [[String]] = [[], ["-DKERNELS_SCALAR"] + CBackendTests.sanitizerFlags]
         let flags = cpuFlags()
@@ -61,17 +61,17 @@ final class PerformanceKernelTests: XCTestCase {
 
     /// Runs `graph` (optimized at -O2) through the generated C on every tier and compares the
     /// logits with the interpreter's on the unoptimized graph: max |Δ| ≤ 1e-4 · max |logit|.
-    func checkTiers(_ graph: Graph, label: String, file: StaticString = #filePath, line: UInt = #line) throws {
+    func checkTiers(_ graph: Graph, label: String, disabled: Set<String> = [], file: StaticString = #filePath, line: UInt = #line) throws {
         let bound = varianceKeepingWeights(graph)
         let input = randomInput(count: bound.nodes[0].elementCount)
         let expected = try Interpreter(graph: bound).run(input: input)
-        let optimized = try optimize(bound)
+        let optimized = try optimize(bound, disabled: disabled)
         let tiers = tierFlags()
         let results = concurrentMap(tiers) { flags in
             try runGeneratedC(graph: optimized, input: input, inputLayout: .nchw, compiler: self.compiler, extraFlags: flags)
         }
         for (flags, result) in zip(tiers, results) {
-            let name = "\(label) [\(flags.joined(separator: " "))]"
+            let name = "\(label) \(disabled.sorted()) [\(flags.joined(separator: " "))]"
             switch result {
             case .failure(let error):
                 XCTFail("\(name): \(error)", file: file, line: line)
@@ -93,9 +93,9 @@ final class PerformanceKernelTests: XCTestCase {
         }
     }
 
-    /// Depthwise kernels 3×3 and 5×5, stride 1 and 2, symmetric and asymmetric padding, on
-    /// maps narrower than one pixel block, with interior block loops, and with channel counts
-    /// that leave partial vectors; one convolution adds a residual.
+    /// Depthwise kernels 3×3 and 5×5, stride 1 and 2, with symmetric and asymmetric padding.
+    /// The maps are narrower than one pixel block or wide enough for interior block loops, the
+    /// channel counts leave partial vectors, and one convolution adds a residual.
     func testDepthwiseEdgeForms() throws {
         let same = Padding(top: 1, left: 1, bottom: 1, right: 1)
         for (channels, height, width) in [(24, 17, 9), (7, 5, 12), (40, 1, 3), (16, 33, 41)] {
@@ -111,15 +111,196 @@ final class PerformanceKernelTests: XCTestCase {
             try checkTiers(builder.finish(from: fourth), label: "depthwise \(height)x\(width)x\(channels)")
         }
     }
+
+    // MARK: - Fused blocks
+
+    /// Appends an inverted-residual block: 1×1 expansion with ReLU6, depthwise convolution
+    /// with hardswish, 1×1 projection, and the residual when the shapes allow it.
+    static func appendBlock(_ builder: inout KernelGraphBuilder, from x: Int, expansion: Int, kernel: Int, stride: Int, padding: Padding,
+                            outChannels: Int, squeeze: Int? = nil) -> Int {
+        let channels = builder.shape(x)[1] * expansion
+        let expanded = builder.pointwise(from: x, outChannels: channels, activation: .relu6)
+        var filtered = builder.convolution(from: expanded, outChannels: channels, kernel: kernel, stride: stride, padding: padding,
+                                           groups: channels, activation: .hardswish)
+        if let squeeze {
+            filtered = builder.squeezeExcite(from: filtered, squeezeChannels: squeeze)
+        }
+        let sameShape = builder.shape(filtered)[2] == builder.shape(x)[2] && builder.shape(filtered)[3] == builder.shape(x)[3]
+        let residual = sameShape && outChannels == builder.shape(x)[1] ? x : nil
+        return builder.pointwise(from: filtered, outChannels: outChannels, activation: .identity, residual: residual)
+    }
+
+    /// Returns graphs whose fused blocks cover the kernel's cases. They have the first 3×3
+    /// convolution as the expansion on a planar input, no expansion, stride 2 with asymmetric
+    /// (SAME) padding, 5×5 kernels, residuals and squeeze-excitations. Their sizes give several
+    /// bands with a partial last band, a ring of several chunks with a partial last chunk, and
+    /// odd channel counts.
+    static func fusedBlockGraphs() -> [(String, Graph)] {
+        let one = Padding(top: 1, left: 1, bottom: 1, right: 1), two = Padding(top: 2, left: 2, bottom: 2, right: 2)
+        var graphs: [(String, Graph)] = []
+
+        var stem = KernelGraphBuilder(channels: 3, height: 17, width: 23, layout: .nchw)
+        var x = stem.convolution(from: 0, outChannels: 12, kernel: 3, stride: 2, padding: one, groups: 1, activation: .relu6)
+        let filtered = stem.convolution(from: x, outChannels: 12, kernel: 3, stride: 1, padding: one, groups: 12, activation: .relu6)
+        x = stem.pointwise(from: filtered, outChannels: 8, activation: .identity)
+        x = appendBlock(&stem, from: x, expansion: 6, kernel: 3, stride: 2, padding: Padding(top: 0, left: 0, bottom: 1, right: 1), outChannels: 12)
+        // With squeeze-excitations: 12 outputs on 24 pixels scale the weights, 20 outputs on 6
+        // pixels scale the depthwise output.
+        x = appendBlock(&stem, from: x, expansion: 3, kernel: 5, stride: 1, padding: two, outChannels: 12, squeeze: 8)
+        x = appendBlock(&stem, from: x, expansion: 4, kernel: 5, stride: 2, padding: Padding(top: 1, left: 2, bottom: 2, right: 1),
+                        outChannels: 20, squeeze: 12)
+        graphs.append(("stem 17x23", stem.finish(from: x)))
+
+        // A tall map: bands of 10 rows over 37, a ring of 3 chunks of 10 rows, a last chunk of 7.
+        var tall = KernelGraphBuilder(channels: 5, height: 37, width: 5)
+        x = tall.pointwise(from: 0, outChannels: 7, activation: .relu)
+        let separable = tall.convolution(from: x, outChannels: 7, kernel: 3, stride: 1, padding: one, groups: 7, activation: .relu6)
+        x = tall.pointwise(from: separable, outChannels: 7, activation: .relu6, residual: x)
+        x = appendBlock(&tall, from: x, expansion: 6, kernel: 3, stride: 1, padding: one, outChannels: 7)
+        graphs.append(("tall 37x5", tall.finish(from: x)))
+
+        // Stride 2 on 45x20: bands of 5 output rows, chunks of 10 expanded rows, a last chunk of 5.
+        var strided = KernelGraphBuilder(channels: 9, height: 45, width: 20)
+        x = strided.pointwise(from: 0, outChannels: 9, activation: .relu)
+        x = appendBlock(&strided, from: x, expansion: 2, kernel: 3, stride: 2, padding: one, outChannels: 17)
+        x = appendBlock(&strided, from: x, expansion: 5, kernel: 5, stride: 1, padding: two, outChannels: 17)
+        graphs.append(("strided 45x20", strided.finish(from: x)))
+        return graphs
+    }
+
+    func testFusedBlockPassFusesTestGraphs() throws {
+        for (label, graph) in PerformanceKernelTests.fusedBlockGraphs() {
+            let fused = try optimize(graph).nodes.filter { if case .fusedBlock = $0.op { return true } else { return false } }
+            XCTAssertEqual(fused.count, label.hasPrefix("stem") ? 4 : label.hasPrefix("tall") ? 2 : 2, label)
+        }
+    }
+
+    func testFusedBlockParity() throws {
+        for (label, graph) in PerformanceKernelTests.fusedBlockGraphs() {
+            try checkTiers(graph, label: label)
+        }
+    }
+
+    /// Without weight packing, a fused block runs its convolutions one after another.
+    func testFusedBlockWithoutPacking() throws {
+        for (label, graph) in PerformanceKernelTests.fusedBlockGraphs() {
+            try checkTiers(graph, label: label, disabled: ["pack-weights"])
+        }
+    }
+
+    func testFusedBlockSchedulesWithExcitation() throws {
+        let graphs = Dictionary(uniqueKeysWithValues: PerformanceKernelTests.fusedBlockGraphs())
+        let stem = try XCTUnwrap(graphs["stem 17x23"])
+        let schedules = try optimize(stem).nodes.compactMap { node -> FusedBlockSchedule? in
+            guard case .fusedBlock(let block) = node.op, block.squeezeExcite != nil else { return nil }
+            return fusedBlockSchedule(node, block)
+        }
+        XCTAssertEqual(schedules.map(\.scalesWeights), [true, false])
+        // 4x6 pixels of 36 channels and 2x3 pixels of 48 channels: the whole depthwise output.
+        XCTAssertEqual(schedules.map(\.bandFloats), [864, 288])
+        // 36 x 12 scaled weights (432 floats, rounded up to 64 bytes); none when the output is scaled.
+        XCTAssertEqual(schedules.map(\.gatedFloats), [432, 0])
+    }
+
+    func testFusedBlockSchedules() throws {
+        let graphs = Dictionary(uniqueKeysWithValues: PerformanceKernelTests.fusedBlockGraphs())
+        let tall = try XCTUnwrap(graphs["tall 37x5"])
+        let schedules = try optimize(tall).nodes.compactMap { node -> FusedBlockSchedule? in
+            guard case .fusedBlock(let block) = node.op else { return nil }
+            return fusedBlockSchedule(node, block)
+        }
+        XCTAssertEqual(schedules.count, 2)
+        let expanded = try XCTUnwrap(schedules.last)
+        XCTAssertTrue(expanded.streams)
+        XCTAssertEqual(expanded.bandRows, 10)
+        XCTAssertEqual(expanded.chunkRows, 10)
+        XCTAssertEqual(expanded.ringChunks, 3)
+        // 3 chunks of 10 rows of 5 pixels of 42 channels (6300 floats), and 10 rows of the band
+        // buffer (2100 floats), each rounded up to 64 bytes.
+        XCTAssertEqual(expanded.ringFloats, 6304)
+        XCTAssertEqual(expanded.bandFloats, 2112)
+    }
+
+    func testVerifierRejectsInconsistentFusedBlocks() throws {
+        let graph = try optimize(try loadSpec("mobilenet_v2", SpecOverrides(widthMultiplier: 0.35, inputHeight: 64, inputWidth: 64, classes: 10)))
+        let index = try XCTUnwrap(graph.nodes.firstIndex { $0.op.mnemonic == "fused_block" && $0.inputs.count == 2 })
+        guard case .fusedBlock(let block) = graph.nodes[index].op else { return XCTFail("node \(index) is not a fused block") }
+
+        var cases: [(String, (inout Node) -> Void)] = []
+        cases.append(("expanded size", { node in
+            var changed = block
+            changed.expandedHeight += 1
+            node.op = .fusedBlock(changed)
+        }))
+        cases.append(("the depthwise stage", { node in
+            var changed = block
+            changed.depthwise.groups = 1
+            node.op = .fusedBlock(changed)
+        }))
+        cases.append(("the projection", { node in
+            var changed = block
+            changed.project.strideHeight = 2
+            node.op = .fusedBlock(changed)
+        }))
+        cases.append(("expected 2 inputs", { node in node.inputs = [node.inputs[0]] }))
+        cases.append(("missing parameter 'depthwise.bias'", { node in node.parameters.removeAll { $0.role == "depthwise.bias" } }))
+        for (message, mutate) in cases {
+            var broken = graph
+            mutate(&broken.nodes[index])
+            XCTAssertThrowsError(try verify(broken), message) { error in
+                XCTAssertTrue("\(error)".contains(message), "\(error)")
+            }
+        }
+    }
+
+    /// Whole networks at sizes and widths that the other parity tests do not use: bands and rings
+    /// with partial last rows on non-square maps, and SAME padding on odd and even sizes.
+    func testNetworksAtOddSizes() throws {
+        let cases: [(String, SpecOverrides)] = [
+            ("mobilenet_v2", SpecOverrides(widthMultiplier: 0.75, inputHeight: 161, inputWidth: 129, classes: 10)),
+            ("tf_mobilenet_v2", SpecOverrides(widthMultiplier: 0.5, inputHeight: 97, inputWidth: 76, classes: 10)),
+            ("mobilenet_v3_large", SpecOverrides(widthMultiplier: 0.75, inputHeight: 90, inputWidth: 131, classes: 10)),
+            ("mobilenet_v1", SpecOverrides(widthMultiplier: 0.5, inputHeight: 75, inputWidth: 75, classes: 10)),
+        ]
+        let prepared = try cases.map { name, overrides -> (String, Graph, [Float], [Float]) in
+            let graph = varianceKeepingWeights(try loadSpec(name, overrides))
+            let input = randomInput(count: graph.nodes[0].elementCount)
+            return (name, graph, input, try Interpreter(graph: graph).run(input: input))
+        }
+        let results = concurrentMap(prepared) { _, graph, input, _ in
+            try runGeneratedC(graph: try optimize(graph), input: input, inputLayout: .nchw, compiler: self.compiler,
+                              extraFlags: ["-O2", "-march=native"])
+        }
+        for ((name, _, _, expected), result) in zip(prepared, results) {
+            switch result {
+            case .failure(let error):
+                XCTFail("\(name): \(error)")
+            case .success(let actual):
+                XCTAssertEqual(actual.count, expected.count, name)
+                XCTAssertLessThanOrEqual(maxAbsDifference(actual, expected), 1e-4 * maxAbs(expected), name)
+            }
+        }
+    }
+
+    /// MobileNetV2 at 224: every block fused, and an arena of at most 1.5 MB (1,500,000 bytes).
+    func testMobileNetV2ArenaSize() throws {
+        let graph = try optimize(try loadSpec("mobilenet_v2"))
+        XCTAssertEqual(graph.nodes.filter { $0.op.mnemonic == "fused_block" }.count, 17)
+        let generated = try generateC(graph)
+        XCTAssertLessThanOrEqual(generated.arenaSize, 1_500_000)
+    }
 }
 
-/// Builds small test graphs on an NHWC input: convolutions under test, then a depthwise
+/// Builds small test graphs: convolutions under test, then a depthwise
 /// convolution whose window covers the whole feature map, so every output pixel of the ops
 /// under test reaches the logits with its own random weight.
 struct KernelGraphBuilder {
     var nodes: [Node] = []
 
-    init(channels: Int, height: Int, width: Int) {
+    var layout: TensorLayout
+
+    init(channels: Int, height: Int, width: Int, layout: TensorLayout = .nhwc) {
+        self.layout = layout
         nodes.append(Node(op: .input, inputs: [], shape: [1, channels, height, width], name: "input", layer: "input"))
     }
 
@@ -145,6 +326,21 @@ struct KernelGraphBuilder {
         return nodes.count - 1
     }
 
+    /// Appends a fused squeeze-excitation (ReLU, hardsigmoid gate) and returns its node index.
+    mutating func squeezeExcite(from input: Int, squeezeChannels: Int) -> Int {
+        let channels = shape(input)[1]
+        let se = SqueezeExcite(channels: channels, squeezeChannels: squeezeChannels, activation: .relu, gate: .hardsigmoid)
+        let name = "n\(nodes.count)"
+        let parameters = [
+            Parameter(role: "fc1.weight", key: "\(name).fc1.weight", shape: [squeezeChannels, channels, 1, 1]),
+            Parameter(role: "fc1.bias", key: "\(name).fc1.bias", shape: [squeezeChannels]),
+            Parameter(role: "fc2.weight", key: "\(name).fc2.weight", shape: [channels, squeezeChannels, 1, 1]),
+            Parameter(role: "fc2.bias", key: "\(name).fc2.bias", shape: [channels]),
+        ]
+        nodes.append(Node(op: .squeezeExcite(se), inputs: [input], shape: shape(input), parameters: parameters, name: name, layer: name))
+        return nodes.count - 1
+    }
+
     mutating func pointwise(from input: Int, outChannels: Int, activation: Activation, residual: Int? = nil) -> Int {
         convolution(from: input, outChannels: outChannels, kernel: 1, stride: 1, padding: Padding(top: 0, left: 0, bottom: 0, right: 0),
                     groups: 1, activation: activation, residual: residual)
@@ -164,7 +360,7 @@ struct KernelGraphBuilder {
         builder.nodes.append(readout)
         builder.nodes.append(Node(op: .flatten, inputs: [builder.nodes.count - 1], shape: [1, x[1]], name: "flatten", layer: "flatten"))
         var preprocessing = Preprocessing()
-        preprocessing.layout = .nhwc
+        preprocessing.layout = layout
         return Graph(name: "kernel_test", nodes: builder.nodes, output: builder.nodes.count - 1, preprocessing: preprocessing)
     }
 }

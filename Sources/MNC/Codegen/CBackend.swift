@@ -113,6 +113,7 @@ func cScratchBytes(_ node: Node) -> Int {
     switch node.op {
     case .batchNorm: return node.shape[1] * 4
     case .squeezeExcite(let se): return CKernelLibrary.squeezeExciteScratchFloats(se).total * 4
+    case .fusedBlock(let block): return fusedBlockSchedule(node, block).scratchFloats * 4
     default: return 0
     }
 }
@@ -216,6 +217,15 @@ struct CNodeEmitter {
                          try weight(node, "fc1.weight", layout: .pytorch), try weight(node, "fc1.bias"),
                          try weight(node, "fc2.weight", layout: .pytorch), try weight(node, "fc2.bias"),
                          try scratch(index)]
+        case .fusedBlock(let block):
+            kernel = try library.fusedBlock(node, block, input: tensor(node.inputs[0]), output: output,
+                                            residual: block.project.hasResidual ? tensor(node.inputs[1]) : nil)
+            arguments = [value(node.inputs[0])]
+            for role in block.cParameterRoles {
+                arguments.append(try weight(node, role))
+            }
+            if block.project.hasResidual { arguments.append(value(node.inputs[1])) }
+            arguments.append(try scratch(index))
         }
         arguments.append(value(index))
 
@@ -225,30 +235,12 @@ struct CNodeEmitter {
         calls.line("\(kernel)(\(arguments.joined(separator: ", ")));")
     }
 
-    /// Picks the kernel of a convolution: the pointwise GEMM and the depthwise kernel for the
-    /// packed forms on NHWC data, the pixel-blocked kernel for other packed forms with groups 1
-    /// (the first layer), and direct loops for everything else.
     private mutating func convolution(_ conv: Conv2D, node: Node, output: CTensor) throws -> (String, [String]) {
         guard let weightParameter = node.parameter("weight") else {
             throw MNCError("node '\(node.name)' has no parameter 'weight'")
         }
-        let layout = weightParameter.layout
-        let input = tensor(node.inputs[0])
-        let residual = conv.hasResidual ? tensor(node.inputs[1]) : nil
-        let channelsLast = input.isChannelsLast && (residual?.isChannelsLast ?? true)
-        let unpadded = conv.padding == Padding(top: 0, left: 0, bottom: 0, right: 0)
-
-        let kernel: String
-        if conv.isPointwise && conv.strideHeight == 1 && conv.strideWidth == 1 && unpadded && layout == .inputOutputPanels && channelsLast {
-            kernel = library.pointwiseConvolution(input: input, outputChannels: conv.outChannels, hasBias: conv.hasBias,
-                                                  activation: conv.activation, hasResidual: conv.hasResidual)
-        } else if conv.isDepthwise && layout == .depthwiseHWC && channelsLast {
-            kernel = library.depthwiseConvolution(conv, input: input, output: output, hasResidual: conv.hasResidual)
-        } else if conv.groups == 1 && (layout == .hwio || layout == .inputOutput) && (residual?.isChannelsLast ?? true) {
-            kernel = library.convolutionByPixels(conv, input: input, output: output, hasResidual: conv.hasResidual)
-        } else {
-            kernel = library.directConvolution(conv, weightLayout: layout, input: input, output: output, residual: residual)
-        }
+        let kernel = library.convolution(conv, weightLayout: weightParameter.layout, input: tensor(node.inputs[0]), output: output,
+                                         residual: conv.hasResidual ? tensor(node.inputs[1]) : nil)
         var arguments = [value(node.inputs[0]), try weight(node, "weight")]
         if conv.hasBias { arguments.append(try weight(node, "bias")) }
         if conv.hasResidual { arguments.append(value(node.inputs[1])) }

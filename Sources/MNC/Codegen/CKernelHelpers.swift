@@ -205,26 +205,42 @@ private var pointwiseTileSource: String {
         """.split(separator: "\n").map(String.init)
 
     // AVX-512: rows <= 8, cols <= 32 as two zmm columns; partial columns use masked loads
-    // and stores, which do not touch the masked-off lanes.
+    // and stores, which do not touch the masked-off lanes. With FMA, a second column of exactly
+    // 8 floats (cols == 24) takes a ymm FMA, which costs half a zmm FMA on CPUs that execute
+    // 512-bit operations as two 256-bit halves (AMD Zen 4).
     writer.directive("#if defined(KERNELS_AVX512)")
     writer.line("KERNEL_INLINE void pointwise_f32_tile8x32_avx512" + parameters[0])
     writer.lines(parameters.dropFirst().map { "    " + $0 })
     writer.open("")
+    writer.directive("#if defined(__FMA__)")
+    writer.line("const int half1 = cols == 24;")
+    writer.directive("#else")
+    writer.line("const int half1 = 0;")
+    writer.directive("#endif")
+    writer.line("const int full1 = cols > 16 && !half1;")
     writer.line("const __mmask16 mask0 = (__mmask16)(cols >= 16 ? 0xFFFFu : (1u << cols) - 1u);")
     writer.line("const __mmask16 mask1 = (__mmask16)(cols >= 32 ? 0xFFFFu : cols > 16 ? (1u << (cols - 16)) - 1u : 0u);")
     writer.line("const __m512 bias0 = has_bias ? _mm512_maskz_loadu_ps(mask0, bias) : _mm512_setzero_ps();")
-    writer.line("const __m512 bias1 = has_bias && cols > 16 ? _mm512_maskz_loadu_ps(mask1, bias + 16) : _mm512_setzero_ps();")
+    writer.line("const __m512 bias1 = has_bias && full1 ? _mm512_maskz_loadu_ps(mask1, bias + 16) : _mm512_setzero_ps();")
+    writer.line("const __m256 bias_half = has_bias && half1 ? _mm256_loadu_ps(bias + 16) : _mm256_setzero_ps();")
     for row in 0..<8 {
         writer.line("__m512 acc\(row)0 = bias0, acc\(row)1 = bias1;")
+        writer.line("__m256 acc\(row)h = bias_half;")
     }
     writer.openFor("k", to: "k_count")
     writer.line("const __m512 w0 = cols >= 16 ? _mm512_loadu_ps(w + k * w_stride) : _mm512_maskz_loadu_ps(mask0, w + k * w_stride);")
-    writer.line("const __m512 w1 = cols > 16 ? _mm512_maskz_loadu_ps(mask1, w + k * w_stride + 16) : _mm512_setzero_ps();")
+    writer.line("const __m512 w1 = full1 ? _mm512_maskz_loadu_ps(mask1, w + k * w_stride + 16) : _mm512_setzero_ps();")
+    writer.directive("#if defined(__FMA__)")
+    writer.line("const __m256 w_half = half1 ? _mm256_loadu_ps(w + k * w_stride + 16) : _mm256_setzero_ps();")
+    writer.directive("#endif")
     for row in 0..<8 {
         writer.open(row == 0 ? "" : "if (rows > \(row))")
         writer.line("const __m512 xr = _mm512_set1_ps(x[\(row == 0 ? "" : "\(row) * k_count + ")k]);")
         writer.line("acc\(row)0 = _mm512_fmadd_ps(xr, w0, acc\(row)0);")
-        writer.line("if (cols > 16) acc\(row)1 = _mm512_fmadd_ps(xr, w1, acc\(row)1);")
+        writer.line("if (full1) acc\(row)1 = _mm512_fmadd_ps(xr, w1, acc\(row)1);")
+        writer.directive("#if defined(__FMA__)")
+        writer.line("if (half1) acc\(row)h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc\(row)h);")
+        writer.directive("#endif")
         writer.close()
     }
     writer.close()
@@ -232,11 +248,18 @@ private var pointwiseTileSource: String {
         writer.open(row == 0 ? "" : "if (rows > \(row))")
         let offset = row == 0 ? "" : " + \(row) * y_stride"
         writer.line("__m512 v0 = activate_f32x16(acc\(row)0, activation);")
-        writer.line("__m512 v1 = activate_f32x16(acc\(row)1, activation);")
         writer.line("if (has_residual) v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(mask0, residual\(offset)));")
-        writer.line("if (has_residual && cols > 16) v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(mask1, residual\(offset) + 16));")
         writer.line("_mm512_mask_storeu_ps(y\(offset), mask0, v0);")
-        writer.line("if (cols > 16) _mm512_mask_storeu_ps(y\(offset) + 16, mask1, v1);")
+        writer.open("if (full1)")
+        writer.line("__m512 v1 = activate_f32x16(acc\(row)1, activation);")
+        writer.line("if (has_residual) v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(mask1, residual\(offset) + 16));")
+        writer.line("_mm512_mask_storeu_ps(y\(offset) + 16, mask1, v1);")
+        writer.close()
+        writer.open("if (half1)")
+        writer.line("__m256 v1 = _mm512_castps512_ps256(activate_f32x16(_mm512_castps256_ps512(acc\(row)h), activation));")
+        writer.line("if (has_residual) v1 = _mm256_add_ps(v1, _mm256_loadu_ps(residual\(offset) + 16));")
+        writer.line("_mm256_storeu_ps(y\(offset) + 16, v1);")
+        writer.close()
         writer.close()
     }
     writer.close()
@@ -445,7 +468,7 @@ KERNEL_INLINE void depthwise_f32_pixel(const float *const *rows, const float *re
 
 private let convolutionPixelsSource = #"""
 /*
- * Up to 4 horizontally adjacent output pixels of a convolution with groups 1, all output
+ * Up to 8 horizontally adjacent output pixels of a convolution with groups 1, all output
  * channels:
  *   y[p][o] = activation(bias[o] + sum over taps and i of x[p][tap][i] * w[tap][i][o]) + residual[p][o]
  * over the taps ky in [ky0, ky1), kx in [kx0, kx1), which must lie inside the input for every
@@ -467,7 +490,7 @@ KERNEL_INLINE void convolution_f32_pixels(const float *restrict x, const float *
     for (int o = 0; o < out_channels; o += 16) {
         const __mmask16 mask = (__mmask16)(out_channels - o >= 16 ? 0xFFFFu : (1u << (out_channels - o)) - 1u);
         const __m512 start = has_bias ? _mm512_maskz_loadu_ps(mask, bias + o) : _mm512_setzero_ps();
-        __m512 acc0 = start, acc1 = start, acc2 = start, acc3 = start;
+        __m512 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
         for (int ky = ky0; ky < ky1; ++ky) {
             for (int kx = kx0; kx < kx1; ++kx) {
                 const float *xp = x + (x_offset + ky * row_stride + kx * column_stride);
@@ -479,14 +502,22 @@ KERNEL_INLINE void convolution_f32_pixels(const float *restrict x, const float *
                     if (pixels > 1) acc1 = _mm512_fmadd_ps(_mm512_set1_ps(xi[pixel_stride]), wv, acc1);
                     if (pixels > 2) acc2 = _mm512_fmadd_ps(_mm512_set1_ps(xi[2 * pixel_stride]), wv, acc2);
                     if (pixels > 3) acc3 = _mm512_fmadd_ps(_mm512_set1_ps(xi[3 * pixel_stride]), wv, acc3);
+                    if (pixels > 4) acc4 = _mm512_fmadd_ps(_mm512_set1_ps(xi[4 * pixel_stride]), wv, acc4);
+                    if (pixels > 5) acc5 = _mm512_fmadd_ps(_mm512_set1_ps(xi[5 * pixel_stride]), wv, acc5);
+                    if (pixels > 6) acc6 = _mm512_fmadd_ps(_mm512_set1_ps(xi[6 * pixel_stride]), wv, acc6);
+                    if (pixels > 7) acc7 = _mm512_fmadd_ps(_mm512_set1_ps(xi[7 * pixel_stride]), wv, acc7);
                 }
             }
         }
-        __m512 acc[4];
+        __m512 acc[8];
         acc[0] = acc0;
         acc[1] = acc1;
         acc[2] = acc2;
         acc[3] = acc3;
+        acc[4] = acc4;
+        acc[5] = acc5;
+        acc[6] = acc6;
+        acc[7] = acc7;
         for (int p = 0; p < pixels; ++p) {
             __m512 v = activate_f32x16(acc[p], activation);
             if (has_residual) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, residual + p * out_channels + o));
@@ -501,11 +532,12 @@ KERNEL_INLINE void convolution_f32_pixels(const float *restrict x, const float *
     int row_stride, int column_stride, int channel_stride, int x_offset,
     int ky0, int ky1, int kx0, int kx1, int has_bias, int has_residual, int activation)
 {
-    /* 8 output channels at a time, one accumulator per pixel. */
+    /* 8 output channels at a time, one accumulator per pixel: each weight vector feeds
+       `pixels` independent FMA chains. */
     for (int o = 0; o < out_channels; o += 8) {
         const __m256i mask = lane_mask_f32x8(out_channels - o);
         const __m256 start = has_bias ? _mm256_maskload_ps(bias + o, mask) : _mm256_setzero_ps();
-        __m256 acc0 = start, acc1 = start, acc2 = start, acc3 = start;
+        __m256 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
         for (int ky = ky0; ky < ky1; ++ky) {
             for (int kx = kx0; kx < kx1; ++kx) {
                 const float *xp = x + (x_offset + ky * row_stride + kx * column_stride);
@@ -517,14 +549,22 @@ KERNEL_INLINE void convolution_f32_pixels(const float *restrict x, const float *
                     if (pixels > 1) acc1 = _mm256_fmadd_ps(_mm256_set1_ps(xi[pixel_stride]), wv, acc1);
                     if (pixels > 2) acc2 = _mm256_fmadd_ps(_mm256_set1_ps(xi[2 * pixel_stride]), wv, acc2);
                     if (pixels > 3) acc3 = _mm256_fmadd_ps(_mm256_set1_ps(xi[3 * pixel_stride]), wv, acc3);
+                    if (pixels > 4) acc4 = _mm256_fmadd_ps(_mm256_set1_ps(xi[4 * pixel_stride]), wv, acc4);
+                    if (pixels > 5) acc5 = _mm256_fmadd_ps(_mm256_set1_ps(xi[5 * pixel_stride]), wv, acc5);
+                    if (pixels > 6) acc6 = _mm256_fmadd_ps(_mm256_set1_ps(xi[6 * pixel_stride]), wv, acc6);
+                    if (pixels > 7) acc7 = _mm256_fmadd_ps(_mm256_set1_ps(xi[7 * pixel_stride]), wv, acc7);
                 }
             }
         }
-        __m256 acc[4];
+        __m256 acc[8];
         acc[0] = acc0;
         acc[1] = acc1;
         acc[2] = acc2;
         acc[3] = acc3;
+        acc[4] = acc4;
+        acc[5] = acc5;
+        acc[6] = acc6;
+        acc[7] = acc7;
         for (int p = 0; p < pixels; ++p) {
             __m256 v = activate_f32x8(acc[p], activation);
             if (has_residual) v = _mm256_add_ps(v, _mm256_maskload_ps(residual + p * out_channels + o, mask));

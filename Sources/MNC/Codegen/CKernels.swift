@@ -157,6 +157,25 @@ let outputParameter = "float *restrict y"
 func constParameter(_ name: String) -> String { "const float *restrict \(name)" }
 
 extension CKernelLibrary {
+    /// Defines the kernel of a convolution and returns its name. The packed forms on NHWC data
+    /// take the pointwise GEMM and the depthwise kernel, other packed forms with groups 1 (the
+    /// first layer) the pixel-blocked kernel, and everything else direct loops.
+    /// Arguments: x, w, [bias], [residual], y.
+    mutating func convolution(_ conv: Conv2D, weightLayout layout: WeightLayout, input: CTensor, output: CTensor,
+                              residual: CTensor?) -> String {
+        let channelsLast = input.isChannelsLast && (residual?.isChannelsLast ?? true)
+        let unpadded = conv.padding == Padding(top: 0, left: 0, bottom: 0, right: 0)
+        if conv.isPointwise && conv.strideHeight == 1 && conv.strideWidth == 1 && unpadded && layout == .inputOutputPanels && channelsLast {
+            return pointwiseConvolution(input: input, outputChannels: conv.outChannels, hasBias: conv.hasBias,
+                                        activation: conv.activation, hasResidual: conv.hasResidual)
+        } else if conv.isDepthwise && layout == .depthwiseHWC && channelsLast {
+            return depthwiseConvolution(conv, input: input, output: output, hasResidual: conv.hasResidual)
+        } else if conv.groups == 1 && (layout == .hwio || layout == .inputOutput) && (residual?.isChannelsLast ?? true) {
+            return convolutionByPixels(conv, input: input, output: output, hasResidual: conv.hasResidual)
+        }
+        return directConvolution(conv, weightLayout: layout, input: input, output: output, residual: residual)
+    }
+
     /// Defines the kernel of a 1×1, stride-1, unpadded convolution on NHWC input with
     /// `io_panels` weights: a GEMM `y[P][N] = x[P][K] · w[K][N]` tiled into register blocks,
     /// with bias, activation and residual in the tile's epilogue. Arguments: x, w, [bias],
@@ -166,18 +185,9 @@ extension CKernelLibrary {
         use(.pointwiseTile)
         let pixels = input.pixels, inputChannels = input.channels
         var body = CWriter()
-        for (position, tile) in pointwiseTileShapes.enumerated() {
-            if position == 0 {
-                body.directive("#if \(tile.condition)")
-            } else if tile.condition.isEmpty {
-                body.directive("#else")
-            } else {
-                body.directive("#elif \(tile.condition)")
-            }
-            emitPointwiseGEMM(&body, tile: tile, pixels: pixels, inputChannels: inputChannels, outputChannels: outputChannels,
-                              x: "x", y: "y", residual: hasResidual ? "residual" : nil, hasBias: hasBias, activation: activation)
-        }
-        body.directive("#endif")
+        emitPointwiseGEMM(&body, pixels: pixels, inputChannels: inputChannels, outputChannels: outputChannels, x: "x",
+                          weights: "w", bias: hasBias ? "bias" : nil, residual: hasResidual ? "residual" : nil, y: "y",
+                          activation: activation)
 
         let name = "pointwise_f32_\(input.label)_to_\(outputChannels)" + activationSuffix(activation)
             + (hasResidual ? "_residual" : "") + (hasBias ? "" : "_nobias")
@@ -196,50 +206,13 @@ extension CKernelLibrary {
     /// the input horizontally and one at a time at the borders, vectorized over output
     /// channels. Arguments: x, w, [bias], [residual], y.
     mutating func convolutionByPixels(_ conv: Conv2D, input: CTensor, output: CTensor, hasResidual: Bool) -> String {
-        use(.convolutionPixels)
-        let kh = conv.kernelHeight, kw = conv.kernelWidth, sw = conv.strideWidth
-        let outChannels = conv.outChannels
-        let (rowStride, columnStride, channelStride) = input.isChannelsLast
-            ? (input.width * input.channels, input.channels, 1)
-            : (input.width, 1, input.pixels)
-        // Output columns [first, end) read only columns inside the input.
-        let first = (conv.padding.left + sw - 1) / sw
-        let reach = input.width + conv.padding.left - kw
-        let end = reach < 0 ? 0 : min(reach / sw + 1, output.width)
-        let block = 4
-
+        let kh = conv.kernelHeight, kw = conv.kernelWidth, outChannels = conv.outChannels
         var body = CWriter()
         body.openFor("oy", to: output.height)
-        body.line("const int iy0 = \(CExpression.sum([CExpression.times("oy", conv.strideHeight), String(-conv.padding.top)]));")
-        body.line("const int ky0 = iy0 < 0 ? -iy0 : 0;")
-        body.line("const int ky1 = iy0 + \(kh) > \(input.height) ? \(input.height) - iy0 : \(kh);")
-        body.open("for (int ox = 0; ox < \(output.width);)")
-        body.line("const int ix0 = \(CExpression.sum([CExpression.times("ox", sw), String(-conv.padding.left)]));")
-        body.line("const int x_offset = \(CExpression.sum([CExpression.times("iy0", rowStride), CExpression.times("ix0", columnStride)]));")
-        body.line("const int y_offset = \(CExpression.times("oy * \(output.width) + ox", outChannels));")
-        func call(pixels: Int, columns: String) {
-            let arguments = [
-                "x", "w", conv.hasBias ? "bias" : "NULL", hasResidual ? "residual + y_offset" : "NULL", "y + y_offset",
-                "\(pixels)", "\(sw * columnStride)", "\(conv.inChannels)", "\(outChannels)", "\(kw)",
-                "\(rowStride)", "\(columnStride)", "\(channelStride)", "x_offset", "ky0, ky1", columns,
-                conv.hasBias ? "1" : "0", hasResidual ? "1" : "0", activationConstant(conv.activation),
-            ]
-            body.line("convolution_f32_pixels(\(arguments.joined(separator: ", ")));")
-        }
-        if end - first >= block {
-            body.open("if (ox >= \(first) && ox + \(block) <= \(end))")
-            call(pixels: block, columns: "0, \(kw)")
-            body.line("ox += \(block);")
-            body.openElse()
-        } else {
-            body.open("")
-        }
-        body.line("const int kx0 = ix0 < 0 ? -ix0 : 0;")
-        body.line("const int kx1 = ix0 + \(kw) > \(input.width) ? \(input.width) - ix0 : \(kw);")
-        call(pixels: 1, columns: "kx0, kx1")
-        body.line("ox += 1;")
-        body.close()
-        body.close()
+        let rowOffset = CExpression.times("oy", output.width * outChannels)
+        emitConvolutionRow(&body, conv, input: input, outputWidth: output.width, row: "oy", weights: "w",
+                           bias: conv.hasBias ? "bias" : nil, residual: hasResidual ? CExpression.offset("residual", rowOffset) : nil,
+                           output: CExpression.offset("y", rowOffset))
         body.close()
 
         let name = "conv\(kh)x\(kw)_\(strideLabel(conv))_f32_\(input.label)_to_\(outChannels)_\(paddingLabel(conv.padding))"
@@ -252,6 +225,73 @@ extension CKernelLibrary {
             + " \(input.label) -> \(output.label), w[\(kh)][\(kw)][\(conv.inChannels)][\(outChannels)]"
             + epilogueDescription(hasBias: conv.hasBias, activation: conv.activation, hasResidual: hasResidual)
         return define(name: name, summary: summary, parameters: parameters, body: body)
+    }
+
+    /// Writes one output row `row` (a C expression) of a convolution with groups 1 and `hwio`
+    /// (or `io`) weights reading `x`, vectorized over output channels. Pixels go in blocks of 8
+    /// where the whole window lies inside the input horizontally, and one at a time at the
+    /// borders. Rows whose window lies inside the input vertically pass literal tap bounds, so
+    /// the compiler unrolls their taps. `output` and `residual` point at the row's first pixel (NHWC).
+    mutating func emitConvolutionRow(_ body: inout CWriter, _ conv: Conv2D, input: CTensor, outputWidth: Int, row: String,
+                                     weights: String, bias: String?, residual: String?, output: String) {
+        use(.convolutionPixels)
+        let kh = conv.kernelHeight, kw = conv.kernelWidth, sw = conv.strideWidth
+        let outChannels = conv.outChannels
+        let (rowStride, columnStride, channelStride) = input.isChannelsLast
+            ? (input.width * input.channels, input.channels, 1)
+            : (input.width, 1, input.pixels)
+        // Output columns [first, end) read only columns inside the input.
+        let first = min((conv.padding.left + sw - 1) / sw, outputWidth)
+        let reach = input.width + conv.padding.left - kw
+        let end = reach < 0 ? first : max(first, min(reach / sw + 1, outputWidth))
+        let block = 8
+
+        func call(_ ox: String, pixels: Int, taps: String, columns: String) {
+            let column = CExpression.sum([CExpression.times(ox, sw), String(-conv.padding.left)])
+            let offset = CExpression.sum([CExpression.times("iy0", rowStride), CExpression.times(CExpression.parenthesized(column), columnStride)])
+            let outputOffset = CExpression.times(ox, outChannels)
+            let arguments = [
+                "x", weights, bias ?? "NULL", residual.map { CExpression.offset($0, outputOffset) } ?? "NULL",
+                CExpression.offset(output, outputOffset),
+                "\(pixels)", "\(sw * columnStride)", "\(conv.inChannels)", "\(outChannels)", "\(kw)",
+                "\(rowStride)", "\(columnStride)", "\(channelStride)", offset, taps, columns,
+                bias != nil ? "1" : "0", residual != nil ? "1" : "0", activationConstant(conv.activation),
+            ]
+            body.line("convolution_f32_pixels(\(arguments.joined(separator: ", ")));")
+        }
+        func border(from start: Int, to stop: Int, taps: String) {
+            guard stop > start else { return }
+            body.openFor("ox", from: start, to: stop)
+            body.line("const int ix0 = \(CExpression.sum([CExpression.times("ox", sw), String(-conv.padding.left)]));")
+            body.line("const int kx0 = ix0 < 0 ? -ix0 : 0;")
+            body.line("const int kx1 = ix0 + \(kw) > \(input.width) ? \(input.width) - ix0 : \(kw);")
+            call("ox", pixels: 1, taps: taps, columns: "kx0, kx1")
+            body.close()
+        }
+        func pixels(taps: String) {
+            border(from: 0, to: first, taps: taps)
+            let blocksEnd = first + (end - first) / block * block
+            if blocksEnd > first {
+                body.openFor("ox", from: first, to: blocksEnd, step: block)
+                call("ox", pixels: block, taps: taps, columns: "0, \(kw)")
+                body.close()
+            }
+            if end > blocksEnd {
+                call(String(blocksEnd), pixels: end - blocksEnd, taps: taps, columns: "0, \(kw)")
+            }
+            border(from: end, to: outputWidth, taps: taps)
+        }
+
+        body.open("")
+        body.line("const int iy0 = \(CExpression.sum([CExpression.times(row, conv.strideHeight), String(-conv.padding.top)]));")
+        body.line("const int ky0 = iy0 < 0 ? -iy0 : 0;")
+        body.line("const int ky1 = iy0 + \(kh) > \(input.height) ? \(input.height) - iy0 : \(kh);")
+        body.open("if (ky0 == 0 && ky1 == \(kh))")
+        pixels(taps: "0, \(kh)")
+        body.openElse()
+        pixels(taps: "ky0, ky1")
+        body.close()
+        body.close()
     }
 
     /// Defines the kernel of any convolution, by direct loops. For each output pixel, the
@@ -490,13 +530,30 @@ extension CKernelLibrary {
     }
 }
 
-/// Writes the loops of a GEMM `y[P][N] = x[P][K] · w[K][N]` over `io_panels` weights for one
-/// instruction-set tier: each weight panel (`weightPanelWidth` columns) is loaded once and stays
-/// in L1 while every row tile of x streams past it, so the weights cross the memory hierarchy
-/// once per call. x rows are K floats apart and y and residual rows N floats apart. `x`, `y` and
-/// `residual` are C pointer expressions; bias is read from `bias` when `hasBias`.
-func emitPointwiseGEMM(_ body: inout CWriter, tile: PointwiseTileShape, pixels: Int, inputChannels: Int, outputChannels: Int,
-                       x: String, y: String, residual: String?, hasBias: Bool, activation: Activation) {
+/// Writes a GEMM `y[P][N] = activation(x[P][K] · w[K][N] + bias) + residual` over `io_panels`
+/// weights, with one branch per instruction-set tier. `x`, `weights`, `bias`, `residual` and `y`
+/// are C pointer expressions; x rows are K floats apart, y and residual rows N floats apart.
+func emitPointwiseGEMM(_ body: inout CWriter, pixels: Int, inputChannels: Int, outputChannels: Int, x: String, weights: String,
+                       bias: String?, residual: String?, y: String, activation: Activation) {
+    for (position, tile) in pointwiseTileShapes.enumerated() {
+        if position == 0 {
+            body.directive("#if \(tile.condition)")
+        } else if tile.condition.isEmpty {
+            body.directive("#else")
+        } else {
+            body.directive("#elif \(tile.condition)")
+        }
+        emitPointwiseGEMM(&body, tile: tile, pixels: pixels, inputChannels: inputChannels, outputChannels: outputChannels,
+                          x: x, weights: weights, bias: bias, residual: residual, y: y, activation: activation)
+    }
+    body.directive("#endif")
+}
+
+/// Writes the loops of a GEMM for one instruction-set tier. Each weight panel
+/// (`weightPanelWidth` columns) is loaded once and stays in L1 while every row tile of x streams
+/// past it, so the weights cross the memory hierarchy once per call.
+private func emitPointwiseGEMM(_ body: inout CWriter, tile: PointwiseTileShape, pixels: Int, inputChannels: Int, outputChannels: Int,
+                               x: String, weights: String, bias: String?, residual: String?, y: String, activation: Activation) {
     let tileRows = tile.rows(forPixels: pixels)
     let rowSegments = tileSegments(variable: "p", extent: pixels, step: tileRows)
 
@@ -506,18 +563,18 @@ func emitPointwiseGEMM(_ body: inout CWriter, tile: PointwiseTileShape, pixels: 
         while column < width {
             let columns = min(tile.columns, width - column)
             let outputColumn = CExpression.sum([start, String(column)])
-            let weights = CExpression.sum([CExpression.times(start, inputChannels), String(column)])
+            let panelOffset = CExpression.sum([CExpression.times(start, inputChannels), String(column)])
             for row in rowSegments {
                 if row.isLoop { body.openFor(row.variable, to: row.end, step: row.count) }
                 let outputOffset = CExpression.sum([CExpression.times(row.start, outputChannels), outputColumn])
                 let arguments = [
                     CExpression.offset(x, CExpression.times(row.start, inputChannels)),
-                    CExpression.offset("w", weights),
-                    hasBias ? CExpression.offset("bias", outputColumn) : "NULL",
+                    CExpression.offset(weights, panelOffset),
+                    bias.map { CExpression.offset($0, outputColumn) } ?? "NULL",
                     residual.map { CExpression.offset($0, outputOffset) } ?? "NULL",
                     CExpression.offset(y, outputOffset),
                     "\(row.count)", "\(columns)", "\(inputChannels)", "\(width)", "\(outputChannels)",
-                    hasBias ? "1" : "0", residual != nil ? "1" : "0", activationConstant(activation),
+                    bias != nil ? "1" : "0", residual != nil ? "1" : "0", activationConstant(activation),
                 ]
                 body.line("\(tile.function)(\(arguments.joined(separator: ", ")));")
                 if row.isLoop { body.close() }

@@ -116,6 +116,44 @@ public struct SqueezeExcite: Equatable {
     }
 }
 
+/// A fused inverted-residual block (MobileNetV2's bottleneck, MobileNetV3's block) or
+/// depthwise-separable block: an optional expansion convolution, a depthwise convolution, an
+/// optional squeeze-excitation and a 1×1 projection, run by one op so that backends can stream
+/// the block a few rows at a time and never store the expanded tensor whole. Each convolution
+/// keeps its own bias and activation; `project` may carry the residual add.
+///
+/// `expand` is a convolution with groups 1: the 1×1 expansion (stride 1, no padding), or any
+/// other groups-1 convolution (such as a network's first 3×3 convolution feeding the first
+/// block). Parameters: `expand.weight` and `expand.bias` (with `expand`), `depthwise.weight`,
+/// `depthwise.bias`, `se.fc1.weight`, `se.fc1.bias`, `se.fc2.weight`, `se.fc2.bias` (with
+/// `squeezeExcite`, as that op names them after `se.`), `project.weight`, `project.bias`
+/// (biases when the convolution has one). Inputs: x, and the residual when `project.hasResidual`.
+public struct FusedBlock: Equatable {
+    public var expand: Conv2D?
+    public var depthwise: Conv2D
+    /// The squeeze-excitation on the depthwise output, before the projection.
+    public var squeezeExcite: SqueezeExcite?
+    public var project: Conv2D
+    /// The height and width of the depthwise convolution's input (the expanded tensor).
+    public var expandedHeight: Int
+    public var expandedWidth: Int
+
+    public init(expand: Conv2D?, depthwise: Conv2D, squeezeExcite: SqueezeExcite? = nil, project: Conv2D,
+                expandedHeight: Int, expandedWidth: Int) {
+        self.expand = expand
+        self.depthwise = depthwise
+        self.squeezeExcite = squeezeExcite
+        self.project = project
+        self.expandedHeight = expandedHeight
+        self.expandedWidth = expandedWidth
+    }
+
+    /// The convolutions in execution order, with the parameter-role prefix of each.
+    public var stages: [(prefix: String, conv: Conv2D)] {
+        (expand.map { [("expand", $0)] } ?? []) + [("depthwise", depthwise), ("project", project)]
+    }
+}
+
 public enum Op: Equatable {
     /// The network input, `[1, C, H, W]`.
     case input
@@ -137,6 +175,7 @@ public enum Op: Equatable {
     /// `x * scale` with `x` `[1, C, H, W]` and `scale` `[1, C, 1, 1]` broadcast over H and W.
     case channelScale
     case squeezeExcite(SqueezeExcite)
+    case fusedBlock(FusedBlock)
 
     /// The op's name in dumps and error messages.
     public var mnemonic: String {
@@ -154,6 +193,7 @@ public enum Op: Equatable {
         case .dropout: return "dropout"
         case .channelScale: return "channel_scale"
         case .squeezeExcite: return "squeeze_excite"
+        case .fusedBlock: return "fused_block"
         }
     }
 }

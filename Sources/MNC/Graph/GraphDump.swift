@@ -57,6 +57,17 @@ extension Node {
             return "p \(probability)"
         case .squeezeExcite(let se):
             return "squeeze \(se.squeezeChannels), \(se.activation.rawValue), gate \(se.gate.rawValue)"
+        case .fusedBlock(let block):
+            var stages = block.stages.map { prefix, conv in
+                var parts = ["\(prefix) \(conv.kernelHeight)x\(conv.kernelWidth) stride \(conv.strideHeight) pad \(conv.padding)"]
+                if conv.activation != .identity { parts.append(conv.activation.rawValue) }
+                if conv.hasResidual { parts.append("residual") }
+                return parts.joined(separator: " ")
+            }
+            if let se = block.squeezeExcite {
+                stages.insert("se squeeze \(se.squeezeChannels) \(se.activation.rawValue) gate \(se.gate.rawValue)", at: stages.count - 1)
+            }
+            return stages.joined(separator: "; ")
         default:
             return ""
         }

@@ -17,6 +17,18 @@ extension Node {
             return linear.inFeatures * linear.outFeatures
         case .squeezeExcite(let se):
             return 2 * se.channels * se.squeezeChannels
+        case .fusedBlock(let block):
+            let pixels = shape[2] * shape[3], depthwise = block.depthwise
+            var total = pixels * depthwise.outChannels * depthwise.kernelHeight * depthwise.kernelWidth
+                + pixels * block.project.inChannels * block.project.outChannels
+            if let se = block.squeezeExcite {
+                total += 2 * se.channels * se.squeezeChannels
+            }
+            if let expand = block.expand {
+                total += block.expandedHeight * block.expandedWidth * expand.outChannels
+                    * expand.inChannels * expand.kernelHeight * expand.kernelWidth
+            }
+            return total
         default:
             return 0
         }

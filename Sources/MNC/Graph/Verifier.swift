@@ -108,6 +108,51 @@ public func verify(_ graph: Graph, after pass: String? = nil) throws {
             try expectParameter("fc1.bias", [se.squeezeChannels])
             try expectParameter("fc2.weight", [se.channels, se.squeezeChannels, 1, 1])
             try expectParameter("fc2.bias", [se.channels])
+        case .fusedBlock(let block):
+            try expectInputs(block.project.hasResidual ? 2 : 1)
+            let x = inputs[0]
+            func outputSize(_ conv: Conv2D, _ height: Int, _ width: Int) -> (Int, Int) {
+                ((height + conv.padding.top + conv.padding.bottom - conv.kernelHeight) / conv.strideHeight + 1,
+                 (width + conv.padding.left + conv.padding.right - conv.kernelWidth) / conv.strideWidth + 1)
+            }
+            guard x.count == 4 else { throw fail(index, "input must be a feature map") }
+            var expanded = (x[2], x[3]), channels = x[1]
+            if let expand = block.expand {
+                guard expand.groups == 1, !expand.hasResidual, expand.inChannels == x[1] else {
+                    throw fail(index, "the expansion must be a convolution with groups 1 and no residual on the input's \(x[1]) channels")
+                }
+                expanded = outputSize(expand, x[2], x[3])
+                channels = expand.outChannels
+            }
+            guard expanded == (block.expandedHeight, block.expandedWidth) else {
+                throw fail(index, "expanded size \(block.expandedHeight)x\(block.expandedWidth), expected \(expanded.0)x\(expanded.1)")
+            }
+            let depthwise = block.depthwise, project = block.project
+            guard depthwise.isDepthwise, !depthwise.hasResidual, depthwise.inChannels == channels else {
+                throw fail(index, "the depthwise stage must be a depthwise convolution on \(channels) channels without residual")
+            }
+            guard project.isPointwise, project.strideHeight == 1, project.strideWidth == 1,
+                  project.padding == Padding(top: 0, left: 0, bottom: 0, right: 0), project.inChannels == depthwise.outChannels else {
+                throw fail(index, "the projection must be a 1x1 convolution with stride 1 and no padding on \(depthwise.outChannels) channels")
+            }
+            let size = outputSize(depthwise, expanded.0, expanded.1)
+            try expectShape([1, project.outChannels, size.0, size.1])
+            for (prefix, conv) in block.stages {
+                try expectParameter("\(prefix).weight", conv.weightShape)
+                if conv.hasBias { try expectParameter("\(prefix).bias", [conv.outChannels]) }
+            }
+            if let se = block.squeezeExcite {
+                guard se.channels == depthwise.outChannels else {
+                    throw fail(index, "the squeeze-excitation has \(se.channels) channels, the depthwise output \(depthwise.outChannels)")
+                }
+                try expectParameter("se.fc1.weight", [se.squeezeChannels, se.channels, 1, 1])
+                try expectParameter("se.fc1.bias", [se.squeezeChannels])
+                try expectParameter("se.fc2.weight", [se.channels, se.squeezeChannels, 1, 1])
+                try expectParameter("se.fc2.bias", [se.channels])
+            }
+            if project.hasResidual, inputs[1] != node.shape {
+                throw fail(index, "residual shape \(inputs[1]) differs from the output shape \(node.shape)")
+            }
         }
 
         if !graph.constants.isEmpty {

@@ -15,10 +15,17 @@ public struct Interpreter {
         // Read packed convolution weights back in PyTorch's order, so the loops below see one layout.
         var unpacked = graph
         for node in graph.nodes {
-            guard case .conv2d(let conv) = node.op, let weight = node.parameter("weight"), weight.layout != .pytorch,
-                  let tensor = graph.constants[weight.key] else { continue }
-            unpacked.constants[weight.key] = Tensor(
-                shape: tensor.shape, data: packConvolutionWeight(tensor.data, conv: conv, layout: weight.layout, unpack: true))
+            let convolutions: [(role: String, conv: Conv2D)]
+            switch node.op {
+            case .conv2d(let conv): convolutions = [("weight", conv)]
+            case .fusedBlock(let block): convolutions = block.stages.map { ("\($0.prefix).weight", $0.conv) }
+            default: convolutions = []
+            }
+            for (role, conv) in convolutions {
+                guard let weight = node.parameter(role), weight.layout != .pytorch, let tensor = graph.constants[weight.key] else { continue }
+                unpacked.constants[weight.key] = Tensor(
+                    shape: tensor.shape, data: packConvolutionWeight(tensor.data, conv: conv, layout: weight.layout, unpack: true))
+            }
         }
         self.graph = unpacked
     }
@@ -58,14 +65,23 @@ public struct Interpreter {
         case .input:
             return inputs[0]
         case .conv2d(let conv):
-            var output = convolve(inputs[0], inputShape: graph.nodes[node.inputs[0]].shape, conv: conv,
-                                  weight: constant(node, "weight") ?? [], bias: conv.hasBias ? constant(node, "bias") : nil,
-                                  outputShape: node.shape)
-            for i in output.indices { output[i] = conv.activation.apply(output[i]) }
-            if conv.hasResidual {
-                for i in output.indices { output[i] += inputs[1][i] }
+            return convolve(inputs[0], inputShape: graph.nodes[node.inputs[0]].shape, conv: conv, node: node, prefix: "",
+                            outputShape: node.shape, residual: conv.hasResidual ? inputs[1] : nil)
+        case .fusedBlock(let block):
+            // The stages one after another, each with its whole output, as the unfused ops would run.
+            var value = inputs[0], shape = graph.nodes[node.inputs[0]].shape
+            for (prefix, conv) in block.stages {
+                if prefix == "project", let se = block.squeezeExcite {
+                    value = squeezeExcite(value, shape: shape, se: se, node: node, prefix: "se.")
+                }
+                let height = (shape[2] + conv.padding.top + conv.padding.bottom - conv.kernelHeight) / conv.strideHeight + 1
+                let width = (shape[3] + conv.padding.left + conv.padding.right - conv.kernelWidth) / conv.strideWidth + 1
+                let outputShape = [1, conv.outChannels, height, width]
+                value = convolve(value, inputShape: shape, conv: conv, node: node, prefix: prefix + ".", outputShape: outputShape,
+                                 residual: conv.hasResidual ? inputs[1] : nil)
+                shape = outputShape
             }
-            return output
+            return value
         case .batchNorm(let epsilon):
             let weight = constant(node, "weight") ?? []
             let bias = constant(node, "bias") ?? []
@@ -107,27 +123,32 @@ public struct Interpreter {
             for i in output.indices { output[i] *= inputs[1][i / plane] }
             return output
         case .squeezeExcite(let se):
-            let shape = graph.nodes[node.inputs[0]].shape
-            let pooled = averagePool(inputs[0], shape: shape)
-            let fc1Weight = constant(node, "fc1.weight") ?? [], fc1Bias = constant(node, "fc1.bias") ?? []
-            let fc2Weight = constant(node, "fc2.weight") ?? [], fc2Bias = constant(node, "fc2.bias") ?? []
-            var squeezed = [Float](repeating: 0, count: se.squeezeChannels)
-            for s in 0..<se.squeezeChannels {
-                var sum = Double(fc1Bias[s])
-                for c in 0..<se.channels { sum += Double(fc1Weight[s * se.channels + c]) * Double(pooled[c]) }
-                squeezed[s] = se.activation.apply(Float(sum))
-            }
-            var gate = [Float](repeating: 0, count: se.channels)
-            for c in 0..<se.channels {
-                var sum = Double(fc2Bias[c])
-                for s in 0..<se.squeezeChannels { sum += Double(fc2Weight[c * se.squeezeChannels + s]) * Double(squeezed[s]) }
-                gate[c] = se.gate.apply(Float(sum))
-            }
-            let plane = shape[2] * shape[3]
-            var output = inputs[0]
-            for i in output.indices { output[i] *= gate[i / plane] }
-            return output
+            return squeezeExcite(inputs[0], shape: graph.nodes[node.inputs[0]].shape, se: se, node: node, prefix: "")
         }
+    }
+
+    /// Returns `x * gate(fc2(activation(fc1(mean_hw(x)))))` with the node's parameters
+    /// `PREFIXfc1.weight`, `PREFIXfc1.bias`, `PREFIXfc2.weight` and `PREFIXfc2.bias`.
+    private func squeezeExcite(_ x: [Float], shape: [Int], se: SqueezeExcite, node: Node, prefix: String) -> [Float] {
+        let pooled = averagePool(x, shape: shape)
+        let fc1Weight = constant(node, prefix + "fc1.weight") ?? [], fc1Bias = constant(node, prefix + "fc1.bias") ?? []
+        let fc2Weight = constant(node, prefix + "fc2.weight") ?? [], fc2Bias = constant(node, prefix + "fc2.bias") ?? []
+        var squeezed = [Float](repeating: 0, count: se.squeezeChannels)
+        for s in 0..<se.squeezeChannels {
+            var sum = Double(fc1Bias[s])
+            for c in 0..<se.channels { sum += Double(fc1Weight[s * se.channels + c]) * Double(pooled[c]) }
+            squeezed[s] = se.activation.apply(Float(sum))
+        }
+        var gate = [Float](repeating: 0, count: se.channels)
+        for c in 0..<se.channels {
+            var sum = Double(fc2Bias[c])
+            for s in 0..<se.squeezeChannels { sum += Double(fc2Weight[c * se.squeezeChannels + s]) * Double(squeezed[s]) }
+            gate[c] = se.gate.apply(Float(sum))
+        }
+        let plane = shape[2] * shape[3]
+        var output = x
+        for i in output.indices { output[i] *= gate[i / plane] }
+        return output
     }
 
     private func averagePool(_ input: [Float], shape: [Int]) -> [Float] {
@@ -137,6 +158,19 @@ public struct Interpreter {
             for i in c * plane..<(c + 1) * plane { sum += Double(input[i]) }
             return Float(sum / Double(plane))
         }
+    }
+
+    /// Returns `activation(conv(x) + bias) + residual` with the node's parameters `PREFIXweight`
+    /// and `PREFIXbias`.
+    private func convolve(_ input: [Float], inputShape: [Int], conv: Conv2D, node: Node, prefix: String, outputShape: [Int],
+                          residual: [Float]?) -> [Float] {
+        var output = convolve(input, inputShape: inputShape, conv: conv, weight: constant(node, prefix + "weight") ?? [],
+                              bias: conv.hasBias ? constant(node, prefix + "bias") : nil, outputShape: outputShape)
+        for i in output.indices { output[i] = conv.activation.apply(output[i]) }
+        if let residual {
+            for i in output.indices { output[i] += residual[i] }
+        }
+        return output
     }
 
     /// Direct convolution with zero padding; weight layout `[out, in / groups, kh, kw]`.

@@ -8,8 +8,8 @@
 /// Pointwise weights with stride 1 and no padding (the GEMM form) become 32-column panels of
 /// `[in, out]` (`io_panels`), other pointwise weights `[in, out]` (`io`), depthwise weights
 /// `[kh, kw, C]` (`hwc`), other convolutions `[kh, kw, in/groups, out]` (`hwio`).
-/// Squeeze-excite and linear weights keep PyTorch's order. `shape` keeps PyTorch's order in
-/// every case.
+/// The convolutions of a fused block are packed alike. Squeeze-excite and linear weights keep
+/// PyTorch's order. `shape` keeps PyTorch's order in every case.
 public let packWeightsPass = Pass(name: "pack-weights",
                                   summary: "reorder convolution weights into the layout the kernels read",
                                   run: packWeights)
@@ -17,15 +17,22 @@ public let packWeightsPass = Pass(name: "pack-weights",
 func packWeights(_ graph: Graph) throws -> Graph {
     var result = graph
     for index in result.nodes.indices {
-        guard case .conv2d(let conv) = result.nodes[index].op,
-              let position = result.nodes[index].parameters.firstIndex(where: { $0.role == "weight" }),
-              result.nodes[index].parameters[position].layout == .pytorch else { continue }
-        let layout = packedLayout(conv)
-        let key = result.nodes[index].parameters[position].key
-        if let tensor = result.constants[key] {
-            result.constants[key] = Tensor(shape: tensor.shape, data: packConvolutionWeight(tensor.data, conv: conv, layout: layout))
+        let convolutions: [(role: String, conv: Conv2D)]
+        switch result.nodes[index].op {
+        case .conv2d(let conv): convolutions = [("weight", conv)]
+        case .fusedBlock(let block): convolutions = block.stages.map { ("\($0.prefix).weight", $0.conv) }
+        default: continue
         }
-        result.nodes[index].parameters[position].layout = layout
+        for (role, conv) in convolutions {
+            guard let position = result.nodes[index].parameters.firstIndex(where: { $0.role == role }),
+                  result.nodes[index].parameters[position].layout == .pytorch else { continue }
+            let layout = packedLayout(conv)
+            let key = result.nodes[index].parameters[position].key
+            if let tensor = result.constants[key] {
+                result.constants[key] = Tensor(shape: tensor.shape, data: packConvolutionWeight(tensor.data, conv: conv, layout: layout))
+            }
+            result.nodes[index].parameters[position].layout = layout
+        }
     }
     return result
 }

@@ -19,6 +19,7 @@ public let defaultPasses: [Pass] = [
     fuseResidualAddPass,
     fuseSqueezeExcitePass,
     removeIdentityPass,
+    fuseInvertedResidualPass,
     packWeightsPass,
 ]
 
