@@ -99,11 +99,12 @@ public final class LLVMNetwork {
 }
 
 /// Builds, verifies and optimizes the LLVM module for `graph` as given (this function runs
-/// no graph optimization pass). `name` prefixes every exported symbol and defaults to the
+/// no graph optimization pass, but computes fused inverted-residual blocks stage by stage on
+/// whole tensors, so its arena is that of the graph without `fuse-inverted-residual`). `name` prefixes every exported symbol and defaults to the
 /// graph's name. Throws an `MNCError` for a graph the backend cannot compile, an invalid
 /// target, or a failure inside LLVM.
 public func generateLLVM(_ graph: Graph, name: String? = nil, target options: LLVMTargetOptions) throws -> LLVMNetwork {
-    let graph = repackingPanels(graph)
+    let graph = repackingPanels(splitFusedBlocks(graph))
     // The C backend checks the graph, plans the arena and the blob, and writes the header.
     let generatedC = try generateC(graph, name: name)
     let plan = planArena(graph, alignment: cArenaAlignment, scratchBytes: cScratchBytes)
@@ -331,6 +332,8 @@ private struct LLVMNodeEmitter {
                          try scratch(index)]
             let input = tensor(node.inputs[0])
             makeKernel = { kernels.squeezeExcite(se, input: input, output: output, alignments: $0) }
+        case .fusedBlock:
+            throw MNCError("internal error: fused block '\(node.name)' reached the LLVM kernels unsplit")
         }
         arguments.append(value(index))
         let kernel = makeKernel(arguments.map(\.1))
