@@ -161,7 +161,7 @@ final class LLVMBackendTests: XCTestCase {
             XCTAssertEqual(status, 0, errors)
         }
         var paths = [directory + "/mobilenet_v3_small.ll", directory + "/mobilenet_v3_small.bc"]
-        paths += CBackendTests.specNames.map { packageRoot.appendingPathComponent("Generated/\($0)/\($0).ll").path }
+        paths += CBackendTests.specNames.map { packageRoot.appendingPathComponent("Generated/\($0)/llvm/\($0).ll").path }
         for path in paths {
             XCTAssertNil(try parseAndVerify(contentsOf: path), path)
         }
@@ -198,8 +198,8 @@ final class LLVMBackendTests: XCTestCase {
 
     // MARK: - Generated/
 
-    /// `Generated/NAME/NAME.ll` is the optimized IR of every spec at default options for
-    /// generic x86-64, and `NAME.h` is the C backend's header for it.
+    /// `Generated/NAME/llvm/NAME.ll` is the optimized IR of every spec at default options for
+    /// generic x86-64, and `llvm/NAME.h` is the header the LLVM backend writes for it.
     func testGeneratedIRIsCurrent() throws {
         let results = concurrentMap(CBackendTests.specNames) { spec -> (String, String) in
             let network = try generateLLVM(try optimize(try loadSpec(spec)), target: .genericX86_64)
@@ -211,10 +211,10 @@ final class LLVMBackendTests: XCTestCase {
                 XCTFail("\(spec): \(error)")
             case .success(let (ir, header)):
                 for (file, text) in [("\(spec).ll", ir), ("\(spec).h", header)] {
-                    let path = packageRoot.appendingPathComponent("Generated/\(spec)/\(file)").path
+                    let path = packageRoot.appendingPathComponent("Generated/\(spec)/llvm/\(file)").path
                     let stored = FileManager.default.contents(atPath: path).map { String(decoding: $0, as: UTF8.self) }
-                    XCTAssertNotNil(stored, "Generated/\(spec)/\(file) is missing: run `make generate`")
-                    XCTAssertTrue(stored == text, "Generated/\(spec)/\(file) is stale: run `make generate`")
+                    XCTAssertNotNil(stored, "Generated/\(spec)/llvm/\(file) is missing: run `make generate`")
+                    XCTAssertTrue(stored == text, "Generated/\(spec)/llvm/\(file) is stale: run `make generate`")
                 }
             }
         }
@@ -225,7 +225,7 @@ final class LLVMBackendTests: XCTestCase {
     /// A C caller links the LLVM backend's static library and shared library: the argument
     /// checks return the C backend's codes, the info struct matches the header's macros, and
     /// a run with the embedded weights matches the interpreter. The header is byte for byte
-    /// the C backend's.
+    /// the C backend's for the same graph with its fused blocks split.
     func testLibrariesWithCCaller() throws {
         let directory = try makeTemporaryDirectory(prefix: "mnc-llvm-libraries")
         defer { try? FileManager.default.removeItem(atPath: directory) }
@@ -244,7 +244,7 @@ final class LLVMBackendTests: XCTestCase {
         try writeLLVMCompiledNetwork(try generateLLVM(optimized, name: "net", target: LLVMTargetOptions()), emit: .sharedLibrary,
                                      directory: sharedDirectory, compiler: compiler)
         let header = try String(contentsOfFile: staticDirectory + "/net.h", encoding: .utf8)
-        XCTAssertEqual(header, try generateC(optimized, name: "net").header)
+        XCTAssertEqual(header, try generateC(splitFusedBlocks(optimized), name: "net").header)
         let archive = try Data(contentsOf: URL(fileURLWithPath: staticDirectory + "/libnet.a"))
         XCTAssertEqual(String(decoding: archive.prefix(8), as: UTF8.self), "!<arch>\n")
 
