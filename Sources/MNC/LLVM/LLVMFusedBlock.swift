@@ -8,7 +8,7 @@ import CLLVM
 /// 2. The depthwise convolution reads its rows from the ring (or the block's input when there is
 ///    no expansion) and writes the band's rows into the band buffer.
 /// 3. The projection GEMM (with the residual) reads the band buffer and writes the output rows.
-/// With a squeeze-excitation, the band buffer holds the whole depthwise output, the channel sums
+/// With a squeeze-excitation, the band buffer contains the whole depthwise output, the channel sums
 /// accumulate row by row, and the gate and the projection run once after the last band.
 /// Blocks that do not stream run as separate stage kernels (`LLVMNodeEmitter`).
 extension LLVMKernelLibrary {
