@@ -152,7 +152,8 @@ final class LLVMKernelLibrary {
     func emitPointwiseGEMM(x: LLVMValue, w: LLVMValue, weightLayout: WeightLayout, bias: LLVMValue?, residual: LLVMValue?,
                            y: LLVMValue, pixels: Int, inputChannels: Int, outputChannels n: Int, activation: Activation) {
         let lanes = target.floatLanes
-        let tileColumns = min(lanes >= 4 ? 2 * lanes : 4, weightPanelWidth)
+        var tileColumns = min(lanes >= 4 ? 2 * lanes : 4, weightPanelWidth)
+        while weightPanelWidth % tileColumns != 0 { tileColumns -= 1 }
         // Rows × 2 vector accumulators plus 2 weight vectors and a broadcast fit the registers.
         var maximumRows = target.vectorRegisters >= 32 ? 8 : 6
         if lanes < 4 { maximumRows = 4 }
