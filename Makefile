@@ -53,16 +53,16 @@ demo: deps build
 	fi
 
 # Generated/NAME/NAME.{h,c}: every spec at its default options and optimization, without
-# weights (the code depends on shapes only). llvm/NAME.ll is the LLVM backend's optimized IR
-# of the same network for generic x86-64, with the header it writes (llvm/NAME.h: its arena
-# differs, as it runs fused blocks stage by stage). A test fails when these files are stale.
+# weights (the code depends on shapes only). NAME.ll is the LLVM backend's optimized IR of
+# the same network for generic x86-64, which writes the same NAME.h. A test fails when
+# these files are stale.
 generate: build
 	@for spec in $(SPECS); do \
 		name=$$(basename $$spec .mnet); \
 		rm -rf Generated/$$name; \
 		$(MNC) compile $$spec --emit c -o Generated/$$name > /dev/null || exit 1; \
 		$(MNC) compile $$spec --backend llvm --emit llvm-ir --target x86_64-unknown-linux-gnu --cpu x86-64 \
-			-o Generated/$$name/llvm > /dev/null || exit 1; \
+			-o Generated/$$name > /dev/null || exit 1; \
 		echo "Generated/$$name"; \
 	done
 

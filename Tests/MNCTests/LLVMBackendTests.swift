@@ -63,6 +63,41 @@ final class LLVMBackendTests: XCTestCase {
         try checkParity(cases)
     }
 
+    /// Whole networks at odd, non-square sizes and widths 0.5 and 0.75, fused at -O2, so that
+    /// fused blocks run several bands with a partial last band, rings of several chunks with a
+    /// partial last chunk, and squeeze-excitations that scale the weights or the depthwise
+    /// output; V3-Small also unfused at -O0.
+    func testParityOddSizes() throws {
+        let specs: [(label: String, spec: String, overrides: SpecOverrides)] = [
+            ("v2-121x97", "mobilenet_v2", SpecOverrides(widthMultiplier: 0.5, inputHeight: 121, inputWidth: 97, classes: 10)),
+            ("tf-v2-97x76", "tf_mobilenet_v2", SpecOverrides(widthMultiplier: 0.5, inputHeight: 97, inputWidth: 76, classes: 10)),
+            ("v3-small-113x87", "mobilenet_v3_small", SpecOverrides(widthMultiplier: 0.75, inputHeight: 113, inputWidth: 87, classes: 10)),
+            ("v1-75", "mobilenet_v1", SpecOverrides(widthMultiplier: 0.5, inputHeight: 75, inputWidth: 75, classes: 10)),
+        ]
+        var cases: [ParityCase] = []
+        var schedules: [(FusedBlock, FusedBlockSchedule, outputHeight: Int)] = []
+        for small in specs {
+            let graph = varianceKeepingWeights(try loadSpec(small.spec, small.overrides))
+            cases.append(ParityCase(label: small.label, graph: graph, level: 2))
+            for node in try optimize(graph).nodes {
+                if case .fusedBlock(let block) = node.op { schedules.append((block, fusedBlockSchedule(node, block), node.shape[2])) }
+            }
+        }
+        cases.append(ParityCase(label: specs[2].label, graph: cases[2].graph, level: 0))
+
+        // The sizes reach every branch of the streaming kernel.
+        let streaming = schedules.filter { $0.1.streams }
+        XCTAssertTrue(streaming.contains { $0.outputHeight / $0.1.bandRows >= 2 && $0.outputHeight % $0.1.bandRows != 0 },
+                      "no block with several bands and a partial last band")
+        XCTAssertTrue(streaming.contains { $0.0.expand != nil && $0.1.ringChunks > 1 && $0.0.expandedHeight % $0.1.chunkRows != 0 },
+                      "no ring of several chunks with a partial last chunk")
+        XCTAssertTrue(streaming.contains { $0.0.expand?.isPointwise == false }, "no streaming block with the stem as expansion")
+        XCTAssertTrue(streaming.contains { $0.0.squeezeExcite != nil && $0.1.scalesWeights }, "no gate that scales the weights")
+        XCTAssertTrue(streaming.contains { $0.0.squeezeExcite != nil && !$0.1.scalesWeights }, "no gate that scales the depthwise output")
+        XCTAssertTrue(streaming.contains { $0.0.expand == nil }, "no streaming block without expansion")
+        try checkParity(cases)
+    }
+
     /// Fused graphs with unpacked weights, and packed graphs with the squeeze-excite block and
     /// residual adds left unfused, take the direct and element-wise kernels on fused shapes.
     /// The rare-forms graph covers grouped, strided 1×1 and asymmetrically padded
@@ -161,7 +196,7 @@ final class LLVMBackendTests: XCTestCase {
             XCTAssertEqual(status, 0, errors)
         }
         var paths = [directory + "/mobilenet_v3_small.ll", directory + "/mobilenet_v3_small.bc"]
-        paths += CBackendTests.specNames.map { packageRoot.appendingPathComponent("Generated/\($0)/llvm/\($0).ll").path }
+        paths += CBackendTests.specNames.map { packageRoot.appendingPathComponent("Generated/\($0)/\($0).ll").path }
         for path in paths {
             XCTAssertNil(try parseAndVerify(contentsOf: path), path)
         }
@@ -198,8 +233,8 @@ final class LLVMBackendTests: XCTestCase {
 
     // MARK: - Generated/
 
-    /// `Generated/NAME/llvm/NAME.ll` is the optimized IR of every spec at default options for
-    /// generic x86-64, and `llvm/NAME.h` is the header the LLVM backend writes for it.
+    /// `Generated/NAME/NAME.ll` is the optimized IR of every spec at default options for
+    /// generic x86-64, and `NAME.h` is the C backend's header for it.
     func testGeneratedIRIsCurrent() throws {
         let results = concurrentMap(CBackendTests.specNames) { spec -> (String, String) in
             let network = try generateLLVM(try optimize(try loadSpec(spec)), target: .genericX86_64)
@@ -211,10 +246,10 @@ final class LLVMBackendTests: XCTestCase {
                 XCTFail("\(spec): \(error)")
             case .success(let (ir, header)):
                 for (file, text) in [("\(spec).ll", ir), ("\(spec).h", header)] {
-                    let path = packageRoot.appendingPathComponent("Generated/\(spec)/llvm/\(file)").path
+                    let path = packageRoot.appendingPathComponent("Generated/\(spec)/\(file)").path
                     let stored = FileManager.default.contents(atPath: path).map { String(decoding: $0, as: UTF8.self) }
-                    XCTAssertNotNil(stored, "Generated/\(spec)/llvm/\(file) is missing: run `make generate`")
-                    XCTAssertTrue(stored == text, "Generated/\(spec)/llvm/\(file) is stale: run `make generate`")
+                    XCTAssertNotNil(stored, "Generated/\(spec)/\(file) is missing: run `make generate`")
+                    XCTAssertTrue(stored == text, "Generated/\(spec)/\(file) is stale: run `make generate`")
                 }
             }
         }
@@ -225,7 +260,7 @@ final class LLVMBackendTests: XCTestCase {
     /// A C caller links the LLVM backend's static library and shared library: the argument
     /// checks return the C backend's codes, the info struct matches the header's macros, and
     /// a run with the embedded weights matches the interpreter. The header is byte for byte
-    /// the C backend's for the same graph with its fused blocks split.
+    /// the C backend's.
     func testLibrariesWithCCaller() throws {
         let directory = try makeTemporaryDirectory(prefix: "mnc-llvm-libraries")
         defer { try? FileManager.default.removeItem(atPath: directory) }
@@ -244,7 +279,7 @@ final class LLVMBackendTests: XCTestCase {
         try writeLLVMCompiledNetwork(try generateLLVM(optimized, name: "net", target: LLVMTargetOptions()), emit: .sharedLibrary,
                                      directory: sharedDirectory, compiler: compiler)
         let header = try String(contentsOfFile: staticDirectory + "/net.h", encoding: .utf8)
-        XCTAssertEqual(header, try generateC(splitFusedBlocks(optimized), name: "net").header)
+        XCTAssertEqual(header, try generateC(optimized, name: "net").header)
         let archive = try Data(contentsOf: URL(fileURLWithPath: staticDirectory + "/libnet.a"))
         XCTAssertEqual(String(decoding: archive.prefix(8), as: UTF8.self), "!<arch>\n")
 

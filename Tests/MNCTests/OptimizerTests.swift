@@ -37,26 +37,6 @@ final class OptimizerTests: XCTestCase {
         }
     }
 
-    /// Splitting the fused blocks of V2 (with residuals and the stem) and V3-Small (with
-    /// squeeze-excitation) gives the unfused pipeline's ops, keys and logits.
-    func testSplitFusedBlocksUndoesFusion() throws {
-        for (name, overrides) in [smallCases[1], smallCases[3]] {
-            let graph = bindRandomWeights(to: try loadSpec(name, overrides))
-            let fused = try optimize(graph, disabled: ["pack-weights"])
-            let unfused = try optimize(graph, disabled: ["pack-weights", "fuse-inverted-residual"])
-            XCTAssertTrue(fused.nodes.contains { $0.op.mnemonic == "fused_block" }, name)
-            let split = splitFusedBlocks(fused)
-            try verify(split, after: "split")
-            XCTAssertEqual(split.nodes.map(\.op), unfused.nodes.map(\.op), name)
-            XCTAssertEqual(split.nodes.map(\.inputs), unfused.nodes.map(\.inputs), name)
-            XCTAssertEqual(split.nodes.map { $0.parameters.map(\.key) }, unfused.nodes.map { $0.parameters.map(\.key) }, name)
-            XCTAssertEqual(split.nodes.map { $0.parameters.map(\.role) }, unfused.nodes.map { $0.parameters.map(\.role) }, name)
-            let input = randomInput(count: graph.nodes[0].elementCount)
-            let expected = try Interpreter(graph: unfused).run(input: input)
-            XCTAssertLessThanOrEqual(maxAbsDifference(try Interpreter(graph: split).run(input: input), expected), 1e-5 * maxAbs(expected), name)
-        }
-    }
-
     func testFusedV2HasNoStandaloneElementwiseOps() throws {
         // Without block fusion, which would merge the convolutions themselves.
         let optimized = try optimize(try loadSpec("mobilenet_v2"), disabled: ["fuse-inverted-residual"])

@@ -99,12 +99,10 @@ public final class LLVMNetwork {
 }
 
 /// Builds, verifies and optimizes the LLVM module for `graph` as given (this function runs
-/// no graph optimization pass, but computes fused inverted-residual blocks stage by stage on
-/// whole tensors, so its arena is that of the graph without `fuse-inverted-residual`). `name` prefixes every exported symbol and defaults to the
+/// no graph optimization pass). `name` prefixes every exported symbol and defaults to the
 /// graph's name. Throws an `MNCError` for a graph the backend cannot compile, an invalid
 /// target, or a failure inside LLVM.
 public func generateLLVM(_ graph: Graph, name: String? = nil, target options: LLVMTargetOptions) throws -> LLVMNetwork {
-    let graph = repackingPanels(splitFusedBlocks(graph))
     // The C backend checks the graph, plans the arena and the blob, and writes the header.
     let generatedC = try generateC(graph, name: name)
     let plan = planArena(graph, alignment: cArenaAlignment, scratchBytes: cScratchBytes)
@@ -332,60 +330,111 @@ private struct LLVMNodeEmitter {
                          try scratch(index)]
             let input = tensor(node.inputs[0])
             makeKernel = { kernels.squeezeExcite(se, input: input, output: output, alignments: $0) }
-        case .fusedBlock:
-            throw MNCError("internal error: fused block '\(node.name)' reached the LLVM kernels unsplit")
+        case .fusedBlock(let block):
+            let schedule = fusedBlockSchedule(node, block)
+            guard schedule.streams else {
+                try emitStagewiseBlock(index, block, schedule: schedule)
+                return
+            }
+            arguments = [value(node.inputs[0])]
+            for role in block.cParameterRoles {
+                arguments.append(try weight(node, role))
+            }
+            let hasResidual = block.project.hasResidual
+            if hasResidual { arguments.append(value(node.inputs[1])) }
+            arguments.append(try scratch(index))
+            let input = tensor(node.inputs[0])
+            makeKernel = { kernels.fusedBlock(node, block, schedule: schedule, input: input, output: output,
+                                              hasResidual: hasResidual, alignments: $0) }
         }
         arguments.append(value(index))
         let kernel = makeKernel(arguments.map(\.1))
         code.call(kernel, arguments.map(\.0))
     }
 
-    /// Picks the kernel of a convolution as the C backend does: the pointwise GEMM and the
-    /// depthwise kernel for the packed forms on NHWC data, the pixel-blocked kernel for other
-    /// packed forms with groups 1 (the first layer), and direct loops for everything else.
+    /// Picks the kernel of a convolution node as the C backend does (see `convolutionKernel`).
     private func convolution(_ conv: Conv2D, node: Node, output: CTensor) throws -> ([(LLVMValue, Int)], ([Int]) -> LLVMValue) {
         guard let weightParameter = node.parameter("weight") else {
             throw MNCError("node '\(node.name)' has no parameter 'weight'")
         }
-        let layout = weightParameter.layout
-        let input = tensor(node.inputs[0])
-        let residual = conv.hasResidual ? tensor(node.inputs[1]) : nil
-        let channelsLast = input.isChannelsLast && (residual?.isChannelsLast ?? true)
-        let unpadded = conv.padding == Padding(top: 0, left: 0, bottom: 0, right: 0)
-
-        let makeKernel: ([Int]) -> LLVMValue
-        if conv.isPointwise && conv.strideHeight == 1 && conv.strideWidth == 1 && unpadded && layout == .inputOutput && channelsLast {
-            makeKernel = { kernels.pointwiseConvolution(input: input, outputChannels: conv.outChannels, hasBias: conv.hasBias,
-                                                        activation: conv.activation, hasResidual: conv.hasResidual, alignments: $0) }
-        } else if conv.isDepthwise && layout == .depthwiseHWC && channelsLast {
-            makeKernel = { kernels.depthwiseConvolution(conv, input: input, output: output, hasResidual: conv.hasResidual, alignments: $0) }
-        } else if conv.groups == 1 && (layout == .hwio || layout == .inputOutput) && (residual?.isChannelsLast ?? true) {
-            makeKernel = { kernels.convolutionByPixels(conv, input: input, output: output, hasResidual: conv.hasResidual, alignments: $0) }
-        } else {
-            makeKernel = { kernels.directConvolution(conv, weightLayout: layout, input: input, output: output,
-                                                     residual: residual, alignments: $0) }
-        }
+        let makeKernel = convolutionKernel(conv, weightLayout: weightParameter.layout, input: tensor(node.inputs[0]), output: output,
+                                           residual: conv.hasResidual ? tensor(node.inputs[1]) : nil)
         var arguments = [value(node.inputs[0]), try weight(node, "weight")]
         if conv.hasBias { arguments.append(try weight(node, "bias")) }
         if conv.hasResidual { arguments.append(value(node.inputs[1])) }
         return (arguments, makeKernel)
     }
-}
 
-/// Returns `graph` with `io_panels` pointwise weights (the C backend's GEMM layout) rewritten as
-/// plain `io`, the layout the LLVM kernels read; the blob keeps its size and offsets.
-func repackingPanels(_ graph: Graph) -> Graph {
-    var result = graph
-    for index in result.nodes.indices {
-        guard case .conv2d(let conv) = result.nodes[index].op,
-              let position = result.nodes[index].parameters.firstIndex(where: { $0.role == "weight" }),
-              result.nodes[index].parameters[position].layout == .inputOutputPanels else { continue }
-        let key = result.nodes[index].parameters[position].key
-        if let tensor = result.constants[key] {
-            let unpacked = packConvolutionWeight(tensor.data, conv: conv, layout: .inputOutputPanels, unpack: true)
-            result.constants[key] = Tensor(shape: tensor.shape, data: packConvolutionWeight(unpacked, conv: conv, layout: .inputOutput))
+    /// Returns the kernel maker of a convolution: the pointwise GEMM and the depthwise kernel for
+    /// the packed forms on NHWC data, the pixel-blocked kernel for other packed forms with groups
+    /// 1 (the first layer), and direct loops for everything else.
+    private func convolutionKernel(_ conv: Conv2D, weightLayout layout: WeightLayout, input: CTensor, output: CTensor,
+                                   residual: CTensor?) -> ([Int]) -> LLVMValue {
+        let channelsLast = input.isChannelsLast && (residual?.isChannelsLast ?? true)
+        let unpadded = conv.padding == Padding(top: 0, left: 0, bottom: 0, right: 0)
+        let kernels = self.kernels
+        let gemmLayouts: Set<WeightLayout> = [.inputOutput, .inputOutputPanels]
+        if conv.isPointwise && conv.strideHeight == 1 && conv.strideWidth == 1 && unpadded && gemmLayouts.contains(layout) && channelsLast {
+            return { kernels.pointwiseConvolution(input: input, outputChannels: conv.outChannels, weightLayout: layout,
+                                                  hasBias: conv.hasBias, activation: conv.activation,
+                                                  hasResidual: conv.hasResidual, alignments: $0) }
         }
-        result.nodes[index].parameters[position].layout = .inputOutput
+        if conv.isDepthwise && layout == .depthwiseHWC && channelsLast {
+            return { kernels.depthwiseConvolution(conv, input: input, output: output, hasResidual: conv.hasResidual, alignments: $0) }
+        }
+        if conv.groups == 1 && (layout == .hwio || gemmLayouts.contains(layout)) && (residual?.isChannelsLast ?? true) {
+            return { kernels.convolutionByPixels(conv, weightLayout: layout, input: input, output: output,
+                                                 hasResidual: conv.hasResidual, alignments: $0) }
+        }
+        return { kernels.directConvolution(conv, weightLayout: layout, input: input, output: output,
+                                           residual: residual, alignments: $0) }
     }
-    return result
+
+    /// Emits a fused block that does not stream, as the C kernel runs it: its stages one after
+    /// another on whole tensors in the node's scratch area (the expanded tensor, then the
+    /// depthwise output, then the squeeze-excitation's vectors and gated output).
+    private func emitStagewiseBlock(_ index: Int, _ block: FusedBlock, schedule: FusedBlockSchedule) throws {
+        let node = graph.nodes[index]
+        let (area, alignment) = try scratch(index)
+        let channels = block.depthwise.inChannels
+        let expanded = code.element(area, 0)
+        let filtered = code.element(area, schedule.ringFloats)
+        let excitationStart = schedule.ringFloats + schedule.bandFloats
+        var stageInput = tensor(node.inputs[0]), stageValue = value(node.inputs[0])
+        for (prefix, conv) in block.stages {
+            if prefix == "project", let se = block.squeezeExcite {
+                let gated = (code.element(area, excitationStart + schedule.excitationFloats), alignment)
+                let arguments = [stageValue, try weight(node, "se.fc1.weight", layout: .pytorch), try weight(node, "se.fc1.bias"),
+                                 try weight(node, "se.fc2.weight", layout: .pytorch), try weight(node, "se.fc2.bias"),
+                                 (code.element(area, excitationStart), alignment), gated]
+                let kernel = kernels.squeezeExcite(se, input: stageInput, output: stageInput, alignments: arguments.map(\.1))
+                code.call(kernel, arguments.map(\.0))
+                stageValue = gated
+            }
+            guard let layout = node.parameter("\(prefix).weight")?.layout else {
+                throw MNCError("node '\(node.name)' has no parameter '\(prefix).weight'")
+            }
+            let stageOutput: CTensor, target: (LLVMValue, Int)
+            switch prefix {
+            case "expand":
+                stageOutput = CTensor(shape: [1, channels, block.expandedHeight, block.expandedWidth], layout: .nhwc)
+                target = (expanded, alignment)
+            case "depthwise":
+                stageOutput = CTensor(shape: [1, channels, node.shape[2], node.shape[3]], layout: .nhwc)
+                target = (filtered, alignment)
+            default:
+                stageOutput = CTensor(shape: node.shape, layout: .nhwc)
+                target = value(index)
+            }
+            let residual = conv.hasResidual ? tensor(node.inputs[1]) : nil
+            let makeKernel = convolutionKernel(conv, weightLayout: layout, input: stageInput, output: stageOutput, residual: residual)
+            var arguments = [stageValue, try weight(node, "\(prefix).weight")]
+            if conv.hasBias { arguments.append(try weight(node, "\(prefix).bias")) }
+            if conv.hasResidual { arguments.append(value(node.inputs[1])) }
+            arguments.append(target)
+            code.call(makeKernel(arguments.map(\.1)), arguments.map(\.0))
+            stageInput = stageOutput
+            stageValue = target
+        }
+    }
 }

@@ -280,6 +280,26 @@ final class LLVMFunctionBuilder {
         return LLVMBuildNSWMul(builder, a, index(k), "")
     }
 
+    func mul(_ a: LLVMValue, _ b: LLVMValue) -> LLVMValue {
+        if let k = constantValue(b) { return mul(a, k) }
+        if let k = constantValue(a) { return mul(b, k) }
+        return LLVMBuildNSWMul(builder, a, b, "")
+    }
+
+    /// `a / k` for `a >= 0` and a constant `k > 0`.
+    func divide(_ a: LLVMValue, _ k: Int) -> LLVMValue {
+        if k == 1 { return a }
+        if let value = constantValue(a) { return index(value / k) }
+        return LLVMBuildUDiv(builder, a, index(k), "")
+    }
+
+    /// `a % k` for `a >= 0` and a constant `k > 0`.
+    func remainder(_ a: LLVMValue, _ k: Int) -> LLVMValue {
+        if k == 1 { return index(0) }
+        if let value = constantValue(a) { return index(value % k) }
+        return LLVMBuildURem(builder, a, index(k), "")
+    }
+
     func negate(_ a: LLVMValue) -> LLVMValue {
         LLVMBuildNSWSub(builder, index(0), a, "")
     }

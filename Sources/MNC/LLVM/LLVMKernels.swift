@@ -32,7 +32,7 @@ final class LLVMKernelLibrary {
     /// Returns the kernel for `name`, `variant` and these arguments, defining it with `body`
     /// the first time. `variant` names what the name leaves out (a BatchNorm's epsilon), and
     /// kernels that differ only in it or in argument alignment get numbered names.
-    private func kernel(_ name: String, variant: String = "", _ arguments: [Argument], body: () -> Void) -> LLVMValue {
+    func kernel(_ name: String, variant: String = "", _ arguments: [Argument], body: () -> Void) -> LLVMValue {
         let key = name + "/" + variant + arguments.map { "/\($0.alignment)" }.joined()
         if let existing = functions[key] { return existing }
         var unique = name
@@ -117,12 +117,11 @@ final class LLVMKernelLibrary {
 
     // MARK: - Convolutions
 
-    /// Defines the kernel of a 1×1, stride-1, unpadded convolution on NHWC input with `io` weights: the GEMM
-    /// `y[P][N] = x[P][K] · w[K][N]` in register tiles of rows × (2 vectors) accumulators,
-    /// with bias, activation and residual in each tile's epilogue.
+    /// Defines the kernel of a 1×1, stride-1, unpadded convolution on NHWC input with `io` or
+    /// `io_panels` weights: the GEMM `y[P][N] = x[P][K] · w[K][N]` (see `emitPointwiseGEMM`).
     /// Arguments: x, w, [bias], [residual], y.
-    func pointwiseConvolution(input: CTensor, outputChannels: Int, hasBias: Bool, activation: Activation,
-                              hasResidual: Bool, alignments: [Int]) -> LLVMValue {
+    func pointwiseConvolution(input: CTensor, outputChannels: Int, weightLayout: WeightLayout, hasBias: Bool,
+                              activation: Activation, hasResidual: Bool, alignments: [Int]) -> LLVMValue {
         let pixels = input.pixels, inputChannels = input.channels, n = outputChannels
         var arguments = [Argument(name: "x", bytes: input.count * 4, alignment: 0),
                          Argument(name: "w", bytes: inputChannels * n * 4, alignment: 0)]
@@ -135,8 +134,26 @@ final class LLVMKernelLibrary {
             return copy
         }
 
+        let name = "pointwise_f32_\(input.label)_to_\(n)" + llvmActivationSuffix(activation)
+            + (hasResidual ? "_residual" : "") + (hasBias ? "" : "_nobias")
+        return kernel(name, variant: weightLayout.rawValue, arguments) {
+            emitPointwiseGEMM(x: code.parameter(0), w: code.parameter(1), weightLayout: weightLayout,
+                              bias: hasBias ? code.parameter(2) : nil,
+                              residual: hasResidual ? code.parameter(hasBias ? 3 : 2) : nil,
+                              y: code.parameter(arguments.count - 1), pixels: pixels, inputChannels: inputChannels,
+                              outputChannels: n, activation: activation)
+        }
+    }
+
+    /// Emits, into the current function, the GEMM `y[P][N] = x[P][K] · w[K][N]` with
+    /// `P = pixels` rows of x and y and `io` or `io_panels` weights, in register tiles of
+    /// rows × (2 vectors) accumulators, with bias, activation and residual in each tile's
+    /// epilogue. Tiles never cross a weight panel: their column count divides the panel width.
+    func emitPointwiseGEMM(x: LLVMValue, w: LLVMValue, weightLayout: WeightLayout, bias: LLVMValue?, residual: LLVMValue?,
+                           y: LLVMValue, pixels: Int, inputChannels: Int, outputChannels n: Int, activation: Activation) {
         let lanes = target.floatLanes
-        let tileColumns = lanes >= 4 ? 2 * lanes : 4
+        var tileColumns = min(lanes >= 4 ? 2 * lanes : 4, weightPanelWidth)
+        while weightPanelWidth % tileColumns != 0 { tileColumns -= 1 }
         // Rows × 2 vector accumulators plus 2 weight vectors and a broadcast fit the registers.
         var maximumRows = target.vectorRegisters >= 32 ? 8 : 6
         if lanes < 4 { maximumRows = 4 }
@@ -144,70 +161,81 @@ final class LLVMKernelLibrary {
         func padded(_ rows: Int) -> Int { (pixels + rows - 1) / rows * rows }
         let tileRows = (minimumRows...maximumRows).reversed().min { padded($0) < padded($1) } ?? maximumRows
 
-        let name = "pointwise_f32_\(input.label)_to_\(n)" + llvmActivationSuffix(activation)
-            + (hasResidual ? "_residual" : "") + (hasBias ? "" : "_nobias")
-        return kernel(name, arguments) {
-            let x = code.parameter(0), w = code.parameter(1)
-            let bias = hasBias ? code.parameter(2) : nil
-            let residual = hasResidual ? code.parameter(hasBias ? 3 : 2) : nil
-            let y = code.parameter(arguments.count - 1)
-
-            func tile(pixel: LLVMValue, rows: Int, column: LLVMValue, columns: Int) {
-                let widths = blockWidths(columns)
-                let offsets = blockOffsets(widths)
-                let start = initialAccumulators(bias: bias, start: column, widths: widths)
-                let initial = (0..<rows).flatMap { _ in start }
-                let result = code.loop(from: 0, to: inputChannels, carrying: initial) { k, accumulators in
-                    let row = code.add(code.mul(k, n), column)
-                    let weights = zip(widths, offsets).map { width, offset in code.load(w, code.add(row, offset), width: width) }
-                    var next: [LLVMValue] = []
-                    for r in 0..<rows {
-                        let scalar = code.load(x, code.add(code.mul(code.add(pixel, r), inputChannels), k))
-                        var splats: [Int: LLVMValue] = [:]
-                        for (b, width) in widths.enumerated() {
-                            let broadcast = splats[width] ?? code.splat(scalar, width: width)
-                            splats[width] = broadcast
-                            next.append(code.fmuladd(broadcast, weights[b], accumulators[r * widths.count + b]))
-                        }
-                    }
-                    return next
-                }
+        func tile(pixel: LLVMValue, rows: Int, column: LLVMValue, columns: Int) {
+            let widths = blockWidths(columns)
+            let offsets = blockOffsets(widths)
+            let (weightBase, weightStride) = weightColumn(column, layout: weightLayout, inputChannels: inputChannels,
+                                                          outputChannels: n)
+            let start = initialAccumulators(bias: bias, start: column, widths: widths)
+            let initial = (0..<rows).flatMap { _ in start }
+            let result = code.loop(from: 0, to: inputChannels, carrying: initial) { k, accumulators in
+                let row = code.add(code.mul(k, weightStride), weightBase)
+                let weights = zip(widths, offsets).map { width, offset in code.load(w, code.add(row, offset), width: width) }
+                var next: [LLVMValue] = []
                 for r in 0..<rows {
-                    let rowStart = code.add(code.mul(code.add(pixel, r), n), column)
-                    for (b, offset) in offsets.enumerated() {
-                        storeEpilogue(result[r * widths.count + b], activation: activation, residual: residual, y: y,
-                                      index: code.add(rowStart, offset))
+                    let scalar = code.load(x, code.add(code.mul(code.add(pixel, r), inputChannels), k))
+                    var splats: [Int: LLVMValue] = [:]
+                    for (b, width) in widths.enumerated() {
+                        let broadcast = splats[width] ?? code.splat(scalar, width: width)
+                        splats[width] = broadcast
+                        next.append(code.fmuladd(broadcast, weights[b], accumulators[r * widths.count + b]))
                     }
+                }
+                return next
+            }
+            for r in 0..<rows {
+                let rowStart = code.add(code.mul(code.add(pixel, r), n), column)
+                for (b, offset) in offsets.enumerated() {
+                    storeEpilogue(result[r * widths.count + b], activation: activation, residual: residual, y: y,
+                                  index: code.add(rowStart, offset))
                 }
             }
+        }
 
-            // Loop order as in the C backend: a weight matrix that fits in L1 stays there while
-            // row tiles stream past it. Otherwise the order that moves fewer bytes wins.
-            let weightBytes = inputChannels * n * 4, inputBytes = pixels * inputChannels * 4
-            let rowTiles = (pixels + tileRows - 1) / tileRows
-            let panels = (n + tileColumns - 1) / tileColumns
-            let panelsOutside = weightBytes > 32 * 1024 && inputBytes * panels + weightBytes < weightBytes * rowTiles + inputBytes
-            let rowSegments = tileSegments(extent: pixels, step: tileRows)
-            let columnSegments = tileSegments(extent: n, step: tileColumns)
-            let (outer, inner) = panelsOutside ? (columnSegments, rowSegments) : (rowSegments, columnSegments)
-            for outerSegment in outer {
-                forSegment(outerSegment) { outerStart in
-                    for innerSegment in inner {
-                        forSegment(innerSegment) { innerStart in
-                            let (pixel, column) = panelsOutside ? (innerStart, outerStart) : (outerStart, innerStart)
-                            let (rows, columns) = panelsOutside ? (innerSegment.count, outerSegment.count)
-                                : (outerSegment.count, innerSegment.count)
-                            tile(pixel: pixel, rows: rows, column: column, columns: columns)
-                        }
+        // Loop order as in the C backend: a weight matrix that fits in L1 stays there while
+        // row tiles stream past it. Otherwise the order that moves fewer bytes wins.
+        let weightBytes = inputChannels * n * 4, inputBytes = pixels * inputChannels * 4
+        let rowTiles = (pixels + tileRows - 1) / tileRows
+        let panels = (n + tileColumns - 1) / tileColumns
+        let panelsOutside = weightBytes > 32 * 1024 && inputBytes * panels + weightBytes < weightBytes * rowTiles + inputBytes
+        let rowSegments = tileSegments(extent: pixels, step: tileRows)
+        let columnSegments = tileSegments(extent: n, step: tileColumns)
+        let (outer, inner) = panelsOutside ? (columnSegments, rowSegments) : (rowSegments, columnSegments)
+        for outerSegment in outer {
+            forSegment(outerSegment) { outerStart in
+                for innerSegment in inner {
+                    forSegment(innerSegment) { innerStart in
+                        let (pixel, column) = panelsOutside ? (innerStart, outerStart) : (outerStart, innerStart)
+                        let (rows, columns) = panelsOutside ? (innerSegment.count, outerSegment.count)
+                            : (outerSegment.count, innerSegment.count)
+                        tile(pixel: pixel, rows: rows, column: column, columns: columns)
                     }
                 }
             }
         }
     }
 
-    /// Defines the kernel of a depthwise convolution on NHWC input with `hwc` weights, one output pixel at a
-    /// time, vectorized over channels in chunks of four vectors. Pixels whose window lies
-    /// inside the input use constant, unrolled taps; border pixels clip the taps at run time.
+    /// Returns where column `column` of a 1×1 convolution's `[K][N]` weights starts and its
+    /// stride: `w[k][column]` is at `base + k · stride`. The columns `column ..< column + m` follow it
+    /// when no panel boundary (a multiple of `weightPanelWidth`) lies inside them. `hwio` weights
+    /// use the `io` formula for their first tap.
+    func weightColumn(_ column: LLVMValue, layout: WeightLayout, inputChannels: Int, outputChannels n: Int)
+        -> (base: LLVMValue, stride: LLVMValue) {
+        guard layout == .inputOutputPanels else { return (column, code.index(n)) }
+        // Panel p holds columns [32p, 32p + width) as [K][width], from float 32p · K on.
+        if let constant = code.constantValue(column) {
+            let panelStart = constant - constant % weightPanelWidth
+            return (code.index(panelStart * (inputChannels - 1) + constant), code.index(min(weightPanelWidth, n - panelStart)))
+        }
+        let panelStart = code.and(column, code.index(-weightPanelWidth))
+        let base = code.add(code.mul(panelStart, inputChannels - 1), column)
+        if n % weightPanelWidth == 0 { return (base, code.index(weightPanelWidth)) }
+        return (base, code.minimum(code.sub(code.index(n), panelStart), code.index(weightPanelWidth)))
+    }
+
+    /// Defines the kernel of a depthwise convolution on NHWC input with `hwc` weights, one output
+    /// row at a time (see `emitDepthwiseRow`). Rows whose window lies inside the input use
+    /// constant row taps, the border rows clip them at run time.
     /// Arguments: x, w, [bias], [residual], y.
     func depthwiseConvolution(_ conv: Conv2D, input: CTensor, output: CTensor, hasResidual: Bool,
                               alignments: [Int]) -> LLVMValue {
@@ -221,147 +249,195 @@ final class LLVMKernelLibrary {
             let bias = conv.hasBias ? code.parameter(2) : nil
             let residual = hasResidual ? code.parameter(conv.hasBias ? 3 : 2) : nil
             let y = code.parameter(arguments.count - 1)
-            let rowStride = input.width * channels
+            let inputRowFloats = input.width * channels, outputRowFloats = output.width * channels
 
-            /// Computes one output pixel, with all taps as constants or with taps clipped at run time.
-            func pixel(oy: LLVMValue, ox: LLVMValue, constantTaps: Bool) {
+            func row(_ oy: LLVMValue, clipped: Bool) {
                 let iy0 = code.add(code.mul(oy, conv.strideHeight), -conv.padding.top)
-                let ix0 = code.add(code.mul(ox, conv.strideWidth), -conv.padding.left)
-                let xOffset = code.mul(code.add(code.mul(iy0, input.width), ix0), channels)
-                let yOffset = code.mul(code.add(code.mul(oy, output.width), ox), channels)
-                let bounds = constantTaps ? nil : clippedTaps(iy0: iy0, ix0: ix0, conv: conv, input: input)
-                channelChunks(channels, vectorsPerChunk: 4) { start, widths in
-                    let offsets = blockOffsets(widths)
-                    func accumulate(_ accumulators: [LLVMValue], ky: LLVMValue, kx: LLVMValue) -> [LLVMValue] {
-                        let xTap = code.add(code.add(xOffset, code.add(code.mul(ky, rowStride), code.mul(kx, channels))), start)
-                        let wTap = code.add(code.mul(code.add(code.mul(ky, kw), kx), channels), start)
-                        return zip(zip(widths, offsets), accumulators).map { block, accumulator in
-                            let (width, offset) = block
-                            return code.fmuladd(code.load(x, code.add(xTap, offset), width: width),
-                                                code.load(w, code.add(wTap, offset), width: width), accumulator)
-                        }
-                    }
-                    var accumulators = initialAccumulators(bias: bias, start: start, widths: widths)
-                    if let bounds {
-                        accumulators = code.loop(from: bounds.ky0, to: bounds.ky1, carrying: accumulators) { ky, rowAccumulators in
-                            code.loop(from: bounds.kx0, to: bounds.kx1, carrying: rowAccumulators) { kx, tapAccumulators in
-                                accumulate(tapAccumulators, ky: ky, kx: kx)
-                            }
-                        }
-                    } else {
-                        for ky in 0..<kh {
-                            for kx in 0..<kw {
-                                accumulators = accumulate(accumulators, ky: code.index(ky), kx: code.index(kx))
-                            }
-                        }
-                    }
-                    let base = code.add(yOffset, start)
-                    for (accumulator, offset) in zip(accumulators, offsets) {
-                        storeEpilogue(accumulator, activation: conv.activation, residual: residual, y: y,
-                                      index: code.add(base, offset))
-                    }
-                }
+                let rowTaps = clipped
+                    ? (code.maximum(code.negate(iy0), code.index(0)),
+                       code.minimum(code.sub(code.index(input.height), iy0), code.index(kh)))
+                    : nil
+                let outputOffset = code.mul(oy, outputRowFloats)
+                emitDepthwiseRow(conv, inputWidth: input.width, outputWidth: output.width,
+                                 inputRow: { ky in code.element(x, code.mul(code.add(iy0, ky), inputRowFloats)) },
+                                 rowTaps: rowTaps, w: w, bias: bias, residual: residual.map { code.element($0, outputOffset) },
+                                 y: code.element(y, outputOffset))
             }
-
             let rows = interiorRange(output: output.height, stride: conv.strideHeight, padding: conv.padding.top,
                                      kernel: kh, input: input.height)
-            let columns = interiorRange(output: output.width, stride: conv.strideWidth, padding: conv.padding.left,
-                                        kernel: kw, input: input.width)
-            func borderRows(_ range: Range<Int>) {
-                code.loop(from: range.lowerBound, to: range.upperBound) { oy in
-                    code.loop(from: 0, to: output.width) { ox in pixel(oy: oy, ox: ox, constantTaps: false) }
-                }
-            }
-            borderRows(0..<rows.lowerBound)
-            code.loop(from: rows.lowerBound, to: rows.upperBound) { oy in
-                code.loop(from: 0, to: columns.lowerBound) { ox in pixel(oy: oy, ox: ox, constantTaps: false) }
-                code.loop(from: columns.lowerBound, to: columns.upperBound) { ox in pixel(oy: oy, ox: ox, constantTaps: true) }
-                code.loop(from: columns.upperBound, to: output.width) { ox in pixel(oy: oy, ox: ox, constantTaps: false) }
-            }
-            borderRows(rows.upperBound..<output.height)
+            code.loop(from: 0, to: rows.lowerBound) { oy in row(oy, clipped: true) }
+            code.loop(from: rows.lowerBound, to: rows.upperBound) { oy in row(oy, clipped: false) }
+            code.loop(from: rows.upperBound, to: output.height) { oy in row(oy, clipped: true) }
         }
     }
 
-    /// Defines the kernel of a convolution with groups 1 and `hwio` (or `io`) weights on either input layout:
-    /// output pixels in blocks of 4 where the whole window lies inside the input
-    /// horizontally, one at a time at the borders, vectorized over output channels.
-    /// Arguments: x, w, [bias], [residual], y.
-    func convolutionByPixels(_ conv: Conv2D, input: CTensor, output: CTensor, hasResidual: Bool,
+    /// Emits, into the current function, one output row of a depthwise convolution on NHWC rows
+    /// with `hwc` weights, one output pixel at a time, vectorized over channels in chunks of four
+    /// vectors. `inputRow(ky)` returns the input row that tap row `ky` reads. `rowTaps` is the
+    /// run-time range of tap rows inside the input, or nil when all `kernelHeight` rows are:
+    /// then pixels whose window lies inside the input horizontally use constant, unrolled taps.
+    /// `residual` and `y` point at the output row.
+    func emitDepthwiseRow(_ conv: Conv2D, inputWidth: Int, outputWidth: Int, inputRow: (LLVMValue) -> LLVMValue,
+                          rowTaps: (LLVMValue, LLVMValue)?, w: LLVMValue, bias: LLVMValue?, residual: LLVMValue?,
+                          y: LLVMValue) {
+        let channels = conv.inChannels, kh = conv.kernelHeight, kw = conv.kernelWidth
+        // With every tap row inside the input, the row pointers are computed once per output row.
+        let constantRows = rowTaps == nil ? (0..<kh).map { inputRow(code.index($0)) } : []
+
+        /// Computes one output pixel, with all taps as constants or with column taps clipped at run time.
+        func pixel(_ ox: LLVMValue, constantTaps: Bool) {
+            let ix0 = code.add(code.mul(ox, conv.strideWidth), -conv.padding.left)
+            let columnTaps = constantTaps ? nil
+                : (code.maximum(code.negate(ix0), code.index(0)),
+                   code.minimum(code.sub(code.index(inputWidth), ix0), code.index(kw)))
+            let xOffset = code.mul(ix0, channels)
+            let yOffset = code.mul(ox, channels)
+            channelChunks(channels, vectorsPerChunk: 4) { start, widths in
+                let offsets = blockOffsets(widths)
+                func accumulate(_ accumulators: [LLVMValue], row: LLVMValue, ky: LLVMValue, kx: LLVMValue) -> [LLVMValue] {
+                    let xTap = code.add(code.add(xOffset, code.mul(kx, channels)), start)
+                    let wTap = code.add(code.mul(code.add(code.mul(ky, kw), kx), channels), start)
+                    return zip(zip(widths, offsets), accumulators).map { block, accumulator in
+                        let (width, offset) = block
+                        return code.fmuladd(code.load(row, code.add(xTap, offset), width: width),
+                                            code.load(w, code.add(wTap, offset), width: width), accumulator)
+                    }
+                }
+                var accumulators = initialAccumulators(bias: bias, start: start, widths: widths)
+                if let columnTaps {
+                    func columnLoop(_ rowAccumulators: [LLVMValue], row: LLVMValue, ky: LLVMValue) -> [LLVMValue] {
+                        code.loop(from: columnTaps.0, to: columnTaps.1, carrying: rowAccumulators) { kx, tapAccumulators in
+                            accumulate(tapAccumulators, row: row, ky: ky, kx: kx)
+                        }
+                    }
+                    if let rowTaps {
+                        accumulators = code.loop(from: rowTaps.0, to: rowTaps.1, carrying: accumulators) { ky, rowAccumulators in
+                            columnLoop(rowAccumulators, row: inputRow(ky), ky: ky)
+                        }
+                    } else {
+                        for ky in 0..<kh {
+                            accumulators = columnLoop(accumulators, row: constantRows[ky], ky: code.index(ky))
+                        }
+                    }
+                } else {
+                    for ky in 0..<kh {
+                        for kx in 0..<kw {
+                            accumulators = accumulate(accumulators, row: constantRows[ky], ky: code.index(ky), kx: code.index(kx))
+                        }
+                    }
+                }
+                let base = code.add(yOffset, start)
+                for (accumulator, offset) in zip(accumulators, offsets) {
+                    storeEpilogue(accumulator, activation: conv.activation, residual: residual, y: y,
+                                  index: code.add(base, offset))
+                }
+            }
+        }
+
+        if rowTaps != nil {
+            code.loop(from: 0, to: outputWidth) { ox in pixel(ox, constantTaps: false) }
+            return
+        }
+        let columns = interiorRange(output: outputWidth, stride: conv.strideWidth, padding: conv.padding.left,
+                                    kernel: kw, input: inputWidth)
+        code.loop(from: 0, to: columns.lowerBound) { ox in pixel(ox, constantTaps: false) }
+        code.loop(from: columns.lowerBound, to: columns.upperBound) { ox in pixel(ox, constantTaps: true) }
+        code.loop(from: columns.upperBound, to: outputWidth) { ox in pixel(ox, constantTaps: false) }
+    }
+
+    /// Defines the kernel of a convolution with groups 1 and `hwio`, `io` or `io_panels` weights on
+    /// either input layout (see `emitConvolutionRows`). Arguments: x, w, [bias], [residual], y.
+    func convolutionByPixels(_ conv: Conv2D, weightLayout: WeightLayout, input: CTensor, output: CTensor, hasResidual: Bool,
                              alignments: [Int]) -> LLVMValue {
+        let kh = conv.kernelHeight, kw = conv.kernelWidth
+        let arguments = convolutionArguments(conv, input: input, output: output,
+                                             weightCount: kh * kw * conv.inChannels * conv.outChannels,
+                                             hasResidual: hasResidual, alignments: alignments)
+        let name = "conv\(kh)x\(kw)_\(llvmStrideLabel(conv))_f32_\(input.label)_to_\(conv.outChannels)_\(llvmPaddingLabel(conv.padding))"
+            + llvmActivationSuffix(conv.activation) + (hasResidual ? "_residual" : "") + (conv.hasBias ? "" : "_nobias")
+        return kernel(name, variant: weightLayout.rawValue, arguments) {
+            emitConvolutionRows(conv, weightLayout: weightLayout, input: input, outputWidth: output.width,
+                                rows: (code.index(0), output.height), x: code.parameter(0), w: code.parameter(1),
+                                bias: conv.hasBias ? code.parameter(2) : nil,
+                                residual: hasResidual ? code.parameter(conv.hasBias ? 3 : 2) : nil,
+                                y: code.parameter(arguments.count - 1))
+        }
+    }
+
+    /// Emits, into the current function, output rows `rows.start ..< rows.start + rows.count` of a
+    /// convolution with groups 1: output pixels in blocks of 4 where the whole window lies inside
+    /// the input horizontally, one at a time at the borders, vectorized over output channels.
+    /// Input rows outside `input` are zero padding. `x` is the whole input; `residual` and `y`
+    /// point at output row `rows.start`, NHWC.
+    func emitConvolutionRows(_ conv: Conv2D, weightLayout: WeightLayout, input: CTensor, outputWidth: Int,
+                             rows: (start: LLVMValue, count: Int), x: LLVMValue, w: LLVMValue, bias: LLVMValue?,
+                             residual: LLVMValue?, y: LLVMValue) {
         let kh = conv.kernelHeight, kw = conv.kernelWidth, sw = conv.strideWidth
         let outChannels = conv.outChannels, inChannels = conv.inChannels
-        let arguments = convolutionArguments(conv, input: input, output: output, weightCount: kh * kw * inChannels * outChannels,
-                                             hasResidual: hasResidual, alignments: alignments)
         let (rowStride, columnStride, channelStride) = input.isChannelsLast
             ? (input.width * input.channels, input.channels, 1)
             : (input.width, 1, input.pixels)
-        let columns = interiorRange(output: output.width, stride: sw, padding: conv.padding.left, kernel: kw, input: input.width)
+        let columns = interiorRange(output: outputWidth, stride: sw, padding: conv.padding.left, kernel: kw, input: input.width)
         let block = 4
         let blocks = columns.count / block
         let blockEnd = columns.lowerBound + blocks * block
 
-        let name = "conv\(kh)x\(kw)_\(llvmStrideLabel(conv))_f32_\(input.label)_to_\(outChannels)_\(llvmPaddingLabel(conv.padding))"
-            + llvmActivationSuffix(conv.activation) + (hasResidual ? "_residual" : "") + (conv.hasBias ? "" : "_nobias")
-        return kernel(name, arguments) {
-            let x = code.parameter(0), w = code.parameter(1)
-            let bias = conv.hasBias ? code.parameter(2) : nil
-            let residual = hasResidual ? code.parameter(conv.hasBias ? 3 : 2) : nil
-            let y = code.parameter(arguments.count - 1)
-
-            func pixels(_ count: Int, oy: LLVMValue, ox: LLVMValue, rowTaps: (LLVMValue, LLVMValue), clipColumns: Bool) {
-                let iy0 = code.add(code.mul(oy, conv.strideHeight), -conv.padding.top)
-                let ix0 = code.add(code.mul(ox, sw), -conv.padding.left)
-                let xOffset = code.add(code.mul(iy0, rowStride), code.mul(ix0, columnStride))
-                let yOffset = code.mul(code.add(code.mul(oy, output.width), ox), outChannels)
-                let (kx0, kx1) = clipColumns
-                    ? (code.maximum(code.negate(ix0), code.index(0)), code.minimum(code.sub(code.index(input.width), ix0), code.index(kw)))
-                    : (code.index(0), code.index(kw))
-                func outputBlock(_ o: LLVMValue, width: Int) {
-                    let start = bias.map { code.load($0, o, width: width) } ?? code.float(0, width: width)
-                    let initial = Array(repeating: start, count: count)
-                    let sums = code.loop(from: rowTaps.0, to: rowTaps.1, carrying: initial) { ky, rowSums in
-                        code.loop(from: kx0, to: kx1, carrying: rowSums) { kx, tapSums in
-                            let tap = code.add(xOffset, code.add(code.mul(ky, rowStride), code.mul(kx, columnStride)))
-                            let weightRow = code.mul(code.add(code.mul(ky, kw), kx), inChannels * outChannels)
-                            return code.loop(from: 0, to: inChannels, carrying: tapSums) { i, channelSums in
-                                let weights = code.load(w, code.add(code.add(weightRow, code.mul(i, outChannels)), o), width: width)
-                                let channel = code.add(tap, code.mul(i, channelStride))
-                                return channelSums.enumerated().map { p, sum in
-                                    let value = code.load(x, code.add(channel, p * sw * columnStride))
-                                    return code.fmuladd(code.splat(value, width: width), weights, sum)
-                                }
+        func pixels(_ count: Int, oy: LLVMValue, row: LLVMValue, ox: LLVMValue, rowTaps: (LLVMValue, LLVMValue), clipColumns: Bool) {
+            let iy0 = code.add(code.mul(oy, conv.strideHeight), -conv.padding.top)
+            let ix0 = code.add(code.mul(ox, sw), -conv.padding.left)
+            let xOffset = code.add(code.mul(iy0, rowStride), code.mul(ix0, columnStride))
+            let yOffset = code.mul(code.add(code.mul(row, outputWidth), ox), outChannels)
+            let (kx0, kx1) = clipColumns
+                ? (code.maximum(code.negate(ix0), code.index(0)), code.minimum(code.sub(code.index(input.width), ix0), code.index(kw)))
+                : (code.index(0), code.index(kw))
+            func outputBlock(_ o: LLVMValue, width: Int) {
+                let start = bias.map { code.load($0, o, width: width) } ?? code.float(0, width: width)
+                let initial = Array(repeating: start, count: count)
+                let (columnBase, weightStride) = weightColumn(o, layout: weightLayout, inputChannels: inChannels,
+                                                              outputChannels: outChannels)
+                let sums = code.loop(from: rowTaps.0, to: rowTaps.1, carrying: initial) { ky, rowSums in
+                    code.loop(from: kx0, to: kx1, carrying: rowSums) { kx, tapSums in
+                        let tap = code.add(xOffset, code.add(code.mul(ky, rowStride), code.mul(kx, columnStride)))
+                        let weightRow = code.add(code.mul(code.add(code.mul(ky, kw), kx), inChannels * outChannels), columnBase)
+                        return code.loop(from: 0, to: inChannels, carrying: tapSums) { i, channelSums in
+                            let weights = code.load(w, code.add(weightRow, code.mul(i, weightStride)), width: width)
+                            let channel = code.add(tap, code.mul(i, channelStride))
+                            return channelSums.enumerated().map { p, sum in
+                                let value = code.load(x, code.add(channel, p * sw * columnStride))
+                                return code.fmuladd(code.splat(value, width: width), weights, sum)
                             }
                         }
                     }
-                    for (p, sum) in sums.enumerated() {
-                        storeEpilogue(sum, activation: conv.activation, residual: residual, y: y,
-                                      index: code.add(code.add(yOffset, p * outChannels), o))
-                    }
                 }
-                let whole = outChannels - outChannels % target.floatLanes
-                if whole > 0 {
-                    code.loop(from: 0, to: whole, step: target.floatLanes) { o in outputBlock(o, width: target.floatLanes) }
-                }
-                if whole < outChannels {
-                    outputBlock(code.index(whole), width: outChannels - whole)
+                for (p, sum) in sums.enumerated() {
+                    storeEpilogue(sum, activation: conv.activation, residual: residual, y: y,
+                                  index: code.add(code.add(yOffset, p * outChannels), o))
                 }
             }
+            let whole = outChannels - outChannels % target.floatLanes
+            if whole > 0 {
+                code.loop(from: 0, to: whole, step: target.floatLanes) { o in outputBlock(o, width: target.floatLanes) }
+            }
+            if whole < outChannels {
+                outputBlock(code.index(whole), width: outChannels - whole)
+            }
+        }
 
-            code.loop(from: 0, to: output.height) { oy in
-                let iy0 = code.add(code.mul(oy, conv.strideHeight), -conv.padding.top)
-                let ky0 = code.maximum(code.negate(iy0), code.index(0))
-                let ky1 = code.minimum(code.sub(code.index(input.height), iy0), code.index(kh))
-                let singles = blocks > 0 ? [0..<columns.lowerBound, blockEnd..<output.width] : [0..<output.width]
-                code.loop(from: singles[0].lowerBound, to: singles[0].upperBound) { ox in
-                    pixels(1, oy: oy, ox: ox, rowTaps: (ky0, ky1), clipColumns: true)
+        code.loop(from: 0, to: rows.count) { row in
+            let oy = code.add(rows.start, row)
+            let iy0 = code.add(code.mul(oy, conv.strideHeight), -conv.padding.top)
+            let ky0 = code.maximum(code.negate(iy0), code.index(0))
+            let ky1 = code.minimum(code.sub(code.index(input.height), iy0), code.index(kh))
+            let singles = blocks > 0 ? [0..<columns.lowerBound, blockEnd..<outputWidth] : [0..<outputWidth]
+            code.loop(from: singles[0].lowerBound, to: singles[0].upperBound) { ox in
+                pixels(1, oy: oy, row: row, ox: ox, rowTaps: (ky0, ky1), clipColumns: true)
+            }
+            if blocks > 0 {
+                code.loop(from: columns.lowerBound, to: blockEnd, step: block) { ox in
+                    pixels(block, oy: oy, row: row, ox: ox, rowTaps: (ky0, ky1), clipColumns: false)
                 }
-                if blocks > 0 {
-                    code.loop(from: columns.lowerBound, to: blockEnd, step: block) { ox in
-                        pixels(block, oy: oy, ox: ox, rowTaps: (ky0, ky1), clipColumns: false)
-                    }
-                    code.loop(from: singles[1].lowerBound, to: singles[1].upperBound) { ox in
-                        pixels(1, oy: oy, ox: ox, rowTaps: (ky0, ky1), clipColumns: true)
-                    }
+                code.loop(from: singles[1].lowerBound, to: singles[1].upperBound) { ox in
+                    pixels(1, oy: oy, row: row, ox: ox, rowTaps: (ky0, ky1), clipColumns: true)
                 }
             }
         }
@@ -423,10 +499,14 @@ final class LLVMKernelLibrary {
                                                     // [out][in / groups][kh][kw]
                                                     let row = code.add(code.mul(outputChannel, groupInputs), i)
                                                     weightIndex = code.add(code.mul(code.add(code.mul(row, kh), ky), kw), kx)
-                                                case .hwio, .inputOutput, .inputOutputPanels, .depthwiseHWC:
+                                                case .inputOutputPanels:
+                                                    // A 1×1 convolution with groups 1.
+                                                    let (base, stride) = weightColumn(outputChannel, layout: weightLayout,
+                                                                                      inputChannels: groupInputs, outputChannels: outChannels)
+                                                    weightIndex = code.add(base, code.mul(i, stride))
+                                                case .hwio, .inputOutput, .depthwiseHWC:
                                                     // [kh][kw][in / groups][out]; `io` is the 1×1 case and
-                                                    // `hwc` the one-input-per-group case. generateLLVM
-                                                    // rewrites `io_panels` as `io` before any kernel is built.
+                                                    // `hwc` the one-input-per-group case.
                                                     let tap = code.add(code.mul(ky, kw), kx)
                                                     weightIndex = code.add(code.mul(code.add(code.mul(tap, groupInputs), i), outChannels), outputChannel)
                                                 }
@@ -614,7 +694,7 @@ final class LLVMKernelLibrary {
     /// Computes `y[o] = activation(bias[o] + sum over i of w[o][i] * x[i])` with sixteen
     /// partial sums per output, as the C helper keeps them. The inner loop is then a 16-lane
     /// vector FMA that does not reassociate float additions.
-    private func matrixVector(x: LLVMValue, w: LLVMValue, bias: LLVMValue?, y: LLVMValue, outputs: Int, inputs: Int,
+    func matrixVector(x: LLVMValue, w: LLVMValue, bias: LLVMValue?, y: LLVMValue, outputs: Int, inputs: Int,
                               activation: Activation) {
         let blocked = inputs - inputs % 16
         code.loop(from: 0, to: outputs) { o in
@@ -666,7 +746,7 @@ final class LLVMKernelLibrary {
     }
 
     /// Splits `0..<extent` into a loop over whole tiles of `step` and a partial tile at the end.
-    private func tileSegments(extent: Int, step: Int) -> [TileSegment] {
+    func tileSegments(extent: Int, step: Int) -> [TileSegment] {
         let whole = extent - extent % step
         var segments: [TileSegment] = []
         if whole > step {
@@ -680,7 +760,7 @@ final class LLVMKernelLibrary {
         return segments
     }
 
-    private func forSegment(_ segment: TileSegment, _ body: (LLVMValue) -> Void) {
+    func forSegment(_ segment: TileSegment, _ body: (LLVMValue) -> Void) {
         if segment.isLoop {
             code.loop(from: segment.start, to: segment.end, step: segment.count, body)
         } else {
