@@ -222,6 +222,13 @@ func threadedDriverSource(_ names: CNames) -> String {
             fprintf(stderr, "error: cannot write %s\\n", argv[3]);
             return 1;
         }
+        free(weights);
+        free(input);
+        for (int i = 0; i < 3; ++i) {
+            free(outputs[i]);
+        }
+        free(arena);
+        free(pool);
         return 0;
     }
 

@@ -199,6 +199,7 @@ func cSource(graph: Graph, names: CNames, plan: ArenaPlan, blob: WeightBlobLayou
         "#include <stdint.h>",
     ]
     if library.needsMath { lines.append("#include <math.h>") }
+    if threads > 1 { lines.append("#include <sched.h>") }
     lines.append("")
     lines.append(kernelPreambleSource)
     if threads > 1 {

@@ -7,9 +7,12 @@
 /// part computes the same values whichever thread runs it, so the logits do not depend on T.
 /// `NAME_run` runs every part on the calling thread.
 ///
-/// Synchronization uses the GCC and Clang `__atomic` builtins. A waiting thread spins a bounded
-/// number of times, then sleeps on the pool's condition variable; a thread that changes a word
-/// others wait on wakes the sleepers. Workers sleep this way between inferences.
+/// Synchronization uses the GCC and Clang `__atomic` builtins. A waiting thread spins briefly,
+/// then yields its core a bounded number of times, then sleeps on the pool's condition variable;
+/// a thread that changes a word others wait on wakes the sleepers. Workers sleep this way
+/// between inferences. The yields matter on a loaded machine: when the scheduler puts two of the
+/// pool's threads on one core, a thread that only spun would hold the core that the thread it
+/// waits for needs.
 
 /// Returns the header lines of the pool API, placed after the declaration of `NAME_run`.
 func cThreadsHeaderLines(names: CNames, threads: Int) -> [String] {
@@ -80,9 +83,11 @@ func cThreadsRuntimeLines(names: CNames, threads: Int) -> [String] {
         int end_part;
     } thread_work;
 
-    /* A waiting thread checks its word this many times, with a pause instruction between checks
-       (tens of microseconds on x86-64), before it sleeps on the pool's condition variable. */
-    #define POOL_SPINS 20000
+    /* A waiting thread checks its word POOL_PAUSES times with a pause instruction between checks
+       (about 7 microseconds on an AMD EPYC), then POOL_YIELDS times with sched_yield() between
+       checks, then sleeps on the pool's condition variable. */
+    #define POOL_PAUSES 200
+    #define POOL_YIELDS 20000
     #define POOL_STARTED 0x706f6f6cu
 
     static void pool_pause(void)
@@ -98,9 +103,13 @@ func cThreadsRuntimeLines(names: CNames, threads: Int) -> [String] {
        and pool_publish() reads the count after its store, so no wake-up is lost. */
     static void pool_wait(\(f)_threads *pool, unsigned *word, unsigned value)
     {
-        for (int spin = 0; spin < POOL_SPINS; ++spin) {
+        for (int spin = 0; spin < POOL_PAUSES; ++spin) {
             if (__atomic_load_n(word, __ATOMIC_ACQUIRE) != value) return;
             pool_pause();
+        }
+        for (int spin = 0; spin < POOL_YIELDS; ++spin) {
+            if (__atomic_load_n(word, __ATOMIC_ACQUIRE) != value) return;
+            sched_yield();
         }
         pthread_mutex_lock(&pool->mutex);
         __atomic_add_fetch(&pool->sleepers, 1u, __ATOMIC_SEQ_CST);
