@@ -11,9 +11,9 @@
 # Every latency is the lowest of REPEATS medians, and the page also lists the fastest single
 # run. A peer that fails to install or run is reported in the table, and the benchmark goes on.
 #
-# Needs: swift, cc (gcc), size (binutils), python3 with venv and pip for the peers. Took 4.5
-# minutes on 2 cores shared with other builds, 7 minutes when it also installed the peers, when
-# it built one executable per network; the 2-thread executables add about a minute (an estimate).
+# Needs: swift, cc (gcc), size (binutils), python3 with venv and pip for the peers. With one
+# executable per network it took 4.5 minutes on 2 cores shared with other builds, 7 minutes when
+# it also installed the peers. The 2-thread executables add about a minute (an estimate).
 
 set -u -o pipefail
 cd "$(dirname "$0")/../.." || exit 1

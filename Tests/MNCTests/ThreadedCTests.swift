@@ -20,7 +20,7 @@ final class ThreadedCTests: XCTestCase {
 
     /// Runs the cases two at a time and checks max |Δ| ≤ 1e-4 · max |logit| against the
     /// interpreter on the unoptimized graph. `optimize` turns each case's graph into the one
-    /// that is compiled.
+    /// that is compiled. The C compiles with -Werror (on top of -Wall -Wextra), so a warning fails.
     func checkParity(_ cases: [ThreadedCase], optimize: @escaping (Graph) throws -> Graph = { try MNC.optimize($0) },
                      file: StaticString = #filePath, line: UInt = #line) throws {
         let prepared = try cases.map { threadedCase -> (ThreadedCase, [Float], [Float]) in
@@ -29,7 +29,7 @@ final class ThreadedCTests: XCTestCase {
         }
         let results = concurrentMap(prepared) { threadedCase, input, _ in
             try runGeneratedC(graph: try optimize(threadedCase.graph), input: input, inputLayout: .nchw, compiler: self.compiler,
-                              extraFlags: threadedCase.flags, threads: threadedCase.threads, poolThreads: threadedCase.pool)
+                              extraFlags: ["-Werror"] + threadedCase.flags, threads: threadedCase.threads, poolThreads: threadedCase.pool)
         }
         for ((threadedCase, _, expected), result) in zip(prepared, results) {
             let name = "\(threadedCase.label), \(threadedCase.threads) parts on \(threadedCase.pool) threads \(threadedCase.flags.joined(separator: " "))"
@@ -66,8 +66,8 @@ final class ThreadedCTests: XCTestCase {
     }
 
     /// Unfused graphs (-O0) take the threaded BatchNorm, activation, add, linear and direct
-    /// convolution kernels; without weight packing the fused blocks run stage by stage; without
-    /// the squeeze-excitation fusion the block is unfused and runs on one thread.
+    /// convolution kernels. Without weight packing the fused blocks run stage by stage, and
+    /// without the squeeze-excitation fusion the squeeze-excitation runs on one thread.
     func testParityUnfusedAndPartialPipelines() throws {
         let v3 = try spec("mobilenet_v3_small", 0.35, 49, 41)
         try checkParity([ThreadedCase(label: "v3-small -O0", graph: v3, threads: 2, pool: 2)],
@@ -99,6 +99,36 @@ final class ThreadedCTests: XCTestCase {
     }
 
     // MARK: - Generated files
+
+    /// The parity tests compile the vector-extension tier with GCC and -Werror. Here Clang checks
+    /// the AVX-512, AVX2 and plain C tiers of a fused and an unfused threaded build.
+    func testThreadedCompilesWithoutWarningsInClang() throws {
+        guard (try? runProcess(["clang", "--version"]))?.status == 0 else { throw XCTSkip("clang not found") }
+        let directory = try makeTemporaryDirectory(prefix: "mnc-threaded-warnings")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        var sources: [String] = []
+        for level in [0, 2] {
+            let graph = try optimize(try loadSpec("mobilenet_v3_large"), level: level)
+            let generated = try generateC(graph, name: "large_O\(level)", threads: 3)
+            for file in generated.files {
+                try writeFile(directory + "/" + file.name, file.contents)
+            }
+            sources.append(directory + "/" + generated.names.sourceFile)
+        }
+        let jobs = sources.flatMap { source in
+            [[], ["-mavx2", "-mfma"], ["-mavx512f"], ["-DKERNELS_SCALAR"]].map { ["clang", "-fsyntax-only", "-std=c99", "-Wall", "-Wextra", "-Werror"] + $0 + [source] }
+        }
+        for (job, result) in zip(jobs, concurrentMap(jobs) { try runProcess($0) }) {
+            let command = job.joined(separator: " ")
+            switch result {
+            case .failure(let error):
+                XCTFail("\(command): \(error)")
+            case .success(let (status, output)):
+                XCTAssertEqual(status, 0, "\(command):\n\(output)")
+                XCTAssertEqual(output, "", command)
+            }
+        }
+    }
 
     /// The single-thread build has no threading code, and it is what `generateC` writes by default.
     func testSingleThreadSourceHasNoThreads() throws {

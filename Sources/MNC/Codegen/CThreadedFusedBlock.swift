@@ -4,7 +4,7 @@
 /// the single-thread kernel does (expansion into a ring, depthwise rows into a band buffer,
 /// projection per band), with its own ring and band buffer in the scratch area. A part starts
 /// its ring at the first expanded row its depthwise windows read, so the rows above it are not
-/// expanded again; the rows that two parts' windows share (the kernel height minus the stride)
+/// expanded again. The rows that two parts' windows share (the kernel height minus the stride)
 /// are expanded by both. A part's last band and chunk may be shorter than the others, and those
 /// run through a GEMM whose row count is known at run time.
 ///
