@@ -177,7 +177,7 @@ extension CKernelLibrary {
         body.line("const int band_rows = output_rows[part + 1] - oy0 < \(bandRows) ? output_rows[part + 1] - oy0 : \(bandRows);")
         if let expand = block.expand {
             let reach = -padTop + kh - 1 - strideHeight
-            body.line("int last_row = \(CExpression.sum(["(oy0 + band_rows) * \(strideHeight)", String(reach)]));")
+            body.line("int last_row = \(CExpression.sum([CExpression.times("oy0 + band_rows", strideHeight), String(reach)]));")
             body.line("if (last_row > \(expandedHeight - 1)) last_row = \(expandedHeight - 1);")
             body.open("for (; base + next * \(chunkRows) <= last_row; ++next)")
             body.line("const int start = base + next * \(chunkRows);")
@@ -207,7 +207,7 @@ extension CKernelLibrary {
         }
 
         body.open("for (int r = 0; r < band_rows; ++r)")
-        body.line("const int iy0 = \(CExpression.sum(["(oy0 + r) * \(strideHeight)", String(-padTop)]));")
+        body.line("const int iy0 = \(CExpression.sum([CExpression.times("oy0 + r", strideHeight), String(-padTop)]));")
         body.line("const int ky0 = iy0 < 0 ? -iy0 : 0;")
         body.line("const int ky1 = iy0 + \(kh) > \(expandedHeight) ? \(expandedHeight) - iy0 : \(kh);")
         // Rows outside the tensor are never read; they point at its start.
