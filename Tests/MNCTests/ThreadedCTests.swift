@@ -85,6 +85,16 @@ final class ThreadedCTests: XCTestCase {
         var cases = PerformanceKernelTests.fusedBlockGraphs().map { label, graph in
             ThreadedCase(label: label, graph: varianceKeepingWeights(graph), threads: 3, pool: 3)
         }
+        // On 80 rows the parts share few rows, so this block's squeeze-excitation streams.
+        var tall = KernelGraphBuilder(channels: 5, height: 80, width: 9)
+        let first = tall.pointwise(from: 0, outChannels: 8, activation: .relu)
+        let last = PerformanceKernelTests.appendBlock(&tall, from: first, expansion: 4, kernel: 3, stride: 1,
+                                                      padding: Padding(top: 1, left: 1, bottom: 1, right: 1), outChannels: 8, squeeze: 6)
+        let tallGraph = tall.finish(from: last)
+        let fused = try XCTUnwrap(try optimize(tallGraph).nodes.first { $0.op.mnemonic == "fused_block" && $0.parameter("se.fc1.weight") != nil })
+        guard case .fusedBlock(let block) = fused.op else { return XCTFail("not a fused block") }
+        XCTAssertEqual(threadedBlockSchedule(fused, block, parts: 2)?.wholeTensors, false)
+        cases.append(ThreadedCase(label: "tall 80x9 with squeeze-excitation", graph: varianceKeepingWeights(tallGraph), threads: 2, pool: 2))
         cases.append(ThreadedCase(label: "rare forms", graph: varianceKeepingWeights(rareFormsGraph(layout: .nhwc)), threads: 2, pool: 2))
         try checkParity(cases)
     }
@@ -181,17 +191,28 @@ final class ThreadedCTests: XCTestCase {
     }
 
     /// The 7×7 blocks of MobileNetV2 on 2 threads: rows 0..<3 and 3..<7. Part 1's 3×3 windows start
-    /// at expanded row 2, so rows 2 and 3 are expanded by both parts.
+    /// at expanded row 2, so streaming parts would expand rows 2 and 3 twice, 9 rows for 7, and
+    /// the block runs on whole tensors. On 56×56 the parts expand 58 rows for 56 and stream.
     func testBlockScheduleSplitsRows() throws {
         let graph = try optimize(try loadSpec("mobilenet_v2"))
-        let node = try XCTUnwrap(graph.nodes.first { $0.op.mnemonic == "fused_block" && $0.shape[2] == 7 && $0.inputs.count == 2 })
-        guard case .fusedBlock(let block) = node.op else { return XCTFail("not a fused block") }
-        let schedule = try XCTUnwrap(threadedBlockSchedule(node, block, parts: 2))
-        XCTAssertEqual(schedule.outputRows, [0, 3, 7])
-        XCTAssertEqual(schedule.bandRows, 4)
-        XCTAssertEqual(schedule.firstExpandedRows, [0, 2])
-        XCTAssertEqual(schedule.endExpandedRows, [4, 7])
-        XCTAssertEqual(schedule.scratchFloats, 2 * schedule.partFloats)
+        func schedule(height: Int) throws -> ThreadedBlockSchedule {
+            let node = try XCTUnwrap(graph.nodes.first { $0.op.mnemonic == "fused_block" && $0.shape[2] == height && $0.inputs.count == 2 })
+            guard case .fusedBlock(let block) = node.op else { throw MNCError("node '\(node.name)' is not a fused block") }
+            return try XCTUnwrap(threadedBlockSchedule(node, block, parts: 2))
+        }
+        let small = try schedule(height: 7)
+        XCTAssertEqual(small.outputRows, [0, 3, 7])
+        XCTAssertEqual(small.firstExpandedRows, [0, 2])
+        XCTAssertEqual(small.endExpandedRows, [4, 7])
+        XCTAssertTrue(small.wholeTensors)
+        XCTAssertEqual(small.partFloats, 0)
+
+        let large = try schedule(height: 56)
+        XCTAssertEqual(large.outputRows, [0, 28, 56])
+        XCTAssertEqual(large.firstExpandedRows, [0, 27])
+        XCTAssertEqual(large.endExpandedRows, [29, 56])
+        XCTAssertFalse(large.wholeTensors)
+        XCTAssertEqual(large.scratchFloats, 2 * large.partFloats)
     }
 
     // MARK: - Pool API

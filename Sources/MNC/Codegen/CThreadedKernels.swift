@@ -163,8 +163,9 @@ private func emitTiers(_ body: inout CWriter, _ emit: (inout CWriter, PointwiseT
 }
 
 /// Writes a GEMM like `emitPointwiseGEMM`, with its row tiles or its column panels split between
-/// the parts: each tier opens its own loop over this thread's parts. `x`, `weights`, `bias`,
-/// `residual` and `y` are C pointer expressions, as for `emitPointwiseGEMM`.
+/// the parts: each tier opens its own loop over this thread's parts, in a block that scopes its
+/// table. `x`, `weights`, `bias`, `residual` and `y` are C pointer expressions, as for
+/// `emitPointwiseGEMM`.
 func emitPartitionedPointwiseGEMM(_ body: inout CWriter, pixels: Int, inputChannels: Int, outputChannels: Int, x: String,
                                   weights: String, bias: String?, residual: String?, y: String, activation: Activation,
                                   parts: Int) {
@@ -172,6 +173,8 @@ func emitPartitionedPointwiseGEMM(_ body: inout CWriter, pixels: Int, inputChann
                                 bias: bias, residual: residual, y: y, activation: activation)
     emitTiers(&body) { body, tile in
         let tileRows = tile.rows(forPixels: pixels)
+        body.open("")
+        defer { body.close() }
         switch chooseGEMMSplit(pixels: pixels, outputChannels: outputChannels, tile: tile, tileRows: tileRows, parts: parts) {
         case .rows:
             let fullTiles = pixels / tileRows, lastRows = pixels % tileRows
