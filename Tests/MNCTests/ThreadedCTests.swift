@@ -230,6 +230,7 @@ final class ThreadedCTests: XCTestCase {
         for file in generated.files {
             try writeFile(directory + "/" + file.name, file.contents)
         }
+
         let input = randomInput(count: graph.nodes[0].elementCount, seed: 5)
         try writeFile(directory + "/input.f32", littleEndianBytes(input))
         try writeFile(directory + "/pools.c", Array(poolDriverSource.utf8))
@@ -240,6 +241,7 @@ final class ThreadedCTests: XCTestCase {
             try self.compiler.linkExecutable(sources: sources, output: executable, extraFlags: build.1)
             return try runProcess([executable, directory + "/input.f32", directory + "/\(build.0).f32"])
         }
+
         let expected = try Interpreter(graph: graph).run(input: input)
         for (build, result) in zip(builds, results) {
             switch result {
