@@ -4,15 +4,16 @@
 # `bash Scripts/bench/bench.sh` from any directory.
 #
 # The script builds the release mnc and measures the single-thread FMA peak (fma_peak.c).
-# For each network it compiles a classifier executable with BENCH_CFLAGS, times its
-# `--bench N` median, and records the arena size, the MACs and the .text size of the
-# network's object file. Then peers.py times the peers on the ONNX export of the same network,
+# For each network and thread count T it compiles a classifier executable with BENCH_CFLAGS
+# and `mnc compile --threads T`, times its `--bench N --threads T` median, and records the
+# arena size, the MACs and the .text size of the network's single-thread object file. Then peers.py times the peers on the ONNX export of the same network,
 # in the virtual environment build/bench-venv, which this script creates and fills from PyPI.
 # Every latency is the lowest of REPEATS medians, and the page also lists the fastest single
 # run. A peer that fails to install or run is reported in the table, and the benchmark goes on.
 #
-# Needs: swift, cc (gcc), size (binutils), python3 with venv and pip for the peers. Took 4.5
-# minutes on 2 cores shared with other builds, 7 minutes when it also installed the peers.
+# Needs: swift, cc (gcc), size (binutils), python3 with venv and pip for the peers. With one
+# executable per network it took 4.5 minutes on 2 cores shared with other builds, 7 minutes when
+# it also installed the peers. The 2-thread executables add about a minute (an estimate).
 
 set -u -o pipefail
 cd "$(dirname "$0")/../.." || exit 1
@@ -38,7 +39,7 @@ declare -A CASE=([mobilenet_v2]=mobilenet_v2_1.0_224 [mobilenet_v3_large]=mobile
                  [mobilenet_v3_small]=mobilenet_v3_small_1.0_224)
 declare -A RUNS=([mobilenet_v2]=200 [mobilenet_v3_large]=400 [mobilenet_v3_small]=1000)
 
-# Results, keyed by "network" or "peer network threads". A latency is a number of
+# Results, keyed by "network", "network threads" or "peer network threads". A latency is a number of
 # milliseconds or a "failed: ..." / "skipped: ..." text. OURS and PEER hold the lowest median,
 # OURS_MIN and PEER_MIN the fastest single run.
 declare -A OURS OURS_MIN ARENA MACS TEXT WEIGHTS PEER PEER_MIN VERSION
@@ -135,35 +136,41 @@ for network in "${NETWORKS[@]}"; do
         log "$network: --emit object failed: $(last_line "$directory/object.log")"
     fi
 
-    if CFLAGS=$BENCH_CFLAGS "$MNC" compile "$spec" "${weight_arguments[@]}" --emit executable \
-        -o "$directory/executable" > "$directory/compile.log" 2>&1; then
-        best=""
-        fastest=""
-        for ((round = 1; round <= REPEATS; round++)); do
-            # The executable prints "median X ms over N runs (min Y ms, max Z ms, T thread)".
-            line=$(timeout 300 "$directory/executable/$network" "$OUT/gray.ppm" --top 1 --bench "$runs" --threads 1 \
-                2>> "$directory/bench.log" | tee -a "$directory/bench.log" | grep '^median ')
-            median=$(sed -n 's/^median \([0-9.]*\) ms.*/\1/p' <<< "$line")
-            minimum=$(sed -n 's/.*(min \([0-9.]*\) ms.*/\1/p' <<< "$line")
-            if ! is_number "$median" || ! is_number "$minimum"; then
-                best="failed: $(last_line "$directory/bench.log")"
-                fastest=$best
-                break
-            fi
-            if [ -z "$best" ] || awk -v a="$median" -v b="$best" 'BEGIN { exit !(a < b) }'; then
-                best=$median
-            fi
-            if [ -z "$fastest" ] || awk -v a="$minimum" -v b="$fastest" 'BEGIN { exit !(a < b) }'; then
-                fastest=$minimum
-            fi
-        done
-        OURS[$network]=$best
-        OURS_MIN[$network]=$fastest
-    else
-        OURS[$network]="failed: mnc compile: $(last_line "$directory/compile.log")"
-        OURS_MIN[$network]=${OURS[$network]}
-    fi
-    log "$network: mnc ${OURS[$network]} ms (lowest of $REPEATS medians over $runs runs), fastest run ${OURS_MIN[$network]} ms"
+    # One executable per thread count: 1 is the default single-thread build, and a build with
+    # --threads T splits every layer into T parts and runs them on a pool of T threads.
+    for threads in "${THREAD_COUNTS[@]}"; do
+        key="$network $threads"
+        if CFLAGS=$BENCH_CFLAGS "$MNC" compile "$spec" "${weight_arguments[@]}" --emit executable --threads "$threads" \
+            -o "$directory/executable-$threads" > "$directory/compile-$threads.log" 2>&1; then
+            best=""
+            fastest=""
+            for ((round = 1; round <= REPEATS; round++)); do
+                # The executable prints "median X ms over N runs (min Y ms, max Z ms, T thread)".
+                line=$(timeout 300 "$directory/executable-$threads/$network" "$OUT/gray.ppm" --top 1 --bench "$runs" \
+                    --threads "$threads" 2>> "$directory/bench-$threads.log" | tee -a "$directory/bench-$threads.log" | grep '^median ')
+                median=$(sed -n 's/^median \([0-9.]*\) ms.*/\1/p' <<< "$line")
+                minimum=$(sed -n 's/.*(min \([0-9.]*\) ms.*/\1/p' <<< "$line")
+                if ! is_number "$median" || ! is_number "$minimum"; then
+                    best="failed: $(last_line "$directory/bench-$threads.log")"
+                    fastest=$best
+                    break
+                fi
+                if [ -z "$best" ] || awk -v a="$median" -v b="$best" 'BEGIN { exit !(a < b) }'; then
+                    best=$median
+                fi
+                if [ -z "$fastest" ] || awk -v a="$minimum" -v b="$fastest" 'BEGIN { exit !(a < b) }'; then
+                    fastest=$minimum
+                fi
+            done
+            OURS[$key]=$best
+            OURS_MIN[$key]=$fastest
+        else
+            OURS[$key]="failed: mnc compile: $(last_line "$directory/compile-$threads.log")"
+            OURS_MIN[$key]=${OURS[$key]}
+        fi
+        log "$network: mnc on $threads thread(s) ${OURS[$key]} ms (lowest of $REPEATS medians over $runs runs)," \
+            "fastest run ${OURS_MIN[$key]} ms"
+    done
 
     # The peers: one process per network times both peers at every thread count.
     for peer in "${PEERS[@]}"; do
@@ -250,14 +257,11 @@ latency_table() {
     echo "| --- | --- | --- | --- | --- | --- | --- |"
     for network in "${NETWORKS[@]}"; do
         for threads in "${THREAD_COUNTS[@]}"; do
-            ours=$(cell "${our_figures[$network]}")
-            if [ "$threads" -ne 1 ] && is_number "${our_figures[$network]}"; then
-                ours="$ours ¹"
-            fi
+            ours=${our_figures[$network $threads]}
             ort=${peer_figures[onnxruntime $network $threads]}
             ov=${peer_figures[openvino $network $threads]}
-            echo "| ${TITLE[$network]} | $threads | $ours | $(cell "$ort") | $(cell "$ov") |" \
-                "$(ratio "${our_figures[$network]}" "$ort") | $(ratio "${our_figures[$network]}" "$ov") |"
+            echo "| ${TITLE[$network]} | $threads | $(cell "$ours") | $(cell "$ort") | $(cell "$ov") |" \
+                "$(ratio "$ours" "$ort") | $(ratio "$ours" "$ov") |"
         done
     done
 }
@@ -293,8 +297,9 @@ python_version=${VERSION[python]:-"$(python3 --version 2>&1 | cut -d' ' -f2) (sy
     echo
     latency_table OURS PEER
     echo
-    echo "¹ The generated code runs on one thread; it accepts \`--threads T\` but ignores it, so the"
-    echo "2-thread row repeats the 1-thread figure. The peers' 2-thread rows use both cores."
+    echo "mnc's T-thread rows run the classifier built with \`mnc compile --threads T\` on a pool of T"
+    echo "threads; the 1-thread rows are the default single-thread build. The peers' 2-thread rows"
+    echo "use both cores as well."
     echo
     echo "The fastest single inference of all runs, the same runs as above. On a loaded machine it"
     echo "shows an inference that no other process interrupted, so it varies less with the load"
@@ -309,8 +314,8 @@ python_version=${VERSION[python]:-"$(python3 --version 2>&1 | cut -d' ' -f2) (sy
         arena=${ARENA[$network]:-}
         text=${TEXT[$network]:-}
         echo "| ${TITLE[$network]} | $(group "${macs:-—}") |" \
-            "$(throughput "$macs" "${OURS[$network]}") |" \
-            "$(throughput "$macs" "${OURS_MIN[$network]}") |" \
+            "$(throughput "$macs" "${OURS[$network 1]}") |" \
+            "$(throughput "$macs" "${OURS_MIN[$network 1]}") |" \
             "$(group "${arena:-—}") | $(group "${text:-—}") | ${WEIGHTS[$network]} |"
     done
     echo
@@ -330,12 +335,13 @@ python_version=${VERSION[python]:-"$(python3 --version 2>&1 | cut -d' ' -f2) (sy
         echo "  (12 independent FMA chains, best of 200 rounds of 2 to 4 ms:" \
             "$(awk '{ printf "%s%s %s GFLOP/s", (NR > 1 ? ", " : ""), ($1 == "avx512" ? "AVX-512" : "AVX2"), $3 }' "$OUT/fma_peak.txt");" \
             "the peak is the faster)."
-        echo "  The fraction of peak is MACs × 2 FLOP / latency / peak, at mnc's median and fastest run."
+        echo "  The fraction of peak is MACs × 2 FLOP / latency / peak, at mnc's 1-thread median and fastest run."
     else
         echo "- FMA peak: not measured ($(last_line "$OUT/fma_peak.log"))."
     fi
     echo "- mnc: the torchvision-layout specs in \`Graphs/\` at 224×224, compiled with"
-    echo "  \`mnc compile SPEC --emit executable\`, CC=$CC, CFLAGS=\"$BENCH_CFLAGS\". Each figure is the"
+    echo "  \`mnc compile SPEC --emit executable --threads T\`, CC=$CC, CFLAGS=\"$BENCH_CFLAGS\", and run with"
+    echo "  \`--threads T\` for T in ${THREAD_COUNTS[*]}. Each figure is the"
     echo "  lowest of $REPEATS process runs of the executable's \`--bench N\` median (N = ${RUNS[mobilenet_v2]},"
     echo "  ${RUNS[mobilenet_v3_large]} and ${RUNS[mobilenet_v3_small]} for V2, V3-Large and V3-Small), timed inside the"
     echo "  executable around the network's run function after 10 warm-up runs. The fastest run is"

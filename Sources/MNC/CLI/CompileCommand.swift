@@ -2,15 +2,17 @@ import Foundation
 
 let compileCommand = Command(
     name: "compile",
-    usage: "mnc compile SPEC [spec options] [--weights W | --random-weights] [-O0|-O1|-O2|-O3] [--disable-pass NAME]... [--backend c|llvm] [--emit KIND] [--labels FILE] [--target TRIPLE] [--cpu NAME] [--features LIST] -o DIR [--name NAME]",
+    usage: "mnc compile SPEC [spec options] [--weights W | --random-weights] [-O0|-O1|-O2|-O3] [--disable-pass NAME]... [--backend c|llvm] [--emit KIND] [--threads N] [--labels FILE] [--target TRIPLE] [--cpu NAME] [--features LIST] -o DIR [--name NAME]",
     summary: """
     Compile a network to C: write NAME.h (the API) and NAME.c (the network) into DIR, plus the
     weight blob as NAME.weights.bin and NAME_weights.c when --weights is given. --emit object,
     static-lib and shared-lib also build NAME.o, libNAME.a or libNAME.so with the C compiler
     in CC (default cc) and the flags in CFLAGS (default -O2 -std=c99 -Wall -Wextra).
     --emit executable builds DIR/NAME, a classifier with the weights compiled in:
-    'DIR/NAME IMAGE... [--top K] [--labels FILE] [--json] [--weights FILE] [--bench N]'
+    'DIR/NAME IMAGE... [--top K] [--labels FILE] [--json] [--weights FILE] [--bench N] [--threads T]'
     decodes JPEG, PNG, BMP and PPM images (libjpeg, libpng) and prints the top classes.
+    --threads N (C backend) splits every layer into N parts and adds a pthreads pool that runs
+    them on up to N threads (NAME_run_threads); every build step then links with -pthread.
     --backend llvm builds the same API through LLVM instead: NAME.h plus NAME.ll, NAME.bc,
     NAME.o, libNAME.a, libNAME.so or the classifier executable NAME, for the host or --target.
     There the -O level also selects LLVM's pipeline, default<O0> to default<O3>.
@@ -20,6 +22,7 @@ let compileCommand = Command(
         OptionSpec(name: "random-weights", value: nil, help: "bind deterministic random weights instead of --weights, to try a build"),
         OptionSpec(name: "backend", value: "B", help: "c (C source, compiled with CC) or llvm (LLVM \(llvmVersion) in process) (default: c)"),
         OptionSpec(name: "emit", value: "KIND", help: "c: c (sources only), object, static-lib, shared-lib or executable (an image classifier; needs weights) (default: c); llvm: llvm-ir, bitcode, object, static-lib, shared-lib or executable (default: object)"),
+        OptionSpec(name: "threads", value: "N", help: "c: the most threads one inference runs on, 1...\(maximumCThreads); above 1 the code has a pthreads pool and the classifier runs on N threads unless its --threads says fewer; llvm: 1 only (default: 1)"),
         OptionSpec(name: "labels", value: "FILE", help: "class names, one per line, compiled into the executable (default: none; indices only)"),
         OptionSpec(name: "target", value: "TRIPLE", help: "llvm: target triple, e.g. aarch64-linux-gnu or thumbv7em-none-eabi (default: the host)"),
         OptionSpec(name: "cpu", value: "NAME", help: "llvm: target CPU, e.g. x86-64, cortex-a53, or native (default: the host's CPU, or LLVM's default for the triple with --target)"),
@@ -29,7 +32,11 @@ let compileCommand = Command(
     ],
     run: { arguments, output in
         let backend = try arguments.choice("backend", ["c", "llvm"], default: "c")
+        let threads = try arguments.integer("threads", in: 1...maximumCThreads) ?? 1
         if backend == "llvm" {
+            guard threads == 1 else {
+                throw MNCError("--threads \(threads): the LLVM backend builds single-threaded code; use --backend c for threads, or drop --threads")
+            }
             return try compileWithLLVM(arguments, output: output)
         }
         for option in ["target", "cpu", "features"] where arguments.has(option) {
@@ -42,11 +49,12 @@ let compileCommand = Command(
         var (_, graph) = try loadGraph(arguments, command: "compile")
         graph = try bindCompileWeights(arguments, to: graph, output: output)
         graph = try optimize(graph, options: arguments)
-        let generated = try generateC(graph, name: arguments.value("name"))
+        let generated = try generateC(graph, name: arguments.value("name"), threads: threads)
         let labels = try classifierLabels(arguments, graph: graph, buildsExecutable: emit == CompileEmit.executable.rawValue)
         let written = try writeCompiledNetwork(generated, emit: CompileEmit(rawValue: emit) ?? .c, directory: directory,
                                                compiler: .fromEnvironment(),
-                                               classifier: ClassifierSources(graph: graph, names: generated.names, labels: labels))
+                                               classifier: ClassifierSources(graph: graph, names: generated.names, labels: labels,
+                                                                             threads: threads))
         for path in written {
             output.write("wrote \(path)\n")
         }
@@ -100,7 +108,8 @@ public enum CompileEmit: String, CaseIterable {
 
 /// Writes the generated files into `directory` (created if missing) and builds the requested
 /// artifact from them. Returns the paths written, in order. The object and both libraries
-/// include the weights array when the graph had weights bound.
+/// include the weights array when the graph had weights bound. A threaded build compiles and
+/// links with `-pthread`.
 @discardableResult
 public func writeCompiledNetwork(_ generated: GeneratedC, emit: CompileEmit, directory: String,
                                  compiler: CCompiler, classifier: ClassifierSources? = nil) throws -> [String] {
@@ -125,6 +134,7 @@ public func writeCompiledNetwork(_ generated: GeneratedC, emit: CompileEmit, dir
     }
 
     let names = generated.names
+    let threadFlags = generated.threads > 1 ? ["-pthread"] : []
     var sources = [directory + "/" + names.sourceFile]
     if generated.weightsSource != nil {
         sources.append(directory + "/" + names.weightsSourceFile)
@@ -134,19 +144,19 @@ public func writeCompiledNetwork(_ generated: GeneratedC, emit: CompileEmit, dir
         break
     case .object:
         let object = directory + "/\(names.function).o"
-        try compiler.compileObject(sources: sources, output: object)
+        try compiler.compileObject(sources: sources, output: object, extraFlags: threadFlags)
         written.append(object)
     case .staticLibrary:
         let scratch = try makeTemporaryDirectory(prefix: "mnc-archive")
         defer { try? FileManager.default.removeItem(atPath: scratch) }
         let object = scratch + "/\(names.function).o"
-        try compiler.compileObject(sources: sources, output: object)
+        try compiler.compileObject(sources: sources, output: object, extraFlags: threadFlags)
         let library = directory + "/lib\(names.function).a"
         try compiler.archive(objects: [object], output: library)
         written.append(library)
     case .sharedLibrary:
         let library = directory + "/lib\(names.function).so"
-        try compiler.linkSharedLibrary(sources: sources, output: library)
+        try compiler.linkSharedLibrary(sources: sources, output: library, extraFlags: threadFlags)
         written.append(library)
     case .executable:
         guard generated.weightsSource != nil, let classifier else {
@@ -160,7 +170,7 @@ public func writeCompiledNetwork(_ generated: GeneratedC, emit: CompileEmit, dir
         }
         let executable = directory + "/" + names.function
         try compiler.linkExecutable(sources: sources + [directory + "/mnc_image.c", directory + "/\(names.function)_main.c"],
-                                    output: executable, libraries: ["jpeg", "png"])
+                                    output: executable, extraFlags: threadFlags, libraries: ["jpeg", "png"])
         written.append(executable)
     }
     return written
@@ -170,7 +180,7 @@ public func writeCompiledNetwork(_ generated: GeneratedC, emit: CompileEmit, dir
 public struct ClassifierSources {
     public var main: String
 
-    public init(graph: Graph, names: CNames, labels: [String]) {
-        main = classifierMainSource(graph: graph, name: names.function, labels: labels)
+    public init(graph: Graph, names: CNames, labels: [String], threads: Int = 1) {
+        main = classifierMainSource(graph: graph, name: names.function, labels: labels, threads: threads)
     }
 }

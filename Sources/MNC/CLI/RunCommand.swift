@@ -2,7 +2,7 @@ import Foundation
 
 let runCommand = Command(
     name: "run",
-    usage: "mnc run SPEC --weights W (--input FILE.f32 | --image FILE) [--output FILE.f32] [--layout nchw|nhwc] [--engine interpreter|c|llvm] [--top K] [spec options]",
+    usage: "mnc run SPEC --weights W (--input FILE.f32 | --image FILE) [--output FILE.f32] [--layout nchw|nhwc] [--engine interpreter|c|llvm] [--threads N] [--top K] [spec options]",
     summary: """
     Run one inference: bind the weights, read one raw little-endian float32 input tensor (or
     decode and preprocess an image as the spec's 'preprocess' line says), and write the raw
@@ -15,11 +15,16 @@ let runCommand = Command(
         OptionSpec(name: "output", value: "FILE", help: "where to write the raw float32 logits (default: not written)"),
         OptionSpec(name: "layout", value: "L", help: "layout of the --input tensor: nchw or nhwc (default: the spec's preprocess layout)"),
         OptionSpec(name: "engine", value: "E", help: "interpreter (the reference), c (generated C, compiled with CC) or llvm (the LLVM backend for the host) (default: interpreter)"),
+        OptionSpec(name: "threads", value: "N", help: "c: generate the code for N threads, 1...\(maximumCThreads), and run it on a pool of N threads (default: 1)"),
         OptionSpec(name: "labels", value: "FILE", help: "class names, one per line, for the printed top-K"),
         OptionSpec(name: "top", value: "K", help: "number of classes to print (default: 5; 0 prints none)"),
     ],
     run: { arguments, output in
         let engine = try arguments.choice("engine", ["interpreter", "c", "llvm"], default: "interpreter")
+        let threads = try arguments.integer("threads", in: 1...maximumCThreads) ?? 1
+        guard threads == 1 || engine == "c" else {
+            throw MNCError("--threads \(threads) applies to --engine c only: the \(engine) engine runs on one thread")
+        }
         let (_, unbound) = try loadGraph(arguments, command: "run")
         guard let weightsPath = arguments.value("weights") else {
             throw MNCError("'mnc run' needs --weights FILE (safetensors, .pth, .tflite or .onnx)")
@@ -50,7 +55,7 @@ let runCommand = Command(
         let logits: [Float]
         switch engine {
         case "c":
-            logits = try runGeneratedC(graph: optimized, input: input, inputLayout: .nchw)
+            logits = try runGeneratedC(graph: optimized, input: input, inputLayout: .nchw, threads: threads)
         case "llvm":
             let level = Int(arguments.value("optimization") ?? "2") ?? 2
             logits = try runGeneratedLLVM(graph: optimized, input: input, inputLayout: .nchw,

@@ -62,6 +62,9 @@ public struct GeneratedC {
     public var arenaSize: Int
     /// Bytes of the weight blob (also when the blob itself was not written).
     public var weightsSize: Int
+    /// The most threads the code runs on (`mnc compile --threads`); above 1 it includes the
+    /// pthreads pool, and every program that links it needs `-pthread`.
+    public var threads: Int = 1
 
     /// The files to write, as (file name, contents), in a fixed order.
     public var files: [(name: String, contents: [UInt8])] {
@@ -76,24 +79,29 @@ public struct GeneratedC {
 }
 
 /// Generates the C files for `graph` as given (this function runs no optimization pass).
-/// `name` prefixes every exported identifier and defaults to the graph's name. Throws an
-/// `MNCError` for a graph the backend cannot compile.
-public func generateC(_ graph: Graph, name: String? = nil) throws -> GeneratedC {
+/// `name` prefixes every exported identifier and defaults to the graph's name. With `threads`
+/// above 1 the code also runs on a pool of up to that many threads (see CThreadPool.swift); with
+/// 1 it has no threading code. Throws an `MNCError` for a graph the backend cannot compile.
+public func generateC(_ graph: Graph, name: String? = nil, threads: Int = 1) throws -> GeneratedC {
     let names = try CNames(name ?? graph.name)
+    guard (1...maximumCThreads).contains(threads) else {
+        throw MNCError("invalid thread count \(threads): expected 1...\(maximumCThreads)")
+    }
     try checkGraphForC(graph)
 
-    let plan = planArena(graph, alignment: cArenaAlignment, scratchBytes: cScratchBytes)
+    let plan = planArena(graph, alignment: cArenaAlignment, scratchBytes: { cScratchBytes($0, threads: threads) })
     try verifyPlan(plan)
     let blob = planWeightBlob(graph)
 
     var emitter = CNodeEmitter(graph: graph, plan: plan, blob: blob)
+    emitter.parts = threads
     var calls = CWriter()
     for index in graph.nodes.indices {
         try emitter.emitCall(for: index, into: &calls)
     }
 
-    let header = cHeader(graph: graph, names: names, plan: plan, blob: blob, needsMath: emitter.library.needsMath)
-    let source = cSource(graph: graph, names: names, plan: plan, blob: blob, library: emitter.library, calls: calls)
+    let header = cHeader(graph: graph, names: names, plan: plan, blob: blob, needsMath: emitter.library.needsMath, threads: threads)
+    let source = cSource(graph: graph, names: names, plan: plan, blob: blob, library: emitter.library, calls: calls, threads: threads)
     var weightBlob: [UInt8]?
     var weightsSource: String?
     if !graph.constants.isEmpty {
@@ -102,8 +110,12 @@ public func generateC(_ graph: Graph, name: String? = nil) throws -> GeneratedC 
         weightsSource = weightsCSource(bytes, names: names, headerFile: names.headerFile)
     }
     return GeneratedC(names: names, header: header, source: source, weightBlob: weightBlob, weightsSource: weightsSource,
-                      arenaSize: plan.size, weightsSize: blob.size)
+                      arenaSize: plan.size, weightsSize: blob.size, threads: threads)
 }
+
+/// The most threads a generated network runs on: each adds a part to every kernel's split and
+/// its own scratch areas to the arena.
+public let maximumCThreads = 64
 
 /// The alignment of the arena and of every buffer in it: one cache line, and a full AVX-512 vector.
 let cArenaAlignment = 64
@@ -145,6 +157,11 @@ struct CNodeEmitter {
     let plan: ArenaPlan
     let blob: WeightBlobLayout
     var library = CKernelLibrary()
+    /// The parts every kernel's work is split into: the build's thread count. With 1 the
+    /// kernels are the single-thread ones and the calls have no barriers.
+    var parts = 1
+    /// Calls emitted so far by `emitThreadedCall`, which puts a barrier before all but the first.
+    var threadedCalls = 0
 
     /// Returns how node `index`'s value is stored: the input in the caller's layout, everything else NHWC.
     func tensor(_ index: Int) -> CTensor {
@@ -178,6 +195,9 @@ struct CNodeEmitter {
     }
 
     mutating func emitCall(for index: Int, into calls: inout CWriter) throws {
+        if parts > 1 {
+            return try emitThreadedCall(for: index, into: &calls)
+        }
         let node = graph.nodes[index]
         let output = CTensor(shape: node.shape, layout: .nhwc)
         let kernel: String

@@ -54,7 +54,7 @@ struct CKernelLibrary {
     private(set) var definitions: [String] = []
     private(set) var helpers: Set<CHelper> = []
     /// True when a kernel calls `sqrt` from <math.h>.
-    private(set) var needsMath = false
+    var needsMath = false
     private var textByName: [String: String] = [:]
 
     mutating func use(_ helper: CHelper) {

@@ -9,9 +9,14 @@ import Foundation
 /// compiler and the flags, so repeated runs of the same network and flags compile once.
 /// The driver fills the arena with NaN before the run, so a kernel that reads a value before
 /// it is written shows up in the logits.
+///
+/// With `threads` above 1 the code is generated for that many threads and runs on a pool of
+/// `poolThreads` threads (default `threads`); the driver also runs `NAME_run` and fails unless
+/// both logits are bit for bit the same.
 /// NOTE: nothing removes old cache entries; each is one small executable.
 public func runGeneratedC(graph: Graph, input: [Float], inputLayout: TensorLayout,
-                          compiler: CCompiler = .fromEnvironment(), extraFlags: [String] = []) throws -> [Float] {
+                          compiler: CCompiler = .fromEnvironment(), extraFlags: [String] = [],
+                          threads: Int = 1, poolThreads: Int? = nil) throws -> [Float] {
     guard !graph.constants.isEmpty || graph.nodes.allSatisfy({ $0.parameters.isEmpty }) else {
         throw MNCError("the graph has no weights bound: pass --weights FILE")
     }
@@ -19,8 +24,12 @@ public func runGeneratedC(graph: Graph, input: [Float], inputLayout: TensorLayou
     guard input.count == graph.nodes[0].elementCount else {
         throw MNCError("input has \(input.count) values, the network expects \(graph.nodes[0].elementCount) (\(formatShape(shape)))")
     }
-    let generated = try generateC(graph)
-    let executable = try buildDriver(generated, compiler: compiler, extraFlags: extraFlags)
+    let generated = try generateC(graph, threads: threads)
+    let pool = poolThreads ?? threads
+    guard (1...threads).contains(pool) else {
+        throw MNCError("invalid pool size \(pool): the code is generated for 1...\(threads) threads")
+    }
+    let executable = try buildDriver(generated, compiler: compiler, extraFlags: extraFlags + (threads > 1 ? ["-pthread"] : []))
 
     let directory = try makeTemporaryDirectory(prefix: "mnc-run")
     defer { try? FileManager.default.removeItem(atPath: directory) }
@@ -29,7 +38,7 @@ public func runGeneratedC(graph: Graph, input: [Float], inputLayout: TensorLayou
     let ordered = reorder(input, channels: shape[1], height: shape[2], width: shape[3], from: inputLayout, to: graph.preprocessing.layout)
     try writeFile(inputPath, littleEndianBytes(ordered))
 
-    let (status, output) = try runProcess([executable, weightsPath, inputPath, outputPath])
+    let (status, output) = try runProcess([executable, weightsPath, inputPath, outputPath] + (threads > 1 ? [String(pool)] : []))
     guard status == 0 else {
         throw MNCError("the generated C for '\(graph.name)' failed with exit status \(status): \(firstErrorLine(output, status: status))")
     }
@@ -45,7 +54,7 @@ public func runGeneratedC(graph: Graph, input: [Float], inputLayout: TensorLayou
 
 /// Compiles the generated network with the driver, or returns the cached executable.
 private func buildDriver(_ generated: GeneratedC, compiler: CCompiler, extraFlags: [String]) throws -> String {
-    let driver = driverSource(generated.names)
+    let driver = generated.threads > 1 ? threadedDriverSource(generated.names) : driverSource(generated.names)
     var hash = FNV1a64()
     for part in [compiler.command, compiler.flags, extraFlags].flatMap({ $0 }) + [generated.header, generated.source, driver] {
         hash.combine(part)
@@ -147,6 +156,84 @@ func driverSource(_ names: CNames) -> String {
     }
 
     """
+}
+
+/// Returns a C program for a threaded build: `driver WEIGHTS INPUT OUTPUT THREADS` runs
+/// NAME_run_threads twice on a pool of THREADS threads and NAME_run once, each on an arena
+/// filled with NaN, checks that the three logits are bit for bit the same and writes them.
+func threadedDriverSource(_ names: CNames) -> String {
+    let p = names.macro, f = names.function
+    var text = driverSource(names)
+    let start = text.range(of: "int main(int argc, char **argv)")?.lowerBound ?? text.endIndex
+    text.removeSubrange(start...)
+    text += """
+    /* Runs the network on a pool (or on this thread when pool is NULL) on an arena of NaN. */
+    static int run_once(\(f)_threads *pool, const void *weights, const float *input, float *output, void *arena)
+    {
+        memset(arena, 0xFF, \(p)_ARENA_SIZE);
+        return pool != NULL ? \(f)_run_threads(pool, weights, input, output, arena) : \(f)_run(weights, input, output, arena);
+    }
+
+    int main(int argc, char **argv)
+    {
+        if (argc != 5) {
+            fprintf(stderr, "usage: %s WEIGHTS INPUT OUTPUT THREADS\\n", argv[0]);
+            return 2;
+        }
+        const int threads = atoi(argv[4]);
+        void *weights = allocate(\(p)_WEIGHTS_SIZE, \(p)_WEIGHTS_ALIGNMENT);
+        float *input = allocate(\(p)_INPUT_SIZE * sizeof(float), 64);
+        float *outputs[3];
+        for (int i = 0; i < 3; ++i) {
+            outputs[i] = allocate(\(p)_OUTPUT_SIZE * sizeof(float), 64);
+        }
+        void *arena = allocate(\(p)_ARENA_SIZE, \(p)_ARENA_ALIGNMENT);
+        \(f)_threads *pool = allocate(sizeof(\(f)_threads), 64);
+        if (weights == NULL || input == NULL || outputs[0] == NULL || outputs[1] == NULL || outputs[2] == NULL
+            || arena == NULL || pool == NULL) {
+            fprintf(stderr, "error: out of memory\\n");
+            return 1;
+        }
+        if (read_exactly(argv[1], weights, \(p)_WEIGHTS_SIZE) != 0
+            || read_exactly(argv[2], input, \(p)_INPUT_SIZE * sizeof(float)) != 0) {
+            return 1;
+        }
+        int status = \(f)_threads_start(pool, threads);
+        if (status != \(p)_OK) {
+            fprintf(stderr, "error: \(f)_threads_start(%d) returned %d\\n", threads, status);
+            return 1;
+        }
+        for (int i = 0; i < 3 && status == \(p)_OK; ++i) {
+            status = run_once(i < 2 ? pool : NULL, weights, input, outputs[i], arena);
+        }
+        \(f)_threads_stop(pool);
+        if (status != \(p)_OK) {
+            fprintf(stderr, "error: \(f)_run_threads or \(f)_run returned %d\\n", status);
+            return 1;
+        }
+        for (int i = 1; i < 3; ++i) {
+            if (memcmp(outputs[0], outputs[i], \(p)_OUTPUT_SIZE * sizeof(float)) != 0) {
+                fprintf(stderr, "error: run %d on %d threads differs from the first run\\n", i, i < 2 ? threads : 1);
+                return 1;
+            }
+        }
+        FILE *file = fopen(argv[3], "wb");
+        if (file == NULL || fwrite(outputs[0], sizeof(float), \(p)_OUTPUT_SIZE, file) != \(p)_OUTPUT_SIZE || fclose(file) != 0) {
+            fprintf(stderr, "error: cannot write %s\\n", argv[3]);
+            return 1;
+        }
+        free(weights);
+        free(input);
+        for (int i = 0; i < 3; ++i) {
+            free(outputs[i]);
+        }
+        free(arena);
+        free(pool);
+        return 0;
+    }
+
+    """
+    return text
 }
 
 /// Reorders a `[C, H, W]` image between NCHW and NHWC.

@@ -15,7 +15,7 @@ private func resizeDescription(_ preprocessing: Preprocessing, height: Int, widt
     return "crop the centre square of \(preprocessing.cropFraction) x the shorter side, then resize it to \(height) x \(width)"
 }
 
-func cHeader(graph: Graph, names: CNames, plan: ArenaPlan, blob: WeightBlobLayout, needsMath: Bool) -> String {
+func cHeader(graph: Graph, names: CNames, plan: ArenaPlan, blob: WeightBlobLayout, needsMath: Bool, threads: Int = 1) -> String {
     let p = names.macro, f = names.function
     let shape = graph.inputShape
     let channels = shape[1], height = shape[2], width = shape[3]
@@ -49,6 +49,14 @@ func cHeader(graph: Graph, names: CNames, plan: ArenaPlan, blob: WeightBlobLayou
         " * Threads: \(f)_run() keeps no state between calls and writes only to output and arena,",
         " * so threads may run it at the same time, each with its own arena and output; weights and",
         " * input may be shared.",
+    ]
+    if threads > 1 {
+        lines += [
+            " * This build also splits one inference between up to \(threads) threads (mnc compile",
+            " * --threads \(threads)): see \(f)_threads_start() and \(f)_run_threads() below. Link with -pthread.",
+        ]
+    }
+    lines += [
         " *",
         " * Build: any C99 compiler. With AVX-512F or AVX2 and FMA enabled (-march=native, or",
         " * -mavx512f, or -mavx2 -mfma) the kernels use those instructions, else portable C, which",
@@ -63,6 +71,11 @@ func cHeader(graph: Graph, names: CNames, plan: ArenaPlan, blob: WeightBlobLayou
         "#define \(guardMacro)",
         "",
         "#include <stddef.h>",
+    ]
+    if threads > 1 {
+        lines.append("#include <pthread.h>")
+    }
+    lines += [
         "",
         "#ifdef __cplusplus",
         "extern \"C\" {",
@@ -81,6 +94,11 @@ func cHeader(graph: Graph, names: CNames, plan: ArenaPlan, blob: WeightBlobLayou
         "#define \(p)_ARENA_ALIGNMENT \(plan.alignment) /* bytes */",
         "#define \(p)_WEIGHTS_SIZE \(blob.size) /* bytes */",
         "#define \(p)_WEIGHTS_ALIGNMENT \(WeightBlobLayout.alignment) /* bytes */",
+    ]
+    if threads > 1 {
+        lines.append("#define \(p)_MAX_THREADS \(threads) /* the most threads a pool runs on; the arena has room for them */")
+    }
+    lines += [
         "",
         "/* Preprocessing: input = (pixel - mean) / std per channel, pixels in 0..255. */",
         "#define \(p)_CHANNEL_ORDER_RGB 1",
@@ -103,6 +121,15 @@ func cHeader(graph: Graph, names: CNames, plan: ArenaPlan, blob: WeightBlobLayou
         "#define \(p)_OK 0",
         "#define \(p)_ERROR_NULL_ARGUMENT 1 /* weights, input, output or arena is NULL */",
         "#define \(p)_ERROR_MISALIGNED_ARGUMENT 2 /* weights or arena misaligned, or input or output not float-aligned */",
+    ]
+    if threads > 1 {
+        lines += [
+            "#define \(p)_ERROR_THREAD_COUNT 3 /* \(f)_threads_start(): threads is not in 1 ... \(p)_MAX_THREADS */",
+            "#define \(p)_ERROR_THREAD_START 4 /* \(f)_threads_start(): a thread, mutex or condition variable could not be created */",
+            "#define \(p)_ERROR_POOL_STATE 5 /* \(f)_run_threads(): the pool is not started or runs another call */",
+        ]
+    }
+    lines += [
         "",
         "/* The same facts at run time, for callers that load several networks. */",
         "typedef struct \(f)_info {",
@@ -127,6 +154,11 @@ func cHeader(graph: Graph, names: CNames, plan: ArenaPlan, blob: WeightBlobLayou
         "/* Runs the network on one input; returns \(p)_OK or an \(p)_ERROR_* code. */",
         "int \(f)_run(const void *weights, const float *input, float *output, void *arena);",
         "",
+    ]
+    if threads > 1 {
+        lines += cThreadsHeaderLines(names: names, threads: threads) + [""]
+    }
+    lines += [
         "/* Returns a pointer to a constant description of the network. */",
         "const \(f)_info *\(f)_get_info(void);",
         "",
@@ -145,7 +177,7 @@ func cHeader(graph: Graph, names: CNames, plan: ArenaPlan, blob: WeightBlobLayou
 }
 
 func cSource(graph: Graph, names: CNames, plan: ArenaPlan, blob: WeightBlobLayout, library: CKernelLibrary,
-             calls: CWriter) -> String {
+             calls: CWriter, threads: Int = 1) -> String {
     let p = names.macro, f = names.function
     var lines: [String] = [
         "/*",
@@ -155,14 +187,25 @@ func cSource(graph: Graph, names: CNames, plan: ArenaPlan, blob: WeightBlobLayou
         " * offsets in the arena; the first layer reads the caller's input in its own layout. Each",
         " * kernel is specialized to its shapes; the API is documented in \(names.headerFile).",
         " */",
+    ]
+    if threads > 1 {
+        // pthread.h declares the POSIX threads API only with a POSIX feature level under -std=c99.
+        lines += ["#if !defined(_POSIX_C_SOURCE)", "#define _POSIX_C_SOURCE 200112L", "#endif"]
+    }
+    lines += [
         "#include \"\(names.headerFile)\"",
         "",
         "#include <stddef.h>",
         "#include <stdint.h>",
     ]
     if library.needsMath { lines.append("#include <math.h>") }
+    if threads > 1 { lines.append("#include <sched.h>") }
     lines.append("")
     lines.append(kernelPreambleSource)
+    if threads > 1 {
+        lines.append("")
+        lines += cThreadsRuntimeLines(names: names, threads: threads)
+    }
     for helper in library.helpers.sorted() {
         lines.append("")
         lines.append(helper.source.hasSuffix("\n") ? String(helper.source.dropLast()) : helper.source)
@@ -201,12 +244,17 @@ func cSource(graph: Graph, names: CNames, plan: ArenaPlan, blob: WeightBlobLayou
         "    return &\(f)_description;",
         "}",
         "",
-        "int \(f)_run(const void *weights, const float *input, float *output, void *arena)",
+        threads > 1 ? "static int \(f)_check_arguments(const void *weights, const float *input, float *output, void *arena)"
+            : "int \(f)_run(const void *weights, const float *input, float *output, void *arena)",
         "{",
     ]
 
     // A network without parameters or intermediate values ignores those pointers.
     let usesWeights = blob.size > 0, usesArena = plan.size > 0
+    if threads > 1 {
+        if !usesWeights { lines.append("    (void)weights;") }
+        if !usesArena { lines.append("    (void)arena;") }
+    }
     var nullChecks = ["input == NULL", "output == NULL"]
     var alignmentChecks = ["(uintptr_t)input % sizeof(float) != 0", "(uintptr_t)output % sizeof(float) != 0"]
     if usesWeights {
@@ -231,10 +279,24 @@ func cSource(graph: Graph, names: CNames, plan: ArenaPlan, blob: WeightBlobLayou
         "        return \(p)_ERROR_MISALIGNED_ARGUMENT;",
         "    }",
     ]
+    if threads > 1 {
+        lines += [
+            "    return \(p)_OK;",
+            "}",
+            "",
+            "/* Runs parts [work->first_part, work->end_part) of every kernel, with a barrier after each node. */",
+            "static void \(f)_run_parts(const void *weights, const float *input, float *output, void *arena, const thread_work *work)",
+            "{",
+        ]
+    }
     lines.append(usesWeights ? "    const float *w = (const float *)weights;" : "    (void)weights;")
     lines.append(usesArena ? "    unsigned char *a = (unsigned char *)arena;" : "    (void)arena;")
     lines.append("")
     lines.append(contentsOf: calls.lines.map { "    " + $0 })
+    if threads > 1 {
+        lines += ["}", ""] + cThreadsEntryLines(names: names, threads: threads)
+        return lines.joined(separator: "\n") + "\n"
+    }
     lines += [
         "    return \(p)_OK;",
         "}",
