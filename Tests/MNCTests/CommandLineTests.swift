@@ -34,6 +34,21 @@ final class CommandLineTests: XCTestCase {
         XCTAssertTrue(runHelp.contains("(default: interpreter)"))
     }
 
+    /// `mnc check` reports the arena that the generated header asks for, scratch included.
+    func testCheckArenaMatchesHeader() throws {
+        for name in ["mobilenet_v2", "mobilenet_v3_small"] {
+            let (status, out, _) = mnc(["check", specPath(name), "--json"])
+            XCTAssertEqual(status, 0, name)
+            let report = try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any]
+            let header = try generateC(try optimize(try loadSpec(name)), name: name).header
+            let macro = "#define \(name.uppercased())_ARENA_SIZE "
+            let line = header.split(separator: "\n").first { $0.hasPrefix(macro) }
+            let size = line.flatMap { Int($0.dropFirst(macro.count).prefix { $0.isNumber }) }
+            XCTAssertNotNil(size, name)
+            XCTAssertEqual(report?["arena_bytes"] as? Int, size, name)
+        }
+    }
+
     func testDumpStages() {
         let spec = specPath("mobilenet_v3_small")
         let (_, graph, _) = mnc(["dump", spec, "--stage", "graph"])

@@ -12,7 +12,9 @@ let checkCommand = Command(
     ],
     run: { arguments, output in
         let (spec, graph) = try loadGraph(arguments, command: "check")
-        let plan = planArena(try optimize(graph))
+        // The arena that the generated code needs on one thread: values and the kernels'
+        // scratch areas (fused blocks keep their rings there).
+        let plan = planArena(try optimize(graph), alignment: cArenaAlignment, scratchBytes: cScratchBytes)
         try verifyPlan(plan)
         if arguments.has("json") {
             output.write(try checkReportJSON(spec: spec, graph: graph, plan: plan) + "\n")
@@ -60,7 +62,7 @@ func checkReportText(spec: Spec, graph: Graph, plan: ArenaPlan) -> String {
     text += "\n"
     text += "parameters: \(formatCount(graph.trainableParameterCount)) (trainable; BatchNorm running statistics excluded)\n"
     text += "MACs:       \(formatCount(graph.multiplyAccumulates)) (convolutions and linear layers)\n"
-    text += "arena:      \(formatCount(plan.size)) bytes (fused graph; lower bound \(formatCount(plan.lowerBound)), without reuse \(formatCount(plan.totalBufferBytes)))\n"
+    text += "arena:      \(formatCount(plan.size)) bytes (generated code, one thread; lower bound \(formatCount(plan.lowerBound)), without reuse \(formatCount(plan.totalBufferBytes)))\n"
     text += "output:     \(formatShape(graph.outputShape))\n"
     return text
 }
