@@ -12,7 +12,7 @@
  * bilinear with antialiasing.
  * Output: MOBILENET_V1_OUTPUT_SIZE floats, the logits (before softmax).
  *
- * Usage:
+ * Usage (C11's aligned_alloc; in C99 use posix_memalign or an aligned static buffer):
  *   void *arena = aligned_alloc(MOBILENET_V1_ARENA_ALIGNMENT, MOBILENET_V1_ARENA_SIZE);
  *   int status = mobilenet_v1_run(weights, input, output, arena);
  * where weights holds the contents of mobilenet_v1.weights.bin at an address aligned to
@@ -91,7 +91,7 @@ typedef struct mobilenet_v1_info {
     float crop_fraction;
 } mobilenet_v1_info;
 
-/* Runs the network on one input; returns MOBILENET_V1_OK or an MOBILENET_V1_ERROR_* code. */
+/* Runs the network on one input; returns MOBILENET_V1_OK or one of the MOBILENET_V1_ERROR_* codes. */
 int mobilenet_v1_run(const void *weights, const float *input, float *output, void *arena);
 
 /* Returns a pointer to a constant description of the network. */

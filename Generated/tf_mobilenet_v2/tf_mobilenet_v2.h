@@ -12,7 +12,7 @@
  * bilinear with antialiasing.
  * Output: TF_MOBILENET_V2_OUTPUT_SIZE floats, the logits (before softmax).
  *
- * Usage:
+ * Usage (C11's aligned_alloc; in C99 use posix_memalign or an aligned static buffer):
  *   void *arena = aligned_alloc(TF_MOBILENET_V2_ARENA_ALIGNMENT, TF_MOBILENET_V2_ARENA_SIZE);
  *   int status = tf_mobilenet_v2_run(weights, input, output, arena);
  * where weights holds the contents of tf_mobilenet_v2.weights.bin at an address aligned to
@@ -91,7 +91,7 @@ typedef struct tf_mobilenet_v2_info {
     float crop_fraction;
 } tf_mobilenet_v2_info;
 
-/* Runs the network on one input; returns TF_MOBILENET_V2_OK or an TF_MOBILENET_V2_ERROR_* code. */
+/* Runs the network on one input; returns TF_MOBILENET_V2_OK or one of the TF_MOBILENET_V2_ERROR_* codes. */
 int tf_mobilenet_v2_run(const void *weights, const float *input, float *output, void *arena);
 
 /* Returns a pointer to a constant description of the network. */

@@ -62,6 +62,8 @@ final class ThreadedCTests: XCTestCase {
             ThreadedCase(label: "v3-small 0.5 57x57", graph: try spec("mobilenet_v3_small", 0.5, 57, 57), threads: 3, pool: 3),
             ThreadedCase(label: "tf-v1 0.25 64x64", graph: try spec("tf_mobilenet_v1", 0.25, 64, 64), threads: 2, pool: 2),
             ThreadedCase(label: "tf-v2 0.35 65x65", graph: try spec("tf_mobilenet_v2", 0.35, 65, 65), threads: 4, pool: 3),
+            // 32 pixels leave 1×1 maps, whose fused blocks have a ring of one row.
+            ThreadedCase(label: "v3-small 0.75 32x32", graph: try spec("mobilenet_v3_small", 0.75, 32, 32), threads: 2, pool: 2),
         ])
     }
 
@@ -292,6 +294,11 @@ final class ThreadedCTests: XCTestCase {
         XCTAssertEqual(singleBuildStatus, 2, singleBuild)
         XCTAssertTrue(singleBuild.contains("runs on at most 1 thread;"), singleBuild)
         XCTAssertTrue(singleBuild.contains("mnc compile --threads 2"), singleBuild)
+        // Beyond what mnc compile builds, the message suggests no rebuild.
+        let (beyondStatus, beyond) = try runProcess([two, picture, "--threads", "65"])
+        XCTAssertEqual(beyondStatus, 2, beyond)
+        XCTAssertTrue(beyond.contains("mnc compile builds for at most 64"), beyond)
+        XCTAssertFalse(beyond.contains("--threads 65'"), beyond)
     }
 
     func testLLVMBackendRejectsThreads() {

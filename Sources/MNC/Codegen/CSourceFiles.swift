@@ -38,7 +38,7 @@ func cHeader(graph: Graph, names: CNames, plan: ArenaPlan, blob: WeightBlobLayou
         " * bilinear with antialiasing.",
         " * Output: \(p)_OUTPUT_SIZE floats, the logits (before softmax).",
         " *",
-        " * Usage:",
+        " * Usage (C11's aligned_alloc; in C99 use posix_memalign or an aligned static buffer):",
         " *   void *arena = aligned_alloc(\(p)_ARENA_ALIGNMENT, \(p)_ARENA_SIZE);",
         " *   int status = \(f)_run(weights, input, output, arena);",
         " * where weights holds the contents of \(names.weightsBinaryFile) at an address aligned to",
@@ -151,7 +151,7 @@ func cHeader(graph: Graph, names: CNames, plan: ArenaPlan, blob: WeightBlobLayou
         "    float crop_fraction;",
         "} \(f)_info;",
         "",
-        "/* Runs the network on one input; returns \(p)_OK or an \(p)_ERROR_* code. */",
+        "/* Runs the network on one input; returns \(p)_OK or one of the \(p)_ERROR_* codes. */",
         "int \(f)_run(const void *weights, const float *input, float *output, void *arena);",
         "",
     ]

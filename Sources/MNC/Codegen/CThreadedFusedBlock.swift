@@ -237,7 +237,10 @@ extension CKernelLibrary {
         body.line("const float *rows[\(kh)];")
         body.openFor("ky", to: kh)
         if block.expand != nil {
-            body.line("const int row = iy0 + ky - base;")
+            // With one chunk of one row the ring holds a single row, so no row index is needed.
+            if ringChunks > 1 || chunkRows > 1 {
+                body.line("const int row = iy0 + ky - base;")
+            }
             var address = "ring"
             if ringChunks > 1 {
                 let chunk = chunkRows == 1 ? "row" : "row / \(chunkRows)"
