@@ -404,8 +404,9 @@ func classifierMainSource(graph: Graph, name: String, labels: [String], threads:
             } else {
                 printf("%s\\n", images[n]);
                 for (int k = 0; k < top; k++) {
-                    printf("  %5d  %.4f  %s\\n", order[k], exp((double)logits[order[k]] - maximum) / total,
-                           label_for(&labels, order[k]));
+                    const char *label = label_for(&labels, order[k]);
+                    printf("  %5d  %.4f%s%s\\n", order[k], exp((double)logits[order[k]] - maximum) / total,
+                           label[0] != '\\0' ? "  " : "", label);
                 }
             }
             printed++;
