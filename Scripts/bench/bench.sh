@@ -13,7 +13,7 @@
 #
 # Needs: swift, cc (gcc), size (binutils), python3 with venv and pip for the peers. With one
 # executable per network it took 4.5 minutes on 2 cores shared with other builds, 7 minutes when
-# it also installed the peers. The 2-thread executables add about a minute (an estimate).
+# it also installed the peers. The all-core executables add about a minute (an estimate).
 
 set -u -o pipefail
 cd "$(dirname "$0")/../.." || exit 1
@@ -27,7 +27,11 @@ VENV=build/bench-venv
 PAGE=BENCHMARKS.md
 BENCH_CFLAGS="-O3 -march=native -std=c99"
 REPEATS=5
-THREAD_COUNTS=(1 2)
+# One thread and all cores (mnc compile builds for at most 64 threads).
+CORES=$(nproc 2> /dev/null || echo 1)
+[ "$CORES" -gt 64 ] 2> /dev/null && CORES=64
+THREAD_COUNTS=(1)
+[ "$CORES" -gt 1 ] 2> /dev/null && THREAD_COUNTS+=("$CORES")
 PEERS=(onnxruntime openvino)
 NETWORKS=(mobilenet_v2 mobilenet_v3_large mobilenet_v3_small)
 
@@ -298,8 +302,8 @@ python_version=${VERSION[python]:-"$(python3 --version 2>&1 | cut -d' ' -f2) (sy
     latency_table OURS PEER
     echo
     echo "mnc's T-thread rows run the classifier built with \`mnc compile --threads T\` on a pool of T"
-    echo "threads; the 1-thread rows are the default single-thread build. The peers' 2-thread rows"
-    echo "use both cores as well."
+    echo "threads; the 1-thread rows are the default single-thread build. The peers' $CORES-thread rows"
+    echo "use all $CORES cores as well."
     echo
     echo "The fastest single inference of all runs, the same runs as above. On a loaded machine it"
     echo "shows an inference that no other process interrupted, so it varies less with the load"
@@ -328,7 +332,7 @@ python_version=${VERSION[python]:-"$(python3 --version 2>&1 | cut -d' ' -f2) (sy
         echo "  The machine was otherwise idle: the load after the run is the benchmark's own."
     else
         echo "  The machine was not idle: other processes ran during the measurement, which slows"
-        echo "  every column, the peers' 2-thread runs most (they need both cores)."
+        echo "  every column, the peers' $CORES-thread runs most (they need all cores)."
     fi
     if is_number "$peak_gflops"; then
         echo "- FMA peak: $peak_gflops GFLOP/s float32 on one thread, measured by \`Scripts/bench/fma_peak.c\`"
