@@ -34,7 +34,7 @@ final class CommandLineTests: XCTestCase {
         XCTAssertTrue(runHelp.contains("(default: interpreter)"))
     }
 
-    /// `mnc check` reports the arena that the generated header asks for, scratch included.
+    /// `mnc check` reports the generated header's ARENA_SIZE, scratch included.
     func testCheckArenaMatchesHeader() throws {
         for name in ["mobilenet_v2", "mobilenet_v3_small"] {
             let (status, out, _) = mnc(["check", specPath(name), "--json"])

@@ -62,8 +62,8 @@ public struct GeneratedC {
     public var arenaSize: Int
     /// Bytes of the weight blob (also when the blob itself was not written).
     public var weightsSize: Int
-    /// The most threads the code runs on (`mnc compile --threads`); above 1 it includes the
-    /// pthreads pool, and every program that links it needs `-pthread`.
+    /// The maximum number of threads the code runs on (`mnc compile --threads`). Above 1 the
+    /// code includes the pthreads pool, so every program that links it needs `-pthread`.
     public var threads: Int = 1
 
     /// The files to write, as (file name, contents), in a fixed order.
@@ -113,8 +113,8 @@ public func generateC(_ graph: Graph, name: String? = nil, threads: Int = 1) thr
                       arenaSize: plan.size, weightsSize: blob.size, threads: threads)
 }
 
-/// The most threads a generated network runs on: each adds a part to every kernel's split and
-/// its own scratch areas to the arena.
+/// The maximum thread count of a generated network. Each thread adds a part to every kernel's
+/// split and its own scratch areas to the arena.
 public let maximumCThreads = 64
 
 /// The alignment of the arena and of every buffer in it: one cache line, and a full AVX-512 vector.

@@ -535,6 +535,15 @@ extension CKernelLibrary {
 /// are C pointer expressions; x rows are K floats apart, y and residual rows N floats apart.
 func emitPointwiseGEMM(_ body: inout CWriter, pixels: Int, inputChannels: Int, outputChannels: Int, x: String, weights: String,
                        bias: String?, residual: String?, y: String, activation: Activation) {
+    emitTiers(&body) { body, tile in
+        emitPointwiseGEMM(&body, tile: tile, pixels: pixels, inputChannels: inputChannels, outputChannels: outputChannels,
+                          x: x, weights: weights, bias: bias, residual: residual, y: y, activation: activation)
+    }
+}
+
+/// Writes one `#if`/`#elif`/`#else` branch per instruction-set tier of the GEMM tiles, each
+/// with the code that `emit` writes for that tier's tile shape.
+func emitTiers(_ body: inout CWriter, _ emit: (inout CWriter, PointwiseTileShape) -> Void) {
     for (position, tile) in pointwiseTileShapes.enumerated() {
         if position == 0 {
             body.directive("#if \(tile.condition)")
@@ -543,8 +552,7 @@ func emitPointwiseGEMM(_ body: inout CWriter, pixels: Int, inputChannels: Int, o
         } else {
             body.directive("#elif \(tile.condition)")
         }
-        emitPointwiseGEMM(&body, tile: tile, pixels: pixels, inputChannels: inputChannels, outputChannels: outputChannels,
-                          x: x, weights: weights, bias: bias, residual: residual, y: y, activation: activation)
+        emit(&body, tile)
     }
     body.directive("#endif")
 }

@@ -237,7 +237,7 @@ extension CKernelLibrary {
         body.line("const float *rows[\(kh)];")
         body.openFor("ky", to: kh)
         if block.expand != nil {
-            // With one chunk of one row the ring holds a single row, so no row index is needed.
+            // A ring of one chunk of one row contains a single row, so no row index is needed.
             if ringChunks > 1 || chunkRows > 1 {
                 body.line("const int row = iy0 + ky - base;")
             }

@@ -147,21 +147,6 @@ private struct GEMMOperands {
     }
 }
 
-/// Writes the branches of the instruction-set tiers, as `emitPointwiseGEMM` does.
-private func emitTiers(_ body: inout CWriter, _ emit: (inout CWriter, PointwiseTileShape) -> Void) {
-    for (position, tile) in pointwiseTileShapes.enumerated() {
-        if position == 0 {
-            body.directive("#if \(tile.condition)")
-        } else if tile.condition.isEmpty {
-            body.directive("#else")
-        } else {
-            body.directive("#elif \(tile.condition)")
-        }
-        emit(&body, tile)
-    }
-    body.directive("#endif")
-}
-
 /// Writes a GEMM like `emitPointwiseGEMM`, with its row tiles or its column panels split between
 /// the parts: each tier opens its own loop over this thread's parts, in a block that scopes its
 /// table. `x`, `weights`, `bias`, `residual` and `y` are C pointer expressions, as for
@@ -272,7 +257,7 @@ extension CKernelLibrary {
         return define(name: name, summary: summary, parameters: parameters, body: body)
     }
 
-    /// The threaded `convolutionByPixels`: output rows split between the parts.
+    /// Writes the threaded `convolutionByPixels`: output rows split between the parts.
     /// Arguments: x, w, [bias], [residual], y, work.
     mutating func threadedConvolutionByPixels(_ conv: Conv2D, input: CTensor, output: CTensor, hasResidual: Bool, parts: Int) -> String {
         let kh = conv.kernelHeight, kw = conv.kernelWidth, outChannels = conv.outChannels
@@ -299,7 +284,7 @@ extension CKernelLibrary {
         return define(name: name, summary: summary, parameters: parameters, body: body)
     }
 
-    /// The threaded `depthwiseConvolution`: output rows split between the parts.
+    /// Writes the threaded `depthwiseConvolution`: output rows split between the parts.
     /// Arguments: x, w, [bias], [residual], y, work.
     mutating func threadedDepthwiseConvolution(_ conv: Conv2D, input: CTensor, output: CTensor, hasResidual: Bool, parts: Int) -> String {
         let channels = input.channels, kh = conv.kernelHeight
@@ -344,7 +329,7 @@ extension CKernelLibrary {
     /// Floats of one part's BatchNorm scale vector, a multiple of 16 (64 bytes).
     static func batchNormScaleFloats(channels: Int) -> Int { align(channels, 16) }
 
-    /// The threaded `batchNorm`: each part computes the whole scale vector into its own slot of
+    /// Writes the threaded `batchNorm`: each part computes the whole scale vector into its own slot of
     /// the scratch area, then normalizes its pixels.
     /// Arguments: x, weight, bias, running_mean, running_var, scratch (parts × scale), y, work.
     mutating func threadedBatchNorm(epsilon: Float, input: CTensor, output: CTensor, parts: Int) -> String {
@@ -369,7 +354,7 @@ extension CKernelLibrary {
         return define(name: "batchnorm_f32_\(input.label)_parts\(parts)", summary: summary, parameters: parameters, body: body)
     }
 
-    /// The threaded `activation`. Arguments: x, y, work.
+    /// Writes the threaded `activation`. Arguments: x, y, work.
     mutating func threadedActivation(_ activation: Activation, input: CTensor, output: CTensor, parts: Int) -> String {
         use(.activation)
         var body = CWriter()
@@ -381,7 +366,7 @@ extension CKernelLibrary {
                       parameters: [inputParameter, outputParameter, threadWorkParameter], body: body)
     }
 
-    /// The threaded `add`. Arguments: a, b, y, work.
+    /// Writes the threaded `add`. Arguments: a, b, y, work.
     mutating func threadedAdd(_ lhs: CTensor, _ rhs: CTensor, output: CTensor, parts: Int) -> String {
         var body = CWriter()
         partitionedElementwise(&body, inputs: [lhs, rhs], output: output, names: ["a", "b"], parts: parts) { values in
@@ -392,7 +377,7 @@ extension CKernelLibrary {
                       parameters: [constParameter("a"), constParameter("b"), outputParameter, threadWorkParameter], body: body)
     }
 
-    /// The threaded `channelScale`: pixels split between the parts. Arguments: x, scale, y, work.
+    /// Writes the threaded `channelScale`: pixels split between the parts. Arguments: x, scale, y, work.
     mutating func threadedChannelScale(input: CTensor, output: CTensor, parts: Int) -> String {
         var body = CWriter()
         body.partTable("pixels", partBounds(input.pixels, parts: parts))
@@ -408,7 +393,7 @@ extension CKernelLibrary {
                       parameters: [inputParameter, constParameter("scale"), outputParameter, threadWorkParameter], body: body)
     }
 
-    /// The threaded `linear`: outputs split between the parts. Arguments: x, w, [bias], y, work.
+    /// Writes the threaded `linear`: outputs split between the parts. Arguments: x, w, [bias], y, work.
     mutating func threadedLinear(_ linear: Linear, parts: Int) -> String {
         use(.matrixVector)
         var body = CWriter()
