@@ -794,11 +794,10 @@ KERNEL_INLINE void convolution_f32_pixels(const float *restrict x, const float *
 /*
  * A fully connected layer on a vector:
  *   y[o] = activation(bias[o] + sum over i of w[o][i] * x[i]) for o < outputs,
- * with w in PyTorch's [outputs][inputs] order. Each output keeps 64 partial sums: four chains of
- * sixteen, block b of sixteen inputs going to chain b % 4, so that four independent FMA chains
- * hide the FMA latency while the weights stream from memory. The chains are added pairwise
- * ((0 + 1) + (2 + 3)), then the sixteen lanes in a tree, then the bias and the inputs past the
- * last full block. Every instruction set adds in this order.
+ * with w in PyTorch's [outputs][inputs] order. Input block b (16 floats) accumulates in chain
+ * b % 4 of four, so four independent FMA chains hide the FMA latency. The sum is
+ * (chain 0 + chain 1) + (chain 2 + chain 3), then its 16 lanes as a tree, then the bias, then
+ * the inputs past the last full block. Every instruction set adds in this order.
  */
 #if defined(KERNELS_AVX512)
 KERNEL_INLINE void matrix_vector_f32(const float *restrict x, const float *restrict w,
@@ -846,7 +845,7 @@ KERNEL_INLINE void matrix_vector_f32(const float *restrict x, const float *restr
     const int blocked = inputs - inputs % 16;
     for (int o = 0; o < outputs; ++o) {
         const float *restrict row = w + o * inputs;
-        /* chain c: lanes 0-7 in lowc, lanes 8-15 in highc */
+        /* Lanes 0-7 of chain c are in lowc, lanes 8-15 in highc. */
         __m256 low0 = _mm256_setzero_ps(), low1 = low0, low2 = low0, low3 = low0;
         __m256 high0 = low0, high1 = low0, high2 = low0, high3 = low0;
         int i = 0;
