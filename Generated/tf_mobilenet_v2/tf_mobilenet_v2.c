@@ -653,7 +653,7 @@ KERNEL_INLINE void depthwise_f32_pixel(const float *const *rows, const float *re
 #endif
 
 /*
- * Up to 8 horizontally adjacent output pixels of a convolution with groups 1, all output
+ * Up to 16 horizontally adjacent output pixels of a convolution with groups 1, all output
  * channels:
  *   y[p][o] = activation(bias[o] + sum over taps and i of x[p][tap][i] * w[tap][i][o]) + residual[p][o]
  * over the taps ky in [ky0, ky1), kx in [kx0, kx1), which must lie inside the input for every
@@ -670,43 +670,124 @@ KERNEL_INLINE void convolution_f32_pixels(const float *restrict x, const float *
     int row_stride, int column_stride, int channel_stride, int x_offset,
     int ky0, int ky1, int kx0, int kx1, int has_bias, int has_residual, int activation)
 {
-    /* 16 output channels at a time, one accumulator per pixel: each weight vector feeds
-       `pixels` independent FMA chains. */
-    for (int o = 0; o < out_channels; o += 16) {
-        const __mmask16 mask = (__mmask16)(out_channels - o >= 16 ? 0xFFFFu : (1u << (out_channels - o)) - 1u);
-        const __m512 start = has_bias ? _mm512_maskz_loadu_ps(mask, bias + o) : _mm512_setzero_ps();
-        __m512 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
-        for (int ky = ky0; ky < ky1; ++ky) {
-            for (int kx = kx0; kx < kx1; ++kx) {
-                const float *xp = x + (x_offset + ky * row_stride + kx * column_stride);
-                const float *wp = w + (ky * kernel_width + kx) * in_channels * out_channels + o;
-                for (int i = 0; i < in_channels; ++i) {
-                    const __m512 wv = _mm512_maskz_loadu_ps(mask, wp + i * out_channels);
-                    const float *xi = xp + i * channel_stride;
-                    acc0 = _mm512_fmadd_ps(_mm512_set1_ps(xi[0]), wv, acc0);
-                    if (pixels > 1) acc1 = _mm512_fmadd_ps(_mm512_set1_ps(xi[pixel_stride]), wv, acc1);
-                    if (pixels > 2) acc2 = _mm512_fmadd_ps(_mm512_set1_ps(xi[2 * pixel_stride]), wv, acc2);
-                    if (pixels > 3) acc3 = _mm512_fmadd_ps(_mm512_set1_ps(xi[3 * pixel_stride]), wv, acc3);
-                    if (pixels > 4) acc4 = _mm512_fmadd_ps(_mm512_set1_ps(xi[4 * pixel_stride]), wv, acc4);
-                    if (pixels > 5) acc5 = _mm512_fmadd_ps(_mm512_set1_ps(xi[5 * pixel_stride]), wv, acc5);
-                    if (pixels > 6) acc6 = _mm512_fmadd_ps(_mm512_set1_ps(xi[6 * pixel_stride]), wv, acc6);
-                    if (pixels > 7) acc7 = _mm512_fmadd_ps(_mm512_set1_ps(xi[7 * pixel_stride]), wv, acc7);
+    /* 16 accumulators: one output-channel vector for 16 pixels when out_channels <= 16, else two
+       vectors (32 channels) for 8 pixels. Each input value is broadcast once per 16 or 32 channels. */
+    const int wide = out_channels > 16;
+    const int group = wide ? 8 : 16;
+    for (int p0 = 0; p0 < pixels; p0 += group) {
+        const int count = pixels - p0 < group ? pixels - p0 : group;
+        for (int o = 0; o < out_channels; o += 32) {
+            const int two = out_channels - o > 16;
+            const __mmask16 mask0 = (__mmask16)(out_channels - o >= 16 ? 0xFFFFu : (1u << (out_channels - o)) - 1u);
+            __mmask16 mask1 = 0;
+            if (out_channels - o >= 32) {
+                mask1 = 0xFFFF;
+            } else if (two) {
+                mask1 = (__mmask16)((1u << (out_channels - o - 16)) - 1u);
+            }
+            const __m512 start0 = has_bias ? _mm512_maskz_loadu_ps(mask0, bias + o) : _mm512_setzero_ps();
+            const __m512 start1 = has_bias && two ? _mm512_maskz_loadu_ps(mask1, bias + o + 16) : start0;
+            __m512 acc0 = start0, acc1 = start0, acc2 = start0, acc3 = start0, acc4 = start0, acc5 = start0, acc6 = start0, acc7 = start0;
+            __m512 acc8 = start1, acc9 = start1, acc10 = start1, acc11 = start1, acc12 = start1, acc13 = start1, acc14 = start1, acc15 = start1;
+            for (int ky = ky0; ky < ky1; ++ky) {
+                for (int kx = kx0; kx < kx1; ++kx) {
+                    const float *xp = x + (x_offset + p0 * pixel_stride + ky * row_stride + kx * column_stride);
+                    const float *wp = w + (ky * kernel_width + kx) * in_channels * out_channels + o;
+                    for (int i = 0; i < in_channels; ++i) {
+                        const __m512 wv0 = _mm512_maskz_loadu_ps(mask0, wp + i * out_channels);
+                        const float *xi = xp + i * channel_stride;
+                        if (two) {
+                            const __m512 wv1 = _mm512_maskz_loadu_ps(mask1, wp + i * out_channels + 16);
+                            {
+                                const __m512 xr = _mm512_set1_ps(xi[0]);
+                                acc0 = _mm512_fmadd_ps(xr, wv0, acc0);
+                                acc8 = _mm512_fmadd_ps(xr, wv1, acc8);
+                            }
+                            if (count > 1) {
+                                const __m512 xr = _mm512_set1_ps(xi[pixel_stride]);
+                                acc1 = _mm512_fmadd_ps(xr, wv0, acc1);
+                                acc9 = _mm512_fmadd_ps(xr, wv1, acc9);
+                            }
+                            if (count > 2) {
+                                const __m512 xr = _mm512_set1_ps(xi[2 * pixel_stride]);
+                                acc2 = _mm512_fmadd_ps(xr, wv0, acc2);
+                                acc10 = _mm512_fmadd_ps(xr, wv1, acc10);
+                            }
+                            if (count > 3) {
+                                const __m512 xr = _mm512_set1_ps(xi[3 * pixel_stride]);
+                                acc3 = _mm512_fmadd_ps(xr, wv0, acc3);
+                                acc11 = _mm512_fmadd_ps(xr, wv1, acc11);
+                            }
+                            if (count > 4) {
+                                const __m512 xr = _mm512_set1_ps(xi[4 * pixel_stride]);
+                                acc4 = _mm512_fmadd_ps(xr, wv0, acc4);
+                                acc12 = _mm512_fmadd_ps(xr, wv1, acc12);
+                            }
+                            if (count > 5) {
+                                const __m512 xr = _mm512_set1_ps(xi[5 * pixel_stride]);
+                                acc5 = _mm512_fmadd_ps(xr, wv0, acc5);
+                                acc13 = _mm512_fmadd_ps(xr, wv1, acc13);
+                            }
+                            if (count > 6) {
+                                const __m512 xr = _mm512_set1_ps(xi[6 * pixel_stride]);
+                                acc6 = _mm512_fmadd_ps(xr, wv0, acc6);
+                                acc14 = _mm512_fmadd_ps(xr, wv1, acc14);
+                            }
+                            if (count > 7) {
+                                const __m512 xr = _mm512_set1_ps(xi[7 * pixel_stride]);
+                                acc7 = _mm512_fmadd_ps(xr, wv0, acc7);
+                                acc15 = _mm512_fmadd_ps(xr, wv1, acc15);
+                            }
+                        } else {
+                            acc0 = _mm512_fmadd_ps(_mm512_set1_ps(xi[0]), wv0, acc0);
+                            if (count > 1) acc1 = _mm512_fmadd_ps(_mm512_set1_ps(xi[pixel_stride]), wv0, acc1);
+                            if (count > 2) acc2 = _mm512_fmadd_ps(_mm512_set1_ps(xi[2 * pixel_stride]), wv0, acc2);
+                            if (count > 3) acc3 = _mm512_fmadd_ps(_mm512_set1_ps(xi[3 * pixel_stride]), wv0, acc3);
+                            if (count > 4) acc4 = _mm512_fmadd_ps(_mm512_set1_ps(xi[4 * pixel_stride]), wv0, acc4);
+                            if (count > 5) acc5 = _mm512_fmadd_ps(_mm512_set1_ps(xi[5 * pixel_stride]), wv0, acc5);
+                            if (count > 6) acc6 = _mm512_fmadd_ps(_mm512_set1_ps(xi[6 * pixel_stride]), wv0, acc6);
+                            if (count > 7) acc7 = _mm512_fmadd_ps(_mm512_set1_ps(xi[7 * pixel_stride]), wv0, acc7);
+                            if (count > 8) acc8 = _mm512_fmadd_ps(_mm512_set1_ps(xi[8 * pixel_stride]), wv0, acc8);
+                            if (count > 9) acc9 = _mm512_fmadd_ps(_mm512_set1_ps(xi[9 * pixel_stride]), wv0, acc9);
+                            if (count > 10) acc10 = _mm512_fmadd_ps(_mm512_set1_ps(xi[10 * pixel_stride]), wv0, acc10);
+                            if (count > 11) acc11 = _mm512_fmadd_ps(_mm512_set1_ps(xi[11 * pixel_stride]), wv0, acc11);
+                            if (count > 12) acc12 = _mm512_fmadd_ps(_mm512_set1_ps(xi[12 * pixel_stride]), wv0, acc12);
+                            if (count > 13) acc13 = _mm512_fmadd_ps(_mm512_set1_ps(xi[13 * pixel_stride]), wv0, acc13);
+                            if (count > 14) acc14 = _mm512_fmadd_ps(_mm512_set1_ps(xi[14 * pixel_stride]), wv0, acc14);
+                            if (count > 15) acc15 = _mm512_fmadd_ps(_mm512_set1_ps(xi[15 * pixel_stride]), wv0, acc15);
+                        }
+                    }
                 }
             }
-        }
-        __m512 acc[8];
-        acc[0] = acc0;
-        acc[1] = acc1;
-        acc[2] = acc2;
-        acc[3] = acc3;
-        acc[4] = acc4;
-        acc[5] = acc5;
-        acc[6] = acc6;
-        acc[7] = acc7;
-        for (int p = 0; p < pixels; ++p) {
-            __m512 v = activate_f32x16(acc[p], activation);
-            if (has_residual) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, residual + p * out_channels + o));
-            _mm512_mask_storeu_ps(y + p * out_channels + o, mask, v);
+            __m512 acc[16];
+            acc[0] = acc0;
+            acc[1] = acc1;
+            acc[2] = acc2;
+            acc[3] = acc3;
+            acc[4] = acc4;
+            acc[5] = acc5;
+            acc[6] = acc6;
+            acc[7] = acc7;
+            acc[8] = acc8;
+            acc[9] = acc9;
+            acc[10] = acc10;
+            acc[11] = acc11;
+            acc[12] = acc12;
+            acc[13] = acc13;
+            acc[14] = acc14;
+            acc[15] = acc15;
+            for (int q = 0; q < count; ++q) {
+                /* Pixel q's first vector is acc[q]; its second, when two, is acc[8 + q]. */
+                const int p = p0 + q;
+                __m512 v = activate_f32x16(acc[q], activation);
+                if (has_residual) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask0, residual + p * out_channels + o));
+                _mm512_mask_storeu_ps(y + p * out_channels + o, mask0, v);
+                if (two) {
+                    v = activate_f32x16(acc[8 + q], activation);
+                    if (has_residual) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask1, residual + p * out_channels + o + 16));
+                    _mm512_mask_storeu_ps(y + p * out_channels + o + 16, mask1, v);
+                }
+            }
         }
     }
 }
@@ -717,43 +798,49 @@ KERNEL_INLINE void convolution_f32_pixels(const float *restrict x, const float *
     int row_stride, int column_stride, int channel_stride, int x_offset,
     int ky0, int ky1, int kx0, int kx1, int has_bias, int has_residual, int activation)
 {
-    /* 8 output channels at a time, one accumulator per pixel: each weight vector feeds
-       `pixels` independent FMA chains. */
-    for (int o = 0; o < out_channels; o += 8) {
-        const __m256i mask = lane_mask_f32x8(out_channels - o);
-        const __m256 start = has_bias ? _mm256_maskload_ps(bias + o, mask) : _mm256_setzero_ps();
-        __m256 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
-        for (int ky = ky0; ky < ky1; ++ky) {
-            for (int kx = kx0; kx < kx1; ++kx) {
-                const float *xp = x + (x_offset + ky * row_stride + kx * column_stride);
-                const float *wp = w + (ky * kernel_width + kx) * in_channels * out_channels + o;
-                for (int i = 0; i < in_channels; ++i) {
-                    const __m256 wv = _mm256_maskload_ps(wp + i * out_channels, mask);
-                    const float *xi = xp + i * channel_stride;
-                    acc0 = _mm256_fmadd_ps(_mm256_set1_ps(xi[0]), wv, acc0);
-                    if (pixels > 1) acc1 = _mm256_fmadd_ps(_mm256_set1_ps(xi[pixel_stride]), wv, acc1);
-                    if (pixels > 2) acc2 = _mm256_fmadd_ps(_mm256_set1_ps(xi[2 * pixel_stride]), wv, acc2);
-                    if (pixels > 3) acc3 = _mm256_fmadd_ps(_mm256_set1_ps(xi[3 * pixel_stride]), wv, acc3);
-                    if (pixels > 4) acc4 = _mm256_fmadd_ps(_mm256_set1_ps(xi[4 * pixel_stride]), wv, acc4);
-                    if (pixels > 5) acc5 = _mm256_fmadd_ps(_mm256_set1_ps(xi[5 * pixel_stride]), wv, acc5);
-                    if (pixels > 6) acc6 = _mm256_fmadd_ps(_mm256_set1_ps(xi[6 * pixel_stride]), wv, acc6);
-                    if (pixels > 7) acc7 = _mm256_fmadd_ps(_mm256_set1_ps(xi[7 * pixel_stride]), wv, acc7);
+    /* 8 output channels at a time, one accumulator per pixel: each weight vector feeds up to
+       8 independent FMA chains. Pixels go in groups of 8. */
+    for (int p0 = 0; p0 < pixels; p0 += 8) {
+        const int count = pixels - p0 < 8 ? pixels - p0 : 8;
+        const float *restrict xg = x + p0 * pixel_stride;
+        float *restrict yg = y + p0 * out_channels;
+        const float *restrict rg = has_residual ? residual + p0 * out_channels : residual;
+        for (int o = 0; o < out_channels; o += 8) {
+            const __m256i mask = lane_mask_f32x8(out_channels - o);
+            const __m256 start = has_bias ? _mm256_maskload_ps(bias + o, mask) : _mm256_setzero_ps();
+            __m256 acc0 = start, acc1 = start, acc2 = start, acc3 = start, acc4 = start, acc5 = start, acc6 = start, acc7 = start;
+            for (int ky = ky0; ky < ky1; ++ky) {
+                for (int kx = kx0; kx < kx1; ++kx) {
+                    const float *xp = xg + (x_offset + ky * row_stride + kx * column_stride);
+                    const float *wp = w + (ky * kernel_width + kx) * in_channels * out_channels + o;
+                    for (int i = 0; i < in_channels; ++i) {
+                        const __m256 wv = _mm256_maskload_ps(wp + i * out_channels, mask);
+                        const float *xi = xp + i * channel_stride;
+                        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(xi[0]), wv, acc0);
+                        if (count > 1) acc1 = _mm256_fmadd_ps(_mm256_set1_ps(xi[pixel_stride]), wv, acc1);
+                        if (count > 2) acc2 = _mm256_fmadd_ps(_mm256_set1_ps(xi[2 * pixel_stride]), wv, acc2);
+                        if (count > 3) acc3 = _mm256_fmadd_ps(_mm256_set1_ps(xi[3 * pixel_stride]), wv, acc3);
+                        if (count > 4) acc4 = _mm256_fmadd_ps(_mm256_set1_ps(xi[4 * pixel_stride]), wv, acc4);
+                        if (count > 5) acc5 = _mm256_fmadd_ps(_mm256_set1_ps(xi[5 * pixel_stride]), wv, acc5);
+                        if (count > 6) acc6 = _mm256_fmadd_ps(_mm256_set1_ps(xi[6 * pixel_stride]), wv, acc6);
+                        if (count > 7) acc7 = _mm256_fmadd_ps(_mm256_set1_ps(xi[7 * pixel_stride]), wv, acc7);
+                    }
                 }
             }
-        }
-        __m256 acc[8];
-        acc[0] = acc0;
-        acc[1] = acc1;
-        acc[2] = acc2;
-        acc[3] = acc3;
-        acc[4] = acc4;
-        acc[5] = acc5;
-        acc[6] = acc6;
-        acc[7] = acc7;
-        for (int p = 0; p < pixels; ++p) {
-            __m256 v = activate_f32x8(acc[p], activation);
-            if (has_residual) v = _mm256_add_ps(v, _mm256_maskload_ps(residual + p * out_channels + o, mask));
-            _mm256_maskstore_ps(y + p * out_channels + o, mask, v);
+            __m256 acc[8];
+            acc[0] = acc0;
+            acc[1] = acc1;
+            acc[2] = acc2;
+            acc[3] = acc3;
+            acc[4] = acc4;
+            acc[5] = acc5;
+            acc[6] = acc6;
+            acc[7] = acc7;
+            for (int p = 0; p < count; ++p) {
+                __m256 v = activate_f32x8(acc[p], activation);
+                if (has_residual) v = _mm256_add_ps(v, _mm256_maskload_ps(rg + p * out_channels + o, mask));
+                _mm256_maskstore_ps(yg + p * out_channels + o, mask, v);
+            }
         }
     }
 }
@@ -1761,10 +1848,10 @@ static void block_f32_224x224x3_to_112x112x16(const float *restrict x, const flo
                         const int ky0 = iy0 < 0 ? -iy0 : 0;
                         const int ky1 = iy0 + 3 > 224 ? 224 - iy0 : 3;
                         if (ky0 == 0 && ky1 == 3) {
-                            for (int ox = 0; ox < 104; ox += 8) {
-                                convolution_f32_pixels(x, expand_w, expand_bias, NULL, chunk + r * 3584 + ox * 32, 8, 6, 3, 32, 3, 672, 3, 1, iy0 * 672 + ((ox * 2)) * 3, 0, 3, 0, 3, 1, 0, ACTIVATION_RELU6);
+                            for (int ox = 0; ox < 96; ox += 16) {
+                                convolution_f32_pixels(x, expand_w, expand_bias, NULL, chunk + r * 3584 + ox * 32, 16, 6, 3, 32, 3, 672, 3, 1, iy0 * 672 + ((ox * 2)) * 3, 0, 3, 0, 3, 1, 0, ACTIVATION_RELU6);
                             }
-                            convolution_f32_pixels(x, expand_w, expand_bias, NULL, chunk + r * 3584 + 3328, 7, 6, 3, 32, 3, 672, 3, 1, iy0 * 672 + 624, 0, 3, 0, 3, 1, 0, ACTIVATION_RELU6);
+                            convolution_f32_pixels(x, expand_w, expand_bias, NULL, chunk + r * 3584 + 3072, 15, 6, 3, 32, 3, 672, 3, 1, iy0 * 672 + 576, 0, 3, 0, 3, 1, 0, ACTIVATION_RELU6);
                             for (int ox = 111; ox < 112; ++ox) {
                                 const int ix0 = ox * 2;
                                 const int kx0 = ix0 < 0 ? -ix0 : 0;
@@ -1772,10 +1859,10 @@ static void block_f32_224x224x3_to_112x112x16(const float *restrict x, const flo
                                 convolution_f32_pixels(x, expand_w, expand_bias, NULL, chunk + r * 3584 + ox * 32, 1, 6, 3, 32, 3, 672, 3, 1, iy0 * 672 + ((ox * 2)) * 3, 0, 3, kx0, kx1, 1, 0, ACTIVATION_RELU6);
                             }
                         } else {
-                            for (int ox = 0; ox < 104; ox += 8) {
-                                convolution_f32_pixels(x, expand_w, expand_bias, NULL, chunk + r * 3584 + ox * 32, 8, 6, 3, 32, 3, 672, 3, 1, iy0 * 672 + ((ox * 2)) * 3, ky0, ky1, 0, 3, 1, 0, ACTIVATION_RELU6);
+                            for (int ox = 0; ox < 96; ox += 16) {
+                                convolution_f32_pixels(x, expand_w, expand_bias, NULL, chunk + r * 3584 + ox * 32, 16, 6, 3, 32, 3, 672, 3, 1, iy0 * 672 + ((ox * 2)) * 3, ky0, ky1, 0, 3, 1, 0, ACTIVATION_RELU6);
                             }
-                            convolution_f32_pixels(x, expand_w, expand_bias, NULL, chunk + r * 3584 + 3328, 7, 6, 3, 32, 3, 672, 3, 1, iy0 * 672 + 624, ky0, ky1, 0, 3, 1, 0, ACTIVATION_RELU6);
+                            convolution_f32_pixels(x, expand_w, expand_bias, NULL, chunk + r * 3584 + 3072, 15, 6, 3, 32, 3, 672, 3, 1, iy0 * 672 + 576, ky0, ky1, 0, 3, 1, 0, ACTIVATION_RELU6);
                             for (int ox = 111; ox < 112; ++ox) {
                                 const int ix0 = ox * 2;
                                 const int kx0 = ix0 < 0 ? -ix0 : 0;

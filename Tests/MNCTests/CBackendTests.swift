@@ -127,6 +127,23 @@ final class CBackendTests: XCTestCase {
         })
     }
 
+    /// Stems of 40 and 48 channels take the first convolution's two-vector path and then a
+    /// partial or a one-vector tail (AVX-512), or several 8-channel groups (AVX2).
+    func testParityWideStems() throws {
+        let stems = [
+            ("v1-stem40", "mobilenet_v1", SpecOverrides(widthMultiplier: 1.25, inputHeight: 40, inputWidth: 40, classes: 10)),
+            ("v2-stem48", "mobilenet_v2", SpecOverrides(widthMultiplier: 1.4, inputHeight: 40, inputWidth: 40, classes: 10)),
+        ]
+        let cpu = cpuFlags()
+        var tiers: [[String]] = []
+        if cpu.contains("avx512f") { tiers.append(["-mavx512f", "-mfma"] + CBackendTests.sanitizerFlags) }
+        if cpu.contains("avx2") && cpu.contains("fma") { tiers.append(["-mavx2", "-mfma"]) }
+        guard !tiers.isEmpty else { throw XCTSkip("this CPU has neither AVX-512F nor AVX2 with FMA") }
+        try checkParity(stems.flatMap { stem in
+            tiers.map { ParityCase(label: stem.0, spec: stem.1, overrides: stem.2, level: 2, flags: $0) }
+        })
+    }
+
     /// Forms that no spec produces, in both input layouts. The graph has 1×1 convolutions with
     /// and without stride on the caller's input, a grouped and a depthwise convolution with
     /// asymmetric padding, an unfused BatchNorm, a channel scale, adds, and non-convolution ops

@@ -202,7 +202,7 @@ extension CKernelLibrary {
     }
 
     /// Defines the kernel of a convolution with groups 1 and `hwio` (or `io`) weights, on
-    /// either input layout. Output pixels go in blocks of 4 where the whole window lies inside
+    /// either input layout. Output pixels go in blocks of 16 where the whole window lies inside
     /// the input horizontally and one at a time at the borders, vectorized over output
     /// channels. Arguments: x, w, [bias], [residual], y.
     mutating func convolutionByPixels(_ conv: Conv2D, input: CTensor, output: CTensor, hasResidual: Bool) -> String {
@@ -228,7 +228,7 @@ extension CKernelLibrary {
     }
 
     /// Writes one output row `row` (a C expression) of a convolution with groups 1 and `hwio`
-    /// (or `io`) weights reading `x`, vectorized over output channels. Pixels go in blocks of 8
+    /// (or `io`) weights reading `x`, vectorized over output channels. Pixels go in blocks of 16
     /// where the whole window lies inside the input horizontally, and one at a time at the
     /// borders. Rows whose window lies inside the input vertically pass literal tap bounds, so
     /// the compiler unrolls their taps. `output` and `residual` point at the row's first pixel (NHWC).
@@ -244,7 +244,7 @@ extension CKernelLibrary {
         let first = min((conv.padding.left + sw - 1) / sw, outputWidth)
         let reach = input.width + conv.padding.left - kw
         let end = reach < 0 ? first : max(first, min(reach / sw + 1, outputWidth))
-        let block = 8
+        let block = 16
 
         func call(_ ox: String, pixels: Int, taps: String, columns: String) {
             let column = CExpression.sum([CExpression.times(ox, sw), String(-conv.padding.left)])
