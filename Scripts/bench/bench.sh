@@ -4,16 +4,18 @@
 # `bash Scripts/bench/bench.sh` from any directory.
 #
 # The script builds the release mnc and measures the single-thread FMA peak (fma_peak.c).
-# For each network and thread count T it compiles a classifier executable with BENCH_CFLAGS
-# and `mnc compile --threads T`, times its `--bench N --threads T` median, and records the
-# arena size, the MACs and the .text size of the network's single-thread object file. Then peers.py times the peers on the ONNX export of the same network,
-# in the virtual environment build/bench-venv, which this script creates and fills from PyPI.
-# Every latency is the lowest of REPEATS medians, and the page also lists the fastest single
-# run. A peer that fails to install or run is reported in the table, and the benchmark goes on.
+# For each network it compiles one classifier executable per thread count T with BENCH_CFLAGS
+# and `mnc compile --threads T`, and records the arena size, the MACs and the .text size of the
+# network's single-thread object file. Then it times REPEATS rounds: each runs every executable's
+# `--bench N --threads T` once and then peers.py once, which times the peers on the ONNX export
+# of the same network in the virtual environment build/bench-venv (created and filled from PyPI
+# by this script). Every latency is the lowest of the REPEATS medians, and the page also lists
+# the fastest single run. A peer that fails to install or run is reported in the table, and the
+# benchmark goes on.
 #
-# Needs: swift, cc (gcc), size (binutils), python3 with venv and pip for the peers. With one
-# executable per network it took 4.5 minutes on 2 cores shared with other builds, 7 minutes when
-# it also installed the peers. The all-core executables add about a minute (an estimate).
+# Needs: swift, cc (gcc), size (binutils), python3 with venv and pip for the peers. On 2 cores,
+# with mnc built and the peers installed, it takes about 5 minutes; installing the peers took
+# about 2.5 minutes more in an earlier version.
 
 set -u -o pipefail
 cd "$(dirname "$0")/../.." || exit 1
@@ -109,6 +111,56 @@ elif ! "$VENV/bin/python" -c "import numpy, onnxruntime, openvino" 2> /dev/null;
 fi
 [ -n "$peers_skipped" ] && log "peers: $peers_skipped"
 
+# Set ARRAY[KEY] to VALUE unless its current figure is lower. A "failed: ..." figure
+# stays, except the placeholder "failed: no result...", which the first figure replaces.
+keep_lower() {
+    local -n figures=$1
+    local current=${figures[$2]}
+    if [[ $current == "failed: no result"* ]] ||
+        { is_number "$current" && awk -v a="$3" -v b="$current" 'BEGIN { exit !(a < b) }'; }; then
+        figures[$2]=$3
+    fi
+}
+
+# Run one round of peers.py on the current network ($model, $network, $runs, $directory) and
+# merge its figures into PEER and PEER_MIN. A peer that fails in any round stays failed.
+time_peers_round() {
+    local version_flag=() status reason kind first second third rest median minimum peer threads
+    [ -z "$versions_read" ] && version_flag=(--versions)
+    timeout 600 "$VENV/bin/python" Scripts/bench/peers.py --model "$model" --name "$network" \
+        --threads "${THREAD_COUNTS[@]}" --runs "$runs" --repeats 1 "${version_flag[@]}" \
+        > "$directory/peers.txt" 2>> "$directory/peers.log"
+    status=$?
+    cat "$directory/peers.txt" >> "$directory/peers-all.txt"
+    while read -r kind first second third rest; do
+        case $kind in
+            version) VERSION[$first]="$second${third:+ $third}${rest:+ $rest}"; versions_read=yes ;;
+            result)
+                read -r median minimum <<< "$rest"
+                keep_lower PEER "$first $second $third" "$median"
+                keep_lower PEER_MIN "$first $second $third" "$minimum"
+                ;;
+            failed)
+                PEER[$first $second $third]="failed: $rest"
+                PEER_MIN[$first $second $third]="failed: $rest"
+                ;;
+        esac
+    done < "$directory/peers.txt"
+    if [ "$status" -ne 0 ]; then
+        reason="peers.py exited with status $status: $(last_line "$directory/peers.log")"
+        [ "$status" -eq 124 ] && reason="peers.py timed out after 600 s"
+        log "$network: $reason"
+        for peer in "${PEERS[@]}"; do
+            for threads in "${THREAD_COUNTS[@]}"; do
+                if [[ ${PEER[$peer $network $threads]} == "failed: no result from peers.py" ]]; then
+                    PEER[$peer $network $threads]="failed: $reason"
+                    PEER_MIN[$peer $network $threads]="failed: $reason"
+                fi
+            done
+        done
+    fi
+}
+
 # --- networks --------------------------------------------------------------------------------
 versions_read=""
 for network in "${NETWORKS[@]}"; do
@@ -144,89 +196,56 @@ for network in "${NETWORKS[@]}"; do
     # --threads T splits every layer into T parts and runs them on a pool of T threads.
     for threads in "${THREAD_COUNTS[@]}"; do
         key="$network $threads"
-        if CFLAGS=$BENCH_CFLAGS "$MNC" compile "$spec" "${weight_arguments[@]}" --emit executable --threads "$threads" \
+        OURS[$key]="failed: no result"
+        OURS_MIN[$key]=${OURS[$key]}
+        if ! CFLAGS=$BENCH_CFLAGS "$MNC" compile "$spec" "${weight_arguments[@]}" --emit executable --threads "$threads" \
             -o "$directory/executable-$threads" > "$directory/compile-$threads.log" 2>&1; then
-            best=""
-            fastest=""
-            for ((round = 1; round <= REPEATS; round++)); do
-                # The executable prints "median X ms over N runs (min Y ms, max Z ms, T thread)".
-                line=$(timeout 300 "$directory/executable-$threads/$network" "$OUT/gray.ppm" --top 1 --bench "$runs" \
-                    --threads "$threads" 2>> "$directory/bench-$threads.log" | tee -a "$directory/bench-$threads.log" | grep '^median ')
-                median=$(sed -n 's/^median \([0-9.]*\) ms.*/\1/p' <<< "$line")
-                minimum=$(sed -n 's/.*(min \([0-9.]*\) ms.*/\1/p' <<< "$line")
-                if ! is_number "$median" || ! is_number "$minimum"; then
-                    best="failed: $(last_line "$directory/bench-$threads.log")"
-                    fastest=$best
-                    break
-                fi
-                if [ -z "$best" ] || awk -v a="$median" -v b="$best" 'BEGIN { exit !(a < b) }'; then
-                    best=$median
-                fi
-                if [ -z "$fastest" ] || awk -v a="$minimum" -v b="$fastest" 'BEGIN { exit !(a < b) }'; then
-                    fastest=$minimum
-                fi
-            done
-            OURS[$key]=$best
-            OURS_MIN[$key]=$fastest
-        else
             OURS[$key]="failed: mnc compile: $(last_line "$directory/compile-$threads.log")"
             OURS_MIN[$key]=${OURS[$key]}
         fi
-        log "$network: mnc on $threads thread(s) ${OURS[$key]} ms (lowest of $REPEATS medians over $runs runs)," \
-            "fastest run ${OURS_MIN[$key]} ms"
     done
 
-    # The peers: one process per network times both peers at every thread count.
+    # Placeholders for the peers' figures, which the rounds replace.
+    model=$SHARED/onnx/$case_name.onnx
     for peer in "${PEERS[@]}"; do
         for threads in "${THREAD_COUNTS[@]}"; do
-            PEER[$peer $network $threads]=${peers_skipped:-"failed: no result from peers.py"}
+            if [ -n "$peers_skipped" ]; then
+                PEER[$peer $network $threads]=$peers_skipped
+            elif [ ! -f "$model" ]; then
+                PEER[$peer $network $threads]="skipped: $model not found"
+            else
+                PEER[$peer $network $threads]="failed: no result from peers.py"
+            fi
             PEER_MIN[$peer $network $threads]=${PEER[$peer $network $threads]}
         done
     done
-    model=$SHARED/onnx/$case_name.onnx
-    if [ -z "$peers_skipped" ] && [ ! -f "$model" ]; then
-        for peer in "${PEERS[@]}"; do
-            for threads in "${THREAD_COUNTS[@]}"; do
-                PEER[$peer $network $threads]="skipped: $model not found"
-                PEER_MIN[$peer $network $threads]="skipped: $model not found"
-            done
+
+    # Rounds: each runs mnc's executable once per thread count, then one round of peers.py,
+    # so that a burst of load from other processes slows mnc and the peers alike.
+    log "$network: $REPEATS rounds of mnc and the peers at ${THREAD_COUNTS[*]} threads"
+    for ((round = 1; round <= REPEATS; round++)); do
+        for threads in "${THREAD_COUNTS[@]}"; do
+            key="$network $threads"
+            [[ ${OURS[$key]} == "failed: "* && ${OURS[$key]} != "failed: no result" ]] && continue
+            # The executable prints "median X ms over N runs (min Y ms, max Z ms, T thread)".
+            line=$(timeout 300 "$directory/executable-$threads/$network" "$OUT/gray.ppm" --top 1 --bench "$runs" \
+                --threads "$threads" 2>> "$directory/bench-$threads.log" | tee -a "$directory/bench-$threads.log" | grep '^median ')
+            median=$(sed -n 's/^median \([0-9.]*\) ms.*/\1/p' <<< "$line")
+            minimum=$(sed -n 's/.*(min \([0-9.]*\) ms.*/\1/p' <<< "$line")
+            if ! is_number "$median" || ! is_number "$minimum"; then
+                OURS[$key]="failed: $(last_line "$directory/bench-$threads.log")"
+                OURS_MIN[$key]=${OURS[$key]}
+            else
+                keep_lower OURS "$key" "$median"
+                keep_lower OURS_MIN "$key" "$minimum"
+            fi
         done
-    elif [ -z "$peers_skipped" ]; then
-        log "$network: timing ${PEERS[*]} at ${THREAD_COUNTS[*]} threads"
-        version_flag=()
-        [ -z "$versions_read" ] && version_flag=(--versions)
-        timeout 600 "$VENV/bin/python" Scripts/bench/peers.py --model "$model" --name "$network" \
-            --threads "${THREAD_COUNTS[@]}" --runs "$runs" --repeats "$REPEATS" "${version_flag[@]}" \
-            > "$directory/peers.txt" 2> "$directory/peers.log"
-        status=$?
-        while read -r kind first second third rest; do
-            case $kind in
-                version) VERSION[$first]="$second${third:+ $third}${rest:+ $rest}"; versions_read=yes ;;
-                result)
-                    read -r median minimum <<< "$rest"
-                    PEER[$first $second $third]=$median
-                    PEER_MIN[$first $second $third]=$minimum
-                    ;;
-                failed)
-                    PEER[$first $second $third]="failed: $rest"
-                    PEER_MIN[$first $second $third]="failed: $rest"
-                    ;;
-            esac
-        done < "$directory/peers.txt"
-        if [ "$status" -ne 0 ]; then
-            reason="peers.py exited with status $status: $(last_line "$directory/peers.log")"
-            [ "$status" -eq 124 ] && reason="peers.py timed out after 600 s"
-            log "$network: $reason"
-            for peer in "${PEERS[@]}"; do
-                for threads in "${THREAD_COUNTS[@]}"; do
-                    if [[ ${PEER[$peer $network $threads]} == "failed: no result from peers.py" ]]; then
-                        PEER[$peer $network $threads]="failed: $reason"
-                        PEER_MIN[$peer $network $threads]="failed: $reason"
-                    fi
-                done
-            done
-        fi
-    fi
+        [ -z "$peers_skipped" ] && [ -f "$model" ] && time_peers_round
+    done
+    for threads in "${THREAD_COUNTS[@]}"; do
+        log "$network: mnc on $threads thread(s) ${OURS[$network $threads]} ms (lowest of $REPEATS medians over" \
+            "$runs runs), fastest run ${OURS_MIN[$network $threads]} ms"
+    done
 done
 
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -358,9 +377,12 @@ python_version=${VERSION[python]:-"$(python3 --version 2>&1 | cut -d' ' -f2) (sy
     echo "  sequential execution, all graph optimizations, input and output bound once (I/O binding)."
     echo "  OpenVINO: CPU plugin, \`INFERENCE_NUM_THREADS\` = threads, \`PERFORMANCE_HINT\` = LATENCY,"
     echo "  \`INFERENCE_PRECISION_HINT\` = f32. Each figure is the lowest of $REPEATS medians over the same N"
-    echo "  as mnc, each round after 20 warm-up runs, with the rounds alternating between the peers"
-    echo "  and thread counts; the fastest run is the minimum over all rounds. A time is one Python"
-    echo "  call, so it includes the bindings' call overhead."
+    echo "  as mnc, each after 20 warm-up runs; the fastest run is the minimum over all rounds. A time is"
+    echo "  one Python call, so it includes the bindings' call overhead."
+    echo "- Rounds: the $REPEATS rounds of each network alternate between mnc and the peers. A round runs"
+    echo "  mnc's executable once per thread count, then one \`peers.py\` process that loads each peer"
+    echo "  at each thread count and times them one after the other, so a burst of load from other"
+    echo "  processes slows mnc and the peers alike."
     echo "- Versions: mnc $commit; $("$CC" --version | head -n 1); $("$SWIFT" --version 2>&1 | grep -m1 -o 'Swift version [^ ]*');"
     echo "  Python $python_version; onnxruntime ${VERSION[onnxruntime]:-not run};" \
         "openvino ${VERSION[openvino]:-not run}; numpy ${VERSION[numpy]:-not run}."
