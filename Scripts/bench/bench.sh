@@ -14,8 +14,8 @@
 # benchmark goes on.
 #
 # Needs: swift, cc (gcc), size (binutils), python3 with venv and pip for the peers. On 2 cores,
-# with mnc built and the peers installed, it takes about 5 minutes; installing the peers took
-# about 2.5 minutes more in an earlier version.
+# with mnc built and the peers installed, it takes about 5 minutes. Installing the peers adds
+# about 2.5 minutes (measured with an earlier version of this script).
 
 set -u -o pipefail
 cd "$(dirname "$0")/../.." || exit 1
@@ -221,7 +221,8 @@ for network in "${NETWORKS[@]}"; do
     done
 
     # Rounds: each runs mnc's executable once per thread count, then one round of peers.py,
-    # so that a burst of load from other processes slows mnc and the peers alike.
+    # so that a burst of load from other processes slows mnc and the peers alike. An executable
+    # that fails in any round is reported as failed, like a peer.
     log "$network: $REPEATS rounds of mnc and the peers at ${THREAD_COUNTS[*]} threads"
     for ((round = 1; round <= REPEATS; round++)); do
         for threads in "${THREAD_COUNTS[@]}"; do
@@ -303,7 +304,8 @@ throughput() {
 }
 
 commit=$(git rev-parse --short HEAD 2> /dev/null || echo unknown)
-git diff --quiet HEAD -- Sources Package.swift 2> /dev/null || commit="$commit (with uncommitted changes in Sources)"
+git diff --quiet HEAD -- Sources Package.swift Scripts/bench 2> /dev/null ||
+    commit="$commit (with uncommitted changes in Sources or Scripts/bench)"
 model_name=$(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -n 1)
 cores=$(nproc)
 flags=""
@@ -315,7 +317,8 @@ python_version=${VERSION[python]:-"$(python3 --version 2>&1 | cut -d' ' -f2) (sy
 {
     echo "# Benchmarks"
     echo
-    echo "Median latency of one 224×224 float32 inference, batch 1, measured by \`make bench\` on"
+    echo "Latency of one 224×224 float32 inference, batch 1: the lowest of $REPEATS medians (see below),"
+    echo "measured by \`make bench\` on"
     echo "$(date -u '+%Y-%m-%d %H:%M UTC') in $elapsed s. Lower is better; a ratio below 1 means mnc is faster."
     echo
     latency_table OURS PEER

@@ -162,6 +162,15 @@ final class ClassifierExecutableTests: XCTestCase {
         XCTAssertEqual(wrongStatus, 1)
         XCTAssertTrue(wrongErr.contains("expected a weight blob of"), wrongErr)
 
+        // A blob one byte too long gets the same message as a short one.
+        let longBlob = temporary.appendingPathComponent("long.bin").path
+        var longData = try Data(contentsOf: URL(fileURLWithPath: "\(directory)/mobilenet_v2.weights.bin"))
+        longData.append(0)
+        try longData.write(to: URL(fileURLWithPath: longBlob))
+        let (longStatus, _, longErr) = try run(executable, [image, "--weights", longBlob])
+        XCTAssertEqual(longStatus, 1)
+        XCTAssertTrue(longErr.contains("bytes, expected a weight blob of"), longErr)
+
         let labels = temporary.appendingPathComponent("labels.txt").path
         try Data("zero\none\ntwo\n".utf8).write(to: URL(fileURLWithPath: labels))
         let (_, labelled, _) = try run(executable, [image, "--labels", labels, "--top", "3"])

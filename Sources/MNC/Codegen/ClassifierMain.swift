@@ -106,8 +106,9 @@ func classifierMainSource(graph: Graph, name: String, labels: [String], threads:
         return 0;
     }
 
-    /* Reads a whole file of at most max_bytes into a NUL-terminated buffer. */
-    static char *read_file(const char *path, size_t max_bytes, size_t *size, char *err, size_t errlen) {
+    /* Reads a whole file of at most max_bytes into a NUL-terminated buffer. A larger file gets the
+       error "N bytes, expected LIMIT max_bytes bytes", where limit is "at most" or "a weight blob of". */
+    static char *read_file(const char *path, size_t max_bytes, const char *limit, size_t *size, char *err, size_t errlen) {
         FILE *file = fopen(path, "rb");
         if (!file) {
             snprintf(err, errlen, "cannot open: %s", strerror(errno));
@@ -120,7 +121,7 @@ func classifierMainSource(graph: Graph, name: String, labels: [String], threads:
         }
         long length = ftell(file);
         if (length < 0 || (unsigned long)length > max_bytes) {
-            snprintf(err, errlen, "file size %ld is outside 0...%lu bytes", length, (unsigned long)max_bytes);
+            snprintf(err, errlen, "%ld bytes, expected %s %lu bytes", length, limit, (unsigned long)max_bytes);
             fclose(file);
             return NULL;
         }
@@ -146,7 +147,7 @@ func classifierMainSource(graph: Graph, name: String, labels: [String], threads:
     static int load_labels(const char *path, label_set *labels) {
         char err[256];
         size_t size = 0;
-        labels->text = read_file(path, MAX_LABEL_FILE_BYTES, &size, err, sizeof err);
+        labels->text = read_file(path, MAX_LABEL_FILE_BYTES, "at most", &size, err, sizeof err);
         if (!labels->text) {
             fprintf(stderr, "error: %s: %s\\n", path, err);
             return -1;
@@ -291,7 +292,7 @@ func classifierMainSource(graph: Graph, name: String, labels: [String], threads:
         if (weights_path) {
             char err[256];
             size_t size = 0;
-            loaded_weights = read_file(weights_path, \(name.uppercased())_WEIGHTS_SIZE, &size, err, sizeof err);
+            loaded_weights = read_file(weights_path, \(name.uppercased())_WEIGHTS_SIZE, "a weight blob of", &size, err, sizeof err);
             if (!loaded_weights) {
                 fprintf(stderr, "error: %s: %s\\n", weights_path, err);
                 return 1;
