@@ -318,8 +318,8 @@ python_version=${VERSION[python]:-"$(python3 --version 2>&1 | cut -d' ' -f2) (sy
     echo "# Benchmarks"
     echo
     echo "Latency of one 224×224 float32 inference, batch 1: the lowest of $REPEATS medians (see below),"
-    echo "measured by \`make bench\` on"
-    echo "$(date -u '+%Y-%m-%d %H:%M UTC') in $elapsed s. Lower is better; a ratio below 1 means mnc is faster."
+    echo "measured by \`make bench\` on $(date -u '+%Y-%m-%d %H:%M UTC') in $elapsed s. Lower is better; a"
+    echo "ratio below 1 means mnc is faster."
     echo
     latency_table OURS PEER
     echo
