@@ -84,6 +84,27 @@ final class CommandLineTests: XCTestCase {
         XCTAssertLessThanOrEqual(maxAbsDifference(try readFloats(output), expected), 1e-4 * maxAbs(expected))
     }
 
+    /// `mnc run --random-weights` binds the weights of `mnc compile --random-weights`, so a
+    /// random-weight build can be checked against the interpreter.
+    func testRunWithRandomWeights() throws {
+        let small = ["--width-multiplier", "0.35", "--resolution", "32", "--classes", "5"]
+        let graph = bindRandomWeights(to: try loadSpec("mobilenet_v2", SpecOverrides(widthMultiplier: 0.35, inputHeight: 32, inputWidth: 32, classes: 5)))
+        let input = temporary.appendingPathComponent("in.f32").path
+        let values = randomInput(count: 3 * 32 * 32)
+        try writeFloat32File(path: input, values: values)
+        let output = temporary.appendingPathComponent("out.f32").path
+        let (status, _, err) = mnc(["run", specPath("mobilenet_v2")] + small + ["--random-weights", "--input", input, "--output", output])
+        XCTAssertEqual(status, 0, err)
+        XCTAssertTrue(err.contains("note: running 'mobilenet_v2' with random weights"), err)
+        let expected = try Interpreter(graph: graph).run(input: values)
+        XCTAssertLessThanOrEqual(maxAbsDifference(try readFloats(output), expected), 1e-4 * maxAbs(expected))
+
+        let (bothStatus, _, bothErr) = mnc(["run", specPath("mobilenet_v2")] + small
+            + ["--random-weights", "--weights", "w.safetensors", "--input", input])
+        XCTAssertEqual(bothStatus, 1)
+        XCTAssertTrue(bothErr.contains("give either --weights or --random-weights, not both"), bothErr)
+    }
+
     func testRunRejectsBadInputs() throws {
         let spec = specPath("mobilenet_v2")
         let small = ["--width-multiplier", "0.35", "--resolution", "32", "--classes", "5"]

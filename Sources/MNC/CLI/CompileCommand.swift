@@ -82,13 +82,15 @@ func classifierLabels(_ arguments: ParsedArguments, graph: Graph, buildsExecutab
     return labels
 }
 
-/// Binds the weights that `--weights FILE` or `--random-weights` select, if any.
-func bindCompileWeights(_ arguments: ParsedArguments, to graph: Graph, output: CommandOutput) throws -> Graph {
+/// Binds the weights that `--weights FILE` or `--random-weights` select, if any. `action` starts
+/// the note printed for random weights ("compiling", "running").
+func bindCompileWeights(_ arguments: ParsedArguments, to graph: Graph, output: CommandOutput,
+                        action: String = "compiling") throws -> Graph {
     switch (arguments.value("weights"), arguments.has("random-weights")) {
     case (let weights?, false):
         return try bindWeights(path: weights, to: graph)
     case (nil, true):
-        output.writeError("note: compiling '\(graph.name)' with random weights: its predictions are meaningless\n")
+        output.writeError("note: \(action) '\(graph.name)' with random weights: its predictions are meaningless\n")
         return bindRandomWeights(to: graph)
     case (_?, true):
         throw MNCError("give either --weights or --random-weights, not both")

@@ -2,14 +2,15 @@ import Foundation
 
 let runCommand = Command(
     name: "run",
-    usage: "mnc run SPEC --weights W (--input FILE.f32 | --image FILE) [--output FILE.f32] [--layout nchw|nhwc] [--engine interpreter|c|llvm] [--threads N] [--top K] [spec options]",
+    usage: "mnc run SPEC (--weights W | --random-weights) (--input FILE.f32 | --image FILE) [--output FILE.f32] [--layout nchw|nhwc] [--engine interpreter|c|llvm] [--threads N] [--top K] [spec options]",
     summary: """
     Run one inference: bind the weights, read one raw little-endian float32 input tensor (or
     decode and preprocess an image as the spec's 'preprocess' line says), and write the raw
     float32 logits. Prints the top-K classes with softmax scores.
     """,
     options: specOptions + optimizationOptions + [
-        OptionSpec(name: "weights", value: "W", help: "weights file: .safetensors, PyTorch .pth, .tflite or .onnx (required)"),
+        OptionSpec(name: "weights", value: "W", help: "weights file: .safetensors, PyTorch .pth, .tflite or .onnx"),
+        OptionSpec(name: "random-weights", value: nil, help: "bind the deterministic random weights of 'mnc compile --random-weights' instead of --weights"),
         OptionSpec(name: "input", value: "FILE", help: "raw float32 little-endian input tensor of the network's input size"),
         OptionSpec(name: "image", value: "FILE", help: "JPEG, PNG, BMP or PPM image, preprocessed as the spec's preprocess line specifies"),
         OptionSpec(name: "output", value: "FILE", help: "where to write the raw float32 logits (default: not written)"),
@@ -26,10 +27,10 @@ let runCommand = Command(
             throw MNCError("--threads \(threads) applies to --engine c only: the \(engine) engine runs on one thread")
         }
         let (_, unbound) = try loadGraph(arguments, command: "run")
-        guard let weightsPath = arguments.value("weights") else {
-            throw MNCError("'mnc run' needs --weights FILE (safetensors, .pth, .tflite or .onnx)")
+        guard arguments.value("weights") != nil || arguments.has("random-weights") else {
+            throw MNCError("'mnc run' needs --weights FILE (safetensors, .pth, .tflite or .onnx) or --random-weights")
         }
-        let graph = try bindWeights(path: weightsPath, to: unbound)
+        let graph = try bindCompileWeights(arguments, to: unbound, output: output, action: "running")
         let layout = try TensorLayout(rawValue: arguments.choice("layout", ["nchw", "nhwc"],
                                                                  default: graph.preprocessing.layout.rawValue)) ?? .nchw
         let shape = graph.inputShape
