@@ -670,8 +670,8 @@ KERNEL_INLINE void convolution_f32_pixels(const float *restrict x, const float *
     int row_stride, int column_stride, int channel_stride, int x_offset,
     int ky0, int ky1, int kx0, int kx1, int has_bias, int has_residual, int activation)
 {
-    /* 16 accumulators: one output-channel vector for 16 pixels when out_channels <= 16, else two
-       vectors (32 channels) for 8 pixels. Each input value is broadcast once per 16 or 32 channels. */
+    /* 16 accumulators hold one output-channel vector for 16 pixels when out_channels <= 16, else
+       two vectors (32 channels) for 8 pixels, so each input value is broadcast once per vector group. */
     const int wide = out_channels > 16;
     const int group = wide ? 8 : 16;
     for (int p0 = 0; p0 < pixels; p0 += group) {
@@ -777,7 +777,7 @@ KERNEL_INLINE void convolution_f32_pixels(const float *restrict x, const float *
             acc[14] = acc14;
             acc[15] = acc15;
             for (int q = 0; q < count; ++q) {
-                /* Pixel q's first vector is acc[q]; its second, when two, is acc[8 + q]. */
+                /* Pixel q's first vector is acc[q], and its second, when two, is acc[8 + q]. */
                 const int p = p0 + q;
                 __m512 v = activate_f32x16(acc[q], activation);
                 if (has_residual) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask0, residual + p * out_channels + o));
@@ -798,8 +798,8 @@ KERNEL_INLINE void convolution_f32_pixels(const float *restrict x, const float *
     int row_stride, int column_stride, int channel_stride, int x_offset,
     int ky0, int ky1, int kx0, int kx1, int has_bias, int has_residual, int activation)
 {
-    /* 8 output channels at a time, one accumulator per pixel: each weight vector feeds up to
-       8 independent FMA chains. Pixels go in groups of 8. */
+    /* Eight output channels at a time and one accumulator per pixel, so each weight vector feeds
+       up to 8 independent FMA chains. Pixels go in groups of 8. */
     for (int p0 = 0; p0 < pixels; p0 += 8) {
         const int count = pixels - p0 < 8 ? pixels - p0 : 8;
         const float *restrict xg = x + p0 * pixel_stride;
@@ -884,126 +884,112 @@ KERNEL_INLINE void convolution_f32_pixels(const float *restrict x, const float *
  * with w in PyTorch's [outputs][inputs] order. Input block b (16 floats) accumulates in chain
  * b % 4 of four, so four independent FMA chains hide the FMA latency. The sum is
  * (chain 0 + chain 1) + (chain 2 + chain 3), then its 16 lanes as a tree, then the bias, then
- * the inputs past the last full block. Every instruction set adds in this order.
+ * the inputs past the last full block. Every instruction set adds in this order, and only
+ * blocked_dot_f32 (the dot product of the first `blocked` inputs) differs between them.
  */
 #if defined(KERNELS_AVX512)
-KERNEL_INLINE void matrix_vector_f32(const float *restrict x, const float *restrict w,
-    const float *restrict bias, float *restrict y, int outputs, int inputs, int has_bias, int activation)
+KERNEL_INLINE float blocked_dot_f32(const float *restrict row, const float *restrict x, int blocked)
 {
-    const int blocked = inputs - inputs % 16;
-    for (int o = 0; o < outputs; ++o) {
-        const float *restrict row = w + o * inputs;
-        __m512 chain0 = _mm512_setzero_ps(), chain1 = chain0, chain2 = chain0, chain3 = chain0;
-        int i = 0;
-        for (; i + 64 <= blocked; i += 64) {
-            chain0 = _mm512_fmadd_ps(_mm512_loadu_ps(row + i), _mm512_loadu_ps(x + i), chain0);
-            chain1 = _mm512_fmadd_ps(_mm512_loadu_ps(row + i + 16), _mm512_loadu_ps(x + i + 16), chain1);
-            chain2 = _mm512_fmadd_ps(_mm512_loadu_ps(row + i + 32), _mm512_loadu_ps(x + i + 32), chain2);
-            chain3 = _mm512_fmadd_ps(_mm512_loadu_ps(row + i + 48), _mm512_loadu_ps(x + i + 48), chain3);
-        }
-        if (i < blocked) {
-            chain0 = _mm512_fmadd_ps(_mm512_loadu_ps(row + i), _mm512_loadu_ps(x + i), chain0);
-            i += 16;
-        }
-        if (i < blocked) {
-            chain1 = _mm512_fmadd_ps(_mm512_loadu_ps(row + i), _mm512_loadu_ps(x + i), chain1);
-            i += 16;
-        }
-        if (i < blocked) {
-            chain2 = _mm512_fmadd_ps(_mm512_loadu_ps(row + i), _mm512_loadu_ps(x + i), chain2);
-        }
-        const __m512 lanes16 = _mm512_add_ps(_mm512_add_ps(chain0, chain1), _mm512_add_ps(chain2, chain3));
-        const __m256 lanes8 = _mm256_add_ps(_mm512_castps512_ps256(lanes16),
-                                            _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(lanes16), 1)));
-        const __m128 lanes4 = _mm_add_ps(_mm256_castps256_ps128(lanes8), _mm256_extractf128_ps(lanes8, 1));
-        const __m128 lanes2 = _mm_add_ps(lanes4, _mm_movehl_ps(lanes4, lanes4));
-        const __m128 lanes1 = _mm_add_ss(lanes2, _mm_shuffle_ps(lanes2, lanes2, 1));
-        float sum = (has_bias ? bias[o] : 0.0f) + _mm_cvtss_f32(lanes1);
-        for (int r = blocked; r < inputs; ++r) {
-            sum += row[r] * x[r];
-        }
-        y[o] = activate_f32(sum, activation);
+    __m512 chain0 = _mm512_setzero_ps(), chain1 = chain0, chain2 = chain0, chain3 = chain0;
+    int i = 0;
+    for (; i + 64 <= blocked; i += 64) {
+        chain0 = _mm512_fmadd_ps(_mm512_loadu_ps(row + i), _mm512_loadu_ps(x + i), chain0);
+        chain1 = _mm512_fmadd_ps(_mm512_loadu_ps(row + i + 16), _mm512_loadu_ps(x + i + 16), chain1);
+        chain2 = _mm512_fmadd_ps(_mm512_loadu_ps(row + i + 32), _mm512_loadu_ps(x + i + 32), chain2);
+        chain3 = _mm512_fmadd_ps(_mm512_loadu_ps(row + i + 48), _mm512_loadu_ps(x + i + 48), chain3);
     }
+    if (i < blocked) {
+        chain0 = _mm512_fmadd_ps(_mm512_loadu_ps(row + i), _mm512_loadu_ps(x + i), chain0);
+        i += 16;
+    }
+    if (i < blocked) {
+        chain1 = _mm512_fmadd_ps(_mm512_loadu_ps(row + i), _mm512_loadu_ps(x + i), chain1);
+        i += 16;
+    }
+    if (i < blocked) {
+        chain2 = _mm512_fmadd_ps(_mm512_loadu_ps(row + i), _mm512_loadu_ps(x + i), chain2);
+    }
+    const __m512 lanes16 = _mm512_add_ps(_mm512_add_ps(chain0, chain1), _mm512_add_ps(chain2, chain3));
+    const __m256 lanes8 = _mm256_add_ps(_mm512_castps512_ps256(lanes16),
+                                        _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(lanes16), 1)));
+    const __m128 lanes4 = _mm_add_ps(_mm256_castps256_ps128(lanes8), _mm256_extractf128_ps(lanes8, 1));
+    const __m128 lanes2 = _mm_add_ps(lanes4, _mm_movehl_ps(lanes4, lanes4));
+    return _mm_cvtss_f32(_mm_add_ss(lanes2, _mm_shuffle_ps(lanes2, lanes2, 1)));
 }
 #elif defined(KERNELS_AVX2)
-KERNEL_INLINE void matrix_vector_f32(const float *restrict x, const float *restrict w,
-    const float *restrict bias, float *restrict y, int outputs, int inputs, int has_bias, int activation)
+KERNEL_INLINE float blocked_dot_f32(const float *restrict row, const float *restrict x, int blocked)
 {
-    const int blocked = inputs - inputs % 16;
-    for (int o = 0; o < outputs; ++o) {
-        const float *restrict row = w + o * inputs;
-        /* Lanes 0-7 of chain c are in lowc, lanes 8-15 in highc. */
-        __m256 low0 = _mm256_setzero_ps(), low1 = low0, low2 = low0, low3 = low0;
-        __m256 high0 = low0, high1 = low0, high2 = low0, high3 = low0;
-        int i = 0;
-        for (; i + 64 <= blocked; i += 64) {
-            low0 = _mm256_fmadd_ps(_mm256_loadu_ps(row + i), _mm256_loadu_ps(x + i), low0);
-            high0 = _mm256_fmadd_ps(_mm256_loadu_ps(row + i + 8), _mm256_loadu_ps(x + i + 8), high0);
-            low1 = _mm256_fmadd_ps(_mm256_loadu_ps(row + i + 16), _mm256_loadu_ps(x + i + 16), low1);
-            high1 = _mm256_fmadd_ps(_mm256_loadu_ps(row + i + 24), _mm256_loadu_ps(x + i + 24), high1);
-            low2 = _mm256_fmadd_ps(_mm256_loadu_ps(row + i + 32), _mm256_loadu_ps(x + i + 32), low2);
-            high2 = _mm256_fmadd_ps(_mm256_loadu_ps(row + i + 40), _mm256_loadu_ps(x + i + 40), high2);
-            low3 = _mm256_fmadd_ps(_mm256_loadu_ps(row + i + 48), _mm256_loadu_ps(x + i + 48), low3);
-            high3 = _mm256_fmadd_ps(_mm256_loadu_ps(row + i + 56), _mm256_loadu_ps(x + i + 56), high3);
-        }
-        if (i < blocked) {
-            low0 = _mm256_fmadd_ps(_mm256_loadu_ps(row + i), _mm256_loadu_ps(x + i), low0);
-            high0 = _mm256_fmadd_ps(_mm256_loadu_ps(row + i + 8), _mm256_loadu_ps(x + i + 8), high0);
-            i += 16;
-        }
-        if (i < blocked) {
-            low1 = _mm256_fmadd_ps(_mm256_loadu_ps(row + i), _mm256_loadu_ps(x + i), low1);
-            high1 = _mm256_fmadd_ps(_mm256_loadu_ps(row + i + 8), _mm256_loadu_ps(x + i + 8), high1);
-            i += 16;
-        }
-        if (i < blocked) {
-            low2 = _mm256_fmadd_ps(_mm256_loadu_ps(row + i), _mm256_loadu_ps(x + i), low2);
-            high2 = _mm256_fmadd_ps(_mm256_loadu_ps(row + i + 8), _mm256_loadu_ps(x + i + 8), high2);
-        }
-        const __m256 lanes_low = _mm256_add_ps(_mm256_add_ps(low0, low1), _mm256_add_ps(low2, low3));
-        const __m256 lanes_high = _mm256_add_ps(_mm256_add_ps(high0, high1), _mm256_add_ps(high2, high3));
-        const __m256 lanes8 = _mm256_add_ps(lanes_low, lanes_high);
-        const __m128 lanes4 = _mm_add_ps(_mm256_castps256_ps128(lanes8), _mm256_extractf128_ps(lanes8, 1));
-        const __m128 lanes2 = _mm_add_ps(lanes4, _mm_movehl_ps(lanes4, lanes4));
-        const __m128 lanes1 = _mm_add_ss(lanes2, _mm_shuffle_ps(lanes2, lanes2, 1));
-        float sum = (has_bias ? bias[o] : 0.0f) + _mm_cvtss_f32(lanes1);
-        for (int r = blocked; r < inputs; ++r) {
-            sum += row[r] * x[r];
-        }
-        y[o] = activate_f32(sum, activation);
+    /* Lanes 0-7 of chain c are in lowc, lanes 8-15 in highc. */
+    __m256 low0 = _mm256_setzero_ps(), low1 = low0, low2 = low0, low3 = low0;
+    __m256 high0 = low0, high1 = low0, high2 = low0, high3 = low0;
+    int i = 0;
+    for (; i + 64 <= blocked; i += 64) {
+        low0 = _mm256_fmadd_ps(_mm256_loadu_ps(row + i), _mm256_loadu_ps(x + i), low0);
+        high0 = _mm256_fmadd_ps(_mm256_loadu_ps(row + i + 8), _mm256_loadu_ps(x + i + 8), high0);
+        low1 = _mm256_fmadd_ps(_mm256_loadu_ps(row + i + 16), _mm256_loadu_ps(x + i + 16), low1);
+        high1 = _mm256_fmadd_ps(_mm256_loadu_ps(row + i + 24), _mm256_loadu_ps(x + i + 24), high1);
+        low2 = _mm256_fmadd_ps(_mm256_loadu_ps(row + i + 32), _mm256_loadu_ps(x + i + 32), low2);
+        high2 = _mm256_fmadd_ps(_mm256_loadu_ps(row + i + 40), _mm256_loadu_ps(x + i + 40), high2);
+        low3 = _mm256_fmadd_ps(_mm256_loadu_ps(row + i + 48), _mm256_loadu_ps(x + i + 48), low3);
+        high3 = _mm256_fmadd_ps(_mm256_loadu_ps(row + i + 56), _mm256_loadu_ps(x + i + 56), high3);
     }
+    if (i < blocked) {
+        low0 = _mm256_fmadd_ps(_mm256_loadu_ps(row + i), _mm256_loadu_ps(x + i), low0);
+        high0 = _mm256_fmadd_ps(_mm256_loadu_ps(row + i + 8), _mm256_loadu_ps(x + i + 8), high0);
+        i += 16;
+    }
+    if (i < blocked) {
+        low1 = _mm256_fmadd_ps(_mm256_loadu_ps(row + i), _mm256_loadu_ps(x + i), low1);
+        high1 = _mm256_fmadd_ps(_mm256_loadu_ps(row + i + 8), _mm256_loadu_ps(x + i + 8), high1);
+        i += 16;
+    }
+    if (i < blocked) {
+        low2 = _mm256_fmadd_ps(_mm256_loadu_ps(row + i), _mm256_loadu_ps(x + i), low2);
+        high2 = _mm256_fmadd_ps(_mm256_loadu_ps(row + i + 8), _mm256_loadu_ps(x + i + 8), high2);
+    }
+    const __m256 lanes_low = _mm256_add_ps(_mm256_add_ps(low0, low1), _mm256_add_ps(low2, low3));
+    const __m256 lanes_high = _mm256_add_ps(_mm256_add_ps(high0, high1), _mm256_add_ps(high2, high3));
+    const __m256 lanes8 = _mm256_add_ps(lanes_low, lanes_high);
+    const __m128 lanes4 = _mm_add_ps(_mm256_castps256_ps128(lanes8), _mm256_extractf128_ps(lanes8, 1));
+    const __m128 lanes2 = _mm_add_ps(lanes4, _mm_movehl_ps(lanes4, lanes4));
+    return _mm_cvtss_f32(_mm_add_ss(lanes2, _mm_shuffle_ps(lanes2, lanes2, 1)));
 }
 #else
+KERNEL_INLINE float blocked_dot_f32(const float *restrict row, const float *restrict x, int blocked)
+{
+    float chains[4][16] = {{0.0f}};
+    for (int i = 0; i < blocked; i += 16) {
+        float *restrict chain = chains[i / 16 % 4];
+        for (int j = 0; j < 16; ++j) {
+            chain[j] += row[i + j] * x[i + j];
+        }
+    }
+    float lanes[16];
+    for (int j = 0; j < 16; ++j) {
+        lanes[j] = (chains[0][j] + chains[1][j]) + (chains[2][j] + chains[3][j]);
+    }
+    for (int width = 8; width >= 1; width /= 2) {
+        for (int j = 0; j < width; ++j) {
+            lanes[j] += lanes[j + width];
+        }
+    }
+    return lanes[0];
+}
+#endif
+
 KERNEL_INLINE void matrix_vector_f32(const float *restrict x, const float *restrict w,
     const float *restrict bias, float *restrict y, int outputs, int inputs, int has_bias, int activation)
 {
     const int blocked = inputs - inputs % 16;
     for (int o = 0; o < outputs; ++o) {
         const float *restrict row = w + o * inputs;
-        float chains[4][16] = {{0.0f}};
-        for (int i = 0; i < blocked; i += 16) {
-            float *restrict chain = chains[i / 16 % 4];
-            for (int j = 0; j < 16; ++j) {
-                chain[j] += row[i + j] * x[i + j];
-            }
-        }
-        float lanes[16];
-        for (int j = 0; j < 16; ++j) {
-            lanes[j] = (chains[0][j] + chains[1][j]) + (chains[2][j] + chains[3][j]);
-        }
-        for (int width = 8; width >= 1; width /= 2) {
-            for (int j = 0; j < width; ++j) {
-                lanes[j] += lanes[j + width];
-            }
-        }
-        float sum = (has_bias ? bias[o] : 0.0f) + lanes[0];
-        for (int r = blocked; r < inputs; ++r) {
-            sum += row[r] * x[r];
+        float sum = (has_bias ? bias[o] : 0.0f) + blocked_dot_f32(row, x, blocked);
+        for (int i = blocked; i < inputs; ++i) {
+            sum += row[i] * x[i];
         }
         y[o] = activate_f32(sum, activation);
     }
 }
-#endif
 
 /*
  * Up to 8 adjacent output pixels of a 3x3, stride 1 depthwise convolution, all channels:

@@ -670,8 +670,8 @@ KERNEL_INLINE void convolution_f32_pixels(const float *restrict x, const float *
     int row_stride, int column_stride, int channel_stride, int x_offset,
     int ky0, int ky1, int kx0, int kx1, int has_bias, int has_residual, int activation)
 {
-    /* 16 accumulators: one output-channel vector for 16 pixels when out_channels <= 16, else two
-       vectors (32 channels) for 8 pixels. Each input value is broadcast once per 16 or 32 channels. */
+    /* 16 accumulators hold one output-channel vector for 16 pixels when out_channels <= 16, else
+       two vectors (32 channels) for 8 pixels, so each input value is broadcast once per vector group. */
     const int wide = out_channels > 16;
     const int group = wide ? 8 : 16;
     for (int p0 = 0; p0 < pixels; p0 += group) {
@@ -777,7 +777,7 @@ KERNEL_INLINE void convolution_f32_pixels(const float *restrict x, const float *
             acc[14] = acc14;
             acc[15] = acc15;
             for (int q = 0; q < count; ++q) {
-                /* Pixel q's first vector is acc[q]; its second, when two, is acc[8 + q]. */
+                /* Pixel q's first vector is acc[q], and its second, when two, is acc[8 + q]. */
                 const int p = p0 + q;
                 __m512 v = activate_f32x16(acc[q], activation);
                 if (has_residual) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask0, residual + p * out_channels + o));
@@ -798,8 +798,8 @@ KERNEL_INLINE void convolution_f32_pixels(const float *restrict x, const float *
     int row_stride, int column_stride, int channel_stride, int x_offset,
     int ky0, int ky1, int kx0, int kx1, int has_bias, int has_residual, int activation)
 {
-    /* 8 output channels at a time, one accumulator per pixel: each weight vector feeds up to
-       8 independent FMA chains. Pixels go in groups of 8. */
+    /* Eight output channels at a time and one accumulator per pixel, so each weight vector feeds
+       up to 8 independent FMA chains. Pixels go in groups of 8. */
     for (int p0 = 0; p0 < pixels; p0 += 8) {
         const int count = pixels - p0 < 8 ? pixels - p0 : 8;
         const float *restrict xg = x + p0 * pixel_stride;

@@ -47,7 +47,7 @@ let compileCommand = Command(
             throw MNCError("'mnc compile' needs an output directory: pass -o DIR")
         }
         var (_, graph) = try loadGraph(arguments, command: "compile")
-        graph = try bindCompileWeights(arguments, to: graph, output: output)
+        graph = try bindSelectedWeights(arguments, to: graph, output: output)
         graph = try optimize(graph, options: arguments)
         let generated = try generateC(graph, name: arguments.value("name"), threads: threads)
         let labels = try classifierLabels(arguments, graph: graph, buildsExecutable: emit == CompileEmit.executable.rawValue)
@@ -84,7 +84,7 @@ func classifierLabels(_ arguments: ParsedArguments, graph: Graph, buildsExecutab
 
 /// Binds the weights that `--weights FILE` or `--random-weights` select, if any. `action` starts
 /// the note printed for random weights ("compiling", "running").
-func bindCompileWeights(_ arguments: ParsedArguments, to graph: Graph, output: CommandOutput,
+func bindSelectedWeights(_ arguments: ParsedArguments, to graph: Graph, output: CommandOutput,
                         action: String = "compiling") throws -> Graph {
     switch (arguments.value("weights"), arguments.has("random-weights")) {
     case (let weights?, false):

@@ -30,7 +30,7 @@ let runCommand = Command(
         guard arguments.value("weights") != nil || arguments.has("random-weights") else {
             throw MNCError("'mnc run' needs --weights FILE (safetensors, .pth, .tflite or .onnx) or --random-weights")
         }
-        let graph = try bindCompileWeights(arguments, to: unbound, output: output, action: "running")
+        let graph = try bindSelectedWeights(arguments, to: unbound, output: output, action: "running")
         let layout = try TensorLayout(rawValue: arguments.choice("layout", ["nchw", "nhwc"],
                                                                  default: graph.preprocessing.layout.rawValue)) ?? .nchw
         let shape = graph.inputShape

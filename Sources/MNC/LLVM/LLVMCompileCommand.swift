@@ -10,7 +10,7 @@ func compileWithLLVM(_ arguments: ParsedArguments, output: CommandOutput) throws
     let options = LLVMTargetOptions(triple: arguments.value("target"), cpu: arguments.value("cpu"),
                                     features: arguments.value("features"), optimizationLevel: level)
     var (_, graph) = try loadGraph(arguments, command: "compile")
-    graph = try bindCompileWeights(arguments, to: graph, output: output)
+    graph = try bindSelectedWeights(arguments, to: graph, output: output)
     graph = try optimize(graph, options: arguments)
     let labels = try classifierLabels(arguments, graph: graph, buildsExecutable: emit == .executable)
     let network = try generateLLVM(graph, name: arguments.value("name"), target: options)
