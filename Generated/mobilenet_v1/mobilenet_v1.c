@@ -117,13 +117,15 @@ KERNEL_INLINE __m256i lane_mask_f32x8(int count)
  * for r < rows pixels and j < cols output channels. x rows are k_count floats apart (NHWC),
  * w rows w_stride floats (one column panel of the `io_panels` layout: [in][panel width]), y
  * and residual rows y_stride floats.
+ * With ks not NULL, the sum runs over the k_used input channels ks[0] < ks[1] < ... only: the
+ * caller leaves out channels whose x values are all zero, whose terms add nothing.
  * bias and residual are read only when has_bias and has_residual are non-zero.
  */
 #if defined(KERNELS_AVX512)
 KERNEL_INLINE void pointwise_f32_tile8x32_avx512(const float *restrict x, const float *restrict w,
     const float *restrict bias, const float *restrict residual, float *restrict y,
     int rows, int cols, int k_count, int w_stride, int y_stride,
-    int has_bias, int has_residual, int activation)
+    const int *restrict ks, int k_used, int has_bias, int has_residual, int activation)
 {
 #if defined(__FMA__)
     const int half1 = cols == 24;
@@ -152,75 +154,150 @@ KERNEL_INLINE void pointwise_f32_tile8x32_avx512(const float *restrict x, const 
     __m256 acc6h = bias_half;
     __m512 acc70 = bias0, acc71 = bias1;
     __m256 acc7h = bias_half;
-    for (int k = 0; k < k_count; ++k) {
-        const __m512 w0 = cols >= 16 ? _mm512_loadu_ps(w + k * w_stride) : _mm512_maskz_loadu_ps(mask0, w + k * w_stride);
-        const __m512 w1 = full1 ? _mm512_maskz_loadu_ps(mask1, w + k * w_stride + 16) : _mm512_setzero_ps();
+    if (ks) {
+        for (int i = 0; i < k_used; ++i) {
+            const int k = ks[i];
+            const __m512 w0 = cols >= 16 ? _mm512_loadu_ps(w + k * w_stride) : _mm512_maskz_loadu_ps(mask0, w + k * w_stride);
+            const __m512 w1 = full1 ? _mm512_maskz_loadu_ps(mask1, w + k * w_stride + 16) : _mm512_setzero_ps();
 #if defined(__FMA__)
-        const __m256 w_half = half1 ? _mm256_loadu_ps(w + k * w_stride + 16) : _mm256_setzero_ps();
+            const __m256 w_half = half1 ? _mm256_loadu_ps(w + k * w_stride + 16) : _mm256_setzero_ps();
 #endif
-        {
-            const __m512 xr = _mm512_set1_ps(x[k]);
-            acc00 = _mm512_fmadd_ps(xr, w0, acc00);
-            if (full1) acc01 = _mm512_fmadd_ps(xr, w1, acc01);
+            {
+                const __m512 xr = _mm512_set1_ps(x[k]);
+                acc00 = _mm512_fmadd_ps(xr, w0, acc00);
+                if (full1) acc01 = _mm512_fmadd_ps(xr, w1, acc01);
 #if defined(__FMA__)
-            if (half1) acc0h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc0h);
+                if (half1) acc0h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc0h);
 #endif
+            }
+            if (rows > 1) {
+                const __m512 xr = _mm512_set1_ps(x[1 * k_count + k]);
+                acc10 = _mm512_fmadd_ps(xr, w0, acc10);
+                if (full1) acc11 = _mm512_fmadd_ps(xr, w1, acc11);
+#if defined(__FMA__)
+                if (half1) acc1h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc1h);
+#endif
+            }
+            if (rows > 2) {
+                const __m512 xr = _mm512_set1_ps(x[2 * k_count + k]);
+                acc20 = _mm512_fmadd_ps(xr, w0, acc20);
+                if (full1) acc21 = _mm512_fmadd_ps(xr, w1, acc21);
+#if defined(__FMA__)
+                if (half1) acc2h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc2h);
+#endif
+            }
+            if (rows > 3) {
+                const __m512 xr = _mm512_set1_ps(x[3 * k_count + k]);
+                acc30 = _mm512_fmadd_ps(xr, w0, acc30);
+                if (full1) acc31 = _mm512_fmadd_ps(xr, w1, acc31);
+#if defined(__FMA__)
+                if (half1) acc3h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc3h);
+#endif
+            }
+            if (rows > 4) {
+                const __m512 xr = _mm512_set1_ps(x[4 * k_count + k]);
+                acc40 = _mm512_fmadd_ps(xr, w0, acc40);
+                if (full1) acc41 = _mm512_fmadd_ps(xr, w1, acc41);
+#if defined(__FMA__)
+                if (half1) acc4h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc4h);
+#endif
+            }
+            if (rows > 5) {
+                const __m512 xr = _mm512_set1_ps(x[5 * k_count + k]);
+                acc50 = _mm512_fmadd_ps(xr, w0, acc50);
+                if (full1) acc51 = _mm512_fmadd_ps(xr, w1, acc51);
+#if defined(__FMA__)
+                if (half1) acc5h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc5h);
+#endif
+            }
+            if (rows > 6) {
+                const __m512 xr = _mm512_set1_ps(x[6 * k_count + k]);
+                acc60 = _mm512_fmadd_ps(xr, w0, acc60);
+                if (full1) acc61 = _mm512_fmadd_ps(xr, w1, acc61);
+#if defined(__FMA__)
+                if (half1) acc6h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc6h);
+#endif
+            }
+            if (rows > 7) {
+                const __m512 xr = _mm512_set1_ps(x[7 * k_count + k]);
+                acc70 = _mm512_fmadd_ps(xr, w0, acc70);
+                if (full1) acc71 = _mm512_fmadd_ps(xr, w1, acc71);
+#if defined(__FMA__)
+                if (half1) acc7h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc7h);
+#endif
+            }
         }
-        if (rows > 1) {
-            const __m512 xr = _mm512_set1_ps(x[1 * k_count + k]);
-            acc10 = _mm512_fmadd_ps(xr, w0, acc10);
-            if (full1) acc11 = _mm512_fmadd_ps(xr, w1, acc11);
+    } else {
+        for (int k = 0; k < k_count; ++k) {
+            const __m512 w0 = cols >= 16 ? _mm512_loadu_ps(w + k * w_stride) : _mm512_maskz_loadu_ps(mask0, w + k * w_stride);
+            const __m512 w1 = full1 ? _mm512_maskz_loadu_ps(mask1, w + k * w_stride + 16) : _mm512_setzero_ps();
 #if defined(__FMA__)
-            if (half1) acc1h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc1h);
+            const __m256 w_half = half1 ? _mm256_loadu_ps(w + k * w_stride + 16) : _mm256_setzero_ps();
 #endif
-        }
-        if (rows > 2) {
-            const __m512 xr = _mm512_set1_ps(x[2 * k_count + k]);
-            acc20 = _mm512_fmadd_ps(xr, w0, acc20);
-            if (full1) acc21 = _mm512_fmadd_ps(xr, w1, acc21);
+            {
+                const __m512 xr = _mm512_set1_ps(x[k]);
+                acc00 = _mm512_fmadd_ps(xr, w0, acc00);
+                if (full1) acc01 = _mm512_fmadd_ps(xr, w1, acc01);
 #if defined(__FMA__)
-            if (half1) acc2h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc2h);
+                if (half1) acc0h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc0h);
 #endif
-        }
-        if (rows > 3) {
-            const __m512 xr = _mm512_set1_ps(x[3 * k_count + k]);
-            acc30 = _mm512_fmadd_ps(xr, w0, acc30);
-            if (full1) acc31 = _mm512_fmadd_ps(xr, w1, acc31);
+            }
+            if (rows > 1) {
+                const __m512 xr = _mm512_set1_ps(x[1 * k_count + k]);
+                acc10 = _mm512_fmadd_ps(xr, w0, acc10);
+                if (full1) acc11 = _mm512_fmadd_ps(xr, w1, acc11);
 #if defined(__FMA__)
-            if (half1) acc3h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc3h);
+                if (half1) acc1h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc1h);
 #endif
-        }
-        if (rows > 4) {
-            const __m512 xr = _mm512_set1_ps(x[4 * k_count + k]);
-            acc40 = _mm512_fmadd_ps(xr, w0, acc40);
-            if (full1) acc41 = _mm512_fmadd_ps(xr, w1, acc41);
+            }
+            if (rows > 2) {
+                const __m512 xr = _mm512_set1_ps(x[2 * k_count + k]);
+                acc20 = _mm512_fmadd_ps(xr, w0, acc20);
+                if (full1) acc21 = _mm512_fmadd_ps(xr, w1, acc21);
 #if defined(__FMA__)
-            if (half1) acc4h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc4h);
+                if (half1) acc2h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc2h);
 #endif
-        }
-        if (rows > 5) {
-            const __m512 xr = _mm512_set1_ps(x[5 * k_count + k]);
-            acc50 = _mm512_fmadd_ps(xr, w0, acc50);
-            if (full1) acc51 = _mm512_fmadd_ps(xr, w1, acc51);
+            }
+            if (rows > 3) {
+                const __m512 xr = _mm512_set1_ps(x[3 * k_count + k]);
+                acc30 = _mm512_fmadd_ps(xr, w0, acc30);
+                if (full1) acc31 = _mm512_fmadd_ps(xr, w1, acc31);
 #if defined(__FMA__)
-            if (half1) acc5h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc5h);
+                if (half1) acc3h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc3h);
 #endif
-        }
-        if (rows > 6) {
-            const __m512 xr = _mm512_set1_ps(x[6 * k_count + k]);
-            acc60 = _mm512_fmadd_ps(xr, w0, acc60);
-            if (full1) acc61 = _mm512_fmadd_ps(xr, w1, acc61);
+            }
+            if (rows > 4) {
+                const __m512 xr = _mm512_set1_ps(x[4 * k_count + k]);
+                acc40 = _mm512_fmadd_ps(xr, w0, acc40);
+                if (full1) acc41 = _mm512_fmadd_ps(xr, w1, acc41);
 #if defined(__FMA__)
-            if (half1) acc6h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc6h);
+                if (half1) acc4h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc4h);
 #endif
-        }
-        if (rows > 7) {
-            const __m512 xr = _mm512_set1_ps(x[7 * k_count + k]);
-            acc70 = _mm512_fmadd_ps(xr, w0, acc70);
-            if (full1) acc71 = _mm512_fmadd_ps(xr, w1, acc71);
+            }
+            if (rows > 5) {
+                const __m512 xr = _mm512_set1_ps(x[5 * k_count + k]);
+                acc50 = _mm512_fmadd_ps(xr, w0, acc50);
+                if (full1) acc51 = _mm512_fmadd_ps(xr, w1, acc51);
 #if defined(__FMA__)
-            if (half1) acc7h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc7h);
+                if (half1) acc5h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc5h);
 #endif
+            }
+            if (rows > 6) {
+                const __m512 xr = _mm512_set1_ps(x[6 * k_count + k]);
+                acc60 = _mm512_fmadd_ps(xr, w0, acc60);
+                if (full1) acc61 = _mm512_fmadd_ps(xr, w1, acc61);
+#if defined(__FMA__)
+                if (half1) acc6h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc6h);
+#endif
+            }
+            if (rows > 7) {
+                const __m512 xr = _mm512_set1_ps(x[7 * k_count + k]);
+                acc70 = _mm512_fmadd_ps(xr, w0, acc70);
+                if (full1) acc71 = _mm512_fmadd_ps(xr, w1, acc71);
+#if defined(__FMA__)
+                if (half1) acc7h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc7h);
+#endif
+            }
         }
     }
     {
@@ -348,7 +425,7 @@ KERNEL_INLINE void pointwise_f32_tile8x32_avx512(const float *restrict x, const 
 KERNEL_INLINE void pointwise_f32_tile6x16_avx2(const float *restrict x, const float *restrict w,
     const float *restrict bias, const float *restrict residual, float *restrict y,
     int rows, int cols, int k_count, int w_stride, int y_stride,
-    int has_bias, int has_residual, int activation)
+    const int *restrict ks, int k_used, int has_bias, int has_residual, int activation)
 {
     const __m256i mask0 = lane_mask_f32x8(cols);
     const __m256i mask1 = lane_mask_f32x8(cols - 8);
@@ -360,39 +437,78 @@ KERNEL_INLINE void pointwise_f32_tile6x16_avx2(const float *restrict x, const fl
     __m256 acc30 = bias0, acc31 = bias1;
     __m256 acc40 = bias0, acc41 = bias1;
     __m256 acc50 = bias0, acc51 = bias1;
-    for (int k = 0; k < k_count; ++k) {
-        const __m256 w0 = cols >= 8 ? _mm256_loadu_ps(w + k * w_stride) : _mm256_maskload_ps(w + k * w_stride, mask0);
-        const __m256 w1 = cols >= 16 ? _mm256_loadu_ps(w + k * w_stride + 8)
-                         : cols > 8 ? _mm256_maskload_ps(w + k * w_stride + 8, mask1) : _mm256_setzero_ps();
-        {
-            const __m256 xr = _mm256_broadcast_ss(x + k);
-            acc00 = _mm256_fmadd_ps(xr, w0, acc00);
-            if (cols > 8) acc01 = _mm256_fmadd_ps(xr, w1, acc01);
+    if (ks) {
+        for (int i = 0; i < k_used; ++i) {
+            const int k = ks[i];
+            const __m256 w0 = cols >= 8 ? _mm256_loadu_ps(w + k * w_stride) : _mm256_maskload_ps(w + k * w_stride, mask0);
+            const __m256 w1 = cols >= 16 ? _mm256_loadu_ps(w + k * w_stride + 8)
+                             : cols > 8 ? _mm256_maskload_ps(w + k * w_stride + 8, mask1) : _mm256_setzero_ps();
+            {
+                const __m256 xr = _mm256_broadcast_ss(x + k);
+                acc00 = _mm256_fmadd_ps(xr, w0, acc00);
+                if (cols > 8) acc01 = _mm256_fmadd_ps(xr, w1, acc01);
+            }
+            if (rows > 1) {
+                const __m256 xr = _mm256_broadcast_ss(x + 1 * k_count + k);
+                acc10 = _mm256_fmadd_ps(xr, w0, acc10);
+                if (cols > 8) acc11 = _mm256_fmadd_ps(xr, w1, acc11);
+            }
+            if (rows > 2) {
+                const __m256 xr = _mm256_broadcast_ss(x + 2 * k_count + k);
+                acc20 = _mm256_fmadd_ps(xr, w0, acc20);
+                if (cols > 8) acc21 = _mm256_fmadd_ps(xr, w1, acc21);
+            }
+            if (rows > 3) {
+                const __m256 xr = _mm256_broadcast_ss(x + 3 * k_count + k);
+                acc30 = _mm256_fmadd_ps(xr, w0, acc30);
+                if (cols > 8) acc31 = _mm256_fmadd_ps(xr, w1, acc31);
+            }
+            if (rows > 4) {
+                const __m256 xr = _mm256_broadcast_ss(x + 4 * k_count + k);
+                acc40 = _mm256_fmadd_ps(xr, w0, acc40);
+                if (cols > 8) acc41 = _mm256_fmadd_ps(xr, w1, acc41);
+            }
+            if (rows > 5) {
+                const __m256 xr = _mm256_broadcast_ss(x + 5 * k_count + k);
+                acc50 = _mm256_fmadd_ps(xr, w0, acc50);
+                if (cols > 8) acc51 = _mm256_fmadd_ps(xr, w1, acc51);
+            }
         }
-        if (rows > 1) {
-            const __m256 xr = _mm256_broadcast_ss(x + 1 * k_count + k);
-            acc10 = _mm256_fmadd_ps(xr, w0, acc10);
-            if (cols > 8) acc11 = _mm256_fmadd_ps(xr, w1, acc11);
-        }
-        if (rows > 2) {
-            const __m256 xr = _mm256_broadcast_ss(x + 2 * k_count + k);
-            acc20 = _mm256_fmadd_ps(xr, w0, acc20);
-            if (cols > 8) acc21 = _mm256_fmadd_ps(xr, w1, acc21);
-        }
-        if (rows > 3) {
-            const __m256 xr = _mm256_broadcast_ss(x + 3 * k_count + k);
-            acc30 = _mm256_fmadd_ps(xr, w0, acc30);
-            if (cols > 8) acc31 = _mm256_fmadd_ps(xr, w1, acc31);
-        }
-        if (rows > 4) {
-            const __m256 xr = _mm256_broadcast_ss(x + 4 * k_count + k);
-            acc40 = _mm256_fmadd_ps(xr, w0, acc40);
-            if (cols > 8) acc41 = _mm256_fmadd_ps(xr, w1, acc41);
-        }
-        if (rows > 5) {
-            const __m256 xr = _mm256_broadcast_ss(x + 5 * k_count + k);
-            acc50 = _mm256_fmadd_ps(xr, w0, acc50);
-            if (cols > 8) acc51 = _mm256_fmadd_ps(xr, w1, acc51);
+    } else {
+        for (int k = 0; k < k_count; ++k) {
+            const __m256 w0 = cols >= 8 ? _mm256_loadu_ps(w + k * w_stride) : _mm256_maskload_ps(w + k * w_stride, mask0);
+            const __m256 w1 = cols >= 16 ? _mm256_loadu_ps(w + k * w_stride + 8)
+                             : cols > 8 ? _mm256_maskload_ps(w + k * w_stride + 8, mask1) : _mm256_setzero_ps();
+            {
+                const __m256 xr = _mm256_broadcast_ss(x + k);
+                acc00 = _mm256_fmadd_ps(xr, w0, acc00);
+                if (cols > 8) acc01 = _mm256_fmadd_ps(xr, w1, acc01);
+            }
+            if (rows > 1) {
+                const __m256 xr = _mm256_broadcast_ss(x + 1 * k_count + k);
+                acc10 = _mm256_fmadd_ps(xr, w0, acc10);
+                if (cols > 8) acc11 = _mm256_fmadd_ps(xr, w1, acc11);
+            }
+            if (rows > 2) {
+                const __m256 xr = _mm256_broadcast_ss(x + 2 * k_count + k);
+                acc20 = _mm256_fmadd_ps(xr, w0, acc20);
+                if (cols > 8) acc21 = _mm256_fmadd_ps(xr, w1, acc21);
+            }
+            if (rows > 3) {
+                const __m256 xr = _mm256_broadcast_ss(x + 3 * k_count + k);
+                acc30 = _mm256_fmadd_ps(xr, w0, acc30);
+                if (cols > 8) acc31 = _mm256_fmadd_ps(xr, w1, acc31);
+            }
+            if (rows > 4) {
+                const __m256 xr = _mm256_broadcast_ss(x + 4 * k_count + k);
+                acc40 = _mm256_fmadd_ps(xr, w0, acc40);
+                if (cols > 8) acc41 = _mm256_fmadd_ps(xr, w1, acc41);
+            }
+            if (rows > 5) {
+                const __m256 xr = _mm256_broadcast_ss(x + 5 * k_count + k);
+                acc50 = _mm256_fmadd_ps(xr, w0, acc50);
+                if (cols > 8) acc51 = _mm256_fmadd_ps(xr, w1, acc51);
+            }
         }
     }
     {
@@ -448,7 +564,7 @@ KERNEL_INLINE void pointwise_f32_tile6x16_avx2(const float *restrict x, const fl
 KERNEL_INLINE void pointwise_f32_tile6x8_vector(const float *restrict x, const float *restrict w,
     const float *restrict bias, const float *restrict residual, float *restrict y,
     int rows, int cols, int k_count, int w_stride, int y_stride,
-    int has_bias, int has_residual, int activation)
+    const int *restrict ks, int k_used, int has_bias, int has_residual, int activation)
 {
     if (cols == 8) {
         float4 bias0 = {0.0f, 0.0f, 0.0f, 0.0f}, bias1 = bias0;
@@ -462,45 +578,90 @@ KERNEL_INLINE void pointwise_f32_tile6x8_vector(const float *restrict x, const f
         float4 acc30 = bias0, acc31 = bias1;
         float4 acc40 = bias0, acc41 = bias1;
         float4 acc50 = bias0, acc51 = bias1;
-        for (int k = 0; k < k_count; ++k) {
-            float4 w0, w1;
-            __builtin_memcpy(&w0, w + k * w_stride, sizeof w0);
-            __builtin_memcpy(&w1, w + k * w_stride + 4, sizeof w1);
-            {
-                const float xv = x[k];
-                const float4 xr = {xv, xv, xv, xv};
-                acc00 += xr * w0;
-                acc01 += xr * w1;
+        if (ks) {
+            for (int i = 0; i < k_used; ++i) {
+                const int k = ks[i];
+                float4 w0, w1;
+                __builtin_memcpy(&w0, w + k * w_stride, sizeof w0);
+                __builtin_memcpy(&w1, w + k * w_stride + 4, sizeof w1);
+                {
+                    const float xv = x[k];
+                    const float4 xr = {xv, xv, xv, xv};
+                    acc00 += xr * w0;
+                    acc01 += xr * w1;
+                }
+                if (rows > 1) {
+                    const float xv = x[1 * k_count + k];
+                    const float4 xr = {xv, xv, xv, xv};
+                    acc10 += xr * w0;
+                    acc11 += xr * w1;
+                }
+                if (rows > 2) {
+                    const float xv = x[2 * k_count + k];
+                    const float4 xr = {xv, xv, xv, xv};
+                    acc20 += xr * w0;
+                    acc21 += xr * w1;
+                }
+                if (rows > 3) {
+                    const float xv = x[3 * k_count + k];
+                    const float4 xr = {xv, xv, xv, xv};
+                    acc30 += xr * w0;
+                    acc31 += xr * w1;
+                }
+                if (rows > 4) {
+                    const float xv = x[4 * k_count + k];
+                    const float4 xr = {xv, xv, xv, xv};
+                    acc40 += xr * w0;
+                    acc41 += xr * w1;
+                }
+                if (rows > 5) {
+                    const float xv = x[5 * k_count + k];
+                    const float4 xr = {xv, xv, xv, xv};
+                    acc50 += xr * w0;
+                    acc51 += xr * w1;
+                }
             }
-            if (rows > 1) {
-                const float xv = x[1 * k_count + k];
-                const float4 xr = {xv, xv, xv, xv};
-                acc10 += xr * w0;
-                acc11 += xr * w1;
-            }
-            if (rows > 2) {
-                const float xv = x[2 * k_count + k];
-                const float4 xr = {xv, xv, xv, xv};
-                acc20 += xr * w0;
-                acc21 += xr * w1;
-            }
-            if (rows > 3) {
-                const float xv = x[3 * k_count + k];
-                const float4 xr = {xv, xv, xv, xv};
-                acc30 += xr * w0;
-                acc31 += xr * w1;
-            }
-            if (rows > 4) {
-                const float xv = x[4 * k_count + k];
-                const float4 xr = {xv, xv, xv, xv};
-                acc40 += xr * w0;
-                acc41 += xr * w1;
-            }
-            if (rows > 5) {
-                const float xv = x[5 * k_count + k];
-                const float4 xr = {xv, xv, xv, xv};
-                acc50 += xr * w0;
-                acc51 += xr * w1;
+        } else {
+            for (int k = 0; k < k_count; ++k) {
+                float4 w0, w1;
+                __builtin_memcpy(&w0, w + k * w_stride, sizeof w0);
+                __builtin_memcpy(&w1, w + k * w_stride + 4, sizeof w1);
+                {
+                    const float xv = x[k];
+                    const float4 xr = {xv, xv, xv, xv};
+                    acc00 += xr * w0;
+                    acc01 += xr * w1;
+                }
+                if (rows > 1) {
+                    const float xv = x[1 * k_count + k];
+                    const float4 xr = {xv, xv, xv, xv};
+                    acc10 += xr * w0;
+                    acc11 += xr * w1;
+                }
+                if (rows > 2) {
+                    const float xv = x[2 * k_count + k];
+                    const float4 xr = {xv, xv, xv, xv};
+                    acc20 += xr * w0;
+                    acc21 += xr * w1;
+                }
+                if (rows > 3) {
+                    const float xv = x[3 * k_count + k];
+                    const float4 xr = {xv, xv, xv, xv};
+                    acc30 += xr * w0;
+                    acc31 += xr * w1;
+                }
+                if (rows > 4) {
+                    const float xv = x[4 * k_count + k];
+                    const float4 xr = {xv, xv, xv, xv};
+                    acc40 += xr * w0;
+                    acc41 += xr * w1;
+                }
+                if (rows > 5) {
+                    const float xv = x[5 * k_count + k];
+                    const float4 xr = {xv, xv, xv, xv};
+                    acc50 += xr * w0;
+                    acc51 += xr * w1;
+                }
             }
         }
         {
@@ -531,8 +692,15 @@ KERNEL_INLINE void pointwise_f32_tile6x8_vector(const float *restrict x, const f
         for (int r = 0; r < rows; ++r) {
             for (int j = 0; j < cols; ++j) {
                 float sum = has_bias ? bias[j] : 0.0f;
-                for (int k = 0; k < k_count; ++k) {
-                    sum += x[r * k_count + k] * w[k * w_stride + j];
+                if (ks) {
+                    for (int i = 0; i < k_used; ++i) {
+                        const int k = ks[i];
+                        sum += x[r * k_count + k] * w[k * w_stride + j];
+                    }
+                } else {
+                    for (int k = 0; k < k_count; ++k) {
+                        sum += x[r * k_count + k] * w[k * w_stride + j];
+                    }
                 }
                 y[r * y_stride + j] = sum;
             }
@@ -550,7 +718,7 @@ KERNEL_INLINE void pointwise_f32_tile6x8_vector(const float *restrict x, const f
 KERNEL_INLINE void pointwise_f32_tile4x16_portable(const float *restrict x, const float *restrict w,
     const float *restrict bias, const float *restrict residual, float *restrict y,
     int rows, int cols, int k_count, int w_stride, int y_stride,
-    int has_bias, int has_residual, int activation)
+    const int *restrict ks, int k_used, int has_bias, int has_residual, int activation)
 {
     float acc[4][16];
     for (int r = 0; r < rows; ++r) {
@@ -558,12 +726,25 @@ KERNEL_INLINE void pointwise_f32_tile4x16_portable(const float *restrict x, cons
             acc[r][j] = has_bias ? bias[j] : 0.0f;
         }
     }
-    for (int k = 0; k < k_count; ++k) {
-        const float *restrict wk = w + k * w_stride;
-        for (int r = 0; r < rows; ++r) {
-            const float xv = x[r * k_count + k];
-            for (int j = 0; j < cols; ++j) {
-                acc[r][j] += xv * wk[j];
+    if (ks) {
+        for (int i = 0; i < k_used; ++i) {
+            const int k = ks[i];
+            const float *restrict wk = w + k * w_stride;
+            for (int r = 0; r < rows; ++r) {
+                const float xv = x[r * k_count + k];
+                for (int j = 0; j < cols; ++j) {
+                    acc[r][j] += xv * wk[j];
+                }
+            }
+        }
+    } else {
+        for (int k = 0; k < k_count; ++k) {
+            const float *restrict wk = w + k * w_stride;
+            for (int r = 0; r < rows; ++r) {
+                const float xv = x[r * k_count + k];
+                for (int j = 0; j < cols; ++j) {
+                    acc[r][j] += xv * wk[j];
+                }
             }
         }
     }
@@ -990,6 +1171,76 @@ KERNEL_INLINE void matrix_vector_f32(const float *restrict x, const float *restr
         y[o] = activate_f32(sum, activation);
     }
 }
+
+/*
+ * Writes the channels c of x ([pixels][channels], NHWC) that hold a value other than +0.0f and
+ * -0.0f in some pixel to list, in increasing order, and returns how many there are (at most
+ * channels). Defining KERNELS_ALL_CHANNELS lists every channel, so the GEMMs skip none (to
+ * time the code without the skipping).
+ */
+#if defined(KERNELS_ALL_CHANNELS)
+KERNEL_INLINE int nonzero_channels_f32(const float *restrict x, int pixels, int channels, int *restrict list)
+{
+    (void)x;
+    (void)pixels;
+    for (int c = 0; c < channels; ++c) list[c] = c;
+    return channels;
+}
+#elif defined(KERNELS_AVX512)
+KERNEL_INLINE int nonzero_channels_f32(const float *restrict x, int pixels, int channels, int *restrict list)
+{
+    const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    int count = 0;
+    for (int c = 0; c < channels; c += 16) {
+        const __mmask16 mask = (__mmask16)(channels - c >= 16 ? 0xFFFFu : (1u << (channels - c)) - 1u);
+        __m512i bits = _mm512_setzero_si512();
+        for (int p = 0; p < pixels; ++p) {
+            bits = _mm512_or_si512(bits, _mm512_castps_si512(_mm512_maskz_loadu_ps(mask, x + p * channels + c)));
+        }
+        const __mmask16 used = _mm512_test_epi32_mask(bits, _mm512_set1_epi32(0x7FFFFFFF));
+        _mm512_mask_compressstoreu_epi32(list + count, used, _mm512_add_epi32(_mm512_set1_epi32(c), lanes));
+        for (unsigned rest = used; rest != 0; rest &= rest - 1) ++count;
+    }
+    return count;
+}
+#elif defined(KERNELS_AVX2)
+KERNEL_INLINE int nonzero_channels_f32(const float *restrict x, int pixels, int channels, int *restrict list)
+{
+    int count = 0;
+    for (int c = 0; c < channels; c += 8) {
+        const __m256i mask = lane_mask_f32x8(channels - c);
+        __m256 bits = _mm256_setzero_ps();
+        for (int p = 0; p < pixels; ++p) {
+            bits = _mm256_or_ps(bits, _mm256_maskload_ps(x + p * channels + c, mask));
+        }
+        const __m256i magnitude = _mm256_and_si256(_mm256_castps_si256(bits), _mm256_set1_epi32(0x7FFFFFFF));
+        const __m256i zero = _mm256_cmpeq_epi32(magnitude, _mm256_setzero_si256());
+        unsigned used = ~(unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(zero)) & 0xFFu;
+        for (; used != 0; used &= used - 1) {
+            int lane = 0;
+            while (!(used >> lane & 1u)) ++lane;
+            list[count++] = c + lane;
+        }
+    }
+    return count;
+}
+#else
+KERNEL_INLINE int nonzero_channels_f32(const float *restrict x, int pixels, int channels, int *restrict list)
+{
+    int count = 0;
+    for (int c = 0; c < channels; ++c) {
+        uint32_t bits = 0;
+        for (int p = 0; p < pixels; ++p) {
+            union { float f; uint32_t u; } value;
+            value.f = x[p * channels + c];
+            bits |= value.u;
+        }
+        list[count] = c;
+        count += (bits & 0x7FFFFFFFu) != 0;
+    }
+    return count;
+}
+#endif
 
 /*
  * Up to 8 adjacent output pixels of a 3x3, stride 1 depthwise convolution, all channels:
@@ -2008,43 +2259,45 @@ static void block_f32_nchw3x224x224_to_112x112x64(const float *restrict x, const
                     depthwise3x3_s1_f32_block(rows, depthwise_w, depthwise_bias, NULL, band + r * 3584 + 3328, 32, 112, 103, 8, 1, ky0, ky1, 1, 0, ACTIVATION_RELU);
                 }
             }
+            int used_channels[32];
+            const int used_count = nonzero_channels_f32(band, 112, 32, used_channels);
 #if defined(KERNELS_AVX512)
             for (int n = 0; n < 64; n += 32) {
                 for (int p = 0; p < 112; p += 8) {
-                    pointwise_f32_tile8x32_avx512(band + p * 32, project_w + n * 32, project_bias + n, NULL, y + oy0 * 7168 + p * 64 + n, 8, 32, 32, 32, 64, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile8x32_avx512(band + p * 32, project_w + n * 32, project_bias + n, NULL, y + oy0 * 7168 + p * 64 + n, 8, 32, 32, 32, 64, (used_count < 32 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
             }
 #elif defined(KERNELS_AVX2)
             for (int n = 0; n < 64; n += 32) {
                 for (int p = 0; p < 112; p += 4) {
-                    pointwise_f32_tile6x16_avx2(band + p * 32, project_w + n * 32, project_bias + n, NULL, y + oy0 * 7168 + p * 64 + n, 4, 16, 32, 32, 64, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile6x16_avx2(band + p * 32, project_w + n * 32, project_bias + n, NULL, y + oy0 * 7168 + p * 64 + n, 4, 16, 32, 32, 64, (used_count < 32 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
                 for (int p = 0; p < 112; p += 4) {
-                    pointwise_f32_tile6x16_avx2(band + p * 32, project_w + n * 32 + 16, project_bias + n + 16, NULL, y + oy0 * 7168 + p * 64 + n + 16, 4, 16, 32, 32, 64, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile6x16_avx2(band + p * 32, project_w + n * 32 + 16, project_bias + n + 16, NULL, y + oy0 * 7168 + p * 64 + n + 16, 4, 16, 32, 32, 64, (used_count < 32 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
             }
 #elif defined(KERNELS_VECTOR)
             for (int n = 0; n < 64; n += 32) {
                 for (int p = 0; p < 112; p += 4) {
-                    pointwise_f32_tile6x8_vector(band + p * 32, project_w + n * 32, project_bias + n, NULL, y + oy0 * 7168 + p * 64 + n, 4, 8, 32, 32, 64, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile6x8_vector(band + p * 32, project_w + n * 32, project_bias + n, NULL, y + oy0 * 7168 + p * 64 + n, 4, 8, 32, 32, 64, (used_count < 32 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
                 for (int p = 0; p < 112; p += 4) {
-                    pointwise_f32_tile6x8_vector(band + p * 32, project_w + n * 32 + 8, project_bias + n + 8, NULL, y + oy0 * 7168 + p * 64 + n + 8, 4, 8, 32, 32, 64, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile6x8_vector(band + p * 32, project_w + n * 32 + 8, project_bias + n + 8, NULL, y + oy0 * 7168 + p * 64 + n + 8, 4, 8, 32, 32, 64, (used_count < 32 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
                 for (int p = 0; p < 112; p += 4) {
-                    pointwise_f32_tile6x8_vector(band + p * 32, project_w + n * 32 + 16, project_bias + n + 16, NULL, y + oy0 * 7168 + p * 64 + n + 16, 4, 8, 32, 32, 64, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile6x8_vector(band + p * 32, project_w + n * 32 + 16, project_bias + n + 16, NULL, y + oy0 * 7168 + p * 64 + n + 16, 4, 8, 32, 32, 64, (used_count < 32 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
                 for (int p = 0; p < 112; p += 4) {
-                    pointwise_f32_tile6x8_vector(band + p * 32, project_w + n * 32 + 24, project_bias + n + 24, NULL, y + oy0 * 7168 + p * 64 + n + 24, 4, 8, 32, 32, 64, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile6x8_vector(band + p * 32, project_w + n * 32 + 24, project_bias + n + 24, NULL, y + oy0 * 7168 + p * 64 + n + 24, 4, 8, 32, 32, 64, (used_count < 32 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
             }
 #else
             for (int n = 0; n < 64; n += 32) {
                 for (int p = 0; p < 112; p += 4) {
-                    pointwise_f32_tile4x16_portable(band + p * 32, project_w + n * 32, project_bias + n, NULL, y + oy0 * 7168 + p * 64 + n, 4, 16, 32, 32, 64, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile4x16_portable(band + p * 32, project_w + n * 32, project_bias + n, NULL, y + oy0 * 7168 + p * 64 + n, 4, 16, 32, 32, 64, (used_count < 32 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
                 for (int p = 0; p < 112; p += 4) {
-                    pointwise_f32_tile4x16_portable(band + p * 32, project_w + n * 32 + 16, project_bias + n + 16, NULL, y + oy0 * 7168 + p * 64 + n + 16, 4, 16, 32, 32, 64, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile4x16_portable(band + p * 32, project_w + n * 32 + 16, project_bias + n + 16, NULL, y + oy0 * 7168 + p * 64 + n + 16, 4, 16, 32, 32, 64, (used_count < 32 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
             }
 #endif
@@ -3280,43 +3533,45 @@ static void block_f32_112x112x64_to_56x56x128(const float *restrict x, const flo
                     }
                 }
             }
+            int used_channels[64];
+            const int used_count = nonzero_channels_f32(band, 56, 64, used_channels);
 #if defined(KERNELS_AVX512)
             for (int n = 0; n < 128; n += 32) {
                 for (int p = 0; p < 56; p += 8) {
-                    pointwise_f32_tile8x32_avx512(band + p * 64, project_w + n * 64, project_bias + n, NULL, y + oy0 * 7168 + p * 128 + n, 8, 32, 64, 32, 128, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile8x32_avx512(band + p * 64, project_w + n * 64, project_bias + n, NULL, y + oy0 * 7168 + p * 128 + n, 8, 32, 64, 32, 128, (used_count < 64 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
             }
 #elif defined(KERNELS_AVX2)
             for (int n = 0; n < 128; n += 32) {
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x16_avx2(band + p * 64, project_w + n * 64, project_bias + n, NULL, y + oy0 * 7168 + p * 128 + n, 4, 16, 64, 32, 128, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile6x16_avx2(band + p * 64, project_w + n * 64, project_bias + n, NULL, y + oy0 * 7168 + p * 128 + n, 4, 16, 64, 32, 128, (used_count < 64 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x16_avx2(band + p * 64, project_w + n * 64 + 16, project_bias + n + 16, NULL, y + oy0 * 7168 + p * 128 + n + 16, 4, 16, 64, 32, 128, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile6x16_avx2(band + p * 64, project_w + n * 64 + 16, project_bias + n + 16, NULL, y + oy0 * 7168 + p * 128 + n + 16, 4, 16, 64, 32, 128, (used_count < 64 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
             }
 #elif defined(KERNELS_VECTOR)
             for (int n = 0; n < 128; n += 32) {
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x8_vector(band + p * 64, project_w + n * 64, project_bias + n, NULL, y + oy0 * 7168 + p * 128 + n, 4, 8, 64, 32, 128, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile6x8_vector(band + p * 64, project_w + n * 64, project_bias + n, NULL, y + oy0 * 7168 + p * 128 + n, 4, 8, 64, 32, 128, (used_count < 64 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x8_vector(band + p * 64, project_w + n * 64 + 8, project_bias + n + 8, NULL, y + oy0 * 7168 + p * 128 + n + 8, 4, 8, 64, 32, 128, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile6x8_vector(band + p * 64, project_w + n * 64 + 8, project_bias + n + 8, NULL, y + oy0 * 7168 + p * 128 + n + 8, 4, 8, 64, 32, 128, (used_count < 64 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x8_vector(band + p * 64, project_w + n * 64 + 16, project_bias + n + 16, NULL, y + oy0 * 7168 + p * 128 + n + 16, 4, 8, 64, 32, 128, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile6x8_vector(band + p * 64, project_w + n * 64 + 16, project_bias + n + 16, NULL, y + oy0 * 7168 + p * 128 + n + 16, 4, 8, 64, 32, 128, (used_count < 64 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x8_vector(band + p * 64, project_w + n * 64 + 24, project_bias + n + 24, NULL, y + oy0 * 7168 + p * 128 + n + 24, 4, 8, 64, 32, 128, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile6x8_vector(band + p * 64, project_w + n * 64 + 24, project_bias + n + 24, NULL, y + oy0 * 7168 + p * 128 + n + 24, 4, 8, 64, 32, 128, (used_count < 64 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
             }
 #else
             for (int n = 0; n < 128; n += 32) {
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile4x16_portable(band + p * 64, project_w + n * 64, project_bias + n, NULL, y + oy0 * 7168 + p * 128 + n, 4, 16, 64, 32, 128, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile4x16_portable(band + p * 64, project_w + n * 64, project_bias + n, NULL, y + oy0 * 7168 + p * 128 + n, 4, 16, 64, 32, 128, (used_count < 64 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile4x16_portable(band + p * 64, project_w + n * 64 + 16, project_bias + n + 16, NULL, y + oy0 * 7168 + p * 128 + n + 16, 4, 16, 64, 32, 128, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile4x16_portable(band + p * 64, project_w + n * 64 + 16, project_bias + n + 16, NULL, y + oy0 * 7168 + p * 128 + n + 16, 4, 16, 64, 32, 128, (used_count < 64 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
             }
 #endif
@@ -3356,43 +3611,45 @@ static void block_f32_56x56x128_to_56x56x128(const float *restrict x, const floa
                     depthwise3x3_s1_f32_block(rows, depthwise_w, depthwise_bias, NULL, band + r * 7168 + 6144, 128, 56, 47, 8, 1, ky0, ky1, 1, 0, ACTIVATION_RELU);
                 }
             }
+            int used_channels[128];
+            const int used_count = nonzero_channels_f32(band, 56, 128, used_channels);
 #if defined(KERNELS_AVX512)
             for (int n = 0; n < 128; n += 32) {
                 for (int p = 0; p < 56; p += 8) {
-                    pointwise_f32_tile8x32_avx512(band + p * 128, project_w + n * 128, project_bias + n, NULL, y + oy0 * 7168 + p * 128 + n, 8, 32, 128, 32, 128, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile8x32_avx512(band + p * 128, project_w + n * 128, project_bias + n, NULL, y + oy0 * 7168 + p * 128 + n, 8, 32, 128, 32, 128, (used_count < 128 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
             }
 #elif defined(KERNELS_AVX2)
             for (int n = 0; n < 128; n += 32) {
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x16_avx2(band + p * 128, project_w + n * 128, project_bias + n, NULL, y + oy0 * 7168 + p * 128 + n, 4, 16, 128, 32, 128, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile6x16_avx2(band + p * 128, project_w + n * 128, project_bias + n, NULL, y + oy0 * 7168 + p * 128 + n, 4, 16, 128, 32, 128, (used_count < 128 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x16_avx2(band + p * 128, project_w + n * 128 + 16, project_bias + n + 16, NULL, y + oy0 * 7168 + p * 128 + n + 16, 4, 16, 128, 32, 128, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile6x16_avx2(band + p * 128, project_w + n * 128 + 16, project_bias + n + 16, NULL, y + oy0 * 7168 + p * 128 + n + 16, 4, 16, 128, 32, 128, (used_count < 128 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
             }
 #elif defined(KERNELS_VECTOR)
             for (int n = 0; n < 128; n += 32) {
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x8_vector(band + p * 128, project_w + n * 128, project_bias + n, NULL, y + oy0 * 7168 + p * 128 + n, 4, 8, 128, 32, 128, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile6x8_vector(band + p * 128, project_w + n * 128, project_bias + n, NULL, y + oy0 * 7168 + p * 128 + n, 4, 8, 128, 32, 128, (used_count < 128 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x8_vector(band + p * 128, project_w + n * 128 + 8, project_bias + n + 8, NULL, y + oy0 * 7168 + p * 128 + n + 8, 4, 8, 128, 32, 128, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile6x8_vector(band + p * 128, project_w + n * 128 + 8, project_bias + n + 8, NULL, y + oy0 * 7168 + p * 128 + n + 8, 4, 8, 128, 32, 128, (used_count < 128 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x8_vector(band + p * 128, project_w + n * 128 + 16, project_bias + n + 16, NULL, y + oy0 * 7168 + p * 128 + n + 16, 4, 8, 128, 32, 128, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile6x8_vector(band + p * 128, project_w + n * 128 + 16, project_bias + n + 16, NULL, y + oy0 * 7168 + p * 128 + n + 16, 4, 8, 128, 32, 128, (used_count < 128 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x8_vector(band + p * 128, project_w + n * 128 + 24, project_bias + n + 24, NULL, y + oy0 * 7168 + p * 128 + n + 24, 4, 8, 128, 32, 128, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile6x8_vector(band + p * 128, project_w + n * 128 + 24, project_bias + n + 24, NULL, y + oy0 * 7168 + p * 128 + n + 24, 4, 8, 128, 32, 128, (used_count < 128 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
             }
 #else
             for (int n = 0; n < 128; n += 32) {
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile4x16_portable(band + p * 128, project_w + n * 128, project_bias + n, NULL, y + oy0 * 7168 + p * 128 + n, 4, 16, 128, 32, 128, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile4x16_portable(band + p * 128, project_w + n * 128, project_bias + n, NULL, y + oy0 * 7168 + p * 128 + n, 4, 16, 128, 32, 128, (used_count < 128 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile4x16_portable(band + p * 128, project_w + n * 128 + 16, project_bias + n + 16, NULL, y + oy0 * 7168 + p * 128 + n + 16, 4, 16, 128, 32, 128, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile4x16_portable(band + p * 128, project_w + n * 128 + 16, project_bias + n + 16, NULL, y + oy0 * 7168 + p * 128 + n + 16, 4, 16, 128, 32, 128, (used_count < 128 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
             }
 #endif
@@ -3432,43 +3689,45 @@ static void block_f32_56x56x128_to_28x28x256(const float *restrict x, const floa
                     depthwise3x3_s2_f32_block(rows, depthwise_w, depthwise_bias, NULL, band + r * 3584 + 3072, 128, 56, 47, 4, 0, ky0, ky1, 1, 0, ACTIVATION_RELU);
                 }
             }
+            int used_channels[128];
+            const int used_count = nonzero_channels_f32(band, 56, 128, used_channels);
 #if defined(KERNELS_AVX512)
             for (int n = 0; n < 256; n += 32) {
                 for (int p = 0; p < 56; p += 8) {
-                    pointwise_f32_tile8x32_avx512(band + p * 128, project_w + n * 128, project_bias + n, NULL, y + oy0 * 7168 + p * 256 + n, 8, 32, 128, 32, 256, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile8x32_avx512(band + p * 128, project_w + n * 128, project_bias + n, NULL, y + oy0 * 7168 + p * 256 + n, 8, 32, 128, 32, 256, (used_count < 128 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
             }
 #elif defined(KERNELS_AVX2)
             for (int n = 0; n < 256; n += 32) {
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x16_avx2(band + p * 128, project_w + n * 128, project_bias + n, NULL, y + oy0 * 7168 + p * 256 + n, 4, 16, 128, 32, 256, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile6x16_avx2(band + p * 128, project_w + n * 128, project_bias + n, NULL, y + oy0 * 7168 + p * 256 + n, 4, 16, 128, 32, 256, (used_count < 128 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x16_avx2(band + p * 128, project_w + n * 128 + 16, project_bias + n + 16, NULL, y + oy0 * 7168 + p * 256 + n + 16, 4, 16, 128, 32, 256, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile6x16_avx2(band + p * 128, project_w + n * 128 + 16, project_bias + n + 16, NULL, y + oy0 * 7168 + p * 256 + n + 16, 4, 16, 128, 32, 256, (used_count < 128 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
             }
 #elif defined(KERNELS_VECTOR)
             for (int n = 0; n < 256; n += 32) {
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x8_vector(band + p * 128, project_w + n * 128, project_bias + n, NULL, y + oy0 * 7168 + p * 256 + n, 4, 8, 128, 32, 256, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile6x8_vector(band + p * 128, project_w + n * 128, project_bias + n, NULL, y + oy0 * 7168 + p * 256 + n, 4, 8, 128, 32, 256, (used_count < 128 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x8_vector(band + p * 128, project_w + n * 128 + 8, project_bias + n + 8, NULL, y + oy0 * 7168 + p * 256 + n + 8, 4, 8, 128, 32, 256, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile6x8_vector(band + p * 128, project_w + n * 128 + 8, project_bias + n + 8, NULL, y + oy0 * 7168 + p * 256 + n + 8, 4, 8, 128, 32, 256, (used_count < 128 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x8_vector(band + p * 128, project_w + n * 128 + 16, project_bias + n + 16, NULL, y + oy0 * 7168 + p * 256 + n + 16, 4, 8, 128, 32, 256, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile6x8_vector(band + p * 128, project_w + n * 128 + 16, project_bias + n + 16, NULL, y + oy0 * 7168 + p * 256 + n + 16, 4, 8, 128, 32, 256, (used_count < 128 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x8_vector(band + p * 128, project_w + n * 128 + 24, project_bias + n + 24, NULL, y + oy0 * 7168 + p * 256 + n + 24, 4, 8, 128, 32, 256, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile6x8_vector(band + p * 128, project_w + n * 128 + 24, project_bias + n + 24, NULL, y + oy0 * 7168 + p * 256 + n + 24, 4, 8, 128, 32, 256, (used_count < 128 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
             }
 #else
             for (int n = 0; n < 256; n += 32) {
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile4x16_portable(band + p * 128, project_w + n * 128, project_bias + n, NULL, y + oy0 * 7168 + p * 256 + n, 4, 16, 128, 32, 256, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile4x16_portable(band + p * 128, project_w + n * 128, project_bias + n, NULL, y + oy0 * 7168 + p * 256 + n, 4, 16, 128, 32, 256, (used_count < 128 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile4x16_portable(band + p * 128, project_w + n * 128 + 16, project_bias + n + 16, NULL, y + oy0 * 7168 + p * 256 + n + 16, 4, 16, 128, 32, 256, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile4x16_portable(band + p * 128, project_w + n * 128 + 16, project_bias + n + 16, NULL, y + oy0 * 7168 + p * 256 + n + 16, 4, 16, 128, 32, 256, (used_count < 128 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
             }
 #endif
@@ -3508,43 +3767,45 @@ static void block_f32_28x28x256_to_28x28x256(const float *restrict x, const floa
                     depthwise3x3_s1_f32_block(rows, depthwise_w, depthwise_bias, NULL, band + r * 7168 + 6144, 256, 28, 23, 4, 1, ky0, ky1, 1, 0, ACTIVATION_RELU);
                 }
             }
+            int used_channels[256];
+            const int used_count = nonzero_channels_f32(band, 56, 256, used_channels);
 #if defined(KERNELS_AVX512)
             for (int n = 0; n < 256; n += 32) {
                 for (int p = 0; p < 56; p += 8) {
-                    pointwise_f32_tile8x32_avx512(band + p * 256, project_w + n * 256, project_bias + n, NULL, y + oy0 * 7168 + p * 256 + n, 8, 32, 256, 32, 256, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile8x32_avx512(band + p * 256, project_w + n * 256, project_bias + n, NULL, y + oy0 * 7168 + p * 256 + n, 8, 32, 256, 32, 256, (used_count < 256 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
             }
 #elif defined(KERNELS_AVX2)
             for (int n = 0; n < 256; n += 32) {
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x16_avx2(band + p * 256, project_w + n * 256, project_bias + n, NULL, y + oy0 * 7168 + p * 256 + n, 4, 16, 256, 32, 256, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile6x16_avx2(band + p * 256, project_w + n * 256, project_bias + n, NULL, y + oy0 * 7168 + p * 256 + n, 4, 16, 256, 32, 256, (used_count < 256 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x16_avx2(band + p * 256, project_w + n * 256 + 16, project_bias + n + 16, NULL, y + oy0 * 7168 + p * 256 + n + 16, 4, 16, 256, 32, 256, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile6x16_avx2(band + p * 256, project_w + n * 256 + 16, project_bias + n + 16, NULL, y + oy0 * 7168 + p * 256 + n + 16, 4, 16, 256, 32, 256, (used_count < 256 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
             }
 #elif defined(KERNELS_VECTOR)
             for (int n = 0; n < 256; n += 32) {
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x8_vector(band + p * 256, project_w + n * 256, project_bias + n, NULL, y + oy0 * 7168 + p * 256 + n, 4, 8, 256, 32, 256, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile6x8_vector(band + p * 256, project_w + n * 256, project_bias + n, NULL, y + oy0 * 7168 + p * 256 + n, 4, 8, 256, 32, 256, (used_count < 256 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x8_vector(band + p * 256, project_w + n * 256 + 8, project_bias + n + 8, NULL, y + oy0 * 7168 + p * 256 + n + 8, 4, 8, 256, 32, 256, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile6x8_vector(band + p * 256, project_w + n * 256 + 8, project_bias + n + 8, NULL, y + oy0 * 7168 + p * 256 + n + 8, 4, 8, 256, 32, 256, (used_count < 256 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x8_vector(band + p * 256, project_w + n * 256 + 16, project_bias + n + 16, NULL, y + oy0 * 7168 + p * 256 + n + 16, 4, 8, 256, 32, 256, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile6x8_vector(band + p * 256, project_w + n * 256 + 16, project_bias + n + 16, NULL, y + oy0 * 7168 + p * 256 + n + 16, 4, 8, 256, 32, 256, (used_count < 256 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x8_vector(band + p * 256, project_w + n * 256 + 24, project_bias + n + 24, NULL, y + oy0 * 7168 + p * 256 + n + 24, 4, 8, 256, 32, 256, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile6x8_vector(band + p * 256, project_w + n * 256 + 24, project_bias + n + 24, NULL, y + oy0 * 7168 + p * 256 + n + 24, 4, 8, 256, 32, 256, (used_count < 256 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
             }
 #else
             for (int n = 0; n < 256; n += 32) {
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile4x16_portable(band + p * 256, project_w + n * 256, project_bias + n, NULL, y + oy0 * 7168 + p * 256 + n, 4, 16, 256, 32, 256, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile4x16_portable(band + p * 256, project_w + n * 256, project_bias + n, NULL, y + oy0 * 7168 + p * 256 + n, 4, 16, 256, 32, 256, (used_count < 256 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile4x16_portable(band + p * 256, project_w + n * 256 + 16, project_bias + n + 16, NULL, y + oy0 * 7168 + p * 256 + n + 16, 4, 16, 256, 32, 256, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile4x16_portable(band + p * 256, project_w + n * 256 + 16, project_bias + n + 16, NULL, y + oy0 * 7168 + p * 256 + n + 16, 4, 16, 256, 32, 256, (used_count < 256 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
             }
 #endif
@@ -3578,43 +3839,45 @@ static void block_f32_28x28x256_to_14x14x512(const float *restrict x, const floa
                     depthwise3x3_s2_f32_block(rows, depthwise_w, depthwise_bias, NULL, band + r * 3584 + 2048, 256, 28, 15, 6, 0, ky0, ky1, 1, 0, ACTIVATION_RELU);
                 }
             }
+            int used_channels[256];
+            const int used_count = nonzero_channels_f32(band, 56, 256, used_channels);
 #if defined(KERNELS_AVX512)
             for (int n = 0; n < 512; n += 32) {
                 for (int p = 0; p < 56; p += 8) {
-                    pointwise_f32_tile8x32_avx512(band + p * 256, project_w + n * 256, project_bias + n, NULL, y + oy0 * 7168 + p * 512 + n, 8, 32, 256, 32, 512, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile8x32_avx512(band + p * 256, project_w + n * 256, project_bias + n, NULL, y + oy0 * 7168 + p * 512 + n, 8, 32, 256, 32, 512, (used_count < 256 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
             }
 #elif defined(KERNELS_AVX2)
             for (int n = 0; n < 512; n += 32) {
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x16_avx2(band + p * 256, project_w + n * 256, project_bias + n, NULL, y + oy0 * 7168 + p * 512 + n, 4, 16, 256, 32, 512, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile6x16_avx2(band + p * 256, project_w + n * 256, project_bias + n, NULL, y + oy0 * 7168 + p * 512 + n, 4, 16, 256, 32, 512, (used_count < 256 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x16_avx2(band + p * 256, project_w + n * 256 + 16, project_bias + n + 16, NULL, y + oy0 * 7168 + p * 512 + n + 16, 4, 16, 256, 32, 512, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile6x16_avx2(band + p * 256, project_w + n * 256 + 16, project_bias + n + 16, NULL, y + oy0 * 7168 + p * 512 + n + 16, 4, 16, 256, 32, 512, (used_count < 256 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
             }
 #elif defined(KERNELS_VECTOR)
             for (int n = 0; n < 512; n += 32) {
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x8_vector(band + p * 256, project_w + n * 256, project_bias + n, NULL, y + oy0 * 7168 + p * 512 + n, 4, 8, 256, 32, 512, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile6x8_vector(band + p * 256, project_w + n * 256, project_bias + n, NULL, y + oy0 * 7168 + p * 512 + n, 4, 8, 256, 32, 512, (used_count < 256 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x8_vector(band + p * 256, project_w + n * 256 + 8, project_bias + n + 8, NULL, y + oy0 * 7168 + p * 512 + n + 8, 4, 8, 256, 32, 512, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile6x8_vector(band + p * 256, project_w + n * 256 + 8, project_bias + n + 8, NULL, y + oy0 * 7168 + p * 512 + n + 8, 4, 8, 256, 32, 512, (used_count < 256 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x8_vector(band + p * 256, project_w + n * 256 + 16, project_bias + n + 16, NULL, y + oy0 * 7168 + p * 512 + n + 16, 4, 8, 256, 32, 512, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile6x8_vector(band + p * 256, project_w + n * 256 + 16, project_bias + n + 16, NULL, y + oy0 * 7168 + p * 512 + n + 16, 4, 8, 256, 32, 512, (used_count < 256 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x8_vector(band + p * 256, project_w + n * 256 + 24, project_bias + n + 24, NULL, y + oy0 * 7168 + p * 512 + n + 24, 4, 8, 256, 32, 512, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile6x8_vector(band + p * 256, project_w + n * 256 + 24, project_bias + n + 24, NULL, y + oy0 * 7168 + p * 512 + n + 24, 4, 8, 256, 32, 512, (used_count < 256 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
             }
 #else
             for (int n = 0; n < 512; n += 32) {
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile4x16_portable(band + p * 256, project_w + n * 256, project_bias + n, NULL, y + oy0 * 7168 + p * 512 + n, 4, 16, 256, 32, 512, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile4x16_portable(band + p * 256, project_w + n * 256, project_bias + n, NULL, y + oy0 * 7168 + p * 512 + n, 4, 16, 256, 32, 512, (used_count < 256 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile4x16_portable(band + p * 256, project_w + n * 256 + 16, project_bias + n + 16, NULL, y + oy0 * 7168 + p * 512 + n + 16, 4, 16, 256, 32, 512, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile4x16_portable(band + p * 256, project_w + n * 256 + 16, project_bias + n + 16, NULL, y + oy0 * 7168 + p * 512 + n + 16, 4, 16, 256, 32, 512, (used_count < 256 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
             }
 #endif
@@ -3637,43 +3900,45 @@ static void block_f32_28x28x256_to_14x14x512(const float *restrict x, const floa
                 depthwise3x3_s2_f32_block(rows, depthwise_w, depthwise_bias, NULL, band + r * 3584 + 2048, 256, 28, 15, 6, 0, ky0, ky1, 1, 0, ACTIVATION_RELU);
             }
         }
+        int used_channels[256];
+        const int used_count = nonzero_channels_f32(band, 28, 256, used_channels);
 #if defined(KERNELS_AVX512)
         for (int n = 0; n < 512; n += 32) {
             for (int p = 0; p < 28; p += 7) {
-                pointwise_f32_tile8x32_avx512(band + p * 256, project_w + n * 256, project_bias + n, NULL, y + 86016 + p * 512 + n, 7, 32, 256, 32, 512, 1, 0, ACTIVATION_RELU);
+                pointwise_f32_tile8x32_avx512(band + p * 256, project_w + n * 256, project_bias + n, NULL, y + 86016 + p * 512 + n, 7, 32, 256, 32, 512, (used_count < 256 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
             }
         }
 #elif defined(KERNELS_AVX2)
         for (int n = 0; n < 512; n += 32) {
             for (int p = 0; p < 28; p += 4) {
-                pointwise_f32_tile6x16_avx2(band + p * 256, project_w + n * 256, project_bias + n, NULL, y + 86016 + p * 512 + n, 4, 16, 256, 32, 512, 1, 0, ACTIVATION_RELU);
+                pointwise_f32_tile6x16_avx2(band + p * 256, project_w + n * 256, project_bias + n, NULL, y + 86016 + p * 512 + n, 4, 16, 256, 32, 512, (used_count < 256 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
             }
             for (int p = 0; p < 28; p += 4) {
-                pointwise_f32_tile6x16_avx2(band + p * 256, project_w + n * 256 + 16, project_bias + n + 16, NULL, y + 86016 + p * 512 + n + 16, 4, 16, 256, 32, 512, 1, 0, ACTIVATION_RELU);
+                pointwise_f32_tile6x16_avx2(band + p * 256, project_w + n * 256 + 16, project_bias + n + 16, NULL, y + 86016 + p * 512 + n + 16, 4, 16, 256, 32, 512, (used_count < 256 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
             }
         }
 #elif defined(KERNELS_VECTOR)
         for (int n = 0; n < 512; n += 32) {
             for (int p = 0; p < 28; p += 4) {
-                pointwise_f32_tile6x8_vector(band + p * 256, project_w + n * 256, project_bias + n, NULL, y + 86016 + p * 512 + n, 4, 8, 256, 32, 512, 1, 0, ACTIVATION_RELU);
+                pointwise_f32_tile6x8_vector(band + p * 256, project_w + n * 256, project_bias + n, NULL, y + 86016 + p * 512 + n, 4, 8, 256, 32, 512, (used_count < 256 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
             }
             for (int p = 0; p < 28; p += 4) {
-                pointwise_f32_tile6x8_vector(band + p * 256, project_w + n * 256 + 8, project_bias + n + 8, NULL, y + 86016 + p * 512 + n + 8, 4, 8, 256, 32, 512, 1, 0, ACTIVATION_RELU);
+                pointwise_f32_tile6x8_vector(band + p * 256, project_w + n * 256 + 8, project_bias + n + 8, NULL, y + 86016 + p * 512 + n + 8, 4, 8, 256, 32, 512, (used_count < 256 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
             }
             for (int p = 0; p < 28; p += 4) {
-                pointwise_f32_tile6x8_vector(band + p * 256, project_w + n * 256 + 16, project_bias + n + 16, NULL, y + 86016 + p * 512 + n + 16, 4, 8, 256, 32, 512, 1, 0, ACTIVATION_RELU);
+                pointwise_f32_tile6x8_vector(band + p * 256, project_w + n * 256 + 16, project_bias + n + 16, NULL, y + 86016 + p * 512 + n + 16, 4, 8, 256, 32, 512, (used_count < 256 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
             }
             for (int p = 0; p < 28; p += 4) {
-                pointwise_f32_tile6x8_vector(band + p * 256, project_w + n * 256 + 24, project_bias + n + 24, NULL, y + 86016 + p * 512 + n + 24, 4, 8, 256, 32, 512, 1, 0, ACTIVATION_RELU);
+                pointwise_f32_tile6x8_vector(band + p * 256, project_w + n * 256 + 24, project_bias + n + 24, NULL, y + 86016 + p * 512 + n + 24, 4, 8, 256, 32, 512, (used_count < 256 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
             }
         }
 #else
         for (int n = 0; n < 512; n += 32) {
             for (int p = 0; p < 28; p += 4) {
-                pointwise_f32_tile4x16_portable(band + p * 256, project_w + n * 256, project_bias + n, NULL, y + 86016 + p * 512 + n, 4, 16, 256, 32, 512, 1, 0, ACTIVATION_RELU);
+                pointwise_f32_tile4x16_portable(band + p * 256, project_w + n * 256, project_bias + n, NULL, y + 86016 + p * 512 + n, 4, 16, 256, 32, 512, (used_count < 256 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
             }
             for (int p = 0; p < 28; p += 4) {
-                pointwise_f32_tile4x16_portable(band + p * 256, project_w + n * 256 + 16, project_bias + n + 16, NULL, y + 86016 + p * 512 + n + 16, 4, 16, 256, 32, 512, 1, 0, ACTIVATION_RELU);
+                pointwise_f32_tile4x16_portable(band + p * 256, project_w + n * 256 + 16, project_bias + n + 16, NULL, y + 86016 + p * 512 + n + 16, 4, 16, 256, 32, 512, (used_count < 256 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
             }
         }
 #endif
@@ -3706,43 +3971,45 @@ static void block_f32_14x14x512_to_14x14x512(const float *restrict x, const floa
                     depthwise3x3_s1_f32_block(rows, depthwise_w, depthwise_bias, NULL, band + r * 7168 + 4096, 512, 14, 7, 6, 1, ky0, ky1, 1, 0, ACTIVATION_RELU);
                 }
             }
+            int used_channels[512];
+            const int used_count = nonzero_channels_f32(band, 56, 512, used_channels);
 #if defined(KERNELS_AVX512)
             for (int n = 0; n < 512; n += 32) {
                 for (int p = 0; p < 56; p += 8) {
-                    pointwise_f32_tile8x32_avx512(band + p * 512, project_w + n * 512, project_bias + n, NULL, y + oy0 * 7168 + p * 512 + n, 8, 32, 512, 32, 512, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile8x32_avx512(band + p * 512, project_w + n * 512, project_bias + n, NULL, y + oy0 * 7168 + p * 512 + n, 8, 32, 512, 32, 512, (used_count < 512 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
             }
 #elif defined(KERNELS_AVX2)
             for (int n = 0; n < 512; n += 32) {
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x16_avx2(band + p * 512, project_w + n * 512, project_bias + n, NULL, y + oy0 * 7168 + p * 512 + n, 4, 16, 512, 32, 512, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile6x16_avx2(band + p * 512, project_w + n * 512, project_bias + n, NULL, y + oy0 * 7168 + p * 512 + n, 4, 16, 512, 32, 512, (used_count < 512 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x16_avx2(band + p * 512, project_w + n * 512 + 16, project_bias + n + 16, NULL, y + oy0 * 7168 + p * 512 + n + 16, 4, 16, 512, 32, 512, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile6x16_avx2(band + p * 512, project_w + n * 512 + 16, project_bias + n + 16, NULL, y + oy0 * 7168 + p * 512 + n + 16, 4, 16, 512, 32, 512, (used_count < 512 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
             }
 #elif defined(KERNELS_VECTOR)
             for (int n = 0; n < 512; n += 32) {
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x8_vector(band + p * 512, project_w + n * 512, project_bias + n, NULL, y + oy0 * 7168 + p * 512 + n, 4, 8, 512, 32, 512, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile6x8_vector(band + p * 512, project_w + n * 512, project_bias + n, NULL, y + oy0 * 7168 + p * 512 + n, 4, 8, 512, 32, 512, (used_count < 512 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x8_vector(band + p * 512, project_w + n * 512 + 8, project_bias + n + 8, NULL, y + oy0 * 7168 + p * 512 + n + 8, 4, 8, 512, 32, 512, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile6x8_vector(band + p * 512, project_w + n * 512 + 8, project_bias + n + 8, NULL, y + oy0 * 7168 + p * 512 + n + 8, 4, 8, 512, 32, 512, (used_count < 512 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x8_vector(band + p * 512, project_w + n * 512 + 16, project_bias + n + 16, NULL, y + oy0 * 7168 + p * 512 + n + 16, 4, 8, 512, 32, 512, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile6x8_vector(band + p * 512, project_w + n * 512 + 16, project_bias + n + 16, NULL, y + oy0 * 7168 + p * 512 + n + 16, 4, 8, 512, 32, 512, (used_count < 512 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x8_vector(band + p * 512, project_w + n * 512 + 24, project_bias + n + 24, NULL, y + oy0 * 7168 + p * 512 + n + 24, 4, 8, 512, 32, 512, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile6x8_vector(band + p * 512, project_w + n * 512 + 24, project_bias + n + 24, NULL, y + oy0 * 7168 + p * 512 + n + 24, 4, 8, 512, 32, 512, (used_count < 512 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
             }
 #else
             for (int n = 0; n < 512; n += 32) {
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile4x16_portable(band + p * 512, project_w + n * 512, project_bias + n, NULL, y + oy0 * 7168 + p * 512 + n, 4, 16, 512, 32, 512, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile4x16_portable(band + p * 512, project_w + n * 512, project_bias + n, NULL, y + oy0 * 7168 + p * 512 + n, 4, 16, 512, 32, 512, (used_count < 512 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile4x16_portable(band + p * 512, project_w + n * 512 + 16, project_bias + n + 16, NULL, y + oy0 * 7168 + p * 512 + n + 16, 4, 16, 512, 32, 512, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile4x16_portable(band + p * 512, project_w + n * 512 + 16, project_bias + n + 16, NULL, y + oy0 * 7168 + p * 512 + n + 16, 4, 16, 512, 32, 512, (used_count < 512 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
                 }
             }
 #endif
@@ -3765,43 +4032,45 @@ static void block_f32_14x14x512_to_14x14x512(const float *restrict x, const floa
                 depthwise3x3_s1_f32_block(rows, depthwise_w, depthwise_bias, NULL, band + r * 7168 + 4096, 512, 14, 7, 6, 1, ky0, ky1, 1, 0, ACTIVATION_RELU);
             }
         }
+        int used_channels[512];
+        const int used_count = nonzero_channels_f32(band, 28, 512, used_channels);
 #if defined(KERNELS_AVX512)
         for (int n = 0; n < 512; n += 32) {
             for (int p = 0; p < 28; p += 7) {
-                pointwise_f32_tile8x32_avx512(band + p * 512, project_w + n * 512, project_bias + n, NULL, y + 86016 + p * 512 + n, 7, 32, 512, 32, 512, 1, 0, ACTIVATION_RELU);
+                pointwise_f32_tile8x32_avx512(band + p * 512, project_w + n * 512, project_bias + n, NULL, y + 86016 + p * 512 + n, 7, 32, 512, 32, 512, (used_count < 512 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
             }
         }
 #elif defined(KERNELS_AVX2)
         for (int n = 0; n < 512; n += 32) {
             for (int p = 0; p < 28; p += 4) {
-                pointwise_f32_tile6x16_avx2(band + p * 512, project_w + n * 512, project_bias + n, NULL, y + 86016 + p * 512 + n, 4, 16, 512, 32, 512, 1, 0, ACTIVATION_RELU);
+                pointwise_f32_tile6x16_avx2(band + p * 512, project_w + n * 512, project_bias + n, NULL, y + 86016 + p * 512 + n, 4, 16, 512, 32, 512, (used_count < 512 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
             }
             for (int p = 0; p < 28; p += 4) {
-                pointwise_f32_tile6x16_avx2(band + p * 512, project_w + n * 512 + 16, project_bias + n + 16, NULL, y + 86016 + p * 512 + n + 16, 4, 16, 512, 32, 512, 1, 0, ACTIVATION_RELU);
+                pointwise_f32_tile6x16_avx2(band + p * 512, project_w + n * 512 + 16, project_bias + n + 16, NULL, y + 86016 + p * 512 + n + 16, 4, 16, 512, 32, 512, (used_count < 512 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
             }
         }
 #elif defined(KERNELS_VECTOR)
         for (int n = 0; n < 512; n += 32) {
             for (int p = 0; p < 28; p += 4) {
-                pointwise_f32_tile6x8_vector(band + p * 512, project_w + n * 512, project_bias + n, NULL, y + 86016 + p * 512 + n, 4, 8, 512, 32, 512, 1, 0, ACTIVATION_RELU);
+                pointwise_f32_tile6x8_vector(band + p * 512, project_w + n * 512, project_bias + n, NULL, y + 86016 + p * 512 + n, 4, 8, 512, 32, 512, (used_count < 512 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
             }
             for (int p = 0; p < 28; p += 4) {
-                pointwise_f32_tile6x8_vector(band + p * 512, project_w + n * 512 + 8, project_bias + n + 8, NULL, y + 86016 + p * 512 + n + 8, 4, 8, 512, 32, 512, 1, 0, ACTIVATION_RELU);
+                pointwise_f32_tile6x8_vector(band + p * 512, project_w + n * 512 + 8, project_bias + n + 8, NULL, y + 86016 + p * 512 + n + 8, 4, 8, 512, 32, 512, (used_count < 512 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
             }
             for (int p = 0; p < 28; p += 4) {
-                pointwise_f32_tile6x8_vector(band + p * 512, project_w + n * 512 + 16, project_bias + n + 16, NULL, y + 86016 + p * 512 + n + 16, 4, 8, 512, 32, 512, 1, 0, ACTIVATION_RELU);
+                pointwise_f32_tile6x8_vector(band + p * 512, project_w + n * 512 + 16, project_bias + n + 16, NULL, y + 86016 + p * 512 + n + 16, 4, 8, 512, 32, 512, (used_count < 512 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
             }
             for (int p = 0; p < 28; p += 4) {
-                pointwise_f32_tile6x8_vector(band + p * 512, project_w + n * 512 + 24, project_bias + n + 24, NULL, y + 86016 + p * 512 + n + 24, 4, 8, 512, 32, 512, 1, 0, ACTIVATION_RELU);
+                pointwise_f32_tile6x8_vector(band + p * 512, project_w + n * 512 + 24, project_bias + n + 24, NULL, y + 86016 + p * 512 + n + 24, 4, 8, 512, 32, 512, (used_count < 512 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
             }
         }
 #else
         for (int n = 0; n < 512; n += 32) {
             for (int p = 0; p < 28; p += 4) {
-                pointwise_f32_tile4x16_portable(band + p * 512, project_w + n * 512, project_bias + n, NULL, y + 86016 + p * 512 + n, 4, 16, 512, 32, 512, 1, 0, ACTIVATION_RELU);
+                pointwise_f32_tile4x16_portable(band + p * 512, project_w + n * 512, project_bias + n, NULL, y + 86016 + p * 512 + n, 4, 16, 512, 32, 512, (used_count < 512 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
             }
             for (int p = 0; p < 28; p += 4) {
-                pointwise_f32_tile4x16_portable(band + p * 512, project_w + n * 512 + 16, project_bias + n + 16, NULL, y + 86016 + p * 512 + n + 16, 4, 16, 512, 32, 512, 1, 0, ACTIVATION_RELU);
+                pointwise_f32_tile4x16_portable(band + p * 512, project_w + n * 512 + 16, project_bias + n + 16, NULL, y + 86016 + p * 512 + n + 16, 4, 16, 512, 32, 512, (used_count < 512 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
             }
         }
 #endif
@@ -3831,52 +4100,54 @@ static void block_f32_14x14x512_to_7x7x1024(const float *restrict x, const float
                 depthwise3x3_s2_f32_block(rows, depthwise_w, depthwise_bias, NULL, band + r * 3584, 512, 14, -1, 7, 1, ky0, ky1, 1, 0, ACTIVATION_RELU);
             }
         }
+        int used_channels[512];
+        const int used_count = nonzero_channels_f32(band, 49, 512, used_channels);
 #if defined(KERNELS_AVX512)
         for (int n = 0; n < 1024; n += 32) {
             for (int p = 0; p < 49; p += 7) {
-                pointwise_f32_tile8x32_avx512(band + p * 512, project_w + n * 512, project_bias + n, NULL, y + p * 1024 + n, 7, 32, 512, 32, 1024, 1, 0, ACTIVATION_RELU);
+                pointwise_f32_tile8x32_avx512(band + p * 512, project_w + n * 512, project_bias + n, NULL, y + p * 1024 + n, 7, 32, 512, 32, 1024, (used_count < 512 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
             }
         }
 #elif defined(KERNELS_AVX2)
         for (int n = 0; n < 1024; n += 32) {
             for (int p = 0; p < 45; p += 5) {
-                pointwise_f32_tile6x16_avx2(band + p * 512, project_w + n * 512, project_bias + n, NULL, y + p * 1024 + n, 5, 16, 512, 32, 1024, 1, 0, ACTIVATION_RELU);
+                pointwise_f32_tile6x16_avx2(band + p * 512, project_w + n * 512, project_bias + n, NULL, y + p * 1024 + n, 5, 16, 512, 32, 1024, (used_count < 512 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
             }
-            pointwise_f32_tile6x16_avx2(band + 23040, project_w + n * 512, project_bias + n, NULL, y + n + 46080, 4, 16, 512, 32, 1024, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile6x16_avx2(band + 23040, project_w + n * 512, project_bias + n, NULL, y + n + 46080, 4, 16, 512, 32, 1024, (used_count < 512 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
             for (int p = 0; p < 45; p += 5) {
-                pointwise_f32_tile6x16_avx2(band + p * 512, project_w + n * 512 + 16, project_bias + n + 16, NULL, y + p * 1024 + n + 16, 5, 16, 512, 32, 1024, 1, 0, ACTIVATION_RELU);
+                pointwise_f32_tile6x16_avx2(band + p * 512, project_w + n * 512 + 16, project_bias + n + 16, NULL, y + p * 1024 + n + 16, 5, 16, 512, 32, 1024, (used_count < 512 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
             }
-            pointwise_f32_tile6x16_avx2(band + 23040, project_w + n * 512 + 16, project_bias + n + 16, NULL, y + n + 16 + 46080, 4, 16, 512, 32, 1024, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile6x16_avx2(band + 23040, project_w + n * 512 + 16, project_bias + n + 16, NULL, y + n + 16 + 46080, 4, 16, 512, 32, 1024, (used_count < 512 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
         }
 #elif defined(KERNELS_VECTOR)
         for (int n = 0; n < 1024; n += 32) {
             for (int p = 0; p < 45; p += 5) {
-                pointwise_f32_tile6x8_vector(band + p * 512, project_w + n * 512, project_bias + n, NULL, y + p * 1024 + n, 5, 8, 512, 32, 1024, 1, 0, ACTIVATION_RELU);
+                pointwise_f32_tile6x8_vector(band + p * 512, project_w + n * 512, project_bias + n, NULL, y + p * 1024 + n, 5, 8, 512, 32, 1024, (used_count < 512 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
             }
-            pointwise_f32_tile6x8_vector(band + 23040, project_w + n * 512, project_bias + n, NULL, y + n + 46080, 4, 8, 512, 32, 1024, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile6x8_vector(band + 23040, project_w + n * 512, project_bias + n, NULL, y + n + 46080, 4, 8, 512, 32, 1024, (used_count < 512 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
             for (int p = 0; p < 45; p += 5) {
-                pointwise_f32_tile6x8_vector(band + p * 512, project_w + n * 512 + 8, project_bias + n + 8, NULL, y + p * 1024 + n + 8, 5, 8, 512, 32, 1024, 1, 0, ACTIVATION_RELU);
+                pointwise_f32_tile6x8_vector(band + p * 512, project_w + n * 512 + 8, project_bias + n + 8, NULL, y + p * 1024 + n + 8, 5, 8, 512, 32, 1024, (used_count < 512 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
             }
-            pointwise_f32_tile6x8_vector(band + 23040, project_w + n * 512 + 8, project_bias + n + 8, NULL, y + n + 8 + 46080, 4, 8, 512, 32, 1024, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile6x8_vector(band + 23040, project_w + n * 512 + 8, project_bias + n + 8, NULL, y + n + 8 + 46080, 4, 8, 512, 32, 1024, (used_count < 512 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
             for (int p = 0; p < 45; p += 5) {
-                pointwise_f32_tile6x8_vector(band + p * 512, project_w + n * 512 + 16, project_bias + n + 16, NULL, y + p * 1024 + n + 16, 5, 8, 512, 32, 1024, 1, 0, ACTIVATION_RELU);
+                pointwise_f32_tile6x8_vector(band + p * 512, project_w + n * 512 + 16, project_bias + n + 16, NULL, y + p * 1024 + n + 16, 5, 8, 512, 32, 1024, (used_count < 512 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
             }
-            pointwise_f32_tile6x8_vector(band + 23040, project_w + n * 512 + 16, project_bias + n + 16, NULL, y + n + 16 + 46080, 4, 8, 512, 32, 1024, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile6x8_vector(band + 23040, project_w + n * 512 + 16, project_bias + n + 16, NULL, y + n + 16 + 46080, 4, 8, 512, 32, 1024, (used_count < 512 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
             for (int p = 0; p < 45; p += 5) {
-                pointwise_f32_tile6x8_vector(band + p * 512, project_w + n * 512 + 24, project_bias + n + 24, NULL, y + p * 1024 + n + 24, 5, 8, 512, 32, 1024, 1, 0, ACTIVATION_RELU);
+                pointwise_f32_tile6x8_vector(band + p * 512, project_w + n * 512 + 24, project_bias + n + 24, NULL, y + p * 1024 + n + 24, 5, 8, 512, 32, 1024, (used_count < 512 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
             }
-            pointwise_f32_tile6x8_vector(band + 23040, project_w + n * 512 + 24, project_bias + n + 24, NULL, y + n + 24 + 46080, 4, 8, 512, 32, 1024, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile6x8_vector(band + 23040, project_w + n * 512 + 24, project_bias + n + 24, NULL, y + n + 24 + 46080, 4, 8, 512, 32, 1024, (used_count < 512 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
         }
 #else
         for (int n = 0; n < 1024; n += 32) {
             for (int p = 0; p < 48; p += 4) {
-                pointwise_f32_tile4x16_portable(band + p * 512, project_w + n * 512, project_bias + n, NULL, y + p * 1024 + n, 4, 16, 512, 32, 1024, 1, 0, ACTIVATION_RELU);
+                pointwise_f32_tile4x16_portable(band + p * 512, project_w + n * 512, project_bias + n, NULL, y + p * 1024 + n, 4, 16, 512, 32, 1024, (used_count < 512 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
             }
-            pointwise_f32_tile4x16_portable(band + 24576, project_w + n * 512, project_bias + n, NULL, y + n + 49152, 1, 16, 512, 32, 1024, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile4x16_portable(band + 24576, project_w + n * 512, project_bias + n, NULL, y + n + 49152, 1, 16, 512, 32, 1024, (used_count < 512 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
             for (int p = 0; p < 48; p += 4) {
-                pointwise_f32_tile4x16_portable(band + p * 512, project_w + n * 512 + 16, project_bias + n + 16, NULL, y + p * 1024 + n + 16, 4, 16, 512, 32, 1024, 1, 0, ACTIVATION_RELU);
+                pointwise_f32_tile4x16_portable(band + p * 512, project_w + n * 512 + 16, project_bias + n + 16, NULL, y + p * 1024 + n + 16, 4, 16, 512, 32, 1024, (used_count < 512 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
             }
-            pointwise_f32_tile4x16_portable(band + 24576, project_w + n * 512 + 16, project_bias + n + 16, NULL, y + n + 16 + 49152, 1, 16, 512, 32, 1024, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile4x16_portable(band + 24576, project_w + n * 512 + 16, project_bias + n + 16, NULL, y + n + 16 + 49152, 1, 16, 512, 32, 1024, (used_count < 512 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
         }
 #endif
     }
@@ -3905,52 +4176,54 @@ static void block_f32_7x7x1024_to_7x7x1024(const float *restrict x, const float 
                 depthwise3x3_s1_f32_block(rows, depthwise_w, depthwise_bias, NULL, band + r * 7168, 1024, 7, -1, 7, 1, ky0, ky1, 1, 0, ACTIVATION_RELU);
             }
         }
+        int used_channels[1024];
+        const int used_count = nonzero_channels_f32(band, 49, 1024, used_channels);
 #if defined(KERNELS_AVX512)
         for (int n = 0; n < 1024; n += 32) {
             for (int p = 0; p < 49; p += 7) {
-                pointwise_f32_tile8x32_avx512(band + p * 1024, project_w + n * 1024, project_bias + n, NULL, y + p * 1024 + n, 7, 32, 1024, 32, 1024, 1, 0, ACTIVATION_RELU);
+                pointwise_f32_tile8x32_avx512(band + p * 1024, project_w + n * 1024, project_bias + n, NULL, y + p * 1024 + n, 7, 32, 1024, 32, 1024, (used_count < 1024 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
             }
         }
 #elif defined(KERNELS_AVX2)
         for (int n = 0; n < 1024; n += 32) {
             for (int p = 0; p < 45; p += 5) {
-                pointwise_f32_tile6x16_avx2(band + p * 1024, project_w + n * 1024, project_bias + n, NULL, y + p * 1024 + n, 5, 16, 1024, 32, 1024, 1, 0, ACTIVATION_RELU);
+                pointwise_f32_tile6x16_avx2(band + p * 1024, project_w + n * 1024, project_bias + n, NULL, y + p * 1024 + n, 5, 16, 1024, 32, 1024, (used_count < 1024 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
             }
-            pointwise_f32_tile6x16_avx2(band + 46080, project_w + n * 1024, project_bias + n, NULL, y + n + 46080, 4, 16, 1024, 32, 1024, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile6x16_avx2(band + 46080, project_w + n * 1024, project_bias + n, NULL, y + n + 46080, 4, 16, 1024, 32, 1024, (used_count < 1024 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
             for (int p = 0; p < 45; p += 5) {
-                pointwise_f32_tile6x16_avx2(band + p * 1024, project_w + n * 1024 + 16, project_bias + n + 16, NULL, y + p * 1024 + n + 16, 5, 16, 1024, 32, 1024, 1, 0, ACTIVATION_RELU);
+                pointwise_f32_tile6x16_avx2(band + p * 1024, project_w + n * 1024 + 16, project_bias + n + 16, NULL, y + p * 1024 + n + 16, 5, 16, 1024, 32, 1024, (used_count < 1024 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
             }
-            pointwise_f32_tile6x16_avx2(band + 46080, project_w + n * 1024 + 16, project_bias + n + 16, NULL, y + n + 16 + 46080, 4, 16, 1024, 32, 1024, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile6x16_avx2(band + 46080, project_w + n * 1024 + 16, project_bias + n + 16, NULL, y + n + 16 + 46080, 4, 16, 1024, 32, 1024, (used_count < 1024 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
         }
 #elif defined(KERNELS_VECTOR)
         for (int n = 0; n < 1024; n += 32) {
             for (int p = 0; p < 45; p += 5) {
-                pointwise_f32_tile6x8_vector(band + p * 1024, project_w + n * 1024, project_bias + n, NULL, y + p * 1024 + n, 5, 8, 1024, 32, 1024, 1, 0, ACTIVATION_RELU);
+                pointwise_f32_tile6x8_vector(band + p * 1024, project_w + n * 1024, project_bias + n, NULL, y + p * 1024 + n, 5, 8, 1024, 32, 1024, (used_count < 1024 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
             }
-            pointwise_f32_tile6x8_vector(band + 46080, project_w + n * 1024, project_bias + n, NULL, y + n + 46080, 4, 8, 1024, 32, 1024, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile6x8_vector(band + 46080, project_w + n * 1024, project_bias + n, NULL, y + n + 46080, 4, 8, 1024, 32, 1024, (used_count < 1024 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
             for (int p = 0; p < 45; p += 5) {
-                pointwise_f32_tile6x8_vector(band + p * 1024, project_w + n * 1024 + 8, project_bias + n + 8, NULL, y + p * 1024 + n + 8, 5, 8, 1024, 32, 1024, 1, 0, ACTIVATION_RELU);
+                pointwise_f32_tile6x8_vector(band + p * 1024, project_w + n * 1024 + 8, project_bias + n + 8, NULL, y + p * 1024 + n + 8, 5, 8, 1024, 32, 1024, (used_count < 1024 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
             }
-            pointwise_f32_tile6x8_vector(band + 46080, project_w + n * 1024 + 8, project_bias + n + 8, NULL, y + n + 8 + 46080, 4, 8, 1024, 32, 1024, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile6x8_vector(band + 46080, project_w + n * 1024 + 8, project_bias + n + 8, NULL, y + n + 8 + 46080, 4, 8, 1024, 32, 1024, (used_count < 1024 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
             for (int p = 0; p < 45; p += 5) {
-                pointwise_f32_tile6x8_vector(band + p * 1024, project_w + n * 1024 + 16, project_bias + n + 16, NULL, y + p * 1024 + n + 16, 5, 8, 1024, 32, 1024, 1, 0, ACTIVATION_RELU);
+                pointwise_f32_tile6x8_vector(band + p * 1024, project_w + n * 1024 + 16, project_bias + n + 16, NULL, y + p * 1024 + n + 16, 5, 8, 1024, 32, 1024, (used_count < 1024 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
             }
-            pointwise_f32_tile6x8_vector(band + 46080, project_w + n * 1024 + 16, project_bias + n + 16, NULL, y + n + 16 + 46080, 4, 8, 1024, 32, 1024, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile6x8_vector(band + 46080, project_w + n * 1024 + 16, project_bias + n + 16, NULL, y + n + 16 + 46080, 4, 8, 1024, 32, 1024, (used_count < 1024 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
             for (int p = 0; p < 45; p += 5) {
-                pointwise_f32_tile6x8_vector(band + p * 1024, project_w + n * 1024 + 24, project_bias + n + 24, NULL, y + p * 1024 + n + 24, 5, 8, 1024, 32, 1024, 1, 0, ACTIVATION_RELU);
+                pointwise_f32_tile6x8_vector(band + p * 1024, project_w + n * 1024 + 24, project_bias + n + 24, NULL, y + p * 1024 + n + 24, 5, 8, 1024, 32, 1024, (used_count < 1024 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
             }
-            pointwise_f32_tile6x8_vector(band + 46080, project_w + n * 1024 + 24, project_bias + n + 24, NULL, y + n + 24 + 46080, 4, 8, 1024, 32, 1024, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile6x8_vector(band + 46080, project_w + n * 1024 + 24, project_bias + n + 24, NULL, y + n + 24 + 46080, 4, 8, 1024, 32, 1024, (used_count < 1024 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
         }
 #else
         for (int n = 0; n < 1024; n += 32) {
             for (int p = 0; p < 48; p += 4) {
-                pointwise_f32_tile4x16_portable(band + p * 1024, project_w + n * 1024, project_bias + n, NULL, y + p * 1024 + n, 4, 16, 1024, 32, 1024, 1, 0, ACTIVATION_RELU);
+                pointwise_f32_tile4x16_portable(band + p * 1024, project_w + n * 1024, project_bias + n, NULL, y + p * 1024 + n, 4, 16, 1024, 32, 1024, (used_count < 1024 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
             }
-            pointwise_f32_tile4x16_portable(band + 49152, project_w + n * 1024, project_bias + n, NULL, y + n + 49152, 1, 16, 1024, 32, 1024, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile4x16_portable(band + 49152, project_w + n * 1024, project_bias + n, NULL, y + n + 49152, 1, 16, 1024, 32, 1024, (used_count < 1024 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
             for (int p = 0; p < 48; p += 4) {
-                pointwise_f32_tile4x16_portable(band + p * 1024, project_w + n * 1024 + 16, project_bias + n + 16, NULL, y + p * 1024 + n + 16, 4, 16, 1024, 32, 1024, 1, 0, ACTIVATION_RELU);
+                pointwise_f32_tile4x16_portable(band + p * 1024, project_w + n * 1024 + 16, project_bias + n + 16, NULL, y + p * 1024 + n + 16, 4, 16, 1024, 32, 1024, (used_count < 1024 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
             }
-            pointwise_f32_tile4x16_portable(band + 49152, project_w + n * 1024 + 16, project_bias + n + 16, NULL, y + n + 16 + 49152, 1, 16, 1024, 32, 1024, 1, 0, ACTIVATION_RELU);
+            pointwise_f32_tile4x16_portable(band + 49152, project_w + n * 1024 + 16, project_bias + n + 16, NULL, y + n + 16 + 49152, 1, 16, 1024, 32, 1024, (used_count < 1024 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_RELU);
         }
 #endif
     }

@@ -117,13 +117,15 @@ KERNEL_INLINE __m256i lane_mask_f32x8(int count)
  * for r < rows pixels and j < cols output channels. x rows are k_count floats apart (NHWC),
  * w rows w_stride floats (one column panel of the `io_panels` layout: [in][panel width]), y
  * and residual rows y_stride floats.
+ * With ks not NULL, the sum runs over the k_used input channels ks[0] < ks[1] < ... only: the
+ * caller leaves out channels whose x values are all zero, whose terms add nothing.
  * bias and residual are read only when has_bias and has_residual are non-zero.
  */
 #if defined(KERNELS_AVX512)
 KERNEL_INLINE void pointwise_f32_tile8x32_avx512(const float *restrict x, const float *restrict w,
     const float *restrict bias, const float *restrict residual, float *restrict y,
     int rows, int cols, int k_count, int w_stride, int y_stride,
-    int has_bias, int has_residual, int activation)
+    const int *restrict ks, int k_used, int has_bias, int has_residual, int activation)
 {
 #if defined(__FMA__)
     const int half1 = cols == 24;
@@ -152,75 +154,150 @@ KERNEL_INLINE void pointwise_f32_tile8x32_avx512(const float *restrict x, const 
     __m256 acc6h = bias_half;
     __m512 acc70 = bias0, acc71 = bias1;
     __m256 acc7h = bias_half;
-    for (int k = 0; k < k_count; ++k) {
-        const __m512 w0 = cols >= 16 ? _mm512_loadu_ps(w + k * w_stride) : _mm512_maskz_loadu_ps(mask0, w + k * w_stride);
-        const __m512 w1 = full1 ? _mm512_maskz_loadu_ps(mask1, w + k * w_stride + 16) : _mm512_setzero_ps();
+    if (ks) {
+        for (int i = 0; i < k_used; ++i) {
+            const int k = ks[i];
+            const __m512 w0 = cols >= 16 ? _mm512_loadu_ps(w + k * w_stride) : _mm512_maskz_loadu_ps(mask0, w + k * w_stride);
+            const __m512 w1 = full1 ? _mm512_maskz_loadu_ps(mask1, w + k * w_stride + 16) : _mm512_setzero_ps();
 #if defined(__FMA__)
-        const __m256 w_half = half1 ? _mm256_loadu_ps(w + k * w_stride + 16) : _mm256_setzero_ps();
+            const __m256 w_half = half1 ? _mm256_loadu_ps(w + k * w_stride + 16) : _mm256_setzero_ps();
 #endif
-        {
-            const __m512 xr = _mm512_set1_ps(x[k]);
-            acc00 = _mm512_fmadd_ps(xr, w0, acc00);
-            if (full1) acc01 = _mm512_fmadd_ps(xr, w1, acc01);
+            {
+                const __m512 xr = _mm512_set1_ps(x[k]);
+                acc00 = _mm512_fmadd_ps(xr, w0, acc00);
+                if (full1) acc01 = _mm512_fmadd_ps(xr, w1, acc01);
 #if defined(__FMA__)
-            if (half1) acc0h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc0h);
+                if (half1) acc0h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc0h);
 #endif
+            }
+            if (rows > 1) {
+                const __m512 xr = _mm512_set1_ps(x[1 * k_count + k]);
+                acc10 = _mm512_fmadd_ps(xr, w0, acc10);
+                if (full1) acc11 = _mm512_fmadd_ps(xr, w1, acc11);
+#if defined(__FMA__)
+                if (half1) acc1h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc1h);
+#endif
+            }
+            if (rows > 2) {
+                const __m512 xr = _mm512_set1_ps(x[2 * k_count + k]);
+                acc20 = _mm512_fmadd_ps(xr, w0, acc20);
+                if (full1) acc21 = _mm512_fmadd_ps(xr, w1, acc21);
+#if defined(__FMA__)
+                if (half1) acc2h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc2h);
+#endif
+            }
+            if (rows > 3) {
+                const __m512 xr = _mm512_set1_ps(x[3 * k_count + k]);
+                acc30 = _mm512_fmadd_ps(xr, w0, acc30);
+                if (full1) acc31 = _mm512_fmadd_ps(xr, w1, acc31);
+#if defined(__FMA__)
+                if (half1) acc3h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc3h);
+#endif
+            }
+            if (rows > 4) {
+                const __m512 xr = _mm512_set1_ps(x[4 * k_count + k]);
+                acc40 = _mm512_fmadd_ps(xr, w0, acc40);
+                if (full1) acc41 = _mm512_fmadd_ps(xr, w1, acc41);
+#if defined(__FMA__)
+                if (half1) acc4h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc4h);
+#endif
+            }
+            if (rows > 5) {
+                const __m512 xr = _mm512_set1_ps(x[5 * k_count + k]);
+                acc50 = _mm512_fmadd_ps(xr, w0, acc50);
+                if (full1) acc51 = _mm512_fmadd_ps(xr, w1, acc51);
+#if defined(__FMA__)
+                if (half1) acc5h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc5h);
+#endif
+            }
+            if (rows > 6) {
+                const __m512 xr = _mm512_set1_ps(x[6 * k_count + k]);
+                acc60 = _mm512_fmadd_ps(xr, w0, acc60);
+                if (full1) acc61 = _mm512_fmadd_ps(xr, w1, acc61);
+#if defined(__FMA__)
+                if (half1) acc6h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc6h);
+#endif
+            }
+            if (rows > 7) {
+                const __m512 xr = _mm512_set1_ps(x[7 * k_count + k]);
+                acc70 = _mm512_fmadd_ps(xr, w0, acc70);
+                if (full1) acc71 = _mm512_fmadd_ps(xr, w1, acc71);
+#if defined(__FMA__)
+                if (half1) acc7h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc7h);
+#endif
+            }
         }
-        if (rows > 1) {
-            const __m512 xr = _mm512_set1_ps(x[1 * k_count + k]);
-            acc10 = _mm512_fmadd_ps(xr, w0, acc10);
-            if (full1) acc11 = _mm512_fmadd_ps(xr, w1, acc11);
+    } else {
+        for (int k = 0; k < k_count; ++k) {
+            const __m512 w0 = cols >= 16 ? _mm512_loadu_ps(w + k * w_stride) : _mm512_maskz_loadu_ps(mask0, w + k * w_stride);
+            const __m512 w1 = full1 ? _mm512_maskz_loadu_ps(mask1, w + k * w_stride + 16) : _mm512_setzero_ps();
 #if defined(__FMA__)
-            if (half1) acc1h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc1h);
+            const __m256 w_half = half1 ? _mm256_loadu_ps(w + k * w_stride + 16) : _mm256_setzero_ps();
 #endif
-        }
-        if (rows > 2) {
-            const __m512 xr = _mm512_set1_ps(x[2 * k_count + k]);
-            acc20 = _mm512_fmadd_ps(xr, w0, acc20);
-            if (full1) acc21 = _mm512_fmadd_ps(xr, w1, acc21);
+            {
+                const __m512 xr = _mm512_set1_ps(x[k]);
+                acc00 = _mm512_fmadd_ps(xr, w0, acc00);
+                if (full1) acc01 = _mm512_fmadd_ps(xr, w1, acc01);
 #if defined(__FMA__)
-            if (half1) acc2h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc2h);
+                if (half1) acc0h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc0h);
 #endif
-        }
-        if (rows > 3) {
-            const __m512 xr = _mm512_set1_ps(x[3 * k_count + k]);
-            acc30 = _mm512_fmadd_ps(xr, w0, acc30);
-            if (full1) acc31 = _mm512_fmadd_ps(xr, w1, acc31);
+            }
+            if (rows > 1) {
+                const __m512 xr = _mm512_set1_ps(x[1 * k_count + k]);
+                acc10 = _mm512_fmadd_ps(xr, w0, acc10);
+                if (full1) acc11 = _mm512_fmadd_ps(xr, w1, acc11);
 #if defined(__FMA__)
-            if (half1) acc3h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc3h);
+                if (half1) acc1h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc1h);
 #endif
-        }
-        if (rows > 4) {
-            const __m512 xr = _mm512_set1_ps(x[4 * k_count + k]);
-            acc40 = _mm512_fmadd_ps(xr, w0, acc40);
-            if (full1) acc41 = _mm512_fmadd_ps(xr, w1, acc41);
+            }
+            if (rows > 2) {
+                const __m512 xr = _mm512_set1_ps(x[2 * k_count + k]);
+                acc20 = _mm512_fmadd_ps(xr, w0, acc20);
+                if (full1) acc21 = _mm512_fmadd_ps(xr, w1, acc21);
 #if defined(__FMA__)
-            if (half1) acc4h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc4h);
+                if (half1) acc2h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc2h);
 #endif
-        }
-        if (rows > 5) {
-            const __m512 xr = _mm512_set1_ps(x[5 * k_count + k]);
-            acc50 = _mm512_fmadd_ps(xr, w0, acc50);
-            if (full1) acc51 = _mm512_fmadd_ps(xr, w1, acc51);
+            }
+            if (rows > 3) {
+                const __m512 xr = _mm512_set1_ps(x[3 * k_count + k]);
+                acc30 = _mm512_fmadd_ps(xr, w0, acc30);
+                if (full1) acc31 = _mm512_fmadd_ps(xr, w1, acc31);
 #if defined(__FMA__)
-            if (half1) acc5h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc5h);
+                if (half1) acc3h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc3h);
 #endif
-        }
-        if (rows > 6) {
-            const __m512 xr = _mm512_set1_ps(x[6 * k_count + k]);
-            acc60 = _mm512_fmadd_ps(xr, w0, acc60);
-            if (full1) acc61 = _mm512_fmadd_ps(xr, w1, acc61);
+            }
+            if (rows > 4) {
+                const __m512 xr = _mm512_set1_ps(x[4 * k_count + k]);
+                acc40 = _mm512_fmadd_ps(xr, w0, acc40);
+                if (full1) acc41 = _mm512_fmadd_ps(xr, w1, acc41);
 #if defined(__FMA__)
-            if (half1) acc6h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc6h);
+                if (half1) acc4h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc4h);
 #endif
-        }
-        if (rows > 7) {
-            const __m512 xr = _mm512_set1_ps(x[7 * k_count + k]);
-            acc70 = _mm512_fmadd_ps(xr, w0, acc70);
-            if (full1) acc71 = _mm512_fmadd_ps(xr, w1, acc71);
+            }
+            if (rows > 5) {
+                const __m512 xr = _mm512_set1_ps(x[5 * k_count + k]);
+                acc50 = _mm512_fmadd_ps(xr, w0, acc50);
+                if (full1) acc51 = _mm512_fmadd_ps(xr, w1, acc51);
 #if defined(__FMA__)
-            if (half1) acc7h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc7h);
+                if (half1) acc5h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc5h);
 #endif
+            }
+            if (rows > 6) {
+                const __m512 xr = _mm512_set1_ps(x[6 * k_count + k]);
+                acc60 = _mm512_fmadd_ps(xr, w0, acc60);
+                if (full1) acc61 = _mm512_fmadd_ps(xr, w1, acc61);
+#if defined(__FMA__)
+                if (half1) acc6h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc6h);
+#endif
+            }
+            if (rows > 7) {
+                const __m512 xr = _mm512_set1_ps(x[7 * k_count + k]);
+                acc70 = _mm512_fmadd_ps(xr, w0, acc70);
+                if (full1) acc71 = _mm512_fmadd_ps(xr, w1, acc71);
+#if defined(__FMA__)
+                if (half1) acc7h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc7h);
+#endif
+            }
         }
     }
     {
@@ -348,7 +425,7 @@ KERNEL_INLINE void pointwise_f32_tile8x32_avx512(const float *restrict x, const 
 KERNEL_INLINE void pointwise_f32_tile6x16_avx2(const float *restrict x, const float *restrict w,
     const float *restrict bias, const float *restrict residual, float *restrict y,
     int rows, int cols, int k_count, int w_stride, int y_stride,
-    int has_bias, int has_residual, int activation)
+    const int *restrict ks, int k_used, int has_bias, int has_residual, int activation)
 {
     const __m256i mask0 = lane_mask_f32x8(cols);
     const __m256i mask1 = lane_mask_f32x8(cols - 8);
@@ -360,39 +437,78 @@ KERNEL_INLINE void pointwise_f32_tile6x16_avx2(const float *restrict x, const fl
     __m256 acc30 = bias0, acc31 = bias1;
     __m256 acc40 = bias0, acc41 = bias1;
     __m256 acc50 = bias0, acc51 = bias1;
-    for (int k = 0; k < k_count; ++k) {
-        const __m256 w0 = cols >= 8 ? _mm256_loadu_ps(w + k * w_stride) : _mm256_maskload_ps(w + k * w_stride, mask0);
-        const __m256 w1 = cols >= 16 ? _mm256_loadu_ps(w + k * w_stride + 8)
-                         : cols > 8 ? _mm256_maskload_ps(w + k * w_stride + 8, mask1) : _mm256_setzero_ps();
-        {
-            const __m256 xr = _mm256_broadcast_ss(x + k);
-            acc00 = _mm256_fmadd_ps(xr, w0, acc00);
-            if (cols > 8) acc01 = _mm256_fmadd_ps(xr, w1, acc01);
+    if (ks) {
+        for (int i = 0; i < k_used; ++i) {
+            const int k = ks[i];
+            const __m256 w0 = cols >= 8 ? _mm256_loadu_ps(w + k * w_stride) : _mm256_maskload_ps(w + k * w_stride, mask0);
+            const __m256 w1 = cols >= 16 ? _mm256_loadu_ps(w + k * w_stride + 8)
+                             : cols > 8 ? _mm256_maskload_ps(w + k * w_stride + 8, mask1) : _mm256_setzero_ps();
+            {
+                const __m256 xr = _mm256_broadcast_ss(x + k);
+                acc00 = _mm256_fmadd_ps(xr, w0, acc00);
+                if (cols > 8) acc01 = _mm256_fmadd_ps(xr, w1, acc01);
+            }
+            if (rows > 1) {
+                const __m256 xr = _mm256_broadcast_ss(x + 1 * k_count + k);
+                acc10 = _mm256_fmadd_ps(xr, w0, acc10);
+                if (cols > 8) acc11 = _mm256_fmadd_ps(xr, w1, acc11);
+            }
+            if (rows > 2) {
+                const __m256 xr = _mm256_broadcast_ss(x + 2 * k_count + k);
+                acc20 = _mm256_fmadd_ps(xr, w0, acc20);
+                if (cols > 8) acc21 = _mm256_fmadd_ps(xr, w1, acc21);
+            }
+            if (rows > 3) {
+                const __m256 xr = _mm256_broadcast_ss(x + 3 * k_count + k);
+                acc30 = _mm256_fmadd_ps(xr, w0, acc30);
+                if (cols > 8) acc31 = _mm256_fmadd_ps(xr, w1, acc31);
+            }
+            if (rows > 4) {
+                const __m256 xr = _mm256_broadcast_ss(x + 4 * k_count + k);
+                acc40 = _mm256_fmadd_ps(xr, w0, acc40);
+                if (cols > 8) acc41 = _mm256_fmadd_ps(xr, w1, acc41);
+            }
+            if (rows > 5) {
+                const __m256 xr = _mm256_broadcast_ss(x + 5 * k_count + k);
+                acc50 = _mm256_fmadd_ps(xr, w0, acc50);
+                if (cols > 8) acc51 = _mm256_fmadd_ps(xr, w1, acc51);
+            }
         }
-        if (rows > 1) {
-            const __m256 xr = _mm256_broadcast_ss(x + 1 * k_count + k);
-            acc10 = _mm256_fmadd_ps(xr, w0, acc10);
-            if (cols > 8) acc11 = _mm256_fmadd_ps(xr, w1, acc11);
-        }
-        if (rows > 2) {
-            const __m256 xr = _mm256_broadcast_ss(x + 2 * k_count + k);
-            acc20 = _mm256_fmadd_ps(xr, w0, acc20);
-            if (cols > 8) acc21 = _mm256_fmadd_ps(xr, w1, acc21);
-        }
-        if (rows > 3) {
-            const __m256 xr = _mm256_broadcast_ss(x + 3 * k_count + k);
-            acc30 = _mm256_fmadd_ps(xr, w0, acc30);
-            if (cols > 8) acc31 = _mm256_fmadd_ps(xr, w1, acc31);
-        }
-        if (rows > 4) {
-            const __m256 xr = _mm256_broadcast_ss(x + 4 * k_count + k);
-            acc40 = _mm256_fmadd_ps(xr, w0, acc40);
-            if (cols > 8) acc41 = _mm256_fmadd_ps(xr, w1, acc41);
-        }
-        if (rows > 5) {
-            const __m256 xr = _mm256_broadcast_ss(x + 5 * k_count + k);
-            acc50 = _mm256_fmadd_ps(xr, w0, acc50);
-            if (cols > 8) acc51 = _mm256_fmadd_ps(xr, w1, acc51);
+    } else {
+        for (int k = 0; k < k_count; ++k) {
+            const __m256 w0 = cols >= 8 ? _mm256_loadu_ps(w + k * w_stride) : _mm256_maskload_ps(w + k * w_stride, mask0);
+            const __m256 w1 = cols >= 16 ? _mm256_loadu_ps(w + k * w_stride + 8)
+                             : cols > 8 ? _mm256_maskload_ps(w + k * w_stride + 8, mask1) : _mm256_setzero_ps();
+            {
+                const __m256 xr = _mm256_broadcast_ss(x + k);
+                acc00 = _mm256_fmadd_ps(xr, w0, acc00);
+                if (cols > 8) acc01 = _mm256_fmadd_ps(xr, w1, acc01);
+            }
+            if (rows > 1) {
+                const __m256 xr = _mm256_broadcast_ss(x + 1 * k_count + k);
+                acc10 = _mm256_fmadd_ps(xr, w0, acc10);
+                if (cols > 8) acc11 = _mm256_fmadd_ps(xr, w1, acc11);
+            }
+            if (rows > 2) {
+                const __m256 xr = _mm256_broadcast_ss(x + 2 * k_count + k);
+                acc20 = _mm256_fmadd_ps(xr, w0, acc20);
+                if (cols > 8) acc21 = _mm256_fmadd_ps(xr, w1, acc21);
+            }
+            if (rows > 3) {
+                const __m256 xr = _mm256_broadcast_ss(x + 3 * k_count + k);
+                acc30 = _mm256_fmadd_ps(xr, w0, acc30);
+                if (cols > 8) acc31 = _mm256_fmadd_ps(xr, w1, acc31);
+            }
+            if (rows > 4) {
+                const __m256 xr = _mm256_broadcast_ss(x + 4 * k_count + k);
+                acc40 = _mm256_fmadd_ps(xr, w0, acc40);
+                if (cols > 8) acc41 = _mm256_fmadd_ps(xr, w1, acc41);
+            }
+            if (rows > 5) {
+                const __m256 xr = _mm256_broadcast_ss(x + 5 * k_count + k);
+                acc50 = _mm256_fmadd_ps(xr, w0, acc50);
+                if (cols > 8) acc51 = _mm256_fmadd_ps(xr, w1, acc51);
+            }
         }
     }
     {
@@ -448,7 +564,7 @@ KERNEL_INLINE void pointwise_f32_tile6x16_avx2(const float *restrict x, const fl
 KERNEL_INLINE void pointwise_f32_tile6x8_vector(const float *restrict x, const float *restrict w,
     const float *restrict bias, const float *restrict residual, float *restrict y,
     int rows, int cols, int k_count, int w_stride, int y_stride,
-    int has_bias, int has_residual, int activation)
+    const int *restrict ks, int k_used, int has_bias, int has_residual, int activation)
 {
     if (cols == 8) {
         float4 bias0 = {0.0f, 0.0f, 0.0f, 0.0f}, bias1 = bias0;
@@ -462,45 +578,90 @@ KERNEL_INLINE void pointwise_f32_tile6x8_vector(const float *restrict x, const f
         float4 acc30 = bias0, acc31 = bias1;
         float4 acc40 = bias0, acc41 = bias1;
         float4 acc50 = bias0, acc51 = bias1;
-        for (int k = 0; k < k_count; ++k) {
-            float4 w0, w1;
-            __builtin_memcpy(&w0, w + k * w_stride, sizeof w0);
-            __builtin_memcpy(&w1, w + k * w_stride + 4, sizeof w1);
-            {
-                const float xv = x[k];
-                const float4 xr = {xv, xv, xv, xv};
-                acc00 += xr * w0;
-                acc01 += xr * w1;
+        if (ks) {
+            for (int i = 0; i < k_used; ++i) {
+                const int k = ks[i];
+                float4 w0, w1;
+                __builtin_memcpy(&w0, w + k * w_stride, sizeof w0);
+                __builtin_memcpy(&w1, w + k * w_stride + 4, sizeof w1);
+                {
+                    const float xv = x[k];
+                    const float4 xr = {xv, xv, xv, xv};
+                    acc00 += xr * w0;
+                    acc01 += xr * w1;
+                }
+                if (rows > 1) {
+                    const float xv = x[1 * k_count + k];
+                    const float4 xr = {xv, xv, xv, xv};
+                    acc10 += xr * w0;
+                    acc11 += xr * w1;
+                }
+                if (rows > 2) {
+                    const float xv = x[2 * k_count + k];
+                    const float4 xr = {xv, xv, xv, xv};
+                    acc20 += xr * w0;
+                    acc21 += xr * w1;
+                }
+                if (rows > 3) {
+                    const float xv = x[3 * k_count + k];
+                    const float4 xr = {xv, xv, xv, xv};
+                    acc30 += xr * w0;
+                    acc31 += xr * w1;
+                }
+                if (rows > 4) {
+                    const float xv = x[4 * k_count + k];
+                    const float4 xr = {xv, xv, xv, xv};
+                    acc40 += xr * w0;
+                    acc41 += xr * w1;
+                }
+                if (rows > 5) {
+                    const float xv = x[5 * k_count + k];
+                    const float4 xr = {xv, xv, xv, xv};
+                    acc50 += xr * w0;
+                    acc51 += xr * w1;
+                }
             }
-            if (rows > 1) {
-                const float xv = x[1 * k_count + k];
-                const float4 xr = {xv, xv, xv, xv};
-                acc10 += xr * w0;
-                acc11 += xr * w1;
-            }
-            if (rows > 2) {
-                const float xv = x[2 * k_count + k];
-                const float4 xr = {xv, xv, xv, xv};
-                acc20 += xr * w0;
-                acc21 += xr * w1;
-            }
-            if (rows > 3) {
-                const float xv = x[3 * k_count + k];
-                const float4 xr = {xv, xv, xv, xv};
-                acc30 += xr * w0;
-                acc31 += xr * w1;
-            }
-            if (rows > 4) {
-                const float xv = x[4 * k_count + k];
-                const float4 xr = {xv, xv, xv, xv};
-                acc40 += xr * w0;
-                acc41 += xr * w1;
-            }
-            if (rows > 5) {
-                const float xv = x[5 * k_count + k];
-                const float4 xr = {xv, xv, xv, xv};
-                acc50 += xr * w0;
-                acc51 += xr * w1;
+        } else {
+            for (int k = 0; k < k_count; ++k) {
+                float4 w0, w1;
+                __builtin_memcpy(&w0, w + k * w_stride, sizeof w0);
+                __builtin_memcpy(&w1, w + k * w_stride + 4, sizeof w1);
+                {
+                    const float xv = x[k];
+                    const float4 xr = {xv, xv, xv, xv};
+                    acc00 += xr * w0;
+                    acc01 += xr * w1;
+                }
+                if (rows > 1) {
+                    const float xv = x[1 * k_count + k];
+                    const float4 xr = {xv, xv, xv, xv};
+                    acc10 += xr * w0;
+                    acc11 += xr * w1;
+                }
+                if (rows > 2) {
+                    const float xv = x[2 * k_count + k];
+                    const float4 xr = {xv, xv, xv, xv};
+                    acc20 += xr * w0;
+                    acc21 += xr * w1;
+                }
+                if (rows > 3) {
+                    const float xv = x[3 * k_count + k];
+                    const float4 xr = {xv, xv, xv, xv};
+                    acc30 += xr * w0;
+                    acc31 += xr * w1;
+                }
+                if (rows > 4) {
+                    const float xv = x[4 * k_count + k];
+                    const float4 xr = {xv, xv, xv, xv};
+                    acc40 += xr * w0;
+                    acc41 += xr * w1;
+                }
+                if (rows > 5) {
+                    const float xv = x[5 * k_count + k];
+                    const float4 xr = {xv, xv, xv, xv};
+                    acc50 += xr * w0;
+                    acc51 += xr * w1;
+                }
             }
         }
         {
@@ -531,8 +692,15 @@ KERNEL_INLINE void pointwise_f32_tile6x8_vector(const float *restrict x, const f
         for (int r = 0; r < rows; ++r) {
             for (int j = 0; j < cols; ++j) {
                 float sum = has_bias ? bias[j] : 0.0f;
-                for (int k = 0; k < k_count; ++k) {
-                    sum += x[r * k_count + k] * w[k * w_stride + j];
+                if (ks) {
+                    for (int i = 0; i < k_used; ++i) {
+                        const int k = ks[i];
+                        sum += x[r * k_count + k] * w[k * w_stride + j];
+                    }
+                } else {
+                    for (int k = 0; k < k_count; ++k) {
+                        sum += x[r * k_count + k] * w[k * w_stride + j];
+                    }
                 }
                 y[r * y_stride + j] = sum;
             }
@@ -550,7 +718,7 @@ KERNEL_INLINE void pointwise_f32_tile6x8_vector(const float *restrict x, const f
 KERNEL_INLINE void pointwise_f32_tile4x16_portable(const float *restrict x, const float *restrict w,
     const float *restrict bias, const float *restrict residual, float *restrict y,
     int rows, int cols, int k_count, int w_stride, int y_stride,
-    int has_bias, int has_residual, int activation)
+    const int *restrict ks, int k_used, int has_bias, int has_residual, int activation)
 {
     float acc[4][16];
     for (int r = 0; r < rows; ++r) {
@@ -558,12 +726,25 @@ KERNEL_INLINE void pointwise_f32_tile4x16_portable(const float *restrict x, cons
             acc[r][j] = has_bias ? bias[j] : 0.0f;
         }
     }
-    for (int k = 0; k < k_count; ++k) {
-        const float *restrict wk = w + k * w_stride;
-        for (int r = 0; r < rows; ++r) {
-            const float xv = x[r * k_count + k];
-            for (int j = 0; j < cols; ++j) {
-                acc[r][j] += xv * wk[j];
+    if (ks) {
+        for (int i = 0; i < k_used; ++i) {
+            const int k = ks[i];
+            const float *restrict wk = w + k * w_stride;
+            for (int r = 0; r < rows; ++r) {
+                const float xv = x[r * k_count + k];
+                for (int j = 0; j < cols; ++j) {
+                    acc[r][j] += xv * wk[j];
+                }
+            }
+        }
+    } else {
+        for (int k = 0; k < k_count; ++k) {
+            const float *restrict wk = w + k * w_stride;
+            for (int r = 0; r < rows; ++r) {
+                const float xv = x[r * k_count + k];
+                for (int j = 0; j < cols; ++j) {
+                    acc[r][j] += xv * wk[j];
+                }
             }
         }
     }
@@ -990,6 +1171,76 @@ KERNEL_INLINE void matrix_vector_f32(const float *restrict x, const float *restr
         y[o] = activate_f32(sum, activation);
     }
 }
+
+/*
+ * Writes the channels c of x ([pixels][channels], NHWC) that hold a value other than +0.0f and
+ * -0.0f in some pixel to list, in increasing order, and returns how many there are (at most
+ * channels). Defining KERNELS_ALL_CHANNELS lists every channel, so the GEMMs skip none (to
+ * time the code without the skipping).
+ */
+#if defined(KERNELS_ALL_CHANNELS)
+KERNEL_INLINE int nonzero_channels_f32(const float *restrict x, int pixels, int channels, int *restrict list)
+{
+    (void)x;
+    (void)pixels;
+    for (int c = 0; c < channels; ++c) list[c] = c;
+    return channels;
+}
+#elif defined(KERNELS_AVX512)
+KERNEL_INLINE int nonzero_channels_f32(const float *restrict x, int pixels, int channels, int *restrict list)
+{
+    const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    int count = 0;
+    for (int c = 0; c < channels; c += 16) {
+        const __mmask16 mask = (__mmask16)(channels - c >= 16 ? 0xFFFFu : (1u << (channels - c)) - 1u);
+        __m512i bits = _mm512_setzero_si512();
+        for (int p = 0; p < pixels; ++p) {
+            bits = _mm512_or_si512(bits, _mm512_castps_si512(_mm512_maskz_loadu_ps(mask, x + p * channels + c)));
+        }
+        const __mmask16 used = _mm512_test_epi32_mask(bits, _mm512_set1_epi32(0x7FFFFFFF));
+        _mm512_mask_compressstoreu_epi32(list + count, used, _mm512_add_epi32(_mm512_set1_epi32(c), lanes));
+        for (unsigned rest = used; rest != 0; rest &= rest - 1) ++count;
+    }
+    return count;
+}
+#elif defined(KERNELS_AVX2)
+KERNEL_INLINE int nonzero_channels_f32(const float *restrict x, int pixels, int channels, int *restrict list)
+{
+    int count = 0;
+    for (int c = 0; c < channels; c += 8) {
+        const __m256i mask = lane_mask_f32x8(channels - c);
+        __m256 bits = _mm256_setzero_ps();
+        for (int p = 0; p < pixels; ++p) {
+            bits = _mm256_or_ps(bits, _mm256_maskload_ps(x + p * channels + c, mask));
+        }
+        const __m256i magnitude = _mm256_and_si256(_mm256_castps_si256(bits), _mm256_set1_epi32(0x7FFFFFFF));
+        const __m256i zero = _mm256_cmpeq_epi32(magnitude, _mm256_setzero_si256());
+        unsigned used = ~(unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(zero)) & 0xFFu;
+        for (; used != 0; used &= used - 1) {
+            int lane = 0;
+            while (!(used >> lane & 1u)) ++lane;
+            list[count++] = c + lane;
+        }
+    }
+    return count;
+}
+#else
+KERNEL_INLINE int nonzero_channels_f32(const float *restrict x, int pixels, int channels, int *restrict list)
+{
+    int count = 0;
+    for (int c = 0; c < channels; ++c) {
+        uint32_t bits = 0;
+        for (int p = 0; p < pixels; ++p) {
+            union { float f; uint32_t u; } value;
+            value.f = x[p * channels + c];
+            bits |= value.u;
+        }
+        list[count] = c;
+        count += (bits & 0x7FFFFFFFu) != 0;
+    }
+    return count;
+}
+#endif
 
 /*
  * Up to 8 adjacent output pixels of a 3x3, stride 1 depthwise convolution, all channels:
@@ -2008,24 +2259,26 @@ static void block_f32_nchw3x224x224_to_112x112x16(const float *restrict x, const
                     depthwise3x3_s1_f32_block(rows, depthwise_w, depthwise_bias, NULL, band + r * 3584 + 3328, 32, 112, 103, 8, 1, ky0, ky1, 1, 0, ACTIVATION_RELU6);
                 }
             }
+            int used_channels[32];
+            const int used_count = nonzero_channels_f32(band, 112, 32, used_channels);
 #if defined(KERNELS_AVX512)
             for (int p = 0; p < 112; p += 8) {
-                pointwise_f32_tile8x32_avx512(band + p * 32, project_w, project_bias, NULL, y + oy0 * 1792 + p * 16, 8, 16, 32, 16, 16, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile8x32_avx512(band + p * 32, project_w, project_bias, NULL, y + oy0 * 1792 + p * 16, 8, 16, 32, 16, 16, (used_count < 32 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
 #elif defined(KERNELS_AVX2)
             for (int p = 0; p < 112; p += 4) {
-                pointwise_f32_tile6x16_avx2(band + p * 32, project_w, project_bias, NULL, y + oy0 * 1792 + p * 16, 4, 16, 32, 16, 16, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x16_avx2(band + p * 32, project_w, project_bias, NULL, y + oy0 * 1792 + p * 16, 4, 16, 32, 16, 16, (used_count < 32 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
 #elif defined(KERNELS_VECTOR)
             for (int p = 0; p < 112; p += 4) {
-                pointwise_f32_tile6x8_vector(band + p * 32, project_w, project_bias, NULL, y + oy0 * 1792 + p * 16, 4, 8, 32, 16, 16, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x8_vector(band + p * 32, project_w, project_bias, NULL, y + oy0 * 1792 + p * 16, 4, 8, 32, 16, 16, (used_count < 32 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
             for (int p = 0; p < 112; p += 4) {
-                pointwise_f32_tile6x8_vector(band + p * 32, project_w + 8, project_bias + 8, NULL, y + oy0 * 1792 + p * 16 + 8, 4, 8, 32, 16, 16, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x8_vector(band + p * 32, project_w + 8, project_bias + 8, NULL, y + oy0 * 1792 + p * 16 + 8, 4, 8, 32, 16, 16, (used_count < 32 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
 #else
             for (int p = 0; p < 112; p += 4) {
-                pointwise_f32_tile4x16_portable(band + p * 32, project_w, project_bias, NULL, y + oy0 * 1792 + p * 16, 4, 16, 32, 16, 16, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile4x16_portable(band + p * 32, project_w, project_bias, NULL, y + oy0 * 1792 + p * 16, 4, 16, 32, 16, 16, (used_count < 32 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
 #endif
         }
@@ -3251,40 +3504,40 @@ static void block_f32_112x112x16_to_56x56x24(const float *restrict x, const floa
 #if defined(KERNELS_AVX512)
                 for (int n = 0; n < 96; n += 32) {
                     for (int p = 0; p < 224; p += 8) {
-                        pointwise_f32_tile8x32_avx512(x + next * 3584 + p * 16, expand_w + n * 16, expand_bias + n, NULL, chunk + p * 96 + n, 8, 32, 16, 32, 96, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile8x32_avx512(x + next * 3584 + p * 16, expand_w + n * 16, expand_bias + n, NULL, chunk + p * 96 + n, 8, 32, 16, 32, 96, NULL, 16, 1, 0, ACTIVATION_RELU6);
                     }
                 }
 #elif defined(KERNELS_AVX2)
                 for (int n = 0; n < 96; n += 32) {
                     for (int p = 0; p < 224; p += 4) {
-                        pointwise_f32_tile6x16_avx2(x + next * 3584 + p * 16, expand_w + n * 16, expand_bias + n, NULL, chunk + p * 96 + n, 4, 16, 16, 32, 96, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x16_avx2(x + next * 3584 + p * 16, expand_w + n * 16, expand_bias + n, NULL, chunk + p * 96 + n, 4, 16, 16, 32, 96, NULL, 16, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 224; p += 4) {
-                        pointwise_f32_tile6x16_avx2(x + next * 3584 + p * 16, expand_w + n * 16 + 16, expand_bias + n + 16, NULL, chunk + p * 96 + n + 16, 4, 16, 16, 32, 96, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x16_avx2(x + next * 3584 + p * 16, expand_w + n * 16 + 16, expand_bias + n + 16, NULL, chunk + p * 96 + n + 16, 4, 16, 16, 32, 96, NULL, 16, 1, 0, ACTIVATION_RELU6);
                     }
                 }
 #elif defined(KERNELS_VECTOR)
                 for (int n = 0; n < 96; n += 32) {
                     for (int p = 0; p < 224; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 3584 + p * 16, expand_w + n * 16, expand_bias + n, NULL, chunk + p * 96 + n, 4, 8, 16, 32, 96, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x8_vector(x + next * 3584 + p * 16, expand_w + n * 16, expand_bias + n, NULL, chunk + p * 96 + n, 4, 8, 16, 32, 96, NULL, 16, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 224; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 3584 + p * 16, expand_w + n * 16 + 8, expand_bias + n + 8, NULL, chunk + p * 96 + n + 8, 4, 8, 16, 32, 96, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x8_vector(x + next * 3584 + p * 16, expand_w + n * 16 + 8, expand_bias + n + 8, NULL, chunk + p * 96 + n + 8, 4, 8, 16, 32, 96, NULL, 16, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 224; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 3584 + p * 16, expand_w + n * 16 + 16, expand_bias + n + 16, NULL, chunk + p * 96 + n + 16, 4, 8, 16, 32, 96, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x8_vector(x + next * 3584 + p * 16, expand_w + n * 16 + 16, expand_bias + n + 16, NULL, chunk + p * 96 + n + 16, 4, 8, 16, 32, 96, NULL, 16, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 224; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 3584 + p * 16, expand_w + n * 16 + 24, expand_bias + n + 24, NULL, chunk + p * 96 + n + 24, 4, 8, 16, 32, 96, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x8_vector(x + next * 3584 + p * 16, expand_w + n * 16 + 24, expand_bias + n + 24, NULL, chunk + p * 96 + n + 24, 4, 8, 16, 32, 96, NULL, 16, 1, 0, ACTIVATION_RELU6);
                     }
                 }
 #else
                 for (int n = 0; n < 96; n += 32) {
                     for (int p = 0; p < 224; p += 4) {
-                        pointwise_f32_tile4x16_portable(x + next * 3584 + p * 16, expand_w + n * 16, expand_bias + n, NULL, chunk + p * 96 + n, 4, 16, 16, 32, 96, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile4x16_portable(x + next * 3584 + p * 16, expand_w + n * 16, expand_bias + n, NULL, chunk + p * 96 + n, 4, 16, 16, 32, 96, NULL, 16, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 224; p += 4) {
-                        pointwise_f32_tile4x16_portable(x + next * 3584 + p * 16, expand_w + n * 16 + 16, expand_bias + n + 16, NULL, chunk + p * 96 + n + 16, 4, 16, 16, 32, 96, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile4x16_portable(x + next * 3584 + p * 16, expand_w + n * 16 + 16, expand_bias + n + 16, NULL, chunk + p * 96 + n + 16, 4, 16, 16, 32, 96, NULL, 16, 1, 0, ACTIVATION_RELU6);
                     }
                 }
 #endif
@@ -3309,33 +3562,35 @@ static void block_f32_112x112x16_to_56x56x24(const float *restrict x, const floa
                     }
                 }
             }
+            int used_channels[96];
+            const int used_count = nonzero_channels_f32(band, 56, 96, used_channels);
 #if defined(KERNELS_AVX512)
             for (int p = 0; p < 56; p += 8) {
-                pointwise_f32_tile8x32_avx512(band + p * 96, project_w, project_bias, NULL, y + oy0 * 1344 + p * 24, 8, 24, 96, 24, 24, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile8x32_avx512(band + p * 96, project_w, project_bias, NULL, y + oy0 * 1344 + p * 24, 8, 24, 96, 24, 24, (used_count < 96 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
 #elif defined(KERNELS_AVX2)
             for (int p = 0; p < 56; p += 4) {
-                pointwise_f32_tile6x16_avx2(band + p * 96, project_w, project_bias, NULL, y + oy0 * 1344 + p * 24, 4, 16, 96, 24, 24, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x16_avx2(band + p * 96, project_w, project_bias, NULL, y + oy0 * 1344 + p * 24, 4, 16, 96, 24, 24, (used_count < 96 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
             for (int p = 0; p < 56; p += 4) {
-                pointwise_f32_tile6x16_avx2(band + p * 96, project_w + 16, project_bias + 16, NULL, y + oy0 * 1344 + p * 24 + 16, 4, 8, 96, 24, 24, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x16_avx2(band + p * 96, project_w + 16, project_bias + 16, NULL, y + oy0 * 1344 + p * 24 + 16, 4, 8, 96, 24, 24, (used_count < 96 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
 #elif defined(KERNELS_VECTOR)
             for (int p = 0; p < 56; p += 4) {
-                pointwise_f32_tile6x8_vector(band + p * 96, project_w, project_bias, NULL, y + oy0 * 1344 + p * 24, 4, 8, 96, 24, 24, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x8_vector(band + p * 96, project_w, project_bias, NULL, y + oy0 * 1344 + p * 24, 4, 8, 96, 24, 24, (used_count < 96 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
             for (int p = 0; p < 56; p += 4) {
-                pointwise_f32_tile6x8_vector(band + p * 96, project_w + 8, project_bias + 8, NULL, y + oy0 * 1344 + p * 24 + 8, 4, 8, 96, 24, 24, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x8_vector(band + p * 96, project_w + 8, project_bias + 8, NULL, y + oy0 * 1344 + p * 24 + 8, 4, 8, 96, 24, 24, (used_count < 96 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
             for (int p = 0; p < 56; p += 4) {
-                pointwise_f32_tile6x8_vector(band + p * 96, project_w + 16, project_bias + 16, NULL, y + oy0 * 1344 + p * 24 + 16, 4, 8, 96, 24, 24, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x8_vector(band + p * 96, project_w + 16, project_bias + 16, NULL, y + oy0 * 1344 + p * 24 + 16, 4, 8, 96, 24, 24, (used_count < 96 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
 #else
             for (int p = 0; p < 56; p += 4) {
-                pointwise_f32_tile4x16_portable(band + p * 96, project_w, project_bias, NULL, y + oy0 * 1344 + p * 24, 4, 16, 96, 24, 24, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile4x16_portable(band + p * 96, project_w, project_bias, NULL, y + oy0 * 1344 + p * 24, 4, 16, 96, 24, 24, (used_count < 96 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
             for (int p = 0; p < 56; p += 4) {
-                pointwise_f32_tile4x16_portable(band + p * 96, project_w + 16, project_bias + 16, NULL, y + oy0 * 1344 + p * 24 + 16, 4, 8, 96, 24, 24, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile4x16_portable(band + p * 96, project_w + 16, project_bias + 16, NULL, y + oy0 * 1344 + p * 24 + 16, 4, 8, 96, 24, 24, (used_count < 96 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
 #endif
         }
@@ -3364,56 +3619,56 @@ static void block_f32_56x56x24_to_56x56x24_residual(const float *restrict x, con
 #if defined(KERNELS_AVX512)
                 for (int n = 0; n < 128; n += 32) {
                     for (int p = 0; p < 56; p += 8) {
-                        pointwise_f32_tile8x32_avx512(x + next * 1344 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 144 + n, 8, 32, 24, 32, 144, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile8x32_avx512(x + next * 1344 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 144 + n, 8, 32, 24, 32, 144, NULL, 24, 1, 0, ACTIVATION_RELU6);
                     }
                 }
                 for (int p = 0; p < 56; p += 8) {
-                    pointwise_f32_tile8x32_avx512(x + next * 1344 + p * 24, expand_w + 3072, expand_bias + 128, NULL, chunk + p * 144 + 128, 8, 16, 24, 16, 144, 1, 0, ACTIVATION_RELU6);
+                    pointwise_f32_tile8x32_avx512(x + next * 1344 + p * 24, expand_w + 3072, expand_bias + 128, NULL, chunk + p * 144 + 128, 8, 16, 24, 16, 144, NULL, 24, 1, 0, ACTIVATION_RELU6);
                 }
 #elif defined(KERNELS_AVX2)
                 for (int n = 0; n < 128; n += 32) {
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x16_avx2(x + next * 1344 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 144 + n, 4, 16, 24, 32, 144, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x16_avx2(x + next * 1344 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 144 + n, 4, 16, 24, 32, 144, NULL, 24, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x16_avx2(x + next * 1344 + p * 24, expand_w + n * 24 + 16, expand_bias + n + 16, NULL, chunk + p * 144 + n + 16, 4, 16, 24, 32, 144, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x16_avx2(x + next * 1344 + p * 24, expand_w + n * 24 + 16, expand_bias + n + 16, NULL, chunk + p * 144 + n + 16, 4, 16, 24, 32, 144, NULL, 24, 1, 0, ACTIVATION_RELU6);
                     }
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x16_avx2(x + next * 1344 + p * 24, expand_w + 3072, expand_bias + 128, NULL, chunk + p * 144 + 128, 4, 16, 24, 16, 144, 1, 0, ACTIVATION_RELU6);
+                    pointwise_f32_tile6x16_avx2(x + next * 1344 + p * 24, expand_w + 3072, expand_bias + 128, NULL, chunk + p * 144 + 128, 4, 16, 24, 16, 144, NULL, 24, 1, 0, ACTIVATION_RELU6);
                 }
 #elif defined(KERNELS_VECTOR)
                 for (int n = 0; n < 128; n += 32) {
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 1344 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 144 + n, 4, 8, 24, 32, 144, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x8_vector(x + next * 1344 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 144 + n, 4, 8, 24, 32, 144, NULL, 24, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 1344 + p * 24, expand_w + n * 24 + 8, expand_bias + n + 8, NULL, chunk + p * 144 + n + 8, 4, 8, 24, 32, 144, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x8_vector(x + next * 1344 + p * 24, expand_w + n * 24 + 8, expand_bias + n + 8, NULL, chunk + p * 144 + n + 8, 4, 8, 24, 32, 144, NULL, 24, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 1344 + p * 24, expand_w + n * 24 + 16, expand_bias + n + 16, NULL, chunk + p * 144 + n + 16, 4, 8, 24, 32, 144, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x8_vector(x + next * 1344 + p * 24, expand_w + n * 24 + 16, expand_bias + n + 16, NULL, chunk + p * 144 + n + 16, 4, 8, 24, 32, 144, NULL, 24, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 1344 + p * 24, expand_w + n * 24 + 24, expand_bias + n + 24, NULL, chunk + p * 144 + n + 24, 4, 8, 24, 32, 144, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x8_vector(x + next * 1344 + p * 24, expand_w + n * 24 + 24, expand_bias + n + 24, NULL, chunk + p * 144 + n + 24, 4, 8, 24, 32, 144, NULL, 24, 1, 0, ACTIVATION_RELU6);
                     }
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x8_vector(x + next * 1344 + p * 24, expand_w + 3072, expand_bias + 128, NULL, chunk + p * 144 + 128, 4, 8, 24, 16, 144, 1, 0, ACTIVATION_RELU6);
+                    pointwise_f32_tile6x8_vector(x + next * 1344 + p * 24, expand_w + 3072, expand_bias + 128, NULL, chunk + p * 144 + 128, 4, 8, 24, 16, 144, NULL, 24, 1, 0, ACTIVATION_RELU6);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x8_vector(x + next * 1344 + p * 24, expand_w + 3080, expand_bias + 136, NULL, chunk + p * 144 + 136, 4, 8, 24, 16, 144, 1, 0, ACTIVATION_RELU6);
+                    pointwise_f32_tile6x8_vector(x + next * 1344 + p * 24, expand_w + 3080, expand_bias + 136, NULL, chunk + p * 144 + 136, 4, 8, 24, 16, 144, NULL, 24, 1, 0, ACTIVATION_RELU6);
                 }
 #else
                 for (int n = 0; n < 128; n += 32) {
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile4x16_portable(x + next * 1344 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 144 + n, 4, 16, 24, 32, 144, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile4x16_portable(x + next * 1344 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 144 + n, 4, 16, 24, 32, 144, NULL, 24, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile4x16_portable(x + next * 1344 + p * 24, expand_w + n * 24 + 16, expand_bias + n + 16, NULL, chunk + p * 144 + n + 16, 4, 16, 24, 32, 144, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile4x16_portable(x + next * 1344 + p * 24, expand_w + n * 24 + 16, expand_bias + n + 16, NULL, chunk + p * 144 + n + 16, 4, 16, 24, 32, 144, NULL, 24, 1, 0, ACTIVATION_RELU6);
                     }
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile4x16_portable(x + next * 1344 + p * 24, expand_w + 3072, expand_bias + 128, NULL, chunk + p * 144 + 128, 4, 16, 24, 16, 144, 1, 0, ACTIVATION_RELU6);
+                    pointwise_f32_tile4x16_portable(x + next * 1344 + p * 24, expand_w + 3072, expand_bias + 128, NULL, chunk + p * 144 + 128, 4, 16, 24, 16, 144, NULL, 24, 1, 0, ACTIVATION_RELU6);
                 }
 #endif
             }
@@ -3439,33 +3694,35 @@ static void block_f32_56x56x24_to_56x56x24_residual(const float *restrict x, con
                     depthwise3x3_s1_f32_block(rows, depthwise_w, depthwise_bias, NULL, band + r * 8064 + 6912, 144, 56, 47, 8, 1, ky0, ky1, 1, 0, ACTIVATION_RELU6);
                 }
             }
+            int used_channels[144];
+            const int used_count = nonzero_channels_f32(band, 56, 144, used_channels);
 #if defined(KERNELS_AVX512)
             for (int p = 0; p < 56; p += 8) {
-                pointwise_f32_tile8x32_avx512(band + p * 144, project_w, project_bias, residual + oy0 * 1344 + p * 24, y + oy0 * 1344 + p * 24, 8, 24, 144, 24, 24, 1, 1, ACTIVATION_IDENTITY);
+                pointwise_f32_tile8x32_avx512(band + p * 144, project_w, project_bias, residual + oy0 * 1344 + p * 24, y + oy0 * 1344 + p * 24, 8, 24, 144, 24, 24, (used_count < 144 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             }
 #elif defined(KERNELS_AVX2)
             for (int p = 0; p < 56; p += 4) {
-                pointwise_f32_tile6x16_avx2(band + p * 144, project_w, project_bias, residual + oy0 * 1344 + p * 24, y + oy0 * 1344 + p * 24, 4, 16, 144, 24, 24, 1, 1, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x16_avx2(band + p * 144, project_w, project_bias, residual + oy0 * 1344 + p * 24, y + oy0 * 1344 + p * 24, 4, 16, 144, 24, 24, (used_count < 144 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             }
             for (int p = 0; p < 56; p += 4) {
-                pointwise_f32_tile6x16_avx2(band + p * 144, project_w + 16, project_bias + 16, residual + oy0 * 1344 + p * 24 + 16, y + oy0 * 1344 + p * 24 + 16, 4, 8, 144, 24, 24, 1, 1, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x16_avx2(band + p * 144, project_w + 16, project_bias + 16, residual + oy0 * 1344 + p * 24 + 16, y + oy0 * 1344 + p * 24 + 16, 4, 8, 144, 24, 24, (used_count < 144 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             }
 #elif defined(KERNELS_VECTOR)
             for (int p = 0; p < 56; p += 4) {
-                pointwise_f32_tile6x8_vector(band + p * 144, project_w, project_bias, residual + oy0 * 1344 + p * 24, y + oy0 * 1344 + p * 24, 4, 8, 144, 24, 24, 1, 1, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x8_vector(band + p * 144, project_w, project_bias, residual + oy0 * 1344 + p * 24, y + oy0 * 1344 + p * 24, 4, 8, 144, 24, 24, (used_count < 144 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             }
             for (int p = 0; p < 56; p += 4) {
-                pointwise_f32_tile6x8_vector(band + p * 144, project_w + 8, project_bias + 8, residual + oy0 * 1344 + p * 24 + 8, y + oy0 * 1344 + p * 24 + 8, 4, 8, 144, 24, 24, 1, 1, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x8_vector(band + p * 144, project_w + 8, project_bias + 8, residual + oy0 * 1344 + p * 24 + 8, y + oy0 * 1344 + p * 24 + 8, 4, 8, 144, 24, 24, (used_count < 144 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             }
             for (int p = 0; p < 56; p += 4) {
-                pointwise_f32_tile6x8_vector(band + p * 144, project_w + 16, project_bias + 16, residual + oy0 * 1344 + p * 24 + 16, y + oy0 * 1344 + p * 24 + 16, 4, 8, 144, 24, 24, 1, 1, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x8_vector(band + p * 144, project_w + 16, project_bias + 16, residual + oy0 * 1344 + p * 24 + 16, y + oy0 * 1344 + p * 24 + 16, 4, 8, 144, 24, 24, (used_count < 144 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             }
 #else
             for (int p = 0; p < 56; p += 4) {
-                pointwise_f32_tile4x16_portable(band + p * 144, project_w, project_bias, residual + oy0 * 1344 + p * 24, y + oy0 * 1344 + p * 24, 4, 16, 144, 24, 24, 1, 1, ACTIVATION_IDENTITY);
+                pointwise_f32_tile4x16_portable(band + p * 144, project_w, project_bias, residual + oy0 * 1344 + p * 24, y + oy0 * 1344 + p * 24, 4, 16, 144, 24, 24, (used_count < 144 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             }
             for (int p = 0; p < 56; p += 4) {
-                pointwise_f32_tile4x16_portable(band + p * 144, project_w + 16, project_bias + 16, residual + oy0 * 1344 + p * 24 + 16, y + oy0 * 1344 + p * 24 + 16, 4, 8, 144, 24, 24, 1, 1, ACTIVATION_IDENTITY);
+                pointwise_f32_tile4x16_portable(band + p * 144, project_w + 16, project_bias + 16, residual + oy0 * 1344 + p * 24 + 16, y + oy0 * 1344 + p * 24 + 16, 4, 8, 144, 24, 24, (used_count < 144 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             }
 #endif
         }
@@ -3493,56 +3750,56 @@ static void block_f32_56x56x24_to_28x28x32(const float *restrict x, const float 
 #if defined(KERNELS_AVX512)
                 for (int n = 0; n < 128; n += 32) {
                     for (int p = 0; p < 224; p += 8) {
-                        pointwise_f32_tile8x32_avx512(x + next * 5376 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 144 + n, 8, 32, 24, 32, 144, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile8x32_avx512(x + next * 5376 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 144 + n, 8, 32, 24, 32, 144, NULL, 24, 1, 0, ACTIVATION_RELU6);
                     }
                 }
                 for (int p = 0; p < 224; p += 8) {
-                    pointwise_f32_tile8x32_avx512(x + next * 5376 + p * 24, expand_w + 3072, expand_bias + 128, NULL, chunk + p * 144 + 128, 8, 16, 24, 16, 144, 1, 0, ACTIVATION_RELU6);
+                    pointwise_f32_tile8x32_avx512(x + next * 5376 + p * 24, expand_w + 3072, expand_bias + 128, NULL, chunk + p * 144 + 128, 8, 16, 24, 16, 144, NULL, 24, 1, 0, ACTIVATION_RELU6);
                 }
 #elif defined(KERNELS_AVX2)
                 for (int n = 0; n < 128; n += 32) {
                     for (int p = 0; p < 224; p += 4) {
-                        pointwise_f32_tile6x16_avx2(x + next * 5376 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 144 + n, 4, 16, 24, 32, 144, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x16_avx2(x + next * 5376 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 144 + n, 4, 16, 24, 32, 144, NULL, 24, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 224; p += 4) {
-                        pointwise_f32_tile6x16_avx2(x + next * 5376 + p * 24, expand_w + n * 24 + 16, expand_bias + n + 16, NULL, chunk + p * 144 + n + 16, 4, 16, 24, 32, 144, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x16_avx2(x + next * 5376 + p * 24, expand_w + n * 24 + 16, expand_bias + n + 16, NULL, chunk + p * 144 + n + 16, 4, 16, 24, 32, 144, NULL, 24, 1, 0, ACTIVATION_RELU6);
                     }
                 }
                 for (int p = 0; p < 224; p += 4) {
-                    pointwise_f32_tile6x16_avx2(x + next * 5376 + p * 24, expand_w + 3072, expand_bias + 128, NULL, chunk + p * 144 + 128, 4, 16, 24, 16, 144, 1, 0, ACTIVATION_RELU6);
+                    pointwise_f32_tile6x16_avx2(x + next * 5376 + p * 24, expand_w + 3072, expand_bias + 128, NULL, chunk + p * 144 + 128, 4, 16, 24, 16, 144, NULL, 24, 1, 0, ACTIVATION_RELU6);
                 }
 #elif defined(KERNELS_VECTOR)
                 for (int n = 0; n < 128; n += 32) {
                     for (int p = 0; p < 224; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 5376 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 144 + n, 4, 8, 24, 32, 144, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x8_vector(x + next * 5376 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 144 + n, 4, 8, 24, 32, 144, NULL, 24, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 224; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 5376 + p * 24, expand_w + n * 24 + 8, expand_bias + n + 8, NULL, chunk + p * 144 + n + 8, 4, 8, 24, 32, 144, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x8_vector(x + next * 5376 + p * 24, expand_w + n * 24 + 8, expand_bias + n + 8, NULL, chunk + p * 144 + n + 8, 4, 8, 24, 32, 144, NULL, 24, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 224; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 5376 + p * 24, expand_w + n * 24 + 16, expand_bias + n + 16, NULL, chunk + p * 144 + n + 16, 4, 8, 24, 32, 144, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x8_vector(x + next * 5376 + p * 24, expand_w + n * 24 + 16, expand_bias + n + 16, NULL, chunk + p * 144 + n + 16, 4, 8, 24, 32, 144, NULL, 24, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 224; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 5376 + p * 24, expand_w + n * 24 + 24, expand_bias + n + 24, NULL, chunk + p * 144 + n + 24, 4, 8, 24, 32, 144, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x8_vector(x + next * 5376 + p * 24, expand_w + n * 24 + 24, expand_bias + n + 24, NULL, chunk + p * 144 + n + 24, 4, 8, 24, 32, 144, NULL, 24, 1, 0, ACTIVATION_RELU6);
                     }
                 }
                 for (int p = 0; p < 224; p += 4) {
-                    pointwise_f32_tile6x8_vector(x + next * 5376 + p * 24, expand_w + 3072, expand_bias + 128, NULL, chunk + p * 144 + 128, 4, 8, 24, 16, 144, 1, 0, ACTIVATION_RELU6);
+                    pointwise_f32_tile6x8_vector(x + next * 5376 + p * 24, expand_w + 3072, expand_bias + 128, NULL, chunk + p * 144 + 128, 4, 8, 24, 16, 144, NULL, 24, 1, 0, ACTIVATION_RELU6);
                 }
                 for (int p = 0; p < 224; p += 4) {
-                    pointwise_f32_tile6x8_vector(x + next * 5376 + p * 24, expand_w + 3080, expand_bias + 136, NULL, chunk + p * 144 + 136, 4, 8, 24, 16, 144, 1, 0, ACTIVATION_RELU6);
+                    pointwise_f32_tile6x8_vector(x + next * 5376 + p * 24, expand_w + 3080, expand_bias + 136, NULL, chunk + p * 144 + 136, 4, 8, 24, 16, 144, NULL, 24, 1, 0, ACTIVATION_RELU6);
                 }
 #else
                 for (int n = 0; n < 128; n += 32) {
                     for (int p = 0; p < 224; p += 4) {
-                        pointwise_f32_tile4x16_portable(x + next * 5376 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 144 + n, 4, 16, 24, 32, 144, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile4x16_portable(x + next * 5376 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 144 + n, 4, 16, 24, 32, 144, NULL, 24, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 224; p += 4) {
-                        pointwise_f32_tile4x16_portable(x + next * 5376 + p * 24, expand_w + n * 24 + 16, expand_bias + n + 16, NULL, chunk + p * 144 + n + 16, 4, 16, 24, 32, 144, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile4x16_portable(x + next * 5376 + p * 24, expand_w + n * 24 + 16, expand_bias + n + 16, NULL, chunk + p * 144 + n + 16, 4, 16, 24, 32, 144, NULL, 24, 1, 0, ACTIVATION_RELU6);
                     }
                 }
                 for (int p = 0; p < 224; p += 4) {
-                    pointwise_f32_tile4x16_portable(x + next * 5376 + p * 24, expand_w + 3072, expand_bias + 128, NULL, chunk + p * 144 + 128, 4, 16, 24, 16, 144, 1, 0, ACTIVATION_RELU6);
+                    pointwise_f32_tile4x16_portable(x + next * 5376 + p * 24, expand_w + 3072, expand_bias + 128, NULL, chunk + p * 144 + 128, 4, 16, 24, 16, 144, NULL, 24, 1, 0, ACTIVATION_RELU6);
                 }
 #endif
             }
@@ -3568,36 +3825,38 @@ static void block_f32_56x56x24_to_28x28x32(const float *restrict x, const float 
                     depthwise3x3_s2_f32_block(rows, depthwise_w, depthwise_bias, NULL, band + r * 4032 + 3456, 144, 56, 47, 4, 0, ky0, ky1, 1, 0, ACTIVATION_RELU6);
                 }
             }
+            int used_channels[144];
+            const int used_count = nonzero_channels_f32(band, 56, 144, used_channels);
 #if defined(KERNELS_AVX512)
             for (int p = 0; p < 56; p += 8) {
-                pointwise_f32_tile8x32_avx512(band + p * 144, project_w, project_bias, NULL, y + oy0 * 896 + p * 32, 8, 32, 144, 32, 32, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile8x32_avx512(band + p * 144, project_w, project_bias, NULL, y + oy0 * 896 + p * 32, 8, 32, 144, 32, 32, (used_count < 144 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
 #elif defined(KERNELS_AVX2)
             for (int p = 0; p < 56; p += 4) {
-                pointwise_f32_tile6x16_avx2(band + p * 144, project_w, project_bias, NULL, y + oy0 * 896 + p * 32, 4, 16, 144, 32, 32, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x16_avx2(band + p * 144, project_w, project_bias, NULL, y + oy0 * 896 + p * 32, 4, 16, 144, 32, 32, (used_count < 144 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
             for (int p = 0; p < 56; p += 4) {
-                pointwise_f32_tile6x16_avx2(band + p * 144, project_w + 16, project_bias + 16, NULL, y + oy0 * 896 + p * 32 + 16, 4, 16, 144, 32, 32, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x16_avx2(band + p * 144, project_w + 16, project_bias + 16, NULL, y + oy0 * 896 + p * 32 + 16, 4, 16, 144, 32, 32, (used_count < 144 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
 #elif defined(KERNELS_VECTOR)
             for (int p = 0; p < 56; p += 4) {
-                pointwise_f32_tile6x8_vector(band + p * 144, project_w, project_bias, NULL, y + oy0 * 896 + p * 32, 4, 8, 144, 32, 32, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x8_vector(band + p * 144, project_w, project_bias, NULL, y + oy0 * 896 + p * 32, 4, 8, 144, 32, 32, (used_count < 144 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
             for (int p = 0; p < 56; p += 4) {
-                pointwise_f32_tile6x8_vector(band + p * 144, project_w + 8, project_bias + 8, NULL, y + oy0 * 896 + p * 32 + 8, 4, 8, 144, 32, 32, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x8_vector(band + p * 144, project_w + 8, project_bias + 8, NULL, y + oy0 * 896 + p * 32 + 8, 4, 8, 144, 32, 32, (used_count < 144 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
             for (int p = 0; p < 56; p += 4) {
-                pointwise_f32_tile6x8_vector(band + p * 144, project_w + 16, project_bias + 16, NULL, y + oy0 * 896 + p * 32 + 16, 4, 8, 144, 32, 32, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x8_vector(band + p * 144, project_w + 16, project_bias + 16, NULL, y + oy0 * 896 + p * 32 + 16, 4, 8, 144, 32, 32, (used_count < 144 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
             for (int p = 0; p < 56; p += 4) {
-                pointwise_f32_tile6x8_vector(band + p * 144, project_w + 24, project_bias + 24, NULL, y + oy0 * 896 + p * 32 + 24, 4, 8, 144, 32, 32, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x8_vector(band + p * 144, project_w + 24, project_bias + 24, NULL, y + oy0 * 896 + p * 32 + 24, 4, 8, 144, 32, 32, (used_count < 144 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
 #else
             for (int p = 0; p < 56; p += 4) {
-                pointwise_f32_tile4x16_portable(band + p * 144, project_w, project_bias, NULL, y + oy0 * 896 + p * 32, 4, 16, 144, 32, 32, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile4x16_portable(band + p * 144, project_w, project_bias, NULL, y + oy0 * 896 + p * 32, 4, 16, 144, 32, 32, (used_count < 144 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
             for (int p = 0; p < 56; p += 4) {
-                pointwise_f32_tile4x16_portable(band + p * 144, project_w + 16, project_bias + 16, NULL, y + oy0 * 896 + p * 32 + 16, 4, 16, 144, 32, 32, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile4x16_portable(band + p * 144, project_w + 16, project_bias + 16, NULL, y + oy0 * 896 + p * 32 + 16, 4, 16, 144, 32, 32, (used_count < 144 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
 #endif
         }
@@ -3626,40 +3885,40 @@ static void block_f32_28x28x32_to_28x28x32_residual(const float *restrict x, con
 #if defined(KERNELS_AVX512)
                 for (int n = 0; n < 192; n += 32) {
                     for (int p = 0; p < 56; p += 8) {
-                        pointwise_f32_tile8x32_avx512(x + next * 1792 + p * 32, expand_w + n * 32, expand_bias + n, NULL, chunk + p * 192 + n, 8, 32, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile8x32_avx512(x + next * 1792 + p * 32, expand_w + n * 32, expand_bias + n, NULL, chunk + p * 192 + n, 8, 32, 32, 32, 192, NULL, 32, 1, 0, ACTIVATION_RELU6);
                     }
                 }
 #elif defined(KERNELS_AVX2)
                 for (int n = 0; n < 192; n += 32) {
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x16_avx2(x + next * 1792 + p * 32, expand_w + n * 32, expand_bias + n, NULL, chunk + p * 192 + n, 4, 16, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x16_avx2(x + next * 1792 + p * 32, expand_w + n * 32, expand_bias + n, NULL, chunk + p * 192 + n, 4, 16, 32, 32, 192, NULL, 32, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x16_avx2(x + next * 1792 + p * 32, expand_w + n * 32 + 16, expand_bias + n + 16, NULL, chunk + p * 192 + n + 16, 4, 16, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x16_avx2(x + next * 1792 + p * 32, expand_w + n * 32 + 16, expand_bias + n + 16, NULL, chunk + p * 192 + n + 16, 4, 16, 32, 32, 192, NULL, 32, 1, 0, ACTIVATION_RELU6);
                     }
                 }
 #elif defined(KERNELS_VECTOR)
                 for (int n = 0; n < 192; n += 32) {
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 1792 + p * 32, expand_w + n * 32, expand_bias + n, NULL, chunk + p * 192 + n, 4, 8, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x8_vector(x + next * 1792 + p * 32, expand_w + n * 32, expand_bias + n, NULL, chunk + p * 192 + n, 4, 8, 32, 32, 192, NULL, 32, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 1792 + p * 32, expand_w + n * 32 + 8, expand_bias + n + 8, NULL, chunk + p * 192 + n + 8, 4, 8, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x8_vector(x + next * 1792 + p * 32, expand_w + n * 32 + 8, expand_bias + n + 8, NULL, chunk + p * 192 + n + 8, 4, 8, 32, 32, 192, NULL, 32, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 1792 + p * 32, expand_w + n * 32 + 16, expand_bias + n + 16, NULL, chunk + p * 192 + n + 16, 4, 8, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x8_vector(x + next * 1792 + p * 32, expand_w + n * 32 + 16, expand_bias + n + 16, NULL, chunk + p * 192 + n + 16, 4, 8, 32, 32, 192, NULL, 32, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 1792 + p * 32, expand_w + n * 32 + 24, expand_bias + n + 24, NULL, chunk + p * 192 + n + 24, 4, 8, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x8_vector(x + next * 1792 + p * 32, expand_w + n * 32 + 24, expand_bias + n + 24, NULL, chunk + p * 192 + n + 24, 4, 8, 32, 32, 192, NULL, 32, 1, 0, ACTIVATION_RELU6);
                     }
                 }
 #else
                 for (int n = 0; n < 192; n += 32) {
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile4x16_portable(x + next * 1792 + p * 32, expand_w + n * 32, expand_bias + n, NULL, chunk + p * 192 + n, 4, 16, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile4x16_portable(x + next * 1792 + p * 32, expand_w + n * 32, expand_bias + n, NULL, chunk + p * 192 + n, 4, 16, 32, 32, 192, NULL, 32, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile4x16_portable(x + next * 1792 + p * 32, expand_w + n * 32 + 16, expand_bias + n + 16, NULL, chunk + p * 192 + n + 16, 4, 16, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile4x16_portable(x + next * 1792 + p * 32, expand_w + n * 32 + 16, expand_bias + n + 16, NULL, chunk + p * 192 + n + 16, 4, 16, 32, 32, 192, NULL, 32, 1, 0, ACTIVATION_RELU6);
                     }
                 }
 #endif
@@ -3686,36 +3945,38 @@ static void block_f32_28x28x32_to_28x28x32_residual(const float *restrict x, con
                     depthwise3x3_s1_f32_block(rows, depthwise_w, depthwise_bias, NULL, band + r * 5376 + 4608, 192, 28, 23, 4, 1, ky0, ky1, 1, 0, ACTIVATION_RELU6);
                 }
             }
+            int used_channels[192];
+            const int used_count = nonzero_channels_f32(band, 56, 192, used_channels);
 #if defined(KERNELS_AVX512)
             for (int p = 0; p < 56; p += 8) {
-                pointwise_f32_tile8x32_avx512(band + p * 192, project_w, project_bias, residual + oy0 * 896 + p * 32, y + oy0 * 896 + p * 32, 8, 32, 192, 32, 32, 1, 1, ACTIVATION_IDENTITY);
+                pointwise_f32_tile8x32_avx512(band + p * 192, project_w, project_bias, residual + oy0 * 896 + p * 32, y + oy0 * 896 + p * 32, 8, 32, 192, 32, 32, (used_count < 192 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             }
 #elif defined(KERNELS_AVX2)
             for (int p = 0; p < 56; p += 4) {
-                pointwise_f32_tile6x16_avx2(band + p * 192, project_w, project_bias, residual + oy0 * 896 + p * 32, y + oy0 * 896 + p * 32, 4, 16, 192, 32, 32, 1, 1, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x16_avx2(band + p * 192, project_w, project_bias, residual + oy0 * 896 + p * 32, y + oy0 * 896 + p * 32, 4, 16, 192, 32, 32, (used_count < 192 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             }
             for (int p = 0; p < 56; p += 4) {
-                pointwise_f32_tile6x16_avx2(band + p * 192, project_w + 16, project_bias + 16, residual + oy0 * 896 + p * 32 + 16, y + oy0 * 896 + p * 32 + 16, 4, 16, 192, 32, 32, 1, 1, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x16_avx2(band + p * 192, project_w + 16, project_bias + 16, residual + oy0 * 896 + p * 32 + 16, y + oy0 * 896 + p * 32 + 16, 4, 16, 192, 32, 32, (used_count < 192 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             }
 #elif defined(KERNELS_VECTOR)
             for (int p = 0; p < 56; p += 4) {
-                pointwise_f32_tile6x8_vector(band + p * 192, project_w, project_bias, residual + oy0 * 896 + p * 32, y + oy0 * 896 + p * 32, 4, 8, 192, 32, 32, 1, 1, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x8_vector(band + p * 192, project_w, project_bias, residual + oy0 * 896 + p * 32, y + oy0 * 896 + p * 32, 4, 8, 192, 32, 32, (used_count < 192 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             }
             for (int p = 0; p < 56; p += 4) {
-                pointwise_f32_tile6x8_vector(band + p * 192, project_w + 8, project_bias + 8, residual + oy0 * 896 + p * 32 + 8, y + oy0 * 896 + p * 32 + 8, 4, 8, 192, 32, 32, 1, 1, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x8_vector(band + p * 192, project_w + 8, project_bias + 8, residual + oy0 * 896 + p * 32 + 8, y + oy0 * 896 + p * 32 + 8, 4, 8, 192, 32, 32, (used_count < 192 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             }
             for (int p = 0; p < 56; p += 4) {
-                pointwise_f32_tile6x8_vector(band + p * 192, project_w + 16, project_bias + 16, residual + oy0 * 896 + p * 32 + 16, y + oy0 * 896 + p * 32 + 16, 4, 8, 192, 32, 32, 1, 1, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x8_vector(band + p * 192, project_w + 16, project_bias + 16, residual + oy0 * 896 + p * 32 + 16, y + oy0 * 896 + p * 32 + 16, 4, 8, 192, 32, 32, (used_count < 192 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             }
             for (int p = 0; p < 56; p += 4) {
-                pointwise_f32_tile6x8_vector(band + p * 192, project_w + 24, project_bias + 24, residual + oy0 * 896 + p * 32 + 24, y + oy0 * 896 + p * 32 + 24, 4, 8, 192, 32, 32, 1, 1, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x8_vector(band + p * 192, project_w + 24, project_bias + 24, residual + oy0 * 896 + p * 32 + 24, y + oy0 * 896 + p * 32 + 24, 4, 8, 192, 32, 32, (used_count < 192 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             }
 #else
             for (int p = 0; p < 56; p += 4) {
-                pointwise_f32_tile4x16_portable(band + p * 192, project_w, project_bias, residual + oy0 * 896 + p * 32, y + oy0 * 896 + p * 32, 4, 16, 192, 32, 32, 1, 1, ACTIVATION_IDENTITY);
+                pointwise_f32_tile4x16_portable(band + p * 192, project_w, project_bias, residual + oy0 * 896 + p * 32, y + oy0 * 896 + p * 32, 4, 16, 192, 32, 32, (used_count < 192 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             }
             for (int p = 0; p < 56; p += 4) {
-                pointwise_f32_tile4x16_portable(band + p * 192, project_w + 16, project_bias + 16, residual + oy0 * 896 + p * 32 + 16, y + oy0 * 896 + p * 32 + 16, 4, 16, 192, 32, 32, 1, 1, ACTIVATION_IDENTITY);
+                pointwise_f32_tile4x16_portable(band + p * 192, project_w + 16, project_bias + 16, residual + oy0 * 896 + p * 32 + 16, y + oy0 * 896 + p * 32 + 16, 4, 16, 192, 32, 32, (used_count < 192 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             }
 #endif
         }
@@ -3744,40 +4005,40 @@ static void block_f32_28x28x32_to_14x14x64(const float *restrict x, const float 
 #if defined(KERNELS_AVX512)
                     for (int n = 0; n < 192; n += 32) {
                         for (int p = 0; p < 224; p += 8) {
-                            pointwise_f32_tile8x32_avx512(x + next * 7168 + p * 32, expand_w + n * 32, expand_bias + n, NULL, chunk + p * 192 + n, 8, 32, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile8x32_avx512(x + next * 7168 + p * 32, expand_w + n * 32, expand_bias + n, NULL, chunk + p * 192 + n, 8, 32, 32, 32, 192, NULL, 32, 1, 0, ACTIVATION_RELU6);
                         }
                     }
 #elif defined(KERNELS_AVX2)
                     for (int n = 0; n < 192; n += 32) {
                         for (int p = 0; p < 224; p += 4) {
-                            pointwise_f32_tile6x16_avx2(x + next * 7168 + p * 32, expand_w + n * 32, expand_bias + n, NULL, chunk + p * 192 + n, 4, 16, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile6x16_avx2(x + next * 7168 + p * 32, expand_w + n * 32, expand_bias + n, NULL, chunk + p * 192 + n, 4, 16, 32, 32, 192, NULL, 32, 1, 0, ACTIVATION_RELU6);
                         }
                         for (int p = 0; p < 224; p += 4) {
-                            pointwise_f32_tile6x16_avx2(x + next * 7168 + p * 32, expand_w + n * 32 + 16, expand_bias + n + 16, NULL, chunk + p * 192 + n + 16, 4, 16, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile6x16_avx2(x + next * 7168 + p * 32, expand_w + n * 32 + 16, expand_bias + n + 16, NULL, chunk + p * 192 + n + 16, 4, 16, 32, 32, 192, NULL, 32, 1, 0, ACTIVATION_RELU6);
                         }
                     }
 #elif defined(KERNELS_VECTOR)
                     for (int n = 0; n < 192; n += 32) {
                         for (int p = 0; p < 224; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 7168 + p * 32, expand_w + n * 32, expand_bias + n, NULL, chunk + p * 192 + n, 4, 8, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile6x8_vector(x + next * 7168 + p * 32, expand_w + n * 32, expand_bias + n, NULL, chunk + p * 192 + n, 4, 8, 32, 32, 192, NULL, 32, 1, 0, ACTIVATION_RELU6);
                         }
                         for (int p = 0; p < 224; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 7168 + p * 32, expand_w + n * 32 + 8, expand_bias + n + 8, NULL, chunk + p * 192 + n + 8, 4, 8, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile6x8_vector(x + next * 7168 + p * 32, expand_w + n * 32 + 8, expand_bias + n + 8, NULL, chunk + p * 192 + n + 8, 4, 8, 32, 32, 192, NULL, 32, 1, 0, ACTIVATION_RELU6);
                         }
                         for (int p = 0; p < 224; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 7168 + p * 32, expand_w + n * 32 + 16, expand_bias + n + 16, NULL, chunk + p * 192 + n + 16, 4, 8, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile6x8_vector(x + next * 7168 + p * 32, expand_w + n * 32 + 16, expand_bias + n + 16, NULL, chunk + p * 192 + n + 16, 4, 8, 32, 32, 192, NULL, 32, 1, 0, ACTIVATION_RELU6);
                         }
                         for (int p = 0; p < 224; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 7168 + p * 32, expand_w + n * 32 + 24, expand_bias + n + 24, NULL, chunk + p * 192 + n + 24, 4, 8, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile6x8_vector(x + next * 7168 + p * 32, expand_w + n * 32 + 24, expand_bias + n + 24, NULL, chunk + p * 192 + n + 24, 4, 8, 32, 32, 192, NULL, 32, 1, 0, ACTIVATION_RELU6);
                         }
                     }
 #else
                     for (int n = 0; n < 192; n += 32) {
                         for (int p = 0; p < 224; p += 4) {
-                            pointwise_f32_tile4x16_portable(x + next * 7168 + p * 32, expand_w + n * 32, expand_bias + n, NULL, chunk + p * 192 + n, 4, 16, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile4x16_portable(x + next * 7168 + p * 32, expand_w + n * 32, expand_bias + n, NULL, chunk + p * 192 + n, 4, 16, 32, 32, 192, NULL, 32, 1, 0, ACTIVATION_RELU6);
                         }
                         for (int p = 0; p < 224; p += 4) {
-                            pointwise_f32_tile4x16_portable(x + next * 7168 + p * 32, expand_w + n * 32 + 16, expand_bias + n + 16, NULL, chunk + p * 192 + n + 16, 4, 16, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile4x16_portable(x + next * 7168 + p * 32, expand_w + n * 32 + 16, expand_bias + n + 16, NULL, chunk + p * 192 + n + 16, 4, 16, 32, 32, 192, NULL, 32, 1, 0, ACTIVATION_RELU6);
                         }
                     }
 #endif
@@ -3785,40 +4046,40 @@ static void block_f32_28x28x32_to_14x14x64(const float *restrict x, const float 
 #if defined(KERNELS_AVX512)
                     for (int n = 0; n < 192; n += 32) {
                         for (int p = 0; p < 112; p += 8) {
-                            pointwise_f32_tile8x32_avx512(x + next * 7168 + p * 32, expand_w + n * 32, expand_bias + n, NULL, chunk + p * 192 + n, 8, 32, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile8x32_avx512(x + next * 7168 + p * 32, expand_w + n * 32, expand_bias + n, NULL, chunk + p * 192 + n, 8, 32, 32, 32, 192, NULL, 32, 1, 0, ACTIVATION_RELU6);
                         }
                     }
 #elif defined(KERNELS_AVX2)
                     for (int n = 0; n < 192; n += 32) {
                         for (int p = 0; p < 112; p += 4) {
-                            pointwise_f32_tile6x16_avx2(x + next * 7168 + p * 32, expand_w + n * 32, expand_bias + n, NULL, chunk + p * 192 + n, 4, 16, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile6x16_avx2(x + next * 7168 + p * 32, expand_w + n * 32, expand_bias + n, NULL, chunk + p * 192 + n, 4, 16, 32, 32, 192, NULL, 32, 1, 0, ACTIVATION_RELU6);
                         }
                         for (int p = 0; p < 112; p += 4) {
-                            pointwise_f32_tile6x16_avx2(x + next * 7168 + p * 32, expand_w + n * 32 + 16, expand_bias + n + 16, NULL, chunk + p * 192 + n + 16, 4, 16, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile6x16_avx2(x + next * 7168 + p * 32, expand_w + n * 32 + 16, expand_bias + n + 16, NULL, chunk + p * 192 + n + 16, 4, 16, 32, 32, 192, NULL, 32, 1, 0, ACTIVATION_RELU6);
                         }
                     }
 #elif defined(KERNELS_VECTOR)
                     for (int n = 0; n < 192; n += 32) {
                         for (int p = 0; p < 112; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 7168 + p * 32, expand_w + n * 32, expand_bias + n, NULL, chunk + p * 192 + n, 4, 8, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile6x8_vector(x + next * 7168 + p * 32, expand_w + n * 32, expand_bias + n, NULL, chunk + p * 192 + n, 4, 8, 32, 32, 192, NULL, 32, 1, 0, ACTIVATION_RELU6);
                         }
                         for (int p = 0; p < 112; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 7168 + p * 32, expand_w + n * 32 + 8, expand_bias + n + 8, NULL, chunk + p * 192 + n + 8, 4, 8, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile6x8_vector(x + next * 7168 + p * 32, expand_w + n * 32 + 8, expand_bias + n + 8, NULL, chunk + p * 192 + n + 8, 4, 8, 32, 32, 192, NULL, 32, 1, 0, ACTIVATION_RELU6);
                         }
                         for (int p = 0; p < 112; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 7168 + p * 32, expand_w + n * 32 + 16, expand_bias + n + 16, NULL, chunk + p * 192 + n + 16, 4, 8, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile6x8_vector(x + next * 7168 + p * 32, expand_w + n * 32 + 16, expand_bias + n + 16, NULL, chunk + p * 192 + n + 16, 4, 8, 32, 32, 192, NULL, 32, 1, 0, ACTIVATION_RELU6);
                         }
                         for (int p = 0; p < 112; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 7168 + p * 32, expand_w + n * 32 + 24, expand_bias + n + 24, NULL, chunk + p * 192 + n + 24, 4, 8, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile6x8_vector(x + next * 7168 + p * 32, expand_w + n * 32 + 24, expand_bias + n + 24, NULL, chunk + p * 192 + n + 24, 4, 8, 32, 32, 192, NULL, 32, 1, 0, ACTIVATION_RELU6);
                         }
                     }
 #else
                     for (int n = 0; n < 192; n += 32) {
                         for (int p = 0; p < 112; p += 4) {
-                            pointwise_f32_tile4x16_portable(x + next * 7168 + p * 32, expand_w + n * 32, expand_bias + n, NULL, chunk + p * 192 + n, 4, 16, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile4x16_portable(x + next * 7168 + p * 32, expand_w + n * 32, expand_bias + n, NULL, chunk + p * 192 + n, 4, 16, 32, 32, 192, NULL, 32, 1, 0, ACTIVATION_RELU6);
                         }
                         for (int p = 0; p < 112; p += 4) {
-                            pointwise_f32_tile4x16_portable(x + next * 7168 + p * 32, expand_w + n * 32 + 16, expand_bias + n + 16, NULL, chunk + p * 192 + n + 16, 4, 16, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile4x16_portable(x + next * 7168 + p * 32, expand_w + n * 32 + 16, expand_bias + n + 16, NULL, chunk + p * 192 + n + 16, 4, 16, 32, 32, 192, NULL, 32, 1, 0, ACTIVATION_RELU6);
                         }
                     }
 #endif
@@ -3840,43 +4101,45 @@ static void block_f32_28x28x32_to_14x14x64(const float *restrict x, const float 
                     depthwise3x3_s2_f32_block(rows, depthwise_w, depthwise_bias, NULL, band + r * 2688 + 1536, 192, 28, 15, 6, 0, ky0, ky1, 1, 0, ACTIVATION_RELU6);
                 }
             }
+            int used_channels[192];
+            const int used_count = nonzero_channels_f32(band, 56, 192, used_channels);
 #if defined(KERNELS_AVX512)
             for (int n = 0; n < 64; n += 32) {
                 for (int p = 0; p < 56; p += 8) {
-                    pointwise_f32_tile8x32_avx512(band + p * 192, project_w + n * 192, project_bias + n, NULL, y + oy0 * 896 + p * 64 + n, 8, 32, 192, 32, 64, 1, 0, ACTIVATION_IDENTITY);
+                    pointwise_f32_tile8x32_avx512(band + p * 192, project_w + n * 192, project_bias + n, NULL, y + oy0 * 896 + p * 64 + n, 8, 32, 192, 32, 64, (used_count < 192 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
                 }
             }
 #elif defined(KERNELS_AVX2)
             for (int n = 0; n < 64; n += 32) {
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x16_avx2(band + p * 192, project_w + n * 192, project_bias + n, NULL, y + oy0 * 896 + p * 64 + n, 4, 16, 192, 32, 64, 1, 0, ACTIVATION_IDENTITY);
+                    pointwise_f32_tile6x16_avx2(band + p * 192, project_w + n * 192, project_bias + n, NULL, y + oy0 * 896 + p * 64 + n, 4, 16, 192, 32, 64, (used_count < 192 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x16_avx2(band + p * 192, project_w + n * 192 + 16, project_bias + n + 16, NULL, y + oy0 * 896 + p * 64 + n + 16, 4, 16, 192, 32, 64, 1, 0, ACTIVATION_IDENTITY);
+                    pointwise_f32_tile6x16_avx2(band + p * 192, project_w + n * 192 + 16, project_bias + n + 16, NULL, y + oy0 * 896 + p * 64 + n + 16, 4, 16, 192, 32, 64, (used_count < 192 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
                 }
             }
 #elif defined(KERNELS_VECTOR)
             for (int n = 0; n < 64; n += 32) {
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x8_vector(band + p * 192, project_w + n * 192, project_bias + n, NULL, y + oy0 * 896 + p * 64 + n, 4, 8, 192, 32, 64, 1, 0, ACTIVATION_IDENTITY);
+                    pointwise_f32_tile6x8_vector(band + p * 192, project_w + n * 192, project_bias + n, NULL, y + oy0 * 896 + p * 64 + n, 4, 8, 192, 32, 64, (used_count < 192 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x8_vector(band + p * 192, project_w + n * 192 + 8, project_bias + n + 8, NULL, y + oy0 * 896 + p * 64 + n + 8, 4, 8, 192, 32, 64, 1, 0, ACTIVATION_IDENTITY);
+                    pointwise_f32_tile6x8_vector(band + p * 192, project_w + n * 192 + 8, project_bias + n + 8, NULL, y + oy0 * 896 + p * 64 + n + 8, 4, 8, 192, 32, 64, (used_count < 192 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x8_vector(band + p * 192, project_w + n * 192 + 16, project_bias + n + 16, NULL, y + oy0 * 896 + p * 64 + n + 16, 4, 8, 192, 32, 64, 1, 0, ACTIVATION_IDENTITY);
+                    pointwise_f32_tile6x8_vector(band + p * 192, project_w + n * 192 + 16, project_bias + n + 16, NULL, y + oy0 * 896 + p * 64 + n + 16, 4, 8, 192, 32, 64, (used_count < 192 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x8_vector(band + p * 192, project_w + n * 192 + 24, project_bias + n + 24, NULL, y + oy0 * 896 + p * 64 + n + 24, 4, 8, 192, 32, 64, 1, 0, ACTIVATION_IDENTITY);
+                    pointwise_f32_tile6x8_vector(band + p * 192, project_w + n * 192 + 24, project_bias + n + 24, NULL, y + oy0 * 896 + p * 64 + n + 24, 4, 8, 192, 32, 64, (used_count < 192 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
                 }
             }
 #else
             for (int n = 0; n < 64; n += 32) {
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile4x16_portable(band + p * 192, project_w + n * 192, project_bias + n, NULL, y + oy0 * 896 + p * 64 + n, 4, 16, 192, 32, 64, 1, 0, ACTIVATION_IDENTITY);
+                    pointwise_f32_tile4x16_portable(band + p * 192, project_w + n * 192, project_bias + n, NULL, y + oy0 * 896 + p * 64 + n, 4, 16, 192, 32, 64, (used_count < 192 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile4x16_portable(band + p * 192, project_w + n * 192 + 16, project_bias + n + 16, NULL, y + oy0 * 896 + p * 64 + n + 16, 4, 16, 192, 32, 64, 1, 0, ACTIVATION_IDENTITY);
+                    pointwise_f32_tile4x16_portable(band + p * 192, project_w + n * 192 + 16, project_bias + n + 16, NULL, y + oy0 * 896 + p * 64 + n + 16, 4, 16, 192, 32, 64, (used_count < 192 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
                 }
             }
 #endif
@@ -3891,40 +4154,40 @@ static void block_f32_28x28x32_to_14x14x64(const float *restrict x, const float 
 #if defined(KERNELS_AVX512)
                 for (int n = 0; n < 192; n += 32) {
                     for (int p = 0; p < 224; p += 8) {
-                        pointwise_f32_tile8x32_avx512(x + next * 7168 + p * 32, expand_w + n * 32, expand_bias + n, NULL, chunk + p * 192 + n, 8, 32, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile8x32_avx512(x + next * 7168 + p * 32, expand_w + n * 32, expand_bias + n, NULL, chunk + p * 192 + n, 8, 32, 32, 32, 192, NULL, 32, 1, 0, ACTIVATION_RELU6);
                     }
                 }
 #elif defined(KERNELS_AVX2)
                 for (int n = 0; n < 192; n += 32) {
                     for (int p = 0; p < 224; p += 4) {
-                        pointwise_f32_tile6x16_avx2(x + next * 7168 + p * 32, expand_w + n * 32, expand_bias + n, NULL, chunk + p * 192 + n, 4, 16, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x16_avx2(x + next * 7168 + p * 32, expand_w + n * 32, expand_bias + n, NULL, chunk + p * 192 + n, 4, 16, 32, 32, 192, NULL, 32, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 224; p += 4) {
-                        pointwise_f32_tile6x16_avx2(x + next * 7168 + p * 32, expand_w + n * 32 + 16, expand_bias + n + 16, NULL, chunk + p * 192 + n + 16, 4, 16, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x16_avx2(x + next * 7168 + p * 32, expand_w + n * 32 + 16, expand_bias + n + 16, NULL, chunk + p * 192 + n + 16, 4, 16, 32, 32, 192, NULL, 32, 1, 0, ACTIVATION_RELU6);
                     }
                 }
 #elif defined(KERNELS_VECTOR)
                 for (int n = 0; n < 192; n += 32) {
                     for (int p = 0; p < 224; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 7168 + p * 32, expand_w + n * 32, expand_bias + n, NULL, chunk + p * 192 + n, 4, 8, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x8_vector(x + next * 7168 + p * 32, expand_w + n * 32, expand_bias + n, NULL, chunk + p * 192 + n, 4, 8, 32, 32, 192, NULL, 32, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 224; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 7168 + p * 32, expand_w + n * 32 + 8, expand_bias + n + 8, NULL, chunk + p * 192 + n + 8, 4, 8, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x8_vector(x + next * 7168 + p * 32, expand_w + n * 32 + 8, expand_bias + n + 8, NULL, chunk + p * 192 + n + 8, 4, 8, 32, 32, 192, NULL, 32, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 224; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 7168 + p * 32, expand_w + n * 32 + 16, expand_bias + n + 16, NULL, chunk + p * 192 + n + 16, 4, 8, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x8_vector(x + next * 7168 + p * 32, expand_w + n * 32 + 16, expand_bias + n + 16, NULL, chunk + p * 192 + n + 16, 4, 8, 32, 32, 192, NULL, 32, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 224; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 7168 + p * 32, expand_w + n * 32 + 24, expand_bias + n + 24, NULL, chunk + p * 192 + n + 24, 4, 8, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x8_vector(x + next * 7168 + p * 32, expand_w + n * 32 + 24, expand_bias + n + 24, NULL, chunk + p * 192 + n + 24, 4, 8, 32, 32, 192, NULL, 32, 1, 0, ACTIVATION_RELU6);
                     }
                 }
 #else
                 for (int n = 0; n < 192; n += 32) {
                     for (int p = 0; p < 224; p += 4) {
-                        pointwise_f32_tile4x16_portable(x + next * 7168 + p * 32, expand_w + n * 32, expand_bias + n, NULL, chunk + p * 192 + n, 4, 16, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile4x16_portable(x + next * 7168 + p * 32, expand_w + n * 32, expand_bias + n, NULL, chunk + p * 192 + n, 4, 16, 32, 32, 192, NULL, 32, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 224; p += 4) {
-                        pointwise_f32_tile4x16_portable(x + next * 7168 + p * 32, expand_w + n * 32 + 16, expand_bias + n + 16, NULL, chunk + p * 192 + n + 16, 4, 16, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile4x16_portable(x + next * 7168 + p * 32, expand_w + n * 32 + 16, expand_bias + n + 16, NULL, chunk + p * 192 + n + 16, 4, 16, 32, 32, 192, NULL, 32, 1, 0, ACTIVATION_RELU6);
                     }
                 }
 #endif
@@ -3932,40 +4195,40 @@ static void block_f32_28x28x32_to_14x14x64(const float *restrict x, const float 
 #if defined(KERNELS_AVX512)
                 for (int n = 0; n < 192; n += 32) {
                     for (int p = 0; p < 112; p += 8) {
-                        pointwise_f32_tile8x32_avx512(x + next * 7168 + p * 32, expand_w + n * 32, expand_bias + n, NULL, chunk + p * 192 + n, 8, 32, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile8x32_avx512(x + next * 7168 + p * 32, expand_w + n * 32, expand_bias + n, NULL, chunk + p * 192 + n, 8, 32, 32, 32, 192, NULL, 32, 1, 0, ACTIVATION_RELU6);
                     }
                 }
 #elif defined(KERNELS_AVX2)
                 for (int n = 0; n < 192; n += 32) {
                     for (int p = 0; p < 112; p += 4) {
-                        pointwise_f32_tile6x16_avx2(x + next * 7168 + p * 32, expand_w + n * 32, expand_bias + n, NULL, chunk + p * 192 + n, 4, 16, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x16_avx2(x + next * 7168 + p * 32, expand_w + n * 32, expand_bias + n, NULL, chunk + p * 192 + n, 4, 16, 32, 32, 192, NULL, 32, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 112; p += 4) {
-                        pointwise_f32_tile6x16_avx2(x + next * 7168 + p * 32, expand_w + n * 32 + 16, expand_bias + n + 16, NULL, chunk + p * 192 + n + 16, 4, 16, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x16_avx2(x + next * 7168 + p * 32, expand_w + n * 32 + 16, expand_bias + n + 16, NULL, chunk + p * 192 + n + 16, 4, 16, 32, 32, 192, NULL, 32, 1, 0, ACTIVATION_RELU6);
                     }
                 }
 #elif defined(KERNELS_VECTOR)
                 for (int n = 0; n < 192; n += 32) {
                     for (int p = 0; p < 112; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 7168 + p * 32, expand_w + n * 32, expand_bias + n, NULL, chunk + p * 192 + n, 4, 8, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x8_vector(x + next * 7168 + p * 32, expand_w + n * 32, expand_bias + n, NULL, chunk + p * 192 + n, 4, 8, 32, 32, 192, NULL, 32, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 112; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 7168 + p * 32, expand_w + n * 32 + 8, expand_bias + n + 8, NULL, chunk + p * 192 + n + 8, 4, 8, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x8_vector(x + next * 7168 + p * 32, expand_w + n * 32 + 8, expand_bias + n + 8, NULL, chunk + p * 192 + n + 8, 4, 8, 32, 32, 192, NULL, 32, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 112; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 7168 + p * 32, expand_w + n * 32 + 16, expand_bias + n + 16, NULL, chunk + p * 192 + n + 16, 4, 8, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x8_vector(x + next * 7168 + p * 32, expand_w + n * 32 + 16, expand_bias + n + 16, NULL, chunk + p * 192 + n + 16, 4, 8, 32, 32, 192, NULL, 32, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 112; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 7168 + p * 32, expand_w + n * 32 + 24, expand_bias + n + 24, NULL, chunk + p * 192 + n + 24, 4, 8, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x8_vector(x + next * 7168 + p * 32, expand_w + n * 32 + 24, expand_bias + n + 24, NULL, chunk + p * 192 + n + 24, 4, 8, 32, 32, 192, NULL, 32, 1, 0, ACTIVATION_RELU6);
                     }
                 }
 #else
                 for (int n = 0; n < 192; n += 32) {
                     for (int p = 0; p < 112; p += 4) {
-                        pointwise_f32_tile4x16_portable(x + next * 7168 + p * 32, expand_w + n * 32, expand_bias + n, NULL, chunk + p * 192 + n, 4, 16, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile4x16_portable(x + next * 7168 + p * 32, expand_w + n * 32, expand_bias + n, NULL, chunk + p * 192 + n, 4, 16, 32, 32, 192, NULL, 32, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 112; p += 4) {
-                        pointwise_f32_tile4x16_portable(x + next * 7168 + p * 32, expand_w + n * 32 + 16, expand_bias + n + 16, NULL, chunk + p * 192 + n + 16, 4, 16, 32, 32, 192, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile4x16_portable(x + next * 7168 + p * 32, expand_w + n * 32 + 16, expand_bias + n + 16, NULL, chunk + p * 192 + n + 16, 4, 16, 32, 32, 192, NULL, 32, 1, 0, ACTIVATION_RELU6);
                     }
                 }
 #endif
@@ -3987,43 +4250,45 @@ static void block_f32_28x28x32_to_14x14x64(const float *restrict x, const float 
                 depthwise3x3_s2_f32_block(rows, depthwise_w, depthwise_bias, NULL, band + r * 2688 + 1536, 192, 28, 15, 6, 0, ky0, ky1, 1, 0, ACTIVATION_RELU6);
             }
         }
+        int used_channels[192];
+        const int used_count = nonzero_channels_f32(band, 28, 192, used_channels);
 #if defined(KERNELS_AVX512)
         for (int n = 0; n < 64; n += 32) {
             for (int p = 0; p < 28; p += 7) {
-                pointwise_f32_tile8x32_avx512(band + p * 192, project_w + n * 192, project_bias + n, NULL, y + 10752 + p * 64 + n, 7, 32, 192, 32, 64, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile8x32_avx512(band + p * 192, project_w + n * 192, project_bias + n, NULL, y + 10752 + p * 64 + n, 7, 32, 192, 32, 64, (used_count < 192 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
         }
 #elif defined(KERNELS_AVX2)
         for (int n = 0; n < 64; n += 32) {
             for (int p = 0; p < 28; p += 4) {
-                pointwise_f32_tile6x16_avx2(band + p * 192, project_w + n * 192, project_bias + n, NULL, y + 10752 + p * 64 + n, 4, 16, 192, 32, 64, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x16_avx2(band + p * 192, project_w + n * 192, project_bias + n, NULL, y + 10752 + p * 64 + n, 4, 16, 192, 32, 64, (used_count < 192 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
             for (int p = 0; p < 28; p += 4) {
-                pointwise_f32_tile6x16_avx2(band + p * 192, project_w + n * 192 + 16, project_bias + n + 16, NULL, y + 10752 + p * 64 + n + 16, 4, 16, 192, 32, 64, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x16_avx2(band + p * 192, project_w + n * 192 + 16, project_bias + n + 16, NULL, y + 10752 + p * 64 + n + 16, 4, 16, 192, 32, 64, (used_count < 192 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
         }
 #elif defined(KERNELS_VECTOR)
         for (int n = 0; n < 64; n += 32) {
             for (int p = 0; p < 28; p += 4) {
-                pointwise_f32_tile6x8_vector(band + p * 192, project_w + n * 192, project_bias + n, NULL, y + 10752 + p * 64 + n, 4, 8, 192, 32, 64, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x8_vector(band + p * 192, project_w + n * 192, project_bias + n, NULL, y + 10752 + p * 64 + n, 4, 8, 192, 32, 64, (used_count < 192 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
             for (int p = 0; p < 28; p += 4) {
-                pointwise_f32_tile6x8_vector(band + p * 192, project_w + n * 192 + 8, project_bias + n + 8, NULL, y + 10752 + p * 64 + n + 8, 4, 8, 192, 32, 64, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x8_vector(band + p * 192, project_w + n * 192 + 8, project_bias + n + 8, NULL, y + 10752 + p * 64 + n + 8, 4, 8, 192, 32, 64, (used_count < 192 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
             for (int p = 0; p < 28; p += 4) {
-                pointwise_f32_tile6x8_vector(band + p * 192, project_w + n * 192 + 16, project_bias + n + 16, NULL, y + 10752 + p * 64 + n + 16, 4, 8, 192, 32, 64, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x8_vector(band + p * 192, project_w + n * 192 + 16, project_bias + n + 16, NULL, y + 10752 + p * 64 + n + 16, 4, 8, 192, 32, 64, (used_count < 192 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
             for (int p = 0; p < 28; p += 4) {
-                pointwise_f32_tile6x8_vector(band + p * 192, project_w + n * 192 + 24, project_bias + n + 24, NULL, y + 10752 + p * 64 + n + 24, 4, 8, 192, 32, 64, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x8_vector(band + p * 192, project_w + n * 192 + 24, project_bias + n + 24, NULL, y + 10752 + p * 64 + n + 24, 4, 8, 192, 32, 64, (used_count < 192 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
         }
 #else
         for (int n = 0; n < 64; n += 32) {
             for (int p = 0; p < 28; p += 4) {
-                pointwise_f32_tile4x16_portable(band + p * 192, project_w + n * 192, project_bias + n, NULL, y + 10752 + p * 64 + n, 4, 16, 192, 32, 64, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile4x16_portable(band + p * 192, project_w + n * 192, project_bias + n, NULL, y + 10752 + p * 64 + n, 4, 16, 192, 32, 64, (used_count < 192 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
             for (int p = 0; p < 28; p += 4) {
-                pointwise_f32_tile4x16_portable(band + p * 192, project_w + n * 192 + 16, project_bias + n + 16, NULL, y + 10752 + p * 64 + n + 16, 4, 16, 192, 32, 64, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile4x16_portable(band + p * 192, project_w + n * 192 + 16, project_bias + n + 16, NULL, y + 10752 + p * 64 + n + 16, 4, 16, 192, 32, 64, (used_count < 192 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
         }
 #endif
@@ -4053,40 +4318,40 @@ static void block_f32_14x14x64_to_14x14x64_residual(const float *restrict x, con
 #if defined(KERNELS_AVX512)
                     for (int n = 0; n < 384; n += 32) {
                         for (int p = 0; p < 56; p += 8) {
-                            pointwise_f32_tile8x32_avx512(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 8, 32, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile8x32_avx512(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 8, 32, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                         }
                     }
 #elif defined(KERNELS_AVX2)
                     for (int n = 0; n < 384; n += 32) {
                         for (int p = 0; p < 56; p += 4) {
-                            pointwise_f32_tile6x16_avx2(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 4, 16, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile6x16_avx2(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 4, 16, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                         }
                         for (int p = 0; p < 56; p += 4) {
-                            pointwise_f32_tile6x16_avx2(x + next * 3584 + p * 64, expand_w + n * 64 + 16, expand_bias + n + 16, NULL, chunk + p * 384 + n + 16, 4, 16, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile6x16_avx2(x + next * 3584 + p * 64, expand_w + n * 64 + 16, expand_bias + n + 16, NULL, chunk + p * 384 + n + 16, 4, 16, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                         }
                     }
 #elif defined(KERNELS_VECTOR)
                     for (int n = 0; n < 384; n += 32) {
                         for (int p = 0; p < 56; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 4, 8, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 4, 8, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                         }
                         for (int p = 0; p < 56; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64 + 8, expand_bias + n + 8, NULL, chunk + p * 384 + n + 8, 4, 8, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64 + 8, expand_bias + n + 8, NULL, chunk + p * 384 + n + 8, 4, 8, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                         }
                         for (int p = 0; p < 56; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64 + 16, expand_bias + n + 16, NULL, chunk + p * 384 + n + 16, 4, 8, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64 + 16, expand_bias + n + 16, NULL, chunk + p * 384 + n + 16, 4, 8, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                         }
                         for (int p = 0; p < 56; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64 + 24, expand_bias + n + 24, NULL, chunk + p * 384 + n + 24, 4, 8, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64 + 24, expand_bias + n + 24, NULL, chunk + p * 384 + n + 24, 4, 8, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                         }
                     }
 #else
                     for (int n = 0; n < 384; n += 32) {
                         for (int p = 0; p < 56; p += 4) {
-                            pointwise_f32_tile4x16_portable(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 4, 16, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile4x16_portable(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 4, 16, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                         }
                         for (int p = 0; p < 56; p += 4) {
-                            pointwise_f32_tile4x16_portable(x + next * 3584 + p * 64, expand_w + n * 64 + 16, expand_bias + n + 16, NULL, chunk + p * 384 + n + 16, 4, 16, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile4x16_portable(x + next * 3584 + p * 64, expand_w + n * 64 + 16, expand_bias + n + 16, NULL, chunk + p * 384 + n + 16, 4, 16, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                         }
                     }
 #endif
@@ -4094,40 +4359,40 @@ static void block_f32_14x14x64_to_14x14x64_residual(const float *restrict x, con
 #if defined(KERNELS_AVX512)
                     for (int n = 0; n < 384; n += 32) {
                         for (int p = 0; p < 28; p += 7) {
-                            pointwise_f32_tile8x32_avx512(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 7, 32, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile8x32_avx512(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 7, 32, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                         }
                     }
 #elif defined(KERNELS_AVX2)
                     for (int n = 0; n < 384; n += 32) {
                         for (int p = 0; p < 28; p += 4) {
-                            pointwise_f32_tile6x16_avx2(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 4, 16, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile6x16_avx2(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 4, 16, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                         }
                         for (int p = 0; p < 28; p += 4) {
-                            pointwise_f32_tile6x16_avx2(x + next * 3584 + p * 64, expand_w + n * 64 + 16, expand_bias + n + 16, NULL, chunk + p * 384 + n + 16, 4, 16, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile6x16_avx2(x + next * 3584 + p * 64, expand_w + n * 64 + 16, expand_bias + n + 16, NULL, chunk + p * 384 + n + 16, 4, 16, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                         }
                     }
 #elif defined(KERNELS_VECTOR)
                     for (int n = 0; n < 384; n += 32) {
                         for (int p = 0; p < 28; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 4, 8, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 4, 8, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                         }
                         for (int p = 0; p < 28; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64 + 8, expand_bias + n + 8, NULL, chunk + p * 384 + n + 8, 4, 8, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64 + 8, expand_bias + n + 8, NULL, chunk + p * 384 + n + 8, 4, 8, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                         }
                         for (int p = 0; p < 28; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64 + 16, expand_bias + n + 16, NULL, chunk + p * 384 + n + 16, 4, 8, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64 + 16, expand_bias + n + 16, NULL, chunk + p * 384 + n + 16, 4, 8, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                         }
                         for (int p = 0; p < 28; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64 + 24, expand_bias + n + 24, NULL, chunk + p * 384 + n + 24, 4, 8, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64 + 24, expand_bias + n + 24, NULL, chunk + p * 384 + n + 24, 4, 8, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                         }
                     }
 #else
                     for (int n = 0; n < 384; n += 32) {
                         for (int p = 0; p < 28; p += 4) {
-                            pointwise_f32_tile4x16_portable(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 4, 16, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile4x16_portable(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 4, 16, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                         }
                         for (int p = 0; p < 28; p += 4) {
-                            pointwise_f32_tile4x16_portable(x + next * 3584 + p * 64, expand_w + n * 64 + 16, expand_bias + n + 16, NULL, chunk + p * 384 + n + 16, 4, 16, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile4x16_portable(x + next * 3584 + p * 64, expand_w + n * 64 + 16, expand_bias + n + 16, NULL, chunk + p * 384 + n + 16, 4, 16, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                         }
                     }
 #endif
@@ -4149,43 +4414,45 @@ static void block_f32_14x14x64_to_14x14x64_residual(const float *restrict x, con
                     depthwise3x3_s1_f32_block(rows, depthwise_w, depthwise_bias, NULL, band + r * 5376 + 3072, 384, 14, 7, 6, 1, ky0, ky1, 1, 0, ACTIVATION_RELU6);
                 }
             }
+            int used_channels[384];
+            const int used_count = nonzero_channels_f32(band, 56, 384, used_channels);
 #if defined(KERNELS_AVX512)
             for (int n = 0; n < 64; n += 32) {
                 for (int p = 0; p < 56; p += 8) {
-                    pointwise_f32_tile8x32_avx512(band + p * 384, project_w + n * 384, project_bias + n, residual + oy0 * 896 + p * 64 + n, y + oy0 * 896 + p * 64 + n, 8, 32, 384, 32, 64, 1, 1, ACTIVATION_IDENTITY);
+                    pointwise_f32_tile8x32_avx512(band + p * 384, project_w + n * 384, project_bias + n, residual + oy0 * 896 + p * 64 + n, y + oy0 * 896 + p * 64 + n, 8, 32, 384, 32, 64, (used_count < 384 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
                 }
             }
 #elif defined(KERNELS_AVX2)
             for (int n = 0; n < 64; n += 32) {
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x16_avx2(band + p * 384, project_w + n * 384, project_bias + n, residual + oy0 * 896 + p * 64 + n, y + oy0 * 896 + p * 64 + n, 4, 16, 384, 32, 64, 1, 1, ACTIVATION_IDENTITY);
+                    pointwise_f32_tile6x16_avx2(band + p * 384, project_w + n * 384, project_bias + n, residual + oy0 * 896 + p * 64 + n, y + oy0 * 896 + p * 64 + n, 4, 16, 384, 32, 64, (used_count < 384 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x16_avx2(band + p * 384, project_w + n * 384 + 16, project_bias + n + 16, residual + oy0 * 896 + p * 64 + n + 16, y + oy0 * 896 + p * 64 + n + 16, 4, 16, 384, 32, 64, 1, 1, ACTIVATION_IDENTITY);
+                    pointwise_f32_tile6x16_avx2(band + p * 384, project_w + n * 384 + 16, project_bias + n + 16, residual + oy0 * 896 + p * 64 + n + 16, y + oy0 * 896 + p * 64 + n + 16, 4, 16, 384, 32, 64, (used_count < 384 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
                 }
             }
 #elif defined(KERNELS_VECTOR)
             for (int n = 0; n < 64; n += 32) {
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x8_vector(band + p * 384, project_w + n * 384, project_bias + n, residual + oy0 * 896 + p * 64 + n, y + oy0 * 896 + p * 64 + n, 4, 8, 384, 32, 64, 1, 1, ACTIVATION_IDENTITY);
+                    pointwise_f32_tile6x8_vector(band + p * 384, project_w + n * 384, project_bias + n, residual + oy0 * 896 + p * 64 + n, y + oy0 * 896 + p * 64 + n, 4, 8, 384, 32, 64, (used_count < 384 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x8_vector(band + p * 384, project_w + n * 384 + 8, project_bias + n + 8, residual + oy0 * 896 + p * 64 + n + 8, y + oy0 * 896 + p * 64 + n + 8, 4, 8, 384, 32, 64, 1, 1, ACTIVATION_IDENTITY);
+                    pointwise_f32_tile6x8_vector(band + p * 384, project_w + n * 384 + 8, project_bias + n + 8, residual + oy0 * 896 + p * 64 + n + 8, y + oy0 * 896 + p * 64 + n + 8, 4, 8, 384, 32, 64, (used_count < 384 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x8_vector(band + p * 384, project_w + n * 384 + 16, project_bias + n + 16, residual + oy0 * 896 + p * 64 + n + 16, y + oy0 * 896 + p * 64 + n + 16, 4, 8, 384, 32, 64, 1, 1, ACTIVATION_IDENTITY);
+                    pointwise_f32_tile6x8_vector(band + p * 384, project_w + n * 384 + 16, project_bias + n + 16, residual + oy0 * 896 + p * 64 + n + 16, y + oy0 * 896 + p * 64 + n + 16, 4, 8, 384, 32, 64, (used_count < 384 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x8_vector(band + p * 384, project_w + n * 384 + 24, project_bias + n + 24, residual + oy0 * 896 + p * 64 + n + 24, y + oy0 * 896 + p * 64 + n + 24, 4, 8, 384, 32, 64, 1, 1, ACTIVATION_IDENTITY);
+                    pointwise_f32_tile6x8_vector(band + p * 384, project_w + n * 384 + 24, project_bias + n + 24, residual + oy0 * 896 + p * 64 + n + 24, y + oy0 * 896 + p * 64 + n + 24, 4, 8, 384, 32, 64, (used_count < 384 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
                 }
             }
 #else
             for (int n = 0; n < 64; n += 32) {
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile4x16_portable(band + p * 384, project_w + n * 384, project_bias + n, residual + oy0 * 896 + p * 64 + n, y + oy0 * 896 + p * 64 + n, 4, 16, 384, 32, 64, 1, 1, ACTIVATION_IDENTITY);
+                    pointwise_f32_tile4x16_portable(band + p * 384, project_w + n * 384, project_bias + n, residual + oy0 * 896 + p * 64 + n, y + oy0 * 896 + p * 64 + n, 4, 16, 384, 32, 64, (used_count < 384 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile4x16_portable(band + p * 384, project_w + n * 384 + 16, project_bias + n + 16, residual + oy0 * 896 + p * 64 + n + 16, y + oy0 * 896 + p * 64 + n + 16, 4, 16, 384, 32, 64, 1, 1, ACTIVATION_IDENTITY);
+                    pointwise_f32_tile4x16_portable(band + p * 384, project_w + n * 384 + 16, project_bias + n + 16, residual + oy0 * 896 + p * 64 + n + 16, y + oy0 * 896 + p * 64 + n + 16, 4, 16, 384, 32, 64, (used_count < 384 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
                 }
             }
 #endif
@@ -4200,40 +4467,40 @@ static void block_f32_14x14x64_to_14x14x64_residual(const float *restrict x, con
 #if defined(KERNELS_AVX512)
                 for (int n = 0; n < 384; n += 32) {
                     for (int p = 0; p < 56; p += 8) {
-                        pointwise_f32_tile8x32_avx512(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 8, 32, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile8x32_avx512(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 8, 32, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                     }
                 }
 #elif defined(KERNELS_AVX2)
                 for (int n = 0; n < 384; n += 32) {
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x16_avx2(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 4, 16, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x16_avx2(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 4, 16, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x16_avx2(x + next * 3584 + p * 64, expand_w + n * 64 + 16, expand_bias + n + 16, NULL, chunk + p * 384 + n + 16, 4, 16, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x16_avx2(x + next * 3584 + p * 64, expand_w + n * 64 + 16, expand_bias + n + 16, NULL, chunk + p * 384 + n + 16, 4, 16, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                     }
                 }
 #elif defined(KERNELS_VECTOR)
                 for (int n = 0; n < 384; n += 32) {
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 4, 8, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 4, 8, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64 + 8, expand_bias + n + 8, NULL, chunk + p * 384 + n + 8, 4, 8, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64 + 8, expand_bias + n + 8, NULL, chunk + p * 384 + n + 8, 4, 8, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64 + 16, expand_bias + n + 16, NULL, chunk + p * 384 + n + 16, 4, 8, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64 + 16, expand_bias + n + 16, NULL, chunk + p * 384 + n + 16, 4, 8, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64 + 24, expand_bias + n + 24, NULL, chunk + p * 384 + n + 24, 4, 8, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64 + 24, expand_bias + n + 24, NULL, chunk + p * 384 + n + 24, 4, 8, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                     }
                 }
 #else
                 for (int n = 0; n < 384; n += 32) {
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile4x16_portable(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 4, 16, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile4x16_portable(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 4, 16, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile4x16_portable(x + next * 3584 + p * 64, expand_w + n * 64 + 16, expand_bias + n + 16, NULL, chunk + p * 384 + n + 16, 4, 16, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile4x16_portable(x + next * 3584 + p * 64, expand_w + n * 64 + 16, expand_bias + n + 16, NULL, chunk + p * 384 + n + 16, 4, 16, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                     }
                 }
 #endif
@@ -4241,40 +4508,40 @@ static void block_f32_14x14x64_to_14x14x64_residual(const float *restrict x, con
 #if defined(KERNELS_AVX512)
                 for (int n = 0; n < 384; n += 32) {
                     for (int p = 0; p < 28; p += 7) {
-                        pointwise_f32_tile8x32_avx512(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 7, 32, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile8x32_avx512(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 7, 32, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                     }
                 }
 #elif defined(KERNELS_AVX2)
                 for (int n = 0; n < 384; n += 32) {
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile6x16_avx2(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 4, 16, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x16_avx2(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 4, 16, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile6x16_avx2(x + next * 3584 + p * 64, expand_w + n * 64 + 16, expand_bias + n + 16, NULL, chunk + p * 384 + n + 16, 4, 16, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x16_avx2(x + next * 3584 + p * 64, expand_w + n * 64 + 16, expand_bias + n + 16, NULL, chunk + p * 384 + n + 16, 4, 16, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                     }
                 }
 #elif defined(KERNELS_VECTOR)
                 for (int n = 0; n < 384; n += 32) {
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 4, 8, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 4, 8, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64 + 8, expand_bias + n + 8, NULL, chunk + p * 384 + n + 8, 4, 8, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64 + 8, expand_bias + n + 8, NULL, chunk + p * 384 + n + 8, 4, 8, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64 + 16, expand_bias + n + 16, NULL, chunk + p * 384 + n + 16, 4, 8, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64 + 16, expand_bias + n + 16, NULL, chunk + p * 384 + n + 16, 4, 8, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64 + 24, expand_bias + n + 24, NULL, chunk + p * 384 + n + 24, 4, 8, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64 + 24, expand_bias + n + 24, NULL, chunk + p * 384 + n + 24, 4, 8, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                     }
                 }
 #else
                 for (int n = 0; n < 384; n += 32) {
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile4x16_portable(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 4, 16, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile4x16_portable(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 4, 16, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile4x16_portable(x + next * 3584 + p * 64, expand_w + n * 64 + 16, expand_bias + n + 16, NULL, chunk + p * 384 + n + 16, 4, 16, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile4x16_portable(x + next * 3584 + p * 64, expand_w + n * 64 + 16, expand_bias + n + 16, NULL, chunk + p * 384 + n + 16, 4, 16, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                     }
                 }
 #endif
@@ -4296,43 +4563,45 @@ static void block_f32_14x14x64_to_14x14x64_residual(const float *restrict x, con
                 depthwise3x3_s1_f32_block(rows, depthwise_w, depthwise_bias, NULL, band + r * 5376 + 3072, 384, 14, 7, 6, 1, ky0, ky1, 1, 0, ACTIVATION_RELU6);
             }
         }
+        int used_channels[384];
+        const int used_count = nonzero_channels_f32(band, 28, 384, used_channels);
 #if defined(KERNELS_AVX512)
         for (int n = 0; n < 64; n += 32) {
             for (int p = 0; p < 28; p += 7) {
-                pointwise_f32_tile8x32_avx512(band + p * 384, project_w + n * 384, project_bias + n, residual + 10752 + p * 64 + n, y + 10752 + p * 64 + n, 7, 32, 384, 32, 64, 1, 1, ACTIVATION_IDENTITY);
+                pointwise_f32_tile8x32_avx512(band + p * 384, project_w + n * 384, project_bias + n, residual + 10752 + p * 64 + n, y + 10752 + p * 64 + n, 7, 32, 384, 32, 64, (used_count < 384 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             }
         }
 #elif defined(KERNELS_AVX2)
         for (int n = 0; n < 64; n += 32) {
             for (int p = 0; p < 28; p += 4) {
-                pointwise_f32_tile6x16_avx2(band + p * 384, project_w + n * 384, project_bias + n, residual + 10752 + p * 64 + n, y + 10752 + p * 64 + n, 4, 16, 384, 32, 64, 1, 1, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x16_avx2(band + p * 384, project_w + n * 384, project_bias + n, residual + 10752 + p * 64 + n, y + 10752 + p * 64 + n, 4, 16, 384, 32, 64, (used_count < 384 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             }
             for (int p = 0; p < 28; p += 4) {
-                pointwise_f32_tile6x16_avx2(band + p * 384, project_w + n * 384 + 16, project_bias + n + 16, residual + 10752 + p * 64 + n + 16, y + 10752 + p * 64 + n + 16, 4, 16, 384, 32, 64, 1, 1, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x16_avx2(band + p * 384, project_w + n * 384 + 16, project_bias + n + 16, residual + 10752 + p * 64 + n + 16, y + 10752 + p * 64 + n + 16, 4, 16, 384, 32, 64, (used_count < 384 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             }
         }
 #elif defined(KERNELS_VECTOR)
         for (int n = 0; n < 64; n += 32) {
             for (int p = 0; p < 28; p += 4) {
-                pointwise_f32_tile6x8_vector(band + p * 384, project_w + n * 384, project_bias + n, residual + 10752 + p * 64 + n, y + 10752 + p * 64 + n, 4, 8, 384, 32, 64, 1, 1, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x8_vector(band + p * 384, project_w + n * 384, project_bias + n, residual + 10752 + p * 64 + n, y + 10752 + p * 64 + n, 4, 8, 384, 32, 64, (used_count < 384 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             }
             for (int p = 0; p < 28; p += 4) {
-                pointwise_f32_tile6x8_vector(band + p * 384, project_w + n * 384 + 8, project_bias + n + 8, residual + 10752 + p * 64 + n + 8, y + 10752 + p * 64 + n + 8, 4, 8, 384, 32, 64, 1, 1, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x8_vector(band + p * 384, project_w + n * 384 + 8, project_bias + n + 8, residual + 10752 + p * 64 + n + 8, y + 10752 + p * 64 + n + 8, 4, 8, 384, 32, 64, (used_count < 384 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             }
             for (int p = 0; p < 28; p += 4) {
-                pointwise_f32_tile6x8_vector(band + p * 384, project_w + n * 384 + 16, project_bias + n + 16, residual + 10752 + p * 64 + n + 16, y + 10752 + p * 64 + n + 16, 4, 8, 384, 32, 64, 1, 1, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x8_vector(band + p * 384, project_w + n * 384 + 16, project_bias + n + 16, residual + 10752 + p * 64 + n + 16, y + 10752 + p * 64 + n + 16, 4, 8, 384, 32, 64, (used_count < 384 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             }
             for (int p = 0; p < 28; p += 4) {
-                pointwise_f32_tile6x8_vector(band + p * 384, project_w + n * 384 + 24, project_bias + n + 24, residual + 10752 + p * 64 + n + 24, y + 10752 + p * 64 + n + 24, 4, 8, 384, 32, 64, 1, 1, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x8_vector(band + p * 384, project_w + n * 384 + 24, project_bias + n + 24, residual + 10752 + p * 64 + n + 24, y + 10752 + p * 64 + n + 24, 4, 8, 384, 32, 64, (used_count < 384 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             }
         }
 #else
         for (int n = 0; n < 64; n += 32) {
             for (int p = 0; p < 28; p += 4) {
-                pointwise_f32_tile4x16_portable(band + p * 384, project_w + n * 384, project_bias + n, residual + 10752 + p * 64 + n, y + 10752 + p * 64 + n, 4, 16, 384, 32, 64, 1, 1, ACTIVATION_IDENTITY);
+                pointwise_f32_tile4x16_portable(band + p * 384, project_w + n * 384, project_bias + n, residual + 10752 + p * 64 + n, y + 10752 + p * 64 + n, 4, 16, 384, 32, 64, (used_count < 384 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             }
             for (int p = 0; p < 28; p += 4) {
-                pointwise_f32_tile4x16_portable(band + p * 384, project_w + n * 384 + 16, project_bias + n + 16, residual + 10752 + p * 64 + n + 16, y + 10752 + p * 64 + n + 16, 4, 16, 384, 32, 64, 1, 1, ACTIVATION_IDENTITY);
+                pointwise_f32_tile4x16_portable(band + p * 384, project_w + n * 384 + 16, project_bias + n + 16, residual + 10752 + p * 64 + n + 16, y + 10752 + p * 64 + n + 16, 4, 16, 384, 32, 64, (used_count < 384 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             }
         }
 #endif
@@ -4361,40 +4630,40 @@ static void block_f32_14x14x64_to_14x14x96(const float *restrict x, const float 
 #if defined(KERNELS_AVX512)
                     for (int n = 0; n < 384; n += 32) {
                         for (int p = 0; p < 56; p += 8) {
-                            pointwise_f32_tile8x32_avx512(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 8, 32, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile8x32_avx512(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 8, 32, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                         }
                     }
 #elif defined(KERNELS_AVX2)
                     for (int n = 0; n < 384; n += 32) {
                         for (int p = 0; p < 56; p += 4) {
-                            pointwise_f32_tile6x16_avx2(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 4, 16, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile6x16_avx2(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 4, 16, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                         }
                         for (int p = 0; p < 56; p += 4) {
-                            pointwise_f32_tile6x16_avx2(x + next * 3584 + p * 64, expand_w + n * 64 + 16, expand_bias + n + 16, NULL, chunk + p * 384 + n + 16, 4, 16, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile6x16_avx2(x + next * 3584 + p * 64, expand_w + n * 64 + 16, expand_bias + n + 16, NULL, chunk + p * 384 + n + 16, 4, 16, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                         }
                     }
 #elif defined(KERNELS_VECTOR)
                     for (int n = 0; n < 384; n += 32) {
                         for (int p = 0; p < 56; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 4, 8, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 4, 8, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                         }
                         for (int p = 0; p < 56; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64 + 8, expand_bias + n + 8, NULL, chunk + p * 384 + n + 8, 4, 8, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64 + 8, expand_bias + n + 8, NULL, chunk + p * 384 + n + 8, 4, 8, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                         }
                         for (int p = 0; p < 56; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64 + 16, expand_bias + n + 16, NULL, chunk + p * 384 + n + 16, 4, 8, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64 + 16, expand_bias + n + 16, NULL, chunk + p * 384 + n + 16, 4, 8, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                         }
                         for (int p = 0; p < 56; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64 + 24, expand_bias + n + 24, NULL, chunk + p * 384 + n + 24, 4, 8, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64 + 24, expand_bias + n + 24, NULL, chunk + p * 384 + n + 24, 4, 8, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                         }
                     }
 #else
                     for (int n = 0; n < 384; n += 32) {
                         for (int p = 0; p < 56; p += 4) {
-                            pointwise_f32_tile4x16_portable(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 4, 16, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile4x16_portable(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 4, 16, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                         }
                         for (int p = 0; p < 56; p += 4) {
-                            pointwise_f32_tile4x16_portable(x + next * 3584 + p * 64, expand_w + n * 64 + 16, expand_bias + n + 16, NULL, chunk + p * 384 + n + 16, 4, 16, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile4x16_portable(x + next * 3584 + p * 64, expand_w + n * 64 + 16, expand_bias + n + 16, NULL, chunk + p * 384 + n + 16, 4, 16, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                         }
                     }
 #endif
@@ -4402,40 +4671,40 @@ static void block_f32_14x14x64_to_14x14x96(const float *restrict x, const float 
 #if defined(KERNELS_AVX512)
                     for (int n = 0; n < 384; n += 32) {
                         for (int p = 0; p < 28; p += 7) {
-                            pointwise_f32_tile8x32_avx512(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 7, 32, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile8x32_avx512(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 7, 32, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                         }
                     }
 #elif defined(KERNELS_AVX2)
                     for (int n = 0; n < 384; n += 32) {
                         for (int p = 0; p < 28; p += 4) {
-                            pointwise_f32_tile6x16_avx2(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 4, 16, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile6x16_avx2(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 4, 16, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                         }
                         for (int p = 0; p < 28; p += 4) {
-                            pointwise_f32_tile6x16_avx2(x + next * 3584 + p * 64, expand_w + n * 64 + 16, expand_bias + n + 16, NULL, chunk + p * 384 + n + 16, 4, 16, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile6x16_avx2(x + next * 3584 + p * 64, expand_w + n * 64 + 16, expand_bias + n + 16, NULL, chunk + p * 384 + n + 16, 4, 16, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                         }
                     }
 #elif defined(KERNELS_VECTOR)
                     for (int n = 0; n < 384; n += 32) {
                         for (int p = 0; p < 28; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 4, 8, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 4, 8, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                         }
                         for (int p = 0; p < 28; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64 + 8, expand_bias + n + 8, NULL, chunk + p * 384 + n + 8, 4, 8, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64 + 8, expand_bias + n + 8, NULL, chunk + p * 384 + n + 8, 4, 8, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                         }
                         for (int p = 0; p < 28; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64 + 16, expand_bias + n + 16, NULL, chunk + p * 384 + n + 16, 4, 8, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64 + 16, expand_bias + n + 16, NULL, chunk + p * 384 + n + 16, 4, 8, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                         }
                         for (int p = 0; p < 28; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64 + 24, expand_bias + n + 24, NULL, chunk + p * 384 + n + 24, 4, 8, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64 + 24, expand_bias + n + 24, NULL, chunk + p * 384 + n + 24, 4, 8, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                         }
                     }
 #else
                     for (int n = 0; n < 384; n += 32) {
                         for (int p = 0; p < 28; p += 4) {
-                            pointwise_f32_tile4x16_portable(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 4, 16, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile4x16_portable(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 4, 16, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                         }
                         for (int p = 0; p < 28; p += 4) {
-                            pointwise_f32_tile4x16_portable(x + next * 3584 + p * 64, expand_w + n * 64 + 16, expand_bias + n + 16, NULL, chunk + p * 384 + n + 16, 4, 16, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile4x16_portable(x + next * 3584 + p * 64, expand_w + n * 64 + 16, expand_bias + n + 16, NULL, chunk + p * 384 + n + 16, 4, 16, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                         }
                     }
 #endif
@@ -4457,43 +4726,45 @@ static void block_f32_14x14x64_to_14x14x96(const float *restrict x, const float 
                     depthwise3x3_s1_f32_block(rows, depthwise_w, depthwise_bias, NULL, band + r * 5376 + 3072, 384, 14, 7, 6, 1, ky0, ky1, 1, 0, ACTIVATION_RELU6);
                 }
             }
+            int used_channels[384];
+            const int used_count = nonzero_channels_f32(band, 56, 384, used_channels);
 #if defined(KERNELS_AVX512)
             for (int n = 0; n < 96; n += 32) {
                 for (int p = 0; p < 56; p += 8) {
-                    pointwise_f32_tile8x32_avx512(band + p * 384, project_w + n * 384, project_bias + n, NULL, y + oy0 * 1344 + p * 96 + n, 8, 32, 384, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+                    pointwise_f32_tile8x32_avx512(band + p * 384, project_w + n * 384, project_bias + n, NULL, y + oy0 * 1344 + p * 96 + n, 8, 32, 384, 32, 96, (used_count < 384 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
                 }
             }
 #elif defined(KERNELS_AVX2)
             for (int n = 0; n < 96; n += 32) {
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x16_avx2(band + p * 384, project_w + n * 384, project_bias + n, NULL, y + oy0 * 1344 + p * 96 + n, 4, 16, 384, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+                    pointwise_f32_tile6x16_avx2(band + p * 384, project_w + n * 384, project_bias + n, NULL, y + oy0 * 1344 + p * 96 + n, 4, 16, 384, 32, 96, (used_count < 384 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x16_avx2(band + p * 384, project_w + n * 384 + 16, project_bias + n + 16, NULL, y + oy0 * 1344 + p * 96 + n + 16, 4, 16, 384, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+                    pointwise_f32_tile6x16_avx2(band + p * 384, project_w + n * 384 + 16, project_bias + n + 16, NULL, y + oy0 * 1344 + p * 96 + n + 16, 4, 16, 384, 32, 96, (used_count < 384 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
                 }
             }
 #elif defined(KERNELS_VECTOR)
             for (int n = 0; n < 96; n += 32) {
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x8_vector(band + p * 384, project_w + n * 384, project_bias + n, NULL, y + oy0 * 1344 + p * 96 + n, 4, 8, 384, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+                    pointwise_f32_tile6x8_vector(band + p * 384, project_w + n * 384, project_bias + n, NULL, y + oy0 * 1344 + p * 96 + n, 4, 8, 384, 32, 96, (used_count < 384 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x8_vector(band + p * 384, project_w + n * 384 + 8, project_bias + n + 8, NULL, y + oy0 * 1344 + p * 96 + n + 8, 4, 8, 384, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+                    pointwise_f32_tile6x8_vector(band + p * 384, project_w + n * 384 + 8, project_bias + n + 8, NULL, y + oy0 * 1344 + p * 96 + n + 8, 4, 8, 384, 32, 96, (used_count < 384 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x8_vector(band + p * 384, project_w + n * 384 + 16, project_bias + n + 16, NULL, y + oy0 * 1344 + p * 96 + n + 16, 4, 8, 384, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+                    pointwise_f32_tile6x8_vector(band + p * 384, project_w + n * 384 + 16, project_bias + n + 16, NULL, y + oy0 * 1344 + p * 96 + n + 16, 4, 8, 384, 32, 96, (used_count < 384 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x8_vector(band + p * 384, project_w + n * 384 + 24, project_bias + n + 24, NULL, y + oy0 * 1344 + p * 96 + n + 24, 4, 8, 384, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+                    pointwise_f32_tile6x8_vector(band + p * 384, project_w + n * 384 + 24, project_bias + n + 24, NULL, y + oy0 * 1344 + p * 96 + n + 24, 4, 8, 384, 32, 96, (used_count < 384 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
                 }
             }
 #else
             for (int n = 0; n < 96; n += 32) {
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile4x16_portable(band + p * 384, project_w + n * 384, project_bias + n, NULL, y + oy0 * 1344 + p * 96 + n, 4, 16, 384, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+                    pointwise_f32_tile4x16_portable(band + p * 384, project_w + n * 384, project_bias + n, NULL, y + oy0 * 1344 + p * 96 + n, 4, 16, 384, 32, 96, (used_count < 384 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile4x16_portable(band + p * 384, project_w + n * 384 + 16, project_bias + n + 16, NULL, y + oy0 * 1344 + p * 96 + n + 16, 4, 16, 384, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+                    pointwise_f32_tile4x16_portable(band + p * 384, project_w + n * 384 + 16, project_bias + n + 16, NULL, y + oy0 * 1344 + p * 96 + n + 16, 4, 16, 384, 32, 96, (used_count < 384 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
                 }
             }
 #endif
@@ -4508,40 +4779,40 @@ static void block_f32_14x14x64_to_14x14x96(const float *restrict x, const float 
 #if defined(KERNELS_AVX512)
                 for (int n = 0; n < 384; n += 32) {
                     for (int p = 0; p < 56; p += 8) {
-                        pointwise_f32_tile8x32_avx512(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 8, 32, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile8x32_avx512(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 8, 32, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                     }
                 }
 #elif defined(KERNELS_AVX2)
                 for (int n = 0; n < 384; n += 32) {
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x16_avx2(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 4, 16, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x16_avx2(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 4, 16, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x16_avx2(x + next * 3584 + p * 64, expand_w + n * 64 + 16, expand_bias + n + 16, NULL, chunk + p * 384 + n + 16, 4, 16, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x16_avx2(x + next * 3584 + p * 64, expand_w + n * 64 + 16, expand_bias + n + 16, NULL, chunk + p * 384 + n + 16, 4, 16, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                     }
                 }
 #elif defined(KERNELS_VECTOR)
                 for (int n = 0; n < 384; n += 32) {
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 4, 8, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 4, 8, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64 + 8, expand_bias + n + 8, NULL, chunk + p * 384 + n + 8, 4, 8, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64 + 8, expand_bias + n + 8, NULL, chunk + p * 384 + n + 8, 4, 8, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64 + 16, expand_bias + n + 16, NULL, chunk + p * 384 + n + 16, 4, 8, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64 + 16, expand_bias + n + 16, NULL, chunk + p * 384 + n + 16, 4, 8, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64 + 24, expand_bias + n + 24, NULL, chunk + p * 384 + n + 24, 4, 8, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64 + 24, expand_bias + n + 24, NULL, chunk + p * 384 + n + 24, 4, 8, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                     }
                 }
 #else
                 for (int n = 0; n < 384; n += 32) {
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile4x16_portable(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 4, 16, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile4x16_portable(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 4, 16, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile4x16_portable(x + next * 3584 + p * 64, expand_w + n * 64 + 16, expand_bias + n + 16, NULL, chunk + p * 384 + n + 16, 4, 16, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile4x16_portable(x + next * 3584 + p * 64, expand_w + n * 64 + 16, expand_bias + n + 16, NULL, chunk + p * 384 + n + 16, 4, 16, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                     }
                 }
 #endif
@@ -4549,40 +4820,40 @@ static void block_f32_14x14x64_to_14x14x96(const float *restrict x, const float 
 #if defined(KERNELS_AVX512)
                 for (int n = 0; n < 384; n += 32) {
                     for (int p = 0; p < 28; p += 7) {
-                        pointwise_f32_tile8x32_avx512(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 7, 32, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile8x32_avx512(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 7, 32, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                     }
                 }
 #elif defined(KERNELS_AVX2)
                 for (int n = 0; n < 384; n += 32) {
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile6x16_avx2(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 4, 16, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x16_avx2(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 4, 16, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile6x16_avx2(x + next * 3584 + p * 64, expand_w + n * 64 + 16, expand_bias + n + 16, NULL, chunk + p * 384 + n + 16, 4, 16, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x16_avx2(x + next * 3584 + p * 64, expand_w + n * 64 + 16, expand_bias + n + 16, NULL, chunk + p * 384 + n + 16, 4, 16, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                     }
                 }
 #elif defined(KERNELS_VECTOR)
                 for (int n = 0; n < 384; n += 32) {
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 4, 8, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 4, 8, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64 + 8, expand_bias + n + 8, NULL, chunk + p * 384 + n + 8, 4, 8, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64 + 8, expand_bias + n + 8, NULL, chunk + p * 384 + n + 8, 4, 8, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64 + 16, expand_bias + n + 16, NULL, chunk + p * 384 + n + 16, 4, 8, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64 + 16, expand_bias + n + 16, NULL, chunk + p * 384 + n + 16, 4, 8, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64 + 24, expand_bias + n + 24, NULL, chunk + p * 384 + n + 24, 4, 8, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x8_vector(x + next * 3584 + p * 64, expand_w + n * 64 + 24, expand_bias + n + 24, NULL, chunk + p * 384 + n + 24, 4, 8, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                     }
                 }
 #else
                 for (int n = 0; n < 384; n += 32) {
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile4x16_portable(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 4, 16, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile4x16_portable(x + next * 3584 + p * 64, expand_w + n * 64, expand_bias + n, NULL, chunk + p * 384 + n, 4, 16, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile4x16_portable(x + next * 3584 + p * 64, expand_w + n * 64 + 16, expand_bias + n + 16, NULL, chunk + p * 384 + n + 16, 4, 16, 64, 32, 384, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile4x16_portable(x + next * 3584 + p * 64, expand_w + n * 64 + 16, expand_bias + n + 16, NULL, chunk + p * 384 + n + 16, 4, 16, 64, 32, 384, NULL, 64, 1, 0, ACTIVATION_RELU6);
                     }
                 }
 #endif
@@ -4604,43 +4875,45 @@ static void block_f32_14x14x64_to_14x14x96(const float *restrict x, const float 
                 depthwise3x3_s1_f32_block(rows, depthwise_w, depthwise_bias, NULL, band + r * 5376 + 3072, 384, 14, 7, 6, 1, ky0, ky1, 1, 0, ACTIVATION_RELU6);
             }
         }
+        int used_channels[384];
+        const int used_count = nonzero_channels_f32(band, 28, 384, used_channels);
 #if defined(KERNELS_AVX512)
         for (int n = 0; n < 96; n += 32) {
             for (int p = 0; p < 28; p += 7) {
-                pointwise_f32_tile8x32_avx512(band + p * 384, project_w + n * 384, project_bias + n, NULL, y + 16128 + p * 96 + n, 7, 32, 384, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile8x32_avx512(band + p * 384, project_w + n * 384, project_bias + n, NULL, y + 16128 + p * 96 + n, 7, 32, 384, 32, 96, (used_count < 384 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
         }
 #elif defined(KERNELS_AVX2)
         for (int n = 0; n < 96; n += 32) {
             for (int p = 0; p < 28; p += 4) {
-                pointwise_f32_tile6x16_avx2(band + p * 384, project_w + n * 384, project_bias + n, NULL, y + 16128 + p * 96 + n, 4, 16, 384, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x16_avx2(band + p * 384, project_w + n * 384, project_bias + n, NULL, y + 16128 + p * 96 + n, 4, 16, 384, 32, 96, (used_count < 384 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
             for (int p = 0; p < 28; p += 4) {
-                pointwise_f32_tile6x16_avx2(band + p * 384, project_w + n * 384 + 16, project_bias + n + 16, NULL, y + 16128 + p * 96 + n + 16, 4, 16, 384, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x16_avx2(band + p * 384, project_w + n * 384 + 16, project_bias + n + 16, NULL, y + 16128 + p * 96 + n + 16, 4, 16, 384, 32, 96, (used_count < 384 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
         }
 #elif defined(KERNELS_VECTOR)
         for (int n = 0; n < 96; n += 32) {
             for (int p = 0; p < 28; p += 4) {
-                pointwise_f32_tile6x8_vector(band + p * 384, project_w + n * 384, project_bias + n, NULL, y + 16128 + p * 96 + n, 4, 8, 384, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x8_vector(band + p * 384, project_w + n * 384, project_bias + n, NULL, y + 16128 + p * 96 + n, 4, 8, 384, 32, 96, (used_count < 384 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
             for (int p = 0; p < 28; p += 4) {
-                pointwise_f32_tile6x8_vector(band + p * 384, project_w + n * 384 + 8, project_bias + n + 8, NULL, y + 16128 + p * 96 + n + 8, 4, 8, 384, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x8_vector(band + p * 384, project_w + n * 384 + 8, project_bias + n + 8, NULL, y + 16128 + p * 96 + n + 8, 4, 8, 384, 32, 96, (used_count < 384 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
             for (int p = 0; p < 28; p += 4) {
-                pointwise_f32_tile6x8_vector(band + p * 384, project_w + n * 384 + 16, project_bias + n + 16, NULL, y + 16128 + p * 96 + n + 16, 4, 8, 384, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x8_vector(band + p * 384, project_w + n * 384 + 16, project_bias + n + 16, NULL, y + 16128 + p * 96 + n + 16, 4, 8, 384, 32, 96, (used_count < 384 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
             for (int p = 0; p < 28; p += 4) {
-                pointwise_f32_tile6x8_vector(band + p * 384, project_w + n * 384 + 24, project_bias + n + 24, NULL, y + 16128 + p * 96 + n + 24, 4, 8, 384, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x8_vector(band + p * 384, project_w + n * 384 + 24, project_bias + n + 24, NULL, y + 16128 + p * 96 + n + 24, 4, 8, 384, 32, 96, (used_count < 384 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
         }
 #else
         for (int n = 0; n < 96; n += 32) {
             for (int p = 0; p < 28; p += 4) {
-                pointwise_f32_tile4x16_portable(band + p * 384, project_w + n * 384, project_bias + n, NULL, y + 16128 + p * 96 + n, 4, 16, 384, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile4x16_portable(band + p * 384, project_w + n * 384, project_bias + n, NULL, y + 16128 + p * 96 + n, 4, 16, 384, 32, 96, (used_count < 384 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
             for (int p = 0; p < 28; p += 4) {
-                pointwise_f32_tile4x16_portable(band + p * 384, project_w + n * 384 + 16, project_bias + n + 16, NULL, y + 16128 + p * 96 + n + 16, 4, 16, 384, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile4x16_portable(band + p * 384, project_w + n * 384 + 16, project_bias + n + 16, NULL, y + 16128 + p * 96 + n + 16, 4, 16, 384, 32, 96, (used_count < 384 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
         }
 #endif
@@ -4670,40 +4943,40 @@ static void block_f32_14x14x96_to_14x14x96_residual(const float *restrict x, con
 #if defined(KERNELS_AVX512)
                     for (int n = 0; n < 576; n += 32) {
                         for (int p = 0; p < 56; p += 8) {
-                            pointwise_f32_tile8x32_avx512(x + next * 5376 + p * 96, expand_w + n * 96, expand_bias + n, NULL, chunk + p * 576 + n, 8, 32, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile8x32_avx512(x + next * 5376 + p * 96, expand_w + n * 96, expand_bias + n, NULL, chunk + p * 576 + n, 8, 32, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_RELU6);
                         }
                     }
 #elif defined(KERNELS_AVX2)
                     for (int n = 0; n < 576; n += 32) {
                         for (int p = 0; p < 56; p += 4) {
-                            pointwise_f32_tile6x16_avx2(x + next * 5376 + p * 96, expand_w + n * 96, expand_bias + n, NULL, chunk + p * 576 + n, 4, 16, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile6x16_avx2(x + next * 5376 + p * 96, expand_w + n * 96, expand_bias + n, NULL, chunk + p * 576 + n, 4, 16, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_RELU6);
                         }
                         for (int p = 0; p < 56; p += 4) {
-                            pointwise_f32_tile6x16_avx2(x + next * 5376 + p * 96, expand_w + n * 96 + 16, expand_bias + n + 16, NULL, chunk + p * 576 + n + 16, 4, 16, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile6x16_avx2(x + next * 5376 + p * 96, expand_w + n * 96 + 16, expand_bias + n + 16, NULL, chunk + p * 576 + n + 16, 4, 16, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_RELU6);
                         }
                     }
 #elif defined(KERNELS_VECTOR)
                     for (int n = 0; n < 576; n += 32) {
                         for (int p = 0; p < 56; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 5376 + p * 96, expand_w + n * 96, expand_bias + n, NULL, chunk + p * 576 + n, 4, 8, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile6x8_vector(x + next * 5376 + p * 96, expand_w + n * 96, expand_bias + n, NULL, chunk + p * 576 + n, 4, 8, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_RELU6);
                         }
                         for (int p = 0; p < 56; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 5376 + p * 96, expand_w + n * 96 + 8, expand_bias + n + 8, NULL, chunk + p * 576 + n + 8, 4, 8, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile6x8_vector(x + next * 5376 + p * 96, expand_w + n * 96 + 8, expand_bias + n + 8, NULL, chunk + p * 576 + n + 8, 4, 8, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_RELU6);
                         }
                         for (int p = 0; p < 56; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 5376 + p * 96, expand_w + n * 96 + 16, expand_bias + n + 16, NULL, chunk + p * 576 + n + 16, 4, 8, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile6x8_vector(x + next * 5376 + p * 96, expand_w + n * 96 + 16, expand_bias + n + 16, NULL, chunk + p * 576 + n + 16, 4, 8, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_RELU6);
                         }
                         for (int p = 0; p < 56; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 5376 + p * 96, expand_w + n * 96 + 24, expand_bias + n + 24, NULL, chunk + p * 576 + n + 24, 4, 8, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile6x8_vector(x + next * 5376 + p * 96, expand_w + n * 96 + 24, expand_bias + n + 24, NULL, chunk + p * 576 + n + 24, 4, 8, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_RELU6);
                         }
                     }
 #else
                     for (int n = 0; n < 576; n += 32) {
                         for (int p = 0; p < 56; p += 4) {
-                            pointwise_f32_tile4x16_portable(x + next * 5376 + p * 96, expand_w + n * 96, expand_bias + n, NULL, chunk + p * 576 + n, 4, 16, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile4x16_portable(x + next * 5376 + p * 96, expand_w + n * 96, expand_bias + n, NULL, chunk + p * 576 + n, 4, 16, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_RELU6);
                         }
                         for (int p = 0; p < 56; p += 4) {
-                            pointwise_f32_tile4x16_portable(x + next * 5376 + p * 96, expand_w + n * 96 + 16, expand_bias + n + 16, NULL, chunk + p * 576 + n + 16, 4, 16, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile4x16_portable(x + next * 5376 + p * 96, expand_w + n * 96 + 16, expand_bias + n + 16, NULL, chunk + p * 576 + n + 16, 4, 16, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_RELU6);
                         }
                     }
 #endif
@@ -4711,40 +4984,40 @@ static void block_f32_14x14x96_to_14x14x96_residual(const float *restrict x, con
 #if defined(KERNELS_AVX512)
                     for (int n = 0; n < 576; n += 32) {
                         for (int p = 0; p < 28; p += 7) {
-                            pointwise_f32_tile8x32_avx512(x + next * 5376 + p * 96, expand_w + n * 96, expand_bias + n, NULL, chunk + p * 576 + n, 7, 32, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile8x32_avx512(x + next * 5376 + p * 96, expand_w + n * 96, expand_bias + n, NULL, chunk + p * 576 + n, 7, 32, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_RELU6);
                         }
                     }
 #elif defined(KERNELS_AVX2)
                     for (int n = 0; n < 576; n += 32) {
                         for (int p = 0; p < 28; p += 4) {
-                            pointwise_f32_tile6x16_avx2(x + next * 5376 + p * 96, expand_w + n * 96, expand_bias + n, NULL, chunk + p * 576 + n, 4, 16, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile6x16_avx2(x + next * 5376 + p * 96, expand_w + n * 96, expand_bias + n, NULL, chunk + p * 576 + n, 4, 16, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_RELU6);
                         }
                         for (int p = 0; p < 28; p += 4) {
-                            pointwise_f32_tile6x16_avx2(x + next * 5376 + p * 96, expand_w + n * 96 + 16, expand_bias + n + 16, NULL, chunk + p * 576 + n + 16, 4, 16, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile6x16_avx2(x + next * 5376 + p * 96, expand_w + n * 96 + 16, expand_bias + n + 16, NULL, chunk + p * 576 + n + 16, 4, 16, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_RELU6);
                         }
                     }
 #elif defined(KERNELS_VECTOR)
                     for (int n = 0; n < 576; n += 32) {
                         for (int p = 0; p < 28; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 5376 + p * 96, expand_w + n * 96, expand_bias + n, NULL, chunk + p * 576 + n, 4, 8, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile6x8_vector(x + next * 5376 + p * 96, expand_w + n * 96, expand_bias + n, NULL, chunk + p * 576 + n, 4, 8, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_RELU6);
                         }
                         for (int p = 0; p < 28; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 5376 + p * 96, expand_w + n * 96 + 8, expand_bias + n + 8, NULL, chunk + p * 576 + n + 8, 4, 8, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile6x8_vector(x + next * 5376 + p * 96, expand_w + n * 96 + 8, expand_bias + n + 8, NULL, chunk + p * 576 + n + 8, 4, 8, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_RELU6);
                         }
                         for (int p = 0; p < 28; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 5376 + p * 96, expand_w + n * 96 + 16, expand_bias + n + 16, NULL, chunk + p * 576 + n + 16, 4, 8, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile6x8_vector(x + next * 5376 + p * 96, expand_w + n * 96 + 16, expand_bias + n + 16, NULL, chunk + p * 576 + n + 16, 4, 8, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_RELU6);
                         }
                         for (int p = 0; p < 28; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 5376 + p * 96, expand_w + n * 96 + 24, expand_bias + n + 24, NULL, chunk + p * 576 + n + 24, 4, 8, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile6x8_vector(x + next * 5376 + p * 96, expand_w + n * 96 + 24, expand_bias + n + 24, NULL, chunk + p * 576 + n + 24, 4, 8, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_RELU6);
                         }
                     }
 #else
                     for (int n = 0; n < 576; n += 32) {
                         for (int p = 0; p < 28; p += 4) {
-                            pointwise_f32_tile4x16_portable(x + next * 5376 + p * 96, expand_w + n * 96, expand_bias + n, NULL, chunk + p * 576 + n, 4, 16, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile4x16_portable(x + next * 5376 + p * 96, expand_w + n * 96, expand_bias + n, NULL, chunk + p * 576 + n, 4, 16, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_RELU6);
                         }
                         for (int p = 0; p < 28; p += 4) {
-                            pointwise_f32_tile4x16_portable(x + next * 5376 + p * 96, expand_w + n * 96 + 16, expand_bias + n + 16, NULL, chunk + p * 576 + n + 16, 4, 16, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+                            pointwise_f32_tile4x16_portable(x + next * 5376 + p * 96, expand_w + n * 96 + 16, expand_bias + n + 16, NULL, chunk + p * 576 + n + 16, 4, 16, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_RELU6);
                         }
                     }
 #endif
@@ -4766,43 +5039,45 @@ static void block_f32_14x14x96_to_14x14x96_residual(const float *restrict x, con
                     depthwise3x3_s1_f32_block(rows, depthwise_w, depthwise_bias, NULL, band + r * 8064 + 4608, 576, 14, 7, 6, 1, ky0, ky1, 1, 0, ACTIVATION_RELU6);
                 }
             }
+            int used_channels[576];
+            const int used_count = nonzero_channels_f32(band, 56, 576, used_channels);
 #if defined(KERNELS_AVX512)
             for (int n = 0; n < 96; n += 32) {
                 for (int p = 0; p < 56; p += 8) {
-                    pointwise_f32_tile8x32_avx512(band + p * 576, project_w + n * 576, project_bias + n, residual + oy0 * 1344 + p * 96 + n, y + oy0 * 1344 + p * 96 + n, 8, 32, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+                    pointwise_f32_tile8x32_avx512(band + p * 576, project_w + n * 576, project_bias + n, residual + oy0 * 1344 + p * 96 + n, y + oy0 * 1344 + p * 96 + n, 8, 32, 576, 32, 96, (used_count < 576 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
                 }
             }
 #elif defined(KERNELS_AVX2)
             for (int n = 0; n < 96; n += 32) {
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x16_avx2(band + p * 576, project_w + n * 576, project_bias + n, residual + oy0 * 1344 + p * 96 + n, y + oy0 * 1344 + p * 96 + n, 4, 16, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+                    pointwise_f32_tile6x16_avx2(band + p * 576, project_w + n * 576, project_bias + n, residual + oy0 * 1344 + p * 96 + n, y + oy0 * 1344 + p * 96 + n, 4, 16, 576, 32, 96, (used_count < 576 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x16_avx2(band + p * 576, project_w + n * 576 + 16, project_bias + n + 16, residual + oy0 * 1344 + p * 96 + n + 16, y + oy0 * 1344 + p * 96 + n + 16, 4, 16, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+                    pointwise_f32_tile6x16_avx2(band + p * 576, project_w + n * 576 + 16, project_bias + n + 16, residual + oy0 * 1344 + p * 96 + n + 16, y + oy0 * 1344 + p * 96 + n + 16, 4, 16, 576, 32, 96, (used_count < 576 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
                 }
             }
 #elif defined(KERNELS_VECTOR)
             for (int n = 0; n < 96; n += 32) {
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x8_vector(band + p * 576, project_w + n * 576, project_bias + n, residual + oy0 * 1344 + p * 96 + n, y + oy0 * 1344 + p * 96 + n, 4, 8, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+                    pointwise_f32_tile6x8_vector(band + p * 576, project_w + n * 576, project_bias + n, residual + oy0 * 1344 + p * 96 + n, y + oy0 * 1344 + p * 96 + n, 4, 8, 576, 32, 96, (used_count < 576 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x8_vector(band + p * 576, project_w + n * 576 + 8, project_bias + n + 8, residual + oy0 * 1344 + p * 96 + n + 8, y + oy0 * 1344 + p * 96 + n + 8, 4, 8, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+                    pointwise_f32_tile6x8_vector(band + p * 576, project_w + n * 576 + 8, project_bias + n + 8, residual + oy0 * 1344 + p * 96 + n + 8, y + oy0 * 1344 + p * 96 + n + 8, 4, 8, 576, 32, 96, (used_count < 576 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x8_vector(band + p * 576, project_w + n * 576 + 16, project_bias + n + 16, residual + oy0 * 1344 + p * 96 + n + 16, y + oy0 * 1344 + p * 96 + n + 16, 4, 8, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+                    pointwise_f32_tile6x8_vector(band + p * 576, project_w + n * 576 + 16, project_bias + n + 16, residual + oy0 * 1344 + p * 96 + n + 16, y + oy0 * 1344 + p * 96 + n + 16, 4, 8, 576, 32, 96, (used_count < 576 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x8_vector(band + p * 576, project_w + n * 576 + 24, project_bias + n + 24, residual + oy0 * 1344 + p * 96 + n + 24, y + oy0 * 1344 + p * 96 + n + 24, 4, 8, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+                    pointwise_f32_tile6x8_vector(band + p * 576, project_w + n * 576 + 24, project_bias + n + 24, residual + oy0 * 1344 + p * 96 + n + 24, y + oy0 * 1344 + p * 96 + n + 24, 4, 8, 576, 32, 96, (used_count < 576 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
                 }
             }
 #else
             for (int n = 0; n < 96; n += 32) {
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile4x16_portable(band + p * 576, project_w + n * 576, project_bias + n, residual + oy0 * 1344 + p * 96 + n, y + oy0 * 1344 + p * 96 + n, 4, 16, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+                    pointwise_f32_tile4x16_portable(band + p * 576, project_w + n * 576, project_bias + n, residual + oy0 * 1344 + p * 96 + n, y + oy0 * 1344 + p * 96 + n, 4, 16, 576, 32, 96, (used_count < 576 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile4x16_portable(band + p * 576, project_w + n * 576 + 16, project_bias + n + 16, residual + oy0 * 1344 + p * 96 + n + 16, y + oy0 * 1344 + p * 96 + n + 16, 4, 16, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+                    pointwise_f32_tile4x16_portable(band + p * 576, project_w + n * 576 + 16, project_bias + n + 16, residual + oy0 * 1344 + p * 96 + n + 16, y + oy0 * 1344 + p * 96 + n + 16, 4, 16, 576, 32, 96, (used_count < 576 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
                 }
             }
 #endif
@@ -4817,40 +5092,40 @@ static void block_f32_14x14x96_to_14x14x96_residual(const float *restrict x, con
 #if defined(KERNELS_AVX512)
                 for (int n = 0; n < 576; n += 32) {
                     for (int p = 0; p < 56; p += 8) {
-                        pointwise_f32_tile8x32_avx512(x + next * 5376 + p * 96, expand_w + n * 96, expand_bias + n, NULL, chunk + p * 576 + n, 8, 32, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile8x32_avx512(x + next * 5376 + p * 96, expand_w + n * 96, expand_bias + n, NULL, chunk + p * 576 + n, 8, 32, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_RELU6);
                     }
                 }
 #elif defined(KERNELS_AVX2)
                 for (int n = 0; n < 576; n += 32) {
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x16_avx2(x + next * 5376 + p * 96, expand_w + n * 96, expand_bias + n, NULL, chunk + p * 576 + n, 4, 16, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x16_avx2(x + next * 5376 + p * 96, expand_w + n * 96, expand_bias + n, NULL, chunk + p * 576 + n, 4, 16, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x16_avx2(x + next * 5376 + p * 96, expand_w + n * 96 + 16, expand_bias + n + 16, NULL, chunk + p * 576 + n + 16, 4, 16, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x16_avx2(x + next * 5376 + p * 96, expand_w + n * 96 + 16, expand_bias + n + 16, NULL, chunk + p * 576 + n + 16, 4, 16, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_RELU6);
                     }
                 }
 #elif defined(KERNELS_VECTOR)
                 for (int n = 0; n < 576; n += 32) {
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 5376 + p * 96, expand_w + n * 96, expand_bias + n, NULL, chunk + p * 576 + n, 4, 8, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x8_vector(x + next * 5376 + p * 96, expand_w + n * 96, expand_bias + n, NULL, chunk + p * 576 + n, 4, 8, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 5376 + p * 96, expand_w + n * 96 + 8, expand_bias + n + 8, NULL, chunk + p * 576 + n + 8, 4, 8, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x8_vector(x + next * 5376 + p * 96, expand_w + n * 96 + 8, expand_bias + n + 8, NULL, chunk + p * 576 + n + 8, 4, 8, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 5376 + p * 96, expand_w + n * 96 + 16, expand_bias + n + 16, NULL, chunk + p * 576 + n + 16, 4, 8, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x8_vector(x + next * 5376 + p * 96, expand_w + n * 96 + 16, expand_bias + n + 16, NULL, chunk + p * 576 + n + 16, 4, 8, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 5376 + p * 96, expand_w + n * 96 + 24, expand_bias + n + 24, NULL, chunk + p * 576 + n + 24, 4, 8, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x8_vector(x + next * 5376 + p * 96, expand_w + n * 96 + 24, expand_bias + n + 24, NULL, chunk + p * 576 + n + 24, 4, 8, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_RELU6);
                     }
                 }
 #else
                 for (int n = 0; n < 576; n += 32) {
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile4x16_portable(x + next * 5376 + p * 96, expand_w + n * 96, expand_bias + n, NULL, chunk + p * 576 + n, 4, 16, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile4x16_portable(x + next * 5376 + p * 96, expand_w + n * 96, expand_bias + n, NULL, chunk + p * 576 + n, 4, 16, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile4x16_portable(x + next * 5376 + p * 96, expand_w + n * 96 + 16, expand_bias + n + 16, NULL, chunk + p * 576 + n + 16, 4, 16, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile4x16_portable(x + next * 5376 + p * 96, expand_w + n * 96 + 16, expand_bias + n + 16, NULL, chunk + p * 576 + n + 16, 4, 16, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_RELU6);
                     }
                 }
 #endif
@@ -4858,40 +5133,40 @@ static void block_f32_14x14x96_to_14x14x96_residual(const float *restrict x, con
 #if defined(KERNELS_AVX512)
                 for (int n = 0; n < 576; n += 32) {
                     for (int p = 0; p < 28; p += 7) {
-                        pointwise_f32_tile8x32_avx512(x + next * 5376 + p * 96, expand_w + n * 96, expand_bias + n, NULL, chunk + p * 576 + n, 7, 32, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile8x32_avx512(x + next * 5376 + p * 96, expand_w + n * 96, expand_bias + n, NULL, chunk + p * 576 + n, 7, 32, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_RELU6);
                     }
                 }
 #elif defined(KERNELS_AVX2)
                 for (int n = 0; n < 576; n += 32) {
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile6x16_avx2(x + next * 5376 + p * 96, expand_w + n * 96, expand_bias + n, NULL, chunk + p * 576 + n, 4, 16, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x16_avx2(x + next * 5376 + p * 96, expand_w + n * 96, expand_bias + n, NULL, chunk + p * 576 + n, 4, 16, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile6x16_avx2(x + next * 5376 + p * 96, expand_w + n * 96 + 16, expand_bias + n + 16, NULL, chunk + p * 576 + n + 16, 4, 16, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x16_avx2(x + next * 5376 + p * 96, expand_w + n * 96 + 16, expand_bias + n + 16, NULL, chunk + p * 576 + n + 16, 4, 16, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_RELU6);
                     }
                 }
 #elif defined(KERNELS_VECTOR)
                 for (int n = 0; n < 576; n += 32) {
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 5376 + p * 96, expand_w + n * 96, expand_bias + n, NULL, chunk + p * 576 + n, 4, 8, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x8_vector(x + next * 5376 + p * 96, expand_w + n * 96, expand_bias + n, NULL, chunk + p * 576 + n, 4, 8, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 5376 + p * 96, expand_w + n * 96 + 8, expand_bias + n + 8, NULL, chunk + p * 576 + n + 8, 4, 8, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x8_vector(x + next * 5376 + p * 96, expand_w + n * 96 + 8, expand_bias + n + 8, NULL, chunk + p * 576 + n + 8, 4, 8, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 5376 + p * 96, expand_w + n * 96 + 16, expand_bias + n + 16, NULL, chunk + p * 576 + n + 16, 4, 8, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x8_vector(x + next * 5376 + p * 96, expand_w + n * 96 + 16, expand_bias + n + 16, NULL, chunk + p * 576 + n + 16, 4, 8, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 5376 + p * 96, expand_w + n * 96 + 24, expand_bias + n + 24, NULL, chunk + p * 576 + n + 24, 4, 8, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile6x8_vector(x + next * 5376 + p * 96, expand_w + n * 96 + 24, expand_bias + n + 24, NULL, chunk + p * 576 + n + 24, 4, 8, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_RELU6);
                     }
                 }
 #else
                 for (int n = 0; n < 576; n += 32) {
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile4x16_portable(x + next * 5376 + p * 96, expand_w + n * 96, expand_bias + n, NULL, chunk + p * 576 + n, 4, 16, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile4x16_portable(x + next * 5376 + p * 96, expand_w + n * 96, expand_bias + n, NULL, chunk + p * 576 + n, 4, 16, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_RELU6);
                     }
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile4x16_portable(x + next * 5376 + p * 96, expand_w + n * 96 + 16, expand_bias + n + 16, NULL, chunk + p * 576 + n + 16, 4, 16, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+                        pointwise_f32_tile4x16_portable(x + next * 5376 + p * 96, expand_w + n * 96 + 16, expand_bias + n + 16, NULL, chunk + p * 576 + n + 16, 4, 16, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_RELU6);
                     }
                 }
 #endif
@@ -4913,43 +5188,45 @@ static void block_f32_14x14x96_to_14x14x96_residual(const float *restrict x, con
                 depthwise3x3_s1_f32_block(rows, depthwise_w, depthwise_bias, NULL, band + r * 8064 + 4608, 576, 14, 7, 6, 1, ky0, ky1, 1, 0, ACTIVATION_RELU6);
             }
         }
+        int used_channels[576];
+        const int used_count = nonzero_channels_f32(band, 28, 576, used_channels);
 #if defined(KERNELS_AVX512)
         for (int n = 0; n < 96; n += 32) {
             for (int p = 0; p < 28; p += 7) {
-                pointwise_f32_tile8x32_avx512(band + p * 576, project_w + n * 576, project_bias + n, residual + 16128 + p * 96 + n, y + 16128 + p * 96 + n, 7, 32, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+                pointwise_f32_tile8x32_avx512(band + p * 576, project_w + n * 576, project_bias + n, residual + 16128 + p * 96 + n, y + 16128 + p * 96 + n, 7, 32, 576, 32, 96, (used_count < 576 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             }
         }
 #elif defined(KERNELS_AVX2)
         for (int n = 0; n < 96; n += 32) {
             for (int p = 0; p < 28; p += 4) {
-                pointwise_f32_tile6x16_avx2(band + p * 576, project_w + n * 576, project_bias + n, residual + 16128 + p * 96 + n, y + 16128 + p * 96 + n, 4, 16, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x16_avx2(band + p * 576, project_w + n * 576, project_bias + n, residual + 16128 + p * 96 + n, y + 16128 + p * 96 + n, 4, 16, 576, 32, 96, (used_count < 576 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             }
             for (int p = 0; p < 28; p += 4) {
-                pointwise_f32_tile6x16_avx2(band + p * 576, project_w + n * 576 + 16, project_bias + n + 16, residual + 16128 + p * 96 + n + 16, y + 16128 + p * 96 + n + 16, 4, 16, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x16_avx2(band + p * 576, project_w + n * 576 + 16, project_bias + n + 16, residual + 16128 + p * 96 + n + 16, y + 16128 + p * 96 + n + 16, 4, 16, 576, 32, 96, (used_count < 576 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             }
         }
 #elif defined(KERNELS_VECTOR)
         for (int n = 0; n < 96; n += 32) {
             for (int p = 0; p < 28; p += 4) {
-                pointwise_f32_tile6x8_vector(band + p * 576, project_w + n * 576, project_bias + n, residual + 16128 + p * 96 + n, y + 16128 + p * 96 + n, 4, 8, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x8_vector(band + p * 576, project_w + n * 576, project_bias + n, residual + 16128 + p * 96 + n, y + 16128 + p * 96 + n, 4, 8, 576, 32, 96, (used_count < 576 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             }
             for (int p = 0; p < 28; p += 4) {
-                pointwise_f32_tile6x8_vector(band + p * 576, project_w + n * 576 + 8, project_bias + n + 8, residual + 16128 + p * 96 + n + 8, y + 16128 + p * 96 + n + 8, 4, 8, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x8_vector(band + p * 576, project_w + n * 576 + 8, project_bias + n + 8, residual + 16128 + p * 96 + n + 8, y + 16128 + p * 96 + n + 8, 4, 8, 576, 32, 96, (used_count < 576 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             }
             for (int p = 0; p < 28; p += 4) {
-                pointwise_f32_tile6x8_vector(band + p * 576, project_w + n * 576 + 16, project_bias + n + 16, residual + 16128 + p * 96 + n + 16, y + 16128 + p * 96 + n + 16, 4, 8, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x8_vector(band + p * 576, project_w + n * 576 + 16, project_bias + n + 16, residual + 16128 + p * 96 + n + 16, y + 16128 + p * 96 + n + 16, 4, 8, 576, 32, 96, (used_count < 576 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             }
             for (int p = 0; p < 28; p += 4) {
-                pointwise_f32_tile6x8_vector(band + p * 576, project_w + n * 576 + 24, project_bias + n + 24, residual + 16128 + p * 96 + n + 24, y + 16128 + p * 96 + n + 24, 4, 8, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x8_vector(band + p * 576, project_w + n * 576 + 24, project_bias + n + 24, residual + 16128 + p * 96 + n + 24, y + 16128 + p * 96 + n + 24, 4, 8, 576, 32, 96, (used_count < 576 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             }
         }
 #else
         for (int n = 0; n < 96; n += 32) {
             for (int p = 0; p < 28; p += 4) {
-                pointwise_f32_tile4x16_portable(band + p * 576, project_w + n * 576, project_bias + n, residual + 16128 + p * 96 + n, y + 16128 + p * 96 + n, 4, 16, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+                pointwise_f32_tile4x16_portable(band + p * 576, project_w + n * 576, project_bias + n, residual + 16128 + p * 96 + n, y + 16128 + p * 96 + n, 4, 16, 576, 32, 96, (used_count < 576 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             }
             for (int p = 0; p < 28; p += 4) {
-                pointwise_f32_tile4x16_portable(band + p * 576, project_w + n * 576 + 16, project_bias + n + 16, residual + 16128 + p * 96 + n + 16, y + 16128 + p * 96 + n + 16, 4, 16, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+                pointwise_f32_tile4x16_portable(band + p * 576, project_w + n * 576 + 16, project_bias + n + 16, residual + 16128 + p * 96 + n + 16, y + 16128 + p * 96 + n + 16, 4, 16, 576, 32, 96, (used_count < 576 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             }
         }
 #endif
@@ -4975,40 +5252,40 @@ static void block_f32_14x14x96_to_7x7x160(const float *restrict x, const float *
 #if defined(KERNELS_AVX512)
             for (int n = 0; n < 576; n += 32) {
                 for (int p = 0; p < 196; p += 7) {
-                    pointwise_f32_tile8x32_avx512(x + next * 18816 + p * 96, expand_w + n * 96, expand_bias + n, NULL, chunk + p * 576 + n, 7, 32, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+                    pointwise_f32_tile8x32_avx512(x + next * 18816 + p * 96, expand_w + n * 96, expand_bias + n, NULL, chunk + p * 576 + n, 7, 32, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_RELU6);
                 }
             }
 #elif defined(KERNELS_AVX2)
             for (int n = 0; n < 576; n += 32) {
                 for (int p = 0; p < 196; p += 4) {
-                    pointwise_f32_tile6x16_avx2(x + next * 18816 + p * 96, expand_w + n * 96, expand_bias + n, NULL, chunk + p * 576 + n, 4, 16, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+                    pointwise_f32_tile6x16_avx2(x + next * 18816 + p * 96, expand_w + n * 96, expand_bias + n, NULL, chunk + p * 576 + n, 4, 16, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_RELU6);
                 }
                 for (int p = 0; p < 196; p += 4) {
-                    pointwise_f32_tile6x16_avx2(x + next * 18816 + p * 96, expand_w + n * 96 + 16, expand_bias + n + 16, NULL, chunk + p * 576 + n + 16, 4, 16, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+                    pointwise_f32_tile6x16_avx2(x + next * 18816 + p * 96, expand_w + n * 96 + 16, expand_bias + n + 16, NULL, chunk + p * 576 + n + 16, 4, 16, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_RELU6);
                 }
             }
 #elif defined(KERNELS_VECTOR)
             for (int n = 0; n < 576; n += 32) {
                 for (int p = 0; p < 196; p += 4) {
-                    pointwise_f32_tile6x8_vector(x + next * 18816 + p * 96, expand_w + n * 96, expand_bias + n, NULL, chunk + p * 576 + n, 4, 8, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+                    pointwise_f32_tile6x8_vector(x + next * 18816 + p * 96, expand_w + n * 96, expand_bias + n, NULL, chunk + p * 576 + n, 4, 8, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_RELU6);
                 }
                 for (int p = 0; p < 196; p += 4) {
-                    pointwise_f32_tile6x8_vector(x + next * 18816 + p * 96, expand_w + n * 96 + 8, expand_bias + n + 8, NULL, chunk + p * 576 + n + 8, 4, 8, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+                    pointwise_f32_tile6x8_vector(x + next * 18816 + p * 96, expand_w + n * 96 + 8, expand_bias + n + 8, NULL, chunk + p * 576 + n + 8, 4, 8, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_RELU6);
                 }
                 for (int p = 0; p < 196; p += 4) {
-                    pointwise_f32_tile6x8_vector(x + next * 18816 + p * 96, expand_w + n * 96 + 16, expand_bias + n + 16, NULL, chunk + p * 576 + n + 16, 4, 8, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+                    pointwise_f32_tile6x8_vector(x + next * 18816 + p * 96, expand_w + n * 96 + 16, expand_bias + n + 16, NULL, chunk + p * 576 + n + 16, 4, 8, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_RELU6);
                 }
                 for (int p = 0; p < 196; p += 4) {
-                    pointwise_f32_tile6x8_vector(x + next * 18816 + p * 96, expand_w + n * 96 + 24, expand_bias + n + 24, NULL, chunk + p * 576 + n + 24, 4, 8, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+                    pointwise_f32_tile6x8_vector(x + next * 18816 + p * 96, expand_w + n * 96 + 24, expand_bias + n + 24, NULL, chunk + p * 576 + n + 24, 4, 8, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_RELU6);
                 }
             }
 #else
             for (int n = 0; n < 576; n += 32) {
                 for (int p = 0; p < 196; p += 4) {
-                    pointwise_f32_tile4x16_portable(x + next * 18816 + p * 96, expand_w + n * 96, expand_bias + n, NULL, chunk + p * 576 + n, 4, 16, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+                    pointwise_f32_tile4x16_portable(x + next * 18816 + p * 96, expand_w + n * 96, expand_bias + n, NULL, chunk + p * 576 + n, 4, 16, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_RELU6);
                 }
                 for (int p = 0; p < 196; p += 4) {
-                    pointwise_f32_tile4x16_portable(x + next * 18816 + p * 96, expand_w + n * 96 + 16, expand_bias + n + 16, NULL, chunk + p * 576 + n + 16, 4, 16, 96, 32, 576, 1, 0, ACTIVATION_RELU6);
+                    pointwise_f32_tile4x16_portable(x + next * 18816 + p * 96, expand_w + n * 96 + 16, expand_bias + n + 16, NULL, chunk + p * 576 + n + 16, 4, 16, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_RELU6);
                 }
             }
 #endif
@@ -5027,52 +5304,54 @@ static void block_f32_14x14x96_to_7x7x160(const float *restrict x, const float *
                 depthwise3x3_s2_f32_block(rows, depthwise_w, depthwise_bias, NULL, band + r * 4032, 576, 14, -1, 7, 1, ky0, ky1, 1, 0, ACTIVATION_RELU6);
             }
         }
+        int used_channels[576];
+        const int used_count = nonzero_channels_f32(band, 49, 576, used_channels);
 #if defined(KERNELS_AVX512)
         for (int n = 0; n < 160; n += 32) {
             for (int p = 0; p < 49; p += 7) {
-                pointwise_f32_tile8x32_avx512(band + p * 576, project_w + n * 576, project_bias + n, NULL, y + p * 160 + n, 7, 32, 576, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile8x32_avx512(band + p * 576, project_w + n * 576, project_bias + n, NULL, y + p * 160 + n, 7, 32, 576, 32, 160, (used_count < 576 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
         }
 #elif defined(KERNELS_AVX2)
         for (int n = 0; n < 160; n += 32) {
             for (int p = 0; p < 45; p += 5) {
-                pointwise_f32_tile6x16_avx2(band + p * 576, project_w + n * 576, project_bias + n, NULL, y + p * 160 + n, 5, 16, 576, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x16_avx2(band + p * 576, project_w + n * 576, project_bias + n, NULL, y + p * 160 + n, 5, 16, 576, 32, 160, (used_count < 576 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
-            pointwise_f32_tile6x16_avx2(band + 25920, project_w + n * 576, project_bias + n, NULL, y + n + 7200, 4, 16, 576, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x16_avx2(band + 25920, project_w + n * 576, project_bias + n, NULL, y + n + 7200, 4, 16, 576, 32, 160, (used_count < 576 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             for (int p = 0; p < 45; p += 5) {
-                pointwise_f32_tile6x16_avx2(band + p * 576, project_w + n * 576 + 16, project_bias + n + 16, NULL, y + p * 160 + n + 16, 5, 16, 576, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x16_avx2(band + p * 576, project_w + n * 576 + 16, project_bias + n + 16, NULL, y + p * 160 + n + 16, 5, 16, 576, 32, 160, (used_count < 576 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
-            pointwise_f32_tile6x16_avx2(band + 25920, project_w + n * 576 + 16, project_bias + n + 16, NULL, y + n + 16 + 7200, 4, 16, 576, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x16_avx2(band + 25920, project_w + n * 576 + 16, project_bias + n + 16, NULL, y + n + 16 + 7200, 4, 16, 576, 32, 160, (used_count < 576 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
         }
 #elif defined(KERNELS_VECTOR)
         for (int n = 0; n < 160; n += 32) {
             for (int p = 0; p < 45; p += 5) {
-                pointwise_f32_tile6x8_vector(band + p * 576, project_w + n * 576, project_bias + n, NULL, y + p * 160 + n, 5, 8, 576, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x8_vector(band + p * 576, project_w + n * 576, project_bias + n, NULL, y + p * 160 + n, 5, 8, 576, 32, 160, (used_count < 576 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
-            pointwise_f32_tile6x8_vector(band + 25920, project_w + n * 576, project_bias + n, NULL, y + n + 7200, 4, 8, 576, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x8_vector(band + 25920, project_w + n * 576, project_bias + n, NULL, y + n + 7200, 4, 8, 576, 32, 160, (used_count < 576 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             for (int p = 0; p < 45; p += 5) {
-                pointwise_f32_tile6x8_vector(band + p * 576, project_w + n * 576 + 8, project_bias + n + 8, NULL, y + p * 160 + n + 8, 5, 8, 576, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x8_vector(band + p * 576, project_w + n * 576 + 8, project_bias + n + 8, NULL, y + p * 160 + n + 8, 5, 8, 576, 32, 160, (used_count < 576 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
-            pointwise_f32_tile6x8_vector(band + 25920, project_w + n * 576 + 8, project_bias + n + 8, NULL, y + n + 8 + 7200, 4, 8, 576, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x8_vector(band + 25920, project_w + n * 576 + 8, project_bias + n + 8, NULL, y + n + 8 + 7200, 4, 8, 576, 32, 160, (used_count < 576 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             for (int p = 0; p < 45; p += 5) {
-                pointwise_f32_tile6x8_vector(band + p * 576, project_w + n * 576 + 16, project_bias + n + 16, NULL, y + p * 160 + n + 16, 5, 8, 576, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x8_vector(band + p * 576, project_w + n * 576 + 16, project_bias + n + 16, NULL, y + p * 160 + n + 16, 5, 8, 576, 32, 160, (used_count < 576 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
-            pointwise_f32_tile6x8_vector(band + 25920, project_w + n * 576 + 16, project_bias + n + 16, NULL, y + n + 16 + 7200, 4, 8, 576, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x8_vector(band + 25920, project_w + n * 576 + 16, project_bias + n + 16, NULL, y + n + 16 + 7200, 4, 8, 576, 32, 160, (used_count < 576 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             for (int p = 0; p < 45; p += 5) {
-                pointwise_f32_tile6x8_vector(band + p * 576, project_w + n * 576 + 24, project_bias + n + 24, NULL, y + p * 160 + n + 24, 5, 8, 576, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x8_vector(band + p * 576, project_w + n * 576 + 24, project_bias + n + 24, NULL, y + p * 160 + n + 24, 5, 8, 576, 32, 160, (used_count < 576 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
-            pointwise_f32_tile6x8_vector(band + 25920, project_w + n * 576 + 24, project_bias + n + 24, NULL, y + n + 24 + 7200, 4, 8, 576, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x8_vector(band + 25920, project_w + n * 576 + 24, project_bias + n + 24, NULL, y + n + 24 + 7200, 4, 8, 576, 32, 160, (used_count < 576 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
         }
 #else
         for (int n = 0; n < 160; n += 32) {
             for (int p = 0; p < 48; p += 4) {
-                pointwise_f32_tile4x16_portable(band + p * 576, project_w + n * 576, project_bias + n, NULL, y + p * 160 + n, 4, 16, 576, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile4x16_portable(band + p * 576, project_w + n * 576, project_bias + n, NULL, y + p * 160 + n, 4, 16, 576, 32, 160, (used_count < 576 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
-            pointwise_f32_tile4x16_portable(band + 27648, project_w + n * 576, project_bias + n, NULL, y + n + 7680, 1, 16, 576, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile4x16_portable(band + 27648, project_w + n * 576, project_bias + n, NULL, y + n + 7680, 1, 16, 576, 32, 160, (used_count < 576 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             for (int p = 0; p < 48; p += 4) {
-                pointwise_f32_tile4x16_portable(band + p * 576, project_w + n * 576 + 16, project_bias + n + 16, NULL, y + p * 160 + n + 16, 4, 16, 576, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile4x16_portable(band + p * 576, project_w + n * 576 + 16, project_bias + n + 16, NULL, y + p * 160 + n + 16, 4, 16, 576, 32, 160, (used_count < 576 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
-            pointwise_f32_tile4x16_portable(band + 27648, project_w + n * 576 + 16, project_bias + n + 16, NULL, y + n + 16 + 7680, 1, 16, 576, 32, 160, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile4x16_portable(band + 27648, project_w + n * 576 + 16, project_bias + n + 16, NULL, y + n + 16 + 7680, 1, 16, 576, 32, 160, (used_count < 576 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
         }
 #endif
     }
@@ -5099,49 +5378,49 @@ static void block_f32_7x7x160_to_7x7x160_residual(const float *restrict x, const
 #if defined(KERNELS_AVX512)
             for (int n = 0; n < 960; n += 32) {
                 for (int p = 0; p < 49; p += 7) {
-                    pointwise_f32_tile8x32_avx512(x + next * 7840 + p * 160, expand_w + n * 160, expand_bias + n, NULL, chunk + p * 960 + n, 7, 32, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
+                    pointwise_f32_tile8x32_avx512(x + next * 7840 + p * 160, expand_w + n * 160, expand_bias + n, NULL, chunk + p * 960 + n, 7, 32, 160, 32, 960, NULL, 160, 1, 0, ACTIVATION_RELU6);
                 }
             }
 #elif defined(KERNELS_AVX2)
             for (int n = 0; n < 960; n += 32) {
                 for (int p = 0; p < 45; p += 5) {
-                    pointwise_f32_tile6x16_avx2(x + next * 7840 + p * 160, expand_w + n * 160, expand_bias + n, NULL, chunk + p * 960 + n, 5, 16, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
+                    pointwise_f32_tile6x16_avx2(x + next * 7840 + p * 160, expand_w + n * 160, expand_bias + n, NULL, chunk + p * 960 + n, 5, 16, 160, 32, 960, NULL, 160, 1, 0, ACTIVATION_RELU6);
                 }
-                pointwise_f32_tile6x16_avx2(x + next * 7840 + 7200, expand_w + n * 160, expand_bias + n, NULL, chunk + n + 43200, 4, 16, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
+                pointwise_f32_tile6x16_avx2(x + next * 7840 + 7200, expand_w + n * 160, expand_bias + n, NULL, chunk + n + 43200, 4, 16, 160, 32, 960, NULL, 160, 1, 0, ACTIVATION_RELU6);
                 for (int p = 0; p < 45; p += 5) {
-                    pointwise_f32_tile6x16_avx2(x + next * 7840 + p * 160, expand_w + n * 160 + 16, expand_bias + n + 16, NULL, chunk + p * 960 + n + 16, 5, 16, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
+                    pointwise_f32_tile6x16_avx2(x + next * 7840 + p * 160, expand_w + n * 160 + 16, expand_bias + n + 16, NULL, chunk + p * 960 + n + 16, 5, 16, 160, 32, 960, NULL, 160, 1, 0, ACTIVATION_RELU6);
                 }
-                pointwise_f32_tile6x16_avx2(x + next * 7840 + 7200, expand_w + n * 160 + 16, expand_bias + n + 16, NULL, chunk + n + 16 + 43200, 4, 16, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
+                pointwise_f32_tile6x16_avx2(x + next * 7840 + 7200, expand_w + n * 160 + 16, expand_bias + n + 16, NULL, chunk + n + 16 + 43200, 4, 16, 160, 32, 960, NULL, 160, 1, 0, ACTIVATION_RELU6);
             }
 #elif defined(KERNELS_VECTOR)
             for (int n = 0; n < 960; n += 32) {
                 for (int p = 0; p < 45; p += 5) {
-                    pointwise_f32_tile6x8_vector(x + next * 7840 + p * 160, expand_w + n * 160, expand_bias + n, NULL, chunk + p * 960 + n, 5, 8, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
+                    pointwise_f32_tile6x8_vector(x + next * 7840 + p * 160, expand_w + n * 160, expand_bias + n, NULL, chunk + p * 960 + n, 5, 8, 160, 32, 960, NULL, 160, 1, 0, ACTIVATION_RELU6);
                 }
-                pointwise_f32_tile6x8_vector(x + next * 7840 + 7200, expand_w + n * 160, expand_bias + n, NULL, chunk + n + 43200, 4, 8, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
+                pointwise_f32_tile6x8_vector(x + next * 7840 + 7200, expand_w + n * 160, expand_bias + n, NULL, chunk + n + 43200, 4, 8, 160, 32, 960, NULL, 160, 1, 0, ACTIVATION_RELU6);
                 for (int p = 0; p < 45; p += 5) {
-                    pointwise_f32_tile6x8_vector(x + next * 7840 + p * 160, expand_w + n * 160 + 8, expand_bias + n + 8, NULL, chunk + p * 960 + n + 8, 5, 8, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
+                    pointwise_f32_tile6x8_vector(x + next * 7840 + p * 160, expand_w + n * 160 + 8, expand_bias + n + 8, NULL, chunk + p * 960 + n + 8, 5, 8, 160, 32, 960, NULL, 160, 1, 0, ACTIVATION_RELU6);
                 }
-                pointwise_f32_tile6x8_vector(x + next * 7840 + 7200, expand_w + n * 160 + 8, expand_bias + n + 8, NULL, chunk + n + 8 + 43200, 4, 8, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
+                pointwise_f32_tile6x8_vector(x + next * 7840 + 7200, expand_w + n * 160 + 8, expand_bias + n + 8, NULL, chunk + n + 8 + 43200, 4, 8, 160, 32, 960, NULL, 160, 1, 0, ACTIVATION_RELU6);
                 for (int p = 0; p < 45; p += 5) {
-                    pointwise_f32_tile6x8_vector(x + next * 7840 + p * 160, expand_w + n * 160 + 16, expand_bias + n + 16, NULL, chunk + p * 960 + n + 16, 5, 8, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
+                    pointwise_f32_tile6x8_vector(x + next * 7840 + p * 160, expand_w + n * 160 + 16, expand_bias + n + 16, NULL, chunk + p * 960 + n + 16, 5, 8, 160, 32, 960, NULL, 160, 1, 0, ACTIVATION_RELU6);
                 }
-                pointwise_f32_tile6x8_vector(x + next * 7840 + 7200, expand_w + n * 160 + 16, expand_bias + n + 16, NULL, chunk + n + 16 + 43200, 4, 8, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
+                pointwise_f32_tile6x8_vector(x + next * 7840 + 7200, expand_w + n * 160 + 16, expand_bias + n + 16, NULL, chunk + n + 16 + 43200, 4, 8, 160, 32, 960, NULL, 160, 1, 0, ACTIVATION_RELU6);
                 for (int p = 0; p < 45; p += 5) {
-                    pointwise_f32_tile6x8_vector(x + next * 7840 + p * 160, expand_w + n * 160 + 24, expand_bias + n + 24, NULL, chunk + p * 960 + n + 24, 5, 8, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
+                    pointwise_f32_tile6x8_vector(x + next * 7840 + p * 160, expand_w + n * 160 + 24, expand_bias + n + 24, NULL, chunk + p * 960 + n + 24, 5, 8, 160, 32, 960, NULL, 160, 1, 0, ACTIVATION_RELU6);
                 }
-                pointwise_f32_tile6x8_vector(x + next * 7840 + 7200, expand_w + n * 160 + 24, expand_bias + n + 24, NULL, chunk + n + 24 + 43200, 4, 8, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
+                pointwise_f32_tile6x8_vector(x + next * 7840 + 7200, expand_w + n * 160 + 24, expand_bias + n + 24, NULL, chunk + n + 24 + 43200, 4, 8, 160, 32, 960, NULL, 160, 1, 0, ACTIVATION_RELU6);
             }
 #else
             for (int n = 0; n < 960; n += 32) {
                 for (int p = 0; p < 48; p += 4) {
-                    pointwise_f32_tile4x16_portable(x + next * 7840 + p * 160, expand_w + n * 160, expand_bias + n, NULL, chunk + p * 960 + n, 4, 16, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
+                    pointwise_f32_tile4x16_portable(x + next * 7840 + p * 160, expand_w + n * 160, expand_bias + n, NULL, chunk + p * 960 + n, 4, 16, 160, 32, 960, NULL, 160, 1, 0, ACTIVATION_RELU6);
                 }
-                pointwise_f32_tile4x16_portable(x + next * 7840 + 7680, expand_w + n * 160, expand_bias + n, NULL, chunk + n + 46080, 1, 16, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
+                pointwise_f32_tile4x16_portable(x + next * 7840 + 7680, expand_w + n * 160, expand_bias + n, NULL, chunk + n + 46080, 1, 16, 160, 32, 960, NULL, 160, 1, 0, ACTIVATION_RELU6);
                 for (int p = 0; p < 48; p += 4) {
-                    pointwise_f32_tile4x16_portable(x + next * 7840 + p * 160, expand_w + n * 160 + 16, expand_bias + n + 16, NULL, chunk + p * 960 + n + 16, 4, 16, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
+                    pointwise_f32_tile4x16_portable(x + next * 7840 + p * 160, expand_w + n * 160 + 16, expand_bias + n + 16, NULL, chunk + p * 960 + n + 16, 4, 16, 160, 32, 960, NULL, 160, 1, 0, ACTIVATION_RELU6);
                 }
-                pointwise_f32_tile4x16_portable(x + next * 7840 + 7680, expand_w + n * 160 + 16, expand_bias + n + 16, NULL, chunk + n + 16 + 46080, 1, 16, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
+                pointwise_f32_tile4x16_portable(x + next * 7840 + 7680, expand_w + n * 160 + 16, expand_bias + n + 16, NULL, chunk + n + 16 + 46080, 1, 16, 160, 32, 960, NULL, 160, 1, 0, ACTIVATION_RELU6);
             }
 #endif
         }
@@ -5159,52 +5438,54 @@ static void block_f32_7x7x160_to_7x7x160_residual(const float *restrict x, const
                 depthwise3x3_s1_f32_block(rows, depthwise_w, depthwise_bias, NULL, band + r * 6720, 960, 7, -1, 7, 1, ky0, ky1, 1, 0, ACTIVATION_RELU6);
             }
         }
+        int used_channels[960];
+        const int used_count = nonzero_channels_f32(band, 49, 960, used_channels);
 #if defined(KERNELS_AVX512)
         for (int n = 0; n < 160; n += 32) {
             for (int p = 0; p < 49; p += 7) {
-                pointwise_f32_tile8x32_avx512(band + p * 960, project_w + n * 960, project_bias + n, residual + p * 160 + n, y + p * 160 + n, 7, 32, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+                pointwise_f32_tile8x32_avx512(band + p * 960, project_w + n * 960, project_bias + n, residual + p * 160 + n, y + p * 160 + n, 7, 32, 960, 32, 160, (used_count < 960 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             }
         }
 #elif defined(KERNELS_AVX2)
         for (int n = 0; n < 160; n += 32) {
             for (int p = 0; p < 45; p += 5) {
-                pointwise_f32_tile6x16_avx2(band + p * 960, project_w + n * 960, project_bias + n, residual + p * 160 + n, y + p * 160 + n, 5, 16, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x16_avx2(band + p * 960, project_w + n * 960, project_bias + n, residual + p * 160 + n, y + p * 160 + n, 5, 16, 960, 32, 160, (used_count < 960 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             }
-            pointwise_f32_tile6x16_avx2(band + 43200, project_w + n * 960, project_bias + n, residual + n + 7200, y + n + 7200, 4, 16, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x16_avx2(band + 43200, project_w + n * 960, project_bias + n, residual + n + 7200, y + n + 7200, 4, 16, 960, 32, 160, (used_count < 960 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             for (int p = 0; p < 45; p += 5) {
-                pointwise_f32_tile6x16_avx2(band + p * 960, project_w + n * 960 + 16, project_bias + n + 16, residual + p * 160 + n + 16, y + p * 160 + n + 16, 5, 16, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x16_avx2(band + p * 960, project_w + n * 960 + 16, project_bias + n + 16, residual + p * 160 + n + 16, y + p * 160 + n + 16, 5, 16, 960, 32, 160, (used_count < 960 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             }
-            pointwise_f32_tile6x16_avx2(band + 43200, project_w + n * 960 + 16, project_bias + n + 16, residual + n + 16 + 7200, y + n + 16 + 7200, 4, 16, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x16_avx2(band + 43200, project_w + n * 960 + 16, project_bias + n + 16, residual + n + 16 + 7200, y + n + 16 + 7200, 4, 16, 960, 32, 160, (used_count < 960 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
         }
 #elif defined(KERNELS_VECTOR)
         for (int n = 0; n < 160; n += 32) {
             for (int p = 0; p < 45; p += 5) {
-                pointwise_f32_tile6x8_vector(band + p * 960, project_w + n * 960, project_bias + n, residual + p * 160 + n, y + p * 160 + n, 5, 8, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x8_vector(band + p * 960, project_w + n * 960, project_bias + n, residual + p * 160 + n, y + p * 160 + n, 5, 8, 960, 32, 160, (used_count < 960 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             }
-            pointwise_f32_tile6x8_vector(band + 43200, project_w + n * 960, project_bias + n, residual + n + 7200, y + n + 7200, 4, 8, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x8_vector(band + 43200, project_w + n * 960, project_bias + n, residual + n + 7200, y + n + 7200, 4, 8, 960, 32, 160, (used_count < 960 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             for (int p = 0; p < 45; p += 5) {
-                pointwise_f32_tile6x8_vector(band + p * 960, project_w + n * 960 + 8, project_bias + n + 8, residual + p * 160 + n + 8, y + p * 160 + n + 8, 5, 8, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x8_vector(band + p * 960, project_w + n * 960 + 8, project_bias + n + 8, residual + p * 160 + n + 8, y + p * 160 + n + 8, 5, 8, 960, 32, 160, (used_count < 960 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             }
-            pointwise_f32_tile6x8_vector(band + 43200, project_w + n * 960 + 8, project_bias + n + 8, residual + n + 8 + 7200, y + n + 8 + 7200, 4, 8, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x8_vector(band + 43200, project_w + n * 960 + 8, project_bias + n + 8, residual + n + 8 + 7200, y + n + 8 + 7200, 4, 8, 960, 32, 160, (used_count < 960 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             for (int p = 0; p < 45; p += 5) {
-                pointwise_f32_tile6x8_vector(band + p * 960, project_w + n * 960 + 16, project_bias + n + 16, residual + p * 160 + n + 16, y + p * 160 + n + 16, 5, 8, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x8_vector(band + p * 960, project_w + n * 960 + 16, project_bias + n + 16, residual + p * 160 + n + 16, y + p * 160 + n + 16, 5, 8, 960, 32, 160, (used_count < 960 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             }
-            pointwise_f32_tile6x8_vector(band + 43200, project_w + n * 960 + 16, project_bias + n + 16, residual + n + 16 + 7200, y + n + 16 + 7200, 4, 8, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x8_vector(band + 43200, project_w + n * 960 + 16, project_bias + n + 16, residual + n + 16 + 7200, y + n + 16 + 7200, 4, 8, 960, 32, 160, (used_count < 960 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             for (int p = 0; p < 45; p += 5) {
-                pointwise_f32_tile6x8_vector(band + p * 960, project_w + n * 960 + 24, project_bias + n + 24, residual + p * 160 + n + 24, y + p * 160 + n + 24, 5, 8, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x8_vector(band + p * 960, project_w + n * 960 + 24, project_bias + n + 24, residual + p * 160 + n + 24, y + p * 160 + n + 24, 5, 8, 960, 32, 160, (used_count < 960 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             }
-            pointwise_f32_tile6x8_vector(band + 43200, project_w + n * 960 + 24, project_bias + n + 24, residual + n + 24 + 7200, y + n + 24 + 7200, 4, 8, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x8_vector(band + 43200, project_w + n * 960 + 24, project_bias + n + 24, residual + n + 24 + 7200, y + n + 24 + 7200, 4, 8, 960, 32, 160, (used_count < 960 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
         }
 #else
         for (int n = 0; n < 160; n += 32) {
             for (int p = 0; p < 48; p += 4) {
-                pointwise_f32_tile4x16_portable(band + p * 960, project_w + n * 960, project_bias + n, residual + p * 160 + n, y + p * 160 + n, 4, 16, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+                pointwise_f32_tile4x16_portable(band + p * 960, project_w + n * 960, project_bias + n, residual + p * 160 + n, y + p * 160 + n, 4, 16, 960, 32, 160, (used_count < 960 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             }
-            pointwise_f32_tile4x16_portable(band + 46080, project_w + n * 960, project_bias + n, residual + n + 7680, y + n + 7680, 1, 16, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile4x16_portable(band + 46080, project_w + n * 960, project_bias + n, residual + n + 7680, y + n + 7680, 1, 16, 960, 32, 160, (used_count < 960 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             for (int p = 0; p < 48; p += 4) {
-                pointwise_f32_tile4x16_portable(band + p * 960, project_w + n * 960 + 16, project_bias + n + 16, residual + p * 160 + n + 16, y + p * 160 + n + 16, 4, 16, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+                pointwise_f32_tile4x16_portable(band + p * 960, project_w + n * 960 + 16, project_bias + n + 16, residual + p * 160 + n + 16, y + p * 160 + n + 16, 4, 16, 960, 32, 160, (used_count < 960 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             }
-            pointwise_f32_tile4x16_portable(band + 46080, project_w + n * 960 + 16, project_bias + n + 16, residual + n + 16 + 7680, y + n + 16 + 7680, 1, 16, 960, 32, 160, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile4x16_portable(band + 46080, project_w + n * 960 + 16, project_bias + n + 16, residual + n + 16 + 7680, y + n + 16 + 7680, 1, 16, 960, 32, 160, (used_count < 960 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
         }
 #endif
     }
@@ -5228,49 +5509,49 @@ static void block_f32_7x7x160_to_7x7x320(const float *restrict x, const float *r
 #if defined(KERNELS_AVX512)
             for (int n = 0; n < 960; n += 32) {
                 for (int p = 0; p < 49; p += 7) {
-                    pointwise_f32_tile8x32_avx512(x + next * 7840 + p * 160, expand_w + n * 160, expand_bias + n, NULL, chunk + p * 960 + n, 7, 32, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
+                    pointwise_f32_tile8x32_avx512(x + next * 7840 + p * 160, expand_w + n * 160, expand_bias + n, NULL, chunk + p * 960 + n, 7, 32, 160, 32, 960, NULL, 160, 1, 0, ACTIVATION_RELU6);
                 }
             }
 #elif defined(KERNELS_AVX2)
             for (int n = 0; n < 960; n += 32) {
                 for (int p = 0; p < 45; p += 5) {
-                    pointwise_f32_tile6x16_avx2(x + next * 7840 + p * 160, expand_w + n * 160, expand_bias + n, NULL, chunk + p * 960 + n, 5, 16, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
+                    pointwise_f32_tile6x16_avx2(x + next * 7840 + p * 160, expand_w + n * 160, expand_bias + n, NULL, chunk + p * 960 + n, 5, 16, 160, 32, 960, NULL, 160, 1, 0, ACTIVATION_RELU6);
                 }
-                pointwise_f32_tile6x16_avx2(x + next * 7840 + 7200, expand_w + n * 160, expand_bias + n, NULL, chunk + n + 43200, 4, 16, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
+                pointwise_f32_tile6x16_avx2(x + next * 7840 + 7200, expand_w + n * 160, expand_bias + n, NULL, chunk + n + 43200, 4, 16, 160, 32, 960, NULL, 160, 1, 0, ACTIVATION_RELU6);
                 for (int p = 0; p < 45; p += 5) {
-                    pointwise_f32_tile6x16_avx2(x + next * 7840 + p * 160, expand_w + n * 160 + 16, expand_bias + n + 16, NULL, chunk + p * 960 + n + 16, 5, 16, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
+                    pointwise_f32_tile6x16_avx2(x + next * 7840 + p * 160, expand_w + n * 160 + 16, expand_bias + n + 16, NULL, chunk + p * 960 + n + 16, 5, 16, 160, 32, 960, NULL, 160, 1, 0, ACTIVATION_RELU6);
                 }
-                pointwise_f32_tile6x16_avx2(x + next * 7840 + 7200, expand_w + n * 160 + 16, expand_bias + n + 16, NULL, chunk + n + 16 + 43200, 4, 16, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
+                pointwise_f32_tile6x16_avx2(x + next * 7840 + 7200, expand_w + n * 160 + 16, expand_bias + n + 16, NULL, chunk + n + 16 + 43200, 4, 16, 160, 32, 960, NULL, 160, 1, 0, ACTIVATION_RELU6);
             }
 #elif defined(KERNELS_VECTOR)
             for (int n = 0; n < 960; n += 32) {
                 for (int p = 0; p < 45; p += 5) {
-                    pointwise_f32_tile6x8_vector(x + next * 7840 + p * 160, expand_w + n * 160, expand_bias + n, NULL, chunk + p * 960 + n, 5, 8, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
+                    pointwise_f32_tile6x8_vector(x + next * 7840 + p * 160, expand_w + n * 160, expand_bias + n, NULL, chunk + p * 960 + n, 5, 8, 160, 32, 960, NULL, 160, 1, 0, ACTIVATION_RELU6);
                 }
-                pointwise_f32_tile6x8_vector(x + next * 7840 + 7200, expand_w + n * 160, expand_bias + n, NULL, chunk + n + 43200, 4, 8, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
+                pointwise_f32_tile6x8_vector(x + next * 7840 + 7200, expand_w + n * 160, expand_bias + n, NULL, chunk + n + 43200, 4, 8, 160, 32, 960, NULL, 160, 1, 0, ACTIVATION_RELU6);
                 for (int p = 0; p < 45; p += 5) {
-                    pointwise_f32_tile6x8_vector(x + next * 7840 + p * 160, expand_w + n * 160 + 8, expand_bias + n + 8, NULL, chunk + p * 960 + n + 8, 5, 8, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
+                    pointwise_f32_tile6x8_vector(x + next * 7840 + p * 160, expand_w + n * 160 + 8, expand_bias + n + 8, NULL, chunk + p * 960 + n + 8, 5, 8, 160, 32, 960, NULL, 160, 1, 0, ACTIVATION_RELU6);
                 }
-                pointwise_f32_tile6x8_vector(x + next * 7840 + 7200, expand_w + n * 160 + 8, expand_bias + n + 8, NULL, chunk + n + 8 + 43200, 4, 8, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
+                pointwise_f32_tile6x8_vector(x + next * 7840 + 7200, expand_w + n * 160 + 8, expand_bias + n + 8, NULL, chunk + n + 8 + 43200, 4, 8, 160, 32, 960, NULL, 160, 1, 0, ACTIVATION_RELU6);
                 for (int p = 0; p < 45; p += 5) {
-                    pointwise_f32_tile6x8_vector(x + next * 7840 + p * 160, expand_w + n * 160 + 16, expand_bias + n + 16, NULL, chunk + p * 960 + n + 16, 5, 8, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
+                    pointwise_f32_tile6x8_vector(x + next * 7840 + p * 160, expand_w + n * 160 + 16, expand_bias + n + 16, NULL, chunk + p * 960 + n + 16, 5, 8, 160, 32, 960, NULL, 160, 1, 0, ACTIVATION_RELU6);
                 }
-                pointwise_f32_tile6x8_vector(x + next * 7840 + 7200, expand_w + n * 160 + 16, expand_bias + n + 16, NULL, chunk + n + 16 + 43200, 4, 8, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
+                pointwise_f32_tile6x8_vector(x + next * 7840 + 7200, expand_w + n * 160 + 16, expand_bias + n + 16, NULL, chunk + n + 16 + 43200, 4, 8, 160, 32, 960, NULL, 160, 1, 0, ACTIVATION_RELU6);
                 for (int p = 0; p < 45; p += 5) {
-                    pointwise_f32_tile6x8_vector(x + next * 7840 + p * 160, expand_w + n * 160 + 24, expand_bias + n + 24, NULL, chunk + p * 960 + n + 24, 5, 8, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
+                    pointwise_f32_tile6x8_vector(x + next * 7840 + p * 160, expand_w + n * 160 + 24, expand_bias + n + 24, NULL, chunk + p * 960 + n + 24, 5, 8, 160, 32, 960, NULL, 160, 1, 0, ACTIVATION_RELU6);
                 }
-                pointwise_f32_tile6x8_vector(x + next * 7840 + 7200, expand_w + n * 160 + 24, expand_bias + n + 24, NULL, chunk + n + 24 + 43200, 4, 8, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
+                pointwise_f32_tile6x8_vector(x + next * 7840 + 7200, expand_w + n * 160 + 24, expand_bias + n + 24, NULL, chunk + n + 24 + 43200, 4, 8, 160, 32, 960, NULL, 160, 1, 0, ACTIVATION_RELU6);
             }
 #else
             for (int n = 0; n < 960; n += 32) {
                 for (int p = 0; p < 48; p += 4) {
-                    pointwise_f32_tile4x16_portable(x + next * 7840 + p * 160, expand_w + n * 160, expand_bias + n, NULL, chunk + p * 960 + n, 4, 16, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
+                    pointwise_f32_tile4x16_portable(x + next * 7840 + p * 160, expand_w + n * 160, expand_bias + n, NULL, chunk + p * 960 + n, 4, 16, 160, 32, 960, NULL, 160, 1, 0, ACTIVATION_RELU6);
                 }
-                pointwise_f32_tile4x16_portable(x + next * 7840 + 7680, expand_w + n * 160, expand_bias + n, NULL, chunk + n + 46080, 1, 16, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
+                pointwise_f32_tile4x16_portable(x + next * 7840 + 7680, expand_w + n * 160, expand_bias + n, NULL, chunk + n + 46080, 1, 16, 160, 32, 960, NULL, 160, 1, 0, ACTIVATION_RELU6);
                 for (int p = 0; p < 48; p += 4) {
-                    pointwise_f32_tile4x16_portable(x + next * 7840 + p * 160, expand_w + n * 160 + 16, expand_bias + n + 16, NULL, chunk + p * 960 + n + 16, 4, 16, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
+                    pointwise_f32_tile4x16_portable(x + next * 7840 + p * 160, expand_w + n * 160 + 16, expand_bias + n + 16, NULL, chunk + p * 960 + n + 16, 4, 16, 160, 32, 960, NULL, 160, 1, 0, ACTIVATION_RELU6);
                 }
-                pointwise_f32_tile4x16_portable(x + next * 7840 + 7680, expand_w + n * 160 + 16, expand_bias + n + 16, NULL, chunk + n + 16 + 46080, 1, 16, 160, 32, 960, 1, 0, ACTIVATION_RELU6);
+                pointwise_f32_tile4x16_portable(x + next * 7840 + 7680, expand_w + n * 160 + 16, expand_bias + n + 16, NULL, chunk + n + 16 + 46080, 1, 16, 160, 32, 960, NULL, 160, 1, 0, ACTIVATION_RELU6);
             }
 #endif
         }
@@ -5288,52 +5569,54 @@ static void block_f32_7x7x160_to_7x7x320(const float *restrict x, const float *r
                 depthwise3x3_s1_f32_block(rows, depthwise_w, depthwise_bias, NULL, band + r * 6720, 960, 7, -1, 7, 1, ky0, ky1, 1, 0, ACTIVATION_RELU6);
             }
         }
+        int used_channels[960];
+        const int used_count = nonzero_channels_f32(band, 49, 960, used_channels);
 #if defined(KERNELS_AVX512)
         for (int n = 0; n < 320; n += 32) {
             for (int p = 0; p < 49; p += 7) {
-                pointwise_f32_tile8x32_avx512(band + p * 960, project_w + n * 960, project_bias + n, NULL, y + p * 320 + n, 7, 32, 960, 32, 320, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile8x32_avx512(band + p * 960, project_w + n * 960, project_bias + n, NULL, y + p * 320 + n, 7, 32, 960, 32, 320, (used_count < 960 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
         }
 #elif defined(KERNELS_AVX2)
         for (int n = 0; n < 320; n += 32) {
             for (int p = 0; p < 45; p += 5) {
-                pointwise_f32_tile6x16_avx2(band + p * 960, project_w + n * 960, project_bias + n, NULL, y + p * 320 + n, 5, 16, 960, 32, 320, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x16_avx2(band + p * 960, project_w + n * 960, project_bias + n, NULL, y + p * 320 + n, 5, 16, 960, 32, 320, (used_count < 960 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
-            pointwise_f32_tile6x16_avx2(band + 43200, project_w + n * 960, project_bias + n, NULL, y + n + 14400, 4, 16, 960, 32, 320, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x16_avx2(band + 43200, project_w + n * 960, project_bias + n, NULL, y + n + 14400, 4, 16, 960, 32, 320, (used_count < 960 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             for (int p = 0; p < 45; p += 5) {
-                pointwise_f32_tile6x16_avx2(band + p * 960, project_w + n * 960 + 16, project_bias + n + 16, NULL, y + p * 320 + n + 16, 5, 16, 960, 32, 320, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x16_avx2(band + p * 960, project_w + n * 960 + 16, project_bias + n + 16, NULL, y + p * 320 + n + 16, 5, 16, 960, 32, 320, (used_count < 960 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
-            pointwise_f32_tile6x16_avx2(band + 43200, project_w + n * 960 + 16, project_bias + n + 16, NULL, y + n + 16 + 14400, 4, 16, 960, 32, 320, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x16_avx2(band + 43200, project_w + n * 960 + 16, project_bias + n + 16, NULL, y + n + 16 + 14400, 4, 16, 960, 32, 320, (used_count < 960 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
         }
 #elif defined(KERNELS_VECTOR)
         for (int n = 0; n < 320; n += 32) {
             for (int p = 0; p < 45; p += 5) {
-                pointwise_f32_tile6x8_vector(band + p * 960, project_w + n * 960, project_bias + n, NULL, y + p * 320 + n, 5, 8, 960, 32, 320, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x8_vector(band + p * 960, project_w + n * 960, project_bias + n, NULL, y + p * 320 + n, 5, 8, 960, 32, 320, (used_count < 960 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
-            pointwise_f32_tile6x8_vector(band + 43200, project_w + n * 960, project_bias + n, NULL, y + n + 14400, 4, 8, 960, 32, 320, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x8_vector(band + 43200, project_w + n * 960, project_bias + n, NULL, y + n + 14400, 4, 8, 960, 32, 320, (used_count < 960 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             for (int p = 0; p < 45; p += 5) {
-                pointwise_f32_tile6x8_vector(band + p * 960, project_w + n * 960 + 8, project_bias + n + 8, NULL, y + p * 320 + n + 8, 5, 8, 960, 32, 320, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x8_vector(band + p * 960, project_w + n * 960 + 8, project_bias + n + 8, NULL, y + p * 320 + n + 8, 5, 8, 960, 32, 320, (used_count < 960 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
-            pointwise_f32_tile6x8_vector(band + 43200, project_w + n * 960 + 8, project_bias + n + 8, NULL, y + n + 8 + 14400, 4, 8, 960, 32, 320, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x8_vector(band + 43200, project_w + n * 960 + 8, project_bias + n + 8, NULL, y + n + 8 + 14400, 4, 8, 960, 32, 320, (used_count < 960 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             for (int p = 0; p < 45; p += 5) {
-                pointwise_f32_tile6x8_vector(band + p * 960, project_w + n * 960 + 16, project_bias + n + 16, NULL, y + p * 320 + n + 16, 5, 8, 960, 32, 320, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x8_vector(band + p * 960, project_w + n * 960 + 16, project_bias + n + 16, NULL, y + p * 320 + n + 16, 5, 8, 960, 32, 320, (used_count < 960 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
-            pointwise_f32_tile6x8_vector(band + 43200, project_w + n * 960 + 16, project_bias + n + 16, NULL, y + n + 16 + 14400, 4, 8, 960, 32, 320, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x8_vector(band + 43200, project_w + n * 960 + 16, project_bias + n + 16, NULL, y + n + 16 + 14400, 4, 8, 960, 32, 320, (used_count < 960 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             for (int p = 0; p < 45; p += 5) {
-                pointwise_f32_tile6x8_vector(band + p * 960, project_w + n * 960 + 24, project_bias + n + 24, NULL, y + p * 320 + n + 24, 5, 8, 960, 32, 320, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x8_vector(band + p * 960, project_w + n * 960 + 24, project_bias + n + 24, NULL, y + p * 320 + n + 24, 5, 8, 960, 32, 320, (used_count < 960 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
-            pointwise_f32_tile6x8_vector(band + 43200, project_w + n * 960 + 24, project_bias + n + 24, NULL, y + n + 24 + 14400, 4, 8, 960, 32, 320, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x8_vector(band + 43200, project_w + n * 960 + 24, project_bias + n + 24, NULL, y + n + 24 + 14400, 4, 8, 960, 32, 320, (used_count < 960 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
         }
 #else
         for (int n = 0; n < 320; n += 32) {
             for (int p = 0; p < 48; p += 4) {
-                pointwise_f32_tile4x16_portable(band + p * 960, project_w + n * 960, project_bias + n, NULL, y + p * 320 + n, 4, 16, 960, 32, 320, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile4x16_portable(band + p * 960, project_w + n * 960, project_bias + n, NULL, y + p * 320 + n, 4, 16, 960, 32, 320, (used_count < 960 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
-            pointwise_f32_tile4x16_portable(band + 46080, project_w + n * 960, project_bias + n, NULL, y + n + 15360, 1, 16, 960, 32, 320, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile4x16_portable(band + 46080, project_w + n * 960, project_bias + n, NULL, y + n + 15360, 1, 16, 960, 32, 320, (used_count < 960 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             for (int p = 0; p < 48; p += 4) {
-                pointwise_f32_tile4x16_portable(band + p * 960, project_w + n * 960 + 16, project_bias + n + 16, NULL, y + p * 320 + n + 16, 4, 16, 960, 32, 320, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile4x16_portable(band + p * 960, project_w + n * 960 + 16, project_bias + n + 16, NULL, y + p * 320 + n + 16, 4, 16, 960, 32, 320, (used_count < 960 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
-            pointwise_f32_tile4x16_portable(band + 46080, project_w + n * 960 + 16, project_bias + n + 16, NULL, y + n + 16 + 15360, 1, 16, 960, 32, 320, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile4x16_portable(band + 46080, project_w + n * 960 + 16, project_bias + n + 16, NULL, y + n + 16 + 15360, 1, 16, 960, 32, 320, (used_count < 960 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
         }
 #endif
     }
@@ -5346,49 +5629,49 @@ static void pointwise_f32_7x7x320_to_1280_relu6(const float *restrict x, const f
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 1280; n += 32) {
         for (int p = 0; p < 49; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 320, w + n * 320, bias + n, NULL, y + p * 1280 + n, 7, 32, 320, 32, 1280, 1, 0, ACTIVATION_RELU6);
+            pointwise_f32_tile8x32_avx512(x + p * 320, w + n * 320, bias + n, NULL, y + p * 1280 + n, 7, 32, 320, 32, 1280, NULL, 320, 1, 0, ACTIVATION_RELU6);
         }
     }
 #elif defined(KERNELS_AVX2)
     for (int n = 0; n < 1280; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x16_avx2(x + p * 320, w + n * 320, bias + n, NULL, y + p * 1280 + n, 5, 16, 320, 32, 1280, 1, 0, ACTIVATION_RELU6);
+            pointwise_f32_tile6x16_avx2(x + p * 320, w + n * 320, bias + n, NULL, y + p * 1280 + n, 5, 16, 320, 32, 1280, NULL, 320, 1, 0, ACTIVATION_RELU6);
         }
-        pointwise_f32_tile6x16_avx2(x + 14400, w + n * 320, bias + n, NULL, y + n + 57600, 4, 16, 320, 32, 1280, 1, 0, ACTIVATION_RELU6);
+        pointwise_f32_tile6x16_avx2(x + 14400, w + n * 320, bias + n, NULL, y + n + 57600, 4, 16, 320, 32, 1280, NULL, 320, 1, 0, ACTIVATION_RELU6);
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x16_avx2(x + p * 320, w + n * 320 + 16, bias + n + 16, NULL, y + p * 1280 + n + 16, 5, 16, 320, 32, 1280, 1, 0, ACTIVATION_RELU6);
+            pointwise_f32_tile6x16_avx2(x + p * 320, w + n * 320 + 16, bias + n + 16, NULL, y + p * 1280 + n + 16, 5, 16, 320, 32, 1280, NULL, 320, 1, 0, ACTIVATION_RELU6);
         }
-        pointwise_f32_tile6x16_avx2(x + 14400, w + n * 320 + 16, bias + n + 16, NULL, y + n + 16 + 57600, 4, 16, 320, 32, 1280, 1, 0, ACTIVATION_RELU6);
+        pointwise_f32_tile6x16_avx2(x + 14400, w + n * 320 + 16, bias + n + 16, NULL, y + n + 16 + 57600, 4, 16, 320, 32, 1280, NULL, 320, 1, 0, ACTIVATION_RELU6);
     }
 #elif defined(KERNELS_VECTOR)
     for (int n = 0; n < 1280; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x8_vector(x + p * 320, w + n * 320, bias + n, NULL, y + p * 1280 + n, 5, 8, 320, 32, 1280, 1, 0, ACTIVATION_RELU6);
+            pointwise_f32_tile6x8_vector(x + p * 320, w + n * 320, bias + n, NULL, y + p * 1280 + n, 5, 8, 320, 32, 1280, NULL, 320, 1, 0, ACTIVATION_RELU6);
         }
-        pointwise_f32_tile6x8_vector(x + 14400, w + n * 320, bias + n, NULL, y + n + 57600, 4, 8, 320, 32, 1280, 1, 0, ACTIVATION_RELU6);
+        pointwise_f32_tile6x8_vector(x + 14400, w + n * 320, bias + n, NULL, y + n + 57600, 4, 8, 320, 32, 1280, NULL, 320, 1, 0, ACTIVATION_RELU6);
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x8_vector(x + p * 320, w + n * 320 + 8, bias + n + 8, NULL, y + p * 1280 + n + 8, 5, 8, 320, 32, 1280, 1, 0, ACTIVATION_RELU6);
+            pointwise_f32_tile6x8_vector(x + p * 320, w + n * 320 + 8, bias + n + 8, NULL, y + p * 1280 + n + 8, 5, 8, 320, 32, 1280, NULL, 320, 1, 0, ACTIVATION_RELU6);
         }
-        pointwise_f32_tile6x8_vector(x + 14400, w + n * 320 + 8, bias + n + 8, NULL, y + n + 8 + 57600, 4, 8, 320, 32, 1280, 1, 0, ACTIVATION_RELU6);
+        pointwise_f32_tile6x8_vector(x + 14400, w + n * 320 + 8, bias + n + 8, NULL, y + n + 8 + 57600, 4, 8, 320, 32, 1280, NULL, 320, 1, 0, ACTIVATION_RELU6);
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x8_vector(x + p * 320, w + n * 320 + 16, bias + n + 16, NULL, y + p * 1280 + n + 16, 5, 8, 320, 32, 1280, 1, 0, ACTIVATION_RELU6);
+            pointwise_f32_tile6x8_vector(x + p * 320, w + n * 320 + 16, bias + n + 16, NULL, y + p * 1280 + n + 16, 5, 8, 320, 32, 1280, NULL, 320, 1, 0, ACTIVATION_RELU6);
         }
-        pointwise_f32_tile6x8_vector(x + 14400, w + n * 320 + 16, bias + n + 16, NULL, y + n + 16 + 57600, 4, 8, 320, 32, 1280, 1, 0, ACTIVATION_RELU6);
+        pointwise_f32_tile6x8_vector(x + 14400, w + n * 320 + 16, bias + n + 16, NULL, y + n + 16 + 57600, 4, 8, 320, 32, 1280, NULL, 320, 1, 0, ACTIVATION_RELU6);
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x8_vector(x + p * 320, w + n * 320 + 24, bias + n + 24, NULL, y + p * 1280 + n + 24, 5, 8, 320, 32, 1280, 1, 0, ACTIVATION_RELU6);
+            pointwise_f32_tile6x8_vector(x + p * 320, w + n * 320 + 24, bias + n + 24, NULL, y + p * 1280 + n + 24, 5, 8, 320, 32, 1280, NULL, 320, 1, 0, ACTIVATION_RELU6);
         }
-        pointwise_f32_tile6x8_vector(x + 14400, w + n * 320 + 24, bias + n + 24, NULL, y + n + 24 + 57600, 4, 8, 320, 32, 1280, 1, 0, ACTIVATION_RELU6);
+        pointwise_f32_tile6x8_vector(x + 14400, w + n * 320 + 24, bias + n + 24, NULL, y + n + 24 + 57600, 4, 8, 320, 32, 1280, NULL, 320, 1, 0, ACTIVATION_RELU6);
     }
 #else
     for (int n = 0; n < 1280; n += 32) {
         for (int p = 0; p < 48; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 320, w + n * 320, bias + n, NULL, y + p * 1280 + n, 4, 16, 320, 32, 1280, 1, 0, ACTIVATION_RELU6);
+            pointwise_f32_tile4x16_portable(x + p * 320, w + n * 320, bias + n, NULL, y + p * 1280 + n, 4, 16, 320, 32, 1280, NULL, 320, 1, 0, ACTIVATION_RELU6);
         }
-        pointwise_f32_tile4x16_portable(x + 15360, w + n * 320, bias + n, NULL, y + n + 61440, 1, 16, 320, 32, 1280, 1, 0, ACTIVATION_RELU6);
+        pointwise_f32_tile4x16_portable(x + 15360, w + n * 320, bias + n, NULL, y + n + 61440, 1, 16, 320, 32, 1280, NULL, 320, 1, 0, ACTIVATION_RELU6);
         for (int p = 0; p < 48; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 320, w + n * 320 + 16, bias + n + 16, NULL, y + p * 1280 + n + 16, 4, 16, 320, 32, 1280, 1, 0, ACTIVATION_RELU6);
+            pointwise_f32_tile4x16_portable(x + p * 320, w + n * 320 + 16, bias + n + 16, NULL, y + p * 1280 + n + 16, 4, 16, 320, 32, 1280, NULL, 320, 1, 0, ACTIVATION_RELU6);
         }
-        pointwise_f32_tile4x16_portable(x + 15360, w + n * 320 + 16, bias + n + 16, NULL, y + n + 16 + 61440, 1, 16, 320, 32, 1280, 1, 0, ACTIVATION_RELU6);
+        pointwise_f32_tile4x16_portable(x + 15360, w + n * 320 + 16, bias + n + 16, NULL, y + n + 16 + 61440, 1, 16, 320, 32, 1280, NULL, 320, 1, 0, ACTIVATION_RELU6);
     }
 #endif
 }

@@ -117,13 +117,15 @@ KERNEL_INLINE __m256i lane_mask_f32x8(int count)
  * for r < rows pixels and j < cols output channels. x rows are k_count floats apart (NHWC),
  * w rows w_stride floats (one column panel of the `io_panels` layout: [in][panel width]), y
  * and residual rows y_stride floats.
+ * With ks not NULL, the sum runs over the k_used input channels ks[0] < ks[1] < ... only: the
+ * caller leaves out channels whose x values are all zero, whose terms add nothing.
  * bias and residual are read only when has_bias and has_residual are non-zero.
  */
 #if defined(KERNELS_AVX512)
 KERNEL_INLINE void pointwise_f32_tile8x32_avx512(const float *restrict x, const float *restrict w,
     const float *restrict bias, const float *restrict residual, float *restrict y,
     int rows, int cols, int k_count, int w_stride, int y_stride,
-    int has_bias, int has_residual, int activation)
+    const int *restrict ks, int k_used, int has_bias, int has_residual, int activation)
 {
 #if defined(__FMA__)
     const int half1 = cols == 24;
@@ -152,75 +154,150 @@ KERNEL_INLINE void pointwise_f32_tile8x32_avx512(const float *restrict x, const 
     __m256 acc6h = bias_half;
     __m512 acc70 = bias0, acc71 = bias1;
     __m256 acc7h = bias_half;
-    for (int k = 0; k < k_count; ++k) {
-        const __m512 w0 = cols >= 16 ? _mm512_loadu_ps(w + k * w_stride) : _mm512_maskz_loadu_ps(mask0, w + k * w_stride);
-        const __m512 w1 = full1 ? _mm512_maskz_loadu_ps(mask1, w + k * w_stride + 16) : _mm512_setzero_ps();
+    if (ks) {
+        for (int i = 0; i < k_used; ++i) {
+            const int k = ks[i];
+            const __m512 w0 = cols >= 16 ? _mm512_loadu_ps(w + k * w_stride) : _mm512_maskz_loadu_ps(mask0, w + k * w_stride);
+            const __m512 w1 = full1 ? _mm512_maskz_loadu_ps(mask1, w + k * w_stride + 16) : _mm512_setzero_ps();
 #if defined(__FMA__)
-        const __m256 w_half = half1 ? _mm256_loadu_ps(w + k * w_stride + 16) : _mm256_setzero_ps();
+            const __m256 w_half = half1 ? _mm256_loadu_ps(w + k * w_stride + 16) : _mm256_setzero_ps();
 #endif
-        {
-            const __m512 xr = _mm512_set1_ps(x[k]);
-            acc00 = _mm512_fmadd_ps(xr, w0, acc00);
-            if (full1) acc01 = _mm512_fmadd_ps(xr, w1, acc01);
+            {
+                const __m512 xr = _mm512_set1_ps(x[k]);
+                acc00 = _mm512_fmadd_ps(xr, w0, acc00);
+                if (full1) acc01 = _mm512_fmadd_ps(xr, w1, acc01);
 #if defined(__FMA__)
-            if (half1) acc0h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc0h);
+                if (half1) acc0h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc0h);
 #endif
+            }
+            if (rows > 1) {
+                const __m512 xr = _mm512_set1_ps(x[1 * k_count + k]);
+                acc10 = _mm512_fmadd_ps(xr, w0, acc10);
+                if (full1) acc11 = _mm512_fmadd_ps(xr, w1, acc11);
+#if defined(__FMA__)
+                if (half1) acc1h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc1h);
+#endif
+            }
+            if (rows > 2) {
+                const __m512 xr = _mm512_set1_ps(x[2 * k_count + k]);
+                acc20 = _mm512_fmadd_ps(xr, w0, acc20);
+                if (full1) acc21 = _mm512_fmadd_ps(xr, w1, acc21);
+#if defined(__FMA__)
+                if (half1) acc2h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc2h);
+#endif
+            }
+            if (rows > 3) {
+                const __m512 xr = _mm512_set1_ps(x[3 * k_count + k]);
+                acc30 = _mm512_fmadd_ps(xr, w0, acc30);
+                if (full1) acc31 = _mm512_fmadd_ps(xr, w1, acc31);
+#if defined(__FMA__)
+                if (half1) acc3h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc3h);
+#endif
+            }
+            if (rows > 4) {
+                const __m512 xr = _mm512_set1_ps(x[4 * k_count + k]);
+                acc40 = _mm512_fmadd_ps(xr, w0, acc40);
+                if (full1) acc41 = _mm512_fmadd_ps(xr, w1, acc41);
+#if defined(__FMA__)
+                if (half1) acc4h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc4h);
+#endif
+            }
+            if (rows > 5) {
+                const __m512 xr = _mm512_set1_ps(x[5 * k_count + k]);
+                acc50 = _mm512_fmadd_ps(xr, w0, acc50);
+                if (full1) acc51 = _mm512_fmadd_ps(xr, w1, acc51);
+#if defined(__FMA__)
+                if (half1) acc5h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc5h);
+#endif
+            }
+            if (rows > 6) {
+                const __m512 xr = _mm512_set1_ps(x[6 * k_count + k]);
+                acc60 = _mm512_fmadd_ps(xr, w0, acc60);
+                if (full1) acc61 = _mm512_fmadd_ps(xr, w1, acc61);
+#if defined(__FMA__)
+                if (half1) acc6h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc6h);
+#endif
+            }
+            if (rows > 7) {
+                const __m512 xr = _mm512_set1_ps(x[7 * k_count + k]);
+                acc70 = _mm512_fmadd_ps(xr, w0, acc70);
+                if (full1) acc71 = _mm512_fmadd_ps(xr, w1, acc71);
+#if defined(__FMA__)
+                if (half1) acc7h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc7h);
+#endif
+            }
         }
-        if (rows > 1) {
-            const __m512 xr = _mm512_set1_ps(x[1 * k_count + k]);
-            acc10 = _mm512_fmadd_ps(xr, w0, acc10);
-            if (full1) acc11 = _mm512_fmadd_ps(xr, w1, acc11);
+    } else {
+        for (int k = 0; k < k_count; ++k) {
+            const __m512 w0 = cols >= 16 ? _mm512_loadu_ps(w + k * w_stride) : _mm512_maskz_loadu_ps(mask0, w + k * w_stride);
+            const __m512 w1 = full1 ? _mm512_maskz_loadu_ps(mask1, w + k * w_stride + 16) : _mm512_setzero_ps();
 #if defined(__FMA__)
-            if (half1) acc1h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc1h);
+            const __m256 w_half = half1 ? _mm256_loadu_ps(w + k * w_stride + 16) : _mm256_setzero_ps();
 #endif
-        }
-        if (rows > 2) {
-            const __m512 xr = _mm512_set1_ps(x[2 * k_count + k]);
-            acc20 = _mm512_fmadd_ps(xr, w0, acc20);
-            if (full1) acc21 = _mm512_fmadd_ps(xr, w1, acc21);
+            {
+                const __m512 xr = _mm512_set1_ps(x[k]);
+                acc00 = _mm512_fmadd_ps(xr, w0, acc00);
+                if (full1) acc01 = _mm512_fmadd_ps(xr, w1, acc01);
 #if defined(__FMA__)
-            if (half1) acc2h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc2h);
+                if (half1) acc0h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc0h);
 #endif
-        }
-        if (rows > 3) {
-            const __m512 xr = _mm512_set1_ps(x[3 * k_count + k]);
-            acc30 = _mm512_fmadd_ps(xr, w0, acc30);
-            if (full1) acc31 = _mm512_fmadd_ps(xr, w1, acc31);
+            }
+            if (rows > 1) {
+                const __m512 xr = _mm512_set1_ps(x[1 * k_count + k]);
+                acc10 = _mm512_fmadd_ps(xr, w0, acc10);
+                if (full1) acc11 = _mm512_fmadd_ps(xr, w1, acc11);
 #if defined(__FMA__)
-            if (half1) acc3h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc3h);
+                if (half1) acc1h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc1h);
 #endif
-        }
-        if (rows > 4) {
-            const __m512 xr = _mm512_set1_ps(x[4 * k_count + k]);
-            acc40 = _mm512_fmadd_ps(xr, w0, acc40);
-            if (full1) acc41 = _mm512_fmadd_ps(xr, w1, acc41);
+            }
+            if (rows > 2) {
+                const __m512 xr = _mm512_set1_ps(x[2 * k_count + k]);
+                acc20 = _mm512_fmadd_ps(xr, w0, acc20);
+                if (full1) acc21 = _mm512_fmadd_ps(xr, w1, acc21);
 #if defined(__FMA__)
-            if (half1) acc4h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc4h);
+                if (half1) acc2h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc2h);
 #endif
-        }
-        if (rows > 5) {
-            const __m512 xr = _mm512_set1_ps(x[5 * k_count + k]);
-            acc50 = _mm512_fmadd_ps(xr, w0, acc50);
-            if (full1) acc51 = _mm512_fmadd_ps(xr, w1, acc51);
+            }
+            if (rows > 3) {
+                const __m512 xr = _mm512_set1_ps(x[3 * k_count + k]);
+                acc30 = _mm512_fmadd_ps(xr, w0, acc30);
+                if (full1) acc31 = _mm512_fmadd_ps(xr, w1, acc31);
 #if defined(__FMA__)
-            if (half1) acc5h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc5h);
+                if (half1) acc3h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc3h);
 #endif
-        }
-        if (rows > 6) {
-            const __m512 xr = _mm512_set1_ps(x[6 * k_count + k]);
-            acc60 = _mm512_fmadd_ps(xr, w0, acc60);
-            if (full1) acc61 = _mm512_fmadd_ps(xr, w1, acc61);
+            }
+            if (rows > 4) {
+                const __m512 xr = _mm512_set1_ps(x[4 * k_count + k]);
+                acc40 = _mm512_fmadd_ps(xr, w0, acc40);
+                if (full1) acc41 = _mm512_fmadd_ps(xr, w1, acc41);
 #if defined(__FMA__)
-            if (half1) acc6h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc6h);
+                if (half1) acc4h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc4h);
 #endif
-        }
-        if (rows > 7) {
-            const __m512 xr = _mm512_set1_ps(x[7 * k_count + k]);
-            acc70 = _mm512_fmadd_ps(xr, w0, acc70);
-            if (full1) acc71 = _mm512_fmadd_ps(xr, w1, acc71);
+            }
+            if (rows > 5) {
+                const __m512 xr = _mm512_set1_ps(x[5 * k_count + k]);
+                acc50 = _mm512_fmadd_ps(xr, w0, acc50);
+                if (full1) acc51 = _mm512_fmadd_ps(xr, w1, acc51);
 #if defined(__FMA__)
-            if (half1) acc7h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc7h);
+                if (half1) acc5h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc5h);
 #endif
+            }
+            if (rows > 6) {
+                const __m512 xr = _mm512_set1_ps(x[6 * k_count + k]);
+                acc60 = _mm512_fmadd_ps(xr, w0, acc60);
+                if (full1) acc61 = _mm512_fmadd_ps(xr, w1, acc61);
+#if defined(__FMA__)
+                if (half1) acc6h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc6h);
+#endif
+            }
+            if (rows > 7) {
+                const __m512 xr = _mm512_set1_ps(x[7 * k_count + k]);
+                acc70 = _mm512_fmadd_ps(xr, w0, acc70);
+                if (full1) acc71 = _mm512_fmadd_ps(xr, w1, acc71);
+#if defined(__FMA__)
+                if (half1) acc7h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc7h);
+#endif
+            }
         }
     }
     {
@@ -348,7 +425,7 @@ KERNEL_INLINE void pointwise_f32_tile8x32_avx512(const float *restrict x, const 
 KERNEL_INLINE void pointwise_f32_tile6x16_avx2(const float *restrict x, const float *restrict w,
     const float *restrict bias, const float *restrict residual, float *restrict y,
     int rows, int cols, int k_count, int w_stride, int y_stride,
-    int has_bias, int has_residual, int activation)
+    const int *restrict ks, int k_used, int has_bias, int has_residual, int activation)
 {
     const __m256i mask0 = lane_mask_f32x8(cols);
     const __m256i mask1 = lane_mask_f32x8(cols - 8);
@@ -360,39 +437,78 @@ KERNEL_INLINE void pointwise_f32_tile6x16_avx2(const float *restrict x, const fl
     __m256 acc30 = bias0, acc31 = bias1;
     __m256 acc40 = bias0, acc41 = bias1;
     __m256 acc50 = bias0, acc51 = bias1;
-    for (int k = 0; k < k_count; ++k) {
-        const __m256 w0 = cols >= 8 ? _mm256_loadu_ps(w + k * w_stride) : _mm256_maskload_ps(w + k * w_stride, mask0);
-        const __m256 w1 = cols >= 16 ? _mm256_loadu_ps(w + k * w_stride + 8)
-                         : cols > 8 ? _mm256_maskload_ps(w + k * w_stride + 8, mask1) : _mm256_setzero_ps();
-        {
-            const __m256 xr = _mm256_broadcast_ss(x + k);
-            acc00 = _mm256_fmadd_ps(xr, w0, acc00);
-            if (cols > 8) acc01 = _mm256_fmadd_ps(xr, w1, acc01);
+    if (ks) {
+        for (int i = 0; i < k_used; ++i) {
+            const int k = ks[i];
+            const __m256 w0 = cols >= 8 ? _mm256_loadu_ps(w + k * w_stride) : _mm256_maskload_ps(w + k * w_stride, mask0);
+            const __m256 w1 = cols >= 16 ? _mm256_loadu_ps(w + k * w_stride + 8)
+                             : cols > 8 ? _mm256_maskload_ps(w + k * w_stride + 8, mask1) : _mm256_setzero_ps();
+            {
+                const __m256 xr = _mm256_broadcast_ss(x + k);
+                acc00 = _mm256_fmadd_ps(xr, w0, acc00);
+                if (cols > 8) acc01 = _mm256_fmadd_ps(xr, w1, acc01);
+            }
+            if (rows > 1) {
+                const __m256 xr = _mm256_broadcast_ss(x + 1 * k_count + k);
+                acc10 = _mm256_fmadd_ps(xr, w0, acc10);
+                if (cols > 8) acc11 = _mm256_fmadd_ps(xr, w1, acc11);
+            }
+            if (rows > 2) {
+                const __m256 xr = _mm256_broadcast_ss(x + 2 * k_count + k);
+                acc20 = _mm256_fmadd_ps(xr, w0, acc20);
+                if (cols > 8) acc21 = _mm256_fmadd_ps(xr, w1, acc21);
+            }
+            if (rows > 3) {
+                const __m256 xr = _mm256_broadcast_ss(x + 3 * k_count + k);
+                acc30 = _mm256_fmadd_ps(xr, w0, acc30);
+                if (cols > 8) acc31 = _mm256_fmadd_ps(xr, w1, acc31);
+            }
+            if (rows > 4) {
+                const __m256 xr = _mm256_broadcast_ss(x + 4 * k_count + k);
+                acc40 = _mm256_fmadd_ps(xr, w0, acc40);
+                if (cols > 8) acc41 = _mm256_fmadd_ps(xr, w1, acc41);
+            }
+            if (rows > 5) {
+                const __m256 xr = _mm256_broadcast_ss(x + 5 * k_count + k);
+                acc50 = _mm256_fmadd_ps(xr, w0, acc50);
+                if (cols > 8) acc51 = _mm256_fmadd_ps(xr, w1, acc51);
+            }
         }
-        if (rows > 1) {
-            const __m256 xr = _mm256_broadcast_ss(x + 1 * k_count + k);
-            acc10 = _mm256_fmadd_ps(xr, w0, acc10);
-            if (cols > 8) acc11 = _mm256_fmadd_ps(xr, w1, acc11);
-        }
-        if (rows > 2) {
-            const __m256 xr = _mm256_broadcast_ss(x + 2 * k_count + k);
-            acc20 = _mm256_fmadd_ps(xr, w0, acc20);
-            if (cols > 8) acc21 = _mm256_fmadd_ps(xr, w1, acc21);
-        }
-        if (rows > 3) {
-            const __m256 xr = _mm256_broadcast_ss(x + 3 * k_count + k);
-            acc30 = _mm256_fmadd_ps(xr, w0, acc30);
-            if (cols > 8) acc31 = _mm256_fmadd_ps(xr, w1, acc31);
-        }
-        if (rows > 4) {
-            const __m256 xr = _mm256_broadcast_ss(x + 4 * k_count + k);
-            acc40 = _mm256_fmadd_ps(xr, w0, acc40);
-            if (cols > 8) acc41 = _mm256_fmadd_ps(xr, w1, acc41);
-        }
-        if (rows > 5) {
-            const __m256 xr = _mm256_broadcast_ss(x + 5 * k_count + k);
-            acc50 = _mm256_fmadd_ps(xr, w0, acc50);
-            if (cols > 8) acc51 = _mm256_fmadd_ps(xr, w1, acc51);
+    } else {
+        for (int k = 0; k < k_count; ++k) {
+            const __m256 w0 = cols >= 8 ? _mm256_loadu_ps(w + k * w_stride) : _mm256_maskload_ps(w + k * w_stride, mask0);
+            const __m256 w1 = cols >= 16 ? _mm256_loadu_ps(w + k * w_stride + 8)
+                             : cols > 8 ? _mm256_maskload_ps(w + k * w_stride + 8, mask1) : _mm256_setzero_ps();
+            {
+                const __m256 xr = _mm256_broadcast_ss(x + k);
+                acc00 = _mm256_fmadd_ps(xr, w0, acc00);
+                if (cols > 8) acc01 = _mm256_fmadd_ps(xr, w1, acc01);
+            }
+            if (rows > 1) {
+                const __m256 xr = _mm256_broadcast_ss(x + 1 * k_count + k);
+                acc10 = _mm256_fmadd_ps(xr, w0, acc10);
+                if (cols > 8) acc11 = _mm256_fmadd_ps(xr, w1, acc11);
+            }
+            if (rows > 2) {
+                const __m256 xr = _mm256_broadcast_ss(x + 2 * k_count + k);
+                acc20 = _mm256_fmadd_ps(xr, w0, acc20);
+                if (cols > 8) acc21 = _mm256_fmadd_ps(xr, w1, acc21);
+            }
+            if (rows > 3) {
+                const __m256 xr = _mm256_broadcast_ss(x + 3 * k_count + k);
+                acc30 = _mm256_fmadd_ps(xr, w0, acc30);
+                if (cols > 8) acc31 = _mm256_fmadd_ps(xr, w1, acc31);
+            }
+            if (rows > 4) {
+                const __m256 xr = _mm256_broadcast_ss(x + 4 * k_count + k);
+                acc40 = _mm256_fmadd_ps(xr, w0, acc40);
+                if (cols > 8) acc41 = _mm256_fmadd_ps(xr, w1, acc41);
+            }
+            if (rows > 5) {
+                const __m256 xr = _mm256_broadcast_ss(x + 5 * k_count + k);
+                acc50 = _mm256_fmadd_ps(xr, w0, acc50);
+                if (cols > 8) acc51 = _mm256_fmadd_ps(xr, w1, acc51);
+            }
         }
     }
     {
@@ -448,7 +564,7 @@ KERNEL_INLINE void pointwise_f32_tile6x16_avx2(const float *restrict x, const fl
 KERNEL_INLINE void pointwise_f32_tile6x8_vector(const float *restrict x, const float *restrict w,
     const float *restrict bias, const float *restrict residual, float *restrict y,
     int rows, int cols, int k_count, int w_stride, int y_stride,
-    int has_bias, int has_residual, int activation)
+    const int *restrict ks, int k_used, int has_bias, int has_residual, int activation)
 {
     if (cols == 8) {
         float4 bias0 = {0.0f, 0.0f, 0.0f, 0.0f}, bias1 = bias0;
@@ -462,45 +578,90 @@ KERNEL_INLINE void pointwise_f32_tile6x8_vector(const float *restrict x, const f
         float4 acc30 = bias0, acc31 = bias1;
         float4 acc40 = bias0, acc41 = bias1;
         float4 acc50 = bias0, acc51 = bias1;
-        for (int k = 0; k < k_count; ++k) {
-            float4 w0, w1;
-            __builtin_memcpy(&w0, w + k * w_stride, sizeof w0);
-            __builtin_memcpy(&w1, w + k * w_stride + 4, sizeof w1);
-            {
-                const float xv = x[k];
-                const float4 xr = {xv, xv, xv, xv};
-                acc00 += xr * w0;
-                acc01 += xr * w1;
+        if (ks) {
+            for (int i = 0; i < k_used; ++i) {
+                const int k = ks[i];
+                float4 w0, w1;
+                __builtin_memcpy(&w0, w + k * w_stride, sizeof w0);
+                __builtin_memcpy(&w1, w + k * w_stride + 4, sizeof w1);
+                {
+                    const float xv = x[k];
+                    const float4 xr = {xv, xv, xv, xv};
+                    acc00 += xr * w0;
+                    acc01 += xr * w1;
+                }
+                if (rows > 1) {
+                    const float xv = x[1 * k_count + k];
+                    const float4 xr = {xv, xv, xv, xv};
+                    acc10 += xr * w0;
+                    acc11 += xr * w1;
+                }
+                if (rows > 2) {
+                    const float xv = x[2 * k_count + k];
+                    const float4 xr = {xv, xv, xv, xv};
+                    acc20 += xr * w0;
+                    acc21 += xr * w1;
+                }
+                if (rows > 3) {
+                    const float xv = x[3 * k_count + k];
+                    const float4 xr = {xv, xv, xv, xv};
+                    acc30 += xr * w0;
+                    acc31 += xr * w1;
+                }
+                if (rows > 4) {
+                    const float xv = x[4 * k_count + k];
+                    const float4 xr = {xv, xv, xv, xv};
+                    acc40 += xr * w0;
+                    acc41 += xr * w1;
+                }
+                if (rows > 5) {
+                    const float xv = x[5 * k_count + k];
+                    const float4 xr = {xv, xv, xv, xv};
+                    acc50 += xr * w0;
+                    acc51 += xr * w1;
+                }
             }
-            if (rows > 1) {
-                const float xv = x[1 * k_count + k];
-                const float4 xr = {xv, xv, xv, xv};
-                acc10 += xr * w0;
-                acc11 += xr * w1;
-            }
-            if (rows > 2) {
-                const float xv = x[2 * k_count + k];
-                const float4 xr = {xv, xv, xv, xv};
-                acc20 += xr * w0;
-                acc21 += xr * w1;
-            }
-            if (rows > 3) {
-                const float xv = x[3 * k_count + k];
-                const float4 xr = {xv, xv, xv, xv};
-                acc30 += xr * w0;
-                acc31 += xr * w1;
-            }
-            if (rows > 4) {
-                const float xv = x[4 * k_count + k];
-                const float4 xr = {xv, xv, xv, xv};
-                acc40 += xr * w0;
-                acc41 += xr * w1;
-            }
-            if (rows > 5) {
-                const float xv = x[5 * k_count + k];
-                const float4 xr = {xv, xv, xv, xv};
-                acc50 += xr * w0;
-                acc51 += xr * w1;
+        } else {
+            for (int k = 0; k < k_count; ++k) {
+                float4 w0, w1;
+                __builtin_memcpy(&w0, w + k * w_stride, sizeof w0);
+                __builtin_memcpy(&w1, w + k * w_stride + 4, sizeof w1);
+                {
+                    const float xv = x[k];
+                    const float4 xr = {xv, xv, xv, xv};
+                    acc00 += xr * w0;
+                    acc01 += xr * w1;
+                }
+                if (rows > 1) {
+                    const float xv = x[1 * k_count + k];
+                    const float4 xr = {xv, xv, xv, xv};
+                    acc10 += xr * w0;
+                    acc11 += xr * w1;
+                }
+                if (rows > 2) {
+                    const float xv = x[2 * k_count + k];
+                    const float4 xr = {xv, xv, xv, xv};
+                    acc20 += xr * w0;
+                    acc21 += xr * w1;
+                }
+                if (rows > 3) {
+                    const float xv = x[3 * k_count + k];
+                    const float4 xr = {xv, xv, xv, xv};
+                    acc30 += xr * w0;
+                    acc31 += xr * w1;
+                }
+                if (rows > 4) {
+                    const float xv = x[4 * k_count + k];
+                    const float4 xr = {xv, xv, xv, xv};
+                    acc40 += xr * w0;
+                    acc41 += xr * w1;
+                }
+                if (rows > 5) {
+                    const float xv = x[5 * k_count + k];
+                    const float4 xr = {xv, xv, xv, xv};
+                    acc50 += xr * w0;
+                    acc51 += xr * w1;
+                }
             }
         }
         {
@@ -531,8 +692,15 @@ KERNEL_INLINE void pointwise_f32_tile6x8_vector(const float *restrict x, const f
         for (int r = 0; r < rows; ++r) {
             for (int j = 0; j < cols; ++j) {
                 float sum = has_bias ? bias[j] : 0.0f;
-                for (int k = 0; k < k_count; ++k) {
-                    sum += x[r * k_count + k] * w[k * w_stride + j];
+                if (ks) {
+                    for (int i = 0; i < k_used; ++i) {
+                        const int k = ks[i];
+                        sum += x[r * k_count + k] * w[k * w_stride + j];
+                    }
+                } else {
+                    for (int k = 0; k < k_count; ++k) {
+                        sum += x[r * k_count + k] * w[k * w_stride + j];
+                    }
                 }
                 y[r * y_stride + j] = sum;
             }
@@ -550,7 +718,7 @@ KERNEL_INLINE void pointwise_f32_tile6x8_vector(const float *restrict x, const f
 KERNEL_INLINE void pointwise_f32_tile4x16_portable(const float *restrict x, const float *restrict w,
     const float *restrict bias, const float *restrict residual, float *restrict y,
     int rows, int cols, int k_count, int w_stride, int y_stride,
-    int has_bias, int has_residual, int activation)
+    const int *restrict ks, int k_used, int has_bias, int has_residual, int activation)
 {
     float acc[4][16];
     for (int r = 0; r < rows; ++r) {
@@ -558,12 +726,25 @@ KERNEL_INLINE void pointwise_f32_tile4x16_portable(const float *restrict x, cons
             acc[r][j] = has_bias ? bias[j] : 0.0f;
         }
     }
-    for (int k = 0; k < k_count; ++k) {
-        const float *restrict wk = w + k * w_stride;
-        for (int r = 0; r < rows; ++r) {
-            const float xv = x[r * k_count + k];
-            for (int j = 0; j < cols; ++j) {
-                acc[r][j] += xv * wk[j];
+    if (ks) {
+        for (int i = 0; i < k_used; ++i) {
+            const int k = ks[i];
+            const float *restrict wk = w + k * w_stride;
+            for (int r = 0; r < rows; ++r) {
+                const float xv = x[r * k_count + k];
+                for (int j = 0; j < cols; ++j) {
+                    acc[r][j] += xv * wk[j];
+                }
+            }
+        }
+    } else {
+        for (int k = 0; k < k_count; ++k) {
+            const float *restrict wk = w + k * w_stride;
+            for (int r = 0; r < rows; ++r) {
+                const float xv = x[r * k_count + k];
+                for (int j = 0; j < cols; ++j) {
+                    acc[r][j] += xv * wk[j];
+                }
             }
         }
     }
@@ -990,6 +1171,76 @@ KERNEL_INLINE void matrix_vector_f32(const float *restrict x, const float *restr
         y[o] = activate_f32(sum, activation);
     }
 }
+
+/*
+ * Writes the channels c of x ([pixels][channels], NHWC) that hold a value other than +0.0f and
+ * -0.0f in some pixel to list, in increasing order, and returns how many there are (at most
+ * channels). Defining KERNELS_ALL_CHANNELS lists every channel, so the GEMMs skip none (to
+ * time the code without the skipping).
+ */
+#if defined(KERNELS_ALL_CHANNELS)
+KERNEL_INLINE int nonzero_channels_f32(const float *restrict x, int pixels, int channels, int *restrict list)
+{
+    (void)x;
+    (void)pixels;
+    for (int c = 0; c < channels; ++c) list[c] = c;
+    return channels;
+}
+#elif defined(KERNELS_AVX512)
+KERNEL_INLINE int nonzero_channels_f32(const float *restrict x, int pixels, int channels, int *restrict list)
+{
+    const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    int count = 0;
+    for (int c = 0; c < channels; c += 16) {
+        const __mmask16 mask = (__mmask16)(channels - c >= 16 ? 0xFFFFu : (1u << (channels - c)) - 1u);
+        __m512i bits = _mm512_setzero_si512();
+        for (int p = 0; p < pixels; ++p) {
+            bits = _mm512_or_si512(bits, _mm512_castps_si512(_mm512_maskz_loadu_ps(mask, x + p * channels + c)));
+        }
+        const __mmask16 used = _mm512_test_epi32_mask(bits, _mm512_set1_epi32(0x7FFFFFFF));
+        _mm512_mask_compressstoreu_epi32(list + count, used, _mm512_add_epi32(_mm512_set1_epi32(c), lanes));
+        for (unsigned rest = used; rest != 0; rest &= rest - 1) ++count;
+    }
+    return count;
+}
+#elif defined(KERNELS_AVX2)
+KERNEL_INLINE int nonzero_channels_f32(const float *restrict x, int pixels, int channels, int *restrict list)
+{
+    int count = 0;
+    for (int c = 0; c < channels; c += 8) {
+        const __m256i mask = lane_mask_f32x8(channels - c);
+        __m256 bits = _mm256_setzero_ps();
+        for (int p = 0; p < pixels; ++p) {
+            bits = _mm256_or_ps(bits, _mm256_maskload_ps(x + p * channels + c, mask));
+        }
+        const __m256i magnitude = _mm256_and_si256(_mm256_castps_si256(bits), _mm256_set1_epi32(0x7FFFFFFF));
+        const __m256i zero = _mm256_cmpeq_epi32(magnitude, _mm256_setzero_si256());
+        unsigned used = ~(unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(zero)) & 0xFFu;
+        for (; used != 0; used &= used - 1) {
+            int lane = 0;
+            while (!(used >> lane & 1u)) ++lane;
+            list[count++] = c + lane;
+        }
+    }
+    return count;
+}
+#else
+KERNEL_INLINE int nonzero_channels_f32(const float *restrict x, int pixels, int channels, int *restrict list)
+{
+    int count = 0;
+    for (int c = 0; c < channels; ++c) {
+        uint32_t bits = 0;
+        for (int p = 0; p < pixels; ++p) {
+            union { float f; uint32_t u; } value;
+            value.f = x[p * channels + c];
+            bits |= value.u;
+        }
+        list[count] = c;
+        count += (bits & 0x7FFFFFFFu) != 0;
+    }
+    return count;
+}
+#endif
 
 /*
  * Up to 8 adjacent output pixels of a 3x3, stride 2 depthwise convolution, all channels:
@@ -2287,24 +2538,26 @@ static void block_f32_nchw3x224x224_to_56x56x16(const float *restrict x, const f
             scaled[k * 16 + j] = project_w[k * 16 + j] * gate[k];
         }
     }
+    int used_channels[16];
+    const int used_count = nonzero_channels_f32(band, 3136, 16, used_channels);
 #if defined(KERNELS_AVX512)
     for (int p = 0; p < 3136; p += 8) {
-        pointwise_f32_tile8x32_avx512(band + p * 16, scaled, project_bias, NULL, y + p * 16, 8, 16, 16, 16, 16, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile8x32_avx512(band + p * 16, scaled, project_bias, NULL, y + p * 16, 8, 16, 16, 16, 16, (used_count < 16 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_AVX2)
     for (int p = 0; p < 3136; p += 4) {
-        pointwise_f32_tile6x16_avx2(band + p * 16, scaled, project_bias, NULL, y + p * 16, 4, 16, 16, 16, 16, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x16_avx2(band + p * 16, scaled, project_bias, NULL, y + p * 16, 4, 16, 16, 16, 16, (used_count < 16 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
     for (int p = 0; p < 3136; p += 4) {
-        pointwise_f32_tile6x8_vector(band + p * 16, scaled, project_bias, NULL, y + p * 16, 4, 8, 16, 16, 16, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x8_vector(band + p * 16, scaled, project_bias, NULL, y + p * 16, 4, 8, 16, 16, 16, (used_count < 16 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
     }
     for (int p = 0; p < 3136; p += 4) {
-        pointwise_f32_tile6x8_vector(band + p * 16, scaled + 8, project_bias + 8, NULL, y + p * 16 + 8, 4, 8, 16, 16, 16, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x8_vector(band + p * 16, scaled + 8, project_bias + 8, NULL, y + p * 16 + 8, 4, 8, 16, 16, 16, (used_count < 16 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
     }
 #else
     for (int p = 0; p < 3136; p += 4) {
-        pointwise_f32_tile4x16_portable(band + p * 16, scaled, project_bias, NULL, y + p * 16, 4, 16, 16, 16, 16, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile4x16_portable(band + p * 16, scaled, project_bias, NULL, y + p * 16, 4, 16, 16, 16, 16, (used_count < 16 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
     }
 #endif
 }
@@ -2330,53 +2583,53 @@ static void block_f32_56x56x16_to_28x28x24(const float *restrict x, const float 
 #if defined(KERNELS_AVX512)
                 for (int n = 0; n < 64; n += 32) {
                     for (int p = 0; p < 224; p += 8) {
-                        pointwise_f32_tile8x32_avx512(x + next * 3584 + p * 16, expand_w + n * 16, expand_bias + n, NULL, chunk + p * 72 + n, 8, 32, 16, 32, 72, 1, 0, ACTIVATION_RELU);
+                        pointwise_f32_tile8x32_avx512(x + next * 3584 + p * 16, expand_w + n * 16, expand_bias + n, NULL, chunk + p * 72 + n, 8, 32, 16, 32, 72, NULL, 16, 1, 0, ACTIVATION_RELU);
                     }
                 }
                 for (int p = 0; p < 224; p += 8) {
-                    pointwise_f32_tile8x32_avx512(x + next * 3584 + p * 16, expand_w + 1024, expand_bias + 64, NULL, chunk + p * 72 + 64, 8, 8, 16, 8, 72, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile8x32_avx512(x + next * 3584 + p * 16, expand_w + 1024, expand_bias + 64, NULL, chunk + p * 72 + 64, 8, 8, 16, 8, 72, NULL, 16, 1, 0, ACTIVATION_RELU);
                 }
 #elif defined(KERNELS_AVX2)
                 for (int n = 0; n < 64; n += 32) {
                     for (int p = 0; p < 224; p += 4) {
-                        pointwise_f32_tile6x16_avx2(x + next * 3584 + p * 16, expand_w + n * 16, expand_bias + n, NULL, chunk + p * 72 + n, 4, 16, 16, 32, 72, 1, 0, ACTIVATION_RELU);
+                        pointwise_f32_tile6x16_avx2(x + next * 3584 + p * 16, expand_w + n * 16, expand_bias + n, NULL, chunk + p * 72 + n, 4, 16, 16, 32, 72, NULL, 16, 1, 0, ACTIVATION_RELU);
                     }
                     for (int p = 0; p < 224; p += 4) {
-                        pointwise_f32_tile6x16_avx2(x + next * 3584 + p * 16, expand_w + n * 16 + 16, expand_bias + n + 16, NULL, chunk + p * 72 + n + 16, 4, 16, 16, 32, 72, 1, 0, ACTIVATION_RELU);
+                        pointwise_f32_tile6x16_avx2(x + next * 3584 + p * 16, expand_w + n * 16 + 16, expand_bias + n + 16, NULL, chunk + p * 72 + n + 16, 4, 16, 16, 32, 72, NULL, 16, 1, 0, ACTIVATION_RELU);
                     }
                 }
                 for (int p = 0; p < 224; p += 4) {
-                    pointwise_f32_tile6x16_avx2(x + next * 3584 + p * 16, expand_w + 1024, expand_bias + 64, NULL, chunk + p * 72 + 64, 4, 8, 16, 8, 72, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile6x16_avx2(x + next * 3584 + p * 16, expand_w + 1024, expand_bias + 64, NULL, chunk + p * 72 + 64, 4, 8, 16, 8, 72, NULL, 16, 1, 0, ACTIVATION_RELU);
                 }
 #elif defined(KERNELS_VECTOR)
                 for (int n = 0; n < 64; n += 32) {
                     for (int p = 0; p < 224; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 3584 + p * 16, expand_w + n * 16, expand_bias + n, NULL, chunk + p * 72 + n, 4, 8, 16, 32, 72, 1, 0, ACTIVATION_RELU);
+                        pointwise_f32_tile6x8_vector(x + next * 3584 + p * 16, expand_w + n * 16, expand_bias + n, NULL, chunk + p * 72 + n, 4, 8, 16, 32, 72, NULL, 16, 1, 0, ACTIVATION_RELU);
                     }
                     for (int p = 0; p < 224; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 3584 + p * 16, expand_w + n * 16 + 8, expand_bias + n + 8, NULL, chunk + p * 72 + n + 8, 4, 8, 16, 32, 72, 1, 0, ACTIVATION_RELU);
+                        pointwise_f32_tile6x8_vector(x + next * 3584 + p * 16, expand_w + n * 16 + 8, expand_bias + n + 8, NULL, chunk + p * 72 + n + 8, 4, 8, 16, 32, 72, NULL, 16, 1, 0, ACTIVATION_RELU);
                     }
                     for (int p = 0; p < 224; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 3584 + p * 16, expand_w + n * 16 + 16, expand_bias + n + 16, NULL, chunk + p * 72 + n + 16, 4, 8, 16, 32, 72, 1, 0, ACTIVATION_RELU);
+                        pointwise_f32_tile6x8_vector(x + next * 3584 + p * 16, expand_w + n * 16 + 16, expand_bias + n + 16, NULL, chunk + p * 72 + n + 16, 4, 8, 16, 32, 72, NULL, 16, 1, 0, ACTIVATION_RELU);
                     }
                     for (int p = 0; p < 224; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 3584 + p * 16, expand_w + n * 16 + 24, expand_bias + n + 24, NULL, chunk + p * 72 + n + 24, 4, 8, 16, 32, 72, 1, 0, ACTIVATION_RELU);
+                        pointwise_f32_tile6x8_vector(x + next * 3584 + p * 16, expand_w + n * 16 + 24, expand_bias + n + 24, NULL, chunk + p * 72 + n + 24, 4, 8, 16, 32, 72, NULL, 16, 1, 0, ACTIVATION_RELU);
                     }
                 }
                 for (int p = 0; p < 224; p += 4) {
-                    pointwise_f32_tile6x8_vector(x + next * 3584 + p * 16, expand_w + 1024, expand_bias + 64, NULL, chunk + p * 72 + 64, 4, 8, 16, 8, 72, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile6x8_vector(x + next * 3584 + p * 16, expand_w + 1024, expand_bias + 64, NULL, chunk + p * 72 + 64, 4, 8, 16, 8, 72, NULL, 16, 1, 0, ACTIVATION_RELU);
                 }
 #else
                 for (int n = 0; n < 64; n += 32) {
                     for (int p = 0; p < 224; p += 4) {
-                        pointwise_f32_tile4x16_portable(x + next * 3584 + p * 16, expand_w + n * 16, expand_bias + n, NULL, chunk + p * 72 + n, 4, 16, 16, 32, 72, 1, 0, ACTIVATION_RELU);
+                        pointwise_f32_tile4x16_portable(x + next * 3584 + p * 16, expand_w + n * 16, expand_bias + n, NULL, chunk + p * 72 + n, 4, 16, 16, 32, 72, NULL, 16, 1, 0, ACTIVATION_RELU);
                     }
                     for (int p = 0; p < 224; p += 4) {
-                        pointwise_f32_tile4x16_portable(x + next * 3584 + p * 16, expand_w + n * 16 + 16, expand_bias + n + 16, NULL, chunk + p * 72 + n + 16, 4, 16, 16, 32, 72, 1, 0, ACTIVATION_RELU);
+                        pointwise_f32_tile4x16_portable(x + next * 3584 + p * 16, expand_w + n * 16 + 16, expand_bias + n + 16, NULL, chunk + p * 72 + n + 16, 4, 16, 16, 32, 72, NULL, 16, 1, 0, ACTIVATION_RELU);
                     }
                 }
                 for (int p = 0; p < 224; p += 4) {
-                    pointwise_f32_tile4x16_portable(x + next * 3584 + p * 16, expand_w + 1024, expand_bias + 64, NULL, chunk + p * 72 + 64, 4, 8, 16, 8, 72, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile4x16_portable(x + next * 3584 + p * 16, expand_w + 1024, expand_bias + 64, NULL, chunk + p * 72 + 64, 4, 8, 16, 8, 72, NULL, 16, 1, 0, ACTIVATION_RELU);
                 }
 #endif
             }
@@ -2402,33 +2655,35 @@ static void block_f32_56x56x16_to_28x28x24(const float *restrict x, const float 
                     depthwise3x3_s2_f32_block(rows, depthwise_w, depthwise_bias, NULL, band + r * 2016 + 1728, 72, 56, 47, 4, 0, ky0, ky1, 1, 0, ACTIVATION_RELU);
                 }
             }
+            int used_channels[72];
+            const int used_count = nonzero_channels_f32(band, 56, 72, used_channels);
 #if defined(KERNELS_AVX512)
             for (int p = 0; p < 56; p += 8) {
-                pointwise_f32_tile8x32_avx512(band + p * 72, project_w, project_bias, NULL, y + oy0 * 672 + p * 24, 8, 24, 72, 24, 24, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile8x32_avx512(band + p * 72, project_w, project_bias, NULL, y + oy0 * 672 + p * 24, 8, 24, 72, 24, 24, (used_count < 72 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
 #elif defined(KERNELS_AVX2)
             for (int p = 0; p < 56; p += 4) {
-                pointwise_f32_tile6x16_avx2(band + p * 72, project_w, project_bias, NULL, y + oy0 * 672 + p * 24, 4, 16, 72, 24, 24, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x16_avx2(band + p * 72, project_w, project_bias, NULL, y + oy0 * 672 + p * 24, 4, 16, 72, 24, 24, (used_count < 72 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
             for (int p = 0; p < 56; p += 4) {
-                pointwise_f32_tile6x16_avx2(band + p * 72, project_w + 16, project_bias + 16, NULL, y + oy0 * 672 + p * 24 + 16, 4, 8, 72, 24, 24, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x16_avx2(band + p * 72, project_w + 16, project_bias + 16, NULL, y + oy0 * 672 + p * 24 + 16, 4, 8, 72, 24, 24, (used_count < 72 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
 #elif defined(KERNELS_VECTOR)
             for (int p = 0; p < 56; p += 4) {
-                pointwise_f32_tile6x8_vector(band + p * 72, project_w, project_bias, NULL, y + oy0 * 672 + p * 24, 4, 8, 72, 24, 24, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x8_vector(band + p * 72, project_w, project_bias, NULL, y + oy0 * 672 + p * 24, 4, 8, 72, 24, 24, (used_count < 72 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
             for (int p = 0; p < 56; p += 4) {
-                pointwise_f32_tile6x8_vector(band + p * 72, project_w + 8, project_bias + 8, NULL, y + oy0 * 672 + p * 24 + 8, 4, 8, 72, 24, 24, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x8_vector(band + p * 72, project_w + 8, project_bias + 8, NULL, y + oy0 * 672 + p * 24 + 8, 4, 8, 72, 24, 24, (used_count < 72 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
             for (int p = 0; p < 56; p += 4) {
-                pointwise_f32_tile6x8_vector(band + p * 72, project_w + 16, project_bias + 16, NULL, y + oy0 * 672 + p * 24 + 16, 4, 8, 72, 24, 24, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x8_vector(band + p * 72, project_w + 16, project_bias + 16, NULL, y + oy0 * 672 + p * 24 + 16, 4, 8, 72, 24, 24, (used_count < 72 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
 #else
             for (int p = 0; p < 56; p += 4) {
-                pointwise_f32_tile4x16_portable(band + p * 72, project_w, project_bias, NULL, y + oy0 * 672 + p * 24, 4, 16, 72, 24, 24, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile4x16_portable(band + p * 72, project_w, project_bias, NULL, y + oy0 * 672 + p * 24, 4, 16, 72, 24, 24, (used_count < 72 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
             for (int p = 0; p < 56; p += 4) {
-                pointwise_f32_tile4x16_portable(band + p * 72, project_w + 16, project_bias + 16, NULL, y + oy0 * 672 + p * 24 + 16, 4, 8, 72, 24, 24, 1, 0, ACTIVATION_IDENTITY);
+                pointwise_f32_tile4x16_portable(band + p * 72, project_w + 16, project_bias + 16, NULL, y + oy0 * 672 + p * 24 + 16, 4, 8, 72, 24, 24, (used_count < 72 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
             }
 #endif
         }
@@ -3403,65 +3658,65 @@ static void block_f32_28x28x24_to_28x28x24_residual(const float *restrict x, con
 #if defined(KERNELS_AVX512)
                 for (int n = 0; n < 64; n += 32) {
                     for (int p = 0; p < 56; p += 8) {
-                        pointwise_f32_tile8x32_avx512(x + next * 1344 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 88 + n, 8, 32, 24, 32, 88, 1, 0, ACTIVATION_RELU);
+                        pointwise_f32_tile8x32_avx512(x + next * 1344 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 88 + n, 8, 32, 24, 32, 88, NULL, 24, 1, 0, ACTIVATION_RELU);
                     }
                 }
                 for (int p = 0; p < 56; p += 8) {
-                    pointwise_f32_tile8x32_avx512(x + next * 1344 + p * 24, expand_w + 1536, expand_bias + 64, NULL, chunk + p * 88 + 64, 8, 24, 24, 24, 88, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile8x32_avx512(x + next * 1344 + p * 24, expand_w + 1536, expand_bias + 64, NULL, chunk + p * 88 + 64, 8, 24, 24, 24, 88, NULL, 24, 1, 0, ACTIVATION_RELU);
                 }
 #elif defined(KERNELS_AVX2)
                 for (int n = 0; n < 64; n += 32) {
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x16_avx2(x + next * 1344 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 88 + n, 4, 16, 24, 32, 88, 1, 0, ACTIVATION_RELU);
+                        pointwise_f32_tile6x16_avx2(x + next * 1344 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 88 + n, 4, 16, 24, 32, 88, NULL, 24, 1, 0, ACTIVATION_RELU);
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x16_avx2(x + next * 1344 + p * 24, expand_w + n * 24 + 16, expand_bias + n + 16, NULL, chunk + p * 88 + n + 16, 4, 16, 24, 32, 88, 1, 0, ACTIVATION_RELU);
+                        pointwise_f32_tile6x16_avx2(x + next * 1344 + p * 24, expand_w + n * 24 + 16, expand_bias + n + 16, NULL, chunk + p * 88 + n + 16, 4, 16, 24, 32, 88, NULL, 24, 1, 0, ACTIVATION_RELU);
                     }
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x16_avx2(x + next * 1344 + p * 24, expand_w + 1536, expand_bias + 64, NULL, chunk + p * 88 + 64, 4, 16, 24, 24, 88, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile6x16_avx2(x + next * 1344 + p * 24, expand_w + 1536, expand_bias + 64, NULL, chunk + p * 88 + 64, 4, 16, 24, 24, 88, NULL, 24, 1, 0, ACTIVATION_RELU);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x16_avx2(x + next * 1344 + p * 24, expand_w + 1552, expand_bias + 80, NULL, chunk + p * 88 + 80, 4, 8, 24, 24, 88, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile6x16_avx2(x + next * 1344 + p * 24, expand_w + 1552, expand_bias + 80, NULL, chunk + p * 88 + 80, 4, 8, 24, 24, 88, NULL, 24, 1, 0, ACTIVATION_RELU);
                 }
 #elif defined(KERNELS_VECTOR)
                 for (int n = 0; n < 64; n += 32) {
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 1344 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 88 + n, 4, 8, 24, 32, 88, 1, 0, ACTIVATION_RELU);
+                        pointwise_f32_tile6x8_vector(x + next * 1344 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 88 + n, 4, 8, 24, 32, 88, NULL, 24, 1, 0, ACTIVATION_RELU);
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 1344 + p * 24, expand_w + n * 24 + 8, expand_bias + n + 8, NULL, chunk + p * 88 + n + 8, 4, 8, 24, 32, 88, 1, 0, ACTIVATION_RELU);
+                        pointwise_f32_tile6x8_vector(x + next * 1344 + p * 24, expand_w + n * 24 + 8, expand_bias + n + 8, NULL, chunk + p * 88 + n + 8, 4, 8, 24, 32, 88, NULL, 24, 1, 0, ACTIVATION_RELU);
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 1344 + p * 24, expand_w + n * 24 + 16, expand_bias + n + 16, NULL, chunk + p * 88 + n + 16, 4, 8, 24, 32, 88, 1, 0, ACTIVATION_RELU);
+                        pointwise_f32_tile6x8_vector(x + next * 1344 + p * 24, expand_w + n * 24 + 16, expand_bias + n + 16, NULL, chunk + p * 88 + n + 16, 4, 8, 24, 32, 88, NULL, 24, 1, 0, ACTIVATION_RELU);
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 1344 + p * 24, expand_w + n * 24 + 24, expand_bias + n + 24, NULL, chunk + p * 88 + n + 24, 4, 8, 24, 32, 88, 1, 0, ACTIVATION_RELU);
+                        pointwise_f32_tile6x8_vector(x + next * 1344 + p * 24, expand_w + n * 24 + 24, expand_bias + n + 24, NULL, chunk + p * 88 + n + 24, 4, 8, 24, 32, 88, NULL, 24, 1, 0, ACTIVATION_RELU);
                     }
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x8_vector(x + next * 1344 + p * 24, expand_w + 1536, expand_bias + 64, NULL, chunk + p * 88 + 64, 4, 8, 24, 24, 88, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile6x8_vector(x + next * 1344 + p * 24, expand_w + 1536, expand_bias + 64, NULL, chunk + p * 88 + 64, 4, 8, 24, 24, 88, NULL, 24, 1, 0, ACTIVATION_RELU);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x8_vector(x + next * 1344 + p * 24, expand_w + 1544, expand_bias + 72, NULL, chunk + p * 88 + 72, 4, 8, 24, 24, 88, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile6x8_vector(x + next * 1344 + p * 24, expand_w + 1544, expand_bias + 72, NULL, chunk + p * 88 + 72, 4, 8, 24, 24, 88, NULL, 24, 1, 0, ACTIVATION_RELU);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x8_vector(x + next * 1344 + p * 24, expand_w + 1552, expand_bias + 80, NULL, chunk + p * 88 + 80, 4, 8, 24, 24, 88, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile6x8_vector(x + next * 1344 + p * 24, expand_w + 1552, expand_bias + 80, NULL, chunk + p * 88 + 80, 4, 8, 24, 24, 88, NULL, 24, 1, 0, ACTIVATION_RELU);
                 }
 #else
                 for (int n = 0; n < 64; n += 32) {
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile4x16_portable(x + next * 1344 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 88 + n, 4, 16, 24, 32, 88, 1, 0, ACTIVATION_RELU);
+                        pointwise_f32_tile4x16_portable(x + next * 1344 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 88 + n, 4, 16, 24, 32, 88, NULL, 24, 1, 0, ACTIVATION_RELU);
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile4x16_portable(x + next * 1344 + p * 24, expand_w + n * 24 + 16, expand_bias + n + 16, NULL, chunk + p * 88 + n + 16, 4, 16, 24, 32, 88, 1, 0, ACTIVATION_RELU);
+                        pointwise_f32_tile4x16_portable(x + next * 1344 + p * 24, expand_w + n * 24 + 16, expand_bias + n + 16, NULL, chunk + p * 88 + n + 16, 4, 16, 24, 32, 88, NULL, 24, 1, 0, ACTIVATION_RELU);
                     }
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile4x16_portable(x + next * 1344 + p * 24, expand_w + 1536, expand_bias + 64, NULL, chunk + p * 88 + 64, 4, 16, 24, 24, 88, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile4x16_portable(x + next * 1344 + p * 24, expand_w + 1536, expand_bias + 64, NULL, chunk + p * 88 + 64, 4, 16, 24, 24, 88, NULL, 24, 1, 0, ACTIVATION_RELU);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile4x16_portable(x + next * 1344 + p * 24, expand_w + 1552, expand_bias + 80, NULL, chunk + p * 88 + 80, 4, 8, 24, 24, 88, 1, 0, ACTIVATION_RELU);
+                    pointwise_f32_tile4x16_portable(x + next * 1344 + p * 24, expand_w + 1552, expand_bias + 80, NULL, chunk + p * 88 + 80, 4, 8, 24, 24, 88, NULL, 24, 1, 0, ACTIVATION_RELU);
                 }
 #endif
             }
@@ -3487,33 +3742,35 @@ static void block_f32_28x28x24_to_28x28x24_residual(const float *restrict x, con
                     depthwise3x3_s1_f32_block(rows, depthwise_w, depthwise_bias, NULL, band + r * 2464 + 2112, 88, 28, 23, 4, 1, ky0, ky1, 1, 0, ACTIVATION_RELU);
                 }
             }
+            int used_channels[88];
+            const int used_count = nonzero_channels_f32(band, 56, 88, used_channels);
 #if defined(KERNELS_AVX512)
             for (int p = 0; p < 56; p += 8) {
-                pointwise_f32_tile8x32_avx512(band + p * 88, project_w, project_bias, residual + oy0 * 672 + p * 24, y + oy0 * 672 + p * 24, 8, 24, 88, 24, 24, 1, 1, ACTIVATION_IDENTITY);
+                pointwise_f32_tile8x32_avx512(band + p * 88, project_w, project_bias, residual + oy0 * 672 + p * 24, y + oy0 * 672 + p * 24, 8, 24, 88, 24, 24, (used_count < 88 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             }
 #elif defined(KERNELS_AVX2)
             for (int p = 0; p < 56; p += 4) {
-                pointwise_f32_tile6x16_avx2(band + p * 88, project_w, project_bias, residual + oy0 * 672 + p * 24, y + oy0 * 672 + p * 24, 4, 16, 88, 24, 24, 1, 1, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x16_avx2(band + p * 88, project_w, project_bias, residual + oy0 * 672 + p * 24, y + oy0 * 672 + p * 24, 4, 16, 88, 24, 24, (used_count < 88 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             }
             for (int p = 0; p < 56; p += 4) {
-                pointwise_f32_tile6x16_avx2(band + p * 88, project_w + 16, project_bias + 16, residual + oy0 * 672 + p * 24 + 16, y + oy0 * 672 + p * 24 + 16, 4, 8, 88, 24, 24, 1, 1, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x16_avx2(band + p * 88, project_w + 16, project_bias + 16, residual + oy0 * 672 + p * 24 + 16, y + oy0 * 672 + p * 24 + 16, 4, 8, 88, 24, 24, (used_count < 88 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             }
 #elif defined(KERNELS_VECTOR)
             for (int p = 0; p < 56; p += 4) {
-                pointwise_f32_tile6x8_vector(band + p * 88, project_w, project_bias, residual + oy0 * 672 + p * 24, y + oy0 * 672 + p * 24, 4, 8, 88, 24, 24, 1, 1, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x8_vector(band + p * 88, project_w, project_bias, residual + oy0 * 672 + p * 24, y + oy0 * 672 + p * 24, 4, 8, 88, 24, 24, (used_count < 88 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             }
             for (int p = 0; p < 56; p += 4) {
-                pointwise_f32_tile6x8_vector(band + p * 88, project_w + 8, project_bias + 8, residual + oy0 * 672 + p * 24 + 8, y + oy0 * 672 + p * 24 + 8, 4, 8, 88, 24, 24, 1, 1, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x8_vector(band + p * 88, project_w + 8, project_bias + 8, residual + oy0 * 672 + p * 24 + 8, y + oy0 * 672 + p * 24 + 8, 4, 8, 88, 24, 24, (used_count < 88 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             }
             for (int p = 0; p < 56; p += 4) {
-                pointwise_f32_tile6x8_vector(band + p * 88, project_w + 16, project_bias + 16, residual + oy0 * 672 + p * 24 + 16, y + oy0 * 672 + p * 24 + 16, 4, 8, 88, 24, 24, 1, 1, ACTIVATION_IDENTITY);
+                pointwise_f32_tile6x8_vector(band + p * 88, project_w + 16, project_bias + 16, residual + oy0 * 672 + p * 24 + 16, y + oy0 * 672 + p * 24 + 16, 4, 8, 88, 24, 24, (used_count < 88 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             }
 #else
             for (int p = 0; p < 56; p += 4) {
-                pointwise_f32_tile4x16_portable(band + p * 88, project_w, project_bias, residual + oy0 * 672 + p * 24, y + oy0 * 672 + p * 24, 4, 16, 88, 24, 24, 1, 1, ACTIVATION_IDENTITY);
+                pointwise_f32_tile4x16_portable(band + p * 88, project_w, project_bias, residual + oy0 * 672 + p * 24, y + oy0 * 672 + p * 24, 4, 16, 88, 24, 24, (used_count < 88 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             }
             for (int p = 0; p < 56; p += 4) {
-                pointwise_f32_tile4x16_portable(band + p * 88, project_w + 16, project_bias + 16, residual + oy0 * 672 + p * 24 + 16, y + oy0 * 672 + p * 24 + 16, 4, 8, 88, 24, 24, 1, 1, ACTIVATION_IDENTITY);
+                pointwise_f32_tile4x16_portable(band + p * 88, project_w + 16, project_bias + 16, residual + oy0 * 672 + p * 24 + 16, y + oy0 * 672 + p * 24 + 16, 4, 8, 88, 24, 24, (used_count < 88 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
             }
 #endif
         }
@@ -5874,40 +6131,40 @@ static void block_f32_28x28x24_to_14x14x40(const float *restrict x, const float 
 #if defined(KERNELS_AVX512)
                     for (int n = 0; n < 96; n += 32) {
                         for (int p = 0; p < 224; p += 8) {
-                            pointwise_f32_tile8x32_avx512(x + next * 5376 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 96 + n, 8, 32, 24, 32, 96, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile8x32_avx512(x + next * 5376 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 96 + n, 8, 32, 24, 32, 96, NULL, 24, 1, 0, ACTIVATION_HARDSWISH);
                         }
                     }
 #elif defined(KERNELS_AVX2)
                     for (int n = 0; n < 96; n += 32) {
                         for (int p = 0; p < 224; p += 4) {
-                            pointwise_f32_tile6x16_avx2(x + next * 5376 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 96 + n, 4, 16, 24, 32, 96, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile6x16_avx2(x + next * 5376 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 96 + n, 4, 16, 24, 32, 96, NULL, 24, 1, 0, ACTIVATION_HARDSWISH);
                         }
                         for (int p = 0; p < 224; p += 4) {
-                            pointwise_f32_tile6x16_avx2(x + next * 5376 + p * 24, expand_w + n * 24 + 16, expand_bias + n + 16, NULL, chunk + p * 96 + n + 16, 4, 16, 24, 32, 96, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile6x16_avx2(x + next * 5376 + p * 24, expand_w + n * 24 + 16, expand_bias + n + 16, NULL, chunk + p * 96 + n + 16, 4, 16, 24, 32, 96, NULL, 24, 1, 0, ACTIVATION_HARDSWISH);
                         }
                     }
 #elif defined(KERNELS_VECTOR)
                     for (int n = 0; n < 96; n += 32) {
                         for (int p = 0; p < 224; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 5376 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 96 + n, 4, 8, 24, 32, 96, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile6x8_vector(x + next * 5376 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 96 + n, 4, 8, 24, 32, 96, NULL, 24, 1, 0, ACTIVATION_HARDSWISH);
                         }
                         for (int p = 0; p < 224; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 5376 + p * 24, expand_w + n * 24 + 8, expand_bias + n + 8, NULL, chunk + p * 96 + n + 8, 4, 8, 24, 32, 96, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile6x8_vector(x + next * 5376 + p * 24, expand_w + n * 24 + 8, expand_bias + n + 8, NULL, chunk + p * 96 + n + 8, 4, 8, 24, 32, 96, NULL, 24, 1, 0, ACTIVATION_HARDSWISH);
                         }
                         for (int p = 0; p < 224; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 5376 + p * 24, expand_w + n * 24 + 16, expand_bias + n + 16, NULL, chunk + p * 96 + n + 16, 4, 8, 24, 32, 96, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile6x8_vector(x + next * 5376 + p * 24, expand_w + n * 24 + 16, expand_bias + n + 16, NULL, chunk + p * 96 + n + 16, 4, 8, 24, 32, 96, NULL, 24, 1, 0, ACTIVATION_HARDSWISH);
                         }
                         for (int p = 0; p < 224; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 5376 + p * 24, expand_w + n * 24 + 24, expand_bias + n + 24, NULL, chunk + p * 96 + n + 24, 4, 8, 24, 32, 96, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile6x8_vector(x + next * 5376 + p * 24, expand_w + n * 24 + 24, expand_bias + n + 24, NULL, chunk + p * 96 + n + 24, 4, 8, 24, 32, 96, NULL, 24, 1, 0, ACTIVATION_HARDSWISH);
                         }
                     }
 #else
                     for (int n = 0; n < 96; n += 32) {
                         for (int p = 0; p < 224; p += 4) {
-                            pointwise_f32_tile4x16_portable(x + next * 5376 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 96 + n, 4, 16, 24, 32, 96, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile4x16_portable(x + next * 5376 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 96 + n, 4, 16, 24, 32, 96, NULL, 24, 1, 0, ACTIVATION_HARDSWISH);
                         }
                         for (int p = 0; p < 224; p += 4) {
-                            pointwise_f32_tile4x16_portable(x + next * 5376 + p * 24, expand_w + n * 24 + 16, expand_bias + n + 16, NULL, chunk + p * 96 + n + 16, 4, 16, 24, 32, 96, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile4x16_portable(x + next * 5376 + p * 24, expand_w + n * 24 + 16, expand_bias + n + 16, NULL, chunk + p * 96 + n + 16, 4, 16, 24, 32, 96, NULL, 24, 1, 0, ACTIVATION_HARDSWISH);
                         }
                     }
 #endif
@@ -5915,40 +6172,40 @@ static void block_f32_28x28x24_to_14x14x40(const float *restrict x, const float 
 #if defined(KERNELS_AVX512)
                     for (int n = 0; n < 96; n += 32) {
                         for (int p = 0; p < 112; p += 8) {
-                            pointwise_f32_tile8x32_avx512(x + next * 5376 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 96 + n, 8, 32, 24, 32, 96, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile8x32_avx512(x + next * 5376 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 96 + n, 8, 32, 24, 32, 96, NULL, 24, 1, 0, ACTIVATION_HARDSWISH);
                         }
                     }
 #elif defined(KERNELS_AVX2)
                     for (int n = 0; n < 96; n += 32) {
                         for (int p = 0; p < 112; p += 4) {
-                            pointwise_f32_tile6x16_avx2(x + next * 5376 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 96 + n, 4, 16, 24, 32, 96, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile6x16_avx2(x + next * 5376 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 96 + n, 4, 16, 24, 32, 96, NULL, 24, 1, 0, ACTIVATION_HARDSWISH);
                         }
                         for (int p = 0; p < 112; p += 4) {
-                            pointwise_f32_tile6x16_avx2(x + next * 5376 + p * 24, expand_w + n * 24 + 16, expand_bias + n + 16, NULL, chunk + p * 96 + n + 16, 4, 16, 24, 32, 96, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile6x16_avx2(x + next * 5376 + p * 24, expand_w + n * 24 + 16, expand_bias + n + 16, NULL, chunk + p * 96 + n + 16, 4, 16, 24, 32, 96, NULL, 24, 1, 0, ACTIVATION_HARDSWISH);
                         }
                     }
 #elif defined(KERNELS_VECTOR)
                     for (int n = 0; n < 96; n += 32) {
                         for (int p = 0; p < 112; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 5376 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 96 + n, 4, 8, 24, 32, 96, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile6x8_vector(x + next * 5376 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 96 + n, 4, 8, 24, 32, 96, NULL, 24, 1, 0, ACTIVATION_HARDSWISH);
                         }
                         for (int p = 0; p < 112; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 5376 + p * 24, expand_w + n * 24 + 8, expand_bias + n + 8, NULL, chunk + p * 96 + n + 8, 4, 8, 24, 32, 96, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile6x8_vector(x + next * 5376 + p * 24, expand_w + n * 24 + 8, expand_bias + n + 8, NULL, chunk + p * 96 + n + 8, 4, 8, 24, 32, 96, NULL, 24, 1, 0, ACTIVATION_HARDSWISH);
                         }
                         for (int p = 0; p < 112; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 5376 + p * 24, expand_w + n * 24 + 16, expand_bias + n + 16, NULL, chunk + p * 96 + n + 16, 4, 8, 24, 32, 96, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile6x8_vector(x + next * 5376 + p * 24, expand_w + n * 24 + 16, expand_bias + n + 16, NULL, chunk + p * 96 + n + 16, 4, 8, 24, 32, 96, NULL, 24, 1, 0, ACTIVATION_HARDSWISH);
                         }
                         for (int p = 0; p < 112; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 5376 + p * 24, expand_w + n * 24 + 24, expand_bias + n + 24, NULL, chunk + p * 96 + n + 24, 4, 8, 24, 32, 96, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile6x8_vector(x + next * 5376 + p * 24, expand_w + n * 24 + 24, expand_bias + n + 24, NULL, chunk + p * 96 + n + 24, 4, 8, 24, 32, 96, NULL, 24, 1, 0, ACTIVATION_HARDSWISH);
                         }
                     }
 #else
                     for (int n = 0; n < 96; n += 32) {
                         for (int p = 0; p < 112; p += 4) {
-                            pointwise_f32_tile4x16_portable(x + next * 5376 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 96 + n, 4, 16, 24, 32, 96, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile4x16_portable(x + next * 5376 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 96 + n, 4, 16, 24, 32, 96, NULL, 24, 1, 0, ACTIVATION_HARDSWISH);
                         }
                         for (int p = 0; p < 112; p += 4) {
-                            pointwise_f32_tile4x16_portable(x + next * 5376 + p * 24, expand_w + n * 24 + 16, expand_bias + n + 16, NULL, chunk + p * 96 + n + 16, 4, 16, 24, 32, 96, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile4x16_portable(x + next * 5376 + p * 24, expand_w + n * 24 + 16, expand_bias + n + 16, NULL, chunk + p * 96 + n + 16, 4, 16, 24, 32, 96, NULL, 24, 1, 0, ACTIVATION_HARDSWISH);
                         }
                     }
 #endif
@@ -5987,40 +6244,40 @@ static void block_f32_28x28x24_to_14x14x40(const float *restrict x, const float 
 #if defined(KERNELS_AVX512)
                 for (int n = 0; n < 96; n += 32) {
                     for (int p = 0; p < 224; p += 8) {
-                        pointwise_f32_tile8x32_avx512(x + next * 5376 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 96 + n, 8, 32, 24, 32, 96, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile8x32_avx512(x + next * 5376 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 96 + n, 8, 32, 24, 32, 96, NULL, 24, 1, 0, ACTIVATION_HARDSWISH);
                     }
                 }
 #elif defined(KERNELS_AVX2)
                 for (int n = 0; n < 96; n += 32) {
                     for (int p = 0; p < 224; p += 4) {
-                        pointwise_f32_tile6x16_avx2(x + next * 5376 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 96 + n, 4, 16, 24, 32, 96, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x16_avx2(x + next * 5376 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 96 + n, 4, 16, 24, 32, 96, NULL, 24, 1, 0, ACTIVATION_HARDSWISH);
                     }
                     for (int p = 0; p < 224; p += 4) {
-                        pointwise_f32_tile6x16_avx2(x + next * 5376 + p * 24, expand_w + n * 24 + 16, expand_bias + n + 16, NULL, chunk + p * 96 + n + 16, 4, 16, 24, 32, 96, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x16_avx2(x + next * 5376 + p * 24, expand_w + n * 24 + 16, expand_bias + n + 16, NULL, chunk + p * 96 + n + 16, 4, 16, 24, 32, 96, NULL, 24, 1, 0, ACTIVATION_HARDSWISH);
                     }
                 }
 #elif defined(KERNELS_VECTOR)
                 for (int n = 0; n < 96; n += 32) {
                     for (int p = 0; p < 224; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 5376 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 96 + n, 4, 8, 24, 32, 96, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x8_vector(x + next * 5376 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 96 + n, 4, 8, 24, 32, 96, NULL, 24, 1, 0, ACTIVATION_HARDSWISH);
                     }
                     for (int p = 0; p < 224; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 5376 + p * 24, expand_w + n * 24 + 8, expand_bias + n + 8, NULL, chunk + p * 96 + n + 8, 4, 8, 24, 32, 96, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x8_vector(x + next * 5376 + p * 24, expand_w + n * 24 + 8, expand_bias + n + 8, NULL, chunk + p * 96 + n + 8, 4, 8, 24, 32, 96, NULL, 24, 1, 0, ACTIVATION_HARDSWISH);
                     }
                     for (int p = 0; p < 224; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 5376 + p * 24, expand_w + n * 24 + 16, expand_bias + n + 16, NULL, chunk + p * 96 + n + 16, 4, 8, 24, 32, 96, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x8_vector(x + next * 5376 + p * 24, expand_w + n * 24 + 16, expand_bias + n + 16, NULL, chunk + p * 96 + n + 16, 4, 8, 24, 32, 96, NULL, 24, 1, 0, ACTIVATION_HARDSWISH);
                     }
                     for (int p = 0; p < 224; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 5376 + p * 24, expand_w + n * 24 + 24, expand_bias + n + 24, NULL, chunk + p * 96 + n + 24, 4, 8, 24, 32, 96, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x8_vector(x + next * 5376 + p * 24, expand_w + n * 24 + 24, expand_bias + n + 24, NULL, chunk + p * 96 + n + 24, 4, 8, 24, 32, 96, NULL, 24, 1, 0, ACTIVATION_HARDSWISH);
                     }
                 }
 #else
                 for (int n = 0; n < 96; n += 32) {
                     for (int p = 0; p < 224; p += 4) {
-                        pointwise_f32_tile4x16_portable(x + next * 5376 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 96 + n, 4, 16, 24, 32, 96, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile4x16_portable(x + next * 5376 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 96 + n, 4, 16, 24, 32, 96, NULL, 24, 1, 0, ACTIVATION_HARDSWISH);
                     }
                     for (int p = 0; p < 224; p += 4) {
-                        pointwise_f32_tile4x16_portable(x + next * 5376 + p * 24, expand_w + n * 24 + 16, expand_bias + n + 16, NULL, chunk + p * 96 + n + 16, 4, 16, 24, 32, 96, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile4x16_portable(x + next * 5376 + p * 24, expand_w + n * 24 + 16, expand_bias + n + 16, NULL, chunk + p * 96 + n + 16, 4, 16, 24, 32, 96, NULL, 24, 1, 0, ACTIVATION_HARDSWISH);
                     }
                 }
 #endif
@@ -6028,40 +6285,40 @@ static void block_f32_28x28x24_to_14x14x40(const float *restrict x, const float 
 #if defined(KERNELS_AVX512)
                 for (int n = 0; n < 96; n += 32) {
                     for (int p = 0; p < 112; p += 8) {
-                        pointwise_f32_tile8x32_avx512(x + next * 5376 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 96 + n, 8, 32, 24, 32, 96, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile8x32_avx512(x + next * 5376 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 96 + n, 8, 32, 24, 32, 96, NULL, 24, 1, 0, ACTIVATION_HARDSWISH);
                     }
                 }
 #elif defined(KERNELS_AVX2)
                 for (int n = 0; n < 96; n += 32) {
                     for (int p = 0; p < 112; p += 4) {
-                        pointwise_f32_tile6x16_avx2(x + next * 5376 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 96 + n, 4, 16, 24, 32, 96, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x16_avx2(x + next * 5376 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 96 + n, 4, 16, 24, 32, 96, NULL, 24, 1, 0, ACTIVATION_HARDSWISH);
                     }
                     for (int p = 0; p < 112; p += 4) {
-                        pointwise_f32_tile6x16_avx2(x + next * 5376 + p * 24, expand_w + n * 24 + 16, expand_bias + n + 16, NULL, chunk + p * 96 + n + 16, 4, 16, 24, 32, 96, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x16_avx2(x + next * 5376 + p * 24, expand_w + n * 24 + 16, expand_bias + n + 16, NULL, chunk + p * 96 + n + 16, 4, 16, 24, 32, 96, NULL, 24, 1, 0, ACTIVATION_HARDSWISH);
                     }
                 }
 #elif defined(KERNELS_VECTOR)
                 for (int n = 0; n < 96; n += 32) {
                     for (int p = 0; p < 112; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 5376 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 96 + n, 4, 8, 24, 32, 96, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x8_vector(x + next * 5376 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 96 + n, 4, 8, 24, 32, 96, NULL, 24, 1, 0, ACTIVATION_HARDSWISH);
                     }
                     for (int p = 0; p < 112; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 5376 + p * 24, expand_w + n * 24 + 8, expand_bias + n + 8, NULL, chunk + p * 96 + n + 8, 4, 8, 24, 32, 96, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x8_vector(x + next * 5376 + p * 24, expand_w + n * 24 + 8, expand_bias + n + 8, NULL, chunk + p * 96 + n + 8, 4, 8, 24, 32, 96, NULL, 24, 1, 0, ACTIVATION_HARDSWISH);
                     }
                     for (int p = 0; p < 112; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 5376 + p * 24, expand_w + n * 24 + 16, expand_bias + n + 16, NULL, chunk + p * 96 + n + 16, 4, 8, 24, 32, 96, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x8_vector(x + next * 5376 + p * 24, expand_w + n * 24 + 16, expand_bias + n + 16, NULL, chunk + p * 96 + n + 16, 4, 8, 24, 32, 96, NULL, 24, 1, 0, ACTIVATION_HARDSWISH);
                     }
                     for (int p = 0; p < 112; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 5376 + p * 24, expand_w + n * 24 + 24, expand_bias + n + 24, NULL, chunk + p * 96 + n + 24, 4, 8, 24, 32, 96, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x8_vector(x + next * 5376 + p * 24, expand_w + n * 24 + 24, expand_bias + n + 24, NULL, chunk + p * 96 + n + 24, 4, 8, 24, 32, 96, NULL, 24, 1, 0, ACTIVATION_HARDSWISH);
                     }
                 }
 #else
                 for (int n = 0; n < 96; n += 32) {
                     for (int p = 0; p < 112; p += 4) {
-                        pointwise_f32_tile4x16_portable(x + next * 5376 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 96 + n, 4, 16, 24, 32, 96, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile4x16_portable(x + next * 5376 + p * 24, expand_w + n * 24, expand_bias + n, NULL, chunk + p * 96 + n, 4, 16, 24, 32, 96, NULL, 24, 1, 0, ACTIVATION_HARDSWISH);
                     }
                     for (int p = 0; p < 112; p += 4) {
-                        pointwise_f32_tile4x16_portable(x + next * 5376 + p * 24, expand_w + n * 24 + 16, expand_bias + n + 16, NULL, chunk + p * 96 + n + 16, 4, 16, 24, 32, 96, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile4x16_portable(x + next * 5376 + p * 24, expand_w + n * 24 + 16, expand_bias + n + 16, NULL, chunk + p * 96 + n + 16, 4, 16, 24, 32, 96, NULL, 24, 1, 0, ACTIVATION_HARDSWISH);
                     }
                 }
 #endif
@@ -6108,48 +6365,50 @@ static void block_f32_28x28x24_to_14x14x40(const float *restrict x, const float 
             scaled[k * 8 + j + 3072] = project_w[k * 8 + j + 3072] * gate[k];
         }
     }
+    int used_channels[96];
+    const int used_count = nonzero_channels_f32(band, 196, 96, used_channels);
 #if defined(KERNELS_AVX512)
     for (int p = 0; p < 196; p += 7) {
-        pointwise_f32_tile8x32_avx512(band + p * 96, scaled, project_bias, NULL, y + p * 40, 7, 32, 96, 32, 40, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile8x32_avx512(band + p * 96, scaled, project_bias, NULL, y + p * 40, 7, 32, 96, 32, 40, (used_count < 96 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
     }
     for (int p = 0; p < 196; p += 7) {
-        pointwise_f32_tile8x32_avx512(band + p * 96, scaled + 3072, project_bias + 32, NULL, y + p * 40 + 32, 7, 8, 96, 8, 40, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile8x32_avx512(band + p * 96, scaled + 3072, project_bias + 32, NULL, y + p * 40 + 32, 7, 8, 96, 8, 40, (used_count < 96 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_AVX2)
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile6x16_avx2(band + p * 96, scaled, project_bias, NULL, y + p * 40, 4, 16, 96, 32, 40, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x16_avx2(band + p * 96, scaled, project_bias, NULL, y + p * 40, 4, 16, 96, 32, 40, (used_count < 96 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
     }
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile6x16_avx2(band + p * 96, scaled + 16, project_bias + 16, NULL, y + p * 40 + 16, 4, 16, 96, 32, 40, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x16_avx2(band + p * 96, scaled + 16, project_bias + 16, NULL, y + p * 40 + 16, 4, 16, 96, 32, 40, (used_count < 96 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
     }
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile6x16_avx2(band + p * 96, scaled + 3072, project_bias + 32, NULL, y + p * 40 + 32, 4, 8, 96, 8, 40, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x16_avx2(band + p * 96, scaled + 3072, project_bias + 32, NULL, y + p * 40 + 32, 4, 8, 96, 8, 40, (used_count < 96 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile6x8_vector(band + p * 96, scaled, project_bias, NULL, y + p * 40, 4, 8, 96, 32, 40, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x8_vector(band + p * 96, scaled, project_bias, NULL, y + p * 40, 4, 8, 96, 32, 40, (used_count < 96 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
     }
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile6x8_vector(band + p * 96, scaled + 8, project_bias + 8, NULL, y + p * 40 + 8, 4, 8, 96, 32, 40, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x8_vector(band + p * 96, scaled + 8, project_bias + 8, NULL, y + p * 40 + 8, 4, 8, 96, 32, 40, (used_count < 96 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
     }
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile6x8_vector(band + p * 96, scaled + 16, project_bias + 16, NULL, y + p * 40 + 16, 4, 8, 96, 32, 40, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x8_vector(band + p * 96, scaled + 16, project_bias + 16, NULL, y + p * 40 + 16, 4, 8, 96, 32, 40, (used_count < 96 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
     }
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile6x8_vector(band + p * 96, scaled + 24, project_bias + 24, NULL, y + p * 40 + 24, 4, 8, 96, 32, 40, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x8_vector(band + p * 96, scaled + 24, project_bias + 24, NULL, y + p * 40 + 24, 4, 8, 96, 32, 40, (used_count < 96 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
     }
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile6x8_vector(band + p * 96, scaled + 3072, project_bias + 32, NULL, y + p * 40 + 32, 4, 8, 96, 8, 40, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x8_vector(band + p * 96, scaled + 3072, project_bias + 32, NULL, y + p * 40 + 32, 4, 8, 96, 8, 40, (used_count < 96 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
     }
 #else
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile4x16_portable(band + p * 96, scaled, project_bias, NULL, y + p * 40, 4, 16, 96, 32, 40, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile4x16_portable(band + p * 96, scaled, project_bias, NULL, y + p * 40, 4, 16, 96, 32, 40, (used_count < 96 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
     }
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile4x16_portable(band + p * 96, scaled + 16, project_bias + 16, NULL, y + p * 40 + 16, 4, 16, 96, 32, 40, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile4x16_portable(band + p * 96, scaled + 16, project_bias + 16, NULL, y + p * 40 + 16, 4, 16, 96, 32, 40, (used_count < 96 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
     }
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile4x16_portable(band + p * 96, scaled + 3072, project_bias + 32, NULL, y + p * 40 + 32, 4, 8, 96, 8, 40, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile4x16_portable(band + p * 96, scaled + 3072, project_bias + 32, NULL, y + p * 40 + 32, 4, 8, 96, 8, 40, (used_count < 96 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
     }
 #endif
 }
@@ -8091,112 +8350,112 @@ static void block_f32_14x14x40_to_14x14x40_residual(const float *restrict x, con
 #if defined(KERNELS_AVX512)
                     for (int n = 0; n < 224; n += 32) {
                         for (int p = 0; p < 56; p += 8) {
-                            pointwise_f32_tile8x32_avx512(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 240 + n, 8, 32, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile8x32_avx512(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 240 + n, 8, 32, 40, 32, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                         }
                     }
                     for (int p = 0; p < 56; p += 8) {
-                        pointwise_f32_tile8x32_avx512(x + next * 2240 + p * 40, expand_w + 8960, expand_bias + 224, NULL, chunk + p * 240 + 224, 8, 16, 40, 16, 240, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile8x32_avx512(x + next * 2240 + p * 40, expand_w + 8960, expand_bias + 224, NULL, chunk + p * 240 + 224, 8, 16, 40, 16, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
 #elif defined(KERNELS_AVX2)
                     for (int n = 0; n < 224; n += 32) {
                         for (int p = 0; p < 56; p += 4) {
-                            pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 240 + n, 4, 16, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 240 + n, 4, 16, 40, 32, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                         }
                         for (int p = 0; p < 56; p += 4) {
-                            pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + n * 40 + 16, expand_bias + n + 16, NULL, chunk + p * 240 + n + 16, 4, 16, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + n * 40 + 16, expand_bias + n + 16, NULL, chunk + p * 240 + n + 16, 4, 16, 40, 32, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                         }
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + 8960, expand_bias + 224, NULL, chunk + p * 240 + 224, 4, 16, 40, 16, 240, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + 8960, expand_bias + 224, NULL, chunk + p * 240 + 224, 4, 16, 40, 16, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
 #elif defined(KERNELS_VECTOR)
                     for (int n = 0; n < 224; n += 32) {
                         for (int p = 0; p < 56; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 240 + n, 4, 8, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 240 + n, 4, 8, 40, 32, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                         }
                         for (int p = 0; p < 56; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40 + 8, expand_bias + n + 8, NULL, chunk + p * 240 + n + 8, 4, 8, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40 + 8, expand_bias + n + 8, NULL, chunk + p * 240 + n + 8, 4, 8, 40, 32, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                         }
                         for (int p = 0; p < 56; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40 + 16, expand_bias + n + 16, NULL, chunk + p * 240 + n + 16, 4, 8, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40 + 16, expand_bias + n + 16, NULL, chunk + p * 240 + n + 16, 4, 8, 40, 32, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                         }
                         for (int p = 0; p < 56; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40 + 24, expand_bias + n + 24, NULL, chunk + p * 240 + n + 24, 4, 8, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40 + 24, expand_bias + n + 24, NULL, chunk + p * 240 + n + 24, 4, 8, 40, 32, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                         }
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + 8960, expand_bias + 224, NULL, chunk + p * 240 + 224, 4, 8, 40, 16, 240, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + 8960, expand_bias + 224, NULL, chunk + p * 240 + 224, 4, 8, 40, 16, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + 8968, expand_bias + 232, NULL, chunk + p * 240 + 232, 4, 8, 40, 16, 240, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + 8968, expand_bias + 232, NULL, chunk + p * 240 + 232, 4, 8, 40, 16, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
 #else
                     for (int n = 0; n < 224; n += 32) {
                         for (int p = 0; p < 56; p += 4) {
-                            pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 240 + n, 4, 16, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 240 + n, 4, 16, 40, 32, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                         }
                         for (int p = 0; p < 56; p += 4) {
-                            pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + n * 40 + 16, expand_bias + n + 16, NULL, chunk + p * 240 + n + 16, 4, 16, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + n * 40 + 16, expand_bias + n + 16, NULL, chunk + p * 240 + n + 16, 4, 16, 40, 32, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                         }
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + 8960, expand_bias + 224, NULL, chunk + p * 240 + 224, 4, 16, 40, 16, 240, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + 8960, expand_bias + 224, NULL, chunk + p * 240 + 224, 4, 16, 40, 16, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
 #endif
                 } else {
 #if defined(KERNELS_AVX512)
                     for (int n = 0; n < 224; n += 32) {
                         for (int p = 0; p < 28; p += 7) {
-                            pointwise_f32_tile8x32_avx512(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 240 + n, 7, 32, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile8x32_avx512(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 240 + n, 7, 32, 40, 32, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                         }
                     }
                     for (int p = 0; p < 28; p += 7) {
-                        pointwise_f32_tile8x32_avx512(x + next * 2240 + p * 40, expand_w + 8960, expand_bias + 224, NULL, chunk + p * 240 + 224, 7, 16, 40, 16, 240, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile8x32_avx512(x + next * 2240 + p * 40, expand_w + 8960, expand_bias + 224, NULL, chunk + p * 240 + 224, 7, 16, 40, 16, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
 #elif defined(KERNELS_AVX2)
                     for (int n = 0; n < 224; n += 32) {
                         for (int p = 0; p < 28; p += 4) {
-                            pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 240 + n, 4, 16, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 240 + n, 4, 16, 40, 32, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                         }
                         for (int p = 0; p < 28; p += 4) {
-                            pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + n * 40 + 16, expand_bias + n + 16, NULL, chunk + p * 240 + n + 16, 4, 16, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + n * 40 + 16, expand_bias + n + 16, NULL, chunk + p * 240 + n + 16, 4, 16, 40, 32, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                         }
                     }
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + 8960, expand_bias + 224, NULL, chunk + p * 240 + 224, 4, 16, 40, 16, 240, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + 8960, expand_bias + 224, NULL, chunk + p * 240 + 224, 4, 16, 40, 16, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
 #elif defined(KERNELS_VECTOR)
                     for (int n = 0; n < 224; n += 32) {
                         for (int p = 0; p < 28; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 240 + n, 4, 8, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 240 + n, 4, 8, 40, 32, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                         }
                         for (int p = 0; p < 28; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40 + 8, expand_bias + n + 8, NULL, chunk + p * 240 + n + 8, 4, 8, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40 + 8, expand_bias + n + 8, NULL, chunk + p * 240 + n + 8, 4, 8, 40, 32, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                         }
                         for (int p = 0; p < 28; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40 + 16, expand_bias + n + 16, NULL, chunk + p * 240 + n + 16, 4, 8, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40 + 16, expand_bias + n + 16, NULL, chunk + p * 240 + n + 16, 4, 8, 40, 32, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                         }
                         for (int p = 0; p < 28; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40 + 24, expand_bias + n + 24, NULL, chunk + p * 240 + n + 24, 4, 8, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40 + 24, expand_bias + n + 24, NULL, chunk + p * 240 + n + 24, 4, 8, 40, 32, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                         }
                     }
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + 8960, expand_bias + 224, NULL, chunk + p * 240 + 224, 4, 8, 40, 16, 240, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + 8960, expand_bias + 224, NULL, chunk + p * 240 + 224, 4, 8, 40, 16, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + 8968, expand_bias + 232, NULL, chunk + p * 240 + 232, 4, 8, 40, 16, 240, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + 8968, expand_bias + 232, NULL, chunk + p * 240 + 232, 4, 8, 40, 16, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
 #else
                     for (int n = 0; n < 224; n += 32) {
                         for (int p = 0; p < 28; p += 4) {
-                            pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 240 + n, 4, 16, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 240 + n, 4, 16, 40, 32, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                         }
                         for (int p = 0; p < 28; p += 4) {
-                            pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + n * 40 + 16, expand_bias + n + 16, NULL, chunk + p * 240 + n + 16, 4, 16, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + n * 40 + 16, expand_bias + n + 16, NULL, chunk + p * 240 + n + 16, 4, 16, 40, 32, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                         }
                     }
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + 8960, expand_bias + 224, NULL, chunk + p * 240 + 224, 4, 16, 40, 16, 240, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + 8960, expand_bias + 224, NULL, chunk + p * 240 + 224, 4, 16, 40, 16, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
 #endif
                 }
@@ -8234,112 +8493,112 @@ static void block_f32_14x14x40_to_14x14x40_residual(const float *restrict x, con
 #if defined(KERNELS_AVX512)
                 for (int n = 0; n < 224; n += 32) {
                     for (int p = 0; p < 56; p += 8) {
-                        pointwise_f32_tile8x32_avx512(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 240 + n, 8, 32, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile8x32_avx512(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 240 + n, 8, 32, 40, 32, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
                 }
                 for (int p = 0; p < 56; p += 8) {
-                    pointwise_f32_tile8x32_avx512(x + next * 2240 + p * 40, expand_w + 8960, expand_bias + 224, NULL, chunk + p * 240 + 224, 8, 16, 40, 16, 240, 1, 0, ACTIVATION_HARDSWISH);
+                    pointwise_f32_tile8x32_avx512(x + next * 2240 + p * 40, expand_w + 8960, expand_bias + 224, NULL, chunk + p * 240 + 224, 8, 16, 40, 16, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                 }
 #elif defined(KERNELS_AVX2)
                 for (int n = 0; n < 224; n += 32) {
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 240 + n, 4, 16, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 240 + n, 4, 16, 40, 32, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + n * 40 + 16, expand_bias + n + 16, NULL, chunk + p * 240 + n + 16, 4, 16, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + n * 40 + 16, expand_bias + n + 16, NULL, chunk + p * 240 + n + 16, 4, 16, 40, 32, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + 8960, expand_bias + 224, NULL, chunk + p * 240 + 224, 4, 16, 40, 16, 240, 1, 0, ACTIVATION_HARDSWISH);
+                    pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + 8960, expand_bias + 224, NULL, chunk + p * 240 + 224, 4, 16, 40, 16, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                 }
 #elif defined(KERNELS_VECTOR)
                 for (int n = 0; n < 224; n += 32) {
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 240 + n, 4, 8, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 240 + n, 4, 8, 40, 32, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40 + 8, expand_bias + n + 8, NULL, chunk + p * 240 + n + 8, 4, 8, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40 + 8, expand_bias + n + 8, NULL, chunk + p * 240 + n + 8, 4, 8, 40, 32, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40 + 16, expand_bias + n + 16, NULL, chunk + p * 240 + n + 16, 4, 8, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40 + 16, expand_bias + n + 16, NULL, chunk + p * 240 + n + 16, 4, 8, 40, 32, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40 + 24, expand_bias + n + 24, NULL, chunk + p * 240 + n + 24, 4, 8, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40 + 24, expand_bias + n + 24, NULL, chunk + p * 240 + n + 24, 4, 8, 40, 32, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + 8960, expand_bias + 224, NULL, chunk + p * 240 + 224, 4, 8, 40, 16, 240, 1, 0, ACTIVATION_HARDSWISH);
+                    pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + 8960, expand_bias + 224, NULL, chunk + p * 240 + 224, 4, 8, 40, 16, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + 8968, expand_bias + 232, NULL, chunk + p * 240 + 232, 4, 8, 40, 16, 240, 1, 0, ACTIVATION_HARDSWISH);
+                    pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + 8968, expand_bias + 232, NULL, chunk + p * 240 + 232, 4, 8, 40, 16, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                 }
 #else
                 for (int n = 0; n < 224; n += 32) {
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 240 + n, 4, 16, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 240 + n, 4, 16, 40, 32, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + n * 40 + 16, expand_bias + n + 16, NULL, chunk + p * 240 + n + 16, 4, 16, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + n * 40 + 16, expand_bias + n + 16, NULL, chunk + p * 240 + n + 16, 4, 16, 40, 32, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + 8960, expand_bias + 224, NULL, chunk + p * 240 + 224, 4, 16, 40, 16, 240, 1, 0, ACTIVATION_HARDSWISH);
+                    pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + 8960, expand_bias + 224, NULL, chunk + p * 240 + 224, 4, 16, 40, 16, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                 }
 #endif
             } else {
 #if defined(KERNELS_AVX512)
                 for (int n = 0; n < 224; n += 32) {
                     for (int p = 0; p < 28; p += 7) {
-                        pointwise_f32_tile8x32_avx512(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 240 + n, 7, 32, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile8x32_avx512(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 240 + n, 7, 32, 40, 32, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
                 }
                 for (int p = 0; p < 28; p += 7) {
-                    pointwise_f32_tile8x32_avx512(x + next * 2240 + p * 40, expand_w + 8960, expand_bias + 224, NULL, chunk + p * 240 + 224, 7, 16, 40, 16, 240, 1, 0, ACTIVATION_HARDSWISH);
+                    pointwise_f32_tile8x32_avx512(x + next * 2240 + p * 40, expand_w + 8960, expand_bias + 224, NULL, chunk + p * 240 + 224, 7, 16, 40, 16, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                 }
 #elif defined(KERNELS_AVX2)
                 for (int n = 0; n < 224; n += 32) {
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 240 + n, 4, 16, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 240 + n, 4, 16, 40, 32, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + n * 40 + 16, expand_bias + n + 16, NULL, chunk + p * 240 + n + 16, 4, 16, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + n * 40 + 16, expand_bias + n + 16, NULL, chunk + p * 240 + n + 16, 4, 16, 40, 32, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
                 }
                 for (int p = 0; p < 28; p += 4) {
-                    pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + 8960, expand_bias + 224, NULL, chunk + p * 240 + 224, 4, 16, 40, 16, 240, 1, 0, ACTIVATION_HARDSWISH);
+                    pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + 8960, expand_bias + 224, NULL, chunk + p * 240 + 224, 4, 16, 40, 16, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                 }
 #elif defined(KERNELS_VECTOR)
                 for (int n = 0; n < 224; n += 32) {
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 240 + n, 4, 8, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 240 + n, 4, 8, 40, 32, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40 + 8, expand_bias + n + 8, NULL, chunk + p * 240 + n + 8, 4, 8, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40 + 8, expand_bias + n + 8, NULL, chunk + p * 240 + n + 8, 4, 8, 40, 32, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40 + 16, expand_bias + n + 16, NULL, chunk + p * 240 + n + 16, 4, 8, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40 + 16, expand_bias + n + 16, NULL, chunk + p * 240 + n + 16, 4, 8, 40, 32, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40 + 24, expand_bias + n + 24, NULL, chunk + p * 240 + n + 24, 4, 8, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40 + 24, expand_bias + n + 24, NULL, chunk + p * 240 + n + 24, 4, 8, 40, 32, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
                 }
                 for (int p = 0; p < 28; p += 4) {
-                    pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + 8960, expand_bias + 224, NULL, chunk + p * 240 + 224, 4, 8, 40, 16, 240, 1, 0, ACTIVATION_HARDSWISH);
+                    pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + 8960, expand_bias + 224, NULL, chunk + p * 240 + 224, 4, 8, 40, 16, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                 }
                 for (int p = 0; p < 28; p += 4) {
-                    pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + 8968, expand_bias + 232, NULL, chunk + p * 240 + 232, 4, 8, 40, 16, 240, 1, 0, ACTIVATION_HARDSWISH);
+                    pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + 8968, expand_bias + 232, NULL, chunk + p * 240 + 232, 4, 8, 40, 16, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                 }
 #else
                 for (int n = 0; n < 224; n += 32) {
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 240 + n, 4, 16, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 240 + n, 4, 16, 40, 32, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + n * 40 + 16, expand_bias + n + 16, NULL, chunk + p * 240 + n + 16, 4, 16, 40, 32, 240, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + n * 40 + 16, expand_bias + n + 16, NULL, chunk + p * 240 + n + 16, 4, 16, 40, 32, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
                 }
                 for (int p = 0; p < 28; p += 4) {
-                    pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + 8960, expand_bias + 224, NULL, chunk + p * 240 + 224, 4, 16, 40, 16, 240, 1, 0, ACTIVATION_HARDSWISH);
+                    pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + 8960, expand_bias + 224, NULL, chunk + p * 240 + 224, 4, 16, 40, 16, 240, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                 }
 #endif
             }
@@ -8385,48 +8644,50 @@ static void block_f32_14x14x40_to_14x14x40_residual(const float *restrict x, con
             scaled[k * 8 + j + 7680] = project_w[k * 8 + j + 7680] * gate[k];
         }
     }
+    int used_channels[240];
+    const int used_count = nonzero_channels_f32(band, 196, 240, used_channels);
 #if defined(KERNELS_AVX512)
     for (int p = 0; p < 196; p += 7) {
-        pointwise_f32_tile8x32_avx512(band + p * 240, scaled, project_bias, residual + p * 40, y + p * 40, 7, 32, 240, 32, 40, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile8x32_avx512(band + p * 240, scaled, project_bias, residual + p * 40, y + p * 40, 7, 32, 240, 32, 40, (used_count < 240 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
     }
     for (int p = 0; p < 196; p += 7) {
-        pointwise_f32_tile8x32_avx512(band + p * 240, scaled + 7680, project_bias + 32, residual + p * 40 + 32, y + p * 40 + 32, 7, 8, 240, 8, 40, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile8x32_avx512(band + p * 240, scaled + 7680, project_bias + 32, residual + p * 40 + 32, y + p * 40 + 32, 7, 8, 240, 8, 40, (used_count < 240 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_AVX2)
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile6x16_avx2(band + p * 240, scaled, project_bias, residual + p * 40, y + p * 40, 4, 16, 240, 32, 40, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x16_avx2(band + p * 240, scaled, project_bias, residual + p * 40, y + p * 40, 4, 16, 240, 32, 40, (used_count < 240 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
     }
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile6x16_avx2(band + p * 240, scaled + 16, project_bias + 16, residual + p * 40 + 16, y + p * 40 + 16, 4, 16, 240, 32, 40, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x16_avx2(band + p * 240, scaled + 16, project_bias + 16, residual + p * 40 + 16, y + p * 40 + 16, 4, 16, 240, 32, 40, (used_count < 240 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
     }
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile6x16_avx2(band + p * 240, scaled + 7680, project_bias + 32, residual + p * 40 + 32, y + p * 40 + 32, 4, 8, 240, 8, 40, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x16_avx2(band + p * 240, scaled + 7680, project_bias + 32, residual + p * 40 + 32, y + p * 40 + 32, 4, 8, 240, 8, 40, (used_count < 240 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile6x8_vector(band + p * 240, scaled, project_bias, residual + p * 40, y + p * 40, 4, 8, 240, 32, 40, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x8_vector(band + p * 240, scaled, project_bias, residual + p * 40, y + p * 40, 4, 8, 240, 32, 40, (used_count < 240 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
     }
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile6x8_vector(band + p * 240, scaled + 8, project_bias + 8, residual + p * 40 + 8, y + p * 40 + 8, 4, 8, 240, 32, 40, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x8_vector(band + p * 240, scaled + 8, project_bias + 8, residual + p * 40 + 8, y + p * 40 + 8, 4, 8, 240, 32, 40, (used_count < 240 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
     }
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile6x8_vector(band + p * 240, scaled + 16, project_bias + 16, residual + p * 40 + 16, y + p * 40 + 16, 4, 8, 240, 32, 40, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x8_vector(band + p * 240, scaled + 16, project_bias + 16, residual + p * 40 + 16, y + p * 40 + 16, 4, 8, 240, 32, 40, (used_count < 240 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
     }
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile6x8_vector(band + p * 240, scaled + 24, project_bias + 24, residual + p * 40 + 24, y + p * 40 + 24, 4, 8, 240, 32, 40, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x8_vector(band + p * 240, scaled + 24, project_bias + 24, residual + p * 40 + 24, y + p * 40 + 24, 4, 8, 240, 32, 40, (used_count < 240 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
     }
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile6x8_vector(band + p * 240, scaled + 7680, project_bias + 32, residual + p * 40 + 32, y + p * 40 + 32, 4, 8, 240, 8, 40, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x8_vector(band + p * 240, scaled + 7680, project_bias + 32, residual + p * 40 + 32, y + p * 40 + 32, 4, 8, 240, 8, 40, (used_count < 240 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
     }
 #else
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile4x16_portable(band + p * 240, scaled, project_bias, residual + p * 40, y + p * 40, 4, 16, 240, 32, 40, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile4x16_portable(band + p * 240, scaled, project_bias, residual + p * 40, y + p * 40, 4, 16, 240, 32, 40, (used_count < 240 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
     }
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile4x16_portable(band + p * 240, scaled + 16, project_bias + 16, residual + p * 40 + 16, y + p * 40 + 16, 4, 16, 240, 32, 40, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile4x16_portable(band + p * 240, scaled + 16, project_bias + 16, residual + p * 40 + 16, y + p * 40 + 16, 4, 16, 240, 32, 40, (used_count < 240 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
     }
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile4x16_portable(band + p * 240, scaled + 7680, project_bias + 32, residual + p * 40 + 32, y + p * 40 + 32, 4, 8, 240, 8, 40, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile4x16_portable(band + p * 240, scaled + 7680, project_bias + 32, residual + p * 40 + 32, y + p * 40 + 32, 4, 8, 240, 8, 40, (used_count < 240 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
     }
 #endif
 }
@@ -8459,130 +8720,130 @@ static void block_f32_14x14x40_to_14x14x48(const float *restrict x, const float 
 #if defined(KERNELS_AVX512)
                     for (int n = 0; n < 96; n += 32) {
                         for (int p = 0; p < 56; p += 8) {
-                            pointwise_f32_tile8x32_avx512(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 120 + n, 8, 32, 40, 32, 120, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile8x32_avx512(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 120 + n, 8, 32, 40, 32, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                         }
                     }
                     for (int p = 0; p < 56; p += 8) {
-                        pointwise_f32_tile8x32_avx512(x + next * 2240 + p * 40, expand_w + 3840, expand_bias + 96, NULL, chunk + p * 120 + 96, 8, 24, 40, 24, 120, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile8x32_avx512(x + next * 2240 + p * 40, expand_w + 3840, expand_bias + 96, NULL, chunk + p * 120 + 96, 8, 24, 40, 24, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
 #elif defined(KERNELS_AVX2)
                     for (int n = 0; n < 96; n += 32) {
                         for (int p = 0; p < 56; p += 4) {
-                            pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 120 + n, 4, 16, 40, 32, 120, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 120 + n, 4, 16, 40, 32, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                         }
                         for (int p = 0; p < 56; p += 4) {
-                            pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + n * 40 + 16, expand_bias + n + 16, NULL, chunk + p * 120 + n + 16, 4, 16, 40, 32, 120, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + n * 40 + 16, expand_bias + n + 16, NULL, chunk + p * 120 + n + 16, 4, 16, 40, 32, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                         }
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + 3840, expand_bias + 96, NULL, chunk + p * 120 + 96, 4, 16, 40, 24, 120, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + 3840, expand_bias + 96, NULL, chunk + p * 120 + 96, 4, 16, 40, 24, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + 3856, expand_bias + 112, NULL, chunk + p * 120 + 112, 4, 8, 40, 24, 120, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + 3856, expand_bias + 112, NULL, chunk + p * 120 + 112, 4, 8, 40, 24, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
 #elif defined(KERNELS_VECTOR)
                     for (int n = 0; n < 96; n += 32) {
                         for (int p = 0; p < 56; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 120 + n, 4, 8, 40, 32, 120, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 120 + n, 4, 8, 40, 32, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                         }
                         for (int p = 0; p < 56; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40 + 8, expand_bias + n + 8, NULL, chunk + p * 120 + n + 8, 4, 8, 40, 32, 120, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40 + 8, expand_bias + n + 8, NULL, chunk + p * 120 + n + 8, 4, 8, 40, 32, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                         }
                         for (int p = 0; p < 56; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40 + 16, expand_bias + n + 16, NULL, chunk + p * 120 + n + 16, 4, 8, 40, 32, 120, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40 + 16, expand_bias + n + 16, NULL, chunk + p * 120 + n + 16, 4, 8, 40, 32, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                         }
                         for (int p = 0; p < 56; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40 + 24, expand_bias + n + 24, NULL, chunk + p * 120 + n + 24, 4, 8, 40, 32, 120, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40 + 24, expand_bias + n + 24, NULL, chunk + p * 120 + n + 24, 4, 8, 40, 32, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                         }
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + 3840, expand_bias + 96, NULL, chunk + p * 120 + 96, 4, 8, 40, 24, 120, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + 3840, expand_bias + 96, NULL, chunk + p * 120 + 96, 4, 8, 40, 24, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + 3848, expand_bias + 104, NULL, chunk + p * 120 + 104, 4, 8, 40, 24, 120, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + 3848, expand_bias + 104, NULL, chunk + p * 120 + 104, 4, 8, 40, 24, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + 3856, expand_bias + 112, NULL, chunk + p * 120 + 112, 4, 8, 40, 24, 120, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + 3856, expand_bias + 112, NULL, chunk + p * 120 + 112, 4, 8, 40, 24, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
 #else
                     for (int n = 0; n < 96; n += 32) {
                         for (int p = 0; p < 56; p += 4) {
-                            pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 120 + n, 4, 16, 40, 32, 120, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 120 + n, 4, 16, 40, 32, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                         }
                         for (int p = 0; p < 56; p += 4) {
-                            pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + n * 40 + 16, expand_bias + n + 16, NULL, chunk + p * 120 + n + 16, 4, 16, 40, 32, 120, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + n * 40 + 16, expand_bias + n + 16, NULL, chunk + p * 120 + n + 16, 4, 16, 40, 32, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                         }
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + 3840, expand_bias + 96, NULL, chunk + p * 120 + 96, 4, 16, 40, 24, 120, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + 3840, expand_bias + 96, NULL, chunk + p * 120 + 96, 4, 16, 40, 24, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + 3856, expand_bias + 112, NULL, chunk + p * 120 + 112, 4, 8, 40, 24, 120, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + 3856, expand_bias + 112, NULL, chunk + p * 120 + 112, 4, 8, 40, 24, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
 #endif
                 } else {
 #if defined(KERNELS_AVX512)
                     for (int n = 0; n < 96; n += 32) {
                         for (int p = 0; p < 28; p += 7) {
-                            pointwise_f32_tile8x32_avx512(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 120 + n, 7, 32, 40, 32, 120, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile8x32_avx512(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 120 + n, 7, 32, 40, 32, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                         }
                     }
                     for (int p = 0; p < 28; p += 7) {
-                        pointwise_f32_tile8x32_avx512(x + next * 2240 + p * 40, expand_w + 3840, expand_bias + 96, NULL, chunk + p * 120 + 96, 7, 24, 40, 24, 120, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile8x32_avx512(x + next * 2240 + p * 40, expand_w + 3840, expand_bias + 96, NULL, chunk + p * 120 + 96, 7, 24, 40, 24, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
 #elif defined(KERNELS_AVX2)
                     for (int n = 0; n < 96; n += 32) {
                         for (int p = 0; p < 28; p += 4) {
-                            pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 120 + n, 4, 16, 40, 32, 120, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 120 + n, 4, 16, 40, 32, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                         }
                         for (int p = 0; p < 28; p += 4) {
-                            pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + n * 40 + 16, expand_bias + n + 16, NULL, chunk + p * 120 + n + 16, 4, 16, 40, 32, 120, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + n * 40 + 16, expand_bias + n + 16, NULL, chunk + p * 120 + n + 16, 4, 16, 40, 32, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                         }
                     }
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + 3840, expand_bias + 96, NULL, chunk + p * 120 + 96, 4, 16, 40, 24, 120, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + 3840, expand_bias + 96, NULL, chunk + p * 120 + 96, 4, 16, 40, 24, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + 3856, expand_bias + 112, NULL, chunk + p * 120 + 112, 4, 8, 40, 24, 120, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + 3856, expand_bias + 112, NULL, chunk + p * 120 + 112, 4, 8, 40, 24, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
 #elif defined(KERNELS_VECTOR)
                     for (int n = 0; n < 96; n += 32) {
                         for (int p = 0; p < 28; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 120 + n, 4, 8, 40, 32, 120, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 120 + n, 4, 8, 40, 32, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                         }
                         for (int p = 0; p < 28; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40 + 8, expand_bias + n + 8, NULL, chunk + p * 120 + n + 8, 4, 8, 40, 32, 120, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40 + 8, expand_bias + n + 8, NULL, chunk + p * 120 + n + 8, 4, 8, 40, 32, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                         }
                         for (int p = 0; p < 28; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40 + 16, expand_bias + n + 16, NULL, chunk + p * 120 + n + 16, 4, 8, 40, 32, 120, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40 + 16, expand_bias + n + 16, NULL, chunk + p * 120 + n + 16, 4, 8, 40, 32, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                         }
                         for (int p = 0; p < 28; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40 + 24, expand_bias + n + 24, NULL, chunk + p * 120 + n + 24, 4, 8, 40, 32, 120, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40 + 24, expand_bias + n + 24, NULL, chunk + p * 120 + n + 24, 4, 8, 40, 32, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                         }
                     }
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + 3840, expand_bias + 96, NULL, chunk + p * 120 + 96, 4, 8, 40, 24, 120, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + 3840, expand_bias + 96, NULL, chunk + p * 120 + 96, 4, 8, 40, 24, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + 3848, expand_bias + 104, NULL, chunk + p * 120 + 104, 4, 8, 40, 24, 120, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + 3848, expand_bias + 104, NULL, chunk + p * 120 + 104, 4, 8, 40, 24, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + 3856, expand_bias + 112, NULL, chunk + p * 120 + 112, 4, 8, 40, 24, 120, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + 3856, expand_bias + 112, NULL, chunk + p * 120 + 112, 4, 8, 40, 24, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
 #else
                     for (int n = 0; n < 96; n += 32) {
                         for (int p = 0; p < 28; p += 4) {
-                            pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 120 + n, 4, 16, 40, 32, 120, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 120 + n, 4, 16, 40, 32, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                         }
                         for (int p = 0; p < 28; p += 4) {
-                            pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + n * 40 + 16, expand_bias + n + 16, NULL, chunk + p * 120 + n + 16, 4, 16, 40, 32, 120, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + n * 40 + 16, expand_bias + n + 16, NULL, chunk + p * 120 + n + 16, 4, 16, 40, 32, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                         }
                     }
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + 3840, expand_bias + 96, NULL, chunk + p * 120 + 96, 4, 16, 40, 24, 120, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + 3840, expand_bias + 96, NULL, chunk + p * 120 + 96, 4, 16, 40, 24, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + 3856, expand_bias + 112, NULL, chunk + p * 120 + 112, 4, 8, 40, 24, 120, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + 3856, expand_bias + 112, NULL, chunk + p * 120 + 112, 4, 8, 40, 24, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
 #endif
                 }
@@ -8620,130 +8881,130 @@ static void block_f32_14x14x40_to_14x14x48(const float *restrict x, const float 
 #if defined(KERNELS_AVX512)
                 for (int n = 0; n < 96; n += 32) {
                     for (int p = 0; p < 56; p += 8) {
-                        pointwise_f32_tile8x32_avx512(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 120 + n, 8, 32, 40, 32, 120, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile8x32_avx512(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 120 + n, 8, 32, 40, 32, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
                 }
                 for (int p = 0; p < 56; p += 8) {
-                    pointwise_f32_tile8x32_avx512(x + next * 2240 + p * 40, expand_w + 3840, expand_bias + 96, NULL, chunk + p * 120 + 96, 8, 24, 40, 24, 120, 1, 0, ACTIVATION_HARDSWISH);
+                    pointwise_f32_tile8x32_avx512(x + next * 2240 + p * 40, expand_w + 3840, expand_bias + 96, NULL, chunk + p * 120 + 96, 8, 24, 40, 24, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                 }
 #elif defined(KERNELS_AVX2)
                 for (int n = 0; n < 96; n += 32) {
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 120 + n, 4, 16, 40, 32, 120, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 120 + n, 4, 16, 40, 32, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + n * 40 + 16, expand_bias + n + 16, NULL, chunk + p * 120 + n + 16, 4, 16, 40, 32, 120, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + n * 40 + 16, expand_bias + n + 16, NULL, chunk + p * 120 + n + 16, 4, 16, 40, 32, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + 3840, expand_bias + 96, NULL, chunk + p * 120 + 96, 4, 16, 40, 24, 120, 1, 0, ACTIVATION_HARDSWISH);
+                    pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + 3840, expand_bias + 96, NULL, chunk + p * 120 + 96, 4, 16, 40, 24, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + 3856, expand_bias + 112, NULL, chunk + p * 120 + 112, 4, 8, 40, 24, 120, 1, 0, ACTIVATION_HARDSWISH);
+                    pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + 3856, expand_bias + 112, NULL, chunk + p * 120 + 112, 4, 8, 40, 24, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                 }
 #elif defined(KERNELS_VECTOR)
                 for (int n = 0; n < 96; n += 32) {
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 120 + n, 4, 8, 40, 32, 120, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 120 + n, 4, 8, 40, 32, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40 + 8, expand_bias + n + 8, NULL, chunk + p * 120 + n + 8, 4, 8, 40, 32, 120, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40 + 8, expand_bias + n + 8, NULL, chunk + p * 120 + n + 8, 4, 8, 40, 32, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40 + 16, expand_bias + n + 16, NULL, chunk + p * 120 + n + 16, 4, 8, 40, 32, 120, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40 + 16, expand_bias + n + 16, NULL, chunk + p * 120 + n + 16, 4, 8, 40, 32, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40 + 24, expand_bias + n + 24, NULL, chunk + p * 120 + n + 24, 4, 8, 40, 32, 120, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40 + 24, expand_bias + n + 24, NULL, chunk + p * 120 + n + 24, 4, 8, 40, 32, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + 3840, expand_bias + 96, NULL, chunk + p * 120 + 96, 4, 8, 40, 24, 120, 1, 0, ACTIVATION_HARDSWISH);
+                    pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + 3840, expand_bias + 96, NULL, chunk + p * 120 + 96, 4, 8, 40, 24, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + 3848, expand_bias + 104, NULL, chunk + p * 120 + 104, 4, 8, 40, 24, 120, 1, 0, ACTIVATION_HARDSWISH);
+                    pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + 3848, expand_bias + 104, NULL, chunk + p * 120 + 104, 4, 8, 40, 24, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + 3856, expand_bias + 112, NULL, chunk + p * 120 + 112, 4, 8, 40, 24, 120, 1, 0, ACTIVATION_HARDSWISH);
+                    pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + 3856, expand_bias + 112, NULL, chunk + p * 120 + 112, 4, 8, 40, 24, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                 }
 #else
                 for (int n = 0; n < 96; n += 32) {
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 120 + n, 4, 16, 40, 32, 120, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 120 + n, 4, 16, 40, 32, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + n * 40 + 16, expand_bias + n + 16, NULL, chunk + p * 120 + n + 16, 4, 16, 40, 32, 120, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + n * 40 + 16, expand_bias + n + 16, NULL, chunk + p * 120 + n + 16, 4, 16, 40, 32, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + 3840, expand_bias + 96, NULL, chunk + p * 120 + 96, 4, 16, 40, 24, 120, 1, 0, ACTIVATION_HARDSWISH);
+                    pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + 3840, expand_bias + 96, NULL, chunk + p * 120 + 96, 4, 16, 40, 24, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + 3856, expand_bias + 112, NULL, chunk + p * 120 + 112, 4, 8, 40, 24, 120, 1, 0, ACTIVATION_HARDSWISH);
+                    pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + 3856, expand_bias + 112, NULL, chunk + p * 120 + 112, 4, 8, 40, 24, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                 }
 #endif
             } else {
 #if defined(KERNELS_AVX512)
                 for (int n = 0; n < 96; n += 32) {
                     for (int p = 0; p < 28; p += 7) {
-                        pointwise_f32_tile8x32_avx512(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 120 + n, 7, 32, 40, 32, 120, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile8x32_avx512(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 120 + n, 7, 32, 40, 32, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
                 }
                 for (int p = 0; p < 28; p += 7) {
-                    pointwise_f32_tile8x32_avx512(x + next * 2240 + p * 40, expand_w + 3840, expand_bias + 96, NULL, chunk + p * 120 + 96, 7, 24, 40, 24, 120, 1, 0, ACTIVATION_HARDSWISH);
+                    pointwise_f32_tile8x32_avx512(x + next * 2240 + p * 40, expand_w + 3840, expand_bias + 96, NULL, chunk + p * 120 + 96, 7, 24, 40, 24, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                 }
 #elif defined(KERNELS_AVX2)
                 for (int n = 0; n < 96; n += 32) {
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 120 + n, 4, 16, 40, 32, 120, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 120 + n, 4, 16, 40, 32, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + n * 40 + 16, expand_bias + n + 16, NULL, chunk + p * 120 + n + 16, 4, 16, 40, 32, 120, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + n * 40 + 16, expand_bias + n + 16, NULL, chunk + p * 120 + n + 16, 4, 16, 40, 32, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
                 }
                 for (int p = 0; p < 28; p += 4) {
-                    pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + 3840, expand_bias + 96, NULL, chunk + p * 120 + 96, 4, 16, 40, 24, 120, 1, 0, ACTIVATION_HARDSWISH);
+                    pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + 3840, expand_bias + 96, NULL, chunk + p * 120 + 96, 4, 16, 40, 24, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                 }
                 for (int p = 0; p < 28; p += 4) {
-                    pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + 3856, expand_bias + 112, NULL, chunk + p * 120 + 112, 4, 8, 40, 24, 120, 1, 0, ACTIVATION_HARDSWISH);
+                    pointwise_f32_tile6x16_avx2(x + next * 2240 + p * 40, expand_w + 3856, expand_bias + 112, NULL, chunk + p * 120 + 112, 4, 8, 40, 24, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                 }
 #elif defined(KERNELS_VECTOR)
                 for (int n = 0; n < 96; n += 32) {
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 120 + n, 4, 8, 40, 32, 120, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 120 + n, 4, 8, 40, 32, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40 + 8, expand_bias + n + 8, NULL, chunk + p * 120 + n + 8, 4, 8, 40, 32, 120, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40 + 8, expand_bias + n + 8, NULL, chunk + p * 120 + n + 8, 4, 8, 40, 32, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40 + 16, expand_bias + n + 16, NULL, chunk + p * 120 + n + 16, 4, 8, 40, 32, 120, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40 + 16, expand_bias + n + 16, NULL, chunk + p * 120 + n + 16, 4, 8, 40, 32, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40 + 24, expand_bias + n + 24, NULL, chunk + p * 120 + n + 24, 4, 8, 40, 32, 120, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + n * 40 + 24, expand_bias + n + 24, NULL, chunk + p * 120 + n + 24, 4, 8, 40, 32, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
                 }
                 for (int p = 0; p < 28; p += 4) {
-                    pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + 3840, expand_bias + 96, NULL, chunk + p * 120 + 96, 4, 8, 40, 24, 120, 1, 0, ACTIVATION_HARDSWISH);
+                    pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + 3840, expand_bias + 96, NULL, chunk + p * 120 + 96, 4, 8, 40, 24, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                 }
                 for (int p = 0; p < 28; p += 4) {
-                    pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + 3848, expand_bias + 104, NULL, chunk + p * 120 + 104, 4, 8, 40, 24, 120, 1, 0, ACTIVATION_HARDSWISH);
+                    pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + 3848, expand_bias + 104, NULL, chunk + p * 120 + 104, 4, 8, 40, 24, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                 }
                 for (int p = 0; p < 28; p += 4) {
-                    pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + 3856, expand_bias + 112, NULL, chunk + p * 120 + 112, 4, 8, 40, 24, 120, 1, 0, ACTIVATION_HARDSWISH);
+                    pointwise_f32_tile6x8_vector(x + next * 2240 + p * 40, expand_w + 3856, expand_bias + 112, NULL, chunk + p * 120 + 112, 4, 8, 40, 24, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                 }
 #else
                 for (int n = 0; n < 96; n += 32) {
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 120 + n, 4, 16, 40, 32, 120, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + n * 40, expand_bias + n, NULL, chunk + p * 120 + n, 4, 16, 40, 32, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + n * 40 + 16, expand_bias + n + 16, NULL, chunk + p * 120 + n + 16, 4, 16, 40, 32, 120, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + n * 40 + 16, expand_bias + n + 16, NULL, chunk + p * 120 + n + 16, 4, 16, 40, 32, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                     }
                 }
                 for (int p = 0; p < 28; p += 4) {
-                    pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + 3840, expand_bias + 96, NULL, chunk + p * 120 + 96, 4, 16, 40, 24, 120, 1, 0, ACTIVATION_HARDSWISH);
+                    pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + 3840, expand_bias + 96, NULL, chunk + p * 120 + 96, 4, 16, 40, 24, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                 }
                 for (int p = 0; p < 28; p += 4) {
-                    pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + 3856, expand_bias + 112, NULL, chunk + p * 120 + 112, 4, 8, 40, 24, 120, 1, 0, ACTIVATION_HARDSWISH);
+                    pointwise_f32_tile4x16_portable(x + next * 2240 + p * 40, expand_w + 3856, expand_bias + 112, NULL, chunk + p * 120 + 112, 4, 8, 40, 24, 120, NULL, 40, 1, 0, ACTIVATION_HARDSWISH);
                 }
 #endif
             }
@@ -8789,51 +9050,53 @@ static void block_f32_14x14x40_to_14x14x48(const float *restrict x, const float 
             scaled[k * 16 + j + 3840] = project_w[k * 16 + j + 3840] * gate[k];
         }
     }
+    int used_channels[120];
+    const int used_count = nonzero_channels_f32(band, 196, 120, used_channels);
 #if defined(KERNELS_AVX512)
     for (int p = 0; p < 196; p += 7) {
-        pointwise_f32_tile8x32_avx512(band + p * 120, scaled, project_bias, NULL, y + p * 48, 7, 32, 120, 32, 48, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile8x32_avx512(band + p * 120, scaled, project_bias, NULL, y + p * 48, 7, 32, 120, 32, 48, (used_count < 120 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
     }
     for (int p = 0; p < 196; p += 7) {
-        pointwise_f32_tile8x32_avx512(band + p * 120, scaled + 3840, project_bias + 32, NULL, y + p * 48 + 32, 7, 16, 120, 16, 48, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile8x32_avx512(band + p * 120, scaled + 3840, project_bias + 32, NULL, y + p * 48 + 32, 7, 16, 120, 16, 48, (used_count < 120 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_AVX2)
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile6x16_avx2(band + p * 120, scaled, project_bias, NULL, y + p * 48, 4, 16, 120, 32, 48, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x16_avx2(band + p * 120, scaled, project_bias, NULL, y + p * 48, 4, 16, 120, 32, 48, (used_count < 120 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
     }
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile6x16_avx2(band + p * 120, scaled + 16, project_bias + 16, NULL, y + p * 48 + 16, 4, 16, 120, 32, 48, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x16_avx2(band + p * 120, scaled + 16, project_bias + 16, NULL, y + p * 48 + 16, 4, 16, 120, 32, 48, (used_count < 120 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
     }
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile6x16_avx2(band + p * 120, scaled + 3840, project_bias + 32, NULL, y + p * 48 + 32, 4, 16, 120, 16, 48, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x16_avx2(band + p * 120, scaled + 3840, project_bias + 32, NULL, y + p * 48 + 32, 4, 16, 120, 16, 48, (used_count < 120 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile6x8_vector(band + p * 120, scaled, project_bias, NULL, y + p * 48, 4, 8, 120, 32, 48, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x8_vector(band + p * 120, scaled, project_bias, NULL, y + p * 48, 4, 8, 120, 32, 48, (used_count < 120 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
     }
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile6x8_vector(band + p * 120, scaled + 8, project_bias + 8, NULL, y + p * 48 + 8, 4, 8, 120, 32, 48, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x8_vector(band + p * 120, scaled + 8, project_bias + 8, NULL, y + p * 48 + 8, 4, 8, 120, 32, 48, (used_count < 120 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
     }
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile6x8_vector(band + p * 120, scaled + 16, project_bias + 16, NULL, y + p * 48 + 16, 4, 8, 120, 32, 48, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x8_vector(band + p * 120, scaled + 16, project_bias + 16, NULL, y + p * 48 + 16, 4, 8, 120, 32, 48, (used_count < 120 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
     }
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile6x8_vector(band + p * 120, scaled + 24, project_bias + 24, NULL, y + p * 48 + 24, 4, 8, 120, 32, 48, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x8_vector(band + p * 120, scaled + 24, project_bias + 24, NULL, y + p * 48 + 24, 4, 8, 120, 32, 48, (used_count < 120 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
     }
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile6x8_vector(band + p * 120, scaled + 3840, project_bias + 32, NULL, y + p * 48 + 32, 4, 8, 120, 16, 48, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x8_vector(band + p * 120, scaled + 3840, project_bias + 32, NULL, y + p * 48 + 32, 4, 8, 120, 16, 48, (used_count < 120 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
     }
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile6x8_vector(band + p * 120, scaled + 3848, project_bias + 40, NULL, y + p * 48 + 40, 4, 8, 120, 16, 48, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x8_vector(band + p * 120, scaled + 3848, project_bias + 40, NULL, y + p * 48 + 40, 4, 8, 120, 16, 48, (used_count < 120 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
     }
 #else
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile4x16_portable(band + p * 120, scaled, project_bias, NULL, y + p * 48, 4, 16, 120, 32, 48, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile4x16_portable(band + p * 120, scaled, project_bias, NULL, y + p * 48, 4, 16, 120, 32, 48, (used_count < 120 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
     }
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile4x16_portable(band + p * 120, scaled + 16, project_bias + 16, NULL, y + p * 48 + 16, 4, 16, 120, 32, 48, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile4x16_portable(band + p * 120, scaled + 16, project_bias + 16, NULL, y + p * 48 + 16, 4, 16, 120, 32, 48, (used_count < 120 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
     }
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile4x16_portable(band + p * 120, scaled + 3840, project_bias + 32, NULL, y + p * 48 + 32, 4, 16, 120, 16, 48, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile4x16_portable(band + p * 120, scaled + 3840, project_bias + 32, NULL, y + p * 48 + 32, 4, 16, 120, 16, 48, (used_count < 120 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
     }
 #endif
 }
@@ -8869,112 +9132,112 @@ static void block_f32_14x14x48_to_14x14x48_residual(const float *restrict x, con
 #if defined(KERNELS_AVX512)
                     for (int n = 0; n < 128; n += 32) {
                         for (int p = 0; p < 56; p += 8) {
-                            pointwise_f32_tile8x32_avx512(x + next * 2688 + p * 48, expand_w + n * 48, expand_bias + n, NULL, chunk + p * 144 + n, 8, 32, 48, 32, 144, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile8x32_avx512(x + next * 2688 + p * 48, expand_w + n * 48, expand_bias + n, NULL, chunk + p * 144 + n, 8, 32, 48, 32, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                         }
                     }
                     for (int p = 0; p < 56; p += 8) {
-                        pointwise_f32_tile8x32_avx512(x + next * 2688 + p * 48, expand_w + 6144, expand_bias + 128, NULL, chunk + p * 144 + 128, 8, 16, 48, 16, 144, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile8x32_avx512(x + next * 2688 + p * 48, expand_w + 6144, expand_bias + 128, NULL, chunk + p * 144 + 128, 8, 16, 48, 16, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                     }
 #elif defined(KERNELS_AVX2)
                     for (int n = 0; n < 128; n += 32) {
                         for (int p = 0; p < 56; p += 4) {
-                            pointwise_f32_tile6x16_avx2(x + next * 2688 + p * 48, expand_w + n * 48, expand_bias + n, NULL, chunk + p * 144 + n, 4, 16, 48, 32, 144, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile6x16_avx2(x + next * 2688 + p * 48, expand_w + n * 48, expand_bias + n, NULL, chunk + p * 144 + n, 4, 16, 48, 32, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                         }
                         for (int p = 0; p < 56; p += 4) {
-                            pointwise_f32_tile6x16_avx2(x + next * 2688 + p * 48, expand_w + n * 48 + 16, expand_bias + n + 16, NULL, chunk + p * 144 + n + 16, 4, 16, 48, 32, 144, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile6x16_avx2(x + next * 2688 + p * 48, expand_w + n * 48 + 16, expand_bias + n + 16, NULL, chunk + p * 144 + n + 16, 4, 16, 48, 32, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                         }
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x16_avx2(x + next * 2688 + p * 48, expand_w + 6144, expand_bias + 128, NULL, chunk + p * 144 + 128, 4, 16, 48, 16, 144, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x16_avx2(x + next * 2688 + p * 48, expand_w + 6144, expand_bias + 128, NULL, chunk + p * 144 + 128, 4, 16, 48, 16, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                     }
 #elif defined(KERNELS_VECTOR)
                     for (int n = 0; n < 128; n += 32) {
                         for (int p = 0; p < 56; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 2688 + p * 48, expand_w + n * 48, expand_bias + n, NULL, chunk + p * 144 + n, 4, 8, 48, 32, 144, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile6x8_vector(x + next * 2688 + p * 48, expand_w + n * 48, expand_bias + n, NULL, chunk + p * 144 + n, 4, 8, 48, 32, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                         }
                         for (int p = 0; p < 56; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 2688 + p * 48, expand_w + n * 48 + 8, expand_bias + n + 8, NULL, chunk + p * 144 + n + 8, 4, 8, 48, 32, 144, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile6x8_vector(x + next * 2688 + p * 48, expand_w + n * 48 + 8, expand_bias + n + 8, NULL, chunk + p * 144 + n + 8, 4, 8, 48, 32, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                         }
                         for (int p = 0; p < 56; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 2688 + p * 48, expand_w + n * 48 + 16, expand_bias + n + 16, NULL, chunk + p * 144 + n + 16, 4, 8, 48, 32, 144, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile6x8_vector(x + next * 2688 + p * 48, expand_w + n * 48 + 16, expand_bias + n + 16, NULL, chunk + p * 144 + n + 16, 4, 8, 48, 32, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                         }
                         for (int p = 0; p < 56; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 2688 + p * 48, expand_w + n * 48 + 24, expand_bias + n + 24, NULL, chunk + p * 144 + n + 24, 4, 8, 48, 32, 144, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile6x8_vector(x + next * 2688 + p * 48, expand_w + n * 48 + 24, expand_bias + n + 24, NULL, chunk + p * 144 + n + 24, 4, 8, 48, 32, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                         }
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 2688 + p * 48, expand_w + 6144, expand_bias + 128, NULL, chunk + p * 144 + 128, 4, 8, 48, 16, 144, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x8_vector(x + next * 2688 + p * 48, expand_w + 6144, expand_bias + 128, NULL, chunk + p * 144 + 128, 4, 8, 48, 16, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 2688 + p * 48, expand_w + 6152, expand_bias + 136, NULL, chunk + p * 144 + 136, 4, 8, 48, 16, 144, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x8_vector(x + next * 2688 + p * 48, expand_w + 6152, expand_bias + 136, NULL, chunk + p * 144 + 136, 4, 8, 48, 16, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                     }
 #else
                     for (int n = 0; n < 128; n += 32) {
                         for (int p = 0; p < 56; p += 4) {
-                            pointwise_f32_tile4x16_portable(x + next * 2688 + p * 48, expand_w + n * 48, expand_bias + n, NULL, chunk + p * 144 + n, 4, 16, 48, 32, 144, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile4x16_portable(x + next * 2688 + p * 48, expand_w + n * 48, expand_bias + n, NULL, chunk + p * 144 + n, 4, 16, 48, 32, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                         }
                         for (int p = 0; p < 56; p += 4) {
-                            pointwise_f32_tile4x16_portable(x + next * 2688 + p * 48, expand_w + n * 48 + 16, expand_bias + n + 16, NULL, chunk + p * 144 + n + 16, 4, 16, 48, 32, 144, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile4x16_portable(x + next * 2688 + p * 48, expand_w + n * 48 + 16, expand_bias + n + 16, NULL, chunk + p * 144 + n + 16, 4, 16, 48, 32, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                         }
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile4x16_portable(x + next * 2688 + p * 48, expand_w + 6144, expand_bias + 128, NULL, chunk + p * 144 + 128, 4, 16, 48, 16, 144, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile4x16_portable(x + next * 2688 + p * 48, expand_w + 6144, expand_bias + 128, NULL, chunk + p * 144 + 128, 4, 16, 48, 16, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                     }
 #endif
                 } else {
 #if defined(KERNELS_AVX512)
                     for (int n = 0; n < 128; n += 32) {
                         for (int p = 0; p < 28; p += 7) {
-                            pointwise_f32_tile8x32_avx512(x + next * 2688 + p * 48, expand_w + n * 48, expand_bias + n, NULL, chunk + p * 144 + n, 7, 32, 48, 32, 144, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile8x32_avx512(x + next * 2688 + p * 48, expand_w + n * 48, expand_bias + n, NULL, chunk + p * 144 + n, 7, 32, 48, 32, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                         }
                     }
                     for (int p = 0; p < 28; p += 7) {
-                        pointwise_f32_tile8x32_avx512(x + next * 2688 + p * 48, expand_w + 6144, expand_bias + 128, NULL, chunk + p * 144 + 128, 7, 16, 48, 16, 144, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile8x32_avx512(x + next * 2688 + p * 48, expand_w + 6144, expand_bias + 128, NULL, chunk + p * 144 + 128, 7, 16, 48, 16, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                     }
 #elif defined(KERNELS_AVX2)
                     for (int n = 0; n < 128; n += 32) {
                         for (int p = 0; p < 28; p += 4) {
-                            pointwise_f32_tile6x16_avx2(x + next * 2688 + p * 48, expand_w + n * 48, expand_bias + n, NULL, chunk + p * 144 + n, 4, 16, 48, 32, 144, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile6x16_avx2(x + next * 2688 + p * 48, expand_w + n * 48, expand_bias + n, NULL, chunk + p * 144 + n, 4, 16, 48, 32, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                         }
                         for (int p = 0; p < 28; p += 4) {
-                            pointwise_f32_tile6x16_avx2(x + next * 2688 + p * 48, expand_w + n * 48 + 16, expand_bias + n + 16, NULL, chunk + p * 144 + n + 16, 4, 16, 48, 32, 144, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile6x16_avx2(x + next * 2688 + p * 48, expand_w + n * 48 + 16, expand_bias + n + 16, NULL, chunk + p * 144 + n + 16, 4, 16, 48, 32, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                         }
                     }
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile6x16_avx2(x + next * 2688 + p * 48, expand_w + 6144, expand_bias + 128, NULL, chunk + p * 144 + 128, 4, 16, 48, 16, 144, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x16_avx2(x + next * 2688 + p * 48, expand_w + 6144, expand_bias + 128, NULL, chunk + p * 144 + 128, 4, 16, 48, 16, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                     }
 #elif defined(KERNELS_VECTOR)
                     for (int n = 0; n < 128; n += 32) {
                         for (int p = 0; p < 28; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 2688 + p * 48, expand_w + n * 48, expand_bias + n, NULL, chunk + p * 144 + n, 4, 8, 48, 32, 144, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile6x8_vector(x + next * 2688 + p * 48, expand_w + n * 48, expand_bias + n, NULL, chunk + p * 144 + n, 4, 8, 48, 32, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                         }
                         for (int p = 0; p < 28; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 2688 + p * 48, expand_w + n * 48 + 8, expand_bias + n + 8, NULL, chunk + p * 144 + n + 8, 4, 8, 48, 32, 144, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile6x8_vector(x + next * 2688 + p * 48, expand_w + n * 48 + 8, expand_bias + n + 8, NULL, chunk + p * 144 + n + 8, 4, 8, 48, 32, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                         }
                         for (int p = 0; p < 28; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 2688 + p * 48, expand_w + n * 48 + 16, expand_bias + n + 16, NULL, chunk + p * 144 + n + 16, 4, 8, 48, 32, 144, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile6x8_vector(x + next * 2688 + p * 48, expand_w + n * 48 + 16, expand_bias + n + 16, NULL, chunk + p * 144 + n + 16, 4, 8, 48, 32, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                         }
                         for (int p = 0; p < 28; p += 4) {
-                            pointwise_f32_tile6x8_vector(x + next * 2688 + p * 48, expand_w + n * 48 + 24, expand_bias + n + 24, NULL, chunk + p * 144 + n + 24, 4, 8, 48, 32, 144, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile6x8_vector(x + next * 2688 + p * 48, expand_w + n * 48 + 24, expand_bias + n + 24, NULL, chunk + p * 144 + n + 24, 4, 8, 48, 32, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                         }
                     }
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 2688 + p * 48, expand_w + 6144, expand_bias + 128, NULL, chunk + p * 144 + 128, 4, 8, 48, 16, 144, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x8_vector(x + next * 2688 + p * 48, expand_w + 6144, expand_bias + 128, NULL, chunk + p * 144 + 128, 4, 8, 48, 16, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                     }
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 2688 + p * 48, expand_w + 6152, expand_bias + 136, NULL, chunk + p * 144 + 136, 4, 8, 48, 16, 144, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x8_vector(x + next * 2688 + p * 48, expand_w + 6152, expand_bias + 136, NULL, chunk + p * 144 + 136, 4, 8, 48, 16, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                     }
 #else
                     for (int n = 0; n < 128; n += 32) {
                         for (int p = 0; p < 28; p += 4) {
-                            pointwise_f32_tile4x16_portable(x + next * 2688 + p * 48, expand_w + n * 48, expand_bias + n, NULL, chunk + p * 144 + n, 4, 16, 48, 32, 144, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile4x16_portable(x + next * 2688 + p * 48, expand_w + n * 48, expand_bias + n, NULL, chunk + p * 144 + n, 4, 16, 48, 32, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                         }
                         for (int p = 0; p < 28; p += 4) {
-                            pointwise_f32_tile4x16_portable(x + next * 2688 + p * 48, expand_w + n * 48 + 16, expand_bias + n + 16, NULL, chunk + p * 144 + n + 16, 4, 16, 48, 32, 144, 1, 0, ACTIVATION_HARDSWISH);
+                            pointwise_f32_tile4x16_portable(x + next * 2688 + p * 48, expand_w + n * 48 + 16, expand_bias + n + 16, NULL, chunk + p * 144 + n + 16, 4, 16, 48, 32, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                         }
                     }
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile4x16_portable(x + next * 2688 + p * 48, expand_w + 6144, expand_bias + 128, NULL, chunk + p * 144 + 128, 4, 16, 48, 16, 144, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile4x16_portable(x + next * 2688 + p * 48, expand_w + 6144, expand_bias + 128, NULL, chunk + p * 144 + 128, 4, 16, 48, 16, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                     }
 #endif
                 }
@@ -9012,112 +9275,112 @@ static void block_f32_14x14x48_to_14x14x48_residual(const float *restrict x, con
 #if defined(KERNELS_AVX512)
                 for (int n = 0; n < 128; n += 32) {
                     for (int p = 0; p < 56; p += 8) {
-                        pointwise_f32_tile8x32_avx512(x + next * 2688 + p * 48, expand_w + n * 48, expand_bias + n, NULL, chunk + p * 144 + n, 8, 32, 48, 32, 144, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile8x32_avx512(x + next * 2688 + p * 48, expand_w + n * 48, expand_bias + n, NULL, chunk + p * 144 + n, 8, 32, 48, 32, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                     }
                 }
                 for (int p = 0; p < 56; p += 8) {
-                    pointwise_f32_tile8x32_avx512(x + next * 2688 + p * 48, expand_w + 6144, expand_bias + 128, NULL, chunk + p * 144 + 128, 8, 16, 48, 16, 144, 1, 0, ACTIVATION_HARDSWISH);
+                    pointwise_f32_tile8x32_avx512(x + next * 2688 + p * 48, expand_w + 6144, expand_bias + 128, NULL, chunk + p * 144 + 128, 8, 16, 48, 16, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                 }
 #elif defined(KERNELS_AVX2)
                 for (int n = 0; n < 128; n += 32) {
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x16_avx2(x + next * 2688 + p * 48, expand_w + n * 48, expand_bias + n, NULL, chunk + p * 144 + n, 4, 16, 48, 32, 144, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x16_avx2(x + next * 2688 + p * 48, expand_w + n * 48, expand_bias + n, NULL, chunk + p * 144 + n, 4, 16, 48, 32, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x16_avx2(x + next * 2688 + p * 48, expand_w + n * 48 + 16, expand_bias + n + 16, NULL, chunk + p * 144 + n + 16, 4, 16, 48, 32, 144, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x16_avx2(x + next * 2688 + p * 48, expand_w + n * 48 + 16, expand_bias + n + 16, NULL, chunk + p * 144 + n + 16, 4, 16, 48, 32, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                     }
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x16_avx2(x + next * 2688 + p * 48, expand_w + 6144, expand_bias + 128, NULL, chunk + p * 144 + 128, 4, 16, 48, 16, 144, 1, 0, ACTIVATION_HARDSWISH);
+                    pointwise_f32_tile6x16_avx2(x + next * 2688 + p * 48, expand_w + 6144, expand_bias + 128, NULL, chunk + p * 144 + 128, 4, 16, 48, 16, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                 }
 #elif defined(KERNELS_VECTOR)
                 for (int n = 0; n < 128; n += 32) {
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 2688 + p * 48, expand_w + n * 48, expand_bias + n, NULL, chunk + p * 144 + n, 4, 8, 48, 32, 144, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x8_vector(x + next * 2688 + p * 48, expand_w + n * 48, expand_bias + n, NULL, chunk + p * 144 + n, 4, 8, 48, 32, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 2688 + p * 48, expand_w + n * 48 + 8, expand_bias + n + 8, NULL, chunk + p * 144 + n + 8, 4, 8, 48, 32, 144, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x8_vector(x + next * 2688 + p * 48, expand_w + n * 48 + 8, expand_bias + n + 8, NULL, chunk + p * 144 + n + 8, 4, 8, 48, 32, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 2688 + p * 48, expand_w + n * 48 + 16, expand_bias + n + 16, NULL, chunk + p * 144 + n + 16, 4, 8, 48, 32, 144, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x8_vector(x + next * 2688 + p * 48, expand_w + n * 48 + 16, expand_bias + n + 16, NULL, chunk + p * 144 + n + 16, 4, 8, 48, 32, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 2688 + p * 48, expand_w + n * 48 + 24, expand_bias + n + 24, NULL, chunk + p * 144 + n + 24, 4, 8, 48, 32, 144, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x8_vector(x + next * 2688 + p * 48, expand_w + n * 48 + 24, expand_bias + n + 24, NULL, chunk + p * 144 + n + 24, 4, 8, 48, 32, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                     }
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x8_vector(x + next * 2688 + p * 48, expand_w + 6144, expand_bias + 128, NULL, chunk + p * 144 + 128, 4, 8, 48, 16, 144, 1, 0, ACTIVATION_HARDSWISH);
+                    pointwise_f32_tile6x8_vector(x + next * 2688 + p * 48, expand_w + 6144, expand_bias + 128, NULL, chunk + p * 144 + 128, 4, 8, 48, 16, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile6x8_vector(x + next * 2688 + p * 48, expand_w + 6152, expand_bias + 136, NULL, chunk + p * 144 + 136, 4, 8, 48, 16, 144, 1, 0, ACTIVATION_HARDSWISH);
+                    pointwise_f32_tile6x8_vector(x + next * 2688 + p * 48, expand_w + 6152, expand_bias + 136, NULL, chunk + p * 144 + 136, 4, 8, 48, 16, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                 }
 #else
                 for (int n = 0; n < 128; n += 32) {
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile4x16_portable(x + next * 2688 + p * 48, expand_w + n * 48, expand_bias + n, NULL, chunk + p * 144 + n, 4, 16, 48, 32, 144, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile4x16_portable(x + next * 2688 + p * 48, expand_w + n * 48, expand_bias + n, NULL, chunk + p * 144 + n, 4, 16, 48, 32, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                     }
                     for (int p = 0; p < 56; p += 4) {
-                        pointwise_f32_tile4x16_portable(x + next * 2688 + p * 48, expand_w + n * 48 + 16, expand_bias + n + 16, NULL, chunk + p * 144 + n + 16, 4, 16, 48, 32, 144, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile4x16_portable(x + next * 2688 + p * 48, expand_w + n * 48 + 16, expand_bias + n + 16, NULL, chunk + p * 144 + n + 16, 4, 16, 48, 32, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                     }
                 }
                 for (int p = 0; p < 56; p += 4) {
-                    pointwise_f32_tile4x16_portable(x + next * 2688 + p * 48, expand_w + 6144, expand_bias + 128, NULL, chunk + p * 144 + 128, 4, 16, 48, 16, 144, 1, 0, ACTIVATION_HARDSWISH);
+                    pointwise_f32_tile4x16_portable(x + next * 2688 + p * 48, expand_w + 6144, expand_bias + 128, NULL, chunk + p * 144 + 128, 4, 16, 48, 16, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                 }
 #endif
             } else {
 #if defined(KERNELS_AVX512)
                 for (int n = 0; n < 128; n += 32) {
                     for (int p = 0; p < 28; p += 7) {
-                        pointwise_f32_tile8x32_avx512(x + next * 2688 + p * 48, expand_w + n * 48, expand_bias + n, NULL, chunk + p * 144 + n, 7, 32, 48, 32, 144, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile8x32_avx512(x + next * 2688 + p * 48, expand_w + n * 48, expand_bias + n, NULL, chunk + p * 144 + n, 7, 32, 48, 32, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                     }
                 }
                 for (int p = 0; p < 28; p += 7) {
-                    pointwise_f32_tile8x32_avx512(x + next * 2688 + p * 48, expand_w + 6144, expand_bias + 128, NULL, chunk + p * 144 + 128, 7, 16, 48, 16, 144, 1, 0, ACTIVATION_HARDSWISH);
+                    pointwise_f32_tile8x32_avx512(x + next * 2688 + p * 48, expand_w + 6144, expand_bias + 128, NULL, chunk + p * 144 + 128, 7, 16, 48, 16, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                 }
 #elif defined(KERNELS_AVX2)
                 for (int n = 0; n < 128; n += 32) {
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile6x16_avx2(x + next * 2688 + p * 48, expand_w + n * 48, expand_bias + n, NULL, chunk + p * 144 + n, 4, 16, 48, 32, 144, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x16_avx2(x + next * 2688 + p * 48, expand_w + n * 48, expand_bias + n, NULL, chunk + p * 144 + n, 4, 16, 48, 32, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                     }
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile6x16_avx2(x + next * 2688 + p * 48, expand_w + n * 48 + 16, expand_bias + n + 16, NULL, chunk + p * 144 + n + 16, 4, 16, 48, 32, 144, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x16_avx2(x + next * 2688 + p * 48, expand_w + n * 48 + 16, expand_bias + n + 16, NULL, chunk + p * 144 + n + 16, 4, 16, 48, 32, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                     }
                 }
                 for (int p = 0; p < 28; p += 4) {
-                    pointwise_f32_tile6x16_avx2(x + next * 2688 + p * 48, expand_w + 6144, expand_bias + 128, NULL, chunk + p * 144 + 128, 4, 16, 48, 16, 144, 1, 0, ACTIVATION_HARDSWISH);
+                    pointwise_f32_tile6x16_avx2(x + next * 2688 + p * 48, expand_w + 6144, expand_bias + 128, NULL, chunk + p * 144 + 128, 4, 16, 48, 16, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                 }
 #elif defined(KERNELS_VECTOR)
                 for (int n = 0; n < 128; n += 32) {
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 2688 + p * 48, expand_w + n * 48, expand_bias + n, NULL, chunk + p * 144 + n, 4, 8, 48, 32, 144, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x8_vector(x + next * 2688 + p * 48, expand_w + n * 48, expand_bias + n, NULL, chunk + p * 144 + n, 4, 8, 48, 32, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                     }
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 2688 + p * 48, expand_w + n * 48 + 8, expand_bias + n + 8, NULL, chunk + p * 144 + n + 8, 4, 8, 48, 32, 144, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x8_vector(x + next * 2688 + p * 48, expand_w + n * 48 + 8, expand_bias + n + 8, NULL, chunk + p * 144 + n + 8, 4, 8, 48, 32, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                     }
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 2688 + p * 48, expand_w + n * 48 + 16, expand_bias + n + 16, NULL, chunk + p * 144 + n + 16, 4, 8, 48, 32, 144, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x8_vector(x + next * 2688 + p * 48, expand_w + n * 48 + 16, expand_bias + n + 16, NULL, chunk + p * 144 + n + 16, 4, 8, 48, 32, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                     }
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile6x8_vector(x + next * 2688 + p * 48, expand_w + n * 48 + 24, expand_bias + n + 24, NULL, chunk + p * 144 + n + 24, 4, 8, 48, 32, 144, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile6x8_vector(x + next * 2688 + p * 48, expand_w + n * 48 + 24, expand_bias + n + 24, NULL, chunk + p * 144 + n + 24, 4, 8, 48, 32, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                     }
                 }
                 for (int p = 0; p < 28; p += 4) {
-                    pointwise_f32_tile6x8_vector(x + next * 2688 + p * 48, expand_w + 6144, expand_bias + 128, NULL, chunk + p * 144 + 128, 4, 8, 48, 16, 144, 1, 0, ACTIVATION_HARDSWISH);
+                    pointwise_f32_tile6x8_vector(x + next * 2688 + p * 48, expand_w + 6144, expand_bias + 128, NULL, chunk + p * 144 + 128, 4, 8, 48, 16, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                 }
                 for (int p = 0; p < 28; p += 4) {
-                    pointwise_f32_tile6x8_vector(x + next * 2688 + p * 48, expand_w + 6152, expand_bias + 136, NULL, chunk + p * 144 + 136, 4, 8, 48, 16, 144, 1, 0, ACTIVATION_HARDSWISH);
+                    pointwise_f32_tile6x8_vector(x + next * 2688 + p * 48, expand_w + 6152, expand_bias + 136, NULL, chunk + p * 144 + 136, 4, 8, 48, 16, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                 }
 #else
                 for (int n = 0; n < 128; n += 32) {
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile4x16_portable(x + next * 2688 + p * 48, expand_w + n * 48, expand_bias + n, NULL, chunk + p * 144 + n, 4, 16, 48, 32, 144, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile4x16_portable(x + next * 2688 + p * 48, expand_w + n * 48, expand_bias + n, NULL, chunk + p * 144 + n, 4, 16, 48, 32, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                     }
                     for (int p = 0; p < 28; p += 4) {
-                        pointwise_f32_tile4x16_portable(x + next * 2688 + p * 48, expand_w + n * 48 + 16, expand_bias + n + 16, NULL, chunk + p * 144 + n + 16, 4, 16, 48, 32, 144, 1, 0, ACTIVATION_HARDSWISH);
+                        pointwise_f32_tile4x16_portable(x + next * 2688 + p * 48, expand_w + n * 48 + 16, expand_bias + n + 16, NULL, chunk + p * 144 + n + 16, 4, 16, 48, 32, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                     }
                 }
                 for (int p = 0; p < 28; p += 4) {
-                    pointwise_f32_tile4x16_portable(x + next * 2688 + p * 48, expand_w + 6144, expand_bias + 128, NULL, chunk + p * 144 + 128, 4, 16, 48, 16, 144, 1, 0, ACTIVATION_HARDSWISH);
+                    pointwise_f32_tile4x16_portable(x + next * 2688 + p * 48, expand_w + 6144, expand_bias + 128, NULL, chunk + p * 144 + 128, 4, 16, 48, 16, 144, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                 }
 #endif
             }
@@ -9163,51 +9426,53 @@ static void block_f32_14x14x48_to_14x14x48_residual(const float *restrict x, con
             scaled[k * 16 + j + 4608] = project_w[k * 16 + j + 4608] * gate[k];
         }
     }
+    int used_channels[144];
+    const int used_count = nonzero_channels_f32(band, 196, 144, used_channels);
 #if defined(KERNELS_AVX512)
     for (int p = 0; p < 196; p += 7) {
-        pointwise_f32_tile8x32_avx512(band + p * 144, scaled, project_bias, residual + p * 48, y + p * 48, 7, 32, 144, 32, 48, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile8x32_avx512(band + p * 144, scaled, project_bias, residual + p * 48, y + p * 48, 7, 32, 144, 32, 48, (used_count < 144 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
     }
     for (int p = 0; p < 196; p += 7) {
-        pointwise_f32_tile8x32_avx512(band + p * 144, scaled + 4608, project_bias + 32, residual + p * 48 + 32, y + p * 48 + 32, 7, 16, 144, 16, 48, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile8x32_avx512(band + p * 144, scaled + 4608, project_bias + 32, residual + p * 48 + 32, y + p * 48 + 32, 7, 16, 144, 16, 48, (used_count < 144 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_AVX2)
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile6x16_avx2(band + p * 144, scaled, project_bias, residual + p * 48, y + p * 48, 4, 16, 144, 32, 48, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x16_avx2(band + p * 144, scaled, project_bias, residual + p * 48, y + p * 48, 4, 16, 144, 32, 48, (used_count < 144 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
     }
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile6x16_avx2(band + p * 144, scaled + 16, project_bias + 16, residual + p * 48 + 16, y + p * 48 + 16, 4, 16, 144, 32, 48, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x16_avx2(band + p * 144, scaled + 16, project_bias + 16, residual + p * 48 + 16, y + p * 48 + 16, 4, 16, 144, 32, 48, (used_count < 144 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
     }
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile6x16_avx2(band + p * 144, scaled + 4608, project_bias + 32, residual + p * 48 + 32, y + p * 48 + 32, 4, 16, 144, 16, 48, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x16_avx2(band + p * 144, scaled + 4608, project_bias + 32, residual + p * 48 + 32, y + p * 48 + 32, 4, 16, 144, 16, 48, (used_count < 144 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile6x8_vector(band + p * 144, scaled, project_bias, residual + p * 48, y + p * 48, 4, 8, 144, 32, 48, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x8_vector(band + p * 144, scaled, project_bias, residual + p * 48, y + p * 48, 4, 8, 144, 32, 48, (used_count < 144 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
     }
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile6x8_vector(band + p * 144, scaled + 8, project_bias + 8, residual + p * 48 + 8, y + p * 48 + 8, 4, 8, 144, 32, 48, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x8_vector(band + p * 144, scaled + 8, project_bias + 8, residual + p * 48 + 8, y + p * 48 + 8, 4, 8, 144, 32, 48, (used_count < 144 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
     }
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile6x8_vector(band + p * 144, scaled + 16, project_bias + 16, residual + p * 48 + 16, y + p * 48 + 16, 4, 8, 144, 32, 48, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x8_vector(band + p * 144, scaled + 16, project_bias + 16, residual + p * 48 + 16, y + p * 48 + 16, 4, 8, 144, 32, 48, (used_count < 144 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
     }
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile6x8_vector(band + p * 144, scaled + 24, project_bias + 24, residual + p * 48 + 24, y + p * 48 + 24, 4, 8, 144, 32, 48, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x8_vector(band + p * 144, scaled + 24, project_bias + 24, residual + p * 48 + 24, y + p * 48 + 24, 4, 8, 144, 32, 48, (used_count < 144 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
     }
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile6x8_vector(band + p * 144, scaled + 4608, project_bias + 32, residual + p * 48 + 32, y + p * 48 + 32, 4, 8, 144, 16, 48, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x8_vector(band + p * 144, scaled + 4608, project_bias + 32, residual + p * 48 + 32, y + p * 48 + 32, 4, 8, 144, 16, 48, (used_count < 144 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
     }
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile6x8_vector(band + p * 144, scaled + 4616, project_bias + 40, residual + p * 48 + 40, y + p * 48 + 40, 4, 8, 144, 16, 48, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x8_vector(band + p * 144, scaled + 4616, project_bias + 40, residual + p * 48 + 40, y + p * 48 + 40, 4, 8, 144, 16, 48, (used_count < 144 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
     }
 #else
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile4x16_portable(band + p * 144, scaled, project_bias, residual + p * 48, y + p * 48, 4, 16, 144, 32, 48, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile4x16_portable(band + p * 144, scaled, project_bias, residual + p * 48, y + p * 48, 4, 16, 144, 32, 48, (used_count < 144 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
     }
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile4x16_portable(band + p * 144, scaled + 16, project_bias + 16, residual + p * 48 + 16, y + p * 48 + 16, 4, 16, 144, 32, 48, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile4x16_portable(band + p * 144, scaled + 16, project_bias + 16, residual + p * 48 + 16, y + p * 48 + 16, 4, 16, 144, 32, 48, (used_count < 144 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
     }
     for (int p = 0; p < 196; p += 4) {
-        pointwise_f32_tile4x16_portable(band + p * 144, scaled + 4608, project_bias + 32, residual + p * 48 + 32, y + p * 48 + 32, 4, 16, 144, 16, 48, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile4x16_portable(band + p * 144, scaled + 4608, project_bias + 32, residual + p * 48 + 32, y + p * 48 + 32, 4, 16, 144, 16, 48, (used_count < 144 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
     }
 #endif
 }
@@ -9236,40 +9501,40 @@ static void block_f32_14x14x48_to_7x7x96(const float *restrict x, const float *r
 #if defined(KERNELS_AVX512)
             for (int n = 0; n < 288; n += 32) {
                 for (int p = 0; p < 196; p += 7) {
-                    pointwise_f32_tile8x32_avx512(x + next * 9408 + p * 48, expand_w + n * 48, expand_bias + n, NULL, chunk + p * 288 + n, 7, 32, 48, 32, 288, 1, 0, ACTIVATION_HARDSWISH);
+                    pointwise_f32_tile8x32_avx512(x + next * 9408 + p * 48, expand_w + n * 48, expand_bias + n, NULL, chunk + p * 288 + n, 7, 32, 48, 32, 288, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                 }
             }
 #elif defined(KERNELS_AVX2)
             for (int n = 0; n < 288; n += 32) {
                 for (int p = 0; p < 196; p += 4) {
-                    pointwise_f32_tile6x16_avx2(x + next * 9408 + p * 48, expand_w + n * 48, expand_bias + n, NULL, chunk + p * 288 + n, 4, 16, 48, 32, 288, 1, 0, ACTIVATION_HARDSWISH);
+                    pointwise_f32_tile6x16_avx2(x + next * 9408 + p * 48, expand_w + n * 48, expand_bias + n, NULL, chunk + p * 288 + n, 4, 16, 48, 32, 288, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                 }
                 for (int p = 0; p < 196; p += 4) {
-                    pointwise_f32_tile6x16_avx2(x + next * 9408 + p * 48, expand_w + n * 48 + 16, expand_bias + n + 16, NULL, chunk + p * 288 + n + 16, 4, 16, 48, 32, 288, 1, 0, ACTIVATION_HARDSWISH);
+                    pointwise_f32_tile6x16_avx2(x + next * 9408 + p * 48, expand_w + n * 48 + 16, expand_bias + n + 16, NULL, chunk + p * 288 + n + 16, 4, 16, 48, 32, 288, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                 }
             }
 #elif defined(KERNELS_VECTOR)
             for (int n = 0; n < 288; n += 32) {
                 for (int p = 0; p < 196; p += 4) {
-                    pointwise_f32_tile6x8_vector(x + next * 9408 + p * 48, expand_w + n * 48, expand_bias + n, NULL, chunk + p * 288 + n, 4, 8, 48, 32, 288, 1, 0, ACTIVATION_HARDSWISH);
+                    pointwise_f32_tile6x8_vector(x + next * 9408 + p * 48, expand_w + n * 48, expand_bias + n, NULL, chunk + p * 288 + n, 4, 8, 48, 32, 288, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                 }
                 for (int p = 0; p < 196; p += 4) {
-                    pointwise_f32_tile6x8_vector(x + next * 9408 + p * 48, expand_w + n * 48 + 8, expand_bias + n + 8, NULL, chunk + p * 288 + n + 8, 4, 8, 48, 32, 288, 1, 0, ACTIVATION_HARDSWISH);
+                    pointwise_f32_tile6x8_vector(x + next * 9408 + p * 48, expand_w + n * 48 + 8, expand_bias + n + 8, NULL, chunk + p * 288 + n + 8, 4, 8, 48, 32, 288, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                 }
                 for (int p = 0; p < 196; p += 4) {
-                    pointwise_f32_tile6x8_vector(x + next * 9408 + p * 48, expand_w + n * 48 + 16, expand_bias + n + 16, NULL, chunk + p * 288 + n + 16, 4, 8, 48, 32, 288, 1, 0, ACTIVATION_HARDSWISH);
+                    pointwise_f32_tile6x8_vector(x + next * 9408 + p * 48, expand_w + n * 48 + 16, expand_bias + n + 16, NULL, chunk + p * 288 + n + 16, 4, 8, 48, 32, 288, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                 }
                 for (int p = 0; p < 196; p += 4) {
-                    pointwise_f32_tile6x8_vector(x + next * 9408 + p * 48, expand_w + n * 48 + 24, expand_bias + n + 24, NULL, chunk + p * 288 + n + 24, 4, 8, 48, 32, 288, 1, 0, ACTIVATION_HARDSWISH);
+                    pointwise_f32_tile6x8_vector(x + next * 9408 + p * 48, expand_w + n * 48 + 24, expand_bias + n + 24, NULL, chunk + p * 288 + n + 24, 4, 8, 48, 32, 288, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                 }
             }
 #else
             for (int n = 0; n < 288; n += 32) {
                 for (int p = 0; p < 196; p += 4) {
-                    pointwise_f32_tile4x16_portable(x + next * 9408 + p * 48, expand_w + n * 48, expand_bias + n, NULL, chunk + p * 288 + n, 4, 16, 48, 32, 288, 1, 0, ACTIVATION_HARDSWISH);
+                    pointwise_f32_tile4x16_portable(x + next * 9408 + p * 48, expand_w + n * 48, expand_bias + n, NULL, chunk + p * 288 + n, 4, 16, 48, 32, 288, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                 }
                 for (int p = 0; p < 196; p += 4) {
-                    pointwise_f32_tile4x16_portable(x + next * 9408 + p * 48, expand_w + n * 48 + 16, expand_bias + n + 16, NULL, chunk + p * 288 + n + 16, 4, 16, 48, 32, 288, 1, 0, ACTIVATION_HARDSWISH);
+                    pointwise_f32_tile4x16_portable(x + next * 9408 + p * 48, expand_w + n * 48 + 16, expand_bias + n + 16, NULL, chunk + p * 288 + n + 16, 4, 16, 48, 32, 288, NULL, 48, 1, 0, ACTIVATION_HARDSWISH);
                 }
             }
 #endif
@@ -9307,52 +9572,54 @@ static void block_f32_14x14x48_to_7x7x96(const float *restrict x, const float *r
             band[p * 288 + c] *= gate[c];
         }
     }
+    int used_channels[288];
+    const int used_count = nonzero_channels_f32(band, 49, 288, used_channels);
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 49; p += 7) {
-            pointwise_f32_tile8x32_avx512(band + p * 288, project_w + n * 288, project_bias + n, NULL, y + p * 96 + n, 7, 32, 288, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile8x32_avx512(band + p * 288, project_w + n * 288, project_bias + n, NULL, y + p * 96 + n, 7, 32, 288, 32, 96, (used_count < 288 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
         }
     }
 #elif defined(KERNELS_AVX2)
     for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x16_avx2(band + p * 288, project_w + n * 288, project_bias + n, NULL, y + p * 96 + n, 5, 16, 288, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x16_avx2(band + p * 288, project_w + n * 288, project_bias + n, NULL, y + p * 96 + n, 5, 16, 288, 32, 96, (used_count < 288 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile6x16_avx2(band + 12960, project_w + n * 288, project_bias + n, NULL, y + n + 4320, 4, 16, 288, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x16_avx2(band + 12960, project_w + n * 288, project_bias + n, NULL, y + n + 4320, 4, 16, 288, 32, 96, (used_count < 288 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x16_avx2(band + p * 288, project_w + n * 288 + 16, project_bias + n + 16, NULL, y + p * 96 + n + 16, 5, 16, 288, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x16_avx2(band + p * 288, project_w + n * 288 + 16, project_bias + n + 16, NULL, y + p * 96 + n + 16, 5, 16, 288, 32, 96, (used_count < 288 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile6x16_avx2(band + 12960, project_w + n * 288 + 16, project_bias + n + 16, NULL, y + n + 16 + 4320, 4, 16, 288, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x16_avx2(band + 12960, project_w + n * 288 + 16, project_bias + n + 16, NULL, y + n + 16 + 4320, 4, 16, 288, 32, 96, (used_count < 288 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
     for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x8_vector(band + p * 288, project_w + n * 288, project_bias + n, NULL, y + p * 96 + n, 5, 8, 288, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x8_vector(band + p * 288, project_w + n * 288, project_bias + n, NULL, y + p * 96 + n, 5, 8, 288, 32, 96, (used_count < 288 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile6x8_vector(band + 12960, project_w + n * 288, project_bias + n, NULL, y + n + 4320, 4, 8, 288, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x8_vector(band + 12960, project_w + n * 288, project_bias + n, NULL, y + n + 4320, 4, 8, 288, 32, 96, (used_count < 288 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x8_vector(band + p * 288, project_w + n * 288 + 8, project_bias + n + 8, NULL, y + p * 96 + n + 8, 5, 8, 288, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x8_vector(band + p * 288, project_w + n * 288 + 8, project_bias + n + 8, NULL, y + p * 96 + n + 8, 5, 8, 288, 32, 96, (used_count < 288 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile6x8_vector(band + 12960, project_w + n * 288 + 8, project_bias + n + 8, NULL, y + n + 8 + 4320, 4, 8, 288, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x8_vector(band + 12960, project_w + n * 288 + 8, project_bias + n + 8, NULL, y + n + 8 + 4320, 4, 8, 288, 32, 96, (used_count < 288 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x8_vector(band + p * 288, project_w + n * 288 + 16, project_bias + n + 16, NULL, y + p * 96 + n + 16, 5, 8, 288, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x8_vector(band + p * 288, project_w + n * 288 + 16, project_bias + n + 16, NULL, y + p * 96 + n + 16, 5, 8, 288, 32, 96, (used_count < 288 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile6x8_vector(band + 12960, project_w + n * 288 + 16, project_bias + n + 16, NULL, y + n + 16 + 4320, 4, 8, 288, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x8_vector(band + 12960, project_w + n * 288 + 16, project_bias + n + 16, NULL, y + n + 16 + 4320, 4, 8, 288, 32, 96, (used_count < 288 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x8_vector(band + p * 288, project_w + n * 288 + 24, project_bias + n + 24, NULL, y + p * 96 + n + 24, 5, 8, 288, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x8_vector(band + p * 288, project_w + n * 288 + 24, project_bias + n + 24, NULL, y + p * 96 + n + 24, 5, 8, 288, 32, 96, (used_count < 288 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile6x8_vector(band + 12960, project_w + n * 288 + 24, project_bias + n + 24, NULL, y + n + 24 + 4320, 4, 8, 288, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x8_vector(band + 12960, project_w + n * 288 + 24, project_bias + n + 24, NULL, y + n + 24 + 4320, 4, 8, 288, 32, 96, (used_count < 288 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
     }
 #else
     for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 48; p += 4) {
-            pointwise_f32_tile4x16_portable(band + p * 288, project_w + n * 288, project_bias + n, NULL, y + p * 96 + n, 4, 16, 288, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile4x16_portable(band + p * 288, project_w + n * 288, project_bias + n, NULL, y + p * 96 + n, 4, 16, 288, 32, 96, (used_count < 288 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile4x16_portable(band + 13824, project_w + n * 288, project_bias + n, NULL, y + n + 4608, 1, 16, 288, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile4x16_portable(band + 13824, project_w + n * 288, project_bias + n, NULL, y + n + 4608, 1, 16, 288, 32, 96, (used_count < 288 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
         for (int p = 0; p < 48; p += 4) {
-            pointwise_f32_tile4x16_portable(band + p * 288, project_w + n * 288 + 16, project_bias + n + 16, NULL, y + p * 96 + n + 16, 4, 16, 288, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+            pointwise_f32_tile4x16_portable(band + p * 288, project_w + n * 288 + 16, project_bias + n + 16, NULL, y + p * 96 + n + 16, 4, 16, 288, 32, 96, (used_count < 288 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile4x16_portable(band + 13824, project_w + n * 288 + 16, project_bias + n + 16, NULL, y + n + 16 + 4608, 1, 16, 288, 32, 96, 1, 0, ACTIVATION_IDENTITY);
+        pointwise_f32_tile4x16_portable(band + 13824, project_w + n * 288 + 16, project_bias + n + 16, NULL, y + n + 16 + 4608, 1, 16, 288, 32, 96, (used_count < 288 ? used_channels : NULL), used_count, 1, 0, ACTIVATION_IDENTITY);
     }
 #endif
 }
@@ -9386,49 +9653,49 @@ static void block_f32_7x7x96_to_7x7x96_residual(const float *restrict x, const f
 #if defined(KERNELS_AVX512)
             for (int n = 0; n < 576; n += 32) {
                 for (int p = 0; p < 49; p += 7) {
-                    pointwise_f32_tile8x32_avx512(x + next * 4704 + p * 96, expand_w + n * 96, expand_bias + n, NULL, chunk + p * 576 + n, 7, 32, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
+                    pointwise_f32_tile8x32_avx512(x + next * 4704 + p * 96, expand_w + n * 96, expand_bias + n, NULL, chunk + p * 576 + n, 7, 32, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_HARDSWISH);
                 }
             }
 #elif defined(KERNELS_AVX2)
             for (int n = 0; n < 576; n += 32) {
                 for (int p = 0; p < 45; p += 5) {
-                    pointwise_f32_tile6x16_avx2(x + next * 4704 + p * 96, expand_w + n * 96, expand_bias + n, NULL, chunk + p * 576 + n, 5, 16, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
+                    pointwise_f32_tile6x16_avx2(x + next * 4704 + p * 96, expand_w + n * 96, expand_bias + n, NULL, chunk + p * 576 + n, 5, 16, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_HARDSWISH);
                 }
-                pointwise_f32_tile6x16_avx2(x + next * 4704 + 4320, expand_w + n * 96, expand_bias + n, NULL, chunk + n + 25920, 4, 16, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
+                pointwise_f32_tile6x16_avx2(x + next * 4704 + 4320, expand_w + n * 96, expand_bias + n, NULL, chunk + n + 25920, 4, 16, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_HARDSWISH);
                 for (int p = 0; p < 45; p += 5) {
-                    pointwise_f32_tile6x16_avx2(x + next * 4704 + p * 96, expand_w + n * 96 + 16, expand_bias + n + 16, NULL, chunk + p * 576 + n + 16, 5, 16, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
+                    pointwise_f32_tile6x16_avx2(x + next * 4704 + p * 96, expand_w + n * 96 + 16, expand_bias + n + 16, NULL, chunk + p * 576 + n + 16, 5, 16, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_HARDSWISH);
                 }
-                pointwise_f32_tile6x16_avx2(x + next * 4704 + 4320, expand_w + n * 96 + 16, expand_bias + n + 16, NULL, chunk + n + 16 + 25920, 4, 16, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
+                pointwise_f32_tile6x16_avx2(x + next * 4704 + 4320, expand_w + n * 96 + 16, expand_bias + n + 16, NULL, chunk + n + 16 + 25920, 4, 16, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_HARDSWISH);
             }
 #elif defined(KERNELS_VECTOR)
             for (int n = 0; n < 576; n += 32) {
                 for (int p = 0; p < 45; p += 5) {
-                    pointwise_f32_tile6x8_vector(x + next * 4704 + p * 96, expand_w + n * 96, expand_bias + n, NULL, chunk + p * 576 + n, 5, 8, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
+                    pointwise_f32_tile6x8_vector(x + next * 4704 + p * 96, expand_w + n * 96, expand_bias + n, NULL, chunk + p * 576 + n, 5, 8, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_HARDSWISH);
                 }
-                pointwise_f32_tile6x8_vector(x + next * 4704 + 4320, expand_w + n * 96, expand_bias + n, NULL, chunk + n + 25920, 4, 8, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
+                pointwise_f32_tile6x8_vector(x + next * 4704 + 4320, expand_w + n * 96, expand_bias + n, NULL, chunk + n + 25920, 4, 8, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_HARDSWISH);
                 for (int p = 0; p < 45; p += 5) {
-                    pointwise_f32_tile6x8_vector(x + next * 4704 + p * 96, expand_w + n * 96 + 8, expand_bias + n + 8, NULL, chunk + p * 576 + n + 8, 5, 8, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
+                    pointwise_f32_tile6x8_vector(x + next * 4704 + p * 96, expand_w + n * 96 + 8, expand_bias + n + 8, NULL, chunk + p * 576 + n + 8, 5, 8, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_HARDSWISH);
                 }
-                pointwise_f32_tile6x8_vector(x + next * 4704 + 4320, expand_w + n * 96 + 8, expand_bias + n + 8, NULL, chunk + n + 8 + 25920, 4, 8, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
+                pointwise_f32_tile6x8_vector(x + next * 4704 + 4320, expand_w + n * 96 + 8, expand_bias + n + 8, NULL, chunk + n + 8 + 25920, 4, 8, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_HARDSWISH);
                 for (int p = 0; p < 45; p += 5) {
-                    pointwise_f32_tile6x8_vector(x + next * 4704 + p * 96, expand_w + n * 96 + 16, expand_bias + n + 16, NULL, chunk + p * 576 + n + 16, 5, 8, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
+                    pointwise_f32_tile6x8_vector(x + next * 4704 + p * 96, expand_w + n * 96 + 16, expand_bias + n + 16, NULL, chunk + p * 576 + n + 16, 5, 8, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_HARDSWISH);
                 }
-                pointwise_f32_tile6x8_vector(x + next * 4704 + 4320, expand_w + n * 96 + 16, expand_bias + n + 16, NULL, chunk + n + 16 + 25920, 4, 8, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
+                pointwise_f32_tile6x8_vector(x + next * 4704 + 4320, expand_w + n * 96 + 16, expand_bias + n + 16, NULL, chunk + n + 16 + 25920, 4, 8, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_HARDSWISH);
                 for (int p = 0; p < 45; p += 5) {
-                    pointwise_f32_tile6x8_vector(x + next * 4704 + p * 96, expand_w + n * 96 + 24, expand_bias + n + 24, NULL, chunk + p * 576 + n + 24, 5, 8, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
+                    pointwise_f32_tile6x8_vector(x + next * 4704 + p * 96, expand_w + n * 96 + 24, expand_bias + n + 24, NULL, chunk + p * 576 + n + 24, 5, 8, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_HARDSWISH);
                 }
-                pointwise_f32_tile6x8_vector(x + next * 4704 + 4320, expand_w + n * 96 + 24, expand_bias + n + 24, NULL, chunk + n + 24 + 25920, 4, 8, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
+                pointwise_f32_tile6x8_vector(x + next * 4704 + 4320, expand_w + n * 96 + 24, expand_bias + n + 24, NULL, chunk + n + 24 + 25920, 4, 8, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_HARDSWISH);
             }
 #else
             for (int n = 0; n < 576; n += 32) {
                 for (int p = 0; p < 48; p += 4) {
-                    pointwise_f32_tile4x16_portable(x + next * 4704 + p * 96, expand_w + n * 96, expand_bias + n, NULL, chunk + p * 576 + n, 4, 16, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
+                    pointwise_f32_tile4x16_portable(x + next * 4704 + p * 96, expand_w + n * 96, expand_bias + n, NULL, chunk + p * 576 + n, 4, 16, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_HARDSWISH);
                 }
-                pointwise_f32_tile4x16_portable(x + next * 4704 + 4608, expand_w + n * 96, expand_bias + n, NULL, chunk + n + 27648, 1, 16, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
+                pointwise_f32_tile4x16_portable(x + next * 4704 + 4608, expand_w + n * 96, expand_bias + n, NULL, chunk + n + 27648, 1, 16, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_HARDSWISH);
                 for (int p = 0; p < 48; p += 4) {
-                    pointwise_f32_tile4x16_portable(x + next * 4704 + p * 96, expand_w + n * 96 + 16, expand_bias + n + 16, NULL, chunk + p * 576 + n + 16, 4, 16, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
+                    pointwise_f32_tile4x16_portable(x + next * 4704 + p * 96, expand_w + n * 96 + 16, expand_bias + n + 16, NULL, chunk + p * 576 + n + 16, 4, 16, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_HARDSWISH);
                 }
-                pointwise_f32_tile4x16_portable(x + next * 4704 + 4608, expand_w + n * 96 + 16, expand_bias + n + 16, NULL, chunk + n + 16 + 27648, 1, 16, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
+                pointwise_f32_tile4x16_portable(x + next * 4704 + 4608, expand_w + n * 96 + 16, expand_bias + n + 16, NULL, chunk + n + 16 + 27648, 1, 16, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_HARDSWISH);
             }
 #endif
         }
@@ -9465,52 +9732,54 @@ static void block_f32_7x7x96_to_7x7x96_residual(const float *restrict x, const f
             band[p * 576 + c] *= gate[c];
         }
     }
+    int used_channels[576];
+    const int used_count = nonzero_channels_f32(band, 49, 576, used_channels);
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 49; p += 7) {
-            pointwise_f32_tile8x32_avx512(band + p * 576, project_w + n * 576, project_bias + n, residual + p * 96 + n, y + p * 96 + n, 7, 32, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile8x32_avx512(band + p * 576, project_w + n * 576, project_bias + n, residual + p * 96 + n, y + p * 96 + n, 7, 32, 576, 32, 96, (used_count < 576 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
         }
     }
 #elif defined(KERNELS_AVX2)
     for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x16_avx2(band + p * 576, project_w + n * 576, project_bias + n, residual + p * 96 + n, y + p * 96 + n, 5, 16, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x16_avx2(band + p * 576, project_w + n * 576, project_bias + n, residual + p * 96 + n, y + p * 96 + n, 5, 16, 576, 32, 96, (used_count < 576 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile6x16_avx2(band + 25920, project_w + n * 576, project_bias + n, residual + n + 4320, y + n + 4320, 4, 16, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x16_avx2(band + 25920, project_w + n * 576, project_bias + n, residual + n + 4320, y + n + 4320, 4, 16, 576, 32, 96, (used_count < 576 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x16_avx2(band + p * 576, project_w + n * 576 + 16, project_bias + n + 16, residual + p * 96 + n + 16, y + p * 96 + n + 16, 5, 16, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x16_avx2(band + p * 576, project_w + n * 576 + 16, project_bias + n + 16, residual + p * 96 + n + 16, y + p * 96 + n + 16, 5, 16, 576, 32, 96, (used_count < 576 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile6x16_avx2(band + 25920, project_w + n * 576 + 16, project_bias + n + 16, residual + n + 16 + 4320, y + n + 16 + 4320, 4, 16, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x16_avx2(band + 25920, project_w + n * 576 + 16, project_bias + n + 16, residual + n + 16 + 4320, y + n + 16 + 4320, 4, 16, 576, 32, 96, (used_count < 576 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
     }
 #elif defined(KERNELS_VECTOR)
     for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x8_vector(band + p * 576, project_w + n * 576, project_bias + n, residual + p * 96 + n, y + p * 96 + n, 5, 8, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x8_vector(band + p * 576, project_w + n * 576, project_bias + n, residual + p * 96 + n, y + p * 96 + n, 5, 8, 576, 32, 96, (used_count < 576 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile6x8_vector(band + 25920, project_w + n * 576, project_bias + n, residual + n + 4320, y + n + 4320, 4, 8, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x8_vector(band + 25920, project_w + n * 576, project_bias + n, residual + n + 4320, y + n + 4320, 4, 8, 576, 32, 96, (used_count < 576 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x8_vector(band + p * 576, project_w + n * 576 + 8, project_bias + n + 8, residual + p * 96 + n + 8, y + p * 96 + n + 8, 5, 8, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x8_vector(band + p * 576, project_w + n * 576 + 8, project_bias + n + 8, residual + p * 96 + n + 8, y + p * 96 + n + 8, 5, 8, 576, 32, 96, (used_count < 576 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile6x8_vector(band + 25920, project_w + n * 576 + 8, project_bias + n + 8, residual + n + 8 + 4320, y + n + 8 + 4320, 4, 8, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x8_vector(band + 25920, project_w + n * 576 + 8, project_bias + n + 8, residual + n + 8 + 4320, y + n + 8 + 4320, 4, 8, 576, 32, 96, (used_count < 576 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x8_vector(band + p * 576, project_w + n * 576 + 16, project_bias + n + 16, residual + p * 96 + n + 16, y + p * 96 + n + 16, 5, 8, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x8_vector(band + p * 576, project_w + n * 576 + 16, project_bias + n + 16, residual + p * 96 + n + 16, y + p * 96 + n + 16, 5, 8, 576, 32, 96, (used_count < 576 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile6x8_vector(band + 25920, project_w + n * 576 + 16, project_bias + n + 16, residual + n + 16 + 4320, y + n + 16 + 4320, 4, 8, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x8_vector(band + 25920, project_w + n * 576 + 16, project_bias + n + 16, residual + n + 16 + 4320, y + n + 16 + 4320, 4, 8, 576, 32, 96, (used_count < 576 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x8_vector(band + p * 576, project_w + n * 576 + 24, project_bias + n + 24, residual + p * 96 + n + 24, y + p * 96 + n + 24, 5, 8, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile6x8_vector(band + p * 576, project_w + n * 576 + 24, project_bias + n + 24, residual + p * 96 + n + 24, y + p * 96 + n + 24, 5, 8, 576, 32, 96, (used_count < 576 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile6x8_vector(band + 25920, project_w + n * 576 + 24, project_bias + n + 24, residual + n + 24 + 4320, y + n + 24 + 4320, 4, 8, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile6x8_vector(band + 25920, project_w + n * 576 + 24, project_bias + n + 24, residual + n + 24 + 4320, y + n + 24 + 4320, 4, 8, 576, 32, 96, (used_count < 576 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
     }
 #else
     for (int n = 0; n < 96; n += 32) {
         for (int p = 0; p < 48; p += 4) {
-            pointwise_f32_tile4x16_portable(band + p * 576, project_w + n * 576, project_bias + n, residual + p * 96 + n, y + p * 96 + n, 4, 16, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile4x16_portable(band + p * 576, project_w + n * 576, project_bias + n, residual + p * 96 + n, y + p * 96 + n, 4, 16, 576, 32, 96, (used_count < 576 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile4x16_portable(band + 27648, project_w + n * 576, project_bias + n, residual + n + 4608, y + n + 4608, 1, 16, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile4x16_portable(band + 27648, project_w + n * 576, project_bias + n, residual + n + 4608, y + n + 4608, 1, 16, 576, 32, 96, (used_count < 576 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
         for (int p = 0; p < 48; p += 4) {
-            pointwise_f32_tile4x16_portable(band + p * 576, project_w + n * 576 + 16, project_bias + n + 16, residual + p * 96 + n + 16, y + p * 96 + n + 16, 4, 16, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+            pointwise_f32_tile4x16_portable(band + p * 576, project_w + n * 576 + 16, project_bias + n + 16, residual + p * 96 + n + 16, y + p * 96 + n + 16, 4, 16, 576, 32, 96, (used_count < 576 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
         }
-        pointwise_f32_tile4x16_portable(band + 27648, project_w + n * 576 + 16, project_bias + n + 16, residual + n + 16 + 4608, y + n + 16 + 4608, 1, 16, 576, 32, 96, 1, 1, ACTIVATION_IDENTITY);
+        pointwise_f32_tile4x16_portable(band + 27648, project_w + n * 576 + 16, project_bias + n + 16, residual + n + 16 + 4608, y + n + 16 + 4608, 1, 16, 576, 32, 96, (used_count < 576 ? used_channels : NULL), used_count, 1, 1, ACTIVATION_IDENTITY);
     }
 #endif
 }
@@ -9522,49 +9791,49 @@ static void pointwise_f32_7x7x96_to_576_hardswish(const float *restrict x, const
 #if defined(KERNELS_AVX512)
     for (int n = 0; n < 576; n += 32) {
         for (int p = 0; p < 49; p += 7) {
-            pointwise_f32_tile8x32_avx512(x + p * 96, w + n * 96, bias + n, NULL, y + p * 576 + n, 7, 32, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile8x32_avx512(x + p * 96, w + n * 96, bias + n, NULL, y + p * 576 + n, 7, 32, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_HARDSWISH);
         }
     }
 #elif defined(KERNELS_AVX2)
     for (int n = 0; n < 576; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x16_avx2(x + p * 96, w + n * 96, bias + n, NULL, y + p * 576 + n, 5, 16, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile6x16_avx2(x + p * 96, w + n * 96, bias + n, NULL, y + p * 576 + n, 5, 16, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_HARDSWISH);
         }
-        pointwise_f32_tile6x16_avx2(x + 4320, w + n * 96, bias + n, NULL, y + n + 25920, 4, 16, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
+        pointwise_f32_tile6x16_avx2(x + 4320, w + n * 96, bias + n, NULL, y + n + 25920, 4, 16, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_HARDSWISH);
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x16_avx2(x + p * 96, w + n * 96 + 16, bias + n + 16, NULL, y + p * 576 + n + 16, 5, 16, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile6x16_avx2(x + p * 96, w + n * 96 + 16, bias + n + 16, NULL, y + p * 576 + n + 16, 5, 16, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_HARDSWISH);
         }
-        pointwise_f32_tile6x16_avx2(x + 4320, w + n * 96 + 16, bias + n + 16, NULL, y + n + 16 + 25920, 4, 16, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
+        pointwise_f32_tile6x16_avx2(x + 4320, w + n * 96 + 16, bias + n + 16, NULL, y + n + 16 + 25920, 4, 16, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_HARDSWISH);
     }
 #elif defined(KERNELS_VECTOR)
     for (int n = 0; n < 576; n += 32) {
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x8_vector(x + p * 96, w + n * 96, bias + n, NULL, y + p * 576 + n, 5, 8, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile6x8_vector(x + p * 96, w + n * 96, bias + n, NULL, y + p * 576 + n, 5, 8, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_HARDSWISH);
         }
-        pointwise_f32_tile6x8_vector(x + 4320, w + n * 96, bias + n, NULL, y + n + 25920, 4, 8, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
+        pointwise_f32_tile6x8_vector(x + 4320, w + n * 96, bias + n, NULL, y + n + 25920, 4, 8, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_HARDSWISH);
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x8_vector(x + p * 96, w + n * 96 + 8, bias + n + 8, NULL, y + p * 576 + n + 8, 5, 8, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile6x8_vector(x + p * 96, w + n * 96 + 8, bias + n + 8, NULL, y + p * 576 + n + 8, 5, 8, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_HARDSWISH);
         }
-        pointwise_f32_tile6x8_vector(x + 4320, w + n * 96 + 8, bias + n + 8, NULL, y + n + 8 + 25920, 4, 8, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
+        pointwise_f32_tile6x8_vector(x + 4320, w + n * 96 + 8, bias + n + 8, NULL, y + n + 8 + 25920, 4, 8, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_HARDSWISH);
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x8_vector(x + p * 96, w + n * 96 + 16, bias + n + 16, NULL, y + p * 576 + n + 16, 5, 8, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile6x8_vector(x + p * 96, w + n * 96 + 16, bias + n + 16, NULL, y + p * 576 + n + 16, 5, 8, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_HARDSWISH);
         }
-        pointwise_f32_tile6x8_vector(x + 4320, w + n * 96 + 16, bias + n + 16, NULL, y + n + 16 + 25920, 4, 8, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
+        pointwise_f32_tile6x8_vector(x + 4320, w + n * 96 + 16, bias + n + 16, NULL, y + n + 16 + 25920, 4, 8, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_HARDSWISH);
         for (int p = 0; p < 45; p += 5) {
-            pointwise_f32_tile6x8_vector(x + p * 96, w + n * 96 + 24, bias + n + 24, NULL, y + p * 576 + n + 24, 5, 8, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile6x8_vector(x + p * 96, w + n * 96 + 24, bias + n + 24, NULL, y + p * 576 + n + 24, 5, 8, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_HARDSWISH);
         }
-        pointwise_f32_tile6x8_vector(x + 4320, w + n * 96 + 24, bias + n + 24, NULL, y + n + 24 + 25920, 4, 8, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
+        pointwise_f32_tile6x8_vector(x + 4320, w + n * 96 + 24, bias + n + 24, NULL, y + n + 24 + 25920, 4, 8, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_HARDSWISH);
     }
 #else
     for (int n = 0; n < 576; n += 32) {
         for (int p = 0; p < 48; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 96, w + n * 96, bias + n, NULL, y + p * 576 + n, 4, 16, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile4x16_portable(x + p * 96, w + n * 96, bias + n, NULL, y + p * 576 + n, 4, 16, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_HARDSWISH);
         }
-        pointwise_f32_tile4x16_portable(x + 4608, w + n * 96, bias + n, NULL, y + n + 27648, 1, 16, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
+        pointwise_f32_tile4x16_portable(x + 4608, w + n * 96, bias + n, NULL, y + n + 27648, 1, 16, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_HARDSWISH);
         for (int p = 0; p < 48; p += 4) {
-            pointwise_f32_tile4x16_portable(x + p * 96, w + n * 96 + 16, bias + n + 16, NULL, y + p * 576 + n + 16, 4, 16, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
+            pointwise_f32_tile4x16_portable(x + p * 96, w + n * 96 + 16, bias + n + 16, NULL, y + p * 576 + n + 16, 4, 16, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_HARDSWISH);
         }
-        pointwise_f32_tile4x16_portable(x + 4608, w + n * 96 + 16, bias + n + 16, NULL, y + n + 16 + 27648, 1, 16, 96, 32, 576, 1, 0, ACTIVATION_HARDSWISH);
+        pointwise_f32_tile4x16_portable(x + 4608, w + n * 96 + 16, bias + n + 16, NULL, y + n + 16 + 27648, 1, 16, 96, 32, 576, NULL, 96, 1, 0, ACTIVATION_HARDSWISH);
     }
 #endif
 }

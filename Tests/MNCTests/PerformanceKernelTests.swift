@@ -61,8 +61,11 @@ final class PerformanceKernelTests: XCTestCase {
 
     /// Runs `graph` (optimized at -O2) through the generated C on every tier and compares the
     /// logits with the interpreter's on the unoptimized graph: max |Δ| ≤ 1e-4 · max |logit|.
-    func checkTiers(_ graph: Graph, label: String, disabled: Set<String> = [], file: StaticString = #filePath, line: UInt = #line) throws {
-        let bound = varianceKeepingWeights(graph)
+    /// `adjust` may change the bound weights before the run.
+    func checkTiers(_ graph: Graph, label: String, disabled: Set<String> = [], adjust: (inout Graph) -> Void = { _ in },
+                    file: StaticString = #filePath, line: UInt = #line) throws {
+        var bound = varianceKeepingWeights(graph)
+        adjust(&bound)
         let input = randomInput(count: bound.nodes[0].elementCount)
         let expected = try Interpreter(graph: bound).run(input: input)
         let optimized = try optimize(bound, disabled: disabled)
@@ -179,6 +182,122 @@ final class PerformanceKernelTests: XCTestCase {
         for (label, graph) in PerformanceKernelTests.fusedBlockGraphs() {
             try checkTiers(graph, label: label)
         }
+    }
+
+    /// Fused blocks whose depthwise output has channels that are zero in every pixel, so that the
+    /// projection skips them (see `zeroChannelGraph`). The logits must match the interpreter's.
+    func testFusedBlockSkipsZeroChannels() throws {
+        let graph = Self.zeroChannelGraph()
+        XCTAssertTrue(try generateC(optimize(bindRandomWeights(to: graph))).source.contains("nonzero_channels_f32(band"))
+        var deadChannels = 0
+        try checkTiers(graph, label: "zero channels") { deadChannels = Self.zeroChannels(&$0) }
+        XCTAssertEqual(deadChannels, 21 + 23 + 21)
+
+        // The skipped terms are ±0 · w, which leave every sum as it is: the logits equal those of
+        // the same code compiled with KERNELS_ALL_CHANNELS, which skips nothing, on every tier.
+        var bound = varianceKeepingWeights(graph)
+        _ = Self.zeroChannels(&bound)
+        let optimized = try optimize(bound)
+        let input = randomInput(count: bound.nodes[0].elementCount)
+        let tiers = tierFlags()
+        let results = concurrentMap(tiers.flatMap { [$0, $0 + ["-DKERNELS_ALL_CHANNELS"]] }) { flags in
+            try runGeneratedC(graph: optimized, input: input, inputLayout: .nchw, compiler: self.compiler, extraFlags: flags)
+        }
+        for (index, flags) in tiers.enumerated() {
+            XCTAssertEqual(try results[2 * index].get(), try results[2 * index + 1].get(), "\(flags)")
+        }
+    }
+
+    /// Three fused blocks on a 13×9 map, of several bands: 40 and 60 expanded channels with and
+    /// without a residual, then 42 with a squeeze-excitation. `zeroChannels` makes some of their
+    /// depthwise outputs' channels zero.
+    static func zeroChannelGraph() -> Graph {
+        let one = Padding(top: 1, left: 1, bottom: 1, right: 1), two = Padding(top: 2, left: 2, bottom: 2, right: 2)
+        var builder = KernelGraphBuilder(channels: 6, height: 13, width: 9)
+        var x = builder.pointwise(from: 0, outChannels: 10, activation: .relu)
+        x = appendBlock(&builder, from: x, expansion: 4, kernel: 3, stride: 1, padding: one, outChannels: 10)
+        x = appendBlock(&builder, from: x, expansion: 6, kernel: 3, stride: 2, padding: one, outChannels: 14)
+        x = appendBlock(&builder, from: x, expansion: 3, kernel: 5, stride: 1, padding: two, outChannels: 14, squeeze: 8)
+        return builder.finish(from: x)
+    }
+
+    /// Sets the bias of some channels of every block's depthwise convolution of a bound
+    /// `zeroChannelGraph` far below hardswish's zero, so those channels are -0.0f in every pixel.
+    /// They are the first and the last channel, a whole vector of 16 and scattered ones. Returns
+    /// how many.
+    static func zeroChannels(_ bound: inout Graph) -> Int {
+        var count = 0
+        for node in bound.nodes {
+            guard case .conv2d(let conv) = node.op, conv.isDepthwise, conv.kernelHeight <= 5,
+                  let key = node.parameter("bias")?.key, var bias = bound.constants[key] else { continue }
+            for c in 0..<conv.outChannels where c == 0 || c == conv.outChannels - 1 || (16..<32).contains(c) || c % 7 == 3 {
+                bias.data[c] = -1000
+                count += 1
+            }
+            bound.constants[key] = bias
+        }
+        return count
+    }
+
+    /// The channel list behind that skipping, on every tier: channels that hold only +0.0f and
+    /// -0.0f are left out; one ordinary value, a denormal or a NaN in any pixel keeps a channel.
+    /// Channel counts of 1 to 37 leave partial vectors of 16 and of 8. KERNELS_ALL_CHANNELS lists
+    /// every channel.
+    func testNonzeroChannelList() throws {
+        let directory = try makeTemporaryDirectory(prefix: "mnc-nonzero")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let pixels = 5, counts = [1, 8, 9, 16, 17, 37]
+        // Channel c holds, in pixel c % 5: 1.5 when c % 4 == 1, a denormal when c % 6 == 2, a NaN
+        // when c == 16; every other value is +0.0f or -0.0f.
+        let main = """
+            #include <math.h>
+            #include <stdio.h>
+            int main(void)
+            {
+                static const int counts[] = {\(counts.map(String.init).joined(separator: ", "))};
+                static float x[\(pixels) * 37];
+                int list[37];
+                for (int i = 0; i < \(counts.count); ++i) {
+                    const int channels = counts[i];
+                    for (int p = 0; p < \(pixels); ++p) {
+                        for (int c = 0; c < channels; ++c) {
+                            float value = (p + c) % 2 == 0 ? 0.0f : -0.0f;
+                            if (p == c % \(pixels)) {
+                                if (c % 4 == 1) value = 1.5f;
+                                else if (c % 6 == 2) value = 1e-40f;
+                                else if (c == 16) value = NAN;
+                            }
+                            x[p * channels + c] = value;
+                        }
+                    }
+                    const int count = nonzero_channels_f32(x, \(pixels), channels, list);
+                    printf("%d:", channels);
+                    for (int k = 0; k < count; ++k) printf(" %d", list[k]);
+                    printf("\\n");
+                }
+                return 0;
+            }
+
+            """
+        let source = "#include <stdint.h>\n" + kernelPreambleSource + "\n" + CHelper.activation.source + "\n"
+            + CHelper.nonzeroChannels.source + "\n" + main
+        try writeFile(directory + "/list.c", Array(source.utf8))
+        let expected = counts.map { channels in
+            "\(channels):" + (0..<channels).filter { $0 % 4 == 1 || $0 % 6 == 2 || $0 == 16 }.map { " \($0)" }.joined()
+        }.joined(separator: "\n") + "\n"
+        for (index, flags) in tierFlags().enumerated() {
+            let executable = directory + "/list\(index)"
+            try compiler.linkExecutable(sources: [directory + "/list.c"], output: executable, extraFlags: flags + ["-Werror"])
+            let (status, output) = try runProcess([executable])
+            XCTAssertEqual(status, 0, "\(flags): \(output)")
+            XCTAssertEqual(output, expected, "\(flags)")
+        }
+        // KERNELS_ALL_CHANNELS turns the skipping off: every channel is listed.
+        let executable = directory + "/all"
+        try compiler.linkExecutable(sources: [directory + "/list.c"], output: executable, extraFlags: ["-DKERNELS_ALL_CHANNELS", "-Werror"])
+        let (status, output) = try runProcess([executable])
+        XCTAssertEqual(status, 0, output)
+        XCTAssertEqual(output, counts.map { channels in "\(channels):" + (0..<channels).map { " \($0)" }.joined() }.joined(separator: "\n") + "\n")
     }
 
     /// Without weight packing, a fused block runs its convolutions one after another.

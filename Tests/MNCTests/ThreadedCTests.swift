@@ -98,6 +98,12 @@ final class ThreadedCTests: XCTestCase {
         XCTAssertEqual(threadedBlockSchedule(fused, block, parts: 2)?.wholeTensors, false)
         cases.append(ThreadedCase(label: "tall 80x9 with squeeze-excitation", graph: varianceKeepingWeights(tallGraph), threads: 2, pool: 2))
         cases.append(ThreadedCase(label: "rare forms", graph: varianceKeepingWeights(rareFormsGraph(layout: .nhwc)), threads: 2, pool: 2))
+        // Whole channels of zeros, which the projections skip, on streaming and whole-tensor blocks.
+        var zeroChannels = varianceKeepingWeights(PerformanceKernelTests.zeroChannelGraph())
+        XCTAssertGreaterThan(PerformanceKernelTests.zeroChannels(&zeroChannels), 0)
+        for threads in [2, 3] {
+            cases.append(ThreadedCase(label: "zero channels", graph: zeroChannels, threads: threads, pool: threads))
+        }
         try checkParity(cases)
     }
 

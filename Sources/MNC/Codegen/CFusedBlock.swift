@@ -11,10 +11,14 @@
 /// 2. The depthwise convolution reads E's rows from the ring (or the block's input when there is
 ///    no expansion) and writes the band's rows into a band buffer.
 /// 3. The projection (with the residual) reads the band buffer as a GEMM and writes the output rows.
+///    It sums over the channels that are not zero in every pixel of the band only: after a ReLU
+///    or ReLU6, or a hardswish below -3, whole channels are often zero, and their terms add
+///    nothing.
 /// With a squeeze-excitation, the band buffer holds the whole depthwise output and step 3 runs
 /// once after the last band: the channel sums accumulate as each depthwise row is written, the two
 /// fully connected layers compute the gate, and the gate scales either the projection's weights
-/// (when they are smaller than the depthwise output) or the depthwise output in place.
+/// (when they are smaller than the depthwise output) or the depthwise output in place. The
+/// projection then skips the channels that are zero in every pixel of the map.
 /// The ring, the band buffer, the squeeze-excitation vectors and the scaled weights are the node's
 /// scratch area.
 
@@ -257,10 +261,12 @@ extension CKernelLibrary {
             }
 
             let outputOffset = CExpression.times(start, output.width * project.outChannels)
+            let channelList = emitNonzeroChannels(&body, pixels: String(rowCount * output.width), channels: channels)
             emitPointwiseGEMM(&body, pixels: rowCount * output.width, inputChannels: channels, outputChannels: project.outChannels,
                               x: "band", weights: "project_w", bias: project.hasBias ? "project_bias" : nil,
                               residual: hasResidual ? CExpression.offset("residual", outputOffset) : nil,
-                              y: CExpression.offset("y", outputOffset), activation: project.activation)
+                              y: CExpression.offset("y", outputOffset), activation: project.activation,
+                              channelList: channelList)
             body.close()
         }
 
@@ -279,6 +285,16 @@ extension CKernelLibrary {
             emitExcitationAndProjection(&body, se: se, project: project, scratch: excitation, schedule: schedule, output: output,
                                         hasResidual: hasResidual)
         }
+    }
+
+    /// Writes the list of the band buffer's channels that the projection sums over (those not zero
+    /// in every one of the band's `pixels`, a C expression), and returns it for the GEMM. When every
+    /// channel is in it, the GEMM gets no list and runs its plain loop.
+    mutating func emitNonzeroChannels(_ body: inout CWriter, pixels: String, channels: Int) -> ChannelList {
+        use(.nonzeroChannels)
+        body.line("int used_channels[\(channels)];")
+        body.line("const int used_count = nonzero_channels_f32(band, \(pixels), \(channels), used_channels);")
+        return ChannelList(list: "(used_count < \(channels) ? used_channels : NULL)", count: "used_count")
     }
 
     /// Writes the squeeze-excitation's gate from the channel sums in `pooled`, the gate's scaling
@@ -320,9 +336,11 @@ extension CKernelLibrary {
             body.close()
             weights = "project_w"
         }
+        // A channel that is zero in every pixel stays zero after the gate.
+        let channelList = emitNonzeroChannels(&body, pixels: String(pixels), channels: channels)
         emitPointwiseGEMM(&body, pixels: pixels, inputChannels: channels, outputChannels: project.outChannels, x: "band",
                           weights: weights, bias: project.hasBias ? "project_bias" : nil, residual: hasResidual ? "residual" : nil,
-                          y: "y", activation: project.activation)
+                          y: "y", activation: project.activation, channelList: channelList)
     }
 
     /// Writes a fused block as three convolution kernels on whole tensors in scratch, for weights

@@ -15,6 +15,7 @@ enum CHelper: Int, CaseIterable, Comparable {
     case depthwisePixel
     case convolutionPixels
     case matrixVector
+    case nonzeroChannels
 
     static func < (a: CHelper, b: CHelper) -> Bool { a.rawValue < b.rawValue }
 
@@ -22,7 +23,8 @@ enum CHelper: Int, CaseIterable, Comparable {
     var dependencies: [CHelper] {
         switch self {
         case .activation: return []
-        case .pointwiseTile, .depthwisePixel, .convolutionPixels, .matrixVector: return [.activation]
+        // The AVX2 branch of the channel list takes its lane masks from the activation helpers.
+        case .pointwiseTile, .depthwisePixel, .convolutionPixels, .matrixVector, .nonzeroChannels: return [.activation]
         }
     }
 
@@ -33,6 +35,7 @@ enum CHelper: Int, CaseIterable, Comparable {
         case .depthwisePixel: return depthwisePixelSource
         case .convolutionPixels: return convolutionPixelsSource
         case .matrixVector: return matrixVectorSource
+        case .nonzeroChannels: return nonzeroChannelsSource
         }
     }
 }
@@ -190,9 +193,27 @@ private let pointwiseTileComment = """
  * for r < rows pixels and j < cols output channels. x rows are k_count floats apart (NHWC),
  * w rows w_stride floats (one column panel of the `io_panels` layout: [in][panel width]), y
  * and residual rows y_stride floats.
+ * With ks not NULL, the sum runs over the k_used input channels ks[0] < ks[1] < ... only: the
+ * caller leaves out channels whose x values are all zero, whose terms add nothing.
  * bias and residual are read only when has_bias and has_residual are non-zero.
  */
 """
+
+/// Writes the loop over the input channels of a GEMM tile: over `ks[0 ..< k_used]` when the
+/// caller passes a channel list, else over `0 ..< k_count`. `body` writes the loop body, which
+/// reads the channel as `k`; it is written twice so that each loop compiles on its own.
+private func emitChannelLoop(_ writer: inout CWriter, _ body: (inout CWriter) -> Void) {
+    writer.open("if (ks)")
+    writer.open("for (int i = 0; i < k_used; ++i)")
+    writer.line("const int k = ks[i];")
+    body(&writer)
+    writer.close()
+    writer.openElse()
+    writer.openFor("k", to: "k_count")
+    body(&writer)
+    writer.close()
+    writer.close()
+}
 
 private var pointwiseTileSource: String {
     var writer = CWriter()
@@ -201,7 +222,7 @@ private var pointwiseTileSource: String {
         (const float *restrict x, const float *restrict w,
         const float *restrict bias, const float *restrict residual, float *restrict y,
         int rows, int cols, int k_count, int w_stride, int y_stride,
-        int has_bias, int has_residual, int activation)
+        const int *restrict ks, int k_used, int has_bias, int has_residual, int activation)
         """.split(separator: "\n").map(String.init)
 
     // AVX-512: rows <= 8, cols <= 32 as two zmm columns; partial columns use masked loads
@@ -227,23 +248,23 @@ private var pointwiseTileSource: String {
         writer.line("__m512 acc\(row)0 = bias0, acc\(row)1 = bias1;")
         writer.line("__m256 acc\(row)h = bias_half;")
     }
-    writer.openFor("k", to: "k_count")
-    writer.line("const __m512 w0 = cols >= 16 ? _mm512_loadu_ps(w + k * w_stride) : _mm512_maskz_loadu_ps(mask0, w + k * w_stride);")
-    writer.line("const __m512 w1 = full1 ? _mm512_maskz_loadu_ps(mask1, w + k * w_stride + 16) : _mm512_setzero_ps();")
-    writer.directive("#if defined(__FMA__)")
-    writer.line("const __m256 w_half = half1 ? _mm256_loadu_ps(w + k * w_stride + 16) : _mm256_setzero_ps();")
-    writer.directive("#endif")
-    for row in 0..<8 {
-        writer.open(row == 0 ? "" : "if (rows > \(row))")
-        writer.line("const __m512 xr = _mm512_set1_ps(x[\(row == 0 ? "" : "\(row) * k_count + ")k]);")
-        writer.line("acc\(row)0 = _mm512_fmadd_ps(xr, w0, acc\(row)0);")
-        writer.line("if (full1) acc\(row)1 = _mm512_fmadd_ps(xr, w1, acc\(row)1);")
+    emitChannelLoop(&writer) { writer in
+        writer.line("const __m512 w0 = cols >= 16 ? _mm512_loadu_ps(w + k * w_stride) : _mm512_maskz_loadu_ps(mask0, w + k * w_stride);")
+        writer.line("const __m512 w1 = full1 ? _mm512_maskz_loadu_ps(mask1, w + k * w_stride + 16) : _mm512_setzero_ps();")
         writer.directive("#if defined(__FMA__)")
-        writer.line("if (half1) acc\(row)h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc\(row)h);")
+        writer.line("const __m256 w_half = half1 ? _mm256_loadu_ps(w + k * w_stride + 16) : _mm256_setzero_ps();")
         writer.directive("#endif")
-        writer.close()
+        for row in 0..<8 {
+            writer.open(row == 0 ? "" : "if (rows > \(row))")
+            writer.line("const __m512 xr = _mm512_set1_ps(x[\(row == 0 ? "" : "\(row) * k_count + ")k]);")
+            writer.line("acc\(row)0 = _mm512_fmadd_ps(xr, w0, acc\(row)0);")
+            writer.line("if (full1) acc\(row)1 = _mm512_fmadd_ps(xr, w1, acc\(row)1);")
+            writer.directive("#if defined(__FMA__)")
+            writer.line("if (half1) acc\(row)h = _mm256_fmadd_ps(_mm512_castps512_ps256(xr), w_half, acc\(row)h);")
+            writer.directive("#endif")
+            writer.close()
+        }
     }
-    writer.close()
     for row in 0..<8 {
         writer.open(row == 0 ? "" : "if (rows > \(row))")
         let offset = row == 0 ? "" : " + \(row) * y_stride"
@@ -276,18 +297,18 @@ private var pointwiseTileSource: String {
     for row in 0..<6 {
         writer.line("__m256 acc\(row)0 = bias0, acc\(row)1 = bias1;")
     }
-    writer.openFor("k", to: "k_count")
-    writer.line("const __m256 w0 = cols >= 8 ? _mm256_loadu_ps(w + k * w_stride) : _mm256_maskload_ps(w + k * w_stride, mask0);")
-    writer.line("const __m256 w1 = cols >= 16 ? _mm256_loadu_ps(w + k * w_stride + 8)")
-    writer.line("                 : cols > 8 ? _mm256_maskload_ps(w + k * w_stride + 8, mask1) : _mm256_setzero_ps();")
-    for row in 0..<6 {
-        writer.open(row == 0 ? "" : "if (rows > \(row))")
-        writer.line("const __m256 xr = _mm256_broadcast_ss(x\(row == 0 ? "" : " + \(row) * k_count") + k);")
-        writer.line("acc\(row)0 = _mm256_fmadd_ps(xr, w0, acc\(row)0);")
-        writer.line("if (cols > 8) acc\(row)1 = _mm256_fmadd_ps(xr, w1, acc\(row)1);")
-        writer.close()
+    emitChannelLoop(&writer) { writer in
+        writer.line("const __m256 w0 = cols >= 8 ? _mm256_loadu_ps(w + k * w_stride) : _mm256_maskload_ps(w + k * w_stride, mask0);")
+        writer.line("const __m256 w1 = cols >= 16 ? _mm256_loadu_ps(w + k * w_stride + 8)")
+        writer.line("                 : cols > 8 ? _mm256_maskload_ps(w + k * w_stride + 8, mask1) : _mm256_setzero_ps();")
+        for row in 0..<6 {
+            writer.open(row == 0 ? "" : "if (rows > \(row))")
+            writer.line("const __m256 xr = _mm256_broadcast_ss(x\(row == 0 ? "" : " + \(row) * k_count") + k);")
+            writer.line("acc\(row)0 = _mm256_fmadd_ps(xr, w0, acc\(row)0);")
+            writer.line("if (cols > 8) acc\(row)1 = _mm256_fmadd_ps(xr, w1, acc\(row)1);")
+            writer.close()
+        }
     }
-    writer.close()
     for row in 0..<6 {
         writer.open(row == 0 ? "" : "if (rows > \(row))")
         let offset = row == 0 ? "" : " + \(row) * y_stride"
@@ -317,19 +338,19 @@ private var pointwiseTileSource: String {
     for row in 0..<6 {
         writer.line("float4 acc\(row)0 = bias0, acc\(row)1 = bias1;")
     }
-    writer.openFor("k", to: "k_count")
-    writer.line("float4 w0, w1;")
-    writer.line("__builtin_memcpy(&w0, w + k * w_stride, sizeof w0);")
-    writer.line("__builtin_memcpy(&w1, w + k * w_stride + 4, sizeof w1);")
-    for row in 0..<6 {
-        writer.open(row == 0 ? "" : "if (rows > \(row))")
-        writer.line("const float xv = x[\(row == 0 ? "" : "\(row) * k_count + ")k];")
-        writer.line("const float4 xr = {xv, xv, xv, xv};")
-        writer.line("acc\(row)0 += xr * w0;")
-        writer.line("acc\(row)1 += xr * w1;")
-        writer.close()
+    emitChannelLoop(&writer) { writer in
+        writer.line("float4 w0, w1;")
+        writer.line("__builtin_memcpy(&w0, w + k * w_stride, sizeof w0);")
+        writer.line("__builtin_memcpy(&w1, w + k * w_stride + 4, sizeof w1);")
+        for row in 0..<6 {
+            writer.open(row == 0 ? "" : "if (rows > \(row))")
+            writer.line("const float xv = x[\(row == 0 ? "" : "\(row) * k_count + ")k];")
+            writer.line("const float4 xr = {xv, xv, xv, xv};")
+            writer.line("acc\(row)0 += xr * w0;")
+            writer.line("acc\(row)1 += xr * w1;")
+            writer.close()
+        }
     }
-    writer.close()
     for row in 0..<6 {
         writer.open(row == 0 ? "" : "if (rows > \(row))")
         let offset = row == 0 ? "" : " + \(row) * y_stride"
@@ -341,9 +362,9 @@ private var pointwiseTileSource: String {
     writer.openFor("r", to: "rows")
     writer.openFor("j", to: "cols")
     writer.line("float sum = has_bias ? bias[j] : 0.0f;")
-    writer.openFor("k", to: "k_count")
-    writer.line("sum += x[r * k_count + k] * w[k * w_stride + j];")
-    writer.close()
+    emitChannelLoop(&writer) { writer in
+        writer.line("sum += x[r * k_count + k] * w[k * w_stride + j];")
+    }
     writer.line("y[r * y_stride + j] = sum;")
     writer.close()
     writer.close()
@@ -368,15 +389,15 @@ private var pointwiseTileSource: String {
     writer.line("acc[r][j] = has_bias ? bias[j] : 0.0f;")
     writer.close()
     writer.close()
-    writer.openFor("k", to: "k_count")
-    writer.line("const float *restrict wk = w + k * w_stride;")
-    writer.openFor("r", to: "rows")
-    writer.line("const float xv = x[r * k_count + k];")
-    writer.openFor("j", to: "cols")
-    writer.line("acc[r][j] += xv * wk[j];")
-    writer.close()
-    writer.close()
-    writer.close()
+    emitChannelLoop(&writer) { writer in
+        writer.line("const float *restrict wk = w + k * w_stride;")
+        writer.openFor("r", to: "rows")
+        writer.line("const float xv = x[r * k_count + k];")
+        writer.openFor("j", to: "cols")
+        writer.line("acc[r][j] += xv * wk[j];")
+        writer.close()
+        writer.close()
+    }
     writer.openFor("r", to: "rows")
     writer.openFor("j", to: "cols")
     writer.line("float v = activate_f32(acc[r][j], activation);")
@@ -807,4 +828,80 @@ KERNEL_INLINE void matrix_vector_f32(const float *restrict x, const float *restr
         y[o] = activate_f32(sum, activation);
     }
 }
+"""#
+
+/// The input channels of a GEMM that are not all zero over its rows. The tile kernels skip the
+/// others, whose terms `±0 * w` leave every sum as it was; only a sum of zeros may come out as
+/// +0.0f instead of -0.0f. After a ReLU, a large share of the channels are often zero. A channel
+/// with a NaN in some row stays in the list, so a NaN still reaches the output.
+private let nonzeroChannelsSource = #"""
+/*
+ * Writes the channels c of x ([pixels][channels], NHWC) that hold a value other than +0.0f and
+ * -0.0f in some pixel to list, in increasing order, and returns how many there are (at most
+ * channels). Defining KERNELS_ALL_CHANNELS lists every channel, so the GEMMs skip none (to
+ * time the code without the skipping).
+ */
+#if defined(KERNELS_ALL_CHANNELS)
+KERNEL_INLINE int nonzero_channels_f32(const float *restrict x, int pixels, int channels, int *restrict list)
+{
+    (void)x;
+    (void)pixels;
+    for (int c = 0; c < channels; ++c) list[c] = c;
+    return channels;
+}
+#elif defined(KERNELS_AVX512)
+KERNEL_INLINE int nonzero_channels_f32(const float *restrict x, int pixels, int channels, int *restrict list)
+{
+    const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    int count = 0;
+    for (int c = 0; c < channels; c += 16) {
+        const __mmask16 mask = (__mmask16)(channels - c >= 16 ? 0xFFFFu : (1u << (channels - c)) - 1u);
+        __m512i bits = _mm512_setzero_si512();
+        for (int p = 0; p < pixels; ++p) {
+            bits = _mm512_or_si512(bits, _mm512_castps_si512(_mm512_maskz_loadu_ps(mask, x + p * channels + c)));
+        }
+        const __mmask16 used = _mm512_test_epi32_mask(bits, _mm512_set1_epi32(0x7FFFFFFF));
+        _mm512_mask_compressstoreu_epi32(list + count, used, _mm512_add_epi32(_mm512_set1_epi32(c), lanes));
+        for (unsigned rest = used; rest != 0; rest &= rest - 1) ++count;
+    }
+    return count;
+}
+#elif defined(KERNELS_AVX2)
+KERNEL_INLINE int nonzero_channels_f32(const float *restrict x, int pixels, int channels, int *restrict list)
+{
+    int count = 0;
+    for (int c = 0; c < channels; c += 8) {
+        const __m256i mask = lane_mask_f32x8(channels - c);
+        __m256 bits = _mm256_setzero_ps();
+        for (int p = 0; p < pixels; ++p) {
+            bits = _mm256_or_ps(bits, _mm256_maskload_ps(x + p * channels + c, mask));
+        }
+        const __m256i magnitude = _mm256_and_si256(_mm256_castps_si256(bits), _mm256_set1_epi32(0x7FFFFFFF));
+        const __m256i zero = _mm256_cmpeq_epi32(magnitude, _mm256_setzero_si256());
+        unsigned used = ~(unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(zero)) & 0xFFu;
+        for (; used != 0; used &= used - 1) {
+            int lane = 0;
+            while (!(used >> lane & 1u)) ++lane;
+            list[count++] = c + lane;
+        }
+    }
+    return count;
+}
+#else
+KERNEL_INLINE int nonzero_channels_f32(const float *restrict x, int pixels, int channels, int *restrict list)
+{
+    int count = 0;
+    for (int c = 0; c < channels; ++c) {
+        uint32_t bits = 0;
+        for (int p = 0; p < pixels; ++p) {
+            union { float f; uint32_t u; } value;
+            value.f = x[p * channels + c];
+            bits |= value.u;
+        }
+        list[count] = c;
+        count += (bits & 0x7FFFFFFFu) != 0;
+    }
+    return count;
+}
+#endif
 """#

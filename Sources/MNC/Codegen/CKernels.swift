@@ -533,11 +533,27 @@ extension CKernelLibrary {
 /// Writes a GEMM `y[P][N] = activation(x[P][K] · w[K][N] + bias) + residual` over `io_panels`
 /// weights, with one branch per instruction-set tier. `x`, `weights`, `bias`, `residual` and `y`
 /// are C pointer expressions; x rows are K floats apart, y and residual rows N floats apart.
+/// With `channelList`, the sums run over the input channels in `list[0 ..< count]` (a C array
+/// and an int expression) only: the tile kernels' `ks` and `k_used` arguments.
 func emitPointwiseGEMM(_ body: inout CWriter, pixels: Int, inputChannels: Int, outputChannels: Int, x: String, weights: String,
-                       bias: String?, residual: String?, y: String, activation: Activation) {
+                       bias: String?, residual: String?, y: String, activation: Activation,
+                       channelList: ChannelList? = nil) {
     emitTiers(&body) { body, tile in
         emitPointwiseGEMM(&body, tile: tile, pixels: pixels, inputChannels: inputChannels, outputChannels: outputChannels,
-                          x: x, weights: weights, bias: bias, residual: residual, y: y, activation: activation)
+                          x: x, weights: weights, bias: bias, residual: residual, y: y, activation: activation,
+                          channelList: channelList)
+    }
+}
+
+/// The input channels that a GEMM sums over, as C expressions: an `int` array and the number of
+/// entries used. The tile kernels take them as `ks` and `k_used`.
+struct ChannelList {
+    var list: String
+    var count: String
+
+    /// Returns the `ks` and `k_used` arguments of a tile call: all `inputChannels` channels without a list.
+    static func arguments(_ channelList: ChannelList?, inputChannels: Int) -> [String] {
+        channelList.map { [$0.list, $0.count] } ?? ["NULL", "\(inputChannels)"]
     }
 }
 
@@ -561,7 +577,8 @@ func emitTiers(_ body: inout CWriter, _ emit: (inout CWriter, PointwiseTileShape
 /// (`weightPanelWidth` columns) is loaded once and stays in L1 while every row tile of x streams
 /// past it, so the weights cross the memory hierarchy once per call.
 private func emitPointwiseGEMM(_ body: inout CWriter, tile: PointwiseTileShape, pixels: Int, inputChannels: Int, outputChannels: Int,
-                               x: String, weights: String, bias: String?, residual: String?, y: String, activation: Activation) {
+                               x: String, weights: String, bias: String?, residual: String?, y: String, activation: Activation,
+                               channelList: ChannelList?) {
     let tileRows = tile.rows(forPixels: pixels)
     let rowSegments = tileSegments(variable: "p", extent: pixels, step: tileRows)
 
@@ -582,6 +599,7 @@ private func emitPointwiseGEMM(_ body: inout CWriter, tile: PointwiseTileShape, 
                     residual.map { CExpression.offset($0, outputOffset) } ?? "NULL",
                     CExpression.offset(y, outputOffset),
                     "\(row.count)", "\(columns)", "\(inputChannels)", "\(width)", "\(outputChannels)",
+                ] + ChannelList.arguments(channelList, inputChannels: inputChannels) + [
                     bias != nil ? "1" : "0", residual != nil ? "1" : "0", activationConstant(activation),
                 ]
                 body.line("\(tile.function)(\(arguments.joined(separator: ", ")));")

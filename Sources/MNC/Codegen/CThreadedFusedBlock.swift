@@ -280,15 +280,16 @@ extension CKernelLibrary {
             let outputOffset = CExpression.times("oy0", output.width * project.outChannels)
             let target = CExpression.offset("y", outputOffset)
             let residualPointer = hasResidual ? CExpression.offset("residual", outputOffset) : nil
+            let channelList = emitNonzeroChannels(&body, pixels: "band_rows * \(output.width)", channels: channels)
             body.open("if (band_rows == \(bandRows))")
             emitPointwiseGEMM(&body, pixels: bandRows * output.width, inputChannels: channels, outputChannels: project.outChannels,
                               x: "band", weights: "project_w", bias: project.hasBias ? "project_bias" : nil,
-                              residual: residualPointer, y: target, activation: project.activation)
+                              residual: residualPointer, y: target, activation: project.activation, channelList: channelList)
             body.openElse()
             body.line("const int pixels = band_rows * \(output.width);")
             emitRuntimePointwiseGEMM(&body, pixels: "pixels", inputChannels: channels, outputChannels: project.outChannels,
                                      x: "band", weights: "project_w", bias: project.hasBias ? "project_bias" : nil,
-                                     residual: residualPointer, y: target, activation: project.activation)
+                                     residual: residualPointer, y: target, activation: project.activation, channelList: channelList)
             body.close()
         }
         body.close()
@@ -359,10 +360,12 @@ extension CKernelLibrary {
             emitThreadedExcitationAndProjection(&body, se: se, project: project, schedule: schedule, output: output, hasResidual: hasResidual)
         } else {
             body.line("work_barrier(work);")
+            // Every thread lists the channels of the whole depthwise output for its share of the GEMM.
+            let channelList = emitNonzeroChannels(&body, pixels: String(output.pixels), channels: channels)
             emitPartitionedPointwiseGEMM(&body, pixels: output.pixels, inputChannels: channels, outputChannels: project.outChannels,
                                          x: "band", weights: "project_w", bias: project.hasBias ? "project_bias" : nil,
                                          residual: hasResidual ? "residual" : nil, y: "y", activation: project.activation,
-                                         parts: schedule.parts)
+                                         parts: schedule.parts, channelList: channelList)
         }
     }
 
@@ -433,10 +436,11 @@ extension CKernelLibrary {
         if schedule.scalesWeights {
             body.line("const float *restrict scaled = scratch + \(align(pixels * channels, 16));")
         }
+        let channelList = emitNonzeroChannels(&body, pixels: String(pixels), channels: channels)
         emitPartitionedPointwiseGEMM(&body, pixels: pixels, inputChannels: channels, outputChannels: project.outChannels, x: "band",
                                      weights: weights, bias: project.hasBias ? "project_bias" : nil,
                                      residual: hasResidual ? "residual" : nil, y: "y", activation: project.activation,
-                                     parts: schedule.parts)
+                                     parts: schedule.parts, channelList: channelList)
     }
 
     /// Writes a fused block stage by stage as `emitStagewiseBlock` does, with the threaded

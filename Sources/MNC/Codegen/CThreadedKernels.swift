@@ -81,6 +81,7 @@ private struct GEMMOperands {
     var residual: String?
     var y: String
     var activation: Activation
+    var channelList: ChannelList? = nil
 
     /// Writes the tile calls of the panel starting at column `start`, `width` columns wide.
     func emitPanel(_ body: inout CWriter, tile: PointwiseTileShape, start: String, width: Int, rows: GEMMRows) {
@@ -98,6 +99,7 @@ private struct GEMMOperands {
                     residual.map { CExpression.offset($0, outputOffset) } ?? "NULL",
                     CExpression.offset(y, outputOffset),
                     rowCount, "\(columns)", "\(inputChannels)", "\(width)", "\(outputChannels)",
+                ] + ChannelList.arguments(channelList, inputChannels: inputChannels) + [
                     bias != nil ? "1" : "0", residual != nil ? "1" : "0", activationConstant(activation),
                 ]
                 body.line("\(tile.function)(\(arguments.joined(separator: ", ")));")
@@ -153,9 +155,9 @@ private struct GEMMOperands {
 /// `emitPointwiseGEMM`.
 func emitPartitionedPointwiseGEMM(_ body: inout CWriter, pixels: Int, inputChannels: Int, outputChannels: Int, x: String,
                                   weights: String, bias: String?, residual: String?, y: String, activation: Activation,
-                                  parts: Int) {
+                                  parts: Int, channelList: ChannelList? = nil) {
     let operands = GEMMOperands(inputChannels: inputChannels, outputChannels: outputChannels, x: x, weights: weights,
-                                bias: bias, residual: residual, y: y, activation: activation)
+                                bias: bias, residual: residual, y: y, activation: activation, channelList: channelList)
     emitTiers(&body) { body, tile in
         let tileRows = tile.rows(forPixels: pixels)
         body.open("")
@@ -196,9 +198,10 @@ func emitPartitionedPointwiseGEMM(_ body: inout CWriter, pixels: Int, inputChann
 /// one tile of the remaining rows. Used where a thread's share of a fused block leaves a band or
 /// chunk whose row count is known only at run time.
 func emitRuntimePointwiseGEMM(_ body: inout CWriter, pixels: String, inputChannels: Int, outputChannels: Int, x: String,
-                              weights: String, bias: String?, residual: String?, y: String, activation: Activation) {
+                              weights: String, bias: String?, residual: String?, y: String, activation: Activation,
+                              channelList: ChannelList? = nil) {
     let operands = GEMMOperands(inputChannels: inputChannels, outputChannels: outputChannels, x: x, weights: weights,
-                                bias: bias, residual: residual, y: y, activation: activation)
+                                bias: bias, residual: residual, y: y, activation: activation, channelList: channelList)
     emitTiers(&body) { body, tile in
         operands.emitAllPanels(&body, tile: tile, rows: .runtime(pixels: pixels, tileRows: tile.rows))
     }
