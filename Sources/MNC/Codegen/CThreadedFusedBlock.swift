@@ -360,12 +360,11 @@ extension CKernelLibrary {
             emitThreadedExcitationAndProjection(&body, se: se, project: project, schedule: schedule, output: output, hasResidual: hasResidual)
         } else {
             body.line("work_barrier(work);")
-            // Every thread lists the channels of the whole depthwise output for its share of the GEMM.
-            let channelList = emitNonzeroChannels(&body, pixels: String(output.pixels), channels: channels)
+            use(.nonzeroChannels)
             emitPartitionedPointwiseGEMM(&body, pixels: output.pixels, inputChannels: channels, outputChannels: project.outChannels,
                                          x: "band", weights: "project_w", bias: project.hasBias ? "project_bias" : nil,
                                          residual: hasResidual ? "residual" : nil, y: "y", activation: project.activation,
-                                         parts: schedule.parts, channelList: channelList)
+                                         parts: schedule.parts, skipsZeroChannels: true)
         }
     }
 
@@ -436,11 +435,11 @@ extension CKernelLibrary {
         if schedule.scalesWeights {
             body.line("const float *restrict scaled = scratch + \(align(pixels * channels, 16));")
         }
-        let channelList = emitNonzeroChannels(&body, pixels: String(pixels), channels: channels)
+        use(.nonzeroChannels)
         emitPartitionedPointwiseGEMM(&body, pixels: pixels, inputChannels: channels, outputChannels: project.outChannels, x: "band",
                                      weights: weights, bias: project.hasBias ? "project_bias" : nil,
                                      residual: hasResidual ? "residual" : nil, y: "y", activation: project.activation,
-                                     parts: schedule.parts, channelList: channelList)
+                                     parts: schedule.parts, skipsZeroChannels: true)
     }
 
     /// Writes a fused block stage by stage as `emitStagewiseBlock` does, with the threaded
