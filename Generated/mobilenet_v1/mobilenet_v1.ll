@@ -357,8 +357,8 @@ loop22.preheader:                                 ; preds = %body14, %loop22.pre
 
 exit19:                                           ; preds = %loop22.preheader, %body14
   %carried21.lcssa = phi <4 x float> [ %43, %body14 ], [ %109, %loop22.preheader ]
-  %112 = fcmp ogt <4 x float> %carried21.lcssa, zeroinitializer
-  %113 = select <4 x i1> %112, <4 x float> %carried21.lcssa, <4 x float> zeroinitializer
+  %112 = fcmp olt <4 x float> %carried21.lcssa, zeroinitializer
+  %113 = select <4 x i1> %112, <4 x float> zeroinitializer, <4 x float> %carried21.lcssa
   %114 = getelementptr inbounds float, float* %19, i64 %i16216
   %115 = bitcast float* %114 to <4 x float>*
   store <4 x float> %113, <4 x float>* %115, align 16
@@ -402,26 +402,26 @@ exit42:                                           ; preds = %exit50, %body37
   %carried46.lcssa = phi <4 x float> [ %123, %body37 ], [ %230, %exit50 ]
   %carried47.lcssa = phi <4 x float> [ %123, %body37 ], [ %236, %exit50 ]
   %129 = add nuw nsw i64 %i39236, %119
-  %130 = fcmp ogt <4 x float> %carried44.lcssa, zeroinitializer
-  %131 = select <4 x i1> %130, <4 x float> %carried44.lcssa, <4 x float> zeroinitializer
+  %130 = fcmp olt <4 x float> %carried44.lcssa, zeroinitializer
+  %131 = select <4 x i1> %130, <4 x float> zeroinitializer, <4 x float> %carried44.lcssa
   %132 = getelementptr inbounds float, float* %19, i64 %129
   %133 = bitcast float* %132 to <4 x float>*
   store <4 x float> %131, <4 x float>* %133, align 16
   %134 = add nuw nsw i64 %129, 32
-  %135 = fcmp ogt <4 x float> %carried45.lcssa, zeroinitializer
-  %136 = select <4 x i1> %135, <4 x float> %carried45.lcssa, <4 x float> zeroinitializer
+  %135 = fcmp olt <4 x float> %carried45.lcssa, zeroinitializer
+  %136 = select <4 x i1> %135, <4 x float> zeroinitializer, <4 x float> %carried45.lcssa
   %137 = getelementptr inbounds float, float* %19, i64 %134
   %138 = bitcast float* %137 to <4 x float>*
   store <4 x float> %136, <4 x float>* %138, align 16
   %139 = add nuw nsw i64 %129, 64
-  %140 = fcmp ogt <4 x float> %carried46.lcssa, zeroinitializer
-  %141 = select <4 x i1> %140, <4 x float> %carried46.lcssa, <4 x float> zeroinitializer
+  %140 = fcmp olt <4 x float> %carried46.lcssa, zeroinitializer
+  %141 = select <4 x i1> %140, <4 x float> zeroinitializer, <4 x float> %carried46.lcssa
   %142 = getelementptr inbounds float, float* %19, i64 %139
   %143 = bitcast float* %142 to <4 x float>*
   store <4 x float> %141, <4 x float>* %143, align 16
   %144 = add nuw nsw i64 %129, 96
-  %145 = fcmp ogt <4 x float> %carried47.lcssa, zeroinitializer
-  %146 = select <4 x i1> %145, <4 x float> %carried47.lcssa, <4 x float> zeroinitializer
+  %145 = fcmp olt <4 x float> %carried47.lcssa, zeroinitializer
+  %146 = select <4 x i1> %145, <4 x float> zeroinitializer, <4 x float> %carried47.lcssa
   %147 = getelementptr inbounds float, float* %19, i64 %144
   %148 = bitcast float* %147 to <4 x float>*
   store <4 x float> %146, <4 x float>* %148, align 16
@@ -660,8 +660,8 @@ loop77.preheader:                                 ; preds = %body69, %loop77.pre
 exit74:                                           ; preds = %loop77.preheader, %body69
   %carried76.lcssa = phi <4 x float> [ %246, %body69 ], [ %343, %loop77.preheader ]
   %346 = add nuw nsw i64 %i71245, %241
-  %347 = fcmp ogt <4 x float> %carried76.lcssa, zeroinitializer
-  %348 = select <4 x i1> %347, <4 x float> %carried76.lcssa, <4 x float> zeroinitializer
+  %347 = fcmp olt <4 x float> %carried76.lcssa, zeroinitializer
+  %348 = select <4 x i1> %347, <4 x float> zeroinitializer, <4 x float> %carried76.lcssa
   %349 = getelementptr inbounds float, float* %19, i64 %346
   %350 = bitcast float* %349 to <4 x float>*
   store <4 x float> %348, <4 x float>* %350, align 16
@@ -904,23 +904,23 @@ body96:                                           ; preds = %then, %body96
   %573 = bitcast float* %572 to <4 x float>*
   %574 = load <4 x float>, <4 x float>* %573, align 16
   %575 = tail call <4 x float> @llvm.fmuladd.v4f32(<4 x float> %570, <4 x float> %574, <4 x float> %543)
-  %576 = fcmp ogt <4 x float> %551, zeroinitializer
-  %577 = select <4 x i1> %576, <4 x float> %551, <4 x float> zeroinitializer
+  %576 = fcmp olt <4 x float> %551, zeroinitializer
+  %577 = select <4 x i1> %576, <4 x float> zeroinitializer, <4 x float> %551
   %578 = getelementptr inbounds float, float* %0, i64 %i98287
   %579 = bitcast float* %578 to <4 x float>*
   store <4 x float> %577, <4 x float>* %579, align 64
-  %580 = fcmp ogt <4 x float> %559, zeroinitializer
-  %581 = select <4 x i1> %580, <4 x float> %559, <4 x float> zeroinitializer
+  %580 = fcmp olt <4 x float> %559, zeroinitializer
+  %581 = select <4 x i1> %580, <4 x float> zeroinitializer, <4 x float> %559
   %582 = getelementptr inbounds float, float* %0, i64 %368
   %583 = bitcast float* %582 to <4 x float>*
   store <4 x float> %581, <4 x float>* %583, align 16
-  %584 = fcmp ogt <4 x float> %567, zeroinitializer
-  %585 = select <4 x i1> %584, <4 x float> %567, <4 x float> zeroinitializer
+  %584 = fcmp olt <4 x float> %567, zeroinitializer
+  %585 = select <4 x i1> %584, <4 x float> zeroinitializer, <4 x float> %567
   %586 = getelementptr inbounds float, float* %0, i64 %372
   %587 = bitcast float* %586 to <4 x float>*
   store <4 x float> %585, <4 x float>* %587, align 32
-  %588 = fcmp ogt <4 x float> %575, zeroinitializer
-  %589 = select <4 x i1> %588, <4 x float> %575, <4 x float> zeroinitializer
+  %588 = fcmp olt <4 x float> %575, zeroinitializer
+  %589 = select <4 x i1> %588, <4 x float> zeroinitializer, <4 x float> %575
   %590 = getelementptr inbounds float, float* %0, i64 %376
   %591 = bitcast float* %590 to <4 x float>*
   store <4 x float> %589, <4 x float>* %591, align 16
@@ -1245,23 +1245,23 @@ body128:                                          ; preds = %body124, %body128
   %902 = bitcast float* %901 to <4 x float>*
   %903 = load <4 x float>, <4 x float>* %902, align 16
   %904 = tail call <4 x float> @llvm.fmuladd.v4f32(<4 x float> %899, <4 x float> %903, <4 x float> %872)
-  %905 = fcmp ogt <4 x float> %880, zeroinitializer
-  %906 = select <4 x i1> %905, <4 x float> %880, <4 x float> zeroinitializer
+  %905 = fcmp olt <4 x float> %880, zeroinitializer
+  %906 = select <4 x i1> %905, <4 x float> zeroinitializer, <4 x float> %880
   %907 = getelementptr inbounds float, float* %0, i64 %609
   %908 = bitcast float* %907 to <4 x float>*
   store <4 x float> %906, <4 x float>* %908, align 64
-  %909 = fcmp ogt <4 x float> %888, zeroinitializer
-  %910 = select <4 x i1> %909, <4 x float> %888, <4 x float> zeroinitializer
+  %909 = fcmp olt <4 x float> %888, zeroinitializer
+  %910 = select <4 x i1> %909, <4 x float> zeroinitializer, <4 x float> %888
   %911 = getelementptr inbounds float, float* %0, i64 %650
   %912 = bitcast float* %911 to <4 x float>*
   store <4 x float> %910, <4 x float>* %912, align 16
-  %913 = fcmp ogt <4 x float> %896, zeroinitializer
-  %914 = select <4 x i1> %913, <4 x float> %896, <4 x float> zeroinitializer
+  %913 = fcmp olt <4 x float> %896, zeroinitializer
+  %914 = select <4 x i1> %913, <4 x float> zeroinitializer, <4 x float> %896
   %915 = getelementptr inbounds float, float* %0, i64 %659
   %916 = bitcast float* %915 to <4 x float>*
   store <4 x float> %914, <4 x float>* %916, align 32
-  %917 = fcmp ogt <4 x float> %904, zeroinitializer
-  %918 = select <4 x i1> %917, <4 x float> %904, <4 x float> zeroinitializer
+  %917 = fcmp olt <4 x float> %904, zeroinitializer
+  %918 = select <4 x i1> %917, <4 x float> zeroinitializer, <4 x float> %904
   %919 = getelementptr inbounds float, float* %0, i64 %668
   %920 = bitcast float* %919 to <4 x float>*
   store <4 x float> %918, <4 x float>* %920, align 16
@@ -1487,26 +1487,26 @@ body136:                                          ; preds = %exit129, %body136
   %1132 = load <4 x float>, <4 x float>* %1131, align 16
   %1133 = tail call <4 x float> @llvm.fmuladd.v4f32(<4 x float> %1128, <4 x float> %1132, <4 x float> %1101)
   %1134 = or i64 %i138305, 3552
-  %1135 = fcmp ogt <4 x float> %1109, zeroinitializer
-  %1136 = select <4 x i1> %1135, <4 x float> %1109, <4 x float> zeroinitializer
+  %1135 = fcmp olt <4 x float> %1109, zeroinitializer
+  %1136 = select <4 x i1> %1135, <4 x float> zeroinitializer, <4 x float> %1109
   %1137 = getelementptr inbounds float, float* %0, i64 %1134
   %1138 = bitcast float* %1137 to <4 x float>*
   store <4 x float> %1136, <4 x float>* %1138, align 64
   %1139 = or i64 %i138305, 3556
-  %1140 = fcmp ogt <4 x float> %1117, zeroinitializer
-  %1141 = select <4 x i1> %1140, <4 x float> %1117, <4 x float> zeroinitializer
+  %1140 = fcmp olt <4 x float> %1117, zeroinitializer
+  %1141 = select <4 x i1> %1140, <4 x float> zeroinitializer, <4 x float> %1117
   %1142 = getelementptr inbounds float, float* %0, i64 %1139
   %1143 = bitcast float* %1142 to <4 x float>*
   store <4 x float> %1141, <4 x float>* %1143, align 16
   %1144 = or i64 %i138305, 3560
-  %1145 = fcmp ogt <4 x float> %1125, zeroinitializer
-  %1146 = select <4 x i1> %1145, <4 x float> %1125, <4 x float> zeroinitializer
+  %1145 = fcmp olt <4 x float> %1125, zeroinitializer
+  %1146 = select <4 x i1> %1145, <4 x float> zeroinitializer, <4 x float> %1125
   %1147 = getelementptr inbounds float, float* %0, i64 %1144
   %1148 = bitcast float* %1147 to <4 x float>*
   store <4 x float> %1146, <4 x float>* %1148, align 32
   %1149 = or i64 %i138305, 3564
-  %1150 = fcmp ogt <4 x float> %1133, zeroinitializer
-  %1151 = select <4 x i1> %1150, <4 x float> %1133, <4 x float> zeroinitializer
+  %1150 = fcmp olt <4 x float> %1133, zeroinitializer
+  %1151 = select <4 x i1> %1150, <4 x float> zeroinitializer, <4 x float> %1133
   %1152 = getelementptr inbounds float, float* %0, i64 %1149
   %1153 = bitcast float* %1152 to <4 x float>*
   store <4 x float> %1151, <4 x float>* %1153, align 16
@@ -1601,26 +1601,26 @@ exit173:                                          ; preds = %exit181, %body164
   %carried176.lcssa = phi <4 x float> [ %.pre375, %body164 ], [ %carried184.lcssa, %exit181 ]
   %carried177.lcssa = phi <4 x float> [ %.pre378, %body164 ], [ %carried185.lcssa, %exit181 ]
   %carried178.lcssa = phi <4 x float> [ %.pre381, %body164 ], [ %carried186.lcssa, %exit181 ]
-  %1220 = fcmp ogt <4 x float> %carried175.lcssa, zeroinitializer
-  %1221 = select <4 x i1> %1220, <4 x float> %carried175.lcssa, <4 x float> zeroinitializer
+  %1220 = fcmp olt <4 x float> %carried175.lcssa, zeroinitializer
+  %1221 = select <4 x i1> %1220, <4 x float> zeroinitializer, <4 x float> %carried175.lcssa
   %1222 = getelementptr inbounds float, float* %0, i64 %1160
   %1223 = bitcast float* %1222 to <4 x float>*
   store <4 x float> %1221, <4 x float>* %1223, align 64
   %1224 = or i64 %1160, 4
-  %1225 = fcmp ogt <4 x float> %carried176.lcssa, zeroinitializer
-  %1226 = select <4 x i1> %1225, <4 x float> %carried176.lcssa, <4 x float> zeroinitializer
+  %1225 = fcmp olt <4 x float> %carried176.lcssa, zeroinitializer
+  %1226 = select <4 x i1> %1225, <4 x float> zeroinitializer, <4 x float> %carried176.lcssa
   %1227 = getelementptr inbounds float, float* %0, i64 %1224
   %1228 = bitcast float* %1227 to <4 x float>*
   store <4 x float> %1226, <4 x float>* %1228, align 16
   %1229 = or i64 %1160, 8
-  %1230 = fcmp ogt <4 x float> %carried177.lcssa, zeroinitializer
-  %1231 = select <4 x i1> %1230, <4 x float> %carried177.lcssa, <4 x float> zeroinitializer
+  %1230 = fcmp olt <4 x float> %carried177.lcssa, zeroinitializer
+  %1231 = select <4 x i1> %1230, <4 x float> zeroinitializer, <4 x float> %carried177.lcssa
   %1232 = getelementptr inbounds float, float* %0, i64 %1229
   %1233 = bitcast float* %1232 to <4 x float>*
   store <4 x float> %1231, <4 x float>* %1233, align 32
   %1234 = or i64 %1160, 12
-  %1235 = fcmp ogt <4 x float> %carried178.lcssa, zeroinitializer
-  %1236 = select <4 x i1> %1235, <4 x float> %carried178.lcssa, <4 x float> zeroinitializer
+  %1235 = fcmp olt <4 x float> %carried178.lcssa, zeroinitializer
+  %1236 = select <4 x i1> %1235, <4 x float> zeroinitializer, <4 x float> %carried178.lcssa
   %1237 = getelementptr inbounds float, float* %0, i64 %1234
   %1238 = bitcast float* %1237 to <4 x float>*
   store <4 x float> %1236, <4 x float>* %1238, align 16
@@ -1788,26 +1788,26 @@ exit173.1:                                        ; preds = %exit181.1, %exit173
   %carried177.lcssa.1 = phi <4 x float> [ %9, %exit173 ], [ %carried185.lcssa.1, %exit181.1 ]
   %carried178.lcssa.1 = phi <4 x float> [ %12, %exit173 ], [ %carried186.lcssa.1, %exit181.1 ]
   %.pre-phi = or i64 %1160, 16
-  %1368 = fcmp ogt <4 x float> %carried175.lcssa.1, zeroinitializer
-  %1369 = select <4 x i1> %1368, <4 x float> %carried175.lcssa.1, <4 x float> zeroinitializer
+  %1368 = fcmp olt <4 x float> %carried175.lcssa.1, zeroinitializer
+  %1369 = select <4 x i1> %1368, <4 x float> zeroinitializer, <4 x float> %carried175.lcssa.1
   %1370 = getelementptr inbounds float, float* %0, i64 %.pre-phi
   %1371 = bitcast float* %1370 to <4 x float>*
   store <4 x float> %1369, <4 x float>* %1371, align 64
   %1372 = or i64 %1160, 20
-  %1373 = fcmp ogt <4 x float> %carried176.lcssa.1, zeroinitializer
-  %1374 = select <4 x i1> %1373, <4 x float> %carried176.lcssa.1, <4 x float> zeroinitializer
+  %1373 = fcmp olt <4 x float> %carried176.lcssa.1, zeroinitializer
+  %1374 = select <4 x i1> %1373, <4 x float> zeroinitializer, <4 x float> %carried176.lcssa.1
   %1375 = getelementptr inbounds float, float* %0, i64 %1372
   %1376 = bitcast float* %1375 to <4 x float>*
   store <4 x float> %1374, <4 x float>* %1376, align 16
   %1377 = or i64 %1160, 24
-  %1378 = fcmp ogt <4 x float> %carried177.lcssa.1, zeroinitializer
-  %1379 = select <4 x i1> %1378, <4 x float> %carried177.lcssa.1, <4 x float> zeroinitializer
+  %1378 = fcmp olt <4 x float> %carried177.lcssa.1, zeroinitializer
+  %1379 = select <4 x i1> %1378, <4 x float> zeroinitializer, <4 x float> %carried177.lcssa.1
   %1380 = getelementptr inbounds float, float* %0, i64 %1377
   %1381 = bitcast float* %1380 to <4 x float>*
   store <4 x float> %1379, <4 x float>* %1381, align 32
   %1382 = or i64 %1160, 28
-  %1383 = fcmp ogt <4 x float> %carried178.lcssa.1, zeroinitializer
-  %1384 = select <4 x i1> %1383, <4 x float> %carried178.lcssa.1, <4 x float> zeroinitializer
+  %1383 = fcmp olt <4 x float> %carried178.lcssa.1, zeroinitializer
+  %1384 = select <4 x i1> %1383, <4 x float> zeroinitializer, <4 x float> %carried178.lcssa.1
   %1385 = getelementptr inbounds float, float* %0, i64 %1382
   %1386 = bitcast float* %1385 to <4 x float>*
   store <4 x float> %1384, <4 x float>* %1386, align 16
@@ -1980,50 +1980,50 @@ body196:                                          ; preds = %body192, %body196
 
 exit197:                                          ; preds = %body196
   %1514 = add nuw nsw i64 %i194315, %1460
-  %1515 = fcmp ogt <4 x float> %1490, zeroinitializer
-  %1516 = select <4 x i1> %1515, <4 x float> %1490, <4 x float> zeroinitializer
+  %1515 = fcmp olt <4 x float> %1490, zeroinitializer
+  %1516 = select <4 x i1> %1515, <4 x float> zeroinitializer, <4 x float> %1490
   %1517 = getelementptr inbounds float, float* %363, i64 %1514
   %1518 = bitcast float* %1517 to <4 x float>*
   store <4 x float> %1516, <4 x float>* %1518, align 32
   %1519 = or i64 %1514, 4
-  %1520 = fcmp ogt <4 x float> %1491, zeroinitializer
-  %1521 = select <4 x i1> %1520, <4 x float> %1491, <4 x float> zeroinitializer
+  %1520 = fcmp olt <4 x float> %1491, zeroinitializer
+  %1521 = select <4 x i1> %1520, <4 x float> zeroinitializer, <4 x float> %1491
   %1522 = getelementptr inbounds float, float* %363, i64 %1519
   %1523 = bitcast float* %1522 to <4 x float>*
   store <4 x float> %1521, <4 x float>* %1523, align 16
   %1524 = add nuw nsw i64 %i194315, %1461
-  %1525 = fcmp ogt <4 x float> %1497, zeroinitializer
-  %1526 = select <4 x i1> %1525, <4 x float> %1497, <4 x float> zeroinitializer
+  %1525 = fcmp olt <4 x float> %1497, zeroinitializer
+  %1526 = select <4 x i1> %1525, <4 x float> zeroinitializer, <4 x float> %1497
   %1527 = getelementptr inbounds float, float* %363, i64 %1524
   %1528 = bitcast float* %1527 to <4 x float>*
   store <4 x float> %1526, <4 x float>* %1528, align 32
   %1529 = or i64 %1524, 4
-  %1530 = fcmp ogt <4 x float> %1498, zeroinitializer
-  %1531 = select <4 x i1> %1530, <4 x float> %1498, <4 x float> zeroinitializer
+  %1530 = fcmp olt <4 x float> %1498, zeroinitializer
+  %1531 = select <4 x i1> %1530, <4 x float> zeroinitializer, <4 x float> %1498
   %1532 = getelementptr inbounds float, float* %363, i64 %1529
   %1533 = bitcast float* %1532 to <4 x float>*
   store <4 x float> %1531, <4 x float>* %1533, align 16
   %1534 = add nuw nsw i64 %i194315, %1462
-  %1535 = fcmp ogt <4 x float> %1504, zeroinitializer
-  %1536 = select <4 x i1> %1535, <4 x float> %1504, <4 x float> zeroinitializer
+  %1535 = fcmp olt <4 x float> %1504, zeroinitializer
+  %1536 = select <4 x i1> %1535, <4 x float> zeroinitializer, <4 x float> %1504
   %1537 = getelementptr inbounds float, float* %363, i64 %1534
   %1538 = bitcast float* %1537 to <4 x float>*
   store <4 x float> %1536, <4 x float>* %1538, align 32
   %1539 = or i64 %1534, 4
-  %1540 = fcmp ogt <4 x float> %1505, zeroinitializer
-  %1541 = select <4 x i1> %1540, <4 x float> %1505, <4 x float> zeroinitializer
+  %1540 = fcmp olt <4 x float> %1505, zeroinitializer
+  %1541 = select <4 x i1> %1540, <4 x float> zeroinitializer, <4 x float> %1505
   %1542 = getelementptr inbounds float, float* %363, i64 %1539
   %1543 = bitcast float* %1542 to <4 x float>*
   store <4 x float> %1541, <4 x float>* %1543, align 16
   %1544 = add nuw nsw i64 %i194315, %1463
-  %1545 = fcmp ogt <4 x float> %1511, zeroinitializer
-  %1546 = select <4 x i1> %1545, <4 x float> %1511, <4 x float> zeroinitializer
+  %1545 = fcmp olt <4 x float> %1511, zeroinitializer
+  %1546 = select <4 x i1> %1545, <4 x float> zeroinitializer, <4 x float> %1511
   %1547 = getelementptr inbounds float, float* %363, i64 %1544
   %1548 = bitcast float* %1547 to <4 x float>*
   store <4 x float> %1546, <4 x float>* %1548, align 32
   %1549 = or i64 %1544, 4
-  %1550 = fcmp ogt <4 x float> %1512, zeroinitializer
-  %1551 = select <4 x i1> %1550, <4 x float> %1512, <4 x float> zeroinitializer
+  %1550 = fcmp olt <4 x float> %1512, zeroinitializer
+  %1551 = select <4 x i1> %1550, <4 x float> zeroinitializer, <4 x float> %1512
   %1552 = getelementptr inbounds float, float* %363, i64 %1549
   %1553 = bitcast float* %1552 to <4 x float>*
   store <4 x float> %1551, <4 x float>* %1553, align 16
@@ -2286,23 +2286,23 @@ body10:                                           ; preds = %then, %body10
   %224 = bitcast float* %223 to <4 x float>*
   %225 = load <4 x float>, <4 x float>* %224, align 16
   %226 = tail call <4 x float> @llvm.fmuladd.v4f32(<4 x float> %221, <4 x float> %225, <4 x float> %194)
-  %227 = fcmp ogt <4 x float> %202, zeroinitializer
-  %228 = select <4 x i1> %227, <4 x float> %202, <4 x float> zeroinitializer
+  %227 = fcmp olt <4 x float> %202, zeroinitializer
+  %228 = select <4 x i1> %227, <4 x float> zeroinitializer, <4 x float> %202
   %229 = getelementptr inbounds float, float* %scratch, i64 %i12126
   %230 = bitcast float* %229 to <4 x float>*
   store <4 x float> %228, <4 x float>* %230, align 64
-  %231 = fcmp ogt <4 x float> %210, zeroinitializer
-  %232 = select <4 x i1> %231, <4 x float> %210, <4 x float> zeroinitializer
+  %231 = fcmp olt <4 x float> %210, zeroinitializer
+  %232 = select <4 x i1> %231, <4 x float> zeroinitializer, <4 x float> %210
   %233 = getelementptr inbounds float, float* %scratch, i64 %19
   %234 = bitcast float* %233 to <4 x float>*
   store <4 x float> %232, <4 x float>* %234, align 16
-  %235 = fcmp ogt <4 x float> %218, zeroinitializer
-  %236 = select <4 x i1> %235, <4 x float> %218, <4 x float> zeroinitializer
+  %235 = fcmp olt <4 x float> %218, zeroinitializer
+  %236 = select <4 x i1> %235, <4 x float> zeroinitializer, <4 x float> %218
   %237 = getelementptr inbounds float, float* %scratch, i64 %23
   %238 = bitcast float* %237 to <4 x float>*
   store <4 x float> %236, <4 x float>* %238, align 32
-  %239 = fcmp ogt <4 x float> %226, zeroinitializer
-  %240 = select <4 x i1> %239, <4 x float> %226, <4 x float> zeroinitializer
+  %239 = fcmp olt <4 x float> %226, zeroinitializer
+  %240 = select <4 x i1> %239, <4 x float> zeroinitializer, <4 x float> %226
   %241 = getelementptr inbounds float, float* %scratch, i64 %27
   %242 = bitcast float* %241 to <4 x float>*
   store <4 x float> %240, <4 x float>* %242, align 16
@@ -2631,26 +2631,26 @@ body42:                                           ; preds = %body38, %body42
   %557 = load <4 x float>, <4 x float>* %556, align 16
   %558 = tail call <4 x float> @llvm.fmuladd.v4f32(<4 x float> %553, <4 x float> %557, <4 x float> %526)
   %559 = add nuw nsw i64 %i44127, %246
-  %560 = fcmp ogt <4 x float> %534, zeroinitializer
-  %561 = select <4 x i1> %560, <4 x float> %534, <4 x float> zeroinitializer
+  %560 = fcmp olt <4 x float> %534, zeroinitializer
+  %561 = select <4 x i1> %560, <4 x float> zeroinitializer, <4 x float> %534
   %562 = getelementptr inbounds float, float* %scratch, i64 %559
   %563 = bitcast float* %562 to <4 x float>*
   store <4 x float> %561, <4 x float>* %563, align 64
   %564 = or i64 %559, 4
-  %565 = fcmp ogt <4 x float> %542, zeroinitializer
-  %566 = select <4 x i1> %565, <4 x float> %542, <4 x float> zeroinitializer
+  %565 = fcmp olt <4 x float> %542, zeroinitializer
+  %566 = select <4 x i1> %565, <4 x float> zeroinitializer, <4 x float> %542
   %567 = getelementptr inbounds float, float* %scratch, i64 %564
   %568 = bitcast float* %567 to <4 x float>*
   store <4 x float> %566, <4 x float>* %568, align 16
   %569 = or i64 %559, 8
-  %570 = fcmp ogt <4 x float> %550, zeroinitializer
-  %571 = select <4 x i1> %570, <4 x float> %550, <4 x float> zeroinitializer
+  %570 = fcmp olt <4 x float> %550, zeroinitializer
+  %571 = select <4 x i1> %570, <4 x float> zeroinitializer, <4 x float> %550
   %572 = getelementptr inbounds float, float* %scratch, i64 %569
   %573 = bitcast float* %572 to <4 x float>*
   store <4 x float> %571, <4 x float>* %573, align 32
   %574 = or i64 %559, 12
-  %575 = fcmp ogt <4 x float> %558, zeroinitializer
-  %576 = select <4 x i1> %575, <4 x float> %558, <4 x float> zeroinitializer
+  %575 = fcmp olt <4 x float> %558, zeroinitializer
+  %576 = select <4 x i1> %575, <4 x float> zeroinitializer, <4 x float> %558
   %577 = getelementptr inbounds float, float* %scratch, i64 %574
   %578 = bitcast float* %577 to <4 x float>*
   store <4 x float> %576, <4 x float>* %578, align 16
@@ -2776,26 +2776,26 @@ exit55:                                           ; preds = %exit63, %body50
   %carried59.lcssa = phi <4 x float> [ %605, %body50 ], [ %carried67.lcssa, %exit63 ]
   %carried60.lcssa = phi <4 x float> [ %609, %body50 ], [ %carried68.lcssa, %exit63 ]
   %662 = add nuw nsw i64 %i52108, %587
-  %663 = fcmp ogt <4 x float> %carried57.lcssa, zeroinitializer
-  %664 = select <4 x i1> %663, <4 x float> %carried57.lcssa, <4 x float> zeroinitializer
+  %663 = fcmp olt <4 x float> %carried57.lcssa, zeroinitializer
+  %664 = select <4 x i1> %663, <4 x float> zeroinitializer, <4 x float> %carried57.lcssa
   %665 = getelementptr inbounds float, float* %scratch, i64 %662
   %666 = bitcast float* %665 to <4 x float>*
   store <4 x float> %664, <4 x float>* %666, align 64
   %667 = or i64 %662, 4
-  %668 = fcmp ogt <4 x float> %carried58.lcssa, zeroinitializer
-  %669 = select <4 x i1> %668, <4 x float> %carried58.lcssa, <4 x float> zeroinitializer
+  %668 = fcmp olt <4 x float> %carried58.lcssa, zeroinitializer
+  %669 = select <4 x i1> %668, <4 x float> zeroinitializer, <4 x float> %carried58.lcssa
   %670 = getelementptr inbounds float, float* %scratch, i64 %667
   %671 = bitcast float* %670 to <4 x float>*
   store <4 x float> %669, <4 x float>* %671, align 16
   %672 = or i64 %662, 8
-  %673 = fcmp ogt <4 x float> %carried59.lcssa, zeroinitializer
-  %674 = select <4 x i1> %673, <4 x float> %carried59.lcssa, <4 x float> zeroinitializer
+  %673 = fcmp olt <4 x float> %carried59.lcssa, zeroinitializer
+  %674 = select <4 x i1> %673, <4 x float> zeroinitializer, <4 x float> %carried59.lcssa
   %675 = getelementptr inbounds float, float* %scratch, i64 %672
   %676 = bitcast float* %675 to <4 x float>*
   store <4 x float> %674, <4 x float>* %676, align 32
   %677 = or i64 %662, 12
-  %678 = fcmp ogt <4 x float> %carried60.lcssa, zeroinitializer
-  %679 = select <4 x i1> %678, <4 x float> %carried60.lcssa, <4 x float> zeroinitializer
+  %678 = fcmp olt <4 x float> %carried60.lcssa, zeroinitializer
+  %679 = select <4 x i1> %678, <4 x float> zeroinitializer, <4 x float> %carried60.lcssa
   %680 = getelementptr inbounds float, float* %scratch, i64 %677
   %681 = bitcast float* %680 to <4 x float>*
   store <4 x float> %679, <4 x float>* %681, align 16
@@ -2975,50 +2975,50 @@ body78:                                           ; preds = %body74, %body78
 
 exit79:                                           ; preds = %body78
   %812 = add nuw nsw i64 %i76138, %757
-  %813 = fcmp ogt <4 x float> %788, zeroinitializer
-  %814 = select <4 x i1> %813, <4 x float> %788, <4 x float> zeroinitializer
+  %813 = fcmp olt <4 x float> %788, zeroinitializer
+  %814 = select <4 x i1> %813, <4 x float> zeroinitializer, <4 x float> %788
   %815 = getelementptr inbounds float, float* %15, i64 %812
   %816 = bitcast float* %815 to <4 x float>*
   store <4 x float> %814, <4 x float>* %816, align 32
   %817 = or i64 %812, 4
-  %818 = fcmp ogt <4 x float> %789, zeroinitializer
-  %819 = select <4 x i1> %818, <4 x float> %789, <4 x float> zeroinitializer
+  %818 = fcmp olt <4 x float> %789, zeroinitializer
+  %819 = select <4 x i1> %818, <4 x float> zeroinitializer, <4 x float> %789
   %820 = getelementptr inbounds float, float* %15, i64 %817
   %821 = bitcast float* %820 to <4 x float>*
   store <4 x float> %819, <4 x float>* %821, align 16
   %822 = add nuw nsw i64 %i76138, %758
-  %823 = fcmp ogt <4 x float> %795, zeroinitializer
-  %824 = select <4 x i1> %823, <4 x float> %795, <4 x float> zeroinitializer
+  %823 = fcmp olt <4 x float> %795, zeroinitializer
+  %824 = select <4 x i1> %823, <4 x float> zeroinitializer, <4 x float> %795
   %825 = getelementptr inbounds float, float* %15, i64 %822
   %826 = bitcast float* %825 to <4 x float>*
   store <4 x float> %824, <4 x float>* %826, align 32
   %827 = or i64 %822, 4
-  %828 = fcmp ogt <4 x float> %796, zeroinitializer
-  %829 = select <4 x i1> %828, <4 x float> %796, <4 x float> zeroinitializer
+  %828 = fcmp olt <4 x float> %796, zeroinitializer
+  %829 = select <4 x i1> %828, <4 x float> zeroinitializer, <4 x float> %796
   %830 = getelementptr inbounds float, float* %15, i64 %827
   %831 = bitcast float* %830 to <4 x float>*
   store <4 x float> %829, <4 x float>* %831, align 16
   %832 = add nuw nsw i64 %i76138, %759
-  %833 = fcmp ogt <4 x float> %802, zeroinitializer
-  %834 = select <4 x i1> %833, <4 x float> %802, <4 x float> zeroinitializer
+  %833 = fcmp olt <4 x float> %802, zeroinitializer
+  %834 = select <4 x i1> %833, <4 x float> zeroinitializer, <4 x float> %802
   %835 = getelementptr inbounds float, float* %15, i64 %832
   %836 = bitcast float* %835 to <4 x float>*
   store <4 x float> %834, <4 x float>* %836, align 32
   %837 = or i64 %832, 4
-  %838 = fcmp ogt <4 x float> %803, zeroinitializer
-  %839 = select <4 x i1> %838, <4 x float> %803, <4 x float> zeroinitializer
+  %838 = fcmp olt <4 x float> %803, zeroinitializer
+  %839 = select <4 x i1> %838, <4 x float> zeroinitializer, <4 x float> %803
   %840 = getelementptr inbounds float, float* %15, i64 %837
   %841 = bitcast float* %840 to <4 x float>*
   store <4 x float> %839, <4 x float>* %841, align 16
   %842 = add nuw nsw i64 %i76138, %760
-  %843 = fcmp ogt <4 x float> %809, zeroinitializer
-  %844 = select <4 x i1> %843, <4 x float> %809, <4 x float> zeroinitializer
+  %843 = fcmp olt <4 x float> %809, zeroinitializer
+  %844 = select <4 x i1> %843, <4 x float> zeroinitializer, <4 x float> %809
   %845 = getelementptr inbounds float, float* %15, i64 %842
   %846 = bitcast float* %845 to <4 x float>*
   store <4 x float> %844, <4 x float>* %846, align 32
   %847 = or i64 %842, 4
-  %848 = fcmp ogt <4 x float> %810, zeroinitializer
-  %849 = select <4 x i1> %848, <4 x float> %810, <4 x float> zeroinitializer
+  %848 = fcmp olt <4 x float> %810, zeroinitializer
+  %849 = select <4 x i1> %848, <4 x float> zeroinitializer, <4 x float> %810
   %850 = getelementptr inbounds float, float* %15, i64 %847
   %851 = bitcast float* %850 to <4 x float>*
   store <4 x float> %849, <4 x float>* %851, align 16
@@ -3282,23 +3282,23 @@ body10:                                           ; preds = %then, %body10
   %224 = bitcast float* %223 to <4 x float>*
   %225 = load <4 x float>, <4 x float>* %224, align 16
   %226 = tail call <4 x float> @llvm.fmuladd.v4f32(<4 x float> %221, <4 x float> %225, <4 x float> %194)
-  %227 = fcmp ogt <4 x float> %202, zeroinitializer
-  %228 = select <4 x i1> %227, <4 x float> %202, <4 x float> zeroinitializer
+  %227 = fcmp olt <4 x float> %202, zeroinitializer
+  %228 = select <4 x i1> %227, <4 x float> zeroinitializer, <4 x float> %202
   %229 = getelementptr inbounds float, float* %scratch, i64 %i12158
   %230 = bitcast float* %229 to <4 x float>*
   store <4 x float> %228, <4 x float>* %230, align 64
-  %231 = fcmp ogt <4 x float> %210, zeroinitializer
-  %232 = select <4 x i1> %231, <4 x float> %210, <4 x float> zeroinitializer
+  %231 = fcmp olt <4 x float> %210, zeroinitializer
+  %232 = select <4 x i1> %231, <4 x float> zeroinitializer, <4 x float> %210
   %233 = getelementptr inbounds float, float* %scratch, i64 %19
   %234 = bitcast float* %233 to <4 x float>*
   store <4 x float> %232, <4 x float>* %234, align 16
-  %235 = fcmp ogt <4 x float> %218, zeroinitializer
-  %236 = select <4 x i1> %235, <4 x float> %218, <4 x float> zeroinitializer
+  %235 = fcmp olt <4 x float> %218, zeroinitializer
+  %236 = select <4 x i1> %235, <4 x float> zeroinitializer, <4 x float> %218
   %237 = getelementptr inbounds float, float* %scratch, i64 %23
   %238 = bitcast float* %237 to <4 x float>*
   store <4 x float> %236, <4 x float>* %238, align 32
-  %239 = fcmp ogt <4 x float> %226, zeroinitializer
-  %240 = select <4 x i1> %239, <4 x float> %226, <4 x float> zeroinitializer
+  %239 = fcmp olt <4 x float> %226, zeroinitializer
+  %240 = select <4 x i1> %239, <4 x float> zeroinitializer, <4 x float> %226
   %241 = getelementptr inbounds float, float* %scratch, i64 %27
   %242 = bitcast float* %241 to <4 x float>*
   store <4 x float> %240, <4 x float>* %242, align 16
@@ -3624,23 +3624,23 @@ body42:                                           ; preds = %body38, %body42
   %554 = bitcast float* %553 to <4 x float>*
   %555 = load <4 x float>, <4 x float>* %554, align 16
   %556 = tail call <4 x float> @llvm.fmuladd.v4f32(<4 x float> %551, <4 x float> %555, <4 x float> %524)
-  %557 = fcmp ogt <4 x float> %532, zeroinitializer
-  %558 = select <4 x i1> %557, <4 x float> %532, <4 x float> zeroinitializer
+  %557 = fcmp olt <4 x float> %532, zeroinitializer
+  %558 = select <4 x i1> %557, <4 x float> zeroinitializer, <4 x float> %532
   %559 = getelementptr inbounds float, float* %scratch, i64 %261
   %560 = bitcast float* %559 to <4 x float>*
   store <4 x float> %558, <4 x float>* %560, align 64
-  %561 = fcmp ogt <4 x float> %540, zeroinitializer
-  %562 = select <4 x i1> %561, <4 x float> %540, <4 x float> zeroinitializer
+  %561 = fcmp olt <4 x float> %540, zeroinitializer
+  %562 = select <4 x i1> %561, <4 x float> zeroinitializer, <4 x float> %540
   %563 = getelementptr inbounds float, float* %scratch, i64 %302
   %564 = bitcast float* %563 to <4 x float>*
   store <4 x float> %562, <4 x float>* %564, align 16
-  %565 = fcmp ogt <4 x float> %548, zeroinitializer
-  %566 = select <4 x i1> %565, <4 x float> %548, <4 x float> zeroinitializer
+  %565 = fcmp olt <4 x float> %548, zeroinitializer
+  %566 = select <4 x i1> %565, <4 x float> zeroinitializer, <4 x float> %548
   %567 = getelementptr inbounds float, float* %scratch, i64 %311
   %568 = bitcast float* %567 to <4 x float>*
   store <4 x float> %566, <4 x float>* %568, align 32
-  %569 = fcmp ogt <4 x float> %556, zeroinitializer
-  %570 = select <4 x i1> %569, <4 x float> %556, <4 x float> zeroinitializer
+  %569 = fcmp olt <4 x float> %556, zeroinitializer
+  %570 = select <4 x i1> %569, <4 x float> zeroinitializer, <4 x float> %556
   %571 = getelementptr inbounds float, float* %scratch, i64 %320
   %572 = bitcast float* %571 to <4 x float>*
   store <4 x float> %570, <4 x float>* %572, align 16
@@ -3867,26 +3867,26 @@ body50:                                           ; preds = %exit43, %body50
   %785 = load <4 x float>, <4 x float>* %784, align 16
   %786 = tail call <4 x float> @llvm.fmuladd.v4f32(<4 x float> %781, <4 x float> %785, <4 x float> %754)
   %787 = add nuw nsw i64 %i52176, 7040
-  %788 = fcmp ogt <4 x float> %762, zeroinitializer
-  %789 = select <4 x i1> %788, <4 x float> %762, <4 x float> zeroinitializer
+  %788 = fcmp olt <4 x float> %762, zeroinitializer
+  %789 = select <4 x i1> %788, <4 x float> zeroinitializer, <4 x float> %762
   %790 = getelementptr inbounds float, float* %scratch, i64 %787
   %791 = bitcast float* %790 to <4 x float>*
   store <4 x float> %789, <4 x float>* %791, align 64
   %792 = add nuw nsw i64 %i52176, 7044
-  %793 = fcmp ogt <4 x float> %770, zeroinitializer
-  %794 = select <4 x i1> %793, <4 x float> %770, <4 x float> zeroinitializer
+  %793 = fcmp olt <4 x float> %770, zeroinitializer
+  %794 = select <4 x i1> %793, <4 x float> zeroinitializer, <4 x float> %770
   %795 = getelementptr inbounds float, float* %scratch, i64 %792
   %796 = bitcast float* %795 to <4 x float>*
   store <4 x float> %794, <4 x float>* %796, align 16
   %797 = add nuw nsw i64 %i52176, 7048
-  %798 = fcmp ogt <4 x float> %778, zeroinitializer
-  %799 = select <4 x i1> %798, <4 x float> %778, <4 x float> zeroinitializer
+  %798 = fcmp olt <4 x float> %778, zeroinitializer
+  %799 = select <4 x i1> %798, <4 x float> zeroinitializer, <4 x float> %778
   %800 = getelementptr inbounds float, float* %scratch, i64 %797
   %801 = bitcast float* %800 to <4 x float>*
   store <4 x float> %799, <4 x float>* %801, align 32
   %802 = add nuw nsw i64 %i52176, 7052
-  %803 = fcmp ogt <4 x float> %786, zeroinitializer
-  %804 = select <4 x i1> %803, <4 x float> %786, <4 x float> zeroinitializer
+  %803 = fcmp olt <4 x float> %786, zeroinitializer
+  %804 = select <4 x i1> %803, <4 x float> zeroinitializer, <4 x float> %786
   %805 = getelementptr inbounds float, float* %scratch, i64 %802
   %806 = bitcast float* %805 to <4 x float>*
   store <4 x float> %804, <4 x float>* %806, align 16
@@ -4008,26 +4008,26 @@ exit87:                                           ; preds = %exit95, %body82
   %carried90.lcssa = phi <4 x float> [ %830, %body82 ], [ %carried98.lcssa, %exit95 ]
   %carried91.lcssa = phi <4 x float> [ %834, %body82 ], [ %carried99.lcssa, %exit95 ]
   %carried92.lcssa = phi <4 x float> [ %838, %body82 ], [ %carried100.lcssa, %exit95 ]
-  %892 = fcmp ogt <4 x float> %carried89.lcssa, zeroinitializer
-  %893 = select <4 x i1> %892, <4 x float> %carried89.lcssa, <4 x float> zeroinitializer
+  %892 = fcmp olt <4 x float> %carried89.lcssa, zeroinitializer
+  %893 = select <4 x i1> %892, <4 x float> zeroinitializer, <4 x float> %carried89.lcssa
   %894 = getelementptr inbounds float, float* %scratch, i64 %839
   %895 = bitcast float* %894 to <4 x float>*
   store <4 x float> %893, <4 x float>* %895, align 64
   %896 = or i64 %839, 4
-  %897 = fcmp ogt <4 x float> %carried90.lcssa, zeroinitializer
-  %898 = select <4 x i1> %897, <4 x float> %carried90.lcssa, <4 x float> zeroinitializer
+  %897 = fcmp olt <4 x float> %carried90.lcssa, zeroinitializer
+  %898 = select <4 x i1> %897, <4 x float> zeroinitializer, <4 x float> %carried90.lcssa
   %899 = getelementptr inbounds float, float* %scratch, i64 %896
   %900 = bitcast float* %899 to <4 x float>*
   store <4 x float> %898, <4 x float>* %900, align 16
   %901 = or i64 %839, 8
-  %902 = fcmp ogt <4 x float> %carried91.lcssa, zeroinitializer
-  %903 = select <4 x i1> %902, <4 x float> %carried91.lcssa, <4 x float> zeroinitializer
+  %902 = fcmp olt <4 x float> %carried91.lcssa, zeroinitializer
+  %903 = select <4 x i1> %902, <4 x float> zeroinitializer, <4 x float> %carried91.lcssa
   %904 = getelementptr inbounds float, float* %scratch, i64 %901
   %905 = bitcast float* %904 to <4 x float>*
   store <4 x float> %903, <4 x float>* %905, align 32
   %906 = or i64 %839, 12
-  %907 = fcmp ogt <4 x float> %carried92.lcssa, zeroinitializer
-  %908 = select <4 x i1> %907, <4 x float> %carried92.lcssa, <4 x float> zeroinitializer
+  %907 = fcmp olt <4 x float> %carried92.lcssa, zeroinitializer
+  %908 = select <4 x i1> %907, <4 x float> zeroinitializer, <4 x float> %carried92.lcssa
   %909 = getelementptr inbounds float, float* %scratch, i64 %906
   %910 = bitcast float* %909 to <4 x float>*
   store <4 x float> %908, <4 x float>* %910, align 16
@@ -4203,50 +4203,50 @@ body110:                                          ; preds = %body106, %body110
 
 exit111:                                          ; preds = %body110
   %1038 = add nuw nsw i64 %994, %i104187
-  %1039 = fcmp ogt <4 x float> %1014, zeroinitializer
-  %1040 = select <4 x i1> %1039, <4 x float> %1014, <4 x float> zeroinitializer
+  %1039 = fcmp olt <4 x float> %1014, zeroinitializer
+  %1040 = select <4 x i1> %1039, <4 x float> zeroinitializer, <4 x float> %1014
   %1041 = getelementptr inbounds float, float* %15, i64 %1038
   %1042 = bitcast float* %1041 to <4 x float>*
   store <4 x float> %1040, <4 x float>* %1042, align 32
   %1043 = or i64 %1038, 4
-  %1044 = fcmp ogt <4 x float> %1015, zeroinitializer
-  %1045 = select <4 x i1> %1044, <4 x float> %1015, <4 x float> zeroinitializer
+  %1044 = fcmp olt <4 x float> %1015, zeroinitializer
+  %1045 = select <4 x i1> %1044, <4 x float> zeroinitializer, <4 x float> %1015
   %1046 = getelementptr inbounds float, float* %15, i64 %1043
   %1047 = bitcast float* %1046 to <4 x float>*
   store <4 x float> %1045, <4 x float>* %1047, align 16
   %1048 = add nuw nsw i64 %995, %i104187
-  %1049 = fcmp ogt <4 x float> %1021, zeroinitializer
-  %1050 = select <4 x i1> %1049, <4 x float> %1021, <4 x float> zeroinitializer
+  %1049 = fcmp olt <4 x float> %1021, zeroinitializer
+  %1050 = select <4 x i1> %1049, <4 x float> zeroinitializer, <4 x float> %1021
   %1051 = getelementptr inbounds float, float* %15, i64 %1048
   %1052 = bitcast float* %1051 to <4 x float>*
   store <4 x float> %1050, <4 x float>* %1052, align 32
   %1053 = or i64 %1048, 4
-  %1054 = fcmp ogt <4 x float> %1022, zeroinitializer
-  %1055 = select <4 x i1> %1054, <4 x float> %1022, <4 x float> zeroinitializer
+  %1054 = fcmp olt <4 x float> %1022, zeroinitializer
+  %1055 = select <4 x i1> %1054, <4 x float> zeroinitializer, <4 x float> %1022
   %1056 = getelementptr inbounds float, float* %15, i64 %1053
   %1057 = bitcast float* %1056 to <4 x float>*
   store <4 x float> %1055, <4 x float>* %1057, align 16
   %1058 = add nuw nsw i64 %996, %i104187
-  %1059 = fcmp ogt <4 x float> %1028, zeroinitializer
-  %1060 = select <4 x i1> %1059, <4 x float> %1028, <4 x float> zeroinitializer
+  %1059 = fcmp olt <4 x float> %1028, zeroinitializer
+  %1060 = select <4 x i1> %1059, <4 x float> zeroinitializer, <4 x float> %1028
   %1061 = getelementptr inbounds float, float* %15, i64 %1058
   %1062 = bitcast float* %1061 to <4 x float>*
   store <4 x float> %1060, <4 x float>* %1062, align 32
   %1063 = or i64 %1058, 4
-  %1064 = fcmp ogt <4 x float> %1029, zeroinitializer
-  %1065 = select <4 x i1> %1064, <4 x float> %1029, <4 x float> zeroinitializer
+  %1064 = fcmp olt <4 x float> %1029, zeroinitializer
+  %1065 = select <4 x i1> %1064, <4 x float> zeroinitializer, <4 x float> %1029
   %1066 = getelementptr inbounds float, float* %15, i64 %1063
   %1067 = bitcast float* %1066 to <4 x float>*
   store <4 x float> %1065, <4 x float>* %1067, align 16
   %1068 = add nuw nsw i64 %997, %i104187
-  %1069 = fcmp ogt <4 x float> %1035, zeroinitializer
-  %1070 = select <4 x i1> %1069, <4 x float> %1035, <4 x float> zeroinitializer
+  %1069 = fcmp olt <4 x float> %1035, zeroinitializer
+  %1070 = select <4 x i1> %1069, <4 x float> zeroinitializer, <4 x float> %1035
   %1071 = getelementptr inbounds float, float* %15, i64 %1068
   %1072 = bitcast float* %1071 to <4 x float>*
   store <4 x float> %1070, <4 x float>* %1072, align 32
   %1073 = or i64 %1068, 4
-  %1074 = fcmp ogt <4 x float> %1036, zeroinitializer
-  %1075 = select <4 x i1> %1074, <4 x float> %1036, <4 x float> zeroinitializer
+  %1074 = fcmp olt <4 x float> %1036, zeroinitializer
+  %1075 = select <4 x i1> %1074, <4 x float> zeroinitializer, <4 x float> %1036
   %1076 = getelementptr inbounds float, float* %15, i64 %1073
   %1077 = bitcast float* %1076 to <4 x float>*
   store <4 x float> %1075, <4 x float>* %1077, align 16
@@ -4517,23 +4517,23 @@ body10:                                           ; preds = %then, %body10
   %228 = bitcast float* %227 to <4 x float>*
   %229 = load <4 x float>, <4 x float>* %228, align 16
   %230 = tail call <4 x float> @llvm.fmuladd.v4f32(<4 x float> %225, <4 x float> %229, <4 x float> %198)
-  %231 = fcmp ogt <4 x float> %206, zeroinitializer
-  %232 = select <4 x i1> %231, <4 x float> %206, <4 x float> zeroinitializer
+  %231 = fcmp olt <4 x float> %206, zeroinitializer
+  %232 = select <4 x i1> %231, <4 x float> zeroinitializer, <4 x float> %206
   %233 = getelementptr inbounds float, float* %7, i64 %i12126
   %234 = bitcast float* %233 to <4 x float>*
   store <4 x float> %232, <4 x float>* %234, align 64
-  %235 = fcmp ogt <4 x float> %214, zeroinitializer
-  %236 = select <4 x i1> %235, <4 x float> %214, <4 x float> zeroinitializer
+  %235 = fcmp olt <4 x float> %214, zeroinitializer
+  %236 = select <4 x i1> %235, <4 x float> zeroinitializer, <4 x float> %214
   %237 = getelementptr inbounds float, float* %7, i64 %23
   %238 = bitcast float* %237 to <4 x float>*
   store <4 x float> %236, <4 x float>* %238, align 16
-  %239 = fcmp ogt <4 x float> %222, zeroinitializer
-  %240 = select <4 x i1> %239, <4 x float> %222, <4 x float> zeroinitializer
+  %239 = fcmp olt <4 x float> %222, zeroinitializer
+  %240 = select <4 x i1> %239, <4 x float> zeroinitializer, <4 x float> %222
   %241 = getelementptr inbounds float, float* %7, i64 %27
   %242 = bitcast float* %241 to <4 x float>*
   store <4 x float> %240, <4 x float>* %242, align 32
-  %243 = fcmp ogt <4 x float> %230, zeroinitializer
-  %244 = select <4 x i1> %243, <4 x float> %230, <4 x float> zeroinitializer
+  %243 = fcmp olt <4 x float> %230, zeroinitializer
+  %244 = select <4 x i1> %243, <4 x float> zeroinitializer, <4 x float> %230
   %245 = getelementptr inbounds float, float* %7, i64 %31
   %246 = bitcast float* %245 to <4 x float>*
   store <4 x float> %244, <4 x float>* %246, align 16
@@ -4862,26 +4862,26 @@ body42:                                           ; preds = %body38, %body42
   %561 = load <4 x float>, <4 x float>* %560, align 16
   %562 = tail call <4 x float> @llvm.fmuladd.v4f32(<4 x float> %557, <4 x float> %561, <4 x float> %530)
   %563 = add nuw nsw i64 %i44127, %250
-  %564 = fcmp ogt <4 x float> %538, zeroinitializer
-  %565 = select <4 x i1> %564, <4 x float> %538, <4 x float> zeroinitializer
+  %564 = fcmp olt <4 x float> %538, zeroinitializer
+  %565 = select <4 x i1> %564, <4 x float> zeroinitializer, <4 x float> %538
   %566 = getelementptr inbounds float, float* %7, i64 %563
   %567 = bitcast float* %566 to <4 x float>*
   store <4 x float> %565, <4 x float>* %567, align 64
   %568 = or i64 %563, 4
-  %569 = fcmp ogt <4 x float> %546, zeroinitializer
-  %570 = select <4 x i1> %569, <4 x float> %546, <4 x float> zeroinitializer
+  %569 = fcmp olt <4 x float> %546, zeroinitializer
+  %570 = select <4 x i1> %569, <4 x float> zeroinitializer, <4 x float> %546
   %571 = getelementptr inbounds float, float* %7, i64 %568
   %572 = bitcast float* %571 to <4 x float>*
   store <4 x float> %570, <4 x float>* %572, align 16
   %573 = or i64 %563, 8
-  %574 = fcmp ogt <4 x float> %554, zeroinitializer
-  %575 = select <4 x i1> %574, <4 x float> %554, <4 x float> zeroinitializer
+  %574 = fcmp olt <4 x float> %554, zeroinitializer
+  %575 = select <4 x i1> %574, <4 x float> zeroinitializer, <4 x float> %554
   %576 = getelementptr inbounds float, float* %7, i64 %573
   %577 = bitcast float* %576 to <4 x float>*
   store <4 x float> %575, <4 x float>* %577, align 32
   %578 = or i64 %563, 12
-  %579 = fcmp ogt <4 x float> %562, zeroinitializer
-  %580 = select <4 x i1> %579, <4 x float> %562, <4 x float> zeroinitializer
+  %579 = fcmp olt <4 x float> %562, zeroinitializer
+  %580 = select <4 x i1> %579, <4 x float> zeroinitializer, <4 x float> %562
   %581 = getelementptr inbounds float, float* %7, i64 %578
   %582 = bitcast float* %581 to <4 x float>*
   store <4 x float> %580, <4 x float>* %582, align 16
@@ -5007,26 +5007,26 @@ exit55:                                           ; preds = %exit63, %body50
   %carried59.lcssa = phi <4 x float> [ %609, %body50 ], [ %carried67.lcssa, %exit63 ]
   %carried60.lcssa = phi <4 x float> [ %613, %body50 ], [ %carried68.lcssa, %exit63 ]
   %666 = add nuw nsw i64 %i52108, %591
-  %667 = fcmp ogt <4 x float> %carried57.lcssa, zeroinitializer
-  %668 = select <4 x i1> %667, <4 x float> %carried57.lcssa, <4 x float> zeroinitializer
+  %667 = fcmp olt <4 x float> %carried57.lcssa, zeroinitializer
+  %668 = select <4 x i1> %667, <4 x float> zeroinitializer, <4 x float> %carried57.lcssa
   %669 = getelementptr inbounds float, float* %7, i64 %666
   %670 = bitcast float* %669 to <4 x float>*
   store <4 x float> %668, <4 x float>* %670, align 64
   %671 = or i64 %666, 4
-  %672 = fcmp ogt <4 x float> %carried58.lcssa, zeroinitializer
-  %673 = select <4 x i1> %672, <4 x float> %carried58.lcssa, <4 x float> zeroinitializer
+  %672 = fcmp olt <4 x float> %carried58.lcssa, zeroinitializer
+  %673 = select <4 x i1> %672, <4 x float> zeroinitializer, <4 x float> %carried58.lcssa
   %674 = getelementptr inbounds float, float* %7, i64 %671
   %675 = bitcast float* %674 to <4 x float>*
   store <4 x float> %673, <4 x float>* %675, align 16
   %676 = or i64 %666, 8
-  %677 = fcmp ogt <4 x float> %carried59.lcssa, zeroinitializer
-  %678 = select <4 x i1> %677, <4 x float> %carried59.lcssa, <4 x float> zeroinitializer
+  %677 = fcmp olt <4 x float> %carried59.lcssa, zeroinitializer
+  %678 = select <4 x i1> %677, <4 x float> zeroinitializer, <4 x float> %carried59.lcssa
   %679 = getelementptr inbounds float, float* %7, i64 %676
   %680 = bitcast float* %679 to <4 x float>*
   store <4 x float> %678, <4 x float>* %680, align 32
   %681 = or i64 %666, 12
-  %682 = fcmp ogt <4 x float> %carried60.lcssa, zeroinitializer
-  %683 = select <4 x i1> %682, <4 x float> %carried60.lcssa, <4 x float> zeroinitializer
+  %682 = fcmp olt <4 x float> %carried60.lcssa, zeroinitializer
+  %683 = select <4 x i1> %682, <4 x float> zeroinitializer, <4 x float> %carried60.lcssa
   %684 = getelementptr inbounds float, float* %7, i64 %681
   %685 = bitcast float* %684 to <4 x float>*
   store <4 x float> %683, <4 x float>* %685, align 16
@@ -5203,53 +5203,53 @@ body78:                                           ; preds = %body74, %body78
 exit79:                                           ; preds = %body78
   %813 = shl nsw i64 %i76139, 8
   %814 = add nuw nsw i64 %813, %i72140
-  %815 = fcmp ogt <4 x float> %789, zeroinitializer
-  %816 = select <4 x i1> %815, <4 x float> %789, <4 x float> zeroinitializer
+  %815 = fcmp olt <4 x float> %789, zeroinitializer
+  %816 = select <4 x i1> %815, <4 x float> zeroinitializer, <4 x float> %789
   %817 = getelementptr inbounds float, float* %12, i64 %814
   %818 = bitcast float* %817 to <4 x float>*
   store <4 x float> %816, <4 x float>* %818, align 32
   %819 = or i64 %814, 4
-  %820 = fcmp ogt <4 x float> %790, zeroinitializer
-  %821 = select <4 x i1> %820, <4 x float> %790, <4 x float> zeroinitializer
+  %820 = fcmp olt <4 x float> %790, zeroinitializer
+  %821 = select <4 x i1> %820, <4 x float> zeroinitializer, <4 x float> %790
   %822 = getelementptr inbounds float, float* %12, i64 %819
   %823 = bitcast float* %822 to <4 x float>*
   store <4 x float> %821, <4 x float>* %823, align 16
   %824 = or i64 %813, 256
   %825 = add nuw nsw i64 %824, %i72140
-  %826 = fcmp ogt <4 x float> %796, zeroinitializer
-  %827 = select <4 x i1> %826, <4 x float> %796, <4 x float> zeroinitializer
+  %826 = fcmp olt <4 x float> %796, zeroinitializer
+  %827 = select <4 x i1> %826, <4 x float> zeroinitializer, <4 x float> %796
   %828 = getelementptr inbounds float, float* %12, i64 %825
   %829 = bitcast float* %828 to <4 x float>*
   store <4 x float> %827, <4 x float>* %829, align 32
   %830 = or i64 %825, 4
-  %831 = fcmp ogt <4 x float> %797, zeroinitializer
-  %832 = select <4 x i1> %831, <4 x float> %797, <4 x float> zeroinitializer
+  %831 = fcmp olt <4 x float> %797, zeroinitializer
+  %832 = select <4 x i1> %831, <4 x float> zeroinitializer, <4 x float> %797
   %833 = getelementptr inbounds float, float* %12, i64 %830
   %834 = bitcast float* %833 to <4 x float>*
   store <4 x float> %832, <4 x float>* %834, align 16
   %835 = or i64 %813, 512
   %836 = add nuw nsw i64 %835, %i72140
-  %837 = fcmp ogt <4 x float> %803, zeroinitializer
-  %838 = select <4 x i1> %837, <4 x float> %803, <4 x float> zeroinitializer
+  %837 = fcmp olt <4 x float> %803, zeroinitializer
+  %838 = select <4 x i1> %837, <4 x float> zeroinitializer, <4 x float> %803
   %839 = getelementptr inbounds float, float* %12, i64 %836
   %840 = bitcast float* %839 to <4 x float>*
   store <4 x float> %838, <4 x float>* %840, align 32
   %841 = or i64 %836, 4
-  %842 = fcmp ogt <4 x float> %804, zeroinitializer
-  %843 = select <4 x i1> %842, <4 x float> %804, <4 x float> zeroinitializer
+  %842 = fcmp olt <4 x float> %804, zeroinitializer
+  %843 = select <4 x i1> %842, <4 x float> zeroinitializer, <4 x float> %804
   %844 = getelementptr inbounds float, float* %12, i64 %841
   %845 = bitcast float* %844 to <4 x float>*
   store <4 x float> %843, <4 x float>* %845, align 16
   %846 = or i64 %813, 768
   %847 = add nuw nsw i64 %846, %i72140
-  %848 = fcmp ogt <4 x float> %810, zeroinitializer
-  %849 = select <4 x i1> %848, <4 x float> %810, <4 x float> zeroinitializer
+  %848 = fcmp olt <4 x float> %810, zeroinitializer
+  %849 = select <4 x i1> %848, <4 x float> zeroinitializer, <4 x float> %810
   %850 = getelementptr inbounds float, float* %12, i64 %847
   %851 = bitcast float* %850 to <4 x float>*
   store <4 x float> %849, <4 x float>* %851, align 32
   %852 = or i64 %847, 4
-  %853 = fcmp ogt <4 x float> %811, zeroinitializer
-  %854 = select <4 x i1> %853, <4 x float> %811, <4 x float> zeroinitializer
+  %853 = fcmp olt <4 x float> %811, zeroinitializer
+  %854 = select <4 x i1> %853, <4 x float> zeroinitializer, <4 x float> %811
   %855 = getelementptr inbounds float, float* %12, i64 %852
   %856 = bitcast float* %855 to <4 x float>*
   store <4 x float> %854, <4 x float>* %856, align 16
@@ -5520,23 +5520,23 @@ body10:                                           ; preds = %then, %body10
   %229 = bitcast float* %228 to <4 x float>*
   %230 = load <4 x float>, <4 x float>* %229, align 16
   %231 = tail call <4 x float> @llvm.fmuladd.v4f32(<4 x float> %226, <4 x float> %230, <4 x float> %199)
-  %232 = fcmp ogt <4 x float> %207, zeroinitializer
-  %233 = select <4 x i1> %232, <4 x float> %207, <4 x float> zeroinitializer
+  %232 = fcmp olt <4 x float> %207, zeroinitializer
+  %233 = select <4 x i1> %232, <4 x float> zeroinitializer, <4 x float> %207
   %234 = getelementptr inbounds float, float* %10, i64 %i12158
   %235 = bitcast float* %234 to <4 x float>*
   store <4 x float> %233, <4 x float>* %235, align 64
-  %236 = fcmp ogt <4 x float> %215, zeroinitializer
-  %237 = select <4 x i1> %236, <4 x float> %215, <4 x float> zeroinitializer
+  %236 = fcmp olt <4 x float> %215, zeroinitializer
+  %237 = select <4 x i1> %236, <4 x float> zeroinitializer, <4 x float> %215
   %238 = getelementptr inbounds float, float* %10, i64 %24
   %239 = bitcast float* %238 to <4 x float>*
   store <4 x float> %237, <4 x float>* %239, align 16
-  %240 = fcmp ogt <4 x float> %223, zeroinitializer
-  %241 = select <4 x i1> %240, <4 x float> %223, <4 x float> zeroinitializer
+  %240 = fcmp olt <4 x float> %223, zeroinitializer
+  %241 = select <4 x i1> %240, <4 x float> zeroinitializer, <4 x float> %223
   %242 = getelementptr inbounds float, float* %10, i64 %28
   %243 = bitcast float* %242 to <4 x float>*
   store <4 x float> %241, <4 x float>* %243, align 32
-  %244 = fcmp ogt <4 x float> %231, zeroinitializer
-  %245 = select <4 x i1> %244, <4 x float> %231, <4 x float> zeroinitializer
+  %244 = fcmp olt <4 x float> %231, zeroinitializer
+  %245 = select <4 x i1> %244, <4 x float> zeroinitializer, <4 x float> %231
   %246 = getelementptr inbounds float, float* %10, i64 %32
   %247 = bitcast float* %246 to <4 x float>*
   store <4 x float> %245, <4 x float>* %247, align 16
@@ -5862,23 +5862,23 @@ body42:                                           ; preds = %body38, %body42
   %559 = bitcast float* %558 to <4 x float>*
   %560 = load <4 x float>, <4 x float>* %559, align 16
   %561 = tail call <4 x float> @llvm.fmuladd.v4f32(<4 x float> %556, <4 x float> %560, <4 x float> %529)
-  %562 = fcmp ogt <4 x float> %537, zeroinitializer
-  %563 = select <4 x i1> %562, <4 x float> %537, <4 x float> zeroinitializer
+  %562 = fcmp olt <4 x float> %537, zeroinitializer
+  %563 = select <4 x i1> %562, <4 x float> zeroinitializer, <4 x float> %537
   %564 = getelementptr inbounds float, float* %10, i64 %266
   %565 = bitcast float* %564 to <4 x float>*
   store <4 x float> %563, <4 x float>* %565, align 64
-  %566 = fcmp ogt <4 x float> %545, zeroinitializer
-  %567 = select <4 x i1> %566, <4 x float> %545, <4 x float> zeroinitializer
+  %566 = fcmp olt <4 x float> %545, zeroinitializer
+  %567 = select <4 x i1> %566, <4 x float> zeroinitializer, <4 x float> %545
   %568 = getelementptr inbounds float, float* %10, i64 %307
   %569 = bitcast float* %568 to <4 x float>*
   store <4 x float> %567, <4 x float>* %569, align 16
-  %570 = fcmp ogt <4 x float> %553, zeroinitializer
-  %571 = select <4 x i1> %570, <4 x float> %553, <4 x float> zeroinitializer
+  %570 = fcmp olt <4 x float> %553, zeroinitializer
+  %571 = select <4 x i1> %570, <4 x float> zeroinitializer, <4 x float> %553
   %572 = getelementptr inbounds float, float* %10, i64 %316
   %573 = bitcast float* %572 to <4 x float>*
   store <4 x float> %571, <4 x float>* %573, align 32
-  %574 = fcmp ogt <4 x float> %561, zeroinitializer
-  %575 = select <4 x i1> %574, <4 x float> %561, <4 x float> zeroinitializer
+  %574 = fcmp olt <4 x float> %561, zeroinitializer
+  %575 = select <4 x i1> %574, <4 x float> zeroinitializer, <4 x float> %561
   %576 = getelementptr inbounds float, float* %10, i64 %325
   %577 = bitcast float* %576 to <4 x float>*
   store <4 x float> %575, <4 x float>* %577, align 16
@@ -6105,26 +6105,26 @@ body50:                                           ; preds = %exit43, %body50
   %790 = load <4 x float>, <4 x float>* %789, align 16
   %791 = tail call <4 x float> @llvm.fmuladd.v4f32(<4 x float> %786, <4 x float> %790, <4 x float> %759)
   %792 = add nuw nsw i64 %i52176, 6912
-  %793 = fcmp ogt <4 x float> %767, zeroinitializer
-  %794 = select <4 x i1> %793, <4 x float> %767, <4 x float> zeroinitializer
+  %793 = fcmp olt <4 x float> %767, zeroinitializer
+  %794 = select <4 x i1> %793, <4 x float> zeroinitializer, <4 x float> %767
   %795 = getelementptr inbounds float, float* %10, i64 %792
   %796 = bitcast float* %795 to <4 x float>*
   store <4 x float> %794, <4 x float>* %796, align 64
   %797 = add nuw nsw i64 %i52176, 6916
-  %798 = fcmp ogt <4 x float> %775, zeroinitializer
-  %799 = select <4 x i1> %798, <4 x float> %775, <4 x float> zeroinitializer
+  %798 = fcmp olt <4 x float> %775, zeroinitializer
+  %799 = select <4 x i1> %798, <4 x float> zeroinitializer, <4 x float> %775
   %800 = getelementptr inbounds float, float* %10, i64 %797
   %801 = bitcast float* %800 to <4 x float>*
   store <4 x float> %799, <4 x float>* %801, align 16
   %802 = add nuw nsw i64 %i52176, 6920
-  %803 = fcmp ogt <4 x float> %783, zeroinitializer
-  %804 = select <4 x i1> %803, <4 x float> %783, <4 x float> zeroinitializer
+  %803 = fcmp olt <4 x float> %783, zeroinitializer
+  %804 = select <4 x i1> %803, <4 x float> zeroinitializer, <4 x float> %783
   %805 = getelementptr inbounds float, float* %10, i64 %802
   %806 = bitcast float* %805 to <4 x float>*
   store <4 x float> %804, <4 x float>* %806, align 32
   %807 = add nuw nsw i64 %i52176, 6924
-  %808 = fcmp ogt <4 x float> %791, zeroinitializer
-  %809 = select <4 x i1> %808, <4 x float> %791, <4 x float> zeroinitializer
+  %808 = fcmp olt <4 x float> %791, zeroinitializer
+  %809 = select <4 x i1> %808, <4 x float> zeroinitializer, <4 x float> %791
   %810 = getelementptr inbounds float, float* %10, i64 %807
   %811 = bitcast float* %810 to <4 x float>*
   store <4 x float> %809, <4 x float>* %811, align 16
@@ -6246,26 +6246,26 @@ exit87:                                           ; preds = %exit95, %body82
   %carried90.lcssa = phi <4 x float> [ %835, %body82 ], [ %carried98.lcssa, %exit95 ]
   %carried91.lcssa = phi <4 x float> [ %839, %body82 ], [ %carried99.lcssa, %exit95 ]
   %carried92.lcssa = phi <4 x float> [ %843, %body82 ], [ %carried100.lcssa, %exit95 ]
-  %897 = fcmp ogt <4 x float> %carried89.lcssa, zeroinitializer
-  %898 = select <4 x i1> %897, <4 x float> %carried89.lcssa, <4 x float> zeroinitializer
+  %897 = fcmp olt <4 x float> %carried89.lcssa, zeroinitializer
+  %898 = select <4 x i1> %897, <4 x float> zeroinitializer, <4 x float> %carried89.lcssa
   %899 = getelementptr inbounds float, float* %10, i64 %844
   %900 = bitcast float* %899 to <4 x float>*
   store <4 x float> %898, <4 x float>* %900, align 64
   %901 = or i64 %844, 4
-  %902 = fcmp ogt <4 x float> %carried90.lcssa, zeroinitializer
-  %903 = select <4 x i1> %902, <4 x float> %carried90.lcssa, <4 x float> zeroinitializer
+  %902 = fcmp olt <4 x float> %carried90.lcssa, zeroinitializer
+  %903 = select <4 x i1> %902, <4 x float> zeroinitializer, <4 x float> %carried90.lcssa
   %904 = getelementptr inbounds float, float* %10, i64 %901
   %905 = bitcast float* %904 to <4 x float>*
   store <4 x float> %903, <4 x float>* %905, align 16
   %906 = or i64 %844, 8
-  %907 = fcmp ogt <4 x float> %carried91.lcssa, zeroinitializer
-  %908 = select <4 x i1> %907, <4 x float> %carried91.lcssa, <4 x float> zeroinitializer
+  %907 = fcmp olt <4 x float> %carried91.lcssa, zeroinitializer
+  %908 = select <4 x i1> %907, <4 x float> zeroinitializer, <4 x float> %carried91.lcssa
   %909 = getelementptr inbounds float, float* %10, i64 %906
   %910 = bitcast float* %909 to <4 x float>*
   store <4 x float> %908, <4 x float>* %910, align 32
   %911 = or i64 %844, 12
-  %912 = fcmp ogt <4 x float> %carried92.lcssa, zeroinitializer
-  %913 = select <4 x i1> %912, <4 x float> %carried92.lcssa, <4 x float> zeroinitializer
+  %912 = fcmp olt <4 x float> %carried92.lcssa, zeroinitializer
+  %913 = select <4 x i1> %912, <4 x float> zeroinitializer, <4 x float> %carried92.lcssa
   %914 = getelementptr inbounds float, float* %10, i64 %911
   %915 = bitcast float* %914 to <4 x float>*
   store <4 x float> %913, <4 x float>* %915, align 16
@@ -6441,50 +6441,50 @@ body110:                                          ; preds = %body106, %body110
 
 exit111:                                          ; preds = %body110
   %1044 = add nuw nsw i64 %1000, %i104188
-  %1045 = fcmp ogt <4 x float> %1020, zeroinitializer
-  %1046 = select <4 x i1> %1045, <4 x float> %1020, <4 x float> zeroinitializer
+  %1045 = fcmp olt <4 x float> %1020, zeroinitializer
+  %1046 = select <4 x i1> %1045, <4 x float> zeroinitializer, <4 x float> %1020
   %1047 = getelementptr inbounds float, float* %14, i64 %1044
   %1048 = bitcast float* %1047 to <4 x float>*
   store <4 x float> %1046, <4 x float>* %1048, align 32
   %1049 = or i64 %1044, 4
-  %1050 = fcmp ogt <4 x float> %1021, zeroinitializer
-  %1051 = select <4 x i1> %1050, <4 x float> %1021, <4 x float> zeroinitializer
+  %1050 = fcmp olt <4 x float> %1021, zeroinitializer
+  %1051 = select <4 x i1> %1050, <4 x float> zeroinitializer, <4 x float> %1021
   %1052 = getelementptr inbounds float, float* %14, i64 %1049
   %1053 = bitcast float* %1052 to <4 x float>*
   store <4 x float> %1051, <4 x float>* %1053, align 16
   %1054 = add nuw nsw i64 %1001, %i104188
-  %1055 = fcmp ogt <4 x float> %1027, zeroinitializer
-  %1056 = select <4 x i1> %1055, <4 x float> %1027, <4 x float> zeroinitializer
+  %1055 = fcmp olt <4 x float> %1027, zeroinitializer
+  %1056 = select <4 x i1> %1055, <4 x float> zeroinitializer, <4 x float> %1027
   %1057 = getelementptr inbounds float, float* %14, i64 %1054
   %1058 = bitcast float* %1057 to <4 x float>*
   store <4 x float> %1056, <4 x float>* %1058, align 32
   %1059 = or i64 %1054, 4
-  %1060 = fcmp ogt <4 x float> %1028, zeroinitializer
-  %1061 = select <4 x i1> %1060, <4 x float> %1028, <4 x float> zeroinitializer
+  %1060 = fcmp olt <4 x float> %1028, zeroinitializer
+  %1061 = select <4 x i1> %1060, <4 x float> zeroinitializer, <4 x float> %1028
   %1062 = getelementptr inbounds float, float* %14, i64 %1059
   %1063 = bitcast float* %1062 to <4 x float>*
   store <4 x float> %1061, <4 x float>* %1063, align 16
   %1064 = add nuw nsw i64 %1002, %i104188
-  %1065 = fcmp ogt <4 x float> %1034, zeroinitializer
-  %1066 = select <4 x i1> %1065, <4 x float> %1034, <4 x float> zeroinitializer
+  %1065 = fcmp olt <4 x float> %1034, zeroinitializer
+  %1066 = select <4 x i1> %1065, <4 x float> zeroinitializer, <4 x float> %1034
   %1067 = getelementptr inbounds float, float* %14, i64 %1064
   %1068 = bitcast float* %1067 to <4 x float>*
   store <4 x float> %1066, <4 x float>* %1068, align 32
   %1069 = or i64 %1064, 4
-  %1070 = fcmp ogt <4 x float> %1035, zeroinitializer
-  %1071 = select <4 x i1> %1070, <4 x float> %1035, <4 x float> zeroinitializer
+  %1070 = fcmp olt <4 x float> %1035, zeroinitializer
+  %1071 = select <4 x i1> %1070, <4 x float> zeroinitializer, <4 x float> %1035
   %1072 = getelementptr inbounds float, float* %14, i64 %1069
   %1073 = bitcast float* %1072 to <4 x float>*
   store <4 x float> %1071, <4 x float>* %1073, align 16
   %1074 = add nuw nsw i64 %1003, %i104188
-  %1075 = fcmp ogt <4 x float> %1041, zeroinitializer
-  %1076 = select <4 x i1> %1075, <4 x float> %1041, <4 x float> zeroinitializer
+  %1075 = fcmp olt <4 x float> %1041, zeroinitializer
+  %1076 = select <4 x i1> %1075, <4 x float> zeroinitializer, <4 x float> %1041
   %1077 = getelementptr inbounds float, float* %14, i64 %1074
   %1078 = bitcast float* %1077 to <4 x float>*
   store <4 x float> %1076, <4 x float>* %1078, align 32
   %1079 = or i64 %1074, 4
-  %1080 = fcmp ogt <4 x float> %1042, zeroinitializer
-  %1081 = select <4 x i1> %1080, <4 x float> %1042, <4 x float> zeroinitializer
+  %1080 = fcmp olt <4 x float> %1042, zeroinitializer
+  %1081 = select <4 x i1> %1080, <4 x float> zeroinitializer, <4 x float> %1042
   %1082 = getelementptr inbounds float, float* %14, i64 %1079
   %1083 = bitcast float* %1082 to <4 x float>*
   store <4 x float> %1081, <4 x float>* %1083, align 16
@@ -6753,23 +6753,23 @@ body10:                                           ; preds = %then, %body10
   %228 = bitcast float* %227 to <4 x float>*
   %229 = load <4 x float>, <4 x float>* %228, align 16
   %230 = tail call <4 x float> @llvm.fmuladd.v4f32(<4 x float> %225, <4 x float> %229, <4 x float> %198)
-  %231 = fcmp ogt <4 x float> %206, zeroinitializer
-  %232 = select <4 x i1> %231, <4 x float> %206, <4 x float> zeroinitializer
+  %231 = fcmp olt <4 x float> %206, zeroinitializer
+  %232 = select <4 x i1> %231, <4 x float> zeroinitializer, <4 x float> %206
   %233 = getelementptr inbounds float, float* %6, i64 %i12217
   %234 = bitcast float* %233 to <4 x float>*
   store <4 x float> %232, <4 x float>* %234, align 64
-  %235 = fcmp ogt <4 x float> %214, zeroinitializer
-  %236 = select <4 x i1> %235, <4 x float> %214, <4 x float> zeroinitializer
+  %235 = fcmp olt <4 x float> %214, zeroinitializer
+  %236 = select <4 x i1> %235, <4 x float> zeroinitializer, <4 x float> %214
   %237 = getelementptr inbounds float, float* %6, i64 %23
   %238 = bitcast float* %237 to <4 x float>*
   store <4 x float> %236, <4 x float>* %238, align 16
-  %239 = fcmp ogt <4 x float> %222, zeroinitializer
-  %240 = select <4 x i1> %239, <4 x float> %222, <4 x float> zeroinitializer
+  %239 = fcmp olt <4 x float> %222, zeroinitializer
+  %240 = select <4 x i1> %239, <4 x float> zeroinitializer, <4 x float> %222
   %241 = getelementptr inbounds float, float* %6, i64 %27
   %242 = bitcast float* %241 to <4 x float>*
   store <4 x float> %240, <4 x float>* %242, align 32
-  %243 = fcmp ogt <4 x float> %230, zeroinitializer
-  %244 = select <4 x i1> %243, <4 x float> %230, <4 x float> zeroinitializer
+  %243 = fcmp olt <4 x float> %230, zeroinitializer
+  %244 = select <4 x i1> %243, <4 x float> zeroinitializer, <4 x float> %230
   %245 = getelementptr inbounds float, float* %6, i64 %31
   %246 = bitcast float* %245 to <4 x float>*
   store <4 x float> %244, <4 x float>* %246, align 16
@@ -7098,26 +7098,26 @@ body42:                                           ; preds = %body38, %body42
   %561 = load <4 x float>, <4 x float>* %560, align 16
   %562 = tail call <4 x float> @llvm.fmuladd.v4f32(<4 x float> %557, <4 x float> %561, <4 x float> %530)
   %563 = add nuw nsw i64 %i44218, %250
-  %564 = fcmp ogt <4 x float> %538, zeroinitializer
-  %565 = select <4 x i1> %564, <4 x float> %538, <4 x float> zeroinitializer
+  %564 = fcmp olt <4 x float> %538, zeroinitializer
+  %565 = select <4 x i1> %564, <4 x float> zeroinitializer, <4 x float> %538
   %566 = getelementptr inbounds float, float* %6, i64 %563
   %567 = bitcast float* %566 to <4 x float>*
   store <4 x float> %565, <4 x float>* %567, align 64
   %568 = or i64 %563, 4
-  %569 = fcmp ogt <4 x float> %546, zeroinitializer
-  %570 = select <4 x i1> %569, <4 x float> %546, <4 x float> zeroinitializer
+  %569 = fcmp olt <4 x float> %546, zeroinitializer
+  %570 = select <4 x i1> %569, <4 x float> zeroinitializer, <4 x float> %546
   %571 = getelementptr inbounds float, float* %6, i64 %568
   %572 = bitcast float* %571 to <4 x float>*
   store <4 x float> %570, <4 x float>* %572, align 16
   %573 = or i64 %563, 8
-  %574 = fcmp ogt <4 x float> %554, zeroinitializer
-  %575 = select <4 x i1> %574, <4 x float> %554, <4 x float> zeroinitializer
+  %574 = fcmp olt <4 x float> %554, zeroinitializer
+  %575 = select <4 x i1> %574, <4 x float> zeroinitializer, <4 x float> %554
   %576 = getelementptr inbounds float, float* %6, i64 %573
   %577 = bitcast float* %576 to <4 x float>*
   store <4 x float> %575, <4 x float>* %577, align 32
   %578 = or i64 %563, 12
-  %579 = fcmp ogt <4 x float> %562, zeroinitializer
-  %580 = select <4 x i1> %579, <4 x float> %562, <4 x float> zeroinitializer
+  %579 = fcmp olt <4 x float> %562, zeroinitializer
+  %580 = select <4 x i1> %579, <4 x float> zeroinitializer, <4 x float> %562
   %581 = getelementptr inbounds float, float* %6, i64 %578
   %582 = bitcast float* %581 to <4 x float>*
   store <4 x float> %580, <4 x float>* %582, align 16
@@ -7243,26 +7243,26 @@ exit55:                                           ; preds = %exit63, %body50
   %carried59.lcssa = phi <4 x float> [ %609, %body50 ], [ %carried67.lcssa, %exit63 ]
   %carried60.lcssa = phi <4 x float> [ %613, %body50 ], [ %carried68.lcssa, %exit63 ]
   %666 = add nuw nsw i64 %i52199, %591
-  %667 = fcmp ogt <4 x float> %carried57.lcssa, zeroinitializer
-  %668 = select <4 x i1> %667, <4 x float> %carried57.lcssa, <4 x float> zeroinitializer
+  %667 = fcmp olt <4 x float> %carried57.lcssa, zeroinitializer
+  %668 = select <4 x i1> %667, <4 x float> zeroinitializer, <4 x float> %carried57.lcssa
   %669 = getelementptr inbounds float, float* %6, i64 %666
   %670 = bitcast float* %669 to <4 x float>*
   store <4 x float> %668, <4 x float>* %670, align 64
   %671 = or i64 %666, 4
-  %672 = fcmp ogt <4 x float> %carried58.lcssa, zeroinitializer
-  %673 = select <4 x i1> %672, <4 x float> %carried58.lcssa, <4 x float> zeroinitializer
+  %672 = fcmp olt <4 x float> %carried58.lcssa, zeroinitializer
+  %673 = select <4 x i1> %672, <4 x float> zeroinitializer, <4 x float> %carried58.lcssa
   %674 = getelementptr inbounds float, float* %6, i64 %671
   %675 = bitcast float* %674 to <4 x float>*
   store <4 x float> %673, <4 x float>* %675, align 16
   %676 = or i64 %666, 8
-  %677 = fcmp ogt <4 x float> %carried59.lcssa, zeroinitializer
-  %678 = select <4 x i1> %677, <4 x float> %carried59.lcssa, <4 x float> zeroinitializer
+  %677 = fcmp olt <4 x float> %carried59.lcssa, zeroinitializer
+  %678 = select <4 x i1> %677, <4 x float> zeroinitializer, <4 x float> %carried59.lcssa
   %679 = getelementptr inbounds float, float* %6, i64 %676
   %680 = bitcast float* %679 to <4 x float>*
   store <4 x float> %678, <4 x float>* %680, align 32
   %681 = or i64 %666, 12
-  %682 = fcmp ogt <4 x float> %carried60.lcssa, zeroinitializer
-  %683 = select <4 x i1> %682, <4 x float> %carried60.lcssa, <4 x float> zeroinitializer
+  %682 = fcmp olt <4 x float> %carried60.lcssa, zeroinitializer
+  %683 = select <4 x i1> %682, <4 x float> zeroinitializer, <4 x float> %carried60.lcssa
   %684 = getelementptr inbounds float, float* %6, i64 %681
   %685 = bitcast float* %684 to <4 x float>*
   store <4 x float> %683, <4 x float>* %685, align 16
@@ -7439,53 +7439,53 @@ body78:                                           ; preds = %body74, %body78
 exit79:                                           ; preds = %body78
   %813 = shl nsw i64 %i76230, 9
   %814 = add nuw nsw i64 %813, %i72231
-  %815 = fcmp ogt <4 x float> %789, zeroinitializer
-  %816 = select <4 x i1> %815, <4 x float> %789, <4 x float> zeroinitializer
+  %815 = fcmp olt <4 x float> %789, zeroinitializer
+  %816 = select <4 x i1> %815, <4 x float> zeroinitializer, <4 x float> %789
   %817 = getelementptr inbounds float, float* %11, i64 %814
   %818 = bitcast float* %817 to <4 x float>*
   store <4 x float> %816, <4 x float>* %818, align 32
   %819 = or i64 %814, 4
-  %820 = fcmp ogt <4 x float> %790, zeroinitializer
-  %821 = select <4 x i1> %820, <4 x float> %790, <4 x float> zeroinitializer
+  %820 = fcmp olt <4 x float> %790, zeroinitializer
+  %821 = select <4 x i1> %820, <4 x float> zeroinitializer, <4 x float> %790
   %822 = getelementptr inbounds float, float* %11, i64 %819
   %823 = bitcast float* %822 to <4 x float>*
   store <4 x float> %821, <4 x float>* %823, align 16
   %824 = or i64 %813, 512
   %825 = add nuw nsw i64 %824, %i72231
-  %826 = fcmp ogt <4 x float> %796, zeroinitializer
-  %827 = select <4 x i1> %826, <4 x float> %796, <4 x float> zeroinitializer
+  %826 = fcmp olt <4 x float> %796, zeroinitializer
+  %827 = select <4 x i1> %826, <4 x float> zeroinitializer, <4 x float> %796
   %828 = getelementptr inbounds float, float* %11, i64 %825
   %829 = bitcast float* %828 to <4 x float>*
   store <4 x float> %827, <4 x float>* %829, align 32
   %830 = or i64 %825, 4
-  %831 = fcmp ogt <4 x float> %797, zeroinitializer
-  %832 = select <4 x i1> %831, <4 x float> %797, <4 x float> zeroinitializer
+  %831 = fcmp olt <4 x float> %797, zeroinitializer
+  %832 = select <4 x i1> %831, <4 x float> zeroinitializer, <4 x float> %797
   %833 = getelementptr inbounds float, float* %11, i64 %830
   %834 = bitcast float* %833 to <4 x float>*
   store <4 x float> %832, <4 x float>* %834, align 16
   %835 = or i64 %813, 1024
   %836 = add nuw nsw i64 %835, %i72231
-  %837 = fcmp ogt <4 x float> %803, zeroinitializer
-  %838 = select <4 x i1> %837, <4 x float> %803, <4 x float> zeroinitializer
+  %837 = fcmp olt <4 x float> %803, zeroinitializer
+  %838 = select <4 x i1> %837, <4 x float> zeroinitializer, <4 x float> %803
   %839 = getelementptr inbounds float, float* %11, i64 %836
   %840 = bitcast float* %839 to <4 x float>*
   store <4 x float> %838, <4 x float>* %840, align 32
   %841 = or i64 %836, 4
-  %842 = fcmp ogt <4 x float> %804, zeroinitializer
-  %843 = select <4 x i1> %842, <4 x float> %804, <4 x float> zeroinitializer
+  %842 = fcmp olt <4 x float> %804, zeroinitializer
+  %843 = select <4 x i1> %842, <4 x float> zeroinitializer, <4 x float> %804
   %844 = getelementptr inbounds float, float* %11, i64 %841
   %845 = bitcast float* %844 to <4 x float>*
   store <4 x float> %843, <4 x float>* %845, align 16
   %846 = or i64 %813, 1536
   %847 = add nuw nsw i64 %846, %i72231
-  %848 = fcmp ogt <4 x float> %810, zeroinitializer
-  %849 = select <4 x i1> %848, <4 x float> %810, <4 x float> zeroinitializer
+  %848 = fcmp olt <4 x float> %810, zeroinitializer
+  %849 = select <4 x i1> %848, <4 x float> zeroinitializer, <4 x float> %810
   %850 = getelementptr inbounds float, float* %11, i64 %847
   %851 = bitcast float* %850 to <4 x float>*
   store <4 x float> %849, <4 x float>* %851, align 32
   %852 = or i64 %847, 4
-  %853 = fcmp ogt <4 x float> %811, zeroinitializer
-  %854 = select <4 x i1> %853, <4 x float> %811, <4 x float> zeroinitializer
+  %853 = fcmp olt <4 x float> %811, zeroinitializer
+  %854 = select <4 x i1> %853, <4 x float> zeroinitializer, <4 x float> %811
   %855 = getelementptr inbounds float, float* %11, i64 %852
   %856 = bitcast float* %855 to <4 x float>*
   store <4 x float> %854, <4 x float>* %856, align 16
@@ -7727,23 +7727,23 @@ body101:                                          ; preds = %body90, %body101
   %1078 = bitcast float* %1077 to <4 x float>*
   %1079 = load <4 x float>, <4 x float>* %1078, align 16
   %1080 = tail call <4 x float> @llvm.fmuladd.v4f32(<4 x float> %1075, <4 x float> %1079, <4 x float> %1048)
-  %1081 = fcmp ogt <4 x float> %1056, zeroinitializer
-  %1082 = select <4 x i1> %1081, <4 x float> %1056, <4 x float> zeroinitializer
+  %1081 = fcmp olt <4 x float> %1056, zeroinitializer
+  %1082 = select <4 x i1> %1081, <4 x float> zeroinitializer, <4 x float> %1056
   %1083 = getelementptr inbounds float, float* %861, i64 %i103248
   %1084 = bitcast float* %1083 to <4 x float>*
   store <4 x float> %1082, <4 x float>* %1084, align 64
-  %1085 = fcmp ogt <4 x float> %1064, zeroinitializer
-  %1086 = select <4 x i1> %1085, <4 x float> %1064, <4 x float> zeroinitializer
+  %1085 = fcmp olt <4 x float> %1064, zeroinitializer
+  %1086 = select <4 x i1> %1085, <4 x float> zeroinitializer, <4 x float> %1064
   %1087 = getelementptr inbounds float, float* %861, i64 %873
   %1088 = bitcast float* %1087 to <4 x float>*
   store <4 x float> %1086, <4 x float>* %1088, align 16
-  %1089 = fcmp ogt <4 x float> %1072, zeroinitializer
-  %1090 = select <4 x i1> %1089, <4 x float> %1072, <4 x float> zeroinitializer
+  %1089 = fcmp olt <4 x float> %1072, zeroinitializer
+  %1090 = select <4 x i1> %1089, <4 x float> zeroinitializer, <4 x float> %1072
   %1091 = getelementptr inbounds float, float* %861, i64 %877
   %1092 = bitcast float* %1091 to <4 x float>*
   store <4 x float> %1090, <4 x float>* %1092, align 32
-  %1093 = fcmp ogt <4 x float> %1080, zeroinitializer
-  %1094 = select <4 x i1> %1093, <4 x float> %1080, <4 x float> zeroinitializer
+  %1093 = fcmp olt <4 x float> %1080, zeroinitializer
+  %1094 = select <4 x i1> %1093, <4 x float> zeroinitializer, <4 x float> %1080
   %1095 = getelementptr inbounds float, float* %861, i64 %881
   %1096 = bitcast float* %1095 to <4 x float>*
   store <4 x float> %1094, <4 x float>* %1096, align 16
@@ -8072,26 +8072,26 @@ body133:                                          ; preds = %body129, %body133
   %1411 = load <4 x float>, <4 x float>* %1410, align 16
   %1412 = tail call <4 x float> @llvm.fmuladd.v4f32(<4 x float> %1407, <4 x float> %1411, <4 x float> %1380)
   %1413 = add nuw nsw i64 %i135249, %1100
-  %1414 = fcmp ogt <4 x float> %1388, zeroinitializer
-  %1415 = select <4 x i1> %1414, <4 x float> %1388, <4 x float> zeroinitializer
+  %1414 = fcmp olt <4 x float> %1388, zeroinitializer
+  %1415 = select <4 x i1> %1414, <4 x float> zeroinitializer, <4 x float> %1388
   %1416 = getelementptr inbounds float, float* %861, i64 %1413
   %1417 = bitcast float* %1416 to <4 x float>*
   store <4 x float> %1415, <4 x float>* %1417, align 64
   %1418 = or i64 %1413, 4
-  %1419 = fcmp ogt <4 x float> %1396, zeroinitializer
-  %1420 = select <4 x i1> %1419, <4 x float> %1396, <4 x float> zeroinitializer
+  %1419 = fcmp olt <4 x float> %1396, zeroinitializer
+  %1420 = select <4 x i1> %1419, <4 x float> zeroinitializer, <4 x float> %1396
   %1421 = getelementptr inbounds float, float* %861, i64 %1418
   %1422 = bitcast float* %1421 to <4 x float>*
   store <4 x float> %1420, <4 x float>* %1422, align 16
   %1423 = or i64 %1413, 8
-  %1424 = fcmp ogt <4 x float> %1404, zeroinitializer
-  %1425 = select <4 x i1> %1424, <4 x float> %1404, <4 x float> zeroinitializer
+  %1424 = fcmp olt <4 x float> %1404, zeroinitializer
+  %1425 = select <4 x i1> %1424, <4 x float> zeroinitializer, <4 x float> %1404
   %1426 = getelementptr inbounds float, float* %861, i64 %1423
   %1427 = bitcast float* %1426 to <4 x float>*
   store <4 x float> %1425, <4 x float>* %1427, align 32
   %1428 = or i64 %1413, 12
-  %1429 = fcmp ogt <4 x float> %1412, zeroinitializer
-  %1430 = select <4 x i1> %1429, <4 x float> %1412, <4 x float> zeroinitializer
+  %1429 = fcmp olt <4 x float> %1412, zeroinitializer
+  %1430 = select <4 x i1> %1429, <4 x float> zeroinitializer, <4 x float> %1412
   %1431 = getelementptr inbounds float, float* %861, i64 %1428
   %1432 = bitcast float* %1431 to <4 x float>*
   store <4 x float> %1430, <4 x float>* %1432, align 16
@@ -8188,53 +8188,53 @@ body169:                                          ; preds = %body165, %body169
 exit170:                                          ; preds = %body169
   %1490 = shl nsw i64 %i167261, 9
   %1491 = add nuw nsw i64 %1490, %i163262
-  %1492 = fcmp ogt <4 x float> %1466, zeroinitializer
-  %1493 = select <4 x i1> %1492, <4 x float> %1466, <4 x float> zeroinitializer
+  %1492 = fcmp olt <4 x float> %1466, zeroinitializer
+  %1493 = select <4 x i1> %1492, <4 x float> zeroinitializer, <4 x float> %1466
   %1494 = getelementptr inbounds float, float* %869, i64 %1491
   %1495 = bitcast float* %1494 to <4 x float>*
   store <4 x float> %1493, <4 x float>* %1495, align 32
   %1496 = or i64 %1491, 4
-  %1497 = fcmp ogt <4 x float> %1467, zeroinitializer
-  %1498 = select <4 x i1> %1497, <4 x float> %1467, <4 x float> zeroinitializer
+  %1497 = fcmp olt <4 x float> %1467, zeroinitializer
+  %1498 = select <4 x i1> %1497, <4 x float> zeroinitializer, <4 x float> %1467
   %1499 = getelementptr inbounds float, float* %869, i64 %1496
   %1500 = bitcast float* %1499 to <4 x float>*
   store <4 x float> %1498, <4 x float>* %1500, align 16
   %1501 = or i64 %1490, 512
   %1502 = add nuw nsw i64 %1501, %i163262
-  %1503 = fcmp ogt <4 x float> %1473, zeroinitializer
-  %1504 = select <4 x i1> %1503, <4 x float> %1473, <4 x float> zeroinitializer
+  %1503 = fcmp olt <4 x float> %1473, zeroinitializer
+  %1504 = select <4 x i1> %1503, <4 x float> zeroinitializer, <4 x float> %1473
   %1505 = getelementptr inbounds float, float* %869, i64 %1502
   %1506 = bitcast float* %1505 to <4 x float>*
   store <4 x float> %1504, <4 x float>* %1506, align 32
   %1507 = or i64 %1502, 4
-  %1508 = fcmp ogt <4 x float> %1474, zeroinitializer
-  %1509 = select <4 x i1> %1508, <4 x float> %1474, <4 x float> zeroinitializer
+  %1508 = fcmp olt <4 x float> %1474, zeroinitializer
+  %1509 = select <4 x i1> %1508, <4 x float> zeroinitializer, <4 x float> %1474
   %1510 = getelementptr inbounds float, float* %869, i64 %1507
   %1511 = bitcast float* %1510 to <4 x float>*
   store <4 x float> %1509, <4 x float>* %1511, align 16
   %1512 = or i64 %1490, 1024
   %1513 = add nuw nsw i64 %1512, %i163262
-  %1514 = fcmp ogt <4 x float> %1480, zeroinitializer
-  %1515 = select <4 x i1> %1514, <4 x float> %1480, <4 x float> zeroinitializer
+  %1514 = fcmp olt <4 x float> %1480, zeroinitializer
+  %1515 = select <4 x i1> %1514, <4 x float> zeroinitializer, <4 x float> %1480
   %1516 = getelementptr inbounds float, float* %869, i64 %1513
   %1517 = bitcast float* %1516 to <4 x float>*
   store <4 x float> %1515, <4 x float>* %1517, align 32
   %1518 = or i64 %1513, 4
-  %1519 = fcmp ogt <4 x float> %1481, zeroinitializer
-  %1520 = select <4 x i1> %1519, <4 x float> %1481, <4 x float> zeroinitializer
+  %1519 = fcmp olt <4 x float> %1481, zeroinitializer
+  %1520 = select <4 x i1> %1519, <4 x float> zeroinitializer, <4 x float> %1481
   %1521 = getelementptr inbounds float, float* %869, i64 %1518
   %1522 = bitcast float* %1521 to <4 x float>*
   store <4 x float> %1520, <4 x float>* %1522, align 16
   %1523 = or i64 %1490, 1536
   %1524 = add nuw nsw i64 %1523, %i163262
-  %1525 = fcmp ogt <4 x float> %1487, zeroinitializer
-  %1526 = select <4 x i1> %1525, <4 x float> %1487, <4 x float> zeroinitializer
+  %1525 = fcmp olt <4 x float> %1487, zeroinitializer
+  %1526 = select <4 x i1> %1525, <4 x float> zeroinitializer, <4 x float> %1487
   %1527 = getelementptr inbounds float, float* %869, i64 %1524
   %1528 = bitcast float* %1527 to <4 x float>*
   store <4 x float> %1526, <4 x float>* %1528, align 32
   %1529 = or i64 %1524, 4
-  %1530 = fcmp ogt <4 x float> %1488, zeroinitializer
-  %1531 = select <4 x i1> %1530, <4 x float> %1488, <4 x float> zeroinitializer
+  %1530 = fcmp olt <4 x float> %1488, zeroinitializer
+  %1531 = select <4 x i1> %1530, <4 x float> zeroinitializer, <4 x float> %1488
   %1532 = getelementptr inbounds float, float* %869, i64 %1529
   %1533 = bitcast float* %1532 to <4 x float>*
   store <4 x float> %1531, <4 x float>* %1533, align 16
@@ -8500,23 +8500,23 @@ body10:                                           ; preds = %then, %body10
   %226 = bitcast float* %225 to <4 x float>*
   %227 = load <4 x float>, <4 x float>* %226, align 16
   %228 = tail call <4 x float> @llvm.fmuladd.v4f32(<4 x float> %223, <4 x float> %227, <4 x float> %196)
-  %229 = fcmp ogt <4 x float> %204, zeroinitializer
-  %230 = select <4 x i1> %229, <4 x float> %204, <4 x float> zeroinitializer
+  %229 = fcmp olt <4 x float> %204, zeroinitializer
+  %230 = select <4 x i1> %229, <4 x float> zeroinitializer, <4 x float> %204
   %231 = getelementptr inbounds float, float* %6, i64 %i12282
   %232 = bitcast float* %231 to <4 x float>*
   store <4 x float> %230, <4 x float>* %232, align 64
-  %233 = fcmp ogt <4 x float> %212, zeroinitializer
-  %234 = select <4 x i1> %233, <4 x float> %212, <4 x float> zeroinitializer
+  %233 = fcmp olt <4 x float> %212, zeroinitializer
+  %234 = select <4 x i1> %233, <4 x float> zeroinitializer, <4 x float> %212
   %235 = getelementptr inbounds float, float* %6, i64 %21
   %236 = bitcast float* %235 to <4 x float>*
   store <4 x float> %234, <4 x float>* %236, align 16
-  %237 = fcmp ogt <4 x float> %220, zeroinitializer
-  %238 = select <4 x i1> %237, <4 x float> %220, <4 x float> zeroinitializer
+  %237 = fcmp olt <4 x float> %220, zeroinitializer
+  %238 = select <4 x i1> %237, <4 x float> zeroinitializer, <4 x float> %220
   %239 = getelementptr inbounds float, float* %6, i64 %25
   %240 = bitcast float* %239 to <4 x float>*
   store <4 x float> %238, <4 x float>* %240, align 32
-  %241 = fcmp ogt <4 x float> %228, zeroinitializer
-  %242 = select <4 x i1> %241, <4 x float> %228, <4 x float> zeroinitializer
+  %241 = fcmp olt <4 x float> %228, zeroinitializer
+  %242 = select <4 x i1> %241, <4 x float> zeroinitializer, <4 x float> %228
   %243 = getelementptr inbounds float, float* %6, i64 %29
   %244 = bitcast float* %243 to <4 x float>*
   store <4 x float> %242, <4 x float>* %244, align 16
@@ -8842,23 +8842,23 @@ body42:                                           ; preds = %body38, %body42
   %556 = bitcast float* %555 to <4 x float>*
   %557 = load <4 x float>, <4 x float>* %556, align 16
   %558 = tail call <4 x float> @llvm.fmuladd.v4f32(<4 x float> %553, <4 x float> %557, <4 x float> %526)
-  %559 = fcmp ogt <4 x float> %534, zeroinitializer
-  %560 = select <4 x i1> %559, <4 x float> %534, <4 x float> zeroinitializer
+  %559 = fcmp olt <4 x float> %534, zeroinitializer
+  %560 = select <4 x i1> %559, <4 x float> zeroinitializer, <4 x float> %534
   %561 = getelementptr inbounds float, float* %6, i64 %263
   %562 = bitcast float* %561 to <4 x float>*
   store <4 x float> %560, <4 x float>* %562, align 64
-  %563 = fcmp ogt <4 x float> %542, zeroinitializer
-  %564 = select <4 x i1> %563, <4 x float> %542, <4 x float> zeroinitializer
+  %563 = fcmp olt <4 x float> %542, zeroinitializer
+  %564 = select <4 x i1> %563, <4 x float> zeroinitializer, <4 x float> %542
   %565 = getelementptr inbounds float, float* %6, i64 %304
   %566 = bitcast float* %565 to <4 x float>*
   store <4 x float> %564, <4 x float>* %566, align 16
-  %567 = fcmp ogt <4 x float> %550, zeroinitializer
-  %568 = select <4 x i1> %567, <4 x float> %550, <4 x float> zeroinitializer
+  %567 = fcmp olt <4 x float> %550, zeroinitializer
+  %568 = select <4 x i1> %567, <4 x float> zeroinitializer, <4 x float> %550
   %569 = getelementptr inbounds float, float* %6, i64 %313
   %570 = bitcast float* %569 to <4 x float>*
   store <4 x float> %568, <4 x float>* %570, align 32
-  %571 = fcmp ogt <4 x float> %558, zeroinitializer
-  %572 = select <4 x i1> %571, <4 x float> %558, <4 x float> zeroinitializer
+  %571 = fcmp olt <4 x float> %558, zeroinitializer
+  %572 = select <4 x i1> %571, <4 x float> zeroinitializer, <4 x float> %558
   %573 = getelementptr inbounds float, float* %6, i64 %322
   %574 = bitcast float* %573 to <4 x float>*
   store <4 x float> %572, <4 x float>* %574, align 16
@@ -9085,26 +9085,26 @@ body50:                                           ; preds = %exit43, %body50
   %787 = load <4 x float>, <4 x float>* %786, align 16
   %788 = tail call <4 x float> @llvm.fmuladd.v4f32(<4 x float> %783, <4 x float> %787, <4 x float> %756)
   %789 = add nuw nsw i64 %i52300, 6656
-  %790 = fcmp ogt <4 x float> %764, zeroinitializer
-  %791 = select <4 x i1> %790, <4 x float> %764, <4 x float> zeroinitializer
+  %790 = fcmp olt <4 x float> %764, zeroinitializer
+  %791 = select <4 x i1> %790, <4 x float> zeroinitializer, <4 x float> %764
   %792 = getelementptr inbounds float, float* %6, i64 %789
   %793 = bitcast float* %792 to <4 x float>*
   store <4 x float> %791, <4 x float>* %793, align 64
   %794 = add nuw nsw i64 %i52300, 6660
-  %795 = fcmp ogt <4 x float> %772, zeroinitializer
-  %796 = select <4 x i1> %795, <4 x float> %772, <4 x float> zeroinitializer
+  %795 = fcmp olt <4 x float> %772, zeroinitializer
+  %796 = select <4 x i1> %795, <4 x float> zeroinitializer, <4 x float> %772
   %797 = getelementptr inbounds float, float* %6, i64 %794
   %798 = bitcast float* %797 to <4 x float>*
   store <4 x float> %796, <4 x float>* %798, align 16
   %799 = add nuw nsw i64 %i52300, 6664
-  %800 = fcmp ogt <4 x float> %780, zeroinitializer
-  %801 = select <4 x i1> %800, <4 x float> %780, <4 x float> zeroinitializer
+  %800 = fcmp olt <4 x float> %780, zeroinitializer
+  %801 = select <4 x i1> %800, <4 x float> zeroinitializer, <4 x float> %780
   %802 = getelementptr inbounds float, float* %6, i64 %799
   %803 = bitcast float* %802 to <4 x float>*
   store <4 x float> %801, <4 x float>* %803, align 32
   %804 = add nuw nsw i64 %i52300, 6668
-  %805 = fcmp ogt <4 x float> %788, zeroinitializer
-  %806 = select <4 x i1> %805, <4 x float> %788, <4 x float> zeroinitializer
+  %805 = fcmp olt <4 x float> %788, zeroinitializer
+  %806 = select <4 x i1> %805, <4 x float> zeroinitializer, <4 x float> %788
   %807 = getelementptr inbounds float, float* %6, i64 %804
   %808 = bitcast float* %807 to <4 x float>*
   store <4 x float> %806, <4 x float>* %808, align 16
@@ -9226,26 +9226,26 @@ exit87:                                           ; preds = %exit95, %body82
   %carried90.lcssa = phi <4 x float> [ %832, %body82 ], [ %carried98.lcssa, %exit95 ]
   %carried91.lcssa = phi <4 x float> [ %836, %body82 ], [ %carried99.lcssa, %exit95 ]
   %carried92.lcssa = phi <4 x float> [ %840, %body82 ], [ %carried100.lcssa, %exit95 ]
-  %894 = fcmp ogt <4 x float> %carried89.lcssa, zeroinitializer
-  %895 = select <4 x i1> %894, <4 x float> %carried89.lcssa, <4 x float> zeroinitializer
+  %894 = fcmp olt <4 x float> %carried89.lcssa, zeroinitializer
+  %895 = select <4 x i1> %894, <4 x float> zeroinitializer, <4 x float> %carried89.lcssa
   %896 = getelementptr inbounds float, float* %6, i64 %841
   %897 = bitcast float* %896 to <4 x float>*
   store <4 x float> %895, <4 x float>* %897, align 64
   %898 = or i64 %841, 4
-  %899 = fcmp ogt <4 x float> %carried90.lcssa, zeroinitializer
-  %900 = select <4 x i1> %899, <4 x float> %carried90.lcssa, <4 x float> zeroinitializer
+  %899 = fcmp olt <4 x float> %carried90.lcssa, zeroinitializer
+  %900 = select <4 x i1> %899, <4 x float> zeroinitializer, <4 x float> %carried90.lcssa
   %901 = getelementptr inbounds float, float* %6, i64 %898
   %902 = bitcast float* %901 to <4 x float>*
   store <4 x float> %900, <4 x float>* %902, align 16
   %903 = or i64 %841, 8
-  %904 = fcmp ogt <4 x float> %carried91.lcssa, zeroinitializer
-  %905 = select <4 x i1> %904, <4 x float> %carried91.lcssa, <4 x float> zeroinitializer
+  %904 = fcmp olt <4 x float> %carried91.lcssa, zeroinitializer
+  %905 = select <4 x i1> %904, <4 x float> zeroinitializer, <4 x float> %carried91.lcssa
   %906 = getelementptr inbounds float, float* %6, i64 %903
   %907 = bitcast float* %906 to <4 x float>*
   store <4 x float> %905, <4 x float>* %907, align 32
   %908 = or i64 %841, 12
-  %909 = fcmp ogt <4 x float> %carried92.lcssa, zeroinitializer
-  %910 = select <4 x i1> %909, <4 x float> %carried92.lcssa, <4 x float> zeroinitializer
+  %909 = fcmp olt <4 x float> %carried92.lcssa, zeroinitializer
+  %910 = select <4 x i1> %909, <4 x float> zeroinitializer, <4 x float> %carried92.lcssa
   %911 = getelementptr inbounds float, float* %6, i64 %908
   %912 = bitcast float* %911 to <4 x float>*
   store <4 x float> %910, <4 x float>* %912, align 16
@@ -9421,50 +9421,50 @@ body110:                                          ; preds = %body106, %body110
 
 exit111:                                          ; preds = %body110
   %1041 = add nuw nsw i64 %997, %i104312
-  %1042 = fcmp ogt <4 x float> %1017, zeroinitializer
-  %1043 = select <4 x i1> %1042, <4 x float> %1017, <4 x float> zeroinitializer
+  %1042 = fcmp olt <4 x float> %1017, zeroinitializer
+  %1043 = select <4 x i1> %1042, <4 x float> zeroinitializer, <4 x float> %1017
   %1044 = getelementptr inbounds float, float* %10, i64 %1041
   %1045 = bitcast float* %1044 to <4 x float>*
   store <4 x float> %1043, <4 x float>* %1045, align 32
   %1046 = or i64 %1041, 4
-  %1047 = fcmp ogt <4 x float> %1018, zeroinitializer
-  %1048 = select <4 x i1> %1047, <4 x float> %1018, <4 x float> zeroinitializer
+  %1047 = fcmp olt <4 x float> %1018, zeroinitializer
+  %1048 = select <4 x i1> %1047, <4 x float> zeroinitializer, <4 x float> %1018
   %1049 = getelementptr inbounds float, float* %10, i64 %1046
   %1050 = bitcast float* %1049 to <4 x float>*
   store <4 x float> %1048, <4 x float>* %1050, align 16
   %1051 = add nuw nsw i64 %998, %i104312
-  %1052 = fcmp ogt <4 x float> %1024, zeroinitializer
-  %1053 = select <4 x i1> %1052, <4 x float> %1024, <4 x float> zeroinitializer
+  %1052 = fcmp olt <4 x float> %1024, zeroinitializer
+  %1053 = select <4 x i1> %1052, <4 x float> zeroinitializer, <4 x float> %1024
   %1054 = getelementptr inbounds float, float* %10, i64 %1051
   %1055 = bitcast float* %1054 to <4 x float>*
   store <4 x float> %1053, <4 x float>* %1055, align 32
   %1056 = or i64 %1051, 4
-  %1057 = fcmp ogt <4 x float> %1025, zeroinitializer
-  %1058 = select <4 x i1> %1057, <4 x float> %1025, <4 x float> zeroinitializer
+  %1057 = fcmp olt <4 x float> %1025, zeroinitializer
+  %1058 = select <4 x i1> %1057, <4 x float> zeroinitializer, <4 x float> %1025
   %1059 = getelementptr inbounds float, float* %10, i64 %1056
   %1060 = bitcast float* %1059 to <4 x float>*
   store <4 x float> %1058, <4 x float>* %1060, align 16
   %1061 = add nuw nsw i64 %999, %i104312
-  %1062 = fcmp ogt <4 x float> %1031, zeroinitializer
-  %1063 = select <4 x i1> %1062, <4 x float> %1031, <4 x float> zeroinitializer
+  %1062 = fcmp olt <4 x float> %1031, zeroinitializer
+  %1063 = select <4 x i1> %1062, <4 x float> zeroinitializer, <4 x float> %1031
   %1064 = getelementptr inbounds float, float* %10, i64 %1061
   %1065 = bitcast float* %1064 to <4 x float>*
   store <4 x float> %1063, <4 x float>* %1065, align 32
   %1066 = or i64 %1061, 4
-  %1067 = fcmp ogt <4 x float> %1032, zeroinitializer
-  %1068 = select <4 x i1> %1067, <4 x float> %1032, <4 x float> zeroinitializer
+  %1067 = fcmp olt <4 x float> %1032, zeroinitializer
+  %1068 = select <4 x i1> %1067, <4 x float> zeroinitializer, <4 x float> %1032
   %1069 = getelementptr inbounds float, float* %10, i64 %1066
   %1070 = bitcast float* %1069 to <4 x float>*
   store <4 x float> %1068, <4 x float>* %1070, align 16
   %1071 = add nuw nsw i64 %1000, %i104312
-  %1072 = fcmp ogt <4 x float> %1038, zeroinitializer
-  %1073 = select <4 x i1> %1072, <4 x float> %1038, <4 x float> zeroinitializer
+  %1072 = fcmp olt <4 x float> %1038, zeroinitializer
+  %1073 = select <4 x i1> %1072, <4 x float> zeroinitializer, <4 x float> %1038
   %1074 = getelementptr inbounds float, float* %10, i64 %1071
   %1075 = bitcast float* %1074 to <4 x float>*
   store <4 x float> %1073, <4 x float>* %1075, align 32
   %1076 = or i64 %1071, 4
-  %1077 = fcmp ogt <4 x float> %1039, zeroinitializer
-  %1078 = select <4 x i1> %1077, <4 x float> %1039, <4 x float> zeroinitializer
+  %1077 = fcmp olt <4 x float> %1039, zeroinitializer
+  %1078 = select <4 x i1> %1077, <4 x float> zeroinitializer, <4 x float> %1039
   %1079 = getelementptr inbounds float, float* %10, i64 %1076
   %1080 = bitcast float* %1079 to <4 x float>*
   store <4 x float> %1078, <4 x float>* %1080, align 16
@@ -9710,23 +9710,23 @@ body133:                                          ; preds = %then125, %body133
   %1303 = bitcast float* %1302 to <4 x float>*
   %1304 = load <4 x float>, <4 x float>* %1303, align 16
   %1305 = tail call <4 x float> @llvm.fmuladd.v4f32(<4 x float> %1300, <4 x float> %1304, <4 x float> %1273)
-  %1306 = fcmp ogt <4 x float> %1281, zeroinitializer
-  %1307 = select <4 x i1> %1306, <4 x float> %1281, <4 x float> zeroinitializer
+  %1306 = fcmp olt <4 x float> %1281, zeroinitializer
+  %1307 = select <4 x i1> %1306, <4 x float> zeroinitializer, <4 x float> %1281
   %1308 = getelementptr inbounds float, float* %1087, i64 %i135351
   %1309 = bitcast float* %1308 to <4 x float>*
   store <4 x float> %1307, <4 x float>* %1309, align 64
-  %1310 = fcmp ogt <4 x float> %1289, zeroinitializer
-  %1311 = select <4 x i1> %1310, <4 x float> %1289, <4 x float> zeroinitializer
+  %1310 = fcmp olt <4 x float> %1289, zeroinitializer
+  %1311 = select <4 x i1> %1310, <4 x float> zeroinitializer, <4 x float> %1289
   %1312 = getelementptr inbounds float, float* %1087, i64 %1098
   %1313 = bitcast float* %1312 to <4 x float>*
   store <4 x float> %1311, <4 x float>* %1313, align 16
-  %1314 = fcmp ogt <4 x float> %1297, zeroinitializer
-  %1315 = select <4 x i1> %1314, <4 x float> %1297, <4 x float> zeroinitializer
+  %1314 = fcmp olt <4 x float> %1297, zeroinitializer
+  %1315 = select <4 x i1> %1314, <4 x float> zeroinitializer, <4 x float> %1297
   %1316 = getelementptr inbounds float, float* %1087, i64 %1102
   %1317 = bitcast float* %1316 to <4 x float>*
   store <4 x float> %1315, <4 x float>* %1317, align 32
-  %1318 = fcmp ogt <4 x float> %1305, zeroinitializer
-  %1319 = select <4 x i1> %1318, <4 x float> %1305, <4 x float> zeroinitializer
+  %1318 = fcmp olt <4 x float> %1305, zeroinitializer
+  %1319 = select <4 x i1> %1318, <4 x float> zeroinitializer, <4 x float> %1305
   %1320 = getelementptr inbounds float, float* %1087, i64 %1106
   %1321 = bitcast float* %1320 to <4 x float>*
   store <4 x float> %1319, <4 x float>* %1321, align 16
@@ -10052,23 +10052,23 @@ body165:                                          ; preds = %body161, %body165
   %1633 = bitcast float* %1632 to <4 x float>*
   %1634 = load <4 x float>, <4 x float>* %1633, align 16
   %1635 = tail call <4 x float> @llvm.fmuladd.v4f32(<4 x float> %1630, <4 x float> %1634, <4 x float> %1603)
-  %1636 = fcmp ogt <4 x float> %1611, zeroinitializer
-  %1637 = select <4 x i1> %1636, <4 x float> %1611, <4 x float> zeroinitializer
+  %1636 = fcmp olt <4 x float> %1611, zeroinitializer
+  %1637 = select <4 x i1> %1636, <4 x float> zeroinitializer, <4 x float> %1611
   %1638 = getelementptr inbounds float, float* %1087, i64 %1340
   %1639 = bitcast float* %1638 to <4 x float>*
   store <4 x float> %1637, <4 x float>* %1639, align 64
-  %1640 = fcmp ogt <4 x float> %1619, zeroinitializer
-  %1641 = select <4 x i1> %1640, <4 x float> %1619, <4 x float> zeroinitializer
+  %1640 = fcmp olt <4 x float> %1619, zeroinitializer
+  %1641 = select <4 x i1> %1640, <4 x float> zeroinitializer, <4 x float> %1619
   %1642 = getelementptr inbounds float, float* %1087, i64 %1381
   %1643 = bitcast float* %1642 to <4 x float>*
   store <4 x float> %1641, <4 x float>* %1643, align 16
-  %1644 = fcmp ogt <4 x float> %1627, zeroinitializer
-  %1645 = select <4 x i1> %1644, <4 x float> %1627, <4 x float> zeroinitializer
+  %1644 = fcmp olt <4 x float> %1627, zeroinitializer
+  %1645 = select <4 x i1> %1644, <4 x float> zeroinitializer, <4 x float> %1627
   %1646 = getelementptr inbounds float, float* %1087, i64 %1390
   %1647 = bitcast float* %1646 to <4 x float>*
   store <4 x float> %1645, <4 x float>* %1647, align 32
-  %1648 = fcmp ogt <4 x float> %1635, zeroinitializer
-  %1649 = select <4 x i1> %1648, <4 x float> %1635, <4 x float> zeroinitializer
+  %1648 = fcmp olt <4 x float> %1635, zeroinitializer
+  %1649 = select <4 x i1> %1648, <4 x float> zeroinitializer, <4 x float> %1635
   %1650 = getelementptr inbounds float, float* %1087, i64 %1399
   %1651 = bitcast float* %1650 to <4 x float>*
   store <4 x float> %1649, <4 x float>* %1651, align 16
@@ -10295,26 +10295,26 @@ body173:                                          ; preds = %exit166, %body173
   %1864 = load <4 x float>, <4 x float>* %1863, align 16
   %1865 = tail call <4 x float> @llvm.fmuladd.v4f32(<4 x float> %1860, <4 x float> %1864, <4 x float> %1833)
   %1866 = add nuw nsw i64 %i175369, 6656
-  %1867 = fcmp ogt <4 x float> %1841, zeroinitializer
-  %1868 = select <4 x i1> %1867, <4 x float> %1841, <4 x float> zeroinitializer
+  %1867 = fcmp olt <4 x float> %1841, zeroinitializer
+  %1868 = select <4 x i1> %1867, <4 x float> zeroinitializer, <4 x float> %1841
   %1869 = getelementptr inbounds float, float* %1087, i64 %1866
   %1870 = bitcast float* %1869 to <4 x float>*
   store <4 x float> %1868, <4 x float>* %1870, align 64
   %1871 = add nuw nsw i64 %i175369, 6660
-  %1872 = fcmp ogt <4 x float> %1849, zeroinitializer
-  %1873 = select <4 x i1> %1872, <4 x float> %1849, <4 x float> zeroinitializer
+  %1872 = fcmp olt <4 x float> %1849, zeroinitializer
+  %1873 = select <4 x i1> %1872, <4 x float> zeroinitializer, <4 x float> %1849
   %1874 = getelementptr inbounds float, float* %1087, i64 %1871
   %1875 = bitcast float* %1874 to <4 x float>*
   store <4 x float> %1873, <4 x float>* %1875, align 16
   %1876 = add nuw nsw i64 %i175369, 6664
-  %1877 = fcmp ogt <4 x float> %1857, zeroinitializer
-  %1878 = select <4 x i1> %1877, <4 x float> %1857, <4 x float> zeroinitializer
+  %1877 = fcmp olt <4 x float> %1857, zeroinitializer
+  %1878 = select <4 x i1> %1877, <4 x float> zeroinitializer, <4 x float> %1857
   %1879 = getelementptr inbounds float, float* %1087, i64 %1876
   %1880 = bitcast float* %1879 to <4 x float>*
   store <4 x float> %1878, <4 x float>* %1880, align 32
   %1881 = add nuw nsw i64 %i175369, 6668
-  %1882 = fcmp ogt <4 x float> %1865, zeroinitializer
-  %1883 = select <4 x i1> %1882, <4 x float> %1865, <4 x float> zeroinitializer
+  %1882 = fcmp olt <4 x float> %1865, zeroinitializer
+  %1883 = select <4 x i1> %1882, <4 x float> zeroinitializer, <4 x float> %1865
   %1884 = getelementptr inbounds float, float* %1087, i64 %1881
   %1885 = bitcast float* %1884 to <4 x float>*
   store <4 x float> %1883, <4 x float>* %1885, align 16
@@ -10429,26 +10429,26 @@ body217.lr.ph:                                    ; preds = %body209
   br i1 %1898, label %body217.1, label %exit218
 
 exit210:                                          ; preds = %exit218
-  %1971 = fcmp ogt <4 x float> %carried220.lcssa, zeroinitializer
-  %1972 = select <4 x i1> %1971, <4 x float> %carried220.lcssa, <4 x float> zeroinitializer
+  %1971 = fcmp olt <4 x float> %carried220.lcssa, zeroinitializer
+  %1972 = select <4 x i1> %1971, <4 x float> zeroinitializer, <4 x float> %carried220.lcssa
   %1973 = getelementptr inbounds float, float* %1087, i64 %1918
   %1974 = bitcast float* %1973 to <4 x float>*
   store <4 x float> %1972, <4 x float>* %1974, align 64
   %1975 = or i64 %1918, 4
-  %1976 = fcmp ogt <4 x float> %carried221.lcssa, zeroinitializer
-  %1977 = select <4 x i1> %1976, <4 x float> %carried221.lcssa, <4 x float> zeroinitializer
+  %1976 = fcmp olt <4 x float> %carried221.lcssa, zeroinitializer
+  %1977 = select <4 x i1> %1976, <4 x float> zeroinitializer, <4 x float> %carried221.lcssa
   %1978 = getelementptr inbounds float, float* %1087, i64 %1975
   %1979 = bitcast float* %1978 to <4 x float>*
   store <4 x float> %1977, <4 x float>* %1979, align 16
   %1980 = or i64 %1918, 8
-  %1981 = fcmp ogt <4 x float> %carried222.lcssa, zeroinitializer
-  %1982 = select <4 x i1> %1981, <4 x float> %carried222.lcssa, <4 x float> zeroinitializer
+  %1981 = fcmp olt <4 x float> %carried222.lcssa, zeroinitializer
+  %1982 = select <4 x i1> %1981, <4 x float> zeroinitializer, <4 x float> %carried222.lcssa
   %1983 = getelementptr inbounds float, float* %1087, i64 %1980
   %1984 = bitcast float* %1983 to <4 x float>*
   store <4 x float> %1982, <4 x float>* %1984, align 32
   %1985 = or i64 %1918, 12
-  %1986 = fcmp ogt <4 x float> %carried223.lcssa, zeroinitializer
-  %1987 = select <4 x i1> %1986, <4 x float> %carried223.lcssa, <4 x float> zeroinitializer
+  %1986 = fcmp olt <4 x float> %carried223.lcssa, zeroinitializer
+  %1987 = select <4 x i1> %1986, <4 x float> zeroinitializer, <4 x float> %carried223.lcssa
   %1988 = getelementptr inbounds float, float* %1087, i64 %1985
   %1989 = bitcast float* %1988 to <4 x float>*
   store <4 x float> %1987, <4 x float>* %1989, align 16
@@ -10622,50 +10622,50 @@ body233:                                          ; preds = %body229, %body233
 
 exit234:                                          ; preds = %body233
   %2116 = add nuw nsw i64 %2072, %i227381
-  %2117 = fcmp ogt <4 x float> %2092, zeroinitializer
-  %2118 = select <4 x i1> %2117, <4 x float> %2092, <4 x float> zeroinitializer
+  %2117 = fcmp olt <4 x float> %2092, zeroinitializer
+  %2118 = select <4 x i1> %2117, <4 x float> zeroinitializer, <4 x float> %2092
   %2119 = getelementptr inbounds float, float* %1088, i64 %2116
   %2120 = bitcast float* %2119 to <4 x float>*
   store <4 x float> %2118, <4 x float>* %2120, align 32
   %2121 = or i64 %2116, 4
-  %2122 = fcmp ogt <4 x float> %2093, zeroinitializer
-  %2123 = select <4 x i1> %2122, <4 x float> %2093, <4 x float> zeroinitializer
+  %2122 = fcmp olt <4 x float> %2093, zeroinitializer
+  %2123 = select <4 x i1> %2122, <4 x float> zeroinitializer, <4 x float> %2093
   %2124 = getelementptr inbounds float, float* %1088, i64 %2121
   %2125 = bitcast float* %2124 to <4 x float>*
   store <4 x float> %2123, <4 x float>* %2125, align 16
   %2126 = add nuw nsw i64 %2073, %i227381
-  %2127 = fcmp ogt <4 x float> %2099, zeroinitializer
-  %2128 = select <4 x i1> %2127, <4 x float> %2099, <4 x float> zeroinitializer
+  %2127 = fcmp olt <4 x float> %2099, zeroinitializer
+  %2128 = select <4 x i1> %2127, <4 x float> zeroinitializer, <4 x float> %2099
   %2129 = getelementptr inbounds float, float* %1088, i64 %2126
   %2130 = bitcast float* %2129 to <4 x float>*
   store <4 x float> %2128, <4 x float>* %2130, align 32
   %2131 = or i64 %2126, 4
-  %2132 = fcmp ogt <4 x float> %2100, zeroinitializer
-  %2133 = select <4 x i1> %2132, <4 x float> %2100, <4 x float> zeroinitializer
+  %2132 = fcmp olt <4 x float> %2100, zeroinitializer
+  %2133 = select <4 x i1> %2132, <4 x float> zeroinitializer, <4 x float> %2100
   %2134 = getelementptr inbounds float, float* %1088, i64 %2131
   %2135 = bitcast float* %2134 to <4 x float>*
   store <4 x float> %2133, <4 x float>* %2135, align 16
   %2136 = add nuw nsw i64 %2074, %i227381
-  %2137 = fcmp ogt <4 x float> %2106, zeroinitializer
-  %2138 = select <4 x i1> %2137, <4 x float> %2106, <4 x float> zeroinitializer
+  %2137 = fcmp olt <4 x float> %2106, zeroinitializer
+  %2138 = select <4 x i1> %2137, <4 x float> zeroinitializer, <4 x float> %2106
   %2139 = getelementptr inbounds float, float* %1088, i64 %2136
   %2140 = bitcast float* %2139 to <4 x float>*
   store <4 x float> %2138, <4 x float>* %2140, align 32
   %2141 = or i64 %2136, 4
-  %2142 = fcmp ogt <4 x float> %2107, zeroinitializer
-  %2143 = select <4 x i1> %2142, <4 x float> %2107, <4 x float> zeroinitializer
+  %2142 = fcmp olt <4 x float> %2107, zeroinitializer
+  %2143 = select <4 x i1> %2142, <4 x float> zeroinitializer, <4 x float> %2107
   %2144 = getelementptr inbounds float, float* %1088, i64 %2141
   %2145 = bitcast float* %2144 to <4 x float>*
   store <4 x float> %2143, <4 x float>* %2145, align 16
   %2146 = add nuw nsw i64 %2075, %i227381
-  %2147 = fcmp ogt <4 x float> %2113, zeroinitializer
-  %2148 = select <4 x i1> %2147, <4 x float> %2113, <4 x float> zeroinitializer
+  %2147 = fcmp olt <4 x float> %2113, zeroinitializer
+  %2148 = select <4 x i1> %2147, <4 x float> zeroinitializer, <4 x float> %2113
   %2149 = getelementptr inbounds float, float* %1088, i64 %2146
   %2150 = bitcast float* %2149 to <4 x float>*
   store <4 x float> %2148, <4 x float>* %2150, align 32
   %2151 = or i64 %2146, 4
-  %2152 = fcmp ogt <4 x float> %2114, zeroinitializer
-  %2153 = select <4 x i1> %2152, <4 x float> %2114, <4 x float> zeroinitializer
+  %2152 = fcmp olt <4 x float> %2114, zeroinitializer
+  %2153 = select <4 x i1> %2152, <4 x float> zeroinitializer, <4 x float> %2114
   %2154 = getelementptr inbounds float, float* %1088, i64 %2151
   %2155 = bitcast float* %2154 to <4 x float>*
   store <4 x float> %2153, <4 x float>* %2155, align 16
@@ -10922,23 +10922,23 @@ body6:                                            ; preds = %then, %body6
   %224 = bitcast float* %223 to <4 x float>*
   %225 = load <4 x float>, <4 x float>* %224, align 16
   %226 = tail call <4 x float> @llvm.fmuladd.v4f32(<4 x float> %221, <4 x float> %225, <4 x float> %194)
-  %227 = fcmp ogt <4 x float> %202, zeroinitializer
-  %228 = select <4 x i1> %227, <4 x float> %202, <4 x float> zeroinitializer
+  %227 = fcmp olt <4 x float> %202, zeroinitializer
+  %228 = select <4 x i1> %227, <4 x float> zeroinitializer, <4 x float> %202
   %229 = getelementptr inbounds float, float* %6, i64 %i8114
   %230 = bitcast float* %229 to <4 x float>*
   store <4 x float> %228, <4 x float>* %230, align 64
-  %231 = fcmp ogt <4 x float> %210, zeroinitializer
-  %232 = select <4 x i1> %231, <4 x float> %210, <4 x float> zeroinitializer
+  %231 = fcmp olt <4 x float> %210, zeroinitializer
+  %232 = select <4 x i1> %231, <4 x float> zeroinitializer, <4 x float> %210
   %233 = getelementptr inbounds float, float* %6, i64 %19
   %234 = bitcast float* %233 to <4 x float>*
   store <4 x float> %232, <4 x float>* %234, align 16
-  %235 = fcmp ogt <4 x float> %218, zeroinitializer
-  %236 = select <4 x i1> %235, <4 x float> %218, <4 x float> zeroinitializer
+  %235 = fcmp olt <4 x float> %218, zeroinitializer
+  %236 = select <4 x i1> %235, <4 x float> zeroinitializer, <4 x float> %218
   %237 = getelementptr inbounds float, float* %6, i64 %23
   %238 = bitcast float* %237 to <4 x float>*
   store <4 x float> %236, <4 x float>* %238, align 32
-  %239 = fcmp ogt <4 x float> %226, zeroinitializer
-  %240 = select <4 x i1> %239, <4 x float> %226, <4 x float> zeroinitializer
+  %239 = fcmp olt <4 x float> %226, zeroinitializer
+  %240 = select <4 x i1> %239, <4 x float> zeroinitializer, <4 x float> %226
   %241 = getelementptr inbounds float, float* %6, i64 %27
   %242 = bitcast float* %241 to <4 x float>*
   store <4 x float> %240, <4 x float>* %242, align 16
@@ -11267,26 +11267,26 @@ body37:                                           ; preds = %body33, %body37
   %557 = load <4 x float>, <4 x float>* %556, align 16
   %558 = tail call <4 x float> @llvm.fmuladd.v4f32(<4 x float> %553, <4 x float> %557, <4 x float> %526)
   %559 = add nuw nsw i64 %i39115, %246
-  %560 = fcmp ogt <4 x float> %534, zeroinitializer
-  %561 = select <4 x i1> %560, <4 x float> %534, <4 x float> zeroinitializer
+  %560 = fcmp olt <4 x float> %534, zeroinitializer
+  %561 = select <4 x i1> %560, <4 x float> zeroinitializer, <4 x float> %534
   %562 = getelementptr inbounds float, float* %6, i64 %559
   %563 = bitcast float* %562 to <4 x float>*
   store <4 x float> %561, <4 x float>* %563, align 64
   %564 = or i64 %559, 4
-  %565 = fcmp ogt <4 x float> %542, zeroinitializer
-  %566 = select <4 x i1> %565, <4 x float> %542, <4 x float> zeroinitializer
+  %565 = fcmp olt <4 x float> %542, zeroinitializer
+  %566 = select <4 x i1> %565, <4 x float> zeroinitializer, <4 x float> %542
   %567 = getelementptr inbounds float, float* %6, i64 %564
   %568 = bitcast float* %567 to <4 x float>*
   store <4 x float> %566, <4 x float>* %568, align 16
   %569 = or i64 %559, 8
-  %570 = fcmp ogt <4 x float> %550, zeroinitializer
-  %571 = select <4 x i1> %570, <4 x float> %550, <4 x float> zeroinitializer
+  %570 = fcmp olt <4 x float> %550, zeroinitializer
+  %571 = select <4 x i1> %570, <4 x float> zeroinitializer, <4 x float> %550
   %572 = getelementptr inbounds float, float* %6, i64 %569
   %573 = bitcast float* %572 to <4 x float>*
   store <4 x float> %571, <4 x float>* %573, align 32
   %574 = or i64 %559, 12
-  %575 = fcmp ogt <4 x float> %558, zeroinitializer
-  %576 = select <4 x i1> %575, <4 x float> %558, <4 x float> zeroinitializer
+  %575 = fcmp olt <4 x float> %558, zeroinitializer
+  %576 = select <4 x i1> %575, <4 x float> zeroinitializer, <4 x float> %558
   %577 = getelementptr inbounds float, float* %6, i64 %574
   %578 = bitcast float* %577 to <4 x float>*
   store <4 x float> %576, <4 x float>* %578, align 16
@@ -11412,26 +11412,26 @@ exit50:                                           ; preds = %exit58, %body45
   %carried54.lcssa = phi <4 x float> [ %605, %body45 ], [ %carried62.lcssa, %exit58 ]
   %carried55.lcssa = phi <4 x float> [ %609, %body45 ], [ %carried63.lcssa, %exit58 ]
   %662 = add nuw nsw i64 %i47135, %587
-  %663 = fcmp ogt <4 x float> %carried52.lcssa, zeroinitializer
-  %664 = select <4 x i1> %663, <4 x float> %carried52.lcssa, <4 x float> zeroinitializer
+  %663 = fcmp olt <4 x float> %carried52.lcssa, zeroinitializer
+  %664 = select <4 x i1> %663, <4 x float> zeroinitializer, <4 x float> %carried52.lcssa
   %665 = getelementptr inbounds float, float* %6, i64 %662
   %666 = bitcast float* %665 to <4 x float>*
   store <4 x float> %664, <4 x float>* %666, align 64
   %667 = or i64 %662, 4
-  %668 = fcmp ogt <4 x float> %carried53.lcssa, zeroinitializer
-  %669 = select <4 x i1> %668, <4 x float> %carried53.lcssa, <4 x float> zeroinitializer
+  %668 = fcmp olt <4 x float> %carried53.lcssa, zeroinitializer
+  %669 = select <4 x i1> %668, <4 x float> zeroinitializer, <4 x float> %carried53.lcssa
   %670 = getelementptr inbounds float, float* %6, i64 %667
   %671 = bitcast float* %670 to <4 x float>*
   store <4 x float> %669, <4 x float>* %671, align 16
   %672 = or i64 %662, 8
-  %673 = fcmp ogt <4 x float> %carried54.lcssa, zeroinitializer
-  %674 = select <4 x i1> %673, <4 x float> %carried54.lcssa, <4 x float> zeroinitializer
+  %673 = fcmp olt <4 x float> %carried54.lcssa, zeroinitializer
+  %674 = select <4 x i1> %673, <4 x float> zeroinitializer, <4 x float> %carried54.lcssa
   %675 = getelementptr inbounds float, float* %6, i64 %672
   %676 = bitcast float* %675 to <4 x float>*
   store <4 x float> %674, <4 x float>* %676, align 32
   %677 = or i64 %662, 12
-  %678 = fcmp ogt <4 x float> %carried55.lcssa, zeroinitializer
-  %679 = select <4 x i1> %678, <4 x float> %carried55.lcssa, <4 x float> zeroinitializer
+  %678 = fcmp olt <4 x float> %carried55.lcssa, zeroinitializer
+  %679 = select <4 x i1> %678, <4 x float> zeroinitializer, <4 x float> %carried55.lcssa
   %680 = getelementptr inbounds float, float* %6, i64 %677
   %681 = bitcast float* %680 to <4 x float>*
   store <4 x float> %679, <4 x float>* %681, align 16
@@ -11607,62 +11607,62 @@ body73:                                           ; preds = %body69, %body73
 exit74:                                           ; preds = %body73
   %809 = shl nsw i64 %i71151, 10
   %810 = add nuw nsw i64 %809, %i67161
-  %811 = fcmp ogt <4 x float> %778, zeroinitializer
-  %812 = select <4 x i1> %811, <4 x float> %778, <4 x float> zeroinitializer
+  %811 = fcmp olt <4 x float> %778, zeroinitializer
+  %812 = select <4 x i1> %811, <4 x float> zeroinitializer, <4 x float> %778
   %813 = getelementptr inbounds float, float* %y, i64 %810
   %814 = bitcast float* %813 to <4 x float>*
   store <4 x float> %812, <4 x float>* %814, align 32
   %815 = or i64 %810, 4
-  %816 = fcmp ogt <4 x float> %779, zeroinitializer
-  %817 = select <4 x i1> %816, <4 x float> %779, <4 x float> zeroinitializer
+  %816 = fcmp olt <4 x float> %779, zeroinitializer
+  %817 = select <4 x i1> %816, <4 x float> zeroinitializer, <4 x float> %779
   %818 = getelementptr inbounds float, float* %y, i64 %815
   %819 = bitcast float* %818 to <4 x float>*
   store <4 x float> %817, <4 x float>* %819, align 16
   %820 = add nuw nsw i64 %810, 1024
-  %821 = fcmp ogt <4 x float> %785, zeroinitializer
-  %822 = select <4 x i1> %821, <4 x float> %785, <4 x float> zeroinitializer
+  %821 = fcmp olt <4 x float> %785, zeroinitializer
+  %822 = select <4 x i1> %821, <4 x float> zeroinitializer, <4 x float> %785
   %823 = getelementptr inbounds float, float* %y, i64 %820
   %824 = bitcast float* %823 to <4 x float>*
   store <4 x float> %822, <4 x float>* %824, align 32
   %825 = or i64 %820, 4
-  %826 = fcmp ogt <4 x float> %786, zeroinitializer
-  %827 = select <4 x i1> %826, <4 x float> %786, <4 x float> zeroinitializer
+  %826 = fcmp olt <4 x float> %786, zeroinitializer
+  %827 = select <4 x i1> %826, <4 x float> zeroinitializer, <4 x float> %786
   %828 = getelementptr inbounds float, float* %y, i64 %825
   %829 = bitcast float* %828 to <4 x float>*
   store <4 x float> %827, <4 x float>* %829, align 16
   %830 = add nuw nsw i64 %810, 2048
-  %831 = fcmp ogt <4 x float> %792, zeroinitializer
-  %832 = select <4 x i1> %831, <4 x float> %792, <4 x float> zeroinitializer
+  %831 = fcmp olt <4 x float> %792, zeroinitializer
+  %832 = select <4 x i1> %831, <4 x float> zeroinitializer, <4 x float> %792
   %833 = getelementptr inbounds float, float* %y, i64 %830
   %834 = bitcast float* %833 to <4 x float>*
   store <4 x float> %832, <4 x float>* %834, align 32
   %835 = or i64 %830, 4
-  %836 = fcmp ogt <4 x float> %793, zeroinitializer
-  %837 = select <4 x i1> %836, <4 x float> %793, <4 x float> zeroinitializer
+  %836 = fcmp olt <4 x float> %793, zeroinitializer
+  %837 = select <4 x i1> %836, <4 x float> zeroinitializer, <4 x float> %793
   %838 = getelementptr inbounds float, float* %y, i64 %835
   %839 = bitcast float* %838 to <4 x float>*
   store <4 x float> %837, <4 x float>* %839, align 16
   %840 = add nuw nsw i64 %810, 3072
-  %841 = fcmp ogt <4 x float> %799, zeroinitializer
-  %842 = select <4 x i1> %841, <4 x float> %799, <4 x float> zeroinitializer
+  %841 = fcmp olt <4 x float> %799, zeroinitializer
+  %842 = select <4 x i1> %841, <4 x float> zeroinitializer, <4 x float> %799
   %843 = getelementptr inbounds float, float* %y, i64 %840
   %844 = bitcast float* %843 to <4 x float>*
   store <4 x float> %842, <4 x float>* %844, align 32
   %845 = or i64 %840, 4
-  %846 = fcmp ogt <4 x float> %800, zeroinitializer
-  %847 = select <4 x i1> %846, <4 x float> %800, <4 x float> zeroinitializer
+  %846 = fcmp olt <4 x float> %800, zeroinitializer
+  %847 = select <4 x i1> %846, <4 x float> zeroinitializer, <4 x float> %800
   %848 = getelementptr inbounds float, float* %y, i64 %845
   %849 = bitcast float* %848 to <4 x float>*
   store <4 x float> %847, <4 x float>* %849, align 16
   %850 = add nuw nsw i64 %810, 4096
-  %851 = fcmp ogt <4 x float> %806, zeroinitializer
-  %852 = select <4 x i1> %851, <4 x float> %806, <4 x float> zeroinitializer
+  %851 = fcmp olt <4 x float> %806, zeroinitializer
+  %852 = select <4 x i1> %851, <4 x float> zeroinitializer, <4 x float> %806
   %853 = getelementptr inbounds float, float* %y, i64 %850
   %854 = bitcast float* %853 to <4 x float>*
   store <4 x float> %852, <4 x float>* %854, align 32
   %855 = or i64 %850, 4
-  %856 = fcmp ogt <4 x float> %807, zeroinitializer
-  %857 = select <4 x i1> %856, <4 x float> %807, <4 x float> zeroinitializer
+  %856 = fcmp olt <4 x float> %807, zeroinitializer
+  %857 = select <4 x i1> %856, <4 x float> zeroinitializer, <4 x float> %807
   %858 = getelementptr inbounds float, float* %y, i64 %855
   %859 = bitcast float* %858 to <4 x float>*
   store <4 x float> %857, <4 x float>* %859, align 16
@@ -11723,50 +11723,50 @@ body87:                                           ; preds = %exit74, %body87
 
 exit88:                                           ; preds = %body87
   %900 = add nuw nsw i64 %i67161, 46080
-  %901 = fcmp ogt <4 x float> %876, zeroinitializer
-  %902 = select <4 x i1> %901, <4 x float> %876, <4 x float> zeroinitializer
+  %901 = fcmp olt <4 x float> %876, zeroinitializer
+  %902 = select <4 x i1> %901, <4 x float> zeroinitializer, <4 x float> %876
   %903 = getelementptr inbounds float, float* %y, i64 %900
   %904 = bitcast float* %903 to <4 x float>*
   store <4 x float> %902, <4 x float>* %904, align 32
   %905 = add nuw nsw i64 %i67161, 46084
-  %906 = fcmp ogt <4 x float> %877, zeroinitializer
-  %907 = select <4 x i1> %906, <4 x float> %877, <4 x float> zeroinitializer
+  %906 = fcmp olt <4 x float> %877, zeroinitializer
+  %907 = select <4 x i1> %906, <4 x float> zeroinitializer, <4 x float> %877
   %908 = getelementptr inbounds float, float* %y, i64 %905
   %909 = bitcast float* %908 to <4 x float>*
   store <4 x float> %907, <4 x float>* %909, align 16
   %910 = add nuw nsw i64 %i67161, 47104
-  %911 = fcmp ogt <4 x float> %883, zeroinitializer
-  %912 = select <4 x i1> %911, <4 x float> %883, <4 x float> zeroinitializer
+  %911 = fcmp olt <4 x float> %883, zeroinitializer
+  %912 = select <4 x i1> %911, <4 x float> zeroinitializer, <4 x float> %883
   %913 = getelementptr inbounds float, float* %y, i64 %910
   %914 = bitcast float* %913 to <4 x float>*
   store <4 x float> %912, <4 x float>* %914, align 32
   %915 = add nuw nsw i64 %i67161, 47108
-  %916 = fcmp ogt <4 x float> %884, zeroinitializer
-  %917 = select <4 x i1> %916, <4 x float> %884, <4 x float> zeroinitializer
+  %916 = fcmp olt <4 x float> %884, zeroinitializer
+  %917 = select <4 x i1> %916, <4 x float> zeroinitializer, <4 x float> %884
   %918 = getelementptr inbounds float, float* %y, i64 %915
   %919 = bitcast float* %918 to <4 x float>*
   store <4 x float> %917, <4 x float>* %919, align 16
   %920 = add nuw nsw i64 %i67161, 48128
-  %921 = fcmp ogt <4 x float> %890, zeroinitializer
-  %922 = select <4 x i1> %921, <4 x float> %890, <4 x float> zeroinitializer
+  %921 = fcmp olt <4 x float> %890, zeroinitializer
+  %922 = select <4 x i1> %921, <4 x float> zeroinitializer, <4 x float> %890
   %923 = getelementptr inbounds float, float* %y, i64 %920
   %924 = bitcast float* %923 to <4 x float>*
   store <4 x float> %922, <4 x float>* %924, align 32
   %925 = add nuw nsw i64 %i67161, 48132
-  %926 = fcmp ogt <4 x float> %891, zeroinitializer
-  %927 = select <4 x i1> %926, <4 x float> %891, <4 x float> zeroinitializer
+  %926 = fcmp olt <4 x float> %891, zeroinitializer
+  %927 = select <4 x i1> %926, <4 x float> zeroinitializer, <4 x float> %891
   %928 = getelementptr inbounds float, float* %y, i64 %925
   %929 = bitcast float* %928 to <4 x float>*
   store <4 x float> %927, <4 x float>* %929, align 16
   %930 = add nuw nsw i64 %i67161, 49152
-  %931 = fcmp ogt <4 x float> %897, zeroinitializer
-  %932 = select <4 x i1> %931, <4 x float> %897, <4 x float> zeroinitializer
+  %931 = fcmp olt <4 x float> %897, zeroinitializer
+  %932 = select <4 x i1> %931, <4 x float> zeroinitializer, <4 x float> %897
   %933 = getelementptr inbounds float, float* %y, i64 %930
   %934 = bitcast float* %933 to <4 x float>*
   store <4 x float> %932, <4 x float>* %934, align 32
   %935 = add nuw nsw i64 %i67161, 49156
-  %936 = fcmp ogt <4 x float> %898, zeroinitializer
-  %937 = select <4 x i1> %936, <4 x float> %898, <4 x float> zeroinitializer
+  %936 = fcmp olt <4 x float> %898, zeroinitializer
+  %937 = select <4 x i1> %936, <4 x float> zeroinitializer, <4 x float> %898
   %938 = getelementptr inbounds float, float* %y, i64 %935
   %939 = bitcast float* %938 to <4 x float>*
   store <4 x float> %937, <4 x float>* %939, align 16
@@ -12026,23 +12026,23 @@ body6:                                            ; preds = %then, %body6
   %224 = bitcast float* %223 to <4 x float>*
   %225 = load <4 x float>, <4 x float>* %224, align 16
   %226 = tail call <4 x float> @llvm.fmuladd.v4f32(<4 x float> %221, <4 x float> %225, <4 x float> %194)
-  %227 = fcmp ogt <4 x float> %202, zeroinitializer
-  %228 = select <4 x i1> %227, <4 x float> %202, <4 x float> zeroinitializer
+  %227 = fcmp olt <4 x float> %202, zeroinitializer
+  %228 = select <4 x i1> %227, <4 x float> zeroinitializer, <4 x float> %202
   %229 = getelementptr inbounds float, float* %8, i64 %i8167
   %230 = bitcast float* %229 to <4 x float>*
   store <4 x float> %228, <4 x float>* %230, align 64
-  %231 = fcmp ogt <4 x float> %210, zeroinitializer
-  %232 = select <4 x i1> %231, <4 x float> %210, <4 x float> zeroinitializer
+  %231 = fcmp olt <4 x float> %210, zeroinitializer
+  %232 = select <4 x i1> %231, <4 x float> zeroinitializer, <4 x float> %210
   %233 = getelementptr inbounds float, float* %8, i64 %19
   %234 = bitcast float* %233 to <4 x float>*
   store <4 x float> %232, <4 x float>* %234, align 16
-  %235 = fcmp ogt <4 x float> %218, zeroinitializer
-  %236 = select <4 x i1> %235, <4 x float> %218, <4 x float> zeroinitializer
+  %235 = fcmp olt <4 x float> %218, zeroinitializer
+  %236 = select <4 x i1> %235, <4 x float> zeroinitializer, <4 x float> %218
   %237 = getelementptr inbounds float, float* %8, i64 %23
   %238 = bitcast float* %237 to <4 x float>*
   store <4 x float> %236, <4 x float>* %238, align 32
-  %239 = fcmp ogt <4 x float> %226, zeroinitializer
-  %240 = select <4 x i1> %239, <4 x float> %226, <4 x float> zeroinitializer
+  %239 = fcmp olt <4 x float> %226, zeroinitializer
+  %240 = select <4 x i1> %239, <4 x float> zeroinitializer, <4 x float> %226
   %241 = getelementptr inbounds float, float* %8, i64 %27
   %242 = bitcast float* %241 to <4 x float>*
   store <4 x float> %240, <4 x float>* %242, align 16
@@ -12368,23 +12368,23 @@ body37:                                           ; preds = %body33, %body37
   %554 = bitcast float* %553 to <4 x float>*
   %555 = load <4 x float>, <4 x float>* %554, align 16
   %556 = tail call <4 x float> @llvm.fmuladd.v4f32(<4 x float> %551, <4 x float> %555, <4 x float> %524)
-  %557 = fcmp ogt <4 x float> %532, zeroinitializer
-  %558 = select <4 x i1> %557, <4 x float> %532, <4 x float> zeroinitializer
+  %557 = fcmp olt <4 x float> %532, zeroinitializer
+  %558 = select <4 x i1> %557, <4 x float> zeroinitializer, <4 x float> %532
   %559 = getelementptr inbounds float, float* %8, i64 %261
   %560 = bitcast float* %559 to <4 x float>*
   store <4 x float> %558, <4 x float>* %560, align 64
-  %561 = fcmp ogt <4 x float> %540, zeroinitializer
-  %562 = select <4 x i1> %561, <4 x float> %540, <4 x float> zeroinitializer
+  %561 = fcmp olt <4 x float> %540, zeroinitializer
+  %562 = select <4 x i1> %561, <4 x float> zeroinitializer, <4 x float> %540
   %563 = getelementptr inbounds float, float* %8, i64 %302
   %564 = bitcast float* %563 to <4 x float>*
   store <4 x float> %562, <4 x float>* %564, align 16
-  %565 = fcmp ogt <4 x float> %548, zeroinitializer
-  %566 = select <4 x i1> %565, <4 x float> %548, <4 x float> zeroinitializer
+  %565 = fcmp olt <4 x float> %548, zeroinitializer
+  %566 = select <4 x i1> %565, <4 x float> zeroinitializer, <4 x float> %548
   %567 = getelementptr inbounds float, float* %8, i64 %311
   %568 = bitcast float* %567 to <4 x float>*
   store <4 x float> %566, <4 x float>* %568, align 32
-  %569 = fcmp ogt <4 x float> %556, zeroinitializer
-  %570 = select <4 x i1> %569, <4 x float> %556, <4 x float> zeroinitializer
+  %569 = fcmp olt <4 x float> %556, zeroinitializer
+  %570 = select <4 x i1> %569, <4 x float> zeroinitializer, <4 x float> %556
   %571 = getelementptr inbounds float, float* %8, i64 %320
   %572 = bitcast float* %571 to <4 x float>*
   store <4 x float> %570, <4 x float>* %572, align 16
@@ -12610,26 +12610,26 @@ body45:                                           ; preds = %exit38, %body45
   %784 = bitcast float* %783 to <4 x float>*
   %785 = load <4 x float>, <4 x float>* %784, align 16
   %786 = tail call <4 x float> @llvm.fmuladd.v4f32(<4 x float> %781, <4 x float> %785, <4 x float> %754)
-  %787 = fcmp ogt <4 x float> %762, zeroinitializer
-  %788 = select <4 x i1> %787, <4 x float> %762, <4 x float> zeroinitializer
+  %787 = fcmp olt <4 x float> %762, zeroinitializer
+  %788 = select <4 x i1> %787, <4 x float> zeroinitializer, <4 x float> %762
   %789 = getelementptr inbounds float, float* %8, i64 %723
   %790 = bitcast float* %789 to <4 x float>*
   store <4 x float> %788, <4 x float>* %790, align 64
   %791 = add nuw nsw i64 %i47185, 6148
-  %792 = fcmp ogt <4 x float> %770, zeroinitializer
-  %793 = select <4 x i1> %792, <4 x float> %770, <4 x float> zeroinitializer
+  %792 = fcmp olt <4 x float> %770, zeroinitializer
+  %793 = select <4 x i1> %792, <4 x float> zeroinitializer, <4 x float> %770
   %794 = getelementptr inbounds float, float* %8, i64 %791
   %795 = bitcast float* %794 to <4 x float>*
   store <4 x float> %793, <4 x float>* %795, align 16
   %796 = add nuw nsw i64 %i47185, 6152
-  %797 = fcmp ogt <4 x float> %778, zeroinitializer
-  %798 = select <4 x i1> %797, <4 x float> %778, <4 x float> zeroinitializer
+  %797 = fcmp olt <4 x float> %778, zeroinitializer
+  %798 = select <4 x i1> %797, <4 x float> zeroinitializer, <4 x float> %778
   %799 = getelementptr inbounds float, float* %8, i64 %796
   %800 = bitcast float* %799 to <4 x float>*
   store <4 x float> %798, <4 x float>* %800, align 32
   %801 = add nuw nsw i64 %i47185, 6156
-  %802 = fcmp ogt <4 x float> %786, zeroinitializer
-  %803 = select <4 x i1> %802, <4 x float> %786, <4 x float> zeroinitializer
+  %802 = fcmp olt <4 x float> %786, zeroinitializer
+  %803 = select <4 x i1> %802, <4 x float> zeroinitializer, <4 x float> %786
   %804 = getelementptr inbounds float, float* %8, i64 %801
   %805 = bitcast float* %804 to <4 x float>*
   store <4 x float> %803, <4 x float>* %805, align 16
@@ -12751,26 +12751,26 @@ exit82:                                           ; preds = %exit90, %body77
   %carried85.lcssa = phi <4 x float> [ %829, %body77 ], [ %carried93.lcssa, %exit90 ]
   %carried86.lcssa = phi <4 x float> [ %833, %body77 ], [ %carried94.lcssa, %exit90 ]
   %carried87.lcssa = phi <4 x float> [ %837, %body77 ], [ %carried95.lcssa, %exit90 ]
-  %891 = fcmp ogt <4 x float> %carried84.lcssa, zeroinitializer
-  %892 = select <4 x i1> %891, <4 x float> %carried84.lcssa, <4 x float> zeroinitializer
+  %891 = fcmp olt <4 x float> %carried84.lcssa, zeroinitializer
+  %892 = select <4 x i1> %891, <4 x float> zeroinitializer, <4 x float> %carried84.lcssa
   %893 = getelementptr inbounds float, float* %8, i64 %838
   %894 = bitcast float* %893 to <4 x float>*
   store <4 x float> %892, <4 x float>* %894, align 64
   %895 = or i64 %838, 4
-  %896 = fcmp ogt <4 x float> %carried85.lcssa, zeroinitializer
-  %897 = select <4 x i1> %896, <4 x float> %carried85.lcssa, <4 x float> zeroinitializer
+  %896 = fcmp olt <4 x float> %carried85.lcssa, zeroinitializer
+  %897 = select <4 x i1> %896, <4 x float> zeroinitializer, <4 x float> %carried85.lcssa
   %898 = getelementptr inbounds float, float* %8, i64 %895
   %899 = bitcast float* %898 to <4 x float>*
   store <4 x float> %897, <4 x float>* %899, align 16
   %900 = or i64 %838, 8
-  %901 = fcmp ogt <4 x float> %carried86.lcssa, zeroinitializer
-  %902 = select <4 x i1> %901, <4 x float> %carried86.lcssa, <4 x float> zeroinitializer
+  %901 = fcmp olt <4 x float> %carried86.lcssa, zeroinitializer
+  %902 = select <4 x i1> %901, <4 x float> zeroinitializer, <4 x float> %carried86.lcssa
   %903 = getelementptr inbounds float, float* %8, i64 %900
   %904 = bitcast float* %903 to <4 x float>*
   store <4 x float> %902, <4 x float>* %904, align 32
   %905 = or i64 %838, 12
-  %906 = fcmp ogt <4 x float> %carried87.lcssa, zeroinitializer
-  %907 = select <4 x i1> %906, <4 x float> %carried87.lcssa, <4 x float> zeroinitializer
+  %906 = fcmp olt <4 x float> %carried87.lcssa, zeroinitializer
+  %907 = select <4 x i1> %906, <4 x float> zeroinitializer, <4 x float> %carried87.lcssa
   %908 = getelementptr inbounds float, float* %8, i64 %905
   %909 = bitcast float* %908 to <4 x float>*
   store <4 x float> %907, <4 x float>* %909, align 16
@@ -12945,62 +12945,62 @@ body105:                                          ; preds = %body101, %body105
 
 exit106:                                          ; preds = %body105
   %1038 = add nuw nsw i64 %992, %i99208
-  %1039 = fcmp ogt <4 x float> %1007, zeroinitializer
-  %1040 = select <4 x i1> %1039, <4 x float> %1007, <4 x float> zeroinitializer
+  %1039 = fcmp olt <4 x float> %1007, zeroinitializer
+  %1040 = select <4 x i1> %1039, <4 x float> zeroinitializer, <4 x float> %1007
   %1041 = getelementptr inbounds float, float* %y, i64 %1038
   %1042 = bitcast float* %1041 to <4 x float>*
   store <4 x float> %1040, <4 x float>* %1042, align 32
   %1043 = or i64 %1038, 4
-  %1044 = fcmp ogt <4 x float> %1008, zeroinitializer
-  %1045 = select <4 x i1> %1044, <4 x float> %1008, <4 x float> zeroinitializer
+  %1044 = fcmp olt <4 x float> %1008, zeroinitializer
+  %1045 = select <4 x i1> %1044, <4 x float> zeroinitializer, <4 x float> %1008
   %1046 = getelementptr inbounds float, float* %y, i64 %1043
   %1047 = bitcast float* %1046 to <4 x float>*
   store <4 x float> %1045, <4 x float>* %1047, align 16
   %1048 = add nuw nsw i64 %1038, 1024
-  %1049 = fcmp ogt <4 x float> %1014, zeroinitializer
-  %1050 = select <4 x i1> %1049, <4 x float> %1014, <4 x float> zeroinitializer
+  %1049 = fcmp olt <4 x float> %1014, zeroinitializer
+  %1050 = select <4 x i1> %1049, <4 x float> zeroinitializer, <4 x float> %1014
   %1051 = getelementptr inbounds float, float* %y, i64 %1048
   %1052 = bitcast float* %1051 to <4 x float>*
   store <4 x float> %1050, <4 x float>* %1052, align 32
   %1053 = or i64 %1048, 4
-  %1054 = fcmp ogt <4 x float> %1015, zeroinitializer
-  %1055 = select <4 x i1> %1054, <4 x float> %1015, <4 x float> zeroinitializer
+  %1054 = fcmp olt <4 x float> %1015, zeroinitializer
+  %1055 = select <4 x i1> %1054, <4 x float> zeroinitializer, <4 x float> %1015
   %1056 = getelementptr inbounds float, float* %y, i64 %1053
   %1057 = bitcast float* %1056 to <4 x float>*
   store <4 x float> %1055, <4 x float>* %1057, align 16
   %1058 = add nuw nsw i64 %1038, 2048
-  %1059 = fcmp ogt <4 x float> %1021, zeroinitializer
-  %1060 = select <4 x i1> %1059, <4 x float> %1021, <4 x float> zeroinitializer
+  %1059 = fcmp olt <4 x float> %1021, zeroinitializer
+  %1060 = select <4 x i1> %1059, <4 x float> zeroinitializer, <4 x float> %1021
   %1061 = getelementptr inbounds float, float* %y, i64 %1058
   %1062 = bitcast float* %1061 to <4 x float>*
   store <4 x float> %1060, <4 x float>* %1062, align 32
   %1063 = or i64 %1058, 4
-  %1064 = fcmp ogt <4 x float> %1022, zeroinitializer
-  %1065 = select <4 x i1> %1064, <4 x float> %1022, <4 x float> zeroinitializer
+  %1064 = fcmp olt <4 x float> %1022, zeroinitializer
+  %1065 = select <4 x i1> %1064, <4 x float> zeroinitializer, <4 x float> %1022
   %1066 = getelementptr inbounds float, float* %y, i64 %1063
   %1067 = bitcast float* %1066 to <4 x float>*
   store <4 x float> %1065, <4 x float>* %1067, align 16
   %1068 = add nuw nsw i64 %1038, 3072
-  %1069 = fcmp ogt <4 x float> %1028, zeroinitializer
-  %1070 = select <4 x i1> %1069, <4 x float> %1028, <4 x float> zeroinitializer
+  %1069 = fcmp olt <4 x float> %1028, zeroinitializer
+  %1070 = select <4 x i1> %1069, <4 x float> zeroinitializer, <4 x float> %1028
   %1071 = getelementptr inbounds float, float* %y, i64 %1068
   %1072 = bitcast float* %1071 to <4 x float>*
   store <4 x float> %1070, <4 x float>* %1072, align 32
   %1073 = or i64 %1068, 4
-  %1074 = fcmp ogt <4 x float> %1029, zeroinitializer
-  %1075 = select <4 x i1> %1074, <4 x float> %1029, <4 x float> zeroinitializer
+  %1074 = fcmp olt <4 x float> %1029, zeroinitializer
+  %1075 = select <4 x i1> %1074, <4 x float> zeroinitializer, <4 x float> %1029
   %1076 = getelementptr inbounds float, float* %y, i64 %1073
   %1077 = bitcast float* %1076 to <4 x float>*
   store <4 x float> %1075, <4 x float>* %1077, align 16
   %1078 = add nuw nsw i64 %1038, 4096
-  %1079 = fcmp ogt <4 x float> %1035, zeroinitializer
-  %1080 = select <4 x i1> %1079, <4 x float> %1035, <4 x float> zeroinitializer
+  %1079 = fcmp olt <4 x float> %1035, zeroinitializer
+  %1080 = select <4 x i1> %1079, <4 x float> zeroinitializer, <4 x float> %1035
   %1081 = getelementptr inbounds float, float* %y, i64 %1078
   %1082 = bitcast float* %1081 to <4 x float>*
   store <4 x float> %1080, <4 x float>* %1082, align 32
   %1083 = or i64 %1078, 4
-  %1084 = fcmp ogt <4 x float> %1036, zeroinitializer
-  %1085 = select <4 x i1> %1084, <4 x float> %1036, <4 x float> zeroinitializer
+  %1084 = fcmp olt <4 x float> %1036, zeroinitializer
+  %1085 = select <4 x i1> %1084, <4 x float> zeroinitializer, <4 x float> %1036
   %1086 = getelementptr inbounds float, float* %y, i64 %1083
   %1087 = bitcast float* %1086 to <4 x float>*
   store <4 x float> %1085, <4 x float>* %1087, align 16
@@ -13061,50 +13061,50 @@ body119:                                          ; preds = %exit106, %body119
 
 exit120:                                          ; preds = %body119
   %1128 = add nuw nsw i64 %i99208, 46080
-  %1129 = fcmp ogt <4 x float> %1104, zeroinitializer
-  %1130 = select <4 x i1> %1129, <4 x float> %1104, <4 x float> zeroinitializer
+  %1129 = fcmp olt <4 x float> %1104, zeroinitializer
+  %1130 = select <4 x i1> %1129, <4 x float> zeroinitializer, <4 x float> %1104
   %1131 = getelementptr inbounds float, float* %y, i64 %1128
   %1132 = bitcast float* %1131 to <4 x float>*
   store <4 x float> %1130, <4 x float>* %1132, align 32
   %1133 = add nuw nsw i64 %i99208, 46084
-  %1134 = fcmp ogt <4 x float> %1105, zeroinitializer
-  %1135 = select <4 x i1> %1134, <4 x float> %1105, <4 x float> zeroinitializer
+  %1134 = fcmp olt <4 x float> %1105, zeroinitializer
+  %1135 = select <4 x i1> %1134, <4 x float> zeroinitializer, <4 x float> %1105
   %1136 = getelementptr inbounds float, float* %y, i64 %1133
   %1137 = bitcast float* %1136 to <4 x float>*
   store <4 x float> %1135, <4 x float>* %1137, align 16
   %1138 = add nuw nsw i64 %i99208, 47104
-  %1139 = fcmp ogt <4 x float> %1111, zeroinitializer
-  %1140 = select <4 x i1> %1139, <4 x float> %1111, <4 x float> zeroinitializer
+  %1139 = fcmp olt <4 x float> %1111, zeroinitializer
+  %1140 = select <4 x i1> %1139, <4 x float> zeroinitializer, <4 x float> %1111
   %1141 = getelementptr inbounds float, float* %y, i64 %1138
   %1142 = bitcast float* %1141 to <4 x float>*
   store <4 x float> %1140, <4 x float>* %1142, align 32
   %1143 = add nuw nsw i64 %i99208, 47108
-  %1144 = fcmp ogt <4 x float> %1112, zeroinitializer
-  %1145 = select <4 x i1> %1144, <4 x float> %1112, <4 x float> zeroinitializer
+  %1144 = fcmp olt <4 x float> %1112, zeroinitializer
+  %1145 = select <4 x i1> %1144, <4 x float> zeroinitializer, <4 x float> %1112
   %1146 = getelementptr inbounds float, float* %y, i64 %1143
   %1147 = bitcast float* %1146 to <4 x float>*
   store <4 x float> %1145, <4 x float>* %1147, align 16
   %1148 = add nuw nsw i64 %i99208, 48128
-  %1149 = fcmp ogt <4 x float> %1118, zeroinitializer
-  %1150 = select <4 x i1> %1149, <4 x float> %1118, <4 x float> zeroinitializer
+  %1149 = fcmp olt <4 x float> %1118, zeroinitializer
+  %1150 = select <4 x i1> %1149, <4 x float> zeroinitializer, <4 x float> %1118
   %1151 = getelementptr inbounds float, float* %y, i64 %1148
   %1152 = bitcast float* %1151 to <4 x float>*
   store <4 x float> %1150, <4 x float>* %1152, align 32
   %1153 = add nuw nsw i64 %i99208, 48132
-  %1154 = fcmp ogt <4 x float> %1119, zeroinitializer
-  %1155 = select <4 x i1> %1154, <4 x float> %1119, <4 x float> zeroinitializer
+  %1154 = fcmp olt <4 x float> %1119, zeroinitializer
+  %1155 = select <4 x i1> %1154, <4 x float> zeroinitializer, <4 x float> %1119
   %1156 = getelementptr inbounds float, float* %y, i64 %1153
   %1157 = bitcast float* %1156 to <4 x float>*
   store <4 x float> %1155, <4 x float>* %1157, align 16
   %1158 = add nuw nsw i64 %i99208, 49152
-  %1159 = fcmp ogt <4 x float> %1125, zeroinitializer
-  %1160 = select <4 x i1> %1159, <4 x float> %1125, <4 x float> zeroinitializer
+  %1159 = fcmp olt <4 x float> %1125, zeroinitializer
+  %1160 = select <4 x i1> %1159, <4 x float> zeroinitializer, <4 x float> %1125
   %1161 = getelementptr inbounds float, float* %y, i64 %1158
   %1162 = bitcast float* %1161 to <4 x float>*
   store <4 x float> %1160, <4 x float>* %1162, align 32
   %1163 = add nuw nsw i64 %i99208, 49156
-  %1164 = fcmp ogt <4 x float> %1126, zeroinitializer
-  %1165 = select <4 x i1> %1164, <4 x float> %1126, <4 x float> zeroinitializer
+  %1164 = fcmp olt <4 x float> %1126, zeroinitializer
+  %1165 = select <4 x i1> %1164, <4 x float> zeroinitializer, <4 x float> %1126
   %1166 = getelementptr inbounds float, float* %y, i64 %1163
   %1167 = bitcast float* %1166 to <4 x float>*
   store <4 x float> %1165, <4 x float>* %1167, align 16

@@ -45,16 +45,18 @@ enum {
     ACTIVATION_HARDSIGMOID_LINEAR  /* min(max(0.2 x + 0.5, 0), 1) */
 };
 
+/* The comparisons are false for a NaN, which passes through every activation, as it does in
+   PyTorch. The vector max and min return their second operand when either is a NaN. */
 KERNEL_INLINE float clamp_f32(float v, float low, float high)
 {
-    v = v > low ? v : low;
-    return v < high ? v : high;
+    v = v < low ? low : v;
+    return v > high ? high : v;
 }
 
 KERNEL_INLINE float activate_f32(float v, int activation)
 {
     switch (activation) {
-    case ACTIVATION_RELU: return v > 0.0f ? v : 0.0f;
+    case ACTIVATION_RELU: return v < 0.0f ? 0.0f : v;
     case ACTIVATION_RELU6: return clamp_f32(v, 0.0f, 6.0f);
     case ACTIVATION_HARDSWISH: return v * (clamp_f32(v + 3.0f, 0.0f, 6.0f) * (1.0f / 6.0f));
     case ACTIVATION_HARDSIGMOID: return clamp_f32(v + 3.0f, 0.0f, 6.0f) * (1.0f / 6.0f);
@@ -69,17 +71,16 @@ KERNEL_INLINE __m512 activate_f32x16(__m512 v, int activation)
     const __m512 zero = _mm512_setzero_ps();
     const __m512 six = _mm512_set1_ps(6.0f);
     switch (activation) {
-    case ACTIVATION_RELU: return _mm512_max_ps(v, zero);
-    case ACTIVATION_RELU6: return _mm512_min_ps(_mm512_max_ps(v, zero), six);
+    case ACTIVATION_RELU: return _mm512_max_ps(zero, v);
+    case ACTIVATION_RELU6: return _mm512_min_ps(six, _mm512_max_ps(zero, v));
     case ACTIVATION_HARDSWISH:
-        return _mm512_mul_ps(v, _mm512_mul_ps(_mm512_min_ps(_mm512_max_ps(_mm512_add_ps(v, _mm512_set1_ps(3.0f)), zero), six),
+        return _mm512_mul_ps(v, _mm512_mul_ps(_mm512_min_ps(six, _mm512_max_ps(zero, _mm512_add_ps(v, _mm512_set1_ps(3.0f)))),
                                               _mm512_set1_ps(1.0f / 6.0f)));
     case ACTIVATION_HARDSIGMOID:
-        return _mm512_mul_ps(_mm512_min_ps(_mm512_max_ps(_mm512_add_ps(v, _mm512_set1_ps(3.0f)), zero), six),
+        return _mm512_mul_ps(_mm512_min_ps(six, _mm512_max_ps(zero, _mm512_add_ps(v, _mm512_set1_ps(3.0f)))),
                              _mm512_set1_ps(1.0f / 6.0f));
     case ACTIVATION_HARDSIGMOID_LINEAR:
-        return _mm512_min_ps(_mm512_max_ps(_mm512_fmadd_ps(v, _mm512_set1_ps(0.2f), _mm512_set1_ps(0.5f)), zero),
-                             _mm512_set1_ps(1.0f));
+        return _mm512_min_ps(_mm512_set1_ps(1.0f), _mm512_max_ps(zero, _mm512_fmadd_ps(v, _mm512_set1_ps(0.2f), _mm512_set1_ps(0.5f))));
     default: return v;
     }
 }
@@ -89,17 +90,16 @@ KERNEL_INLINE __m256 activate_f32x8(__m256 v, int activation)
     const __m256 zero = _mm256_setzero_ps();
     const __m256 six = _mm256_set1_ps(6.0f);
     switch (activation) {
-    case ACTIVATION_RELU: return _mm256_max_ps(v, zero);
-    case ACTIVATION_RELU6: return _mm256_min_ps(_mm256_max_ps(v, zero), six);
+    case ACTIVATION_RELU: return _mm256_max_ps(zero, v);
+    case ACTIVATION_RELU6: return _mm256_min_ps(six, _mm256_max_ps(zero, v));
     case ACTIVATION_HARDSWISH:
-        return _mm256_mul_ps(v, _mm256_mul_ps(_mm256_min_ps(_mm256_max_ps(_mm256_add_ps(v, _mm256_set1_ps(3.0f)), zero), six),
+        return _mm256_mul_ps(v, _mm256_mul_ps(_mm256_min_ps(six, _mm256_max_ps(zero, _mm256_add_ps(v, _mm256_set1_ps(3.0f)))),
                                               _mm256_set1_ps(1.0f / 6.0f)));
     case ACTIVATION_HARDSIGMOID:
-        return _mm256_mul_ps(_mm256_min_ps(_mm256_max_ps(_mm256_add_ps(v, _mm256_set1_ps(3.0f)), zero), six),
+        return _mm256_mul_ps(_mm256_min_ps(six, _mm256_max_ps(zero, _mm256_add_ps(v, _mm256_set1_ps(3.0f)))),
                              _mm256_set1_ps(1.0f / 6.0f));
     case ACTIVATION_HARDSIGMOID_LINEAR:
-        return _mm256_min_ps(_mm256_max_ps(_mm256_fmadd_ps(v, _mm256_set1_ps(0.2f), _mm256_set1_ps(0.5f)), zero),
-                             _mm256_set1_ps(1.0f));
+        return _mm256_min_ps(_mm256_set1_ps(1.0f), _mm256_max_ps(zero, _mm256_fmadd_ps(v, _mm256_set1_ps(0.2f), _mm256_set1_ps(0.5f))));
     default: return v;
     }
 }

@@ -127,6 +127,33 @@ final class CBackendTests: XCTestCase {
         })
     }
 
+    /// A NaN in the input reaches every logit, as it does in PyTorch, on every instruction-set
+    /// tier, on two threads and through the LLVM backend: the activations pass a NaN through
+    /// rather than clamping it to a finite value. V2 has ReLU6; V3-Small has hardswish, ReLU
+    /// and squeeze-excitation gates.
+    func testNaNInputReachesLogits() throws {
+        let cpu = cpuFlags()
+        var tiers: [[String]] = [[], ["-DKERNELS_SCALAR"]]
+        if cpu.contains("avx2") && cpu.contains("fma") { tiers.append(["-mavx2", "-mfma"]) }
+        if cpu.contains("avx512f") { tiers.append(["-mavx512f", "-mfma"]) }
+        for small in [CBackendTests.smallCases[1], CBackendTests.smallCases[3]] {
+            let graph = try optimize(bindRandomWeights(to: try loadSpec(small.spec, small.overrides)))
+            var input = randomInput(count: graph.nodes[0].elementCount)
+            input[input.count / 2] = .nan
+            let runs = tiers.map { (flags: $0, threads: 1) } + [(flags: [], threads: 2)]
+            let results = concurrentMap(runs) { run in
+                try runGeneratedC(graph: graph, input: input, inputLayout: .nchw, compiler: self.compiler,
+                                  extraFlags: run.flags, threads: run.threads)
+            }
+            for (run, result) in zip(runs, results) {
+                let logits = try result.get()
+                XCTAssertTrue(logits.allSatisfy(\.isNaN), "\(small.label) \(run.flags) on \(run.threads) threads: \(logits)")
+            }
+            let viaLLVM = try runGeneratedLLVM(graph: graph, input: input, inputLayout: .nchw, compiler: compiler)
+            XCTAssertTrue(viaLLVM.allSatisfy(\.isNaN), "\(small.label) LLVM: \(viaLLVM)")
+        }
+    }
+
     /// Stems of 40 and 48 channels take the first convolution's two-vector path and then a
     /// partial or a one-vector tail (AVX-512), or several 8-channel groups (AVX2).
     func testParityWideStems() throws {

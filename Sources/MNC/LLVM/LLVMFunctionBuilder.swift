@@ -440,12 +440,13 @@ final class LLVMFunctionBuilder {
         return LLVMBuildCall2(builder, functionType, function, &values, UInt32(values.count), "")
     }
 
-    /// `v > low ? v : low`, then `< high ? v : high`: the C helpers' clamp, lane by lane.
+    /// `v < low ? low : v`, then `> high ? high : v`: the C helpers' clamp, lane by lane. A NaN
+    /// fails both comparisons and passes through.
     func clamp(_ v: LLVMValue, _ low: Float, _ high: Float) -> LLVMValue {
         let width = widthOf(v)
         let lowValue = float(low, width: width), highValue = float(high, width: width)
-        let raised = select(LLVMBuildFCmp(builder, LLVMRealOGT, v, lowValue, ""), v, lowValue)
-        return select(LLVMBuildFCmp(builder, LLVMRealOLT, raised, highValue, ""), raised, highValue)
+        let raised = select(LLVMBuildFCmp(builder, LLVMRealOLT, v, lowValue, ""), lowValue, v)
+        return select(LLVMBuildFCmp(builder, LLVMRealOGT, raised, highValue, ""), highValue, raised)
     }
 
     /// Applies an activation with the C helpers' formulas, to a scalar or a vector.
@@ -456,7 +457,7 @@ final class LLVMFunctionBuilder {
             return v
         case .relu:
             let zero = float(0, width: width)
-            return select(LLVMBuildFCmp(builder, LLVMRealOGT, v, zero, ""), v, zero)
+            return select(LLVMBuildFCmp(builder, LLVMRealOLT, v, zero, ""), zero, v)
         case .relu6:
             return clamp(v, 0, 6)
         case .hardswish:
