@@ -192,7 +192,7 @@ final class ModelBindingTests: XCTestCase {
 
     /// Conv 3×3 (2 → 3, pads 1) → BatchNormalization (ε 1e-3) → Clip(0, 6) → GlobalAveragePool
     /// → Flatten → Gemm (transB 0, alpha 2, beta 0.5).
-    private func onnxConvBatchNormGemm() throws -> ONNXModel {
+    private func onnxConvBatchNormGemm(gemmWeights: [Float] = [1, 2, 3, 4, 5, 6]) throws -> ONNXModel {
         let convWeight = (0..<54).map { Float($0) }
         let bytes = onnxModelBytes(
             nodes: [
@@ -214,7 +214,7 @@ final class ModelBindingTests: XCTestCase {
                 onnxTensor("g", dims: [3], floats: [1, 2, 3]), onnxTensor("b", dims: [3], floats: [4, 5, 6]),
                 onnxTensor("m", dims: [3], floats: [7, 8, 9]), onnxTensor("v", dims: [3], floats: [10, 11, 12]),
                 // Gemm B without transB is [in, out] = [3, 2].
-                onnxTensor("fw", dims: [3, 2], floats: [1, 2, 3, 4, 5, 6]),
+                onnxTensor("fw", dims: [3, 2], floats: gemmWeights),
                 onnxTensor("fb", dims: [2], floats: [8, -4]),
             ],
             inputs: [onnxValueInfo("x", dims: [1, 2, 4, 4])], outputs: [onnxValueInfo("y", dims: [1, 2])])
@@ -251,6 +251,14 @@ final class ModelBindingTests: XCTestCase {
         XCTAssertEqual(bound.constants["classifier.1.weight"]?.data, [2, 6, 10, 4, 8, 12])
         XCTAssertEqual(bound.constants["classifier.1.weight"]?.shape, [2, 3])
         XCTAssertEqual(bound.constants["classifier.1.bias"]?.data, [4, -2])
+    }
+
+    /// An infinite weight is rejected with its tensor key and its index in the bound tensor
+    /// (after the Gemm's transpose: B's row 2, column 0 is weight 2 of output 0).
+    func testONNXRejectsNonFiniteWeight() throws {
+        let model = try onnxConvBatchNormGemm(gemmWeights: [1, 2, 3, 4, .infinity, 6])
+        assertMNCError(try bindONNX(model, to: convBatchNormLinearGraph(), file: "cbg.onnx"),
+                       contains: "cbg.onnx: tensor 'classifier.1.weight' has a non-finite value (inf) at index 2: expected finite float32 weights")
     }
 
     func testONNXPaddingMismatch() throws {

@@ -52,6 +52,16 @@ final class StateDictBindingTests: XCTestCase {
         }
     }
 
+    func testRejectsNonFiniteWeight() throws {
+        let graph = bindRandomWeights(to: try loadSpec("mobilenet_v2", overrides))
+        var file = stateDict(graph)
+        let index = try XCTUnwrap(file.tensors.firstIndex { $0.name == "features.2.conv.1.0.weight" })
+        file.tensors[index].data[7] = .nan
+        XCTAssertThrowsError(try bindStateDict(file, to: graph)) { error in
+            XCTAssertEqual("\(error)", "error: test.safetensors: tensor 'features.2.conv.1.0.weight' has a non-finite value (nan) at index 7: expected finite float32 weights")
+        }
+    }
+
     func testRejectsDuplicateKeys() throws {
         let graph = bindRandomWeights(to: try loadSpec("mobilenet_v2", overrides))
         var file = stateDict(graph)

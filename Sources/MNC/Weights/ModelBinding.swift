@@ -460,5 +460,6 @@ private func applyFolds(_ binder: Binder) throws -> Graph {
             }
         }
     }
+    try checkFiniteConstants(result, file: binder.context.file)
     return result
 }
