@@ -55,6 +55,17 @@ final class PassUnitTests: XCTestCase {
         XCTAssertEqual(folded.constants["b.0.bias"]?.shape, [8])
     }
 
+    /// Finite values that overflow float32 when folded (a huge weight over a zero running
+    /// variance) are an error naming the BatchNorm, the tensor and the index.
+    func testFoldBatchNormRejectsOverflow() throws {
+        var graph = smallBlock()
+        graph.constants["b.1.running_var"]?.data[2] = 0
+        graph.constants["b.0.weight"]?.data[2 * 36 + 5] = 3e38
+        XCTAssertThrowsError(try foldBatchNorm(graph)) { error in
+            XCTAssertEqual("\(error)", "error: fold-batchnorm: folding BatchNorm 'b.1' into 'b.0' makes weight 'b.0.weight' non-finite (inf) at index 77: check its running_var and weight")
+        }
+    }
+
     func testFoldBatchNormSkipsSharedConv() throws {
         // A conv whose value is also read elsewhere keeps its BatchNorm.
         var graph = smallBlock()

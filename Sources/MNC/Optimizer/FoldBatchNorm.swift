@@ -40,6 +40,14 @@ func foldBatchNorm(_ graph: Graph) throws -> Graph {
                 }
                 bias[o] = Float((Double(oldBias?[o] ?? 0) - Double(mean[o])) * scale + Double(beta[o]))
             }
+            // Finite weights and statistics can still overflow float32 here, for a huge weight over
+            // a running variance near zero. The kernels need finite weights, as binding checks.
+            if let index = folded.firstIndex(where: { !$0.isFinite }) {
+                throw MNCError("fold-batchnorm: folding BatchNorm '\(node.name)' into '\(convNode.name)' makes weight '\(weightKey)' non-finite (\(folded[index])) at index \(index): check its running_var and weight")
+            }
+            if let index = bias.firstIndex(where: { !$0.isFinite }) {
+                throw MNCError("fold-batchnorm: folding BatchNorm '\(node.name)' into '\(convNode.name)' makes bias '\(biasKey)' non-finite (\(bias[index])) at index \(index): check its running_var, running_mean and bias")
+            }
             editor.graph.constants[weightKey] = Tensor(shape: weight.shape, data: folded)
             editor.graph.constants[biasKey] = Tensor(shape: [conv.outChannels], data: bias)
         }
