@@ -28,7 +28,7 @@
  * -mavx512f, or -mavx2 -mfma) the kernels use those instructions, else portable C, which
  * GCC and Clang vectorize for the target. Define KERNELS_SCALAR to force plain C, and
  * KERNELS_ALL_CHANNELS to make the 1x1 projections sum over every input channel rather
- * than skip those that are zero in a band of rows (the output is the same).
+ * than skip those that are zero in a band of rows (the same logits, up to the sign of a zero).
  */
 #ifndef MOBILENET_V2_H
 #define MOBILENET_V2_H

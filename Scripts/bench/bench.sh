@@ -346,8 +346,8 @@ python_version=${VERSION[python]:-"$(python3 --version 2>&1 | cut -d' ' -f2) (sy
     echo "use all $CORES cores as well."
     echo
     echo "mnc's 1×1 projections skip the input channels that are zero in a whole band of rows. These"
-    echo "networks have random weights and BatchNorm statistics, which leave about half of the"
-    echo "projections' input channels zero for every input; a trained network has fewer (on the"
+    echo "networks have random weights and BatchNorm statistics, which leave many of the projections'"
+    echo "input channels zero for every input (about half in MobileNetV2); a trained network has fewer (on the"
     echo "TFLite MobileNetV2 with four photographs, about 10 % of the projections' input values). The same"
     echo "classifiers built with \`-DKERNELS_ALL_CHANNELS\`, which sum over every channel, measured"
     echo "in the same rounds (lowest median):"
