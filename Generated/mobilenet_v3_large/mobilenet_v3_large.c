@@ -1215,11 +1215,9 @@ KERNEL_INLINE int nonzero_channels_f32(const float *restrict x, int pixels, int 
         }
         const __m256i magnitude = _mm256_and_si256(_mm256_castps_si256(bits), _mm256_set1_epi32(0x7FFFFFFF));
         const __m256i zero = _mm256_cmpeq_epi32(magnitude, _mm256_setzero_si256());
-        unsigned used = ~(unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(zero)) & 0xFFu;
-        for (; used != 0; used &= used - 1) {
-            int lane = 0;
-            while (!(used >> lane & 1u)) ++lane;
-            list[count++] = c + lane;
+        const unsigned used = ~(unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(zero)) & 0xFFu;
+        for (int lane = 0; lane < 8; ++lane) {
+            if (used >> lane & 1u) list[count++] = c + lane;
         }
     }
     return count;

@@ -11,9 +11,8 @@
 /// 2. The depthwise convolution reads E's rows from the ring (or the block's input when there is
 ///    no expansion) and writes the band's rows into a band buffer.
 /// 3. The projection (with the residual) reads the band buffer as a GEMM and writes the output rows.
-///    It sums over the channels that are not zero in every pixel of the band only: after a ReLU
-///    or ReLU6, or a hardswish below -3, whole channels are often zero, and their terms add
-///    nothing.
+///    It skips the channels that are zero in every pixel of the band, whose terms add nothing.
+///    After a ReLU or ReLU6, or a hardswish below -3, whole channels often are.
 /// With a squeeze-excitation, the band buffer holds the whole depthwise output and step 3 runs
 /// once after the last band: the channel sums accumulate as each depthwise row is written, the two
 /// fully connected layers compute the gate, and the gate scales either the projection's weights
@@ -287,14 +286,11 @@ extension CKernelLibrary {
         }
     }
 
-    /// Writes the list of the band buffer's channels that the projection sums over (those not zero
-    /// in every one of the band's `pixels`, a C expression), and returns it for the GEMM. When every
-    /// channel is in it, the GEMM gets no list and runs its plain loop.
+    /// Writes the list of the band buffer's channels that the projection sums over, those not zero
+    /// in every one of the band's `pixels` (a C expression), and returns it for the GEMM.
     mutating func emitNonzeroChannels(_ body: inout CWriter, pixels: String, channels: Int) -> ChannelList {
         use(.nonzeroChannels)
-        body.line("int used_channels[\(channels)];")
-        body.line("const int used_count = nonzero_channels_f32(band, \(pixels), \(channels), used_channels);")
-        return ChannelList(list: "(used_count < \(channels) ? used_channels : NULL)", count: "used_count")
+        return ChannelList.emitNonzero(&body, x: "band", pixels: pixels, channels: channels)
     }
 
     /// Writes the squeeze-excitation's gate from the channel sums in `pooled`, the gate's scaling

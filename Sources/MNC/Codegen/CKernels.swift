@@ -555,6 +555,16 @@ struct ChannelList {
     static func arguments(_ channelList: ChannelList?, inputChannels: Int) -> [String] {
         channelList.map { [$0.list, $0.count] } ?? ["NULL", "\(inputChannels)"]
     }
+
+    /// Writes the call of `nonzero_channels_f32` (`CHelper.nonzeroChannels`, which the caller
+    /// uses) that lists the channels of `pixels` rows of `x` that are not zero in every row, and
+    /// returns the list. When every channel is in it, the list is NULL and the tiles run their
+    /// plain loop. `x` and `pixels` are C expressions.
+    static func emitNonzero(_ body: inout CWriter, x: String, pixels: String, channels: Int) -> ChannelList {
+        body.line("int used_channels[\(channels)];")
+        body.line("const int used_count = nonzero_channels_f32(\(x), \(pixels), \(channels), used_channels);")
+        return ChannelList(list: "(used_count < \(channels) ? used_channels : NULL)", count: "used_count")
+    }
 }
 
 /// Writes one `#if`/`#elif`/`#else` branch per instruction-set tier of the GEMM tiles, each

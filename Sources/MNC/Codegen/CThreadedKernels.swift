@@ -153,20 +153,14 @@ private struct GEMMOperands {
 /// the parts: each tier opens its own loop over this thread's parts, in a block that scopes its
 /// table. `x`, `weights`, `bias`, `residual` and `y` are C pointer expressions, as for
 /// `emitPointwiseGEMM`. With `skipsZeroChannels` (the caller uses `CHelper.nonzeroChannels`),
-/// the sums skip the input channels that are zero in every row the part reads: a part of row
-/// tiles lists the channels of its own rows, so that it does not read the rows another thread
-/// wrote, and a thread that splits the panels lists them over every row, which it reads anyway.
+/// the sums skip the input channels that are zero in every row the part reads. A part of row
+/// tiles lists the channels of its own rows, so it does not read the rows another thread wrote.
+/// A thread that splits the panels lists them over every row, which it reads anyway.
 func emitPartitionedPointwiseGEMM(_ body: inout CWriter, pixels: Int, inputChannels: Int, outputChannels: Int, x: String,
                                   weights: String, bias: String?, residual: String?, y: String, activation: Activation,
                                   parts: Int, skipsZeroChannels: Bool = false) {
     var operands = GEMMOperands(inputChannels: inputChannels, outputChannels: outputChannels, x: x, weights: weights,
                                 bias: bias, residual: residual, y: y, activation: activation)
-    func emitChannelList(_ body: inout CWriter, firstRow: String, rowCount: String) {
-        guard skipsZeroChannels else { return }
-        body.line("int used_channels[\(inputChannels)];")
-        body.line("const int used_count = nonzero_channels_f32(\(CExpression.offset(x, CExpression.times(firstRow, inputChannels))), \(rowCount), \(inputChannels), used_channels);")
-        operands.channelList = ChannelList(list: "(used_count < \(inputChannels) ? used_channels : NULL)", count: "used_count")
-    }
     emitTiers(&body) { body, tile in
         let tileRows = tile.rows(forPixels: pixels)
         body.open("")
@@ -178,8 +172,10 @@ func emitPartitionedPointwiseGEMM(_ body: inout CWriter, pixels: Int, inputChann
             body.openParts()
             body.line("const int row_end = (tiles[part + 1] < \(fullTiles) ? tiles[part + 1] : \(fullTiles)) * \(tileRows);")
             if skipsZeroChannels {
+                body.line("const int part_start = tiles[part] * \(tileRows);")
                 body.line("const int part_end = tiles[part + 1] > \(fullTiles) ? \(pixels) : row_end;")
-                emitChannelList(&body, firstRow: "tiles[part] * \(tileRows)", rowCount: "part_end - tiles[part] * \(tileRows)")
+                operands.channelList = ChannelList.emitNonzero(&body, x: CExpression.offset(x, "part_start * \(inputChannels)"),
+                                                               pixels: "part_end - part_start", channels: inputChannels)
             }
             let rows = GEMMRows.range(start: "tiles[part] * \(tileRows)", fullEnd: "row_end", tileRows: tileRows,
                                       lastStart: fullTiles * tileRows, lastRows: lastRows, lastCondition: "tiles[part + 1] > \(fullTiles)")
@@ -189,7 +185,9 @@ func emitPartitionedPointwiseGEMM(_ body: inout CWriter, pixels: Int, inputChann
             let panel = weightPanelWidth
             let wholePanels = outputChannels / panel, lastWidth = outputChannels % panel
             body.partTable("panels", partBounds(wholePanels + (lastWidth > 0 ? 1 : 0), parts: parts))
-            emitChannelList(&body, firstRow: "0", rowCount: String(pixels))
+            if skipsZeroChannels {
+                operands.channelList = ChannelList.emitNonzero(&body, x: x, pixels: String(pixels), channels: inputChannels)
+            }
             body.openParts()
             let rows = GEMMRows.all(pixels: pixels, tileRows: tileRows)
             if wholePanels > 0 {

@@ -53,16 +53,3 @@ public func bindStateDict(_ file: WeightFile, to graph: Graph) throws -> Graph {
     try verify(bound)
     return bound
 }
-
-/// Rejects a bound weight that is infinite or NaN, naming the tensor and the index. Such a
-/// weight would make every output NaN, or in the generated code, which skips the terms of input
-/// channels that are zero, only some of them.
-func checkFiniteConstants(_ graph: Graph, file: String) throws {
-    for node in graph.nodes {
-        for parameter in node.parameters {
-            guard let values = graph.constants[parameter.key]?.data,
-                  let index = values.firstIndex(where: { !$0.isFinite }) else { continue }
-            throw MNCError("\(file): tensor '\(parameter.key)' has a non-finite value (\(values[index])) at index \(index): expected finite float32 weights")
-        }
-    }
-}

@@ -49,3 +49,16 @@ func detectWeightFormat(path: String) throws -> WeightFormat {
     }
     throw MNCError("\(path) is not a recognized weights file: \(expected)")
 }
+
+/// Rejects a bound weight that is infinite or NaN, naming the tensor and the index. Multiplied by
+/// zero, such a weight gives NaN, but the generated code skips the terms of input channels that
+/// are zero, so its outputs could stay finite where PyTorch's are NaN.
+func checkFiniteConstants(_ graph: Graph, file: String) throws {
+    for node in graph.nodes {
+        for parameter in node.parameters {
+            guard let values = graph.constants[parameter.key]?.data,
+                  let index = values.firstIndex(where: { !$0.isFinite }) else { continue }
+            throw MNCError("\(file): tensor '\(parameter.key)' has a non-finite value (\(values[index])) at index \(index): expected finite float32 weights")
+        }
+    }
+}
