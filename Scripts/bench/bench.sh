@@ -47,7 +47,7 @@ declare -A RUNS=([mobilenet_v2]=200 [mobilenet_v3_large]=400 [mobilenet_v3_small
 
 # Results, keyed by "network", "network threads" or "peer network threads". A latency is a number of
 # milliseconds or a "failed: ..." / "skipped: ..." text. OURS and PEER hold the lowest median,
-# OURS_MIN and PEER_MIN the fastest single run. ALL_CHANNELS holds the lowest median of mnc's
+# OURS_MIN and PEER_MIN the fastest single run. ALL_CHANNELS is the lowest median of mnc's
 # executable built with -DKERNELS_ALL_CHANNELS, whose GEMMs skip no zero input channel.
 declare -A OURS OURS_MIN ALL_CHANNELS ARENA MACS TEXT WEIGHTS PEER PEER_MIN VERSION
 
@@ -123,6 +123,16 @@ keep_lower() {
         { is_number "$current" && awk -v a="$3" -v b="$current" 'BEGIN { exit !(a < b) }'; }; then
         figures[$2]=$3
     fi
+}
+
+# True when a figure is a failure from an earlier step or round, not the "no result" placeholder.
+has_failed() { [[ $1 == "failed: "* && $1 != "failed: no result" ]]; }
+
+# Run the classifier in directory $1 once with --bench ($network, $runs, $threads), append its
+# output to the log $2, and print its "median X ms over N runs (min Y ms, max Z ms, T thread)" line.
+bench_line() {
+    timeout 300 "$1/$network" "$OUT/gray.ppm" --top 1 --bench "$runs" --threads "$threads" 2>> "$2" |
+        tee -a "$2" | grep '^median '
 }
 
 # Run one round of peers.py on the current network ($model, $network, $runs, $directory) and
@@ -229,34 +239,33 @@ for network in "${NETWORKS[@]}"; do
         done
     done
 
-    # Rounds: each runs mnc's executable once per thread count, then one round of peers.py,
-    # so that a burst of load from other processes slows mnc and the peers alike. An executable
-    # that fails in any round is reported as failed, like a peer.
+    # Rounds: each runs mnc's executable, then its every-channel build, once per thread count,
+    # then one round of peers.py, so that a burst of load from other processes slows mnc and the
+    # peers alike. An executable that fails in any round is reported as failed, like a peer.
     log "$network: $REPEATS rounds of mnc and the peers at ${THREAD_COUNTS[*]} threads"
     for ((round = 1; round <= REPEATS; round++)); do
         for threads in "${THREAD_COUNTS[@]}"; do
             key="$network $threads"
-            [[ ${OURS[$key]} == "failed: "* && ${OURS[$key]} != "failed: no result" ]] && continue
-            # The executable prints "median X ms over N runs (min Y ms, max Z ms, T thread)".
-            line=$(timeout 300 "$directory/executable-$threads/$network" "$OUT/gray.ppm" --top 1 --bench "$runs" \
-                --threads "$threads" 2>> "$directory/bench-$threads.log" | tee -a "$directory/bench-$threads.log" | grep '^median ')
-            median=$(sed -n 's/^median \([0-9.]*\) ms.*/\1/p' <<< "$line")
-            minimum=$(sed -n 's/.*(min \([0-9.]*\) ms.*/\1/p' <<< "$line")
-            if ! is_number "$median" || ! is_number "$minimum"; then
-                OURS[$key]="failed: $(last_line "$directory/bench-$threads.log")"
-                OURS_MIN[$key]=${OURS[$key]}
-            else
-                keep_lower OURS "$key" "$median"
-                keep_lower OURS_MIN "$key" "$minimum"
+            if ! has_failed "${OURS[$key]}"; then
+                line=$(bench_line "$directory/executable-$threads" "$directory/bench-$threads.log")
+                median=$(sed -n 's/^median \([0-9.]*\) ms.*/\1/p' <<< "$line")
+                minimum=$(sed -n 's/.*(min \([0-9.]*\) ms.*/\1/p' <<< "$line")
+                if ! is_number "$median" || ! is_number "$minimum"; then
+                    OURS[$key]="failed: $(last_line "$directory/bench-$threads.log")"
+                    OURS_MIN[$key]=${OURS[$key]}
+                else
+                    keep_lower OURS "$key" "$median"
+                    keep_lower OURS_MIN "$key" "$minimum"
+                fi
             fi
-            [[ ${ALL_CHANNELS[$key]} == "failed: "* && ${ALL_CHANNELS[$key]} != "failed: no result" ]] && continue
-            line=$(timeout 300 "$directory/all-channels-$threads/$network" "$OUT/gray.ppm" --top 1 --bench "$runs" \
-                --threads "$threads" 2>> "$directory/bench-all-$threads.log" | tee -a "$directory/bench-all-$threads.log" | grep '^median ')
-            median=$(sed -n 's/^median \([0-9.]*\) ms.*/\1/p' <<< "$line")
-            if is_number "$median"; then
-                keep_lower ALL_CHANNELS "$key" "$median"
-            else
-                ALL_CHANNELS[$key]="failed: $(last_line "$directory/bench-all-$threads.log")"
+            if ! has_failed "${ALL_CHANNELS[$key]}"; then
+                line=$(bench_line "$directory/all-channels-$threads" "$directory/bench-all-$threads.log")
+                median=$(sed -n 's/^median \([0-9.]*\) ms.*/\1/p' <<< "$line")
+                if is_number "$median"; then
+                    keep_lower ALL_CHANNELS "$key" "$median"
+                else
+                    ALL_CHANNELS[$key]="failed: $(last_line "$directory/bench-all-$threads.log")"
+                fi
             fi
         done
         [ -z "$peers_skipped" ] && [ -f "$model" ] && time_peers_round
